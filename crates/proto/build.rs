@@ -1,0 +1,21 @@
+//! Generates the gRPC code from `proto/` with protox, a pure-Rust protobuf
+//! compiler, so that no system `protoc` is needed.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "liaison/v1/messages.proto",
+        "liaison/v1/federation.proto",
+        "liaison/v1/officer.proto",
+        "liaison/v1/audit.proto",
+    ];
+    let fds = protox::compile(files, [&root])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! One test suite that every [`Engine`] and every [`Db`] must pass.
+//!
+//! The functions panic on the first disagreement; call them from a `#[test]`.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use crate::{keys, Db, Engine, StoreError};
+
+/// Checks point reads, ordered scans in both directions, limits, and atomic
+/// batches with deletions.
+pub fn engine_suite(engine: Arc<dyn Engine>) {
+    assert_eq!(engine.get(b"missing").unwrap(), None);
+    engine
+        .apply(vec![
+            (b"a/1".to_vec(), Some(b"one".to_vec())),
+            (b"a/2".to_vec(), Some(b"two".to_vec())),
+            (b"a/3".to_vec(), Some(b"three".to_vec())),
+            (b"b/1".to_vec(), Some(b"other".to_vec())),
+        ])
+        .unwrap();
+    engine.flush().unwrap();
+    assert_eq!(engine.get(b"a/2").unwrap(), Some(b"two".to_vec()));
+
+    let end = keys::prefix_end(b"a/");
+    let up: Vec<_> = engine.scan(b"a/", &end, 10, false).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(up, vec![b"a/1".to_vec(), b"a/2".to_vec(), b"a/3".to_vec()]);
+    let down: Vec<_> = engine.scan(b"a/", &end, 2, true).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(down, vec![b"a/3".to_vec(), b"a/2".to_vec()]);
+    assert!(engine.scan(b"a/3", b"a/1", 10, false).unwrap().is_empty());
+
+    engine
+        .apply(vec![
+            (b"a/1".to_vec(), None),
+            (b"a/2".to_vec(), Some(b"deux".to_vec())),
+        ])
+        .unwrap();
+    assert_eq!(engine.get(b"a/1").unwrap(), None);
+    assert_eq!(engine.get(b"a/2").unwrap(), Some(b"deux".to_vec()));
+    assert_eq!(engine.scan(b"a/", &end, 10, false).unwrap().len(), 2);
+}
+
+/// Checks that `Db::write` applies a successful closure atomically, discards
+/// a failed one whole, lets a closure read its own writes, and serialises
+/// read-modify-write closures under concurrency.
+pub async fn db_suite(db: Db) {
+    // A failing closure leaves nothing behind.
+    let err = db
+        .write(|t| {
+            t.put(b"x".to_vec(), b"1".to_vec());
+            Err::<(), _>(StoreError::Closed)
+        })
+        .await;
+    assert!(err.is_err());
+    assert_eq!(db.get(b"x").unwrap(), None);
+
+    // Staged writes are visible to the same closure.
+    let seen = db
+        .write(|t| {
+            t.put(b"x".to_vec(), b"1".to_vec());
+            t.get(b"x")
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, Some(b"1".to_vec()));
+    db.write(|t| {
+        t.delete(b"x".to_vec());
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.get(b"x").unwrap(), None);
+
+    // Concurrent counter increments never lose an update.
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(move |t| {
+                    let n = keys::u64_value(t.get(b"counter")?) + 1;
+                    t.put(b"counter".to_vec(), n.to_be_bytes().to_vec());
+                    t.put(keys::seq_key(b"log/", n), format!("task {i}").into_bytes());
+                    Ok::<_, StoreError>(n)
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=64).collect::<Vec<u64>>());
+    assert_eq!(keys::u64_value(db.get(b"counter").unwrap()), 64);
+    assert_eq!(db.scan_prefix(b"log/", 1000).unwrap().len(), 64);
+    let last = db.scan_rev(b"log/", &keys::prefix_end(b"log/"), 1).unwrap();
+    assert_eq!(keys::seq_of(&last[0].0), Some(64));
+}

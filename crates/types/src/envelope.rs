@@ -1,0 +1,488 @@
+//! The envelope: routing labels, validated, plus the body bytes.
+
+use std::collections::BTreeSet;
+
+use liaison_proto::v1 as pb;
+use prost::Message;
+
+use crate::label::require;
+use crate::{BodyId, Classification, CrimeArea, Kind, Priority, ValidationError};
+
+/// Largest encoded body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+const MAX_LIST: usize = 64;
+const MAX_TEXT: usize = 64 * 1024;
+const MAX_SHORT: usize = 200;
+
+/// Validated routing labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    /// Unique message id (a UUID).
+    pub message_id: String,
+    /// Originating body.
+    pub origin: BodyId,
+    /// Kind of the body.
+    pub kind: Kind,
+    /// Classification on the common scale.
+    pub classification: Classification,
+    /// The originator's native marking, if given.
+    pub marking: Option<String>,
+    /// Crime areas, at least one, without duplicates.
+    pub crime_areas: BTreeSet<CrimeArea>,
+    /// Region codes.
+    pub regions: BTreeSet<String>,
+    /// ISO 3166-1 alpha-2 country codes.
+    pub countries: BTreeSet<String>,
+    /// Whether the body holds personal data.
+    pub personal_data: bool,
+    /// If non-empty, the only bodies that may receive the message.
+    pub releasable_to: BTreeSet<BodyId>,
+    /// Bodies that must never receive the message.
+    pub excluded: BTreeSet<BodyId>,
+    /// Handling priority.
+    pub priority: Priority,
+    /// Creation time, ms since the epoch.
+    pub created_at_ms: i64,
+    /// Expiry, ms since the epoch, if any.
+    pub expires_at_ms: Option<i64>,
+    /// Whether recipients may pass it on without the originator's consent.
+    pub third_party_release: bool,
+}
+
+/// A validated envelope: labels and the encoded body they describe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Routing labels.
+    pub labels: Labels,
+    /// The encoded [`pb::Body`], checked to decode and to match the kind.
+    pub body: Vec<u8>,
+}
+
+/// A decoded body, checked against the labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypedBody(pub pb::Body);
+
+impl TypedBody {
+    /// Validates a body against its labels.
+    pub fn validate(body: pb::Body, labels: &Labels) -> Result<Self, ValidationError> {
+        check_text("body.title", &body.title, 1, MAX_SHORT)?;
+        let Some(content) = &body.content else {
+            return Err(ValidationError::new(
+                "body.content",
+                format!("missing; a {} needs its body", labels.kind),
+            ));
+        };
+        let found = match content {
+            pb::body::Content::ThreatAssessment(t) => {
+                check_text("body.threat_assessment.summary", &t.summary, 1, MAX_TEXT)?;
+                check_text("body.threat_assessment.assessment", &t.assessment, 0, MAX_TEXT)?;
+                check_text("body.threat_assessment.horizon", &t.horizon, 0, MAX_SHORT)?;
+                Kind::ThreatAssessment
+            }
+            pb::body::Content::OperationalPlan(p) => {
+                validate_plan(p, labels)?;
+                Kind::OperationalPlan
+            }
+            pb::body::Content::Alert(a) => {
+                check_text("body.alert.text", &a.text, 1, MAX_TEXT)?;
+                check_list("body.alert.indicators", &a.indicators)?;
+                for (i, ind) in a.indicators.iter().enumerate() {
+                    check_text(&format!("body.alert.indicators[{i}]"), ind, 1, MAX_SHORT)?;
+                }
+                Kind::Alert
+            }
+        };
+        if found != labels.kind {
+            return Err(ValidationError::new(
+                "body.content",
+                format!("is a {found} body but labels.kind is {}", labels.kind),
+            ));
+        }
+        Ok(Self(body))
+    }
+
+    /// Decodes and validates body bytes against the labels.
+    pub fn decode(bytes: &[u8], labels: &Labels) -> Result<Self, ValidationError> {
+        let body = pb::Body::decode(bytes)
+            .map_err(|e| ValidationError::new("body", format!("not a valid encoded Body: {e}")))?;
+        Self::validate(body, labels)
+    }
+
+    /// The title.
+    pub fn title(&self) -> &str {
+        &self.0.title
+    }
+}
+
+fn validate_plan(p: &pb::OperationalPlan, labels: &Labels) -> Result<(), ValidationError> {
+    check_text("body.operational_plan.summary", &p.summary, 1, MAX_TEXT)?;
+    if p.window_start_ms <= 0 {
+        return Err(ValidationError::new(
+            "body.operational_plan.window_start_ms",
+            "missing; give the start of the operational window",
+        ));
+    }
+    if p.window_end_ms <= p.window_start_ms {
+        return Err(ValidationError::new(
+            "body.operational_plan.window_end_ms",
+            format!(
+                "{} is not after window_start_ms {}; the window must end after it starts",
+                p.window_end_ms, p.window_start_ms
+            ),
+        ));
+    }
+    BodyId::parse(&p.lead_body).map_err(|e| ValidationError::new("body.operational_plan.lead_body", e))?;
+    if p.regions.is_empty() {
+        return Err(ValidationError::new(
+            "body.operational_plan.regions",
+            "empty; name at least one region the operation covers",
+        ));
+    }
+    check_list("body.operational_plan.regions", &p.regions)?;
+    for (i, r) in p.regions.iter().enumerate() {
+        check_region(&format!("body.operational_plan.regions[{i}]"), r)?;
+    }
+    if p.crime_areas.is_empty() {
+        return Err(ValidationError::new(
+            "body.operational_plan.crime_areas",
+            "empty; name at least one crime area the operation targets",
+        ));
+    }
+    check_list("body.operational_plan.crime_areas", &p.crime_areas)?;
+    for (i, c) in p.crime_areas.iter().enumerate() {
+        let field = format!("body.operational_plan.crime_areas[{i}]");
+        let area = CrimeArea::parse(c).map_err(|e| ValidationError::new(&field, e))?;
+        if !labels.crime_areas.contains(&area) {
+            return Err(ValidationError::new(
+                field,
+                format!("'{area}' is not in labels.crime_areas; the labels must cover every crime area of the plan"),
+            ));
+        }
+    }
+    check_list("body.operational_plan.target_ids", &p.target_ids)?;
+    for (i, t) in p.target_ids.iter().enumerate() {
+        check_text(&format!("body.operational_plan.target_ids[{i}]"), t, 1, MAX_SHORT)?;
+    }
+    Ok(())
+}
+
+impl TryFrom<pb::Labels> for Labels {
+    type Error = ValidationError;
+
+    fn try_from(l: pb::Labels) -> Result<Self, ValidationError> {
+        let message_id = check_message_id(&l.message_id)?;
+        let origin = BodyId::parse(&l.origin).map_err(|e| ValidationError::new("labels.origin", e))?;
+        let kind = require(
+            "labels.kind",
+            Kind::from_proto(l.kind),
+            "THREAT_ASSESSMENT, OPERATIONAL_PLAN, ALERT",
+        )?;
+        let classification = require(
+            "labels.classification",
+            Classification::from_proto(l.classification),
+            "UNCLASSIFIED, OFFICIAL_USE, RESTRICTED, CONFIDENTIAL, SECRET",
+        )?;
+        let priority = require(
+            "labels.priority",
+            Priority::from_proto(l.priority),
+            "ROUTINE, PRIORITY, IMMEDIATE, FLASH",
+        )?;
+        let marking = if l.marking.is_empty() {
+            None
+        } else {
+            check_text("labels.marking", &l.marking, 1, 80)?;
+            Some(l.marking)
+        };
+        if l.crime_areas.is_empty() {
+            return Err(ValidationError::new(
+                "labels.crime_areas",
+                "empty; name at least one crime area so the hub can check mandates",
+            ));
+        }
+        check_list("labels.crime_areas", &l.crime_areas)?;
+        let crime_areas = l
+            .crime_areas
+            .iter()
+            .enumerate()
+            .map(|(i, c)| CrimeArea::parse(c).map_err(|e| ValidationError::new(format!("labels.crime_areas[{i}]"), e)))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        check_list("labels.regions", &l.regions)?;
+        for (i, r) in l.regions.iter().enumerate() {
+            check_region(&format!("labels.regions[{i}]"), r)?;
+        }
+        check_list("labels.countries", &l.countries)?;
+        for (i, c) in l.countries.iter().enumerate() {
+            if !crate::identity::is_iso_country(c) {
+                return Err(ValidationError::new(
+                    format!("labels.countries[{i}]"),
+                    format!("'{}' is not an ISO 3166-1 alpha-2 country code (for example NG, FR, BR)", c.escape_debug()),
+                ));
+            }
+        }
+        let releasable_to = body_set("labels.releasable_to", &l.releasable_to)?;
+        let excluded = body_set("labels.excluded", &l.excluded)?;
+        if let Some(both) = releasable_to.intersection(&excluded).next() {
+            return Err(ValidationError::new(
+                "labels.excluded",
+                format!("'{both}' is both releasable and excluded; name it in one list only"),
+            ));
+        }
+        if l.created_at_ms <= 0 {
+            return Err(ValidationError::new(
+                "labels.created_at_ms",
+                "missing; the originating node sets the creation time",
+            ));
+        }
+        let expires_at_ms = match l.expires_at_ms {
+            0 => None,
+            e if e <= l.created_at_ms => {
+                return Err(ValidationError::new(
+                    "labels.expires_at_ms",
+                    format!("{e} is not after created_at_ms {}; give a future expiry or 0 for none", l.created_at_ms),
+                ))
+            }
+            e => Some(e),
+        };
+        Ok(Self {
+            message_id,
+            origin,
+            kind,
+            classification,
+            marking,
+            crime_areas,
+            regions: l.regions.into_iter().collect(),
+            countries: l.countries.into_iter().collect(),
+            personal_data: l.personal_data,
+            releasable_to,
+            excluded,
+            priority,
+            created_at_ms: l.created_at_ms,
+            expires_at_ms,
+            third_party_release: l.third_party_release,
+        })
+    }
+}
+
+impl From<&Labels> for pb::Labels {
+    fn from(l: &Labels) -> Self {
+        pb::Labels {
+            message_id: l.message_id.clone(),
+            origin: l.origin.to_string(),
+            kind: l.kind.to_proto() as i32,
+            classification: l.classification.to_proto() as i32,
+            marking: l.marking.clone().unwrap_or_default(),
+            crime_areas: l.crime_areas.iter().map(|c| c.to_string()).collect(),
+            regions: l.regions.iter().cloned().collect(),
+            countries: l.countries.iter().cloned().collect(),
+            personal_data: l.personal_data,
+            releasable_to: l.releasable_to.iter().map(|b| b.to_string()).collect(),
+            excluded: l.excluded.iter().map(|b| b.to_string()).collect(),
+            priority: l.priority.to_proto() as i32,
+            created_at_ms: l.created_at_ms,
+            expires_at_ms: l.expires_at_ms.unwrap_or(0),
+            third_party_release: l.third_party_release,
+        }
+    }
+}
+
+impl TryFrom<pb::Envelope> for Envelope {
+    type Error = ValidationError;
+
+    fn try_from(e: pb::Envelope) -> Result<Self, ValidationError> {
+        let labels: Labels = e
+            .labels
+            .ok_or_else(|| ValidationError::new("labels", "missing; every envelope carries its labels"))?
+            .try_into()?;
+        if e.body.len() > MAX_BODY_BYTES {
+            return Err(ValidationError::new(
+                "body",
+                format!("{} bytes is over the limit of {MAX_BODY_BYTES} bytes", e.body.len()),
+            ));
+        }
+        TypedBody::decode(&e.body, &labels)?;
+        Ok(Self { labels, body: e.body })
+    }
+}
+
+impl From<&Envelope> for pb::Envelope {
+    fn from(e: &Envelope) -> Self {
+        pb::Envelope {
+            labels: Some((&e.labels).into()),
+            body: e.body.clone(),
+        }
+    }
+}
+
+fn check_message_id(id: &str) -> Result<String, ValidationError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| {
+            ValidationError::new(
+                "labels.message_id",
+                format!("'{}' is not a UUID (for example 1b4e28ba-2fa1-11d2-883f-0016d3cca427)", truncate(id)),
+            )
+        })
+}
+
+fn body_set(field: &str, ids: &[String]) -> Result<BTreeSet<BodyId>, ValidationError> {
+    check_list(field, ids)?;
+    ids.iter()
+        .enumerate()
+        .map(|(i, b)| BodyId::parse(b).map_err(|e| ValidationError::new(format!("{field}[{i}]"), e)))
+        .collect()
+}
+
+fn check_list(field: &str, items: &[String]) -> Result<(), ValidationError> {
+    if items.len() > MAX_LIST {
+        return Err(ValidationError::new(
+            field,
+            format!("{} entries is over the limit of {MAX_LIST}", items.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_region(field: &str, r: &str) -> Result<(), ValidationError> {
+    let ok = (2..=40).contains(&r.len())
+        && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!(
+                "'{}' is not a region code; use 2 to 40 lowercase letters, digits or hyphens (for example west-africa)",
+                truncate(r)
+            ),
+        ))
+    }
+}
+
+fn check_text(field: &str, s: &str, min: usize, max: usize) -> Result<(), ValidationError> {
+    if s.trim().len() < min {
+        return Err(ValidationError::new(field, "empty; this field is required"));
+    }
+    if s.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("{} bytes is over the limit of {max} bytes", s.len()),
+        ));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ValidationError::new(field, "contains control characters; use plain text"));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str) -> String {
+    let t: String = s.chars().take(40).collect();
+    t.escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> pb::Labels {
+        pb::Labels {
+            message_id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+            origin: "europol".into(),
+            kind: pb::Kind::Alert as i32,
+            classification: pb::Classification::Restricted as i32,
+            crime_areas: vec!["cybercrime".into()],
+            countries: vec!["FR".into()],
+            priority: pb::Priority::Flash as i32,
+            created_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    fn alert() -> Vec<u8> {
+        pb::Body {
+            title: "ransomware wave".into(),
+            content: Some(pb::body::Content::Alert(pb::Alert {
+                text: "patch now".into(),
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_valid_envelope_converts() {
+        let e = Envelope::try_from(pb::Envelope { labels: Some(labels()), body: alert() }).unwrap();
+        assert_eq!(e.labels.kind, Kind::Alert);
+        let back = pb::Labels::from(&e.labels);
+        assert_eq!(back, labels());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut pb::Labels)>)> = vec![
+            ("labels.message_id", Box::new(|l| l.message_id = "x".into())),
+            ("labels.origin", Box::new(|l| l.origin = "EU".into())),
+            ("labels.kind", Box::new(|l| l.kind = 0)),
+            ("labels.classification", Box::new(|l| l.classification = 42)),
+            ("labels.priority", Box::new(|l| l.priority = 0)),
+            ("labels.crime_areas", Box::new(|l| l.crime_areas.clear())),
+            ("labels.crime_areas[1]", Box::new(|l| l.crime_areas.push("jaywalking".into()))),
+            ("labels.countries[1]", Box::new(|l| l.countries.push("XX".into()))),
+            ("labels.regions[0]", Box::new(|l| l.regions.push("West Africa".into()))),
+            ("labels.excluded", Box::new(|l| {
+                l.releasable_to = vec!["sco".into()];
+                l.excluded = vec!["sco".into()];
+            })),
+            ("labels.created_at_ms", Box::new(|l| l.created_at_ms = 0)),
+            ("labels.expires_at_ms", Box::new(|l| l.expires_at_ms = 5)),
+            ("labels.releasable_to", Box::new(|l| l.releasable_to = vec!["a".repeat(2); 65])),
+        ];
+        for (field, mutate) in cases {
+            let mut l = labels();
+            mutate(&mut l);
+            let err = Envelope::try_from(pb::Envelope { labels: Some(l), body: alert() }).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn body_must_match_kind_and_be_bounded() {
+        let mut l = labels();
+        l.kind = pb::Kind::ThreatAssessment as i32;
+        let err = Envelope::try_from(pb::Envelope { labels: Some(l), body: alert() }).unwrap_err();
+        assert_eq!(err.field, "body.content");
+        let err = Envelope::try_from(pb::Envelope { labels: Some(labels()), body: vec![0xff; 10] }).unwrap_err();
+        assert_eq!(err.field, "body");
+        let err = Envelope::try_from(pb::Envelope {
+            labels: Some(labels()),
+            body: vec![0; MAX_BODY_BYTES + 1],
+        })
+        .unwrap_err();
+        assert!(err.problem.contains("over the limit"), "{err}");
+    }
+
+    #[test]
+    fn a_plan_is_checked_for_consistency() {
+        let mut l = labels();
+        l.kind = pb::Kind::OperationalPlan as i32;
+        let plan = |start, end, area: &str| {
+            pb::Body {
+                title: "op".into(),
+                content: Some(pb::body::Content::OperationalPlan(pb::OperationalPlan {
+                    summary: "s".into(),
+                    window_start_ms: start,
+                    window_end_ms: end,
+                    lead_body: "europol".into(),
+                    regions: vec!["west-africa".into()],
+                    crime_areas: vec![area.into()],
+                    target_ids: vec![],
+                })),
+            }
+            .encode_to_vec()
+        };
+        assert!(Envelope::try_from(pb::Envelope { labels: Some(l.clone()), body: plan(10, 20, "cybercrime") }).is_ok());
+        let err = Envelope::try_from(pb::Envelope { labels: Some(l.clone()), body: plan(20, 10, "cybercrime") }).unwrap_err();
+        assert_eq!(err.field, "body.operational_plan.window_end_ms");
+        let err = Envelope::try_from(pb::Envelope { labels: Some(l), body: plan(10, 20, "drugs") }).unwrap_err();
+        assert_eq!(err.field, "body.operational_plan.crime_areas[0]");
+    }
+}

@@ -1,0 +1,37 @@
+//! Plain data for Liaison: classifications, kinds, labels, envelopes and the
+//! caller identities taken from certificates. No I/O happens here.
+//!
+//! Every value that arrives over the wire is converted with `TryFrom`, which
+//! validates it and names the offending field in a [`ValidationError`].
+#![forbid(unsafe_code)]
+
+pub mod audit;
+mod envelope;
+mod identity;
+mod label;
+mod time;
+
+pub use envelope::{Envelope, Labels, TypedBody, MAX_BODY_BYTES};
+pub use identity::{Identity, IdentityError, Role};
+pub use label::{BodyId, Classification, CrimeArea, Kind, Priority, CRIME_AREAS};
+pub use time::now_ms;
+
+/// A field of an incoming message is missing, malformed or inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ValidationError {
+    /// Dotted path of the field, for example `labels.crime_areas[2]`.
+    pub field: String,
+    /// What is wrong and what would be accepted.
+    pub problem: String,
+}
+
+impl ValidationError {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
