@@ -23,9 +23,19 @@ pub fn engine_suite(engine: Arc<dyn Engine>) {
     assert_eq!(engine.get(b"a/2").unwrap(), Some(b"two".to_vec()));
 
     let end = keys::prefix_end(b"a/");
-    let up: Vec<_> = engine.scan(b"a/", &end, 10, false).unwrap().into_iter().map(|(k, _)| k).collect();
+    let up: Vec<_> = engine
+        .scan(b"a/", &end, 10, false)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(up, vec![b"a/1".to_vec(), b"a/2".to_vec(), b"a/3".to_vec()]);
-    let down: Vec<_> = engine.scan(b"a/", &end, 2, true).unwrap().into_iter().map(|(k, _)| k).collect();
+    let down: Vec<_> = engine
+        .scan(b"a/", &end, 2, true)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(down, vec![b"a/3".to_vec(), b"a/2".to_vec()]);
     assert!(engine.scan(b"a/3", b"a/1", 10, false).unwrap().is_empty());
 

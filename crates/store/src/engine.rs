@@ -61,8 +61,11 @@ impl Engine for SledEngine {
             return Ok(Vec::new());
         }
         let range = self.db.range(start..end);
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if reverse { Box::new(range.rev()) } else { Box::new(range) };
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
         iter.take(limit)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
             .collect()

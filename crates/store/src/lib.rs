@@ -142,18 +142,33 @@ impl Db {
     }
 
     /// Committed entries with keys in `[start, end)`, ascending, at most `limit`.
-    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.engine.scan(start, end, limit, false)
     }
 
     /// Committed entries with keys in `[start, end)`, descending, at most `limit`.
-    pub fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_rev(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.engine.scan(start, end, limit, true)
     }
 
     /// Committed entries whose key starts with `prefix`, ascending, at most `limit`.
-    pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        self.engine.scan(prefix, &keys::prefix_end(prefix), limit, false)
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.engine
+            .scan(prefix, &keys::prefix_end(prefix), limit, false)
     }
 }
 
@@ -196,7 +211,9 @@ pub struct Txn<'a> {
 
 impl std::fmt::Debug for Txn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Txn").field("staged", &self.writes.len()).finish()
+        f.debug_struct("Txn")
+            .field("staged", &self.writes.len())
+            .finish()
     }
 }
 
@@ -220,7 +237,12 @@ impl Txn<'_> {
     }
 
     /// Committed entries with keys in `[start, end)`, ascending, at most `limit`.
-    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.engine.scan(start, end, limit, false)
     }
 }

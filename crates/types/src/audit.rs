@@ -32,10 +32,16 @@ fn canonical_map(r: &AuditRecord) -> Map<String, Value> {
     m.insert("decision".into(), Value::from(r.decision.clone()));
     m.insert("rule".into(), Value::from(r.rule.clone()));
     m.insert("reason".into(), Value::from(r.reason.clone()));
-    m.insert("policy_version".into(), Value::from(r.policy_version.clone()));
+    m.insert(
+        "policy_version".into(),
+        Value::from(r.policy_version.clone()),
+    );
     m.insert("actor".into(), Value::from(r.actor.clone()));
     m.insert("kind".into(), Value::from(r.kind.clone()));
-    m.insert("classification".into(), Value::from(r.classification.clone()));
+    m.insert(
+        "classification".into(),
+        Value::from(r.classification.clone()),
+    );
     m.insert("queue_seq".into(), Value::from(r.queue_seq));
     m.insert("prev_hash".into(), Value::from(r.prev_hash.clone()));
     m
@@ -43,8 +49,14 @@ fn canonical_map(r: &AuditRecord) -> Map<String, Value> {
 
 /// Parses a record from its JSON object (as stored and exported).
 pub fn from_json(text: &[u8]) -> Result<AuditRecord, String> {
-    let v: Map<String, Value> = serde_json::from_slice(text).map_err(|e| format!("not a json object: {e}"))?;
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let v: Map<String, Value> =
+        serde_json::from_slice(text).map_err(|e| format!("not a json object: {e}"))?;
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or_default();
     Ok(AuditRecord {
         seq: n("seq"),
@@ -124,14 +136,20 @@ impl ChainVerifier {
         }
         let expected_seq = self.report.records + 1;
         let problem = if r.seq != expected_seq {
-            Some(format!("position {} where {expected_seq} was expected (a record is missing or reordered)", r.seq))
+            Some(format!(
+                "position {} where {expected_seq} was expected (a record is missing or reordered)",
+                r.seq
+            ))
         } else if r.prev_hash != self.report.head_hash {
             Some(format!(
                 "prev_hash {} does not match the previous record's hash {}",
                 r.prev_hash, self.report.head_hash
             ))
         } else if record_hash(r) != r.hash {
-            Some(format!("hash {} does not match the record's content (it was altered)", r.hash))
+            Some(format!(
+                "hash {} does not match the record's content (it was altered)",
+                r.hash
+            ))
         } else {
             None
         };

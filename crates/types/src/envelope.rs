@@ -75,7 +75,12 @@ impl TypedBody {
         let found = match content {
             pb::body::Content::ThreatAssessment(t) => {
                 check_text("body.threat_assessment.summary", &t.summary, 1, MAX_TEXT)?;
-                check_text("body.threat_assessment.assessment", &t.assessment, 0, MAX_TEXT)?;
+                check_text(
+                    "body.threat_assessment.assessment",
+                    &t.assessment,
+                    0,
+                    MAX_TEXT,
+                )?;
                 check_text("body.threat_assessment.horizon", &t.horizon, 0, MAX_SHORT)?;
                 Kind::ThreatAssessment
             }
@@ -131,7 +136,8 @@ fn validate_plan(p: &pb::OperationalPlan, labels: &Labels) -> Result<(), Validat
             ),
         ));
     }
-    BodyId::parse(&p.lead_body).map_err(|e| ValidationError::new("body.operational_plan.lead_body", e))?;
+    BodyId::parse(&p.lead_body)
+        .map_err(|e| ValidationError::new("body.operational_plan.lead_body", e))?;
     if p.regions.is_empty() {
         return Err(ValidationError::new(
             "body.operational_plan.regions",
@@ -161,7 +167,12 @@ fn validate_plan(p: &pb::OperationalPlan, labels: &Labels) -> Result<(), Validat
     }
     check_list("body.operational_plan.target_ids", &p.target_ids)?;
     for (i, t) in p.target_ids.iter().enumerate() {
-        check_text(&format!("body.operational_plan.target_ids[{i}]"), t, 1, MAX_SHORT)?;
+        check_text(
+            &format!("body.operational_plan.target_ids[{i}]"),
+            t,
+            1,
+            MAX_SHORT,
+        )?;
     }
     Ok(())
 }
@@ -171,7 +182,8 @@ impl TryFrom<pb::Labels> for Labels {
 
     fn try_from(l: pb::Labels) -> Result<Self, ValidationError> {
         let message_id = check_message_id(&l.message_id)?;
-        let origin = BodyId::parse(&l.origin).map_err(|e| ValidationError::new("labels.origin", e))?;
+        let origin =
+            BodyId::parse(&l.origin).map_err(|e| ValidationError::new("labels.origin", e))?;
         let kind = require(
             "labels.kind",
             Kind::from_proto(l.kind),
@@ -204,7 +216,10 @@ impl TryFrom<pb::Labels> for Labels {
             .crime_areas
             .iter()
             .enumerate()
-            .map(|(i, c)| CrimeArea::parse(c).map_err(|e| ValidationError::new(format!("labels.crime_areas[{i}]"), e)))
+            .map(|(i, c)| {
+                CrimeArea::parse(c)
+                    .map_err(|e| ValidationError::new(format!("labels.crime_areas[{i}]"), e))
+            })
             .collect::<Result<BTreeSet<_>, _>>()?;
         check_list("labels.regions", &l.regions)?;
         for (i, r) in l.regions.iter().enumerate() {
@@ -215,7 +230,10 @@ impl TryFrom<pb::Labels> for Labels {
             if !crate::identity::is_iso_country(c) {
                 return Err(ValidationError::new(
                     format!("labels.countries[{i}]"),
-                    format!("'{}' is not an ISO 3166-1 alpha-2 country code (for example NG, FR, BR)", c.escape_debug()),
+                    format!(
+                        "'{}' is not an ISO 3166-1 alpha-2 country code (for example NG, FR, BR)",
+                        c.escape_debug()
+                    ),
                 ));
             }
         }
@@ -238,7 +256,10 @@ impl TryFrom<pb::Labels> for Labels {
             e if e <= l.created_at_ms => {
                 return Err(ValidationError::new(
                     "labels.expires_at_ms",
-                    format!("{e} is not after created_at_ms {}; give a future expiry or 0 for none", l.created_at_ms),
+                    format!(
+                        "{e} is not after created_at_ms {}; give a future expiry or 0 for none",
+                        l.created_at_ms
+                    ),
                 ))
             }
             e => Some(e),
@@ -291,16 +312,24 @@ impl TryFrom<pb::Envelope> for Envelope {
     fn try_from(e: pb::Envelope) -> Result<Self, ValidationError> {
         let labels: Labels = e
             .labels
-            .ok_or_else(|| ValidationError::new("labels", "missing; every envelope carries its labels"))?
+            .ok_or_else(|| {
+                ValidationError::new("labels", "missing; every envelope carries its labels")
+            })?
             .try_into()?;
         if e.body.len() > MAX_BODY_BYTES {
             return Err(ValidationError::new(
                 "body",
-                format!("{} bytes is over the limit of {MAX_BODY_BYTES} bytes", e.body.len()),
+                format!(
+                    "{} bytes is over the limit of {MAX_BODY_BYTES} bytes",
+                    e.body.len()
+                ),
             ));
         }
         TypedBody::decode(&e.body, &labels)?;
-        Ok(Self { labels, body: e.body })
+        Ok(Self {
+            labels,
+            body: e.body,
+        })
     }
 }
 
@@ -319,7 +348,10 @@ fn check_message_id(id: &str) -> Result<String, ValidationError> {
         .map_err(|_| {
             ValidationError::new(
                 "labels.message_id",
-                format!("'{}' is not a UUID (for example 1b4e28ba-2fa1-11d2-883f-0016d3cca427)", truncate(id)),
+                format!(
+                    "'{}' is not a UUID (for example 1b4e28ba-2fa1-11d2-883f-0016d3cca427)",
+                    truncate(id)
+                ),
             )
         })
 }
@@ -328,7 +360,9 @@ fn body_set(field: &str, ids: &[String]) -> Result<BTreeSet<BodyId>, ValidationE
     check_list(field, ids)?;
     ids.iter()
         .enumerate()
-        .map(|(i, b)| BodyId::parse(b).map_err(|e| ValidationError::new(format!("{field}[{i}]"), e)))
+        .map(|(i, b)| {
+            BodyId::parse(b).map_err(|e| ValidationError::new(format!("{field}[{i}]"), e))
+        })
         .collect()
 }
 
@@ -344,7 +378,8 @@ fn check_list(field: &str, items: &[String]) -> Result<(), ValidationError> {
 
 fn check_region(field: &str, r: &str) -> Result<(), ValidationError> {
     let ok = (2..=40).contains(&r.len())
-        && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -369,7 +404,10 @@ fn check_text(field: &str, s: &str, min: usize, max: usize) -> Result<(), Valida
         ));
     }
     if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ValidationError::new(field, "contains control characters; use plain text"));
+        return Err(ValidationError::new(
+            field,
+            "contains control characters; use plain text",
+        ));
     }
     Ok(())
 }
@@ -410,7 +448,11 @@ mod tests {
 
     #[test]
     fn a_valid_envelope_converts() {
-        let e = Envelope::try_from(pb::Envelope { labels: Some(labels()), body: alert() }).unwrap();
+        let e = Envelope::try_from(pb::Envelope {
+            labels: Some(labels()),
+            body: alert(),
+        })
+        .unwrap();
         assert_eq!(e.labels.kind, Kind::Alert);
         let back = pb::Labels::from(&e.labels);
         assert_eq!(back, labels());
@@ -425,21 +467,40 @@ mod tests {
             ("labels.classification", Box::new(|l| l.classification = 42)),
             ("labels.priority", Box::new(|l| l.priority = 0)),
             ("labels.crime_areas", Box::new(|l| l.crime_areas.clear())),
-            ("labels.crime_areas[1]", Box::new(|l| l.crime_areas.push("jaywalking".into()))),
-            ("labels.countries[1]", Box::new(|l| l.countries.push("XX".into()))),
-            ("labels.regions[0]", Box::new(|l| l.regions.push("West Africa".into()))),
-            ("labels.excluded", Box::new(|l| {
-                l.releasable_to = vec!["sco".into()];
-                l.excluded = vec!["sco".into()];
-            })),
+            (
+                "labels.crime_areas[1]",
+                Box::new(|l| l.crime_areas.push("jaywalking".into())),
+            ),
+            (
+                "labels.countries[1]",
+                Box::new(|l| l.countries.push("XX".into())),
+            ),
+            (
+                "labels.regions[0]",
+                Box::new(|l| l.regions.push("West Africa".into())),
+            ),
+            (
+                "labels.excluded",
+                Box::new(|l| {
+                    l.releasable_to = vec!["sco".into()];
+                    l.excluded = vec!["sco".into()];
+                }),
+            ),
             ("labels.created_at_ms", Box::new(|l| l.created_at_ms = 0)),
             ("labels.expires_at_ms", Box::new(|l| l.expires_at_ms = 5)),
-            ("labels.releasable_to", Box::new(|l| l.releasable_to = vec!["a".repeat(2); 65])),
+            (
+                "labels.releasable_to",
+                Box::new(|l| l.releasable_to = vec!["a".repeat(2); 65]),
+            ),
         ];
         for (field, mutate) in cases {
             let mut l = labels();
             mutate(&mut l);
-            let err = Envelope::try_from(pb::Envelope { labels: Some(l), body: alert() }).unwrap_err();
+            let err = Envelope::try_from(pb::Envelope {
+                labels: Some(l),
+                body: alert(),
+            })
+            .unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
     }
@@ -448,9 +509,17 @@ mod tests {
     fn body_must_match_kind_and_be_bounded() {
         let mut l = labels();
         l.kind = pb::Kind::ThreatAssessment as i32;
-        let err = Envelope::try_from(pb::Envelope { labels: Some(l), body: alert() }).unwrap_err();
+        let err = Envelope::try_from(pb::Envelope {
+            labels: Some(l),
+            body: alert(),
+        })
+        .unwrap_err();
         assert_eq!(err.field, "body.content");
-        let err = Envelope::try_from(pb::Envelope { labels: Some(labels()), body: vec![0xff; 10] }).unwrap_err();
+        let err = Envelope::try_from(pb::Envelope {
+            labels: Some(labels()),
+            body: vec![0xff; 10],
+        })
+        .unwrap_err();
         assert_eq!(err.field, "body");
         let err = Envelope::try_from(pb::Envelope {
             labels: Some(labels()),
@@ -479,10 +548,22 @@ mod tests {
             }
             .encode_to_vec()
         };
-        assert!(Envelope::try_from(pb::Envelope { labels: Some(l.clone()), body: plan(10, 20, "cybercrime") }).is_ok());
-        let err = Envelope::try_from(pb::Envelope { labels: Some(l.clone()), body: plan(20, 10, "cybercrime") }).unwrap_err();
+        assert!(Envelope::try_from(pb::Envelope {
+            labels: Some(l.clone()),
+            body: plan(10, 20, "cybercrime")
+        })
+        .is_ok());
+        let err = Envelope::try_from(pb::Envelope {
+            labels: Some(l.clone()),
+            body: plan(20, 10, "cybercrime"),
+        })
+        .unwrap_err();
         assert_eq!(err.field, "body.operational_plan.window_end_ms");
-        let err = Envelope::try_from(pb::Envelope { labels: Some(l), body: plan(10, 20, "drugs") }).unwrap_err();
+        let err = Envelope::try_from(pb::Envelope {
+            labels: Some(l),
+            body: plan(10, 20, "drugs"),
+        })
+        .unwrap_err();
         assert_eq!(err.field, "body.operational_plan.crime_areas[0]");
     }
 }

@@ -23,7 +23,13 @@ pub enum Role {
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [Self::Hub, Self::Node, Self::Officer, Self::Auditor, Self::Admin];
+    pub const ALL: [Role; 5] = [
+        Self::Hub,
+        Self::Node,
+        Self::Officer,
+        Self::Auditor,
+        Self::Admin,
+    ];
 
     /// The name used in the SPIFFE path.
     pub fn as_str(self) -> &'static str {
@@ -49,7 +55,11 @@ impl FromStr for Role {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| IdentityError(format!("unknown role '{s}'; expected hub, node, officer, auditor or admin")))
+            .ok_or_else(|| {
+                IdentityError(format!(
+                    "unknown role '{s}'; expected hub, node, officer, auditor or admin"
+                ))
+            })
     }
 }
 
@@ -73,7 +83,12 @@ pub struct Identity {
 
 impl Identity {
     /// Builds an identity, validating every part.
-    pub fn new(federation: &str, body: &str, role: Role, name: &str) -> Result<Self, IdentityError> {
+    pub fn new(
+        federation: &str,
+        body: &str,
+        role: Role,
+        name: &str,
+    ) -> Result<Self, IdentityError> {
         let uri = format!("spiffe://{federation}/org/{body}/{role}/{name}");
         uri.parse()
     }
@@ -95,8 +110,9 @@ impl fmt::Display for Identity {
 
 fn is_segment(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        })
 }
 
 impl FromStr for Identity {
@@ -109,7 +125,9 @@ impl FromStr for Identity {
                 uri.escape_debug()
             ))
         };
-        let rest = uri.strip_prefix("spiffe://").ok_or_else(|| bad("not a spiffe uri"))?;
+        let rest = uri
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| bad("not a spiffe uri"))?;
         let parts: Vec<&str> = rest.split('/').collect();
         let [federation, "org", body, role, name] = parts.as_slice() else {
             return Err(bad("wrong path"));
@@ -141,7 +159,9 @@ mod tests {
 
     #[test]
     fn parses_and_prints_round_trip() {
-        let id: Identity = "spiffe://liaison.dev/org/europol/officer/alice".parse().unwrap();
+        let id: Identity = "spiffe://liaison.dev/org/europol/officer/alice"
+            .parse()
+            .unwrap();
         assert_eq!(id.body.as_str(), "europol");
         assert_eq!(id.role, Role::Officer);
         assert_eq!(id.uri(), "spiffe://liaison.dev/org/europol/officer/alice");

@@ -358,7 +358,12 @@ pub(crate) fn require<T>(
     value: Option<T>,
     allowed: &str,
 ) -> Result<T, ValidationError> {
-    value.ok_or_else(|| ValidationError::new(field, format!("missing or unknown; expected one of {allowed}")))
+    value.ok_or_else(|| {
+        ValidationError::new(
+            field,
+            format!("missing or unknown; expected one of {allowed}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -388,7 +393,10 @@ mod tests {
 
     #[test]
     fn crime_areas_normalise() {
-        assert_eq!(CrimeArea::parse("Organised-Crime").map(|c| c.as_str()), Ok("organised_crime"));
+        assert_eq!(
+            CrimeArea::parse("Organised-Crime").map(|c| c.as_str()),
+            Ok("organised_crime")
+        );
         assert!(CrimeArea::parse("jaywalking").is_err());
     }
 }

@@ -35,3 +35,15 @@ impl ValidationError {
         }
     }
 }
+
+/// The 1-based line and column of byte `offset` in `text`, for error messages
+/// that point into configuration files.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}

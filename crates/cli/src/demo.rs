@@ -1,0 +1,552 @@
+//! `liaison demo`: the whole federation on this machine.
+//!
+//! Starts the hub and all eleven nodes on loopback (each with its own sled
+//! store, real mutual TLS, dev certificates made on first run), submits the
+//! realistic messages in `deploy/demo/` from several bodies, prints the
+//! routing matrix (message × body: delivered, or withheld and the rule), then
+//! checks every inbox against that matrix and verifies the audit chain. Any
+//! disagreement makes it exit with code 7.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use liaison_policy::{Governance, SHIPPED_FEDERATION_SOURCE, SHIPPED_FEDERATION_TOML};
+use liaison_proto::v1 as pb;
+use liaison_test_support::{dev_spec, wait_until, Sandbox, SandboxOptions};
+use liaison_types::audit::ChainVerifier;
+use prost::Message;
+use serde_json::json;
+
+use crate::message::MessageSpec;
+use crate::officer::{decisions_json, outcome_name};
+use crate::{Failure, Output};
+
+/// The demo's messages: sending body and message file.
+pub const DEMO_MESSAGES: &[(&str, &str)] = &[
+    (
+        "europol",
+        include_str!("../../../deploy/demo/01-europol-precursors.toml"),
+    ),
+    (
+        "frontex",
+        include_str!("../../../deploy/demo/02-frontex-med-operation.toml"),
+    ),
+    (
+        "aseanapol",
+        include_str!("../../../deploy/demo/03-aseanapol-port-ransomware.toml"),
+    ),
+    (
+        "interpol",
+        include_str!("../../../deploy/demo/04-interpol-ftf-travel.toml"),
+    ),
+    (
+        "ameripol",
+        include_str!("../../../deploy/demo/05-ameripol-container-route.toml"),
+    ),
+    (
+        "gccpol",
+        include_str!("../../../deploy/demo/06-gccpol-hawala.toml"),
+    ),
+    (
+        "unodc",
+        include_str!("../../../deploy/demo/07-unodc-cocaine-outlook.toml"),
+    ),
+    (
+        "afripol",
+        include_str!("../../../deploy/demo/08-afripol-sahel-firearms.toml"),
+    ),
+    (
+        "interpol",
+        include_str!("../../../deploy/demo/09-interpol-cyber-fraud.toml"),
+    ),
+    (
+        "europol",
+        include_str!("../../../deploy/demo/10-europol-balkan-heroin.toml"),
+    ),
+];
+
+/// How long the demo waits for routing and delivery before calling it a failure.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Arguments of `demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Certificate directory; a dev PKI is made there on first run.
+    #[arg(long, default_value = "certs-dev")]
+    pub certs: PathBuf,
+    /// Governance file (default: the shipped deploy/federation.toml).
+    #[arg(long)]
+    pub governance: Option<PathBuf>,
+    /// Keep configurations and stores in this new directory (default: a
+    /// temporary directory, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// After the checks, keep the federation running until Ctrl-C so that
+    /// you can try the CLI against it.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+/// One submitted demo message.
+#[derive(Debug)]
+struct Sent {
+    origin: String,
+    id: String,
+    title: String,
+    kind: String,
+    classification: String,
+    personal_data: bool,
+    decisions: Vec<pb::RoutingDecision>,
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
+    liaison_telemetry::init("error", liaison_telemetry::Format::Text);
+    let (source, text) = match &args.governance {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
+        None => (
+            SHIPPED_FEDERATION_SOURCE.to_owned(),
+            SHIPPED_FEDERATION_TOML.to_owned(),
+        ),
+    };
+    let gov = Governance::from_toml(&source, &text)?;
+    if let Some(dir) = &args.dir {
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            bail!(
+                "{} is not empty; give a new directory so the demo starts from empty stores",
+                dir.display()
+            );
+        }
+    }
+    let human = out == Output::Human;
+    if liaison_pki::ensure_dev_pki(&args.certs, &dev_spec(&gov))? && human {
+        println!(
+            "made a dev pki for {} bodies in {}",
+            gov.bodies().count(),
+            args.certs.display()
+        );
+    }
+    let mut opts = SandboxOptions::new(&text);
+    opts.certs = Some(args.certs.clone());
+    opts.dir = args.dir.clone();
+    let sandbox = Sandbox::start(opts).await?;
+    if human {
+        println!("hub (run by {}) on {}", gov.hub_body(), sandbox.hub_url());
+        for body in sandbox.running_nodes() {
+            let b = gov
+                .body(body.as_str())
+                .map(|b| (b.name.clone(), b.status.as_str()))
+                .unwrap_or_default();
+            println!(
+                "  node {body:<10} {:<44} {:<8} {}",
+                b.0,
+                b.1,
+                sandbox.node_url(&body)?
+            );
+        }
+        println!("policy version {}", gov.version());
+    }
+
+    let result = exercise(&sandbox, &gov, human).await;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = sandbox.shutdown().await;
+            return Err(e);
+        }
+    };
+    if out == Output::Json {
+        println!("{}", report.json);
+    }
+    if args.keep_running && report.problems.is_empty() {
+        println!("\nthe federation keeps running; try for example:");
+        println!(
+            "  cargo run -q --bin liaison -- inbox --server {} --certs {} --as interpol/officer-alice",
+            sandbox.node_url("interpol")?,
+            args.certs.display()
+        );
+        println!(
+            "  cargo run -q --bin liaison -- audit verify --server {} --certs {} --as interpol/auditor-audit",
+            sandbox.hub_url(),
+            args.certs.display()
+        );
+        println!("press Ctrl-C to stop");
+        crate::ops::shutdown_signal().await;
+    }
+    sandbox.shutdown().await?;
+    if report.problems.is_empty() {
+        if human {
+            println!("\nall checks passed: every inbox matches the routing matrix and the audit chain verifies");
+        }
+        Ok(())
+    } else {
+        for p in &report.problems {
+            eprintln!("disagreement: {p}");
+        }
+        Err(Failure::check(format!(
+            "{} disagreement(s) between routing, inboxes and audit",
+            report.problems.len()
+        ))
+        .into())
+    }
+}
+
+struct Report {
+    problems: Vec<String>,
+    json: serde_json::Value,
+}
+
+async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Report> {
+    let bodies: Vec<String> = gov.bodies().map(|b| b.id.to_string()).collect();
+    let mut problems = Vec::new();
+
+    // 1. An officer asks before sending.
+    let (explain_body, explain_text) = DEMO_MESSAGES[4];
+    let (labels, body) = toml::from_str::<MessageSpec>(explain_text)?.to_request()?;
+    let explained = sandbox
+        .officer(explain_body, "alice")
+        .await?
+        .explain(pb::OfficerExplainRequest {
+            labels: Some(labels),
+            body: Some(body.clone()),
+        })
+        .await
+        .map_err(|s| Failure::status("explain", &s))?
+        .into_inner();
+    if human {
+        println!(
+            "\n== {explain_body} officer asks who would receive \"{}\" (nothing is sent)",
+            body.title
+        );
+        crate::officer::print_decisions(&explained.decisions);
+    }
+
+    // 2. Officers of several bodies submit.
+    let mut sent = Vec::new();
+    for (origin, text) in DEMO_MESSAGES {
+        let spec: MessageSpec =
+            toml::from_str(text).with_context(|| format!("demo message from {origin}"))?;
+        let (labels, body) = spec.to_request()?;
+        let resp = sandbox
+            .officer(origin, "alice")
+            .await?
+            .submit(pb::OfficerSubmitRequest {
+                labels: Some(labels.clone()),
+                body: Some(body.clone()),
+            })
+            .await
+            .map_err(|s| Failure::status(&format!("submit from {origin}"), &s))?
+            .into_inner();
+        sent.push(Sent {
+            origin: (*origin).to_owned(),
+            id: resp.message_id,
+            title: body.title,
+            kind: spec.kind.clone().unwrap_or_default(),
+            classification: spec.classification.clone().unwrap_or_default(),
+            personal_data: labels.personal_data,
+            decisions: Vec::new(),
+        });
+    }
+
+    // 3. Wait until each origin's outbox says the hub routed every message.
+    for s in &mut sent {
+        let client = sandbox.officer(&s.origin, "alice").await?;
+        let id = s.id.clone();
+        let entry = wait_until(&format!("the hub routes {id}"), SETTLE, || {
+            let mut client = client.clone();
+            let id = id.clone();
+            async move {
+                let list = client
+                    .list_outbox(pb::ListOutboxRequest { limit: 1000 })
+                    .await
+                    .ok()?
+                    .into_inner();
+                list.entries
+                    .into_iter()
+                    .find(|e| e.message_id == id && e.status != "queued")
+            }
+        })
+        .await?;
+        if entry.status != "routed" {
+            problems.push(format!(
+                "{} was {}: {}",
+                s.id, entry.status, entry.last_error
+            ));
+        }
+        s.decisions = entry.decisions;
+    }
+    if human {
+        print_matrix(&sent, &bodies);
+    }
+
+    // 4. A node that claims another body's identity is refused and audited.
+    let spoof = spoof_attempt(sandbox).await?;
+    if human {
+        println!("\n== the europol node submits a message naming frontex as origin");
+        println!("   hub answered {:?}: {}", spoof.code(), spoof.message());
+    }
+    if spoof.code() != tonic::Code::PermissionDenied {
+        problems.push(format!(
+            "a spoofed origin was answered {:?}, not PermissionDenied",
+            spoof.code()
+        ));
+    }
+
+    // 5. Every inbox must hold exactly what the matrix delivered to it.
+    let mut expected: BTreeMap<&str, BTreeSet<String>> = bodies
+        .iter()
+        .map(|b| (b.as_str(), BTreeSet::new()))
+        .collect();
+    for s in &sent {
+        for d in &s.decisions {
+            if d.outcome == pb::Outcome::Deliver as i32 {
+                expected
+                    .entry(d.recipient.as_str())
+                    .or_default()
+                    .insert(s.id.clone());
+            }
+        }
+    }
+    let mut markings = Vec::new();
+    for (body, want) in &expected {
+        let client = sandbox.officer(body, "bob").await?;
+        let want = want.clone();
+        let got = wait_until(&format!("{body}'s inbox fills"), SETTLE, || {
+            let mut client = client.clone();
+            let want = want.clone();
+            async move {
+                let list = client
+                    .list_inbox(pb::ListInboxRequest {
+                        unread_only: false,
+                        limit: 1000,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                // Wait until everything expected arrived; anything extra is
+                // then caught below.
+                let ids: BTreeSet<String> =
+                    list.entries.iter().map(|e| e.message_id.clone()).collect();
+                want.is_subset(&ids).then_some(list.entries)
+            }
+        })
+        .await?;
+        let ids: BTreeSet<String> = got.iter().map(|e| e.message_id.clone()).collect();
+        for extra in ids.difference(&want) {
+            problems.push(format!(
+                "{body}'s inbox holds {extra}, which the hub withheld from it"
+            ));
+        }
+        if let Some(first) = got.first() {
+            markings.push((body.to_string(), first.marking.clone(), first.title.clone()));
+        }
+    }
+    if human {
+        println!("\n== inboxes: every body holds exactly what the matrix delivered to it");
+        for (body, want) in &expected {
+            println!("   {body:<10} {} message(s)", want.len());
+        }
+        println!("\n== each reader sees the classification in its own marking scheme");
+        for (body, marking, title) in markings.iter().take(6) {
+            println!("   {body:<10} \"{marking}\"  {title}");
+        }
+    }
+
+    // 6. An officer reads and acknowledges a message.
+    if let Some(id) = expected.get("interpol").and_then(|s| s.iter().next()) {
+        let ack = sandbox
+            .officer("interpol", "bob")
+            .await?
+            .acknowledge(pb::OfficerAcknowledgeRequest {
+                message_id: id.clone(),
+            })
+            .await
+            .map_err(|s| Failure::status("ack", &s))?
+            .into_inner();
+        if human {
+            println!(
+                "\n== interpol officer acknowledges {id}: read by {}",
+                ack.read_by
+            );
+        }
+    }
+
+    // 7. The auditor verifies the chain, here and on the hub.
+    let mut auditor = sandbox.auditor(gov.hub_body().as_str()).await?;
+    let expected_routed: usize = sent.iter().map(|s| s.decisions.len()).sum();
+    let delivered_total: usize = expected.values().map(BTreeSet::len).sum();
+    let records = wait_until(
+        "every delivery is acknowledged in the audit log",
+        SETTLE,
+        || {
+            let mut auditor = auditor.clone();
+            async move {
+                let records = collect_audit(&mut auditor).await.ok()?;
+                let acks = records.iter().filter(|r| r.event == "acknowledged").count();
+                (acks >= delivered_total).then_some(records)
+            }
+        },
+    )
+    .await?;
+    let mut verifier = ChainVerifier::default();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &records {
+        verifier.push(r);
+        *counts.entry(r.event.clone()).or_default() += 1;
+    }
+    let local = verifier.finish();
+    let hub = auditor
+        .verify(pb::VerifyRequest {})
+        .await
+        .map_err(|s| Failure::status("audit verify", &s))?
+        .into_inner();
+    if !local.ok() || !hub.ok || local.head_hash != hub.head_hash {
+        problems.push(format!(
+            "audit chain: local {:?} head {}, hub ok={} head {}",
+            local.first_error, local.head_hash, hub.ok, hub.head_hash
+        ));
+    }
+    let routed = counts.get("routed").copied().unwrap_or(0);
+    if routed != expected_routed {
+        problems.push(format!(
+            "audit holds {routed} routing decisions, the matrix {expected_routed}"
+        ));
+    }
+    if counts.get("refused").copied().unwrap_or(0) != 1 {
+        problems.push("audit does not hold exactly one refusal for the spoofed origin".into());
+    }
+    let withheld_rules: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.decision == "withhold")
+        .map(|r| r.rule.as_str())
+        .collect();
+    if human {
+        println!(
+            "\n== audit: {} records, chain verified here and on the hub, head {}",
+            local.records, local.head_hash
+        );
+        for (event, n) in &counts {
+            println!("   {event:<13} {n}");
+        }
+        println!(
+            "   rules that withheld: {}",
+            withheld_rules
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let json = json!({
+        "hub": sandbox.hub_url(),
+        "policy_version": gov.version(),
+        "messages": sent.iter().map(|s| json!({
+            "message_id": s.id, "origin": s.origin, "title": s.title, "kind": s.kind,
+            "classification": s.classification, "personal_data": s.personal_data,
+            "decisions": decisions_json(&s.decisions),
+        })).collect::<Vec<_>>(),
+        "audit": {"records": local.records, "head_hash": local.head_hash, "events": counts, "ok": local.ok() && hub.ok},
+        "problems": problems,
+    });
+    Ok(Report { problems, json })
+}
+
+async fn collect_audit(
+    auditor: &mut pb::audit_client::AuditClient<tonic::transport::Channel>,
+) -> Result<Vec<pb::AuditRecord>, tonic::Status> {
+    let mut stream = auditor.list(pb::AuditQuery::default()).await?.into_inner();
+    let mut records = Vec::new();
+    while let Some(r) = stream.next().await {
+        records.push(r?);
+    }
+    Ok(records)
+}
+
+/// The europol node's certificate, submitting as frontex.
+async fn spoof_attempt(sandbox: &Sandbox) -> Result<tonic::Status> {
+    let (mut labels, body) = toml::from_str::<MessageSpec>(DEMO_MESSAGES[1].1)?.to_request()?;
+    labels.origin = "frontex".into();
+    labels.message_id = uuid::Uuid::new_v4().to_string();
+    labels.created_at_ms = liaison_types::now_ms();
+    let result = sandbox
+        .hub_as("europol/node")
+        .await?
+        .submit(pb::SubmitRequest {
+            envelope: Some(pb::Envelope {
+                labels: Some(labels),
+                body: body.encode_to_vec(),
+            }),
+        })
+        .await;
+    Ok(match result {
+        Ok(_) => tonic::Status::ok("accepted"),
+        Err(s) => s,
+    })
+}
+
+fn print_matrix(sent: &[Sent], bodies: &[String]) {
+    let mut legend: BTreeMap<String, char> = BTreeMap::new();
+    let letters = "abcdefghijklmnopqrstuvwxyz";
+    println!("\n== routing matrix (✓ delivered, · originator, a letter: withheld by the rule in the legend)");
+    print!("{:<4}{:<11}{:<18}{:<13}", "#", "from", "kind", "class");
+    for b in bodies {
+        print!("{:<10}", b.chars().take(9).collect::<String>());
+    }
+    println!();
+    for (i, s) in sent.iter().enumerate() {
+        print!(
+            "{:<4}{:<11}{:<18}{:<13}",
+            i + 1,
+            s.origin,
+            s.kind,
+            s.classification
+        );
+        for b in bodies {
+            let cell = match s.decisions.iter().find(|d| &d.recipient == b) {
+                None if *b == s.origin => "·".to_owned(),
+                None => "?".to_owned(),
+                Some(d) if outcome_name(d.outcome) == "deliver" => "✓".to_owned(),
+                Some(d) => {
+                    let n = legend.len();
+                    legend
+                        .entry(d.rule.clone())
+                        .or_insert_with(|| letters.chars().nth(n).unwrap_or('?'))
+                        .to_string()
+                }
+            };
+            print!("{cell:<10}");
+        }
+        println!();
+    }
+    println!("\nlegend:");
+    let mut by_letter: Vec<(char, &String)> = legend.iter().map(|(r, c)| (*c, r)).collect();
+    by_letter.sort();
+    for (c, rule) in by_letter {
+        println!("  {c}  {rule}");
+    }
+    println!("\nwhy:");
+    for (i, s) in sent.iter().enumerate() {
+        println!(
+            "  #{} {} ({}{})",
+            i + 1,
+            s.title,
+            s.classification,
+            if s.personal_data {
+                ", personal data"
+            } else {
+                ""
+            }
+        );
+        for d in &s.decisions {
+            if outcome_name(d.outcome) != "deliver" {
+                println!("      {:<10} {}: {}", d.recipient, d.rule, d.reason);
+            }
+        }
+    }
+}

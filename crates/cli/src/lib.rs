@@ -1,0 +1,173 @@
+//! The `liaison` command for liaison officers, auditors and operators.
+//!
+//! Officers talk to their own body's node (`submit`, `outbox`, `inbox`,
+//! `show`, `ack`, `explain`); auditors talk to the hub (`audit list`,
+//! `audit verify`); operators start services (`hub`, `node`), make the dev
+//! PKI (`pki init`) and check governance files (`policy check`); `demo` runs
+//! the whole federation on this machine. See `exit` for exit codes.
+#![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod exit;
+pub mod message;
+mod officer;
+mod ops;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use liaison_pki::{TlsFiles, TlsMaterial};
+
+pub use exit::Failure;
+pub use message::MessageSpec;
+
+/// Liaison: federated, policy-routed exchange of threat assessments,
+/// operational plans and alerts between the bodies of the INTERPOL Dialogue.
+#[derive(Debug, Parser)]
+#[command(name = "liaison", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables and sentences for people.
+    Human,
+    /// One JSON document (or JSON lines for streams), for scripts.
+    Json,
+}
+
+/// Who you are and where to connect.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// Server address, for example https://127.0.0.1:7401 (your node, or the hub for audit).
+    #[arg(long, env = "LIAISON_SERVER")]
+    pub server: String,
+    /// Directory of the certificates (the dev PKI layout).
+    #[arg(long, env = "LIAISON_CERTS", default_value = "certs-dev")]
+    pub certs: PathBuf,
+    /// Your certificate within --certs, for example europol/officer-alice.
+    #[arg(long = "as", env = "LIAISON_AS")]
+    pub identity: Option<String>,
+    /// Your certificate file (overrides --as).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Your private key file.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The federation CA file (default: ca.pem in --certs).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+}
+
+impl Connection {
+    /// Loads the certificate, key and CA this connection uses.
+    pub fn material(&self) -> Result<TlsMaterial> {
+        let files = match (&self.cert, &self.key, &self.identity) {
+            (Some(cert), Some(key), _) => TlsFiles {
+                ca: self.ca.clone().unwrap_or_else(|| self.certs.join(liaison_pki::CA_CERT_FILE)),
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (_, _, Some(stem)) => {
+                let mut f = TlsFiles::in_dev_dir(&self.certs, stem);
+                if let Some(ca) = &self.ca {
+                    f.ca = ca.clone();
+                }
+                f
+            }
+            _ => {
+                return Err(Failure {
+                    code: 2,
+                    message: "say who you are: --as <body>/<role>-<name> (for example europol/officer-alice) or --cert and --key"
+                        .into(),
+                }
+                .into())
+            }
+        };
+        Ok(TlsMaterial::load(&files)?)
+    }
+}
+
+/// Every command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a threat assessment, operational plan or alert to your node.
+    Submit(officer::SubmitArgs),
+    /// Ask the hub who would receive a message, and why, without sending it.
+    Explain(officer::SubmitArgs),
+    /// List what you submitted and how the hub routed it.
+    Outbox(officer::ListArgs),
+    /// List your body's inbox, newest first.
+    Inbox(officer::InboxArgs),
+    /// Show one inbox message in full.
+    Show(officer::IdArgs),
+    /// Acknowledge (mark as read) an inbox message.
+    Ack(officer::IdArgs),
+    /// Read and verify the hub's audit log (auditor certificate).
+    #[command(subcommand)]
+    Audit(ops::AuditCommand),
+    /// Development PKI.
+    #[command(subcommand)]
+    Pki(ops::PkiCommand),
+    /// Governance files.
+    #[command(subcommand)]
+    Policy(ops::PolicyCommand),
+    /// Run the hub from a configuration file.
+    Hub(ops::ServeArgs),
+    /// Run an organisation node from a configuration file.
+    Node(ops::ServeArgs),
+    /// Run the whole federation on this machine, route a realistic set of
+    /// messages and check every inbox against the routing matrix.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let out = cli.output;
+    match cli.command {
+        Command::Submit(a) => officer::submit(a, out).await,
+        Command::Explain(a) => officer::explain(a, out).await,
+        Command::Outbox(a) => officer::outbox(a, out).await,
+        Command::Inbox(a) => officer::inbox(a, out).await,
+        Command::Show(a) => officer::show(a, out).await,
+        Command::Ack(a) => officer::ack(a, out).await,
+        Command::Audit(c) => ops::audit(c, out).await,
+        Command::Pki(c) => ops::pki(c, out),
+        Command::Policy(c) => ops::policy(c, out),
+        Command::Hub(a) => ops::hub(a).await,
+        Command::Node(a) => ops::node(a).await,
+        Command::Demo(a) => demo::run(a, out).await,
+    }
+}
+
+/// Parses the process arguments, runs, prints any error and returns the
+/// exit code.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::code_of(&e)
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Officer commands, against the officer's own node.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use liaison_proto::v1 as pb;
+use liaison_proto::v1::officer_client::OfficerClient;
+use liaison_types::{Classification, Kind, Priority, Role};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::message::{format_time, read_file, MessageSpec};
+use crate::{Connection, Failure, Output};
+
+/// Arguments of `submit` and `explain`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Where and who.
+    #[command(flatten)]
+    pub conn: Connection,
+    /// A message file (TOML, or JSON if it ends in .json); flags override its fields.
+    #[arg(long, short)]
+    pub file: Option<PathBuf>,
+    /// The message, from flags.
+    #[command(flatten)]
+    pub message: MessageSpec,
+}
+
+/// Arguments of `outbox`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Where and who.
+    #[command(flatten)]
+    pub conn: Connection,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// Arguments of `inbox`.
+#[derive(Debug, clap::Args)]
+pub struct InboxArgs {
+    /// Where and who.
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Only messages nobody has acknowledged.
+    #[arg(long)]
+    pub unread: bool,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// Arguments naming one message.
+#[derive(Debug, clap::Args)]
+pub struct IdArgs {
+    /// Where and who.
+    #[command(flatten)]
+    pub conn: Connection,
+    /// The message id.
+    pub message_id: String,
+}
+
+/// Connects to the node named by `conn` as an officer.
+pub async fn client(conn: &Connection) -> Result<OfficerClient<Channel>> {
+    let material = conn.material()?;
+    let me = material.identity()?;
+    let channel =
+        liaison_pki::connect(&conn.server, &material, Some(Role::Node), &me.federation).await?;
+    Ok(OfficerClient::new(channel))
+}
+
+fn message(args: &SubmitArgs) -> Result<(pb::Labels, pb::Body)> {
+    let spec = match &args.file {
+        Some(f) => args.message.clone().overlay(read_file(f)?),
+        None => args.message.clone(),
+    };
+    spec.to_request().map_err(|e| {
+        Failure {
+            code: 2,
+            message: e.to_string(),
+        }
+        .into()
+    })
+}
+
+pub(crate) fn decisions_json(d: &[pb::RoutingDecision]) -> serde_json::Value {
+    d.iter()
+        .map(|d| {
+            json!({
+                "recipient": d.recipient,
+                "outcome": outcome_name(d.outcome),
+                "rule": d.rule,
+                "reason": d.reason,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn outcome_name(o: i32) -> &'static str {
+    if o == pb::Outcome::Deliver as i32 {
+        "deliver"
+    } else {
+        "withhold"
+    }
+}
+
+pub(crate) fn print_decisions(d: &[pb::RoutingDecision]) {
+    println!("{:<10} {:<9} {:<28} REASON", "RECIPIENT", "OUTCOME", "RULE");
+    for d in d {
+        println!(
+            "{:<10} {:<9} {:<28} {}",
+            d.recipient,
+            outcome_name(d.outcome),
+            d.rule,
+            d.reason
+        );
+    }
+}
+
+fn kind_name(k: i32) -> &'static str {
+    Kind::from_proto(k).map_or("?", Kind::as_str)
+}
+
+fn class_name(c: i32) -> &'static str {
+    Classification::from_proto(c).map_or("?", Classification::as_str)
+}
+
+fn priority_name(p: i32) -> &'static str {
+    Priority::from_proto(p).map_or("?", Priority::as_str)
+}
+
+/// `liaison submit`.
+pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
+    let (labels, body) = message(&args)?;
+    let mut node = client(&args.conn).await?;
+    let resp = node
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(labels),
+            body: Some(body),
+        })
+        .await
+        .map_err(|s| Failure::status("submit refused", &s))?
+        .into_inner();
+    match out {
+        Output::Json => println!(
+            "{}",
+            json!({"message_id": resp.message_id, "duplicate": resp.duplicate, "status": "queued"})
+        ),
+        Output::Human => {
+            let note = if resp.duplicate {
+                " (already submitted; nothing new sent)"
+            } else {
+                ""
+            };
+            println!("queued {}{note}", resp.message_id);
+            println!("see how the hub routed it with: liaison outbox");
+        }
+    }
+    Ok(())
+}
+
+/// `liaison explain`.
+pub async fn explain(args: SubmitArgs, out: Output) -> Result<()> {
+    let (labels, body) = message(&args)?;
+    let mut node = client(&args.conn).await?;
+    let resp = node
+        .explain(pb::OfficerExplainRequest {
+            labels: Some(labels),
+            body: Some(body),
+        })
+        .await
+        .map_err(|s| Failure::status("explain refused", &s))?
+        .into_inner();
+    match out {
+        Output::Json => println!(
+            "{}",
+            json!({"policy_version": resp.policy_version, "decisions": decisions_json(&resp.decisions)})
+        ),
+        Output::Human => {
+            println!("policy version {}", resp.policy_version);
+            print_decisions(&resp.decisions);
+        }
+    }
+    Ok(())
+}
+
+/// `liaison outbox`.
+pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
+    let mut node = client(&args.conn).await?;
+    let resp = node
+        .list_outbox(pb::ListOutboxRequest { limit: args.limit })
+        .await
+        .map_err(|s| Failure::status("outbox", &s))?
+        .into_inner();
+    match out {
+        Output::Json => {
+            for e in &resp.entries {
+                println!(
+                    "{}",
+                    json!({
+                        "message_id": e.message_id, "title": e.title, "kind": kind_name(e.kind),
+                        "classification": class_name(e.classification), "status": e.status,
+                        "submitted_by": e.submitted_by, "submitted_at": format_time(e.submitted_at_ms),
+                        "attempts": e.attempts, "last_error": e.last_error,
+                        "policy_version": e.policy_version, "decisions": decisions_json(&e.decisions),
+                    })
+                );
+            }
+        }
+        Output::Human => {
+            for e in &resp.entries {
+                let delivered: Vec<&str> = e
+                    .decisions
+                    .iter()
+                    .filter(|d| d.outcome == pb::Outcome::Deliver as i32)
+                    .map(|d| d.recipient.as_str())
+                    .collect();
+                println!(
+                    "{}  {:<8} {:<17} {:<12} {}",
+                    e.message_id,
+                    e.status,
+                    kind_name(e.kind),
+                    class_name(e.classification),
+                    e.title
+                );
+                match e.status.as_str() {
+                    "routed" => println!(
+                        "    delivered to: {}",
+                        if delivered.is_empty() {
+                            "nobody".into()
+                        } else {
+                            delivered.join(", ")
+                        }
+                    ),
+                    "rejected" => println!("    rejected: {}", e.last_error),
+                    _ if !e.last_error.is_empty() => {
+                        println!("    {} attempts; last error: {}", e.attempts, e.last_error)
+                    }
+                    _ => {}
+                }
+            }
+            if resp.entries.is_empty() {
+                println!("outbox is empty");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn summary_json(s: &pb::InboxSummary) -> serde_json::Value {
+    json!({
+        "message_id": s.message_id, "origin": s.origin, "kind": kind_name(s.kind),
+        "classification": class_name(s.classification), "marking": s.marking,
+        "priority": priority_name(s.priority), "title": s.title,
+        "received_at": format_time(s.received_at_ms), "read": s.read,
+    })
+}
+
+/// `liaison inbox`.
+pub async fn inbox(args: InboxArgs, out: Output) -> Result<()> {
+    let mut node = client(&args.conn).await?;
+    let resp = node
+        .list_inbox(pb::ListInboxRequest {
+            unread_only: args.unread,
+            limit: args.limit,
+        })
+        .await
+        .map_err(|s| Failure::status("inbox", &s))?
+        .into_inner();
+    match out {
+        Output::Json => resp
+            .entries
+            .iter()
+            .for_each(|s| println!("{}", summary_json(s))),
+        Output::Human => {
+            for s in &resp.entries {
+                println!(
+                    "{} {}  {:<9} {:<17} {:<9} {:<30} {}",
+                    if s.read { " " } else { "*" },
+                    s.message_id,
+                    s.origin,
+                    kind_name(s.kind),
+                    priority_name(s.priority),
+                    s.marking,
+                    s.title
+                );
+            }
+            if resp.entries.is_empty() {
+                println!("inbox is empty");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `liaison show`.
+pub async fn show(args: IdArgs, out: Output) -> Result<()> {
+    let mut node = client(&args.conn).await?;
+    let m = node
+        .show(pb::ShowRequest {
+            message_id: args.message_id.clone(),
+        })
+        .await
+        .map_err(|s| Failure::status("show", &s))?
+        .into_inner();
+    let s = m.summary.clone().unwrap_or_default();
+    let l = m.labels.clone().unwrap_or_default();
+    let body = m.body.clone().unwrap_or_default();
+    let content = match &body.content {
+        Some(pb::body::Content::ThreatAssessment(t)) => {
+            json!({"summary": t.summary, "assessment": t.assessment, "horizon": t.horizon})
+        }
+        Some(pb::body::Content::OperationalPlan(p)) => json!({
+            "summary": p.summary, "window_start": format_time(p.window_start_ms), "window_end": format_time(p.window_end_ms),
+            "lead_body": p.lead_body, "regions": p.regions, "crime_areas": p.crime_areas, "target_ids": p.target_ids,
+        }),
+        Some(pb::body::Content::Alert(a)) => {
+            json!({"text": a.text, "indicators": a.indicators, "ack_requested": a.ack_requested})
+        }
+        None => json!(null),
+    };
+    match out {
+        Output::Json => {
+            let mut v = summary_json(&s);
+            v["crime_areas"] = json!(l.crime_areas);
+            v["regions"] = json!(l.regions);
+            v["countries"] = json!(l.countries);
+            v["personal_data"] = json!(l.personal_data);
+            v["third_party_release"] = json!(l.third_party_release);
+            v["expires_at"] = json!(format_time(l.expires_at_ms));
+            v["read_by"] = json!(m.read_by);
+            v["body"] = content;
+            println!("{v}");
+        }
+        Output::Human => {
+            println!("{}", s.marking);
+            println!("{}", body.title);
+            println!("  id:             {}", s.message_id);
+            println!("  from:           {}", s.origin);
+            println!(
+                "  kind:           {}   priority: {}",
+                kind_name(s.kind),
+                priority_name(s.priority)
+            );
+            println!(
+                "  classification: {} (common scale {})",
+                s.marking,
+                class_name(s.classification)
+            );
+            println!("  crime areas:    {}", l.crime_areas.join(", "));
+            if !l.regions.is_empty() || !l.countries.is_empty() {
+                println!(
+                    "  where:          {} {}",
+                    l.regions.join(", "),
+                    l.countries.join(", ")
+                );
+            }
+            println!(
+                "  personal data:  {}",
+                if l.personal_data { "yes" } else { "no" }
+            );
+            println!(
+                "  onward release: {}",
+                if l.third_party_release {
+                    "allowed"
+                } else {
+                    "not without the originator's consent"
+                }
+            );
+            println!(
+                "  created:        {}   expires: {}",
+                format_time(l.created_at_ms),
+                format_time(l.expires_at_ms)
+            );
+            println!("  received:       {}", format_time(s.received_at_ms));
+            if !m.read_by.is_empty() {
+                println!(
+                    "  read by:        {} at {}",
+                    m.read_by,
+                    format_time(m.read_at_ms)
+                );
+            }
+            println!();
+            if let serde_json::Value::Object(map) = content {
+                for (k, v) in map {
+                    let v = match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    println!("{k}: {v}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `liaison ack`.
+pub async fn ack(args: IdArgs, out: Output) -> Result<()> {
+    let mut node = client(&args.conn).await?;
+    let r = node
+        .acknowledge(pb::OfficerAcknowledgeRequest {
+            message_id: args.message_id.clone(),
+        })
+        .await
+        .map_err(|s| Failure::status("ack", &s))?
+        .into_inner();
+    match out {
+        Output::Json => println!(
+            "{}",
+            json!({"message_id": args.message_id, "read_by": r.read_by, "read_at": format_time(r.read_at_ms)})
+        ),
+        Output::Human => println!(
+            "{} read by {} at {}",
+            args.message_id,
+            r.read_by,
+            format_time(r.read_at_ms)
+        ),
+    }
+    Ok(())
+}

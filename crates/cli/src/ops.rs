@@ -1,0 +1,459 @@
+//! Operator and auditor commands: audit, pki, policy, hub, node.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use liaison_pki::DevPkiSpec;
+use liaison_policy::Governance;
+use liaison_proto::v1 as pb;
+use liaison_proto::v1::audit_client::AuditClient;
+use liaison_types::audit::{to_json, ChainVerifier};
+use liaison_types::{BodyId, Role};
+use serde_json::json;
+
+use crate::message::{format_time, parse_time};
+use crate::{Connection, Failure, Output};
+
+/// `liaison audit ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// List audit records, oldest first.
+    List(AuditListArgs),
+    /// Verify the hash chain: asks the hub, and recomputes it here when your
+    /// certificate lets you read the whole log.
+    Verify(AuditVerifyArgs),
+}
+
+/// Filters for `audit list`.
+#[derive(Debug, clap::Args)]
+pub struct AuditListArgs {
+    /// Where and who (an auditor certificate; --server is the hub).
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Only this message.
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Only records naming this body as origin or recipient.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Only this rule (for example recipient.clearance).
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Only this event: received, routed, delivered, acknowledged, refused.
+    #[arg(long)]
+    pub event: Option<String>,
+    /// Only this decision: deliver or withhold.
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many records.
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// Export as CSV (header line first) instead of a table or JSON lines.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// Arguments of `audit verify`.
+#[derive(Debug, clap::Args)]
+pub struct AuditVerifyArgs {
+    /// Where and who (an auditor certificate; --server is the hub).
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+async fn audit_client(conn: &Connection) -> Result<AuditClient<tonic::transport::Channel>> {
+    let material = conn.material()?;
+    let me = material.identity()?;
+    let channel =
+        liaison_pki::connect(&conn.server, &material, Some(Role::Hub), &me.federation).await?;
+    Ok(AuditClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
+}
+
+const CSV_FIELDS: [&str; 16] = [
+    "seq",
+    "at",
+    "event",
+    "message_id",
+    "origin",
+    "recipient",
+    "decision",
+    "rule",
+    "reason",
+    "policy_version",
+    "actor",
+    "kind",
+    "classification",
+    "queue_seq",
+    "prev_hash",
+    "hash",
+];
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+async fn audit_list(a: AuditListArgs, out: Output) -> Result<()> {
+    let mut client = audit_client(&a.conn).await?;
+    let query = pb::AuditQuery {
+        message_id: a.message.unwrap_or_default(),
+        body: a.body.unwrap_or_default(),
+        rule: a.rule.unwrap_or_default(),
+        event: a.event.unwrap_or_default(),
+        decision: a.decision.unwrap_or_default(),
+        since_ms: a
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s))
+            .transpose()?
+            .unwrap_or(0),
+        until_ms: a
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s))
+            .transpose()?
+            .unwrap_or(0),
+        after_seq: 0,
+        limit: a.limit,
+    };
+    let mut stream = client
+        .list(query)
+        .await
+        .map_err(|s| Failure::status("audit list", &s))?
+        .into_inner();
+    if a.csv {
+        println!("{}", CSV_FIELDS.join(","));
+    } else if out == Output::Human {
+        println!(
+            "{:>6} {:<20} {:<12} {:<36} {:<9} {:<9} {:<8} {}",
+            "SEQ", "AT", "EVENT", "MESSAGE", "ORIGIN", "RECIPIENT", "DECISION", "RULE"
+        );
+    }
+    while let Some(r) = stream.next().await {
+        let r = r.map_err(|s| Failure::status("audit list", &s))?;
+        if a.csv {
+            let seq = r.seq.to_string();
+            let qseq = r.queue_seq.to_string();
+            let at = format_time(r.at_ms);
+            let fields = [
+                &seq,
+                &at,
+                &r.event,
+                &r.message_id,
+                &r.origin,
+                &r.recipient,
+                &r.decision,
+                &r.rule,
+                &r.reason,
+                &r.policy_version,
+                &r.actor,
+                &r.kind,
+                &r.classification,
+                &qseq,
+                &r.prev_hash,
+                &r.hash,
+            ];
+            println!("{}", fields.map(|f| csv_field(f)).join(","));
+        } else if out == Output::Json {
+            println!("{}", serde_json::Value::Object(to_json(&r)));
+        } else {
+            println!(
+                "{:>6} {:<20} {:<12} {:<36} {:<9} {:<9} {:<8} {}",
+                r.seq,
+                format_time(r.at_ms),
+                r.event,
+                r.message_id,
+                r.origin,
+                r.recipient,
+                r.decision,
+                r.rule
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn audit_verify(a: AuditVerifyArgs, out: Output) -> Result<()> {
+    let mut client = audit_client(&a.conn).await?;
+    let hub = client
+        .verify(pb::VerifyRequest {})
+        .await
+        .map_err(|s| Failure::status("audit verify", &s))?
+        .into_inner();
+    // Recompute the chain here from the records we can read. Only a reader
+    // of the whole log can recompute it; others rely on the hub's answer.
+    let mut stream = client
+        .list(pb::AuditQuery::default())
+        .await
+        .map_err(|s| Failure::status("audit list", &s))?
+        .into_inner();
+    let mut verifier = ChainVerifier::default();
+    let mut seen = 0u64;
+    while let Some(r) = stream.next().await {
+        let r = r.map_err(|s| Failure::status("audit list", &s))?;
+        verifier.push(&r);
+        seen += 1;
+    }
+    let local = verifier.finish();
+    let whole_log = seen == hub.records || local.records == hub.records && local.ok();
+    let local_ok = !whole_log || (local.ok() && local.head_hash == hub.head_hash);
+    match out {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "hub": {"ok": hub.ok, "records": hub.records, "head_hash": hub.head_hash, "first_bad_seq": hub.first_bad_seq, "error": hub.error},
+                "local": if whole_log { json!({"ok": local.ok(), "records": local.records, "head_hash": local.head_hash,
+                    "error": local.first_error.as_ref().map(|(s, e)| format!("record {s}: {e}"))}) } else { json!(null) },
+            })
+        ),
+        Output::Human => {
+            println!(
+                "hub:   {} records, head {}, {}",
+                hub.records,
+                hub.head_hash,
+                if hub.ok {
+                    "chain intact".to_owned()
+                } else {
+                    format!("BROKEN at record {}: {}", hub.first_bad_seq, hub.error)
+                }
+            );
+            if whole_log {
+                match &local.first_error {
+                    None if local.head_hash == hub.head_hash => println!(
+                        "local: {} records recomputed here, same head: chain intact",
+                        local.records
+                    ),
+                    None => println!(
+                        "local: recomputed head {} differs from the hub's",
+                        local.head_hash
+                    ),
+                    Some((s, e)) => println!("local: BROKEN at record {s}: {e}"),
+                }
+            } else {
+                println!("local: your certificate reads {seen} of {} records, so only the hub could recompute the whole chain", hub.records);
+            }
+        }
+    }
+    if !hub.ok || !local_ok {
+        return Err(Failure::check("the audit chain does not verify").into());
+    }
+    Ok(())
+}
+
+/// Runs an audit command.
+pub async fn audit(c: AuditCommand, out: Output) -> Result<()> {
+    match c {
+        AuditCommand::List(a) => audit_list(a, out).await,
+        AuditCommand::Verify(a) => audit_verify(a, out).await,
+    }
+}
+
+/// `liaison pki ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum PkiCommand {
+    /// Write a dev PKI for every body of a governance file: a federation CA,
+    /// the hub, one node per body, officers alice and bob, auditor audit and
+    /// admin admin per body.
+    Init(PkiInitArgs),
+}
+
+/// Arguments of `pki init`.
+#[derive(Debug, clap::Args)]
+pub struct PkiInitArgs {
+    /// Where to write the certificates.
+    #[arg(long, default_value = "certs-dev")]
+    pub dir: PathBuf,
+    /// The governance file naming the federation and its bodies.
+    #[arg(long, default_value = "deploy/federation.toml")]
+    pub governance: PathBuf,
+    /// Replace an existing PKI in --dir.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Reads and validates a governance file.
+pub fn load_governance(path: &Path) -> Result<Governance> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read governance file {}", path.display()))?;
+    Ok(Governance::from_toml(&path.display().to_string(), &text)?)
+}
+
+/// The dev PKI for a governance: every body, with sample people.
+pub fn dev_spec(gov: &Governance) -> DevPkiSpec {
+    DevPkiSpec {
+        federation: gov.federation().to_owned(),
+        hub_body: gov.hub_body().clone(),
+        bodies: gov.bodies().map(|b| b.id.clone()).collect::<Vec<BodyId>>(),
+        officers: vec!["alice".into(), "bob".into()],
+        auditors: vec!["audit".into()],
+        admins: vec!["admin".into()],
+    }
+}
+
+/// Runs a pki command.
+pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
+    let PkiCommand::Init(a) = c;
+    let gov = load_governance(&a.governance)?;
+    let spec = dev_spec(&gov);
+    let generated = if a.force {
+        liaison_pki::generate_dev_pki(&a.dir, &spec)?;
+        true
+    } else {
+        liaison_pki::ensure_dev_pki(&a.dir, &spec)?
+    };
+    match out {
+        Output::Json => println!(
+            "{}",
+            json!({"dir": a.dir, "generated": generated, "bodies": spec.bodies})
+        ),
+        Output::Human if generated => println!(
+            "wrote a dev pki for federation {} ({} bodies) into {}",
+            spec.federation,
+            spec.bodies.len(),
+            a.dir.display()
+        ),
+        Output::Human => println!(
+            "{} already holds a pki; use --force to replace it",
+            a.dir.display()
+        ),
+    }
+    Ok(())
+}
+
+/// `liaison policy ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a governance file; errors name the file, line and key.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// List the routing rules, in the order they are applied.
+    Rules,
+}
+
+/// Runs a policy command.
+pub fn policy(c: PolicyCommand, out: Output) -> Result<()> {
+    match c {
+        PolicyCommand::Check { file } => {
+            let gov = load_governance(&file).map_err(|e| Failure {
+                code: 1,
+                message: format!("{e:#}"),
+            })?;
+            let observers = gov.bodies().filter(|b| b.is_observer()).count();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({"file": file, "ok": true, "version": gov.version(), "bodies": gov.bodies().count(), "observers": observers})
+                ),
+                Output::Human => println!(
+                    "{}: ok, {} bodies ({} observers), version {}",
+                    file.display(),
+                    gov.bodies().count(),
+                    observers,
+                    gov.version()
+                ),
+            }
+        }
+        PolicyCommand::Rules => {
+            for (rule, what) in liaison_policy::explain_rules() {
+                match out {
+                    Output::Json => {
+                        println!("{}", json!({"rule": rule.as_str(), "description": what}))
+                    }
+                    Output::Human => println!("{:<28} {what}", rule.as_str()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Arguments of `hub` and `node`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Once listening, write the bound address to this file (useful with port 0).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub json_logs: bool,
+}
+
+async fn bind(
+    addr: std::net::SocketAddr,
+    ready_file: Option<&Path>,
+) -> Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    if let Some(path) = ready_file {
+        let bound = listener.local_addr()?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bound.to_string())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn log_format(json: bool) -> liaison_telemetry::Format {
+    if json {
+        liaison_telemetry::Format::Json
+    } else {
+        liaison_telemetry::Format::Text
+    }
+}
+
+/// `liaison hub`.
+pub async fn hub(a: ServeArgs) -> Result<()> {
+    liaison_telemetry::init("info", log_format(a.json_logs));
+    let config = liaison_hub::HubConfig::load(&a.config)?;
+    let listener = bind(config.listen, a.ready_file.as_deref()).await?;
+    liaison_hub::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `liaison node`.
+pub async fn node(a: ServeArgs) -> Result<()> {
+    liaison_telemetry::init("info", log_format(a.json_logs));
+    let config = liaison_node::NodeConfig::load(&a.config)?;
+    let listener = bind(config.listen, a.ready_file.as_deref()).await?;
+    liaison_node::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}

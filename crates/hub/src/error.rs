@@ -1,0 +1,87 @@
+//! The hub's errors, and the one place they become gRPC statuses.
+
+use liaison_store::StoreError;
+use liaison_types::ValidationError;
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The caller sent a malformed or inconsistent message (caller's fault).
+    #[error("invalid message: {0}")]
+    Invalid(#[from] ValidationError),
+    /// A node named another body as origin (caller's fault; audited).
+    #[error("this node is {caller} but the message names {claimed} as origin; a node may only submit its own body's messages")]
+    OriginMismatch {
+        /// Body proven by the certificate.
+        caller: String,
+        /// Body named in the labels.
+        claimed: String,
+    },
+    /// The message id was already used for different content (caller's fault).
+    #[error("message id {message_id} was already submitted with different content; use a new message id")]
+    IdReused {
+        /// The reused id.
+        message_id: String,
+    },
+    /// An acknowledgement beyond the end of the queue (caller's fault).
+    #[error("cannot acknowledge position {seq}: the queue ends at {last}")]
+    AckBeyondQueue {
+        /// Position acknowledged.
+        seq: u64,
+        /// Last position in the queue.
+        last: u64,
+    },
+    /// The caller's body is not in the federation configuration.
+    #[error("body {0} is not a member of this federation; ask the hub operator to add it to the governance file")]
+    UnknownBody(String),
+    /// Storage failed (our fault).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A configuration file is wrong (operator's fault, at startup).
+    #[error("{file}: {problem}")]
+    Config {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The governance file is wrong (operator's fault, at startup).
+    #[error(transparent)]
+    Policy(#[from] liaison_policy::PolicyError),
+    /// Certificates could not be loaded (operator's fault, at startup).
+    #[error(transparent)]
+    Pki(#[from] liaison_pki::PkiError),
+    /// The server failed.
+    #[error("server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Filesystem or socket error at startup.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl From<HubError> for Status {
+    fn from(e: HubError) -> Self {
+        let code = match &e {
+            HubError::Invalid(_) => Code::InvalidArgument,
+            HubError::OriginMismatch { .. } | HubError::UnknownBody(_) => Code::PermissionDenied,
+            HubError::IdReused { .. } => Code::AlreadyExists,
+            HubError::AckBeyondQueue { .. } => Code::OutOfRange,
+            HubError::Store(_) => Code::Unavailable,
+            HubError::Config { .. }
+            | HubError::Policy(_)
+            | HubError::Pki(_)
+            | HubError::Transport(_)
+            | HubError::Io { .. } => Code::Internal,
+        };
+        if code == Code::Unavailable || code == Code::Internal {
+            tracing::error!(error = %e, "internal error answering a request");
+        }
+        Status::new(code, e.to_string())
+    }
+}

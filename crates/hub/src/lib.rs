@@ -1,0 +1,111 @@
+//! The Liaison hub: it receives messages from organisation nodes, decides for
+//! every other body whether to deliver or withhold each one under the
+//! governance rules, queues deliveries durably per recipient, streams them to
+//! subscribed nodes and records every step in a hash-chained audit log.
+//!
+//! ```text
+//! node ──Submit──▶ validate ─▶ policy::decide ─▶ store (message, queues, audit; one flush)
+//! node ◀─Subscribe stream── per-body queue ◀── woken on new entries
+//! node ──Acknowledge──▶ queue trimmed, acknowledgement audited
+//! auditor ──Audit.List / Verify──▶ audit log
+//! ```
+//!
+//! [`run`] serves until its shutdown future completes; the binary only parses
+//! arguments and calls it.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{HubConfig, Limits, TlsPaths};
+pub use error::HubError;
+use liaison_pki::{authorize, server_config, tls_incoming, TlsFiles, TlsMaterial};
+use liaison_policy::Governance;
+use liaison_proto::v1::{audit_server::AuditServer, federation_server::FederationServer};
+use liaison_store::Db;
+use liaison_types::Role;
+pub use service::HubState;
+use service::{AuditService, FederationService};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+/// Formats a TOML parse error with its line and column.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let (line, col) = liaison_types::line_col(text, span.start);
+            format!("line {line}, column {col}: {}", e.message())
+        }
+        None => e.message().to_owned(),
+    }
+}
+
+/// Loads the governance file named by the configuration.
+pub fn load_governance(config: &HubConfig) -> Result<Governance, HubError> {
+    let path = &config.governance;
+    let text = std::fs::read_to_string(path).map_err(|e| HubError::Config {
+        file: path.display().to_string(),
+        problem: format!("cannot read the governance file: {e}"),
+    })?;
+    Ok(Governance::from_toml(&path.display().to_string(), &text)?)
+}
+
+/// Runs the hub on `listener` until `shutdown` completes.
+pub async fn run(
+    config: HubConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), HubError> {
+    let governance = load_governance(&config)?;
+    let material = TlsMaterial::load(&TlsFiles {
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    })?;
+    let tls = server_config(&material)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::Io {
+        context: format!("creating data directory {}", config.data_dir.display()),
+        source,
+    })?;
+    let db = Db::open(&config.data_dir)?;
+    let federation = governance.federation().to_owned();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = Arc::new(HubState::new(db, governance, stop_rx));
+    let limits = &config.limits;
+
+    let fed = FederationServer::new(FederationService(Arc::clone(&state)))
+        .max_decoding_message_size(limits.max_request_bytes);
+    let audit =
+        AuditServer::new(AuditService(Arc::clone(&state))).max_decoding_message_size(64 * 1024);
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, policy_version = %state.governance().version(), "hub listening");
+    let incoming = tls_incoming(listener, tls, limits.handshake_timeout());
+    Server::builder()
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(InterceptedService::new(
+            fed,
+            authorize(federation.clone(), &[Role::Node]),
+        ))
+        .add_service(InterceptedService::new(
+            audit,
+            authorize(federation, &[Role::Auditor]),
+        ))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            tracing::info!("hub shutting down");
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    Ok(())
+}

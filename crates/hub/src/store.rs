@@ -1,0 +1,358 @@
+//! The hub's durable state on top of [`liaison_store::Db`].
+//!
+//! Keys:
+//! - `m/<id>/env`: the envelope as received (encoded proto);
+//! - `m/<id>/out`: the routing outcome (JSON);
+//! - `q/<body>/<seq>`: the body's delivery queue, in order;
+//! - `c/<body>/next`, `c/<body>/acked`: the body's queue counters;
+//! - `a/<seq>`: the audit log, one JSON record per key;
+//! - `meta/audit_head`: the last audit position and hash.
+//!
+//! A submission writes the envelope, its outcome, its queue entries and its
+//! audit records in one atomic transaction, so a crash leaves all or none.
+
+use liaison_policy::{Decision, Outcome};
+use liaison_proto::v1 as pb;
+use liaison_store::{keys, Db, StoreError, Txn};
+use liaison_types::audit::{self, GENESIS_HASH};
+use liaison_types::{BodyId, Envelope};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::HubError;
+
+/// What the hub decided for a message, kept for idempotent resubmission.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoutedOutcome {
+    /// Message id.
+    pub message_id: String,
+    /// Originating body.
+    pub origin: String,
+    /// SHA-256 of the encoded envelope, to tell a retry from a reuse of the id.
+    pub digest: String,
+    /// When the hub accepted it.
+    pub accepted_at_ms: i64,
+    /// Policy version that decided.
+    pub policy_version: String,
+    /// One decision per candidate.
+    pub decisions: Vec<StoredDecision>,
+}
+
+/// A decision as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredDecision {
+    /// Recipient body.
+    pub recipient: String,
+    /// Whether it was delivered.
+    pub deliver: bool,
+    /// Deciding rule id.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<&StoredDecision> for pb::RoutingDecision {
+    fn from(d: &StoredDecision) -> Self {
+        pb::RoutingDecision {
+            recipient: d.recipient.clone(),
+            outcome: if d.deliver {
+                pb::Outcome::Deliver
+            } else {
+                pb::Outcome::Withhold
+            } as i32,
+            rule: d.rule.clone(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+impl From<&Decision> for StoredDecision {
+    fn from(d: &Decision) -> Self {
+        Self {
+            recipient: d.recipient.to_string(),
+            deliver: d.outcome == Outcome::Deliver,
+            rule: d.rule.as_str().to_owned(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+/// One entry of a body's delivery queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The message to deliver.
+    pub message_id: String,
+    /// Its originating body.
+    pub origin: String,
+    /// When the hub routed it.
+    pub routed_at_ms: i64,
+}
+
+/// The result of a submission.
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// Stored and routed now.
+    New(RoutedOutcome),
+    /// Already known; the original outcome.
+    Duplicate(RoutedOutcome),
+}
+
+/// SHA-256 of the encoded envelope.
+pub fn digest(encoded: &[u8]) -> String {
+    hex::encode(Sha256::digest(encoded))
+}
+
+fn env_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/env").into_bytes()
+}
+
+fn outcome_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/out").into_bytes()
+}
+
+fn queue_prefix(body: &str) -> Vec<u8> {
+    format!("q/{body}/").into_bytes()
+}
+
+fn counter_key(body: &str, which: &str) -> Vec<u8> {
+    format!("c/{body}/{which}").into_bytes()
+}
+
+const AUDIT_PREFIX: &[u8] = b"a/";
+const AUDIT_HEAD: &[u8] = b"meta/audit_head";
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("serialising a plain struct to json cannot fail")
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        problem: e.to_string(),
+    })
+}
+
+/// Appends one audit record inside a transaction: assigns its position,
+/// links it to the previous record and computes its hash.
+pub fn append_audit(txn: &mut Txn<'_>, mut record: pb::AuditRecord) -> Result<u64, StoreError> {
+    let (last_seq, last_hash) = match txn.get(AUDIT_HEAD)? {
+        Some(bytes) => parse::<(u64, String)>(AUDIT_HEAD, &bytes)?,
+        None => (0, GENESIS_HASH.to_owned()),
+    };
+    record.seq = last_seq + 1;
+    record.prev_hash = last_hash;
+    record.hash = audit::record_hash(&record);
+    let text = serde_json::Value::Object(audit::to_json(&record)).to_string();
+    txn.put(keys::seq_key(AUDIT_PREFIX, record.seq), text.into_bytes());
+    txn.put(AUDIT_HEAD, json(&(record.seq, &record.hash)));
+    Ok(record.seq)
+}
+
+/// The labels' audit fields: message id, origin, kind, classification.
+pub fn audit_base(
+    env: &Envelope,
+    event: &str,
+    policy_version: &str,
+    actor: &str,
+    now_ms: i64,
+) -> pb::AuditRecord {
+    pb::AuditRecord {
+        at_ms: now_ms,
+        event: event.to_owned(),
+        message_id: env.labels.message_id.clone(),
+        origin: env.labels.origin.to_string(),
+        kind: env.labels.kind.as_str().to_owned(),
+        classification: env.labels.classification.as_str().to_owned(),
+        policy_version: policy_version.to_owned(),
+        actor: actor.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Stores and routes a submission atomically, or returns the original outcome
+/// of an earlier submission of the same message.
+pub async fn submit(
+    db: &Db,
+    env: Envelope,
+    decisions: Vec<Decision>,
+    policy_version: String,
+    actor: String,
+    now_ms: i64,
+) -> Result<Submitted, HubError> {
+    let encoded = pb::Envelope::from(&env).encode_to_vec();
+    let digest = digest(&encoded);
+    db.write(move |txn| {
+        let id = env.labels.message_id.clone();
+        if let Some(bytes) = txn.get(&outcome_key(&id))? {
+            let original: RoutedOutcome = parse(&outcome_key(&id), &bytes)?;
+            if original.digest != digest || original.origin != env.labels.origin.as_str() {
+                return Err(HubError::IdReused { message_id: id });
+            }
+            return Ok(Submitted::Duplicate(original));
+        }
+        let outcome = RoutedOutcome {
+            message_id: id.clone(),
+            origin: env.labels.origin.to_string(),
+            digest,
+            accepted_at_ms: now_ms,
+            policy_version: policy_version.clone(),
+            decisions: decisions.iter().map(StoredDecision::from).collect(),
+        };
+        txn.put(env_key(&id), encoded);
+        txn.put(outcome_key(&id), json(&outcome));
+        append_audit(
+            txn,
+            audit_base(&env, "received", &policy_version, &actor, now_ms),
+        )?;
+        for d in &decisions {
+            let mut rec = audit_base(&env, "routed", &policy_version, &actor, now_ms);
+            rec.recipient = d.recipient.to_string();
+            rec.decision = if d.outcome == Outcome::Deliver {
+                "deliver"
+            } else {
+                "withhold"
+            }
+            .into();
+            rec.rule = d.rule.as_str().to_owned();
+            rec.reason = d.reason.clone();
+            if d.outcome == Outcome::Deliver {
+                let next_key = counter_key(d.recipient.as_str(), "next");
+                let seq = keys::u64_value(txn.get(&next_key)?) + 1;
+                txn.put(next_key, seq.to_be_bytes().to_vec());
+                let entry = QueueEntry {
+                    message_id: id.clone(),
+                    origin: env.labels.origin.to_string(),
+                    routed_at_ms: now_ms,
+                };
+                txn.put(
+                    keys::seq_key(&queue_prefix(d.recipient.as_str()), seq),
+                    json(&entry),
+                );
+                rec.queue_seq = seq;
+            }
+            append_audit(txn, rec)?;
+        }
+        Ok(Submitted::New(outcome))
+    })
+    .await
+}
+
+/// Appends a refusal record (for example a node claiming another origin).
+pub async fn audit_refusal(db: &Db, record: pb::AuditRecord) -> Result<(), HubError> {
+    db.write(move |txn| {
+        append_audit(txn, record)
+            .map(|_| ())
+            .map_err(HubError::from)
+    })
+    .await
+}
+
+/// Appends several records in one transaction (delivery records).
+pub async fn audit_many(db: &Db, records: Vec<pb::AuditRecord>) -> Result<(), HubError> {
+    db.write(move |txn| {
+        for r in records {
+            append_audit(txn, r)?;
+        }
+        Ok::<_, HubError>(())
+    })
+    .await
+}
+
+/// The body's acknowledged position.
+pub fn acked(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
+    Ok(keys::u64_value(
+        db.get(&counter_key(body.as_str(), "acked"))?,
+    ))
+}
+
+/// Up to `limit` queue entries with positions after `after`.
+pub fn queue_after(
+    db: &Db,
+    body: &BodyId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
+    let prefix = queue_prefix(body.as_str());
+    let start = keys::seq_key(&prefix, after.saturating_add(1));
+    db.scan(&start, &keys::prefix_end(&prefix), limit)?
+        .into_iter()
+        .map(|(k, v)| Ok((keys::seq_of(&k).unwrap_or_default(), parse(&k, &v)?)))
+        .collect()
+}
+
+/// The stored envelope of a message.
+pub fn envelope(db: &Db, message_id: &str) -> Result<Option<pb::Envelope>, StoreError> {
+    let key = env_key(message_id);
+    db.get(&key)?
+        .map(|b| {
+            pb::Envelope::decode(b.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                problem: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// Acknowledges the body's queue up to `seq`: removes the entries and writes
+/// one audit record per acknowledged message. Returns the new position.
+pub async fn acknowledge(
+    db: &Db,
+    body: BodyId,
+    seq: u64,
+    actor: String,
+    now_ms: i64,
+) -> Result<u64, HubError> {
+    db.write(move |txn| {
+        let next = keys::u64_value(txn.get(&counter_key(body.as_str(), "next"))?);
+        if seq > next {
+            return Err(HubError::AckBeyondQueue { seq, last: next });
+        }
+        let acked_key = counter_key(body.as_str(), "acked");
+        let acked = keys::u64_value(txn.get(&acked_key)?);
+        if seq <= acked {
+            return Ok(acked);
+        }
+        let prefix = queue_prefix(body.as_str());
+        let entries = txn.scan(
+            &keys::seq_key(&prefix, acked + 1),
+            &keys::seq_key(&prefix, seq.saturating_add(1)),
+            usize::MAX,
+        )?;
+        for (k, v) in entries {
+            let entry: QueueEntry = parse(&k, &v)?;
+            let qseq = keys::seq_of(&k).unwrap_or_default();
+            txn.delete(k);
+            append_audit(
+                txn,
+                pb::AuditRecord {
+                    at_ms: now_ms,
+                    event: "acknowledged".into(),
+                    message_id: entry.message_id,
+                    origin: entry.origin,
+                    recipient: body.to_string(),
+                    actor: actor.clone(),
+                    queue_seq: qseq,
+                    ..Default::default()
+                },
+            )?;
+        }
+        txn.put(acked_key, seq.to_be_bytes().to_vec());
+        Ok(seq)
+    })
+    .await
+}
+
+/// Up to `limit` audit records after position `after`.
+pub fn audit_after(db: &Db, after: u64, limit: usize) -> Result<Vec<pb::AuditRecord>, StoreError> {
+    let start = keys::seq_key(AUDIT_PREFIX, after.saturating_add(1));
+    db.scan(&start, &keys::prefix_end(AUDIT_PREFIX), limit)?
+        .into_iter()
+        .map(|(k, v)| {
+            audit::from_json(&v).map_err(|problem| StoreError::Corrupt {
+                key: format!("a/{}", keys::seq_of(&k).unwrap_or_default()),
+                problem,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,95 @@
+//! The node's errors, and the one place they become gRPC statuses.
+
+use liaison_store::StoreError;
+use liaison_types::ValidationError;
+use tonic::{Code, Status};
+
+/// Everything that can go wrong in a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The officer sent a malformed or inconsistent message (caller's fault).
+    #[error("invalid message: {0}")]
+    Invalid(#[from] ValidationError),
+    /// The caller belongs to another body (caller's fault).
+    #[error("{caller} belongs to {caller_body}, but this node serves {node_body}; use your own body's node")]
+    WrongBody {
+        /// Caller identity.
+        caller: String,
+        /// Caller's body.
+        caller_body: String,
+        /// This node's body.
+        node_body: String,
+    },
+    /// The labels name another body as origin (caller's fault).
+    #[error(
+        "labels.origin is {claimed} but this node submits for {node_body}; leave origin empty"
+    )]
+    OriginMismatch {
+        /// Body named in the labels.
+        claimed: String,
+        /// This node's body.
+        node_body: String,
+    },
+    /// The message id was already used for different content (caller's fault).
+    #[error("message id {0} was already submitted with different content; use a new message id")]
+    IdReused(String),
+    /// No such inbox message.
+    #[error("no message {0} in this node's inbox")]
+    NotFound(String),
+    /// The hub could not be reached or refused (peer's fault or transient).
+    #[error("hub: {0}")]
+    Hub(Status),
+    /// Storage failed (our fault).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A configuration file is wrong (operator's fault, at startup).
+    #[error("{file}: {problem}")]
+    Config {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Certificates could not be loaded (operator's fault, at startup).
+    #[error(transparent)]
+    Pki(#[from] liaison_pki::PkiError),
+    /// The server failed.
+    #[error("server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Filesystem error at startup.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        let code = match &e {
+            NodeError::Invalid(_) => Code::InvalidArgument,
+            NodeError::WrongBody { .. } | NodeError::OriginMismatch { .. } => {
+                Code::PermissionDenied
+            }
+            NodeError::IdReused(_) => Code::AlreadyExists,
+            NodeError::NotFound(_) => Code::NotFound,
+            // The hub's own verdict on the caller's input passes through.
+            NodeError::Hub(s)
+                if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied) =>
+            {
+                s.code()
+            }
+            NodeError::Hub(_) | NodeError::Store(_) => Code::Unavailable,
+            NodeError::Config { .. }
+            | NodeError::Pki(_)
+            | NodeError::Transport(_)
+            | NodeError::Io { .. } => Code::Internal,
+        };
+        if matches!(code, Code::Unavailable | Code::Internal) {
+            tracing::error!(error = %e, "error answering a request");
+        }
+        Status::new(code, e.to_string())
+    }
+}

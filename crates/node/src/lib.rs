@@ -1,0 +1,114 @@
+//! A Liaison organisation node: the officer API for one body's liaison
+//! officers, a durable outbox pushed to the hub, and a durable inbox filled
+//! from the hub's delivery stream.
+//!
+//! ```text
+//! officer CLI ──Officer.Submit──▶ outbox (sled) ──push task──▶ hub Federation.Submit
+//! officer CLI ◀──ListInbox/Show── inbox (sled) ◀──receive task── hub Federation.Subscribe
+//! ```
+//!
+//! [`run`] serves until its shutdown future completes; the binary only parses
+//! arguments and calls it.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod link;
+mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{Limits, NodeConfig, Retry, TlsPaths};
+pub use error::NodeError;
+use liaison_pki::{authorize, lazy_channel, server_config, tls_incoming, TlsFiles, TlsMaterial};
+use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
+use liaison_store::Db;
+use liaison_types::{BodyId, Role};
+use service::{NodeState, OfficerService};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+/// Runs the node on `listener` until `shutdown` completes.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), NodeError> {
+    let material = TlsMaterial::load(&TlsFiles {
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    })?;
+    let me = material.identity()?;
+    if me.role != Role::Node || me.body.as_str() != config.body {
+        return Err(NodeError::Config {
+            file: config.tls.cert.display().to_string(),
+            problem: format!(
+                "certificate is {me} but this node is configured for body '{}'; use that body's node certificate",
+                config.body
+            ),
+        });
+    }
+    let federation = me.federation.clone();
+    let body = BodyId::parse(&config.body).map_err(|problem| NodeError::Config {
+        file: "node configuration".into(),
+        problem,
+    })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
+        context: format!("creating data directory {}", config.data_dir.display()),
+        source,
+    })?;
+    let db = Db::open(&config.data_dir)?;
+    let channel = lazy_channel(&config.hub, &material, Some(Role::Hub), &federation)?;
+    let state = Arc::new(NodeState {
+        body,
+        db,
+        hub: FederationClient::new(channel)
+            .max_decoding_message_size(config.limits.max_request_bytes * 2),
+        outbox_ready: Notify::new(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pusher = tokio::spawn(link::push_outbox(
+        Arc::clone(&state),
+        config.retry.clone(),
+        stop_rx.clone(),
+    ));
+    let receiver = tokio::spawn(link::receive(
+        Arc::clone(&state),
+        config.retry.clone(),
+        stop_rx,
+    ));
+
+    let limits = &config.limits;
+    let officer = OfficerServer::new(OfficerService(Arc::clone(&state)))
+        .max_decoding_message_size(limits.max_request_bytes);
+    let tls = server_config(&material)?;
+    tracing::info!(body = %state.body, addr = ?listener.local_addr().ok(), hub = %config.hub, "node listening");
+    let incoming = tls_incoming(
+        listener,
+        tls,
+        Duration::from_millis(limits.handshake_timeout_ms),
+    );
+    let served = Server::builder()
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .add_service(InterceptedService::new(
+            officer,
+            authorize(federation, &[Role::Officer]),
+        ))
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            tracing::info!("node shutting down");
+        })
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = pusher.await;
+    let _ = receiver.await;
+    served?;
+    Ok(())
+}

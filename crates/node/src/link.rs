@@ -1,0 +1,199 @@
+//! The node's link to the hub: one task pushes the outbox, one task holds the
+//! delivery subscription.
+//!
+//! Both retry with bounded exponential backoff and both are safe to repeat:
+//! the hub answers a resubmitted message id with its original outcome, and
+//! the inbox ignores a message it already holds. A delivery is acknowledged
+//! to the hub only once it is durable in the inbox, so a crash between the
+//! two means one redelivery, which the inbox absorbs.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use liaison_proto::v1 as pb;
+use liaison_types::{now_ms, Envelope, TypedBody};
+use tokio::sync::watch;
+use tonic::Code;
+
+use crate::config::Retry;
+use crate::service::NodeState;
+use crate::store::{self, Arrival, InboxRecord};
+
+/// Messages pushed per scan of the outbox.
+const PUSH_BATCH: usize = 32;
+/// Deliveries stored per inbox write when the stream has several ready.
+const ARRIVAL_BATCH: usize = 64;
+
+/// Whether a hub refusal is final: retrying the same message cannot succeed.
+fn is_permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+    )
+}
+
+/// Sleeps for `delay` unless the node is stopping; returns false if stopping.
+async fn pause(delay: std::time::Duration, stopping: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        _ = stopping.wait_for(|s| *s) => false,
+    }
+}
+
+/// Pushes the outbox to the hub, oldest first, until the node stops.
+pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watch::Receiver<bool>) {
+    let mut failures = 0u32;
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        let pending = match store::pending(&state.db, PUSH_BATCH) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                failures += 1;
+                if !pause(retry.backoff(failures), &mut stopping).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if pending.is_empty() {
+            tokio::select! {
+                () = state.outbox_ready.notified() => continue,
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
+        for (push_seq, id, envelope) in pending {
+            let mut hub = state.hub.clone();
+            let result = hub
+                .submit(pb::SubmitRequest {
+                    envelope: Some(envelope),
+                })
+                .await;
+            let finished = match result {
+                Ok(resp) => {
+                    failures = 0;
+                    let resp = resp.into_inner();
+                    tracing::info!(message_id = %id, duplicate = resp.duplicate, "hub accepted");
+                    store::finish_push(&state.db, push_seq, id, Ok(resp)).await
+                }
+                Err(status) if is_permanent(status.code()) => {
+                    tracing::warn!(message_id = %id, code = ?status.code(), error = status.message(), "hub refused for good");
+                    store::finish_push(
+                        &state.db,
+                        push_seq,
+                        id,
+                        Err(format!("{:?}: {}", status.code(), status.message())),
+                    )
+                    .await
+                }
+                Err(status) => {
+                    failures += 1;
+                    let delay = retry.backoff(failures);
+                    tracing::warn!(message_id = %id, error = %status.message(), retry_in = ?delay, "push failed; will retry");
+                    if let Err(e) =
+                        store::note_attempt(&state.db, id, status.message().to_owned()).await
+                    {
+                        tracing::error!(error = %e, "cannot record push attempt");
+                    }
+                    if !pause(delay, &mut stopping).await {
+                        return;
+                    }
+                    break;
+                }
+            };
+            if let Err(e) = finished {
+                tracing::error!(error = %e, "cannot record push outcome");
+                failures += 1;
+                if !pause(retry.backoff(failures), &mut stopping).await {
+                    return;
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Holds the delivery subscription, storing deliveries in the inbox and
+/// acknowledging them, until the node stops.
+pub async fn receive(state: Arc<NodeState>, retry: Retry, mut stopping: watch::Receiver<bool>) {
+    let mut failures = 0u32;
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        let outcome = tokio::select! {
+            r = receive_once(&state, &mut failures) => r,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        if let Err(e) = outcome {
+            failures += 1;
+            let delay = retry.backoff(failures);
+            tracing::warn!(error = %e, retry_in = ?delay, "hub subscription interrupted");
+            if !pause(delay, &mut stopping).await {
+                return;
+            }
+        }
+    }
+}
+
+/// One subscription: runs until the stream fails or ends.
+async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), String> {
+    let cursor = store::hub_cursor(&state.db).map_err(|e| e.to_string())?;
+    let mut hub = state.hub.clone();
+    let stream = hub
+        .subscribe(pb::SubscribeRequest { after_seq: cursor })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    tracing::info!(after = cursor, "subscribed to the hub");
+    *failures = 0;
+    let mut batches = stream.ready_chunks(ARRIVAL_BATCH);
+    while let Some(batch) = batches.next().await {
+        let mut arrivals = Vec::with_capacity(batch.len());
+        let mut last = 0;
+        for item in batch {
+            let delivery = item.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            last = delivery.seq;
+            match arrival(delivery) {
+                Ok(a) => arrivals.push(a),
+                // The hub validated it on the way in, so this is a hub bug;
+                // log it and move on rather than block the queue forever.
+                Err(e) => {
+                    tracing::error!(error = %e, seq = last, "hub delivered an invalid message; skipped")
+                }
+            }
+        }
+        let new = store::store_arrivals(&state.db, arrivals, last)
+            .await
+            .map_err(|e| e.to_string())?;
+        hub.acknowledge(pb::AcknowledgeRequest { seq: last })
+            .await
+            .map_err(|s| format!("acknowledging {last}: {:?}: {}", s.code(), s.message()))?;
+        tracing::info!(up_to = last, new, "deliveries stored and acknowledged");
+    }
+    Err("the hub closed the subscription".into())
+}
+
+fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
+    let envelope = d.envelope.ok_or("delivery without envelope")?;
+    let env = Envelope::try_from(envelope.clone()).map_err(|e| e.to_string())?;
+    let body = TypedBody::decode(&env.body, &env.labels).map_err(|e| e.to_string())?;
+    Ok(Arrival {
+        seq: d.seq,
+        record: InboxRecord {
+            message_id: env.labels.message_id.clone(),
+            hub_seq: d.seq,
+            received_at_ms: now_ms(),
+            marking: d.recipient_marking,
+            title: body.title().to_owned(),
+            read_by: String::new(),
+            read_at_ms: 0,
+        },
+        envelope,
+    })
+}

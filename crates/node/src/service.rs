@@ -1,0 +1,263 @@
+//! The officer API.
+
+use std::sync::Arc;
+
+use liaison_pki::caller_from_extensions;
+use liaison_proto::v1 as pb;
+use liaison_proto::v1::federation_client::FederationClient;
+use liaison_store::Db;
+use liaison_types::{now_ms, BodyId, Envelope, Identity, TypedBody, ValidationError};
+use prost::Message;
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::store::{self, OutboxRecord, OutboxStatus, Queued};
+use crate::NodeError;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1_000;
+
+/// State shared by the officer API and the hub link.
+#[derive(Debug)]
+pub struct NodeState {
+    /// This node's body.
+    pub body: BodyId,
+    /// The store.
+    pub db: Db,
+    /// The hub.
+    pub hub: FederationClient<Channel>,
+    /// Woken when the outbox has something new to push.
+    pub outbox_ready: Notify,
+}
+
+impl NodeState {
+    fn own_officer(&self, caller: &Identity) -> Result<(), NodeError> {
+        if caller.body == self.body {
+            Ok(())
+        } else {
+            Err(NodeError::WrongBody {
+                caller: caller.uri(),
+                caller_body: caller.body.to_string(),
+                node_body: self.body.to_string(),
+            })
+        }
+    }
+
+    /// Builds and validates the envelope for an officer's message.
+    fn envelope(
+        &self,
+        labels: Option<pb::Labels>,
+        body: Option<pb::Body>,
+    ) -> Result<(Envelope, TypedBody), NodeError> {
+        let mut labels = labels.ok_or_else(|| {
+            ValidationError::new("labels", "missing; every message needs its labels")
+        })?;
+        let body = body
+            .ok_or_else(|| ValidationError::new("body", "missing; every message needs its body"))?;
+        if !labels.origin.is_empty() && labels.origin != self.body.as_str() {
+            return Err(NodeError::OriginMismatch {
+                claimed: labels.origin,
+                node_body: self.body.to_string(),
+            });
+        }
+        labels.origin = self.body.to_string();
+        if labels.message_id.is_empty() {
+            labels.message_id = uuid::Uuid::new_v4().to_string();
+        }
+        if labels.created_at_ms == 0 {
+            labels.created_at_ms = now_ms();
+        }
+        let env = Envelope::try_from(pb::Envelope {
+            labels: Some(labels),
+            body: body.encode_to_vec(),
+        })?;
+        let typed = TypedBody::validate(body, &env.labels)?;
+        Ok((env, typed))
+    }
+
+    async fn submit(
+        &self,
+        caller: &Identity,
+        req: pb::OfficerSubmitRequest,
+    ) -> Result<pb::OfficerSubmitResponse, NodeError> {
+        self.own_officer(caller)?;
+        // A retry with the same id must produce the same envelope, so the
+        // creation time of a resubmission is the original one.
+        let (env, typed) = self.envelope(req.labels, req.body)?;
+        let digest = store::submission_digest(&env);
+        let record = OutboxRecord {
+            message_id: env.labels.message_id.clone(),
+            digest,
+            submitted_by: caller.uri(),
+            submitted_at_ms: now_ms(),
+            title: typed.title().to_owned(),
+            kind: env.labels.kind.as_str().to_owned(),
+            classification: env.labels.classification.as_str().to_owned(),
+            status: OutboxStatus::Queued,
+            attempts: 0,
+            last_error: String::new(),
+            decisions: Vec::new(),
+            policy_version: String::new(),
+        };
+        let queued = store::enqueue(&self.db, &env, record).await?;
+        if queued == Queued::New {
+            self.outbox_ready.notify_one();
+        }
+        tracing::info!(message_id = %env.labels.message_id, officer = %caller, "queued for the hub");
+        Ok(pb::OfficerSubmitResponse {
+            message_id: env.labels.message_id,
+            duplicate: queued == Queued::Duplicate,
+        })
+    }
+
+    async fn explain(
+        &self,
+        caller: &Identity,
+        req: pb::OfficerExplainRequest,
+    ) -> Result<pb::ExplainResponse, NodeError> {
+        self.own_officer(caller)?;
+        let (env, _) = self.envelope(req.labels, req.body)?;
+        let mut hub = self.hub.clone();
+        let resp = hub
+            .explain(pb::ExplainRequest {
+                envelope: Some(pb::Envelope::from(&env)),
+            })
+            .await
+            .map_err(NodeError::Hub)?;
+        Ok(resp.into_inner())
+    }
+}
+
+fn summary(rec: &store::InboxRecord, env: &pb::Envelope) -> pb::InboxSummary {
+    let l = env.labels.clone().unwrap_or_default();
+    pb::InboxSummary {
+        message_id: rec.message_id.clone(),
+        origin: l.origin,
+        kind: l.kind,
+        classification: l.classification,
+        marking: rec.marking.clone(),
+        priority: l.priority,
+        title: rec.title.clone(),
+        received_at_ms: rec.received_at_ms,
+        read: rec.read_at_ms != 0,
+    }
+}
+
+fn limit(requested: u32) -> usize {
+    match requested {
+        0 => DEFAULT_LIMIT,
+        n => (n as usize).min(MAX_LIMIT),
+    }
+}
+
+/// The `Officer` service.
+#[derive(Debug, Clone)]
+pub struct OfficerService(pub Arc<NodeState>);
+
+#[tonic::async_trait]
+impl pb::officer_server::Officer for OfficerService {
+    async fn submit(
+        &self,
+        req: Request<pb::OfficerSubmitRequest>,
+    ) -> Result<Response<pb::OfficerSubmitResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        Ok(Response::new(
+            self.0.submit(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_outbox(
+        &self,
+        req: Request<pb::ListOutboxRequest>,
+    ) -> Result<Response<pb::ListOutboxResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let records =
+            store::outbox(&self.0.db, limit(req.get_ref().limit)).map_err(NodeError::from)?;
+        let entries = records
+            .into_iter()
+            .map(|r| pb::OutboxEntry {
+                message_id: r.message_id,
+                title: r.title,
+                kind: r
+                    .kind
+                    .parse::<liaison_types::Kind>()
+                    .map(|k| k.to_proto() as i32)
+                    .unwrap_or(0),
+                classification: r
+                    .classification
+                    .parse::<liaison_types::Classification>()
+                    .map(|c| c.to_proto() as i32)
+                    .unwrap_or(0),
+                status: r.status.as_str().to_owned(),
+                decisions: r.decisions.iter().map(pb::RoutingDecision::from).collect(),
+                submitted_by: r.submitted_by,
+                submitted_at_ms: r.submitted_at_ms,
+                attempts: r.attempts,
+                last_error: r.last_error,
+                policy_version: r.policy_version,
+            })
+            .collect();
+        Ok(Response::new(pb::ListOutboxResponse { entries }))
+    }
+
+    async fn list_inbox(
+        &self,
+        req: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let r = req.into_inner();
+        let items =
+            store::inbox(&self.0.db, limit(r.limit), r.unread_only).map_err(NodeError::from)?;
+        Ok(Response::new(pb::ListInboxResponse {
+            entries: items.iter().map(|(rec, env)| summary(rec, env)).collect(),
+        }))
+    }
+
+    async fn show(
+        &self,
+        req: Request<pb::ShowRequest>,
+    ) -> Result<Response<pb::InboxMessage>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let id = req.into_inner().message_id;
+        let (rec, env) = store::inbox_message(&self.0.db, &id)
+            .map_err(NodeError::from)?
+            .ok_or_else(|| NodeError::NotFound(id.clone()))?;
+        let body = pb::Body::decode(env.body.as_slice())
+            .map_err(|e| Status::internal(format!("stored body of {id} does not decode: {e}")))?;
+        Ok(Response::new(pb::InboxMessage {
+            summary: Some(summary(&rec, &env)),
+            labels: env.labels,
+            body: Some(body),
+            read_by: rec.read_by,
+            read_at_ms: rec.read_at_ms,
+        }))
+    }
+
+    async fn acknowledge(
+        &self,
+        req: Request<pb::OfficerAcknowledgeRequest>,
+    ) -> Result<Response<pb::OfficerAcknowledgeResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let id = req.into_inner().message_id;
+        let rec = store::mark_read(&self.0.db, id, caller.uri(), now_ms()).await?;
+        Ok(Response::new(pb::OfficerAcknowledgeResponse {
+            read_by: rec.read_by,
+            read_at_ms: rec.read_at_ms,
+        }))
+    }
+
+    async fn explain(
+        &self,
+        req: Request<pb::OfficerExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        Ok(Response::new(
+            self.0.explain(&caller, req.into_inner()).await?,
+        ))
+    }
+}

@@ -1,0 +1,317 @@
+//! The dev PKI: a federation CA, the hub, one node per body and sample
+//! officer, auditor and admin certificates, written as PEM files.
+//!
+//! Layout under the PKI directory:
+//!
+//! ```text
+//! ca.pem  ca.key.pem                federation CA
+//! hub.pem hub.key.pem               spiffe://<fed>/org/<hub_body>/hub/hub
+//! <body>/node.pem ...               spiffe://<fed>/org/<body>/node/node
+//! <body>/officer-<name>.pem ...     spiffe://<fed>/org/<body>/officer/<name>
+//! <body>/auditor-<name>.pem ...     spiffe://<fed>/org/<body>/auditor/<name>
+//! <body>/admin-<name>.pem ...       spiffe://<fed>/org/<body>/admin/<name>
+//! ```
+//!
+//! `ca.pem` is the commit marker: it is always the last file to appear, so a
+//! directory with `ca.pem` holds a complete PKI. Everything is first written
+//! into a staging directory next to the target and then renamed into place,
+//! so a crash leaves either no PKI or a whole one (plus a stray staging
+//! directory that is safe to delete).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use liaison_types::{BodyId, Identity, Role};
+
+use crate::{CertificateAuthority, PkiError};
+
+/// File name of the federation CA certificate, the commit marker of a PKI
+/// directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// File name of the federation CA private key.
+pub const CA_KEY_FILE: &str = "ca.key.pem";
+
+/// What the dev PKI contains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevPkiSpec {
+    /// Federation trust domain, for example `liaison.dev`.
+    pub federation: String,
+    /// The body that runs the hub.
+    pub hub_body: BodyId,
+    /// Bodies that get a node certificate and the sample people below.
+    pub bodies: Vec<BodyId>,
+    /// Officer names issued in every body, for example `["alice", "bob"]`.
+    pub officers: Vec<String>,
+    /// Auditor names issued in every body, for example `["audit"]`.
+    pub auditors: Vec<String>,
+    /// Admin names issued in every body.
+    pub admins: Vec<String>,
+}
+
+impl DevPkiSpec {
+    /// Every leaf of the PKI: its path stem relative to the PKI directory
+    /// (`hub`, `europol/node`, `europol/officer-alice`) and its identity.
+    ///
+    /// Validates every identity, so a bad name is reported before anything
+    /// is written.
+    pub fn leaves(&self) -> Result<Vec<(String, Identity)>, PkiError> {
+        let fed = self.federation.as_str();
+        let id = |body: &BodyId, role: Role, name: &str| {
+            Identity::new(fed, body.as_str(), role, name).map_err(|e| PkiError::Spec(e.0))
+        };
+        let mut leaves = vec![("hub".to_owned(), id(&self.hub_body, Role::Hub, "hub")?)];
+        let mut seen = Vec::new();
+        for body in &self.bodies {
+            if seen.contains(&body) {
+                continue;
+            }
+            seen.push(body);
+            leaves.push((format!("{body}/node"), id(body, Role::Node, "node")?));
+            for (role, names) in [
+                (Role::Officer, &self.officers),
+                (Role::Auditor, &self.auditors),
+                (Role::Admin, &self.admins),
+            ] {
+                for name in names {
+                    leaves.push((format!("{body}/{role}-{name}"), id(body, role, name)?));
+                }
+            }
+        }
+        Ok(leaves)
+    }
+}
+
+/// Writes a fresh dev PKI into `dir`, replacing any PKI already there.
+///
+/// The directory (and its parents) are created if needed; other files in an
+/// existing directory are left alone. Private keys are written with mode
+/// 0600 on unix.
+pub fn generate_dev_pki(dir: &Path, spec: &DevPkiSpec) -> Result<(), PkiError> {
+    generate(dir, spec, true).map(|_| ())
+}
+
+/// Writes a dev PKI into `dir` unless `dir/ca.pem` already exists; returns
+/// whether it generated one.
+///
+/// An existing PKI is not checked against `spec`: delete the directory (or
+/// call [`generate_dev_pki`]) to pick up new bodies or names. When two
+/// processes race, exactly one PKI wins and both see it.
+pub fn ensure_dev_pki(dir: &Path, spec: &DevPkiSpec) -> Result<bool, PkiError> {
+    let marker = dir.join(CA_CERT_FILE);
+    if marker
+        .try_exists()
+        .map_err(|e| PkiError::io("inspect", &marker, e))?
+    {
+        return Ok(false);
+    }
+    generate(dir, spec, false)
+}
+
+fn generate(dir: &Path, spec: &DevPkiSpec, replace: bool) -> Result<bool, PkiError> {
+    let leaves = spec.leaves()?;
+    let ca = CertificateAuthority::generate(&format!("liaison {} federation ca", spec.federation))?;
+
+    let staging = Staging::create(dir)?;
+    staging.write(CA_KEY_FILE, &ca.key_pem(), true)?;
+    staging.write(CA_CERT_FILE, &ca.cert_pem(), false)?;
+    for (stem, identity) in &leaves {
+        let issued = ca.issue_identity(identity)?;
+        staging.write(&format!("{stem}.pem"), &issued.cert_pem, false)?;
+        staging.write(&format!("{stem}.key.pem"), &issued.key_pem, true)?;
+    }
+    let installed = staging.install(dir, replace)?;
+    if installed {
+        tracing::info!(dir = %dir.display(), federation = %spec.federation, leaves = leaves.len(), "generated dev pki");
+    }
+    Ok(installed)
+}
+
+/// A private directory next to the target where a PKI is assembled; removed
+/// on drop unless it was renamed into place.
+struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    fn create(target: &Path) -> Result<Self, PkiError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = target.file_name().ok_or_else(|| {
+            PkiError::io(
+                "use",
+                target,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the pki directory needs a name",
+                ),
+            )
+        })?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| PkiError::io("create", &parent, e))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let path = parent.join(format!(
+            ".{}.staging-{}-{}-{}",
+            name.to_string_lossy(),
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&path).map_err(|e| PkiError::io("create", &path, e))?;
+        Ok(Self { path })
+    }
+
+    fn write(&self, relative: &str, contents: &str, secret: bool) -> Result<(), PkiError> {
+        let path = self.path.join(relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| PkiError::io("create", parent, e))?;
+        }
+        write_new_file(&path, contents.as_bytes(), secret)
+    }
+
+    /// Moves the staged PKI to `target`. Returns false when `replace` is
+    /// false and another process completed a PKI there first.
+    fn install(self, target: &Path, replace: bool) -> Result<bool, PkiError> {
+        for dir in staged_dirs(&self.path)? {
+            sync_dir(&dir)?;
+        }
+        // The common case: the target does not exist (or is an empty
+        // directory) and one rename publishes everything at once.
+        let rename_err = match fs::rename(&self.path, target) {
+            Ok(()) => {
+                sync_dir(
+                    target
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new(".")),
+                )?;
+                return Ok(true);
+            }
+            Err(e) => e,
+        };
+        if !target.is_dir() {
+            return Err(PkiError::io("create", target, rename_err));
+        }
+        let marker = target.join(CA_CERT_FILE);
+        if !replace && marker.exists() {
+            return Ok(false);
+        }
+        // The target holds other files: withdraw the marker first so that
+        // nobody accepts a half-replaced PKI, move the files in one by one,
+        // and put the new marker in last.
+        match fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PkiError::io("remove", &marker, e)),
+        }
+        let mut files = Vec::new();
+        staged_files(&self.path, Path::new(""), &mut files)?;
+        files.retain(|f| f != Path::new(CA_CERT_FILE));
+        let mut touched = std::collections::BTreeSet::new();
+        for relative in files {
+            let to = target.join(&relative);
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).map_err(|e| PkiError::io("create", parent, e))?;
+                touched.insert(parent.to_path_buf());
+            }
+            fs::rename(self.path.join(&relative), &to)
+                .map_err(|e| PkiError::io("move into place", &to, e))?;
+        }
+        for dir in &touched {
+            sync_dir(dir)?;
+        }
+        fs::rename(self.path.join(CA_CERT_FILE), &marker)
+            .map_err(|e| PkiError::io("move into place", &marker, e))?;
+        sync_dir(target)?;
+        Ok(true)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            if let Err(e) = fs::remove_dir_all(&self.path) {
+                tracing::warn!(dir = %self.path.display(), error = %e, "cannot remove dev pki staging directory; delete it by hand");
+            }
+        }
+    }
+}
+
+/// `root` and every directory below it.
+fn staged_dirs(root: &Path) -> Result<Vec<PathBuf>, PkiError> {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let dir = dirs[i].clone();
+        for entry in fs::read_dir(&dir).map_err(|e| PkiError::io("list", &dir, e))? {
+            let entry = entry.map_err(|e| PkiError::io("list", &dir, e))?;
+            if entry
+                .file_type()
+                .map_err(|e| PkiError::io("inspect", entry.path(), e))?
+                .is_dir()
+            {
+                dirs.push(entry.path());
+            }
+        }
+        i += 1;
+    }
+    Ok(dirs)
+}
+
+/// Paths of all files below `root`, relative to it.
+fn staged_files(root: &Path, relative: &Path, out: &mut Vec<PathBuf>) -> Result<(), PkiError> {
+    let dir = root.join(relative);
+    for entry in fs::read_dir(&dir).map_err(|e| PkiError::io("list", &dir, e))? {
+        let entry = entry.map_err(|e| PkiError::io("list", &dir, e))?;
+        let rel = relative.join(entry.file_name());
+        if entry
+            .file_type()
+            .map_err(|e| PkiError::io("inspect", entry.path(), e))?
+            .is_dir()
+        {
+            staged_files(root, &rel, out)?;
+        } else {
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` (which must not exist), writes `contents` and flushes them
+/// to disk. Secrets are readable by the owner only.
+fn write_new_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), PkiError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut file = options
+        .open(path)
+        .map_err(|e| PkiError::io("create", path, e))?;
+    file.write_all(contents)
+        .map_err(|e| PkiError::io("write", path, e))?;
+    file.sync_all().map_err(|e| PkiError::io("flush", path, e))
+}
+
+/// Makes a directory's entries durable (renames and new files in it).
+fn sync_dir(dir: &Path) -> Result<(), PkiError> {
+    #[cfg(unix)]
+    {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| PkiError::io("flush", dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}

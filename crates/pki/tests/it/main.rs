@@ -1,0 +1,7 @@
+//! Integration tests of `liaison_pki`: one binary, a module per topic.
+
+mod dev_pki;
+mod grpc;
+mod identity;
+mod support;
+mod tls;

@@ -1,0 +1,916 @@
+//! The routing decision: for one message, deliver or withhold for every
+//! candidate recipient, and the rule that decided.
+//!
+//! Deny by default: a recipient gets the message only if every rule allows
+//! it. The rules run in the fixed order of [`Rule::ALL`]; the first that
+//! refuses names the decision, so an auditor always sees the most basic
+//! reason (a suspended peer is reported as such, not as lacking clearance).
+//! Reasons name the values compared (levels, kinds, crime areas, body ids),
+//! never anything from the message body.
+
+use std::fmt;
+use std::str::FromStr;
+
+use liaison_proto::v1 as pb;
+use liaison_types::{BodyId, Labels};
+
+use crate::config::{BodyPolicy, Governance, State};
+
+/// A governance rule, or the outcome of passing them all.
+///
+/// Each has a stable dotted id ([`Rule::as_str`]) written to audit records
+/// and shown by the CLI; the ids never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// The originator is suspended, revoked or unknown: nothing it sends is
+    /// delivered.
+    OriginState,
+    /// The recipient is suspended or revoked.
+    PeerState,
+    /// The message expired before it was routed.
+    MessageExpired,
+    /// The originator excluded the recipient.
+    OriginatorExclusion,
+    /// The originator restricted the message to other bodies.
+    OriginatorReleasability,
+    /// The originator's own outbound rules refuse the recipient.
+    OriginatorOutbound,
+    /// The recipient's clearance is below the classification.
+    RecipientClearance,
+    /// The recipient does not accept this kind of message.
+    RecipientKind,
+    /// No crime area of the message is in the recipient's mandate.
+    RecipientMandate,
+    /// The recipient is an observer and the message exceeds what observers
+    /// receive.
+    ObserverRestriction,
+    /// Personal data without a personal-data agreement between originator
+    /// and recipient.
+    AgreementPersonalData,
+    /// Every rule allowed delivery.
+    AllRulesPassed,
+}
+
+impl Rule {
+    /// Every rule in evaluation order, then [`Rule::AllRulesPassed`].
+    pub const ALL: [Rule; 12] = [
+        Self::OriginState,
+        Self::PeerState,
+        Self::MessageExpired,
+        Self::OriginatorExclusion,
+        Self::OriginatorReleasability,
+        Self::OriginatorOutbound,
+        Self::RecipientClearance,
+        Self::RecipientKind,
+        Self::RecipientMandate,
+        Self::ObserverRestriction,
+        Self::AgreementPersonalData,
+        Self::AllRulesPassed,
+    ];
+
+    /// The stable dotted id, as in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OriginState => "origin.state",
+            Self::PeerState => "peer.state",
+            Self::MessageExpired => "message.expired",
+            Self::OriginatorExclusion => "originator.exclusion",
+            Self::OriginatorReleasability => "originator.releasability",
+            Self::OriginatorOutbound => "originator.outbound",
+            Self::RecipientClearance => "recipient.clearance",
+            Self::RecipientKind => "recipient.kind",
+            Self::RecipientMandate => "recipient.mandate",
+            Self::ObserverRestriction => "observer.restriction",
+            Self::AgreementPersonalData => "agreement.personal_data",
+            Self::AllRulesPassed => "deliver.all_rules_passed",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown rule '{}'; expected one of {}",
+                    s.escape_debug(),
+                    Self::ALL.map(Rule::as_str).join(", ")
+                )
+            })
+    }
+}
+
+const EXPLANATIONS: [(Rule, &str); 12] = [
+    (
+        Rule::OriginState,
+        "an originator that is suspended, revoked or not configured has nothing delivered",
+    ),
+    (Rule::PeerState, "a suspended or revoked recipient gets nothing"),
+    (Rule::MessageExpired, "a message past its expiry is delivered to nobody"),
+    (
+        Rule::OriginatorExclusion,
+        "a body on the message's exclusion list never gets it",
+    ),
+    (
+        Rule::OriginatorReleasability,
+        "if the message has a releasability list, only the bodies on it get it",
+    ),
+    (
+        Rule::OriginatorOutbound,
+        "the originator's configured outbound rules: bodies it never shares with, its limit for observers, \
+         the level from which recipients must be named",
+    ),
+    (
+        Rule::RecipientClearance,
+        "the recipient's clearance must be at or above the classification",
+    ),
+    (Rule::RecipientKind, "the recipient must accept the kind of message"),
+    (
+        Rule::RecipientMandate,
+        "at least one crime area of the message must be in the recipient's mandate",
+    ),
+    (
+        Rule::ObserverRestriction,
+        "observers get only the allowed kinds, up to the observer level, never personal data",
+    ),
+    (
+        Rule::AgreementPersonalData,
+        "personal data goes only where a personal-data agreement exists between originator and recipient",
+    ),
+    (
+        Rule::AllRulesPassed,
+        "every rule allowed delivery (deny by default otherwise)",
+    ),
+];
+
+/// Each rule id with a one-line description, in evaluation order, for
+/// documentation and the CLI.
+pub fn explain_rules() -> &'static [(Rule, &'static str)] {
+    &EXPLANATIONS
+}
+
+/// Whether a recipient gets the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Every rule allowed delivery.
+    Deliver,
+    /// A rule withheld the message from this recipient.
+    Withhold,
+}
+
+impl Outcome {
+    /// `deliver` or `withhold`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deliver => "deliver",
+            Self::Withhold => "withhold",
+        }
+    }
+
+    /// The proto enum value.
+    pub fn to_proto(self) -> pb::Outcome {
+        match self {
+            Self::Deliver => pb::Outcome::Deliver,
+            Self::Withhold => pb::Outcome::Withhold,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The decision for one candidate recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Decision {
+    /// The candidate recipient.
+    pub recipient: BodyId,
+    /// Deliver or withhold.
+    pub outcome: Outcome,
+    /// The rule that decided: the first that withheld, or
+    /// [`Rule::AllRulesPassed`].
+    pub rule: Rule,
+    /// The values compared, for people (never body content).
+    pub reason: String,
+}
+
+impl Decision {
+    /// Whether the recipient gets the message.
+    pub fn delivers(&self) -> bool {
+        self.outcome == Outcome::Deliver
+    }
+}
+
+impl From<&Decision> for pb::RoutingDecision {
+    fn from(d: &Decision) -> Self {
+        pb::RoutingDecision {
+            recipient: d.recipient.to_string(),
+            outcome: d.outcome.to_proto() as i32,
+            rule: d.rule.as_str().to_owned(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+/// Decides, for every configured body except the origin (in id order),
+/// whether it gets a message with these labels at time `now_ms`.
+///
+/// Pure and deterministic: the same governance, labels and time always give
+/// the same decisions.
+pub fn decide(gov: &Governance, labels: &Labels, now_ms: i64) -> Vec<Decision> {
+    let origin = gov.body(&labels.origin);
+    gov.bodies()
+        .filter(|r| r.id != labels.origin)
+        .map(|recipient| {
+            let (outcome, rule, reason) = match evaluate(gov, origin, recipient, labels, now_ms) {
+                Ok(summary) => (Outcome::Deliver, Rule::AllRulesPassed, summary),
+                Err((rule, reason)) => (Outcome::Withhold, rule, reason),
+            };
+            Decision {
+                recipient: recipient.id.clone(),
+                outcome,
+                rule,
+                reason,
+            }
+        })
+        .collect()
+}
+
+type Refusal = (Rule, String);
+
+/// Runs the rules in order; `Ok` carries the summary of a delivery.
+fn evaluate(
+    gov: &Governance,
+    origin: Option<&BodyPolicy>,
+    r: &BodyPolicy,
+    l: &Labels,
+    now_ms: i64,
+) -> Result<String, Refusal> {
+    let c = l.classification;
+
+    // origin.state
+    let Some(origin) = origin else {
+        return Err((
+            Rule::OriginState,
+            format!("originator {} is not a configured body", l.origin),
+        ));
+    };
+    if origin.state != State::Active {
+        return Err((
+            Rule::OriginState,
+            format!("originator {} is {}", origin.id, origin.state),
+        ));
+    }
+
+    // peer.state
+    if r.state != State::Active {
+        return Err((
+            Rule::PeerState,
+            format!("recipient {} is {}", r.id, r.state),
+        ));
+    }
+
+    // message.expired
+    if let Some(expires) = l.expires_at_ms {
+        if expires <= now_ms {
+            return Err((
+                Rule::MessageExpired,
+                format!("expired at {expires} ms, now {now_ms} ms"),
+            ));
+        }
+    }
+
+    // originator.exclusion
+    if l.excluded.contains(&r.id) {
+        return Err((
+            Rule::OriginatorExclusion,
+            format!("{} is on the originator's exclusion list", r.id),
+        ));
+    }
+
+    // originator.releasability
+    if !l.releasable_to.is_empty() && !l.releasable_to.contains(&r.id) {
+        return Err((
+            Rule::OriginatorReleasability,
+            format!(
+                "{} is not in releasable_to [{}]",
+                r.id,
+                join(l.releasable_to.iter())
+            ),
+        ));
+    }
+
+    // originator.outbound
+    let out = &origin.outbound;
+    if out.never_share_with.contains(&r.id) {
+        return Err((
+            Rule::OriginatorOutbound,
+            format!("{} never shares with {}", origin.id, r.id),
+        ));
+    }
+    if let Some(max) = out.max_to_observers {
+        if r.is_observer() && c > max {
+            return Err((
+                Rule::OriginatorOutbound,
+                format!(
+                    "{} releases at most {max} to observers; message is {c}",
+                    origin.id
+                ),
+            ));
+        }
+    }
+    if let Some(from) = out.releasability_required_from {
+        if c >= from && !l.releasable_to.contains(&r.id) {
+            return Err((
+                Rule::OriginatorOutbound,
+                format!(
+                    "{} releases {from} and above only to bodies named in releasable_to; {} is not named",
+                    origin.id, r.id
+                ),
+            ));
+        }
+    }
+
+    // recipient.clearance
+    if r.clearance < c {
+        return Err((
+            Rule::RecipientClearance,
+            format!("clearance {} < {c}", r.clearance),
+        ));
+    }
+
+    // recipient.kind
+    if !r.kinds.contains(&l.kind) {
+        return Err((
+            Rule::RecipientKind,
+            format!(
+                "{} does not accept {} (accepts {})",
+                r.id,
+                l.kind,
+                join(r.kinds.iter())
+            ),
+        ));
+    }
+
+    // recipient.mandate
+    let covered: Vec<_> = l.crime_areas.intersection(&r.mandate).collect();
+    if covered.is_empty() {
+        let mandate = if r.mandate.is_empty() {
+            "empty".to_owned()
+        } else {
+            join(r.mandate.iter())
+        };
+        return Err((
+            Rule::RecipientMandate,
+            format!(
+                "mandate ({mandate}) covers none of {}",
+                join(l.crime_areas.iter())
+            ),
+        ));
+    }
+
+    // observer.restriction
+    if r.is_observer() {
+        let limits = gov.observers();
+        if !limits.kinds.contains(&l.kind) {
+            return Err((
+                Rule::ObserverRestriction,
+                format!(
+                    "observers receive only {}; message is {}",
+                    join(limits.kinds.iter()),
+                    l.kind
+                ),
+            ));
+        }
+        if l.personal_data {
+            return Err((
+                Rule::ObserverRestriction,
+                "observers never receive personal data; message holds personal data".to_owned(),
+            ));
+        }
+        if c > limits.max_classification {
+            return Err((
+                Rule::ObserverRestriction,
+                format!(
+                    "observers receive at most {}; message is {c}",
+                    limits.max_classification
+                ),
+            ));
+        }
+    }
+
+    // agreement.personal_data
+    let personal = if l.personal_data {
+        match gov.agreement(&origin.id, &r.id) {
+            Some(a) if a.personal_data => {
+                let reference = a
+                    .reference
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                format!(
+                    "personal data under agreement {}-{}{reference}",
+                    a.between.0, a.between.1
+                )
+            }
+            Some(a) => {
+                return Err((
+                    Rule::AgreementPersonalData,
+                    format!(
+                        "the agreement between {} and {} does not cover personal data",
+                        a.between.0, a.between.1
+                    ),
+                ))
+            }
+            None => {
+                return Err((
+                    Rule::AgreementPersonalData,
+                    format!(
+                        "no personal-data agreement between {} and {}",
+                        origin.id, r.id
+                    ),
+                ))
+            }
+        }
+    } else {
+        "no personal data".to_owned()
+    };
+
+    Ok(format!(
+        "clearance {} >= {c}; accepts {}; mandate covers {}; {personal}",
+        r.clearance,
+        l.kind,
+        join(covered.into_iter())
+    ))
+}
+
+fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use liaison_types::{Classification, CrimeArea, Kind, Priority};
+
+    use super::*;
+    use crate::builder::{BodySpec, GovernanceBuilder};
+    use crate::config::State;
+
+    use Classification::{Confidential, OfficialUse, Restricted, Secret, Unclassified};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// interpol (hub), europol, frontex and an observer; every recipient
+    /// gets a plain RESTRICTED cybercrime alert from europol.
+    fn base() -> GovernanceBuilder {
+        Governance::for_test()
+            .member("interpol", Secret, &["terrorism", "cybercrime", "drugs"])
+            .member("europol", Secret, &["cybercrime", "drugs"])
+            .member("frontex", Confidential, &["cybercrime", "border_security"])
+            .body(BodySpec::observer("unodc", &["cybercrime", "drugs"]))
+            .agreement("europol", "interpol", true)
+    }
+
+    fn build(b: GovernanceBuilder) -> Governance {
+        b.build().expect("valid test governance")
+    }
+
+    fn labels(origin: &str) -> Labels {
+        Labels {
+            message_id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+            origin: BodyId::parse(origin).expect("id"),
+            kind: Kind::Alert,
+            classification: Restricted,
+            marking: None,
+            crime_areas: [CrimeArea::parse("cybercrime").expect("area")].into(),
+            regions: BTreeSet::new(),
+            countries: BTreeSet::new(),
+            personal_data: false,
+            releasable_to: BTreeSet::new(),
+            excluded: BTreeSet::new(),
+            priority: Priority::Immediate,
+            created_at_ms: NOW - 1000,
+            expires_at_ms: None,
+            third_party_release: false,
+        }
+    }
+
+    fn ids(list: &[&str]) -> BTreeSet<BodyId> {
+        list.iter().map(|i| BodyId::parse(i).expect("id")).collect()
+    }
+
+    fn for_(decisions: &[Decision], recipient: &str) -> Decision {
+        decisions
+            .iter()
+            .find(|d| d.recipient.as_str() == recipient)
+            .cloned()
+            .unwrap_or_else(|| panic!("no decision for {recipient}"))
+    }
+
+    fn assert_withheld(d: &Decision, rule: Rule, words: &str) {
+        assert_eq!(d.outcome, Outcome::Withhold, "{d:?}");
+        assert_eq!(d.rule, rule, "{d:?}");
+        assert!(
+            d.reason.contains(words),
+            "reason {:?} lacks {words:?}",
+            d.reason
+        );
+    }
+
+    fn assert_delivered(d: &Decision) {
+        assert_eq!(d.outcome, Outcome::Deliver, "{d:?}");
+        assert_eq!(d.rule, Rule::AllRulesPassed, "{d:?}");
+    }
+
+    #[test]
+    fn candidates_are_every_other_body_in_id_order() {
+        let g = build(base());
+        let d = decide(&g, &labels("europol"), NOW);
+        let got: Vec<_> = d.iter().map(|d| d.recipient.as_str()).collect();
+        assert_eq!(got, ["frontex", "interpol", "unodc"]);
+    }
+
+    #[test]
+    fn a_plain_message_is_delivered_with_a_summary() {
+        let g = build(base());
+        let d = decide(&g, &labels("europol"), NOW);
+        let interpol = for_(&d, "interpol");
+        assert_delivered(&interpol);
+        assert_eq!(
+            interpol.reason,
+            "clearance SECRET >= RESTRICTED; accepts alert; mandate covers cybercrime; no personal data"
+        );
+        assert_delivered(&for_(&d, "frontex"));
+        // The observer's clearance is checked before the kinds it accepts.
+        assert_withheld(
+            &for_(&d, "unodc"),
+            Rule::RecipientClearance,
+            "OFFICIAL_USE < RESTRICTED",
+        );
+    }
+
+    #[test]
+    fn origin_state() {
+        for state in [State::Suspended, State::Revoked] {
+            let g = build(
+                base().body(BodySpec::member("afripol", Secret, &["cybercrime"]).with_state(state)),
+            );
+            for d in decide(&g, &labels("afripol"), NOW) {
+                assert_withheld(
+                    &d,
+                    Rule::OriginState,
+                    &format!("originator afripol is {state}"),
+                );
+            }
+        }
+        let g = build(base());
+        for d in decide(&g, &labels("nobody"), NOW) {
+            assert_withheld(&d, Rule::OriginState, "not a configured body");
+        }
+        assert!(decide(&g, &labels("europol"), NOW)
+            .iter()
+            .any(Decision::delivers));
+    }
+
+    #[test]
+    fn peer_state() {
+        for state in [State::Suspended, State::Revoked] {
+            let g = build(
+                base().body(BodySpec::member("afripol", Secret, &["cybercrime"]).with_state(state)),
+            );
+            let d = decide(&g, &labels("europol"), NOW);
+            assert_withheld(
+                &for_(&d, "afripol"),
+                Rule::PeerState,
+                &format!("afripol is {state}"),
+            );
+            assert_delivered(&for_(&d, "interpol"));
+        }
+        let g = build(base().member("afripol", Secret, &["cybercrime"]));
+        assert_delivered(&for_(&decide(&g, &labels("europol"), NOW), "afripol"));
+    }
+
+    #[test]
+    fn message_expired() {
+        let g = build(base());
+        let mut l = labels("europol");
+        l.expires_at_ms = Some(NOW);
+        for d in decide(&g, &l, NOW) {
+            assert_withheld(&d, Rule::MessageExpired, "expired at");
+        }
+        l.expires_at_ms = Some(NOW + 1);
+        assert_delivered(&for_(&decide(&g, &l, NOW), "interpol"));
+    }
+
+    #[test]
+    fn originator_exclusion() {
+        let g = build(base());
+        let mut l = labels("europol");
+        l.excluded = ids(&["frontex"]);
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "frontex"),
+            Rule::OriginatorExclusion,
+            "exclusion list",
+        );
+        assert_delivered(&for_(&d, "interpol"));
+    }
+
+    #[test]
+    fn originator_releasability() {
+        let g = build(base());
+        let mut l = labels("europol");
+        l.releasable_to = ids(&["interpol"]);
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "frontex"),
+            Rule::OriginatorReleasability,
+            "frontex is not in releasable_to [interpol]",
+        );
+        assert_delivered(&for_(&d, "interpol"));
+    }
+
+    #[test]
+    fn originator_outbound_never_share_with() {
+        let g = build(base().body(
+            BodySpec::member("gccpol", Secret, &["cybercrime"]).with_never_share_with(&["frontex"]),
+        ));
+        let d = decide(&g, &labels("gccpol"), NOW);
+        assert_withheld(
+            &for_(&d, "frontex"),
+            Rule::OriginatorOutbound,
+            "gccpol never shares with frontex",
+        );
+        assert_delivered(&for_(&d, "interpol"));
+    }
+
+    #[test]
+    fn originator_outbound_max_to_observers() {
+        let g = build(base().body(
+            BodySpec::member("gccpol", Secret, &["cybercrime"]).with_max_to_observers(Unclassified),
+        ));
+        let mut l = labels("gccpol");
+        l.kind = Kind::ThreatAssessment;
+        l.classification = OfficialUse;
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "unodc"),
+            Rule::OriginatorOutbound,
+            "releases at most UNCLASSIFIED to observers; message is OFFICIAL_USE",
+        );
+        assert_delivered(&for_(&d, "interpol"));
+        l.classification = Unclassified;
+        assert_delivered(&for_(&decide(&g, &l, NOW), "unodc"));
+    }
+
+    #[test]
+    fn originator_outbound_releasability_required_from() {
+        let g = build(
+            base().body(
+                BodySpec::member("gccpol", Secret, &["cybercrime"])
+                    .with_releasability_required_from(Confidential),
+            ),
+        );
+        let mut l = labels("gccpol");
+        l.classification = Confidential;
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "interpol"),
+            Rule::OriginatorOutbound,
+            "only to bodies named",
+        );
+        l.releasable_to = ids(&["interpol"]);
+        assert_delivered(&for_(&decide(&g, &l, NOW), "interpol"));
+        l.releasable_to.clear();
+        l.classification = Restricted;
+        assert_delivered(&for_(&decide(&g, &l, NOW), "interpol"));
+    }
+
+    #[test]
+    fn recipient_clearance() {
+        let g = build(base());
+        let mut l = labels("europol");
+        l.classification = Secret;
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "frontex"),
+            Rule::RecipientClearance,
+            "clearance CONFIDENTIAL < SECRET",
+        );
+        assert_delivered(&for_(&d, "interpol"));
+        l.classification = Confidential;
+        assert_delivered(&for_(&decide(&g, &l, NOW), "frontex"));
+    }
+
+    #[test]
+    fn recipient_kind() {
+        let g = build(
+            base().body(
+                BodySpec::member("eco", Secret, &["cybercrime"])
+                    .with_kinds(&[Kind::ThreatAssessment, Kind::Alert]),
+            ),
+        );
+        let mut l = labels("europol");
+        l.kind = Kind::OperationalPlan;
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "eco"),
+            Rule::RecipientKind,
+            "eco does not accept operational_plan (accepts threat_assessment, alert)",
+        );
+        assert_delivered(&for_(&d, "interpol"));
+        l.kind = Kind::Alert;
+        assert_delivered(&for_(&decide(&g, &l, NOW), "eco"));
+    }
+
+    #[test]
+    fn recipient_mandate() {
+        let g = build(
+            base()
+                .member("eco", Secret, &["drugs", "terrorism"])
+                .member("aimc", Secret, &[]),
+        );
+        let mut l = labels("europol");
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "eco"),
+            Rule::RecipientMandate,
+            "mandate (drugs, terrorism) covers none of cybercrime",
+        );
+        assert_withheld(&for_(&d, "aimc"), Rule::RecipientMandate, "mandate (empty)");
+        l.crime_areas
+            .insert(CrimeArea::parse("drugs").expect("area"));
+        let d = decide(&g, &l, NOW);
+        assert_delivered(&for_(&d, "eco"));
+        assert!(for_(&d, "eco").reason.contains("mandate covers drugs"));
+        assert_withheld(&for_(&d, "aimc"), Rule::RecipientMandate, "empty");
+    }
+
+    #[test]
+    fn observer_restriction() {
+        let g = build(base());
+        let mut l = labels("europol");
+        l.kind = Kind::ThreatAssessment;
+        l.classification = OfficialUse;
+        assert_delivered(&for_(&decide(&g, &l, NOW), "unodc"));
+        l.personal_data = true;
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "unodc"),
+            Rule::ObserverRestriction,
+            "never receive personal data",
+        );
+        assert_delivered(&for_(&d, "interpol"));
+    }
+
+    #[test]
+    fn observer_restriction_kinds_and_level() {
+        // Observers may be configured for alerts, and an observer may hold a
+        // higher clearance than the kinds it is sent; the federation-wide
+        // limits still apply.
+        let g = build(
+            Governance::for_test()
+                .observers(&[Kind::ThreatAssessment, Kind::Alert], Restricted)
+                .member("interpol", Secret, &["drugs"])
+                .body(
+                    BodySpec::observer("unodc", &["drugs"])
+                        .with_kinds(&[Kind::ThreatAssessment, Kind::Alert]),
+                ),
+        );
+        let mut l = labels("interpol");
+        l.crime_areas = [CrimeArea::parse("drugs").expect("area")].into();
+        l.classification = OfficialUse;
+        assert_delivered(&for_(&decide(&g, &l, NOW), "unodc"));
+    }
+
+    #[test]
+    fn agreement_personal_data() {
+        let g = build(base().agreement("frontex", "europol", false));
+        let mut l = labels("europol");
+        l.personal_data = true;
+        let d = decide(&g, &l, NOW);
+        let interpol = for_(&d, "interpol");
+        assert_delivered(&interpol);
+        assert!(
+            interpol
+                .reason
+                .contains("personal data under agreement europol-interpol"),
+            "{interpol:?}"
+        );
+        assert_withheld(
+            &for_(&d, "frontex"),
+            Rule::AgreementPersonalData,
+            "does not cover personal data",
+        );
+
+        let g = build(base());
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "frontex"),
+            Rule::AgreementPersonalData,
+            "no personal-data agreement between europol and frontex",
+        );
+        l.personal_data = false;
+        assert_delivered(&for_(&decide(&g, &l, NOW), "frontex"));
+    }
+
+    #[test]
+    fn the_first_rule_that_refuses_names_the_decision() {
+        // frontex fails exclusion, clearance, kind, mandate and agreement at
+        // once: exclusion comes first.
+        let g = build(
+            base().body(
+                BodySpec::member("frontex2", Confidential, &["border_security"])
+                    .with_kinds(&[Kind::Alert]),
+            ),
+        );
+        let mut l = labels("europol");
+        l.kind = Kind::OperationalPlan;
+        l.classification = Secret;
+        l.personal_data = true;
+        l.excluded = ids(&["frontex2"]);
+        let d = decide(&g, &l, NOW);
+        assert_withheld(
+            &for_(&d, "frontex2"),
+            Rule::OriginatorExclusion,
+            "exclusion",
+        );
+
+        // Without the exclusion, clearance is next.
+        l.excluded.clear();
+        assert_withheld(
+            &for_(&decide(&g, &l, NOW), "frontex2"),
+            Rule::RecipientClearance,
+            "<",
+        );
+
+        // A suspended peer is reported as such even when excluded.
+        let g = build(base().body(
+            BodySpec::member("afripol", Secret, &["cybercrime"]).with_state(State::Suspended),
+        ));
+        let mut l = labels("europol");
+        l.excluded = ids(&["afripol"]);
+        assert_withheld(
+            &for_(&decide(&g, &l, NOW), "afripol"),
+            Rule::PeerState,
+            "suspended",
+        );
+    }
+
+    #[test]
+    fn rule_ids_are_stable_unique_and_explained() {
+        let ids: Vec<_> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "origin.state",
+                "peer.state",
+                "message.expired",
+                "originator.exclusion",
+                "originator.releasability",
+                "originator.outbound",
+                "recipient.clearance",
+                "recipient.kind",
+                "recipient.mandate",
+                "observer.restriction",
+                "agreement.personal_data",
+                "deliver.all_rules_passed",
+            ]
+        );
+        for rule in Rule::ALL {
+            assert_eq!(rule.as_str().parse::<Rule>(), Ok(rule));
+        }
+        assert!("recipient.colour".parse::<Rule>().is_err());
+        let explained: Vec<Rule> = explain_rules().iter().map(|(r, _)| *r).collect();
+        assert_eq!(explained, Rule::ALL.to_vec());
+        assert!(explain_rules()
+            .iter()
+            .all(|(_, text)| !text.is_empty() && !text.contains('\n')));
+    }
+
+    #[test]
+    fn decisions_convert_to_proto() {
+        let g = build(base());
+        let d = for_(&decide(&g, &labels("europol"), NOW), "interpol");
+        let p = pb::RoutingDecision::from(&d);
+        assert_eq!(p.recipient, "interpol");
+        assert_eq!(p.outcome, pb::Outcome::Deliver as i32);
+        assert_eq!(p.rule, "deliver.all_rules_passed");
+        assert_eq!(p.reason, d.reason);
+        assert_eq!(Outcome::Withhold.to_proto(), pb::Outcome::Withhold);
+    }
+}

@@ -1,0 +1,557 @@
+//! A whole federation on loopback: a hub and any set of nodes, each with its
+//! own sled directory, configured from real configuration files and talking
+//! real mutual TLS. Integration tests and `liaison demo` both use it.
+//!
+//! Listeners are bound on `127.0.0.1:0` before a service starts, so the
+//! address is known without waiting; [`wait_until`] waits on conditions,
+//! never on fixed sleeps.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use liaison_pki::{DevPkiSpec, TlsFiles, TlsMaterial};
+use liaison_policy::Governance;
+use liaison_proto::v1::audit_client::AuditClient;
+use liaison_proto::v1::federation_client::FederationClient;
+use liaison_proto::v1::officer_client::OfficerClient;
+use liaison_types::{BodyId, Role};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// What can go wrong starting a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The governance text is invalid.
+    #[error(transparent)]
+    Policy(#[from] liaison_policy::PolicyError),
+    /// Certificates.
+    #[error(transparent)]
+    Pki(#[from] liaison_pki::PkiError),
+    /// The hub failed.
+    #[error(transparent)]
+    Hub(#[from] liaison_hub::HubError),
+    /// A node failed.
+    #[error(transparent)]
+    Node(#[from] liaison_node::NodeError),
+    /// Files or sockets.
+    #[error("{0}")]
+    Io(String),
+    /// A body not in the governance.
+    #[error("no body '{0}' in the governance")]
+    UnknownBody(String),
+    /// A condition did not come true in time.
+    #[error("timed out after {0:?} waiting until {1}")]
+    Timeout(Duration, String),
+}
+
+fn io(context: &str) -> impl Fn(std::io::Error) -> SandboxError + '_ {
+    move |e| SandboxError::Io(format!("{context}: {e}"))
+}
+
+/// Waits until `check` returns `Some`, polling every 20 ms; fails naming
+/// `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> Result<T, SandboxError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(SandboxError::Timeout(timeout, what.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A service running in this process.
+#[derive(Debug)]
+struct Running<E> {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), E>>,
+}
+
+impl<E> Running<E> {
+    async fn stop(mut self) -> Result<(), E> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("service task panicked")
+    }
+}
+
+/// How the hub runs.
+#[derive(Debug)]
+enum HubProcess {
+    InProcess(Running<liaison_hub::HubError>),
+    Child(Child),
+    Stopped,
+}
+
+/// Options for [`Sandbox::start`].
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Governance file text.
+    pub governance: String,
+    /// Bodies to start nodes for; `None` means every body.
+    pub nodes: Option<Vec<String>>,
+    /// Use (and fill if empty) this certificate directory instead of a fresh
+    /// one in the sandbox directory.
+    pub certs: Option<PathBuf>,
+    /// Keep files here instead of a temporary directory.
+    pub dir: Option<PathBuf>,
+    /// Node retry delays, in milliseconds (initial, max).
+    pub retry_ms: (u64, u64),
+}
+
+impl SandboxOptions {
+    /// Every body of `governance` gets a node, in a fresh temporary directory.
+    pub fn new(governance: &str) -> Self {
+        Self {
+            governance: governance.to_owned(),
+            nodes: None,
+            certs: None,
+            dir: None,
+            retry_ms: (50, 500),
+        }
+    }
+
+    /// Start nodes only for these bodies.
+    pub fn nodes(mut self, bodies: &[&str]) -> Self {
+        self.nodes = Some(bodies.iter().map(|b| (*b).to_owned()).collect());
+        self
+    }
+}
+
+/// A running federation on loopback.
+#[derive(Debug)]
+pub struct Sandbox {
+    _temp: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    certs: PathBuf,
+    governance: Governance,
+    hub_addr: Option<SocketAddr>,
+    hub: HubProcess,
+    nodes: BTreeMap<String, Running<liaison_node::NodeError>>,
+    retry_ms: (u64, u64),
+}
+
+impl Sandbox {
+    /// Writes the governance, makes the certificates, starts the hub and the
+    /// nodes in this process.
+    pub async fn start(opts: SandboxOptions) -> Result<Self, SandboxError> {
+        let governance = Governance::from_toml("governance.toml", &opts.governance)?;
+        let (temp, dir) = match &opts.dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("liaison-sandbox-")
+                    .tempdir()
+                    .map_err(io("creating a temporary directory"))?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("creating the sandbox directory"))?;
+        std::fs::write(dir.join("governance.toml"), &opts.governance)
+            .map_err(io("writing governance.toml"))?;
+        let certs = std::path::absolute(opts.certs.clone().unwrap_or_else(|| dir.join("certs")))
+            .map_err(io("resolving the certificate directory"))?;
+        liaison_pki::ensure_dev_pki(&certs, &dev_spec(&governance))?;
+        let mut sandbox = Self {
+            _temp: temp,
+            dir,
+            certs,
+            governance,
+            hub_addr: None,
+            hub: HubProcess::Stopped,
+            nodes: BTreeMap::new(),
+            retry_ms: opts.retry_ms,
+        };
+        sandbox.start_hub().await?;
+        let bodies: Vec<String> = match opts.nodes {
+            Some(n) => n,
+            None => sandbox
+                .governance
+                .bodies()
+                .map(|b| b.id.to_string())
+                .collect(),
+        };
+        for body in bodies {
+            sandbox.start_node(&body).await?;
+        }
+        sandbox.wait_ready().await?;
+        Ok(sandbox)
+    }
+
+    /// Waits until the hub and every node complete a TLS handshake, or
+    /// returns the error of one that stopped.
+    pub async fn wait_ready(&mut self) -> Result<(), SandboxError> {
+        let fed = self.governance.federation().to_owned();
+        let hub_stem = format!("{}/node", self.governance.hub_body());
+        let mut targets = vec![(None, self.hub_url(), hub_stem, Role::Hub)];
+        for body in self.nodes.keys() {
+            targets.push((
+                Some(body.clone()),
+                self.node_url(body)?,
+                format!("{body}/officer-alice"),
+                Role::Node,
+            ));
+        }
+        for (body, url, stem, role) in targets {
+            let material = self.material(&stem)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let finished = match &body {
+                    None => matches!(&self.hub, HubProcess::InProcess(r) if r.task.is_finished()),
+                    Some(b) => self.nodes.get(b).is_some_and(|n| n.task.is_finished()),
+                };
+                if finished {
+                    return Err(match body {
+                        None => self
+                            .stop_hub()
+                            .await
+                            .err()
+                            .unwrap_or_else(|| SandboxError::Io("hub stopped".into())),
+                        Some(b) => self
+                            .stop_node(&b)
+                            .await
+                            .err()
+                            .unwrap_or_else(|| SandboxError::Io(format!("{b} node stopped"))),
+                    });
+                }
+                if liaison_pki::connect(&url, &material, Some(role), &fed)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(SandboxError::Io(format!("{url} did not answer within 30s")));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sandbox's directory (configs, stores, certificates).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The certificate directory.
+    pub fn certs(&self) -> &Path {
+        &self.certs
+    }
+
+    /// The governance in force.
+    pub fn governance(&self) -> &Governance {
+        &self.governance
+    }
+
+    /// The hub's address.
+    pub fn hub_url(&self) -> String {
+        format!("https://{}", self.hub_addr.expect("hub was started once"))
+    }
+
+    /// A running node's address.
+    pub fn node_url(&self, body: &str) -> Result<String, SandboxError> {
+        let node = self
+            .nodes
+            .get(body)
+            .ok_or_else(|| SandboxError::UnknownBody(format!("{body} (no node running)")))?;
+        Ok(format!("https://{}", node.addr))
+    }
+
+    /// Bodies with a running node.
+    pub fn running_nodes(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// Certificate material for a leaf of the dev PKI, for example
+    /// `europol/officer-alice`.
+    pub fn material(&self, stem: &str) -> Result<TlsMaterial, SandboxError> {
+        Ok(TlsMaterial::load(&TlsFiles::in_dev_dir(&self.certs, stem))?)
+    }
+
+    fn hub_config_text(&self, addr: SocketAddr) -> String {
+        let c = &self.certs;
+        format!(
+            "version = 1\nlisten = \"{addr}\"\ndata_dir = \"hub-data\"\ngovernance = \"governance.toml\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.join("ca.pem").display(),
+            c.join("hub.pem").display(),
+            c.join("hub.key.pem").display()
+        )
+    }
+
+    fn write_hub_config(&self, addr: SocketAddr) -> Result<PathBuf, SandboxError> {
+        let path = self.dir.join("hub.toml");
+        std::fs::write(&path, self.hub_config_text(addr)).map_err(io("writing hub.toml"))?;
+        Ok(path)
+    }
+
+    /// Binds the hub's address: port 0 the first time, the same port after.
+    async fn bind_hub(&self) -> Result<TcpListener, SandboxError> {
+        let addr = self
+            .hub_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        TcpListener::bind(addr)
+            .await
+            .map_err(io("binding the hub listener"))
+    }
+
+    /// Starts (or restarts, on the same port and store) the hub in this process.
+    pub async fn start_hub(&mut self) -> Result<(), SandboxError> {
+        let listener = self.bind_hub().await?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("reading the hub address"))?;
+        self.hub_addr = Some(addr);
+        let config = liaison_hub::HubConfig::load(&self.write_hub_config(addr)?)?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(report_exit(
+            "hub".into(),
+            liaison_hub::run(config, listener, async {
+                let _ = stopped.await;
+            }),
+        ));
+        self.hub = HubProcess::InProcess(Running {
+            addr,
+            stop: Some(stop),
+            task,
+        });
+        Ok(())
+    }
+
+    /// Starts (or restarts) the hub as a child process of `exe` (the
+    /// `liaison` binary), on the same port and store, and waits until it
+    /// listens. The child can then be killed with SIGKILL by [`Sandbox::kill_hub`].
+    pub async fn start_hub_process(&mut self, exe: &Path) -> Result<(), SandboxError> {
+        // Reserve a port the first time by binding and releasing it.
+        let addr = match self.hub_addr {
+            Some(a) => a,
+            None => self
+                .bind_hub()
+                .await?
+                .local_addr()
+                .map_err(io("reading the hub address"))?,
+        };
+        self.hub_addr = Some(addr);
+        let config = self.write_hub_config(addr)?;
+        let ready = self.dir.join("hub.ready");
+        let _ = std::fs::remove_file(&ready);
+        let log =
+            std::fs::File::create(self.dir.join("hub.log")).map_err(io("creating hub.log"))?;
+        let child = Command::new(exe)
+            .args(["hub", "--config"])
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io("spawning the hub process"))?;
+        self.hub = HubProcess::Child(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            if let HubProcess::Child(child) = &mut self.hub {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default();
+                    return Err(SandboxError::Io(format!(
+                        "hub process exited with {status}: {log}"
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(SandboxError::Io(
+                    "hub process did not start listening within 30s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills a child-process hub with SIGKILL and reaps it.
+    pub fn kill_hub(&mut self) {
+        if let HubProcess::Child(mut child) = std::mem::replace(&mut self.hub, HubProcess::Stopped)
+        {
+            child.kill().expect("sending SIGKILL to the hub");
+            child.wait().expect("reaping the hub");
+        }
+    }
+
+    /// Stops an in-process hub gracefully.
+    pub async fn stop_hub(&mut self) -> Result<(), SandboxError> {
+        match std::mem::replace(&mut self.hub, HubProcess::Stopped) {
+            HubProcess::InProcess(r) => r.stop().await?,
+            HubProcess::Child(_) => self.kill_hub(),
+            HubProcess::Stopped => {}
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts, with the same store) a node in this process.
+    pub async fn start_node(&mut self, body: &str) -> Result<(), SandboxError> {
+        let id = BodyId::parse(body).map_err(|_| SandboxError::UnknownBody(body.to_owned()))?;
+        if self.governance.body(&id).is_none() {
+            return Err(SandboxError::UnknownBody(body.to_owned()));
+        }
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(io("binding a node listener"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("reading a node address"))?;
+        let c = &self.certs;
+        let text = format!(
+            "version = 1\nbody = \"{body}\"\nlisten = \"{addr}\"\nhub = \"{}\"\ndata_dir = \"nodes/{body}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\n",
+            self.hub_url(),
+            c.join("ca.pem").display(),
+            c.join(body).join("node.pem").display(),
+            c.join(body).join("node.key.pem").display(),
+            self.retry_ms.0,
+            self.retry_ms.1,
+        );
+        let path = self.dir.join(format!("node-{body}.toml"));
+        std::fs::write(&path, text).map_err(io("writing a node config"))?;
+        let config = liaison_node::NodeConfig::load(&path)?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(report_exit(
+            format!("{body} node"),
+            liaison_node::run(config, listener, async {
+                let _ = stopped.await;
+            }),
+        ));
+        self.nodes.insert(
+            body.to_owned(),
+            Running {
+                addr,
+                stop: Some(stop),
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops a node gracefully; its store stays for a restart.
+    pub async fn stop_node(&mut self, body: &str) -> Result<(), SandboxError> {
+        if let Some(n) = self.nodes.remove(body) {
+            n.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every service.
+    pub async fn shutdown(mut self) -> Result<(), SandboxError> {
+        let bodies: Vec<String> = self.nodes.keys().cloned().collect();
+        for b in bodies {
+            self.stop_node(&b).await?;
+        }
+        self.stop_hub().await
+    }
+
+    /// An officer's client to their own node: `officer("europol", "alice")`.
+    pub async fn officer(
+        &self,
+        body: &str,
+        name: &str,
+    ) -> Result<OfficerClient<Channel>, SandboxError> {
+        self.officer_at(body, &format!("{body}/officer-{name}"))
+            .await
+    }
+
+    /// A client to `body`'s node using any dev certificate.
+    pub async fn officer_at(
+        &self,
+        body: &str,
+        stem: &str,
+    ) -> Result<OfficerClient<Channel>, SandboxError> {
+        let url = self.node_url(body)?;
+        let ch = liaison_pki::connect(
+            &url,
+            &self.material(stem)?,
+            Some(Role::Node),
+            self.governance.federation(),
+        )
+        .await?;
+        Ok(OfficerClient::new(ch))
+    }
+
+    /// A raw federation client to the hub with any dev certificate, for
+    /// example `europol/node`.
+    pub async fn hub_as(&self, stem: &str) -> Result<FederationClient<Channel>, SandboxError> {
+        let ch = liaison_pki::connect(
+            &self.hub_url(),
+            &self.material(stem)?,
+            Some(Role::Hub),
+            self.governance.federation(),
+        )
+        .await?;
+        Ok(FederationClient::new(ch))
+    }
+
+    /// An auditor's client to the hub: `auditor("interpol")`.
+    pub async fn auditor(&self, body: &str) -> Result<AuditClient<Channel>, SandboxError> {
+        let m = self.material(&format!("{body}/auditor-audit"))?;
+        let ch = liaison_pki::connect(
+            &self.hub_url(),
+            &m,
+            Some(Role::Hub),
+            self.governance.federation(),
+        )
+        .await?;
+        Ok(AuditClient::new(ch))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let HubProcess::Child(child) = &mut self.hub {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a service to its end and logs why it stopped, if it failed.
+async fn report_exit<E: std::fmt::Display>(
+    name: String,
+    service: impl Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    let result = service.await;
+    if let Err(e) = &result {
+        tracing::error!(service = %name, error = %e, "service stopped with an error");
+    }
+    result
+}
+
+/// The dev PKI for a governance: every body, officers alice and bob, auditor
+/// audit, admin admin.
+pub fn dev_spec(gov: &Governance) -> DevPkiSpec {
+    DevPkiSpec {
+        federation: gov.federation().to_owned(),
+        hub_body: gov.hub_body().clone(),
+        bodies: gov.bodies().map(|b| b.id.clone()).collect(),
+        officers: vec!["alice".into(), "bob".into()],
+        auditors: vec!["audit".into()],
+        admins: vec!["admin".into()],
+    }
+}
