@@ -1,1 +1,3 @@
-//! End-to-end tests live in tests/it.
+//! End-to-end tests of Liaison live in `tests/it/`, one binary with a module
+//! per topic; this library is empty.
+#![forbid(unsafe_code)]

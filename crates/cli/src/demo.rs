@@ -126,7 +126,7 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
     }
     let human = out == Output::Human;
     if liaison_pki::ensure_dev_pki(&args.certs, &dev_spec(&gov))? && human {
-        println!(
+        say!(
             "made a dev pki for {} bodies in {}",
             gov.bodies().count(),
             args.certs.display()
@@ -137,20 +137,20 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
     opts.dir = args.dir.clone();
     let sandbox = Sandbox::start(opts).await?;
     if human {
-        println!("hub (run by {}) on {}", gov.hub_body(), sandbox.hub_url());
+        say!("hub (run by {}) on {}", gov.hub_body(), sandbox.hub_url());
         for body in sandbox.running_nodes() {
             let b = gov
                 .body(body.as_str())
                 .map(|b| (b.name.clone(), b.status.as_str()))
                 .unwrap_or_default();
-            println!(
+            say!(
                 "  node {body:<10} {:<44} {:<8} {}",
                 b.0,
                 b.1,
                 sandbox.node_url(&body)?
             );
         }
-        println!("policy version {}", gov.version());
+        say!("policy version {}", gov.version());
     }
 
     let result = exercise(&sandbox, &gov, human).await;
@@ -162,27 +162,27 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
         }
     };
     if out == Output::Json {
-        println!("{}", report.json);
+        say!("{}", report.json);
     }
     if args.keep_running && report.problems.is_empty() {
-        println!("\nthe federation keeps running; try for example:");
-        println!(
+        say!("\nthe federation keeps running; try for example:");
+        say!(
             "  cargo run -q --bin liaison -- inbox --server {} --certs {} --as interpol/officer-alice",
             sandbox.node_url("interpol")?,
             args.certs.display()
         );
-        println!(
+        say!(
             "  cargo run -q --bin liaison -- audit verify --server {} --certs {} --as interpol/auditor-audit",
             sandbox.hub_url(),
             args.certs.display()
         );
-        println!("press Ctrl-C to stop");
+        say!("press Ctrl-C to stop");
         crate::ops::shutdown_signal().await;
     }
     sandbox.shutdown().await?;
     if report.problems.is_empty() {
         if human {
-            println!("\nall checks passed: every inbox matches the routing matrix and the audit chain verifies");
+            say!("\nall checks passed: every inbox matches the routing matrix and the audit chain verifies");
         }
         Ok(())
     } else {
@@ -220,11 +220,11 @@ async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Re
         .map_err(|s| Failure::status("explain", &s))?
         .into_inner();
     if human {
-        println!(
+        say!(
             "\n== {explain_body} officer asks who would receive \"{}\" (nothing is sent)",
             body.title
         );
-        crate::officer::print_decisions(&explained.decisions);
+        crate::officer::print_decisions(&explained.decisions)?;
     }
 
     // 2. Officers of several bodies submit.
@@ -282,14 +282,14 @@ async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Re
         s.decisions = entry.decisions;
     }
     if human {
-        print_matrix(&sent, &bodies);
+        print_matrix(&sent, &bodies)?;
     }
 
     // 4. A node that claims another body's identity is refused and audited.
     let spoof = spoof_attempt(sandbox).await?;
     if human {
-        println!("\n== the europol node submits a message naming frontex as origin");
-        println!("   hub answered {:?}: {}", spoof.code(), spoof.message());
+        say!("\n== the europol node submits a message naming frontex as origin");
+        say!("   hub answered {:?}: {}", spoof.code(), spoof.message());
     }
     if spoof.code() != tonic::Code::PermissionDenied {
         problems.push(format!(
@@ -348,13 +348,13 @@ async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Re
         }
     }
     if human {
-        println!("\n== inboxes: every body holds exactly what the matrix delivered to it");
+        say!("\n== inboxes: every body holds exactly what the matrix delivered to it");
         for (body, want) in &expected {
-            println!("   {body:<10} {} message(s)", want.len());
+            say!("   {body:<10} {} message(s)", want.len());
         }
-        println!("\n== each reader sees the classification in its own marking scheme");
+        say!("\n== each reader sees the classification in its own marking scheme");
         for (body, marking, title) in markings.iter().take(6) {
-            println!("   {body:<10} \"{marking}\"  {title}");
+            say!("   {body:<10} \"{marking}\"  {title}");
         }
     }
 
@@ -370,7 +370,7 @@ async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Re
             .map_err(|s| Failure::status("ack", &s))?
             .into_inner();
         if human {
-            println!(
+            say!(
                 "\n== interpol officer acknowledges {id}: read by {}",
                 ack.read_by
             );
@@ -427,14 +427,15 @@ async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Re
         .map(|r| r.rule.as_str())
         .collect();
     if human {
-        println!(
+        say!(
             "\n== audit: {} records, chain verified here and on the hub, head {}",
-            local.records, local.head_hash
+            local.records,
+            local.head_hash
         );
         for (event, n) in &counts {
-            println!("   {event:<13} {n}");
+            say!("   {event:<13} {n}");
         }
-        println!(
+        say!(
             "   rules that withheld: {}",
             withheld_rules
                 .iter()
@@ -490,17 +491,18 @@ async fn spoof_attempt(sandbox: &Sandbox) -> Result<tonic::Status> {
     })
 }
 
-fn print_matrix(sent: &[Sent], bodies: &[String]) {
+fn print_matrix(sent: &[Sent], bodies: &[String]) -> Result<()> {
+    use std::fmt::Write as _;
     let mut legend: BTreeMap<String, char> = BTreeMap::new();
     let letters = "abcdefghijklmnopqrstuvwxyz";
-    println!("\n== routing matrix (✓ delivered, · originator, a letter: withheld by the rule in the legend)");
-    print!("{:<4}{:<11}{:<18}{:<13}", "#", "from", "kind", "class");
+    say!("\n== routing matrix (✓ delivered, · originator, a letter: withheld by the rule in the legend)");
+    let mut header = format!("{:<4}{:<11}{:<18}{:<13}", "#", "from", "kind", "class");
     for b in bodies {
-        print!("{:<10}", b.chars().take(9).collect::<String>());
+        let _ = write!(header, "{:<10}", b.chars().take(9).collect::<String>());
     }
-    println!();
+    say!("{header}");
     for (i, s) in sent.iter().enumerate() {
-        print!(
+        let mut row = format!(
             "{:<4}{:<11}{:<18}{:<13}",
             i + 1,
             s.origin,
@@ -520,33 +522,29 @@ fn print_matrix(sent: &[Sent], bodies: &[String]) {
                         .to_string()
                 }
             };
-            print!("{cell:<10}");
+            let _ = write!(row, "{cell:<10}");
         }
-        println!();
+        say!("{row}");
     }
-    println!("\nlegend:");
+    say!("\nlegend:");
     let mut by_letter: Vec<(char, &String)> = legend.iter().map(|(r, c)| (*c, r)).collect();
     by_letter.sort();
     for (c, rule) in by_letter {
-        println!("  {c}  {rule}");
+        say!("  {c}  {rule}");
     }
-    println!("\nwhy:");
+    say!("\nwhy (every withheld delivery, with its rule):");
     for (i, s) in sent.iter().enumerate() {
-        println!(
-            "  #{} {} ({}{})",
-            i + 1,
-            s.title,
-            s.classification,
-            if s.personal_data {
-                ", personal data"
-            } else {
-                ""
-            }
-        );
+        let pd = if s.personal_data {
+            ", personal data"
+        } else {
+            ""
+        };
+        say!("  #{} {} ({}{pd})", i + 1, s.title, s.classification);
         for d in &s.decisions {
             if outcome_name(d.outcome) != "deliver" {
-                println!("      {:<10} {}: {}", d.recipient, d.rule, d.reason);
+                say!("      {:<10} {}: {}", d.recipient, d.rule, d.reason);
             }
         }
     }
+    Ok(())
 }

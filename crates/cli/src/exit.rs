@@ -45,6 +45,19 @@ impl Failure {
         }
     }
 
+    /// The reader went away (a closed pipe): stop without an error.
+    pub fn quiet() -> Self {
+        Self {
+            code: 0,
+            message: String::new(),
+        }
+    }
+
+    /// Whether this is [`Failure::quiet`].
+    pub fn is_quiet(&self) -> bool {
+        self.code == 0
+    }
+
     /// A gRPC status from a server, with what we were doing.
     pub fn status(doing: &str, s: &tonic::Status) -> Self {
         let code = match s.code() {

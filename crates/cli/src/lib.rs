@@ -7,6 +7,13 @@
 //! the whole federation on this machine. See `exit` for exit codes.
 #![forbid(unsafe_code)]
 
+/// Prints a line to standard output; a closed pipe (`liaison audit list |
+/// head`) ends the command quietly instead of panicking.
+macro_rules! say {
+    () => { $crate::write_line(format_args!(""))? };
+    ($($arg:tt)*) => { $crate::write_line(format_args!($($arg)*))? };
+}
+
 pub mod demo;
 pub mod exit;
 pub mod message;
@@ -130,6 +137,16 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
+/// Writes one line to standard output.
+pub fn write_line(line: std::fmt::Arguments<'_>) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::quiet().into()),
+        other => Ok(other?),
+    }
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     let out = cli.output;
@@ -165,6 +182,7 @@ pub fn main_entry() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Failure>().is_some_and(Failure::is_quiet) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             exit::code_of(&e)

@@ -105,10 +105,10 @@ pub(crate) fn outcome_name(o: i32) -> &'static str {
     }
 }
 
-pub(crate) fn print_decisions(d: &[pb::RoutingDecision]) {
-    println!("{:<10} {:<9} {:<28} REASON", "RECIPIENT", "OUTCOME", "RULE");
+pub(crate) fn print_decisions(d: &[pb::RoutingDecision]) -> Result<()> {
+    say!("{:<10} {:<9} {:<28} REASON", "RECIPIENT", "OUTCOME", "RULE");
     for d in d {
-        println!(
+        say!(
             "{:<10} {:<9} {:<28} {}",
             d.recipient,
             outcome_name(d.outcome),
@@ -116,6 +116,7 @@ pub(crate) fn print_decisions(d: &[pb::RoutingDecision]) {
             d.reason
         );
     }
+    Ok(())
 }
 
 fn kind_name(k: i32) -> &'static str {
@@ -143,7 +144,7 @@ pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
         .map_err(|s| Failure::status("submit refused", &s))?
         .into_inner();
     match out {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             json!({"message_id": resp.message_id, "duplicate": resp.duplicate, "status": "queued"})
         ),
@@ -153,8 +154,8 @@ pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
             } else {
                 ""
             };
-            println!("queued {}{note}", resp.message_id);
-            println!("see how the hub routed it with: liaison outbox");
+            say!("queued {}{note}", resp.message_id);
+            say!("see how the hub routed it with: liaison outbox");
         }
     }
     Ok(())
@@ -173,13 +174,13 @@ pub async fn explain(args: SubmitArgs, out: Output) -> Result<()> {
         .map_err(|s| Failure::status("explain refused", &s))?
         .into_inner();
     match out {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             json!({"policy_version": resp.policy_version, "decisions": decisions_json(&resp.decisions)})
         ),
         Output::Human => {
-            println!("policy version {}", resp.policy_version);
-            print_decisions(&resp.decisions);
+            say!("policy version {}", resp.policy_version);
+            print_decisions(&resp.decisions)?;
         }
     }
     Ok(())
@@ -196,7 +197,7 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
     match out {
         Output::Json => {
             for e in &resp.entries {
-                println!(
+                say!(
                     "{}",
                     json!({
                         "message_id": e.message_id, "title": e.title, "kind": kind_name(e.kind),
@@ -216,7 +217,7 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                     .filter(|d| d.outcome == pb::Outcome::Deliver as i32)
                     .map(|d| d.recipient.as_str())
                     .collect();
-                println!(
+                say!(
                     "{}  {:<8} {:<17} {:<12} {}",
                     e.message_id,
                     e.status,
@@ -225,7 +226,7 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                     e.title
                 );
                 match e.status.as_str() {
-                    "routed" => println!(
+                    "routed" => say!(
                         "    delivered to: {}",
                         if delivered.is_empty() {
                             "nobody".into()
@@ -233,15 +234,15 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                             delivered.join(", ")
                         }
                     ),
-                    "rejected" => println!("    rejected: {}", e.last_error),
+                    "rejected" => say!("    rejected: {}", e.last_error),
                     _ if !e.last_error.is_empty() => {
-                        println!("    {} attempts; last error: {}", e.attempts, e.last_error)
+                        say!("    {} attempts; last error: {}", e.attempts, e.last_error)
                     }
                     _ => {}
                 }
             }
             if resp.entries.is_empty() {
-                println!("outbox is empty");
+                say!("outbox is empty");
             }
         }
     }
@@ -269,13 +270,14 @@ pub async fn inbox(args: InboxArgs, out: Output) -> Result<()> {
         .map_err(|s| Failure::status("inbox", &s))?
         .into_inner();
     match out {
-        Output::Json => resp
-            .entries
-            .iter()
-            .for_each(|s| println!("{}", summary_json(s))),
+        Output::Json => {
+            for s in &resp.entries {
+                say!("{}", summary_json(s));
+            }
+        }
         Output::Human => {
             for s in &resp.entries {
-                println!(
+                say!(
                     "{} {}  {:<9} {:<17} {:<9} {:<30} {}",
                     if s.read { " " } else { "*" },
                     s.message_id,
@@ -287,7 +289,7 @@ pub async fn inbox(args: InboxArgs, out: Output) -> Result<()> {
                 );
             }
             if resp.entries.is_empty() {
-                println!("inbox is empty");
+                say!("inbox is empty");
             }
         }
     }
@@ -331,36 +333,36 @@ pub async fn show(args: IdArgs, out: Output) -> Result<()> {
             v["expires_at"] = json!(format_time(l.expires_at_ms));
             v["read_by"] = json!(m.read_by);
             v["body"] = content;
-            println!("{v}");
+            say!("{v}");
         }
         Output::Human => {
-            println!("{}", s.marking);
-            println!("{}", body.title);
-            println!("  id:             {}", s.message_id);
-            println!("  from:           {}", s.origin);
-            println!(
+            say!("{}", s.marking);
+            say!("{}", body.title);
+            say!("  id:             {}", s.message_id);
+            say!("  from:           {}", s.origin);
+            say!(
                 "  kind:           {}   priority: {}",
                 kind_name(s.kind),
                 priority_name(s.priority)
             );
-            println!(
+            say!(
                 "  classification: {} (common scale {})",
                 s.marking,
                 class_name(s.classification)
             );
-            println!("  crime areas:    {}", l.crime_areas.join(", "));
+            say!("  crime areas:    {}", l.crime_areas.join(", "));
             if !l.regions.is_empty() || !l.countries.is_empty() {
-                println!(
+                say!(
                     "  where:          {} {}",
                     l.regions.join(", "),
                     l.countries.join(", ")
                 );
             }
-            println!(
+            say!(
                 "  personal data:  {}",
                 if l.personal_data { "yes" } else { "no" }
             );
-            println!(
+            say!(
                 "  onward release: {}",
                 if l.third_party_release {
                     "allowed"
@@ -368,27 +370,27 @@ pub async fn show(args: IdArgs, out: Output) -> Result<()> {
                     "not without the originator's consent"
                 }
             );
-            println!(
+            say!(
                 "  created:        {}   expires: {}",
                 format_time(l.created_at_ms),
                 format_time(l.expires_at_ms)
             );
-            println!("  received:       {}", format_time(s.received_at_ms));
+            say!("  received:       {}", format_time(s.received_at_ms));
             if !m.read_by.is_empty() {
-                println!(
+                say!(
                     "  read by:        {} at {}",
                     m.read_by,
                     format_time(m.read_at_ms)
                 );
             }
-            println!();
+            say!();
             if let serde_json::Value::Object(map) = content {
                 for (k, v) in map {
                     let v = match v {
                         serde_json::Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    println!("{k}: {v}");
+                    say!("{k}: {v}");
                 }
             }
         }
@@ -407,11 +409,11 @@ pub async fn ack(args: IdArgs, out: Output) -> Result<()> {
         .map_err(|s| Failure::status("ack", &s))?
         .into_inner();
     match out {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             json!({"message_id": args.message_id, "read_by": r.read_by, "read_at": format_time(r.read_at_ms)})
         ),
-        Output::Human => println!(
+        Output::Human => say!(
             "{} read by {} at {}",
             args.message_id,
             r.read_by,

@@ -132,11 +132,18 @@ async fn audit_list(a: AuditListArgs, out: Output) -> Result<()> {
         .map_err(|s| Failure::status("audit list", &s))?
         .into_inner();
     if a.csv {
-        println!("{}", CSV_FIELDS.join(","));
+        say!("{}", CSV_FIELDS.join(","));
     } else if out == Output::Human {
-        println!(
+        say!(
             "{:>6} {:<20} {:<12} {:<36} {:<9} {:<9} {:<8} {}",
-            "SEQ", "AT", "EVENT", "MESSAGE", "ORIGIN", "RECIPIENT", "DECISION", "RULE"
+            "SEQ",
+            "AT",
+            "EVENT",
+            "MESSAGE",
+            "ORIGIN",
+            "RECIPIENT",
+            "DECISION",
+            "RULE"
         );
     }
     while let Some(r) = stream.next().await {
@@ -163,11 +170,11 @@ async fn audit_list(a: AuditListArgs, out: Output) -> Result<()> {
                 &r.prev_hash,
                 &r.hash,
             ];
-            println!("{}", fields.map(|f| csv_field(f)).join(","));
+            say!("{}", fields.map(|f| csv_field(f)).join(","));
         } else if out == Output::Json {
-            println!("{}", serde_json::Value::Object(to_json(&r)));
+            say!("{}", serde_json::Value::Object(to_json(&r)));
         } else {
-            println!(
+            say!(
                 "{:>6} {:<20} {:<12} {:<36} {:<9} {:<9} {:<8} {}",
                 r.seq,
                 format_time(r.at_ms),
@@ -208,7 +215,7 @@ async fn audit_verify(a: AuditVerifyArgs, out: Output) -> Result<()> {
     let whole_log = seen == hub.records || local.records == hub.records && local.ok();
     let local_ok = !whole_log || (local.ok() && local.head_hash == hub.head_hash);
     match out {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             json!({
                 "hub": {"ok": hub.ok, "records": hub.records, "head_hash": hub.head_hash, "first_bad_seq": hub.first_bad_seq, "error": hub.error},
@@ -217,7 +224,7 @@ async fn audit_verify(a: AuditVerifyArgs, out: Output) -> Result<()> {
             })
         ),
         Output::Human => {
-            println!(
+            say!(
                 "hub:   {} records, head {}, {}",
                 hub.records,
                 hub.head_hash,
@@ -229,18 +236,18 @@ async fn audit_verify(a: AuditVerifyArgs, out: Output) -> Result<()> {
             );
             if whole_log {
                 match &local.first_error {
-                    None if local.head_hash == hub.head_hash => println!(
+                    None if local.head_hash == hub.head_hash => say!(
                         "local: {} records recomputed here, same head: chain intact",
                         local.records
                     ),
-                    None => println!(
+                    None => say!(
                         "local: recomputed head {} differs from the hub's",
                         local.head_hash
                     ),
-                    Some((s, e)) => println!("local: BROKEN at record {s}: {e}"),
+                    Some((s, e)) => say!("local: BROKEN at record {s}: {e}"),
                 }
             } else {
-                println!("local: your certificate reads {seen} of {} records, so only the hub could recompute the whole chain", hub.records);
+                say!("local: your certificate reads {seen} of {} records, so only the hub could recompute the whole chain", hub.records);
             }
         }
     }
@@ -312,17 +319,17 @@ pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
         liaison_pki::ensure_dev_pki(&a.dir, &spec)?
     };
     match out {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             json!({"dir": a.dir, "generated": generated, "bodies": spec.bodies})
         ),
-        Output::Human if generated => println!(
+        Output::Human if generated => say!(
             "wrote a dev pki for federation {} ({} bodies) into {}",
             spec.federation,
             spec.bodies.len(),
             a.dir.display()
         ),
-        Output::Human => println!(
+        Output::Human => say!(
             "{} already holds a pki; use --force to replace it",
             a.dir.display()
         ),
@@ -352,11 +359,11 @@ pub fn policy(c: PolicyCommand, out: Output) -> Result<()> {
             })?;
             let observers = gov.bodies().filter(|b| b.is_observer()).count();
             match out {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     json!({"file": file, "ok": true, "version": gov.version(), "bodies": gov.bodies().count(), "observers": observers})
                 ),
-                Output::Human => println!(
+                Output::Human => say!(
                     "{}: ok, {} bodies ({} observers), version {}",
                     file.display(),
                     gov.bodies().count(),
@@ -369,9 +376,9 @@ pub fn policy(c: PolicyCommand, out: Output) -> Result<()> {
             for (rule, what) in liaison_policy::explain_rules() {
                 match out {
                     Output::Json => {
-                        println!("{}", json!({"rule": rule.as_str(), "description": what}))
+                        say!("{}", json!({"rule": rule.as_str(), "description": what}))
                     }
-                    Output::Human => println!("{:<28} {what}", rule.as_str()),
+                    Output::Human => say!("{:<28} {what}", rule.as_str()),
                 }
             }
         }

@@ -7,6 +7,9 @@ use std::sync::RwLock;
 
 use crate::StoreError;
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// An ordered key-value store with atomic batches.
 pub trait Engine: Send + Sync + 'static {
     /// Reads one key.
@@ -19,7 +22,7 @@ pub trait Engine: Send + Sync + 'static {
         end: &[u8],
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Entry>, StoreError>;
     /// Applies every write (`None` deletes) atomically: after a crash, all or
     /// none of them are present.
     fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError>;
@@ -56,7 +59,7 @@ impl Engine for SledEngine {
         end: &[u8],
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -105,7 +108,7 @@ impl Engine for MemoryEngine {
         end: &[u8],
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }

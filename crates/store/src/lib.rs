@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use engine::{Engine, MemoryEngine, SledEngine};
+pub use engine::{Engine, Entry, MemoryEngine, SledEngine};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why a storage operation failed. Always our fault, never the caller's.
@@ -142,12 +142,7 @@ impl Db {
     }
 
     /// Committed entries with keys in `[start, end)`, ascending, at most `limit`.
-    pub fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.engine.scan(start, end, limit, false)
     }
 
@@ -157,16 +152,12 @@ impl Db {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         self.engine.scan(start, end, limit, true)
     }
 
     /// Committed entries whose key starts with `prefix`, ascending, at most `limit`.
-    pub fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.engine
             .scan(prefix, &keys::prefix_end(prefix), limit, false)
     }
@@ -237,12 +228,7 @@ impl Txn<'_> {
     }
 
     /// Committed entries with keys in `[start, end)`, ascending, at most `limit`.
-    pub fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.engine.scan(start, end, limit, false)
     }
 }

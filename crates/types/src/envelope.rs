@@ -460,7 +460,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut pb::Labels)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut pb::Labels)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("labels.message_id", Box::new(|l| l.message_id = "x".into())),
             ("labels.origin", Box::new(|l| l.origin = "EU".into())),
             ("labels.kind", Box::new(|l| l.kind = 0)),

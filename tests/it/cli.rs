@@ -1,0 +1,407 @@
+//! The `liaison` command as officers, auditors and operators run it: a child
+//! process against a running federation, checking output and exit codes.
+
+use std::path::Path;
+use std::process::Output;
+
+use liaison_test_support::{wait_until, Sandbox};
+use serde_json::Value;
+
+use crate::common::{sandbox, SETTLE};
+
+const EXE: &str = env!("CARGO_BIN_EXE_liaison-child");
+
+/// Runs `liaison` with `args` off the async runtime.
+async fn liaison(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(EXE)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Arguments that connect to `server` as `who` (a dev pki stem).
+fn conn(sandbox: &Sandbox, server: &str, who: &str) -> Vec<String> {
+    vec![
+        "--server".into(),
+        server.into(),
+        "--certs".into(),
+        sandbox.certs().display().to_string(),
+        "--as".into(),
+        who.into(),
+    ]
+}
+
+fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_submits_reads_and_acknowledges_from_the_command_line() {
+    let sandbox = sandbox().await;
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let bravo = sandbox.node_url("bravo").unwrap();
+
+    // Explain first: nothing is sent.
+    let mut a = args(&["--output", "json", "explain"]);
+    a.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    a.extend(args(&[
+        "--kind",
+        "alert",
+        "--classification",
+        "RESTRICTED",
+        "--title",
+        "botnet takedown",
+        "--crime-area",
+        "cybercrime",
+        "--text",
+        "sinkhole these domains",
+        "--priority",
+        "flash",
+    ]));
+    let out = liaison(a.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let explained: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let decisions = explained["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 3);
+    let bravo_decision = decisions
+        .iter()
+        .find(|d| d["recipient"] == "bravo")
+        .unwrap();
+    assert_eq!(bravo_decision["outcome"], "deliver");
+    let charlie = decisions
+        .iter()
+        .find(|d| d["recipient"] == "charlie")
+        .unwrap();
+    assert_eq!(charlie["rule"], "recipient.mandate");
+
+    // Submit the same message from flags.
+    a[2] = "submit".into();
+    let out = liaison(a).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let submitted: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let id = submitted["message_id"].as_str().unwrap().to_owned();
+
+    // And a message from a TOML file.
+    let file = sandbox.dir().join("assessment.toml");
+    std::fs::write(
+        &file,
+        r#"
+kind = "threat_assessment"
+classification = "OFFICIAL_USE"
+title = "cannabis resin routes"
+crime_areas = ["drugs"]
+[threat_assessment]
+summary = "resin moves north through new corridors"
+"#,
+    )
+    .unwrap();
+    let mut a = args(&["submit"]);
+    a.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    a.extend(args(&["--file", file.to_str().unwrap()]));
+    let out = liaison(a).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("queued "), "{}", stdout(&out));
+
+    // The recipient's officer finds it in the inbox, reads it and acknowledges.
+    let mut inbox = args(&["--output", "json", "inbox"]);
+    inbox.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    let listed = wait_until("bravo's inbox lists the alert", SETTLE, || {
+        let inbox = inbox.clone();
+        let id = id.clone();
+        async move {
+            let out = liaison(inbox).await;
+            let lines: Vec<Value> = stdout(&out)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            lines.into_iter().find(|v| v["message_id"] == id.as_str())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(listed["origin"], "alpha");
+    assert_eq!(
+        listed["marking"], "BRAVO LIMITED",
+        "shown in bravo's own marking"
+    );
+    assert_eq!(listed["read"], false);
+
+    let mut show = args(&["--output", "json", "show"]);
+    show.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    show.push(id.clone());
+    let out = liaison(show).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["body"]["text"], "sinkhole these domains");
+
+    let mut ack = args(&["ack"]);
+    ack.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    ack.push(id.clone());
+    let out = liaison(ack).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("read by spiffe://liaison.test/org/bravo/officer/bob"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The sender's outbox shows how it was routed.
+    let mut outbox = args(&["outbox"]);
+    outbox.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    let out = liaison(outbox).await;
+    assert!(
+        stdout(&out).contains("delivered to: bravo"),
+        "{}",
+        stdout(&out)
+    );
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_say_what_went_wrong() {
+    let sandbox = sandbox().await;
+    let alpha = sandbox.node_url("alpha").unwrap();
+
+    // 2: a bad value caught before sending.
+    let mut a = args(&["submit"]);
+    a.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    a.extend(args(&[
+        "--kind",
+        "alert",
+        "--classification",
+        "TOP_SECRET",
+        "--title",
+        "t",
+        "--text",
+        "x",
+    ]));
+    let out = liaison(a).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("classification: unknown classification 'TOP_SECRET'"),
+        "{}",
+        stderr(&out)
+    );
+
+    // 3: the node refuses the input and says which field.
+    let mut a = args(&["submit"]);
+    a.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    a.extend(args(&[
+        "--kind",
+        "alert",
+        "--classification",
+        "RESTRICTED",
+        "--title",
+        "t",
+        "--text",
+        "x",
+        "--crime-area",
+        "jaywalking",
+    ]));
+    let out = liaison(a).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("labels.crime_areas[0]"),
+        "{}",
+        stderr(&out)
+    );
+
+    // 4: an officer of another body.
+    let mut a = args(&["inbox"]);
+    a.extend(conn(&sandbox, &alpha, "bravo/officer-alice"));
+    let out = liaison(a).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("use your own body's node"),
+        "{}",
+        stderr(&out)
+    );
+
+    // 6: no such message.
+    let mut a = args(&["show"]);
+    a.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    a.push("00000000-0000-4000-8000-000000000000".into());
+    let out = liaison(a).await;
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+
+    // 1: an unreadable certificate names the file.
+    let mut a = args(&["inbox"]);
+    a.extend(conn(&sandbox, &alpha, "alpha/officer-nobody"));
+    let out = liaison(a).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("officer-nobody.pem does not exist"),
+        "{}",
+        stderr(&out)
+    );
+
+    // 5: nobody listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut a = args(&["inbox"]);
+    a.extend(conn(
+        &sandbox,
+        &format!("https://{closed}"),
+        "alpha/officer-alice",
+    ));
+    let out = liaison(a).await;
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_lists_exports_and_verifies() {
+    let sandbox = sandbox().await;
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let hub = sandbox.hub_url();
+    let mut a = args(&["submit"]);
+    a.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    a.extend(args(&[
+        "--kind",
+        "alert",
+        "--classification",
+        "OFFICIAL_USE",
+        "--title",
+        "t",
+        "--text",
+        "x",
+        "--crime-area",
+        "drugs",
+    ]));
+    assert!(liaison(a).await.status.success());
+
+    let mut csv = args(&["audit", "list", "--csv", "--event", "routed"]);
+    csv.extend(conn(&sandbox, &hub, "alpha/auditor-audit"));
+    let out = wait_until("the hub routes the alert", SETTLE, || {
+        let csv = csv.clone();
+        async move {
+            let out = liaison(csv).await;
+            (stdout(&out).lines().count() == 4).then_some(out)
+        }
+    })
+    .await
+    .unwrap();
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("seq,at,event,message_id,origin,recipient,decision,rule"));
+    assert!(lines.all(|l| l.contains(",routed,")));
+
+    let mut verify = args(&["audit", "verify"]);
+    verify.extend(conn(&sandbox, &hub, "alpha/auditor-audit"));
+    let out = liaison(verify).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("chain intact"), "{}", stdout(&out));
+
+    // An export verifies with the independent script shipped in deploy/.
+    let mut export = args(&["--output", "json", "audit", "list"]);
+    export.extend(conn(&sandbox, &hub, "alpha/auditor-audit"));
+    let out = liaison(export).await;
+    let file = sandbox.dir().join("audit.jsonl");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/verify_audit.py");
+    let checked = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert!(
+        stdout(&checked).contains("chain intact"),
+        "{}",
+        stdout(&checked)
+    );
+    // A tampered export does not.
+    let text = String::from_utf8(out.stdout)
+        .unwrap()
+        .replacen("\"deliver\"", "\"withhold\"", 1);
+    std::fs::write(&file, text).unwrap();
+    let checked = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(checked.status.code(), Some(1), "{}", stdout(&checked));
+
+    // An officer certificate cannot read the audit log.
+    let mut verify = args(&["audit", "verify"]);
+    verify.extend(conn(&sandbox, &hub, "alpha/officer-alice"));
+    let out = liaison(verify).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_check_policies_and_make_a_dev_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, crate::common::GOVERNANCE).unwrap();
+    let out = liaison(vec![
+        "policy".into(),
+        "check".into(),
+        good.display().to_string(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ok, 4 bodies (1 observers)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        crate::common::GOVERNANCE.replace("clearance = \"RESTRICTED\"", "clearance = \"HUSH\""),
+    )
+    .unwrap();
+    let out = liaison(vec![
+        "policy".into(),
+        "check".into(),
+        bad.display().to_string(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml:") && err.contains("clearance"),
+        "{err}"
+    );
+
+    let certs = dir.path().join("certs");
+    let out = liaison(vec![
+        "pki".into(),
+        "init".into(),
+        "--dir".into(),
+        certs.display().to_string(),
+        "--governance".into(),
+        good.display().to_string(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in [
+        "ca.pem",
+        "hub.pem",
+        "alpha/node.pem",
+        "obs/officer-alice.pem",
+        "bravo/auditor-audit.key.pem",
+    ] {
+        assert!(Path::new(&certs).join(f).exists(), "{f}");
+    }
+}

@@ -1,0 +1,218 @@
+//! Shared helpers for the end-to-end tests.
+
+use std::time::Duration;
+
+use liaison_proto::v1 as pb;
+use liaison_test_support::{Sandbox, SandboxOptions};
+use prost::Message;
+
+/// How long a test waits for routing or delivery before failing.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// A small governance for tests: three members and one observer.
+///
+/// - `alpha` (member, SECRET, all kinds, terrorism + cybercrime + drugs)
+/// - `bravo` (member, RESTRICTED, all kinds, cybercrime + drugs)
+/// - `charlie` (member, CONFIDENTIAL, threat assessments and alerts, drugs)
+/// - `obs` (observer, OFFICIAL_USE, threat assessments, drugs + cybercrime)
+///
+/// A personal-data agreement binds alpha and bravo only. `alpha` runs the hub.
+pub const GOVERNANCE: &str = r#"
+version = 1
+federation = "liaison.test"
+hub_body = "alpha"
+
+[observers]
+kinds = ["threat_assessment"]
+max_classification = "OFFICIAL_USE"
+
+[[body]]
+id = "alpha"
+name = "Alpha"
+status = "member"
+clearance = "SECRET"
+kinds = ["threat_assessment", "operational_plan", "alert"]
+mandate = ["terrorism", "cybercrime", "drugs"]
+[body.markings]
+"ALPHA RESTRICTED" = "RESTRICTED"
+
+[[body]]
+id = "bravo"
+name = "Bravo"
+status = "member"
+clearance = "RESTRICTED"
+kinds = ["threat_assessment", "operational_plan", "alert"]
+mandate = ["cybercrime", "drugs"]
+[body.markings]
+"BRAVO LIMITED" = "RESTRICTED"
+
+[[body]]
+id = "charlie"
+name = "Charlie"
+status = "member"
+clearance = "CONFIDENTIAL"
+kinds = ["threat_assessment", "alert"]
+mandate = ["drugs"]
+
+[[body]]
+id = "obs"
+name = "Observer"
+status = "observer"
+clearance = "OFFICIAL_USE"
+kinds = ["threat_assessment"]
+mandate = ["drugs", "cybercrime"]
+
+[[agreement]]
+between = ["alpha", "bravo"]
+personal_data = true
+"#;
+
+/// Starts the test governance with a node for every body.
+pub async fn sandbox() -> Sandbox {
+    Sandbox::start(SandboxOptions::new(GOVERNANCE))
+        .await
+        .unwrap()
+}
+
+/// Labels for a message from `origin`, ready to submit to a node (origin and
+/// creation time are left for the node to fill).
+pub fn labels(kind: pb::Kind, class: pb::Classification, areas: &[&str]) -> pb::Labels {
+    pb::Labels {
+        kind: kind as i32,
+        classification: class as i32,
+        crime_areas: areas.iter().map(|a| (*a).to_owned()).collect(),
+        priority: pb::Priority::Routine as i32,
+        ..Default::default()
+    }
+}
+
+/// A threat assessment body.
+pub fn assessment(title: &str) -> pb::Body {
+    pb::Body {
+        title: title.to_owned(),
+        content: Some(pb::body::Content::ThreatAssessment(pb::ThreatAssessment {
+            summary: "summary".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An alert body.
+pub fn alert(title: &str) -> pb::Body {
+    pb::Body {
+        title: title.to_owned(),
+        content: Some(pb::body::Content::Alert(pb::Alert {
+            text: "act now".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A complete envelope as a node would send it to the hub.
+pub fn envelope(origin: &str, mut labels: pb::Labels, body: &pb::Body) -> pb::Envelope {
+    labels.origin = origin.to_owned();
+    if labels.message_id.is_empty() {
+        labels.message_id = uuid::Uuid::new_v4().to_string();
+    }
+    if labels.created_at_ms == 0 {
+        labels.created_at_ms = liaison_types::now_ms();
+    }
+    pb::Envelope {
+        labels: Some(labels),
+        body: body.encode_to_vec(),
+    }
+}
+
+/// The message ids in `body`'s inbox.
+pub async fn inbox_ids(sandbox: &Sandbox, body: &str) -> Vec<String> {
+    let mut officer = sandbox.officer(body, "bob").await.unwrap();
+    officer
+        .list_inbox(pb::ListInboxRequest {
+            unread_only: false,
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.message_id)
+        .collect()
+}
+
+/// Every audit record matching `query`, as the hub body's auditor sees them.
+pub async fn audit_records(sandbox: &Sandbox, query: pb::AuditQuery) -> Vec<pb::AuditRecord> {
+    use futures::StreamExt;
+    let mut auditor = sandbox
+        .auditor(sandbox.governance().hub_body().as_str())
+        .await
+        .unwrap();
+    let mut stream = auditor.list(query).await.unwrap().into_inner();
+    let mut records = Vec::new();
+    while let Some(r) = stream.next().await {
+        records.push(r.unwrap());
+    }
+    records
+}
+
+/// Every audit record the hub holds, as the hub body's auditor sees them.
+pub async fn audit_log(sandbox: &Sandbox) -> Vec<pb::AuditRecord> {
+    use futures::StreamExt;
+    let hub_body = sandbox.governance().hub_body().to_string();
+    let mut auditor = sandbox.auditor(&hub_body).await.unwrap();
+    let mut stream = auditor
+        .list(pb::AuditQuery::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut records = Vec::new();
+    while let Some(r) = stream.next().await {
+        records.push(r.unwrap());
+    }
+    records
+}
+
+/// The message ids in `body`'s outbox, newest first.
+pub async fn outbox_ids(sandbox: &Sandbox, body: &str) -> Vec<String> {
+    let mut officer = sandbox.officer(body, "bob").await.unwrap();
+    officer
+        .list_outbox(pb::ListOutboxRequest { limit: 1000 })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.message_id)
+        .collect()
+}
+
+/// The test governance with the hub only: no node subscribes, so the hub's
+/// queues and audit log change only when a test acts.
+pub async fn hub_only() -> Sandbox {
+    Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&[]))
+        .await
+        .unwrap()
+}
+
+/// Asserts that `result` is a refusal with `code` whose message contains
+/// every one of `needles`; returns the status.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needles: &[&str],
+) -> tonic::Status {
+    let status = match result {
+        Ok(v) => panic!("expected {code:?} containing {needles:?}, got Ok({v:?})"),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), code, "wrong code: {status:?}");
+    for needle in needles {
+        assert!(
+            status.message().contains(needle),
+            "message of {code:?} lacks {needle:?}: {:?}",
+            status.message()
+        );
+    }
+    status
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: a real hub and real nodes on 127.0.0.1 port 0, real
+//! mutual TLS, real sled stores in temporary directories, real tonic clients,
+//! and child processes where a crash must be real.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod bad_input;
+mod cli;
+mod crash;
+mod delivery;
+mod refusals;
+mod routing;

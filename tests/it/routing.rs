@@ -1,0 +1,188 @@
+//! The routing matrix end to end, across four bodies including an observer:
+//! what the hub decides is exactly what lands in each inbox, and the audit
+//! log names the rule of every decision.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::StreamExt;
+use liaison_proto::v1 as pb;
+use liaison_test_support::wait_until;
+use pb::{Classification as C, Kind as K};
+
+use crate::common::{alert, assessment, inbox_ids, labels, sandbox, SETTLE};
+
+/// (sender, labels, body, expected outcome per other body: Some(rule) for a
+/// withhold, None for a delivery).
+fn cases() -> Vec<(
+    &'static str,
+    pb::Labels,
+    pb::Body,
+    BTreeMap<&'static str, Option<&'static str>>,
+)> {
+    let mut personal = labels(K::ThreatAssessment, C::Restricted, &["drugs"]);
+    personal.personal_data = true;
+    let mut excluded = labels(K::Alert, C::Restricted, &["drugs"]);
+    excluded.excluded = vec!["charlie".into()];
+    let mut releasable = labels(K::ThreatAssessment, C::OfficialUse, &["drugs"]);
+    releasable.releasable_to = vec!["charlie".into()];
+    vec![
+        (
+            "alpha",
+            labels(K::ThreatAssessment, C::OfficialUse, &["drugs"]),
+            assessment("open drugs assessment"),
+            BTreeMap::from([("bravo", None), ("charlie", None), ("obs", None)]),
+        ),
+        (
+            "alpha",
+            labels(K::Alert, C::Confidential, &["cybercrime"]),
+            alert("confidential cyber alert"),
+            BTreeMap::from([
+                ("bravo", Some("recipient.clearance")),
+                ("charlie", Some("recipient.mandate")),
+                ("obs", Some("recipient.clearance")),
+            ]),
+        ),
+        (
+            "bravo",
+            personal,
+            assessment("assessment with personal data"),
+            BTreeMap::from([
+                ("alpha", None),
+                ("charlie", Some("agreement.personal_data")),
+                ("obs", Some("recipient.clearance")),
+            ]),
+        ),
+        (
+            "alpha",
+            excluded,
+            alert("alert excluding charlie"),
+            BTreeMap::from([
+                ("bravo", None),
+                ("charlie", Some("originator.exclusion")),
+                ("obs", Some("recipient.clearance")),
+            ]),
+        ),
+        (
+            "obs",
+            releasable,
+            assessment("observer assessment for charlie only"),
+            BTreeMap::from([
+                ("alpha", Some("originator.releasability")),
+                ("bravo", Some("originator.releasability")),
+                ("charlie", None),
+            ]),
+        ),
+        (
+            "charlie",
+            labels(K::Alert, C::OfficialUse, &["drugs"]),
+            alert("drugs alert"),
+            BTreeMap::from([
+                ("alpha", None),
+                ("bravo", None),
+                ("obs", Some("recipient.kind")),
+            ]),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
+    let sandbox = sandbox().await;
+    let mut expected: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut ids = Vec::new();
+    for (origin, labels, body, want) in cases() {
+        let mut officer = sandbox.officer(origin, "alice").await.unwrap();
+        let id = officer
+            .submit(pb::OfficerSubmitRequest {
+                labels: Some(labels),
+                body: Some(body.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message_id;
+        // The origin's outbox shows the hub's decisions once routed.
+        let entry = wait_until("the hub routes the message", SETTLE, || {
+            let mut officer = officer.clone();
+            let id = id.clone();
+            async move {
+                let list = officer
+                    .list_outbox(pb::ListOutboxRequest { limit: 100 })
+                    .await
+                    .ok()?
+                    .into_inner();
+                list.entries
+                    .into_iter()
+                    .find(|e| e.message_id == id && e.status == "routed")
+            }
+        })
+        .await
+        .unwrap();
+        let got: BTreeMap<&str, Option<&str>> = entry
+            .decisions
+            .iter()
+            .map(|d| {
+                let rule = (d.outcome == pb::Outcome::Withhold as i32).then_some(d.rule.as_str());
+                (d.recipient.as_str(), rule)
+            })
+            .collect();
+        assert_eq!(got, want, "decisions for {:?}", body.title);
+        for (recipient, rule) in &want {
+            if rule.is_none() {
+                expected.entry(recipient).or_default().insert(id.clone());
+            }
+        }
+        ids.push(id);
+    }
+
+    for body in ["alpha", "bravo", "charlie", "obs"] {
+        let want = expected.remove(body).unwrap_or_default();
+        let got = wait_until(
+            &format!("{body}'s inbox holds its deliveries"),
+            SETTLE,
+            || {
+                let sandbox = &sandbox;
+                let want = want.clone();
+                async move {
+                    let got: BTreeSet<String> =
+                        inbox_ids(sandbox, body).await.into_iter().collect();
+                    want.is_subset(&got).then_some(got)
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, want, "{body}'s inbox");
+    }
+
+    // One routing record per decision, each naming its rule and the policy
+    // version; and the chain verifies.
+    let mut auditor = sandbox.auditor("alpha").await.unwrap();
+    let mut stream = auditor
+        .list(pb::AuditQuery {
+            event: "routed".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut routed = Vec::new();
+    while let Some(r) = stream.next().await {
+        routed.push(r.unwrap());
+    }
+    assert_eq!(routed.len(), ids.len() * 3);
+    let version = sandbox.governance().version().to_owned();
+    for r in &routed {
+        assert!(ids.contains(&r.message_id));
+        assert_eq!(r.policy_version, version);
+        assert!(!r.rule.is_empty());
+        assert!(r.decision == "deliver" || r.decision == "withhold");
+    }
+    let verify = auditor
+        .verify(pb::VerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verify.ok, "{verify:?}");
+    sandbox.shutdown().await.unwrap();
+}
