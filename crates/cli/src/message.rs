@@ -172,14 +172,11 @@ pub fn read_file(path: &Path) -> Result<MessageSpec> {
         })?
     } else {
         toml::from_str(&text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let (l, c) = liaison_types::line_col(&text, s.start);
-                    format!("line {l}, column {c}: ")
-                })
-                .unwrap_or_default();
-            anyhow!("{}: {at}{}", path.display(), e.message())
+            anyhow!(
+                "{}: {}",
+                path.display(),
+                liaison_types::located(&text, e.span(), e.message())
+            )
         })?
     };
     Ok(spec)

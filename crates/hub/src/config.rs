@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use liaison_pki::{ServerLimits, TlsFiles};
 use serde::Deserialize;
 
 use crate::HubError;
@@ -22,54 +22,10 @@ pub struct HubConfig {
     /// The federation governance file (see `deploy/federation.toml`).
     pub governance: PathBuf,
     /// The hub's certificate, key and the federation CA.
-    pub tls: TlsPaths,
+    pub tls: TlsFiles,
     /// Protective limits.
     #[serde(default)]
-    pub limits: Limits,
-}
-
-/// Certificate files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsPaths {
-    /// The federation CA certificate (PEM).
-    pub ca: PathBuf,
-    /// This service's certificate (PEM).
-    pub cert: PathBuf,
-    /// This service's private key (PEM).
-    pub key: PathBuf,
-}
-
-/// Protective limits; every field has a default.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// A TLS handshake not finished within this many milliseconds is dropped.
-    pub handshake_timeout_ms: u64,
-    /// Largest gRPC request accepted, in bytes.
-    pub max_request_bytes: usize,
-    /// Concurrent requests per connection.
-    pub concurrency_per_connection: usize,
-    /// A unary request not answered within this many milliseconds fails.
-    pub request_timeout_ms: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            handshake_timeout_ms: 5_000,
-            max_request_bytes: 512 * 1024,
-            concurrency_per_connection: 64,
-            request_timeout_ms: 30_000,
-        }
-    }
-}
-
-impl Limits {
-    /// The handshake timeout.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
-    }
+    pub limits: ServerLimits,
 }
 
 impl HubConfig {
@@ -89,8 +45,8 @@ impl HubConfig {
             file: path.display().to_string(),
             problem,
         };
-        let mut config: HubConfig =
-            toml::from_str(text).map_err(|e| bad(crate::toml_error(text, &e)))?;
+        let mut config: HubConfig = toml::from_str(text)
+            .map_err(|e| bad(liaison_types::located(text, e.span(), e.message())))?;
         if config.version != 1 {
             return Err(bad(format!(
                 "version = {} is not supported; use version = 1",
@@ -98,17 +54,62 @@ impl HubConfig {
             )));
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut config.data_dir,
-            &mut config.governance,
-            &mut config.tls.ca,
-            &mut config.tls.cert,
-            &mut config.tls.key,
-        ] {
+        for p in [&mut config.data_dir, &mut config.governance] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+        config.tls.resolve(base);
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HubConfig, HubError> {
+        HubConfig::parse(Path::new("/etc/liaison/hub.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+version = 1
+listen = "0.0.0.0:7400"
+data_dir = "/var/lib/liaison/hub"
+governance = "federation.toml"
+[tls]
+ca = "ca.pem"
+cert = "hub.pem"
+key = "hub.key.pem"
+"#;
+
+    #[test]
+    fn a_good_config_resolves_relative_paths_and_keeps_absolute_ones() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.data_dir, Path::new("/var/lib/liaison/hub"));
+        assert_eq!(c.governance, Path::new("/etc/liaison/federation.toml"));
+        assert_eq!(c.tls.key, Path::new("/etc/liaison/hub.key.pem"));
+        assert_eq!(c.limits.max_request_bytes, 512 * 1024);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err = parse(&GOOD.replace("[tls]", "[tls]\ncolour = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/liaison/hub.toml: line 7, column 1"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+        let err = parse(&GOOD.replace("version = 1", "version = 2"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("version = 2 is not supported"), "{err}");
+        let err = parse(&GOOD.replace("0.0.0.0:7400", "nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        let err = parse(&GOOD.replace("governance = \"federation.toml\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("governance"), "{err}");
     }
 }

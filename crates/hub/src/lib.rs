@@ -21,11 +21,10 @@ pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-pub use config::{HubConfig, Limits, TlsPaths};
+pub use config::HubConfig;
 pub use error::HubError;
-use liaison_pki::{authorize, server_config, tls_incoming, TlsFiles, TlsMaterial};
+use liaison_pki::{authorize, server_config, tls_incoming, TlsMaterial};
 use liaison_policy::Governance;
 use liaison_proto::v1::{audit_server::AuditServer, federation_server::FederationServer};
 use liaison_store::Db;
@@ -35,18 +34,6 @@ use service::{AuditService, FederationService};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
-
-/// Formats a TOML parse error with its line and column.
-pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let (line, col) = liaison_types::line_col(text, span.start);
-            format!("line {line}, column {col}: {}", e.message())
-        }
-        None => e.message().to_owned(),
-    }
-}
 
 /// Loads the governance file named by the configuration.
 pub fn load_governance(config: &HubConfig) -> Result<Governance, HubError> {
@@ -65,11 +52,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), HubError> {
     let governance = load_governance(&config)?;
-    let material = TlsMaterial::load(&TlsFiles {
-        ca: config.tls.ca.clone(),
-        cert: config.tls.cert.clone(),
-        key: config.tls.key.clone(),
-    })?;
+    let material = TlsMaterial::load(&config.tls)?;
     let tls = server_config(&material)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
@@ -88,11 +71,8 @@ pub async fn run(
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, policy_version = %state.governance().version(), "hub listening");
     let incoming = tls_incoming(listener, tls, limits.handshake_timeout());
-    Server::builder()
-        .concurrency_limit_per_connection(limits.concurrency_per_connection)
-        .timeout(Duration::from_millis(limits.request_timeout_ms))
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    limits
+        .server()
         .add_service(InterceptedService::new(
             fed,
             authorize(federation.clone(), &[Role::Node]),

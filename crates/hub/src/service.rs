@@ -189,10 +189,7 @@ impl HubState {
         let env = self.validate(envelope, &gov)?;
         let decisions = decide(&gov, &env.labels, now_ms());
         Ok(pb::ExplainResponse {
-            decisions: decisions
-                .iter()
-                .map(|d| pb::RoutingDecision::from(&store::StoredDecision::from(d)))
-                .collect(),
+            decisions: decisions.iter().map(pb::RoutingDecision::from).collect(),
             policy_version: gov.version().to_owned(),
         })
     }

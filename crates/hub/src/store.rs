@@ -13,9 +13,10 @@
 
 use liaison_policy::{Decision, Outcome};
 use liaison_proto::v1 as pb;
+use liaison_store::{from_json as parse, to_json as json};
 use liaison_store::{keys, Db, StoreError, Txn};
 use liaison_types::audit::{self, GENESIS_HASH};
-use liaison_types::{BodyId, Envelope};
+use liaison_types::{BodyId, DecisionRecord, Envelope};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,46 +37,7 @@ pub struct RoutedOutcome {
     /// Policy version that decided.
     pub policy_version: String,
     /// One decision per candidate.
-    pub decisions: Vec<StoredDecision>,
-}
-
-/// A decision as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StoredDecision {
-    /// Recipient body.
-    pub recipient: String,
-    /// Whether it was delivered.
-    pub deliver: bool,
-    /// Deciding rule id.
-    pub rule: String,
-    /// Why.
-    pub reason: String,
-}
-
-impl From<&StoredDecision> for pb::RoutingDecision {
-    fn from(d: &StoredDecision) -> Self {
-        pb::RoutingDecision {
-            recipient: d.recipient.clone(),
-            outcome: if d.deliver {
-                pb::Outcome::Deliver
-            } else {
-                pb::Outcome::Withhold
-            } as i32,
-            rule: d.rule.clone(),
-            reason: d.reason.clone(),
-        }
-    }
-}
-
-impl From<&Decision> for StoredDecision {
-    fn from(d: &Decision) -> Self {
-        Self {
-            recipient: d.recipient.to_string(),
-            deliver: d.outcome == Outcome::Deliver,
-            rule: d.rule.as_str().to_owned(),
-            reason: d.reason.clone(),
-        }
-    }
+    pub decisions: Vec<DecisionRecord>,
 }
 
 /// One entry of a body's delivery queue.
@@ -121,17 +83,6 @@ fn counter_key(body: &str, which: &str) -> Vec<u8> {
 
 const AUDIT_PREFIX: &[u8] = b"a/";
 const AUDIT_HEAD: &[u8] = b"meta/audit_head";
-
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("serialising a plain struct to json cannot fail")
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        problem: e.to_string(),
-    })
-}
 
 /// Appends one audit record inside a transaction: assigns its position,
 /// links it to the previous record and computes its hash.
@@ -197,7 +148,10 @@ pub async fn submit(
             digest,
             accepted_at_ms: now_ms,
             policy_version: policy_version.clone(),
-            decisions: decisions.iter().map(StoredDecision::from).collect(),
+            decisions: decisions
+                .iter()
+                .map(|d| DecisionRecord::from(&pb::RoutingDecision::from(d)))
+                .collect(),
         };
         txn.put(env_key(&id), encoded);
         txn.put(outcome_key(&id), json(&outcome));

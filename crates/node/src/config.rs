@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use liaison_pki::{ServerLimits, TlsFiles};
 use serde::Deserialize;
 
 use crate::NodeError;
@@ -24,26 +25,15 @@ pub struct NodeConfig {
     pub hub: String,
     /// Directory of the durable outbox and inbox; created if absent.
     pub data_dir: PathBuf,
-    /// The node's certificate, key and the federation CA.
-    pub tls: TlsPaths,
+    /// The node's certificate (server for officers, client of the hub), key
+    /// and the federation CA.
+    pub tls: TlsFiles,
     /// Retry timing for pushing to and subscribing from the hub.
     #[serde(default)]
     pub retry: Retry,
     /// Protective limits.
     #[serde(default)]
-    pub limits: Limits,
-}
-
-/// Certificate files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsPaths {
-    /// The federation CA certificate (PEM).
-    pub ca: PathBuf,
-    /// The node certificate (PEM); used as server and as client of the hub.
-    pub cert: PathBuf,
-    /// The node's private key (PEM).
-    pub key: PathBuf,
+    pub limits: ServerLimits,
 }
 
 /// Bounded exponential backoff.
@@ -61,31 +51,6 @@ impl Default for Retry {
         Self {
             initial_backoff_ms: 200,
             max_backoff_ms: 30_000,
-        }
-    }
-}
-
-/// Protective limits; every field has a default.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// A TLS handshake not finished within this many milliseconds is dropped.
-    pub handshake_timeout_ms: u64,
-    /// Largest gRPC request accepted, in bytes.
-    pub max_request_bytes: usize,
-    /// Concurrent requests per connection.
-    pub concurrency_per_connection: usize,
-    /// A request not answered within this many milliseconds fails.
-    pub request_timeout_ms: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            handshake_timeout_ms: 5_000,
-            max_request_bytes: 512 * 1024,
-            concurrency_per_connection: 32,
-            request_timeout_ms: 30_000,
         }
     }
 }
@@ -120,15 +85,8 @@ impl NodeConfig {
             file: path.display().to_string(),
             problem,
         };
-        let mut config: NodeConfig = toml::from_str(text).map_err(|e| {
-            bad(match e.span() {
-                Some(span) => {
-                    let (line, col) = liaison_types::line_col(text, span.start);
-                    format!("line {line}, column {col}: {}", e.message())
-                }
-                None => e.message().to_owned(),
-            })
-        })?;
+        let mut config: NodeConfig = toml::from_str(text)
+            .map_err(|e| bad(liaison_types::located(text, e.span(), e.message())))?;
         if config.version != 1 {
             return Err(bad(format!(
                 "version = {} is not supported; use version = 1",

@@ -19,11 +19,10 @@ pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-pub use config::{Limits, NodeConfig, Retry, TlsPaths};
+pub use config::{NodeConfig, Retry};
 pub use error::NodeError;
-use liaison_pki::{authorize, lazy_channel, server_config, tls_incoming, TlsFiles, TlsMaterial};
+use liaison_pki::{authorize, lazy_channel, server_config, tls_incoming, TlsMaterial};
 use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
 use liaison_store::Db;
 use liaison_types::{BodyId, Role};
@@ -31,7 +30,6 @@ use service::{NodeState, OfficerService};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 
 /// Runs the node on `listener` until `shutdown` completes.
 pub async fn run(
@@ -39,11 +37,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
-    let material = TlsMaterial::load(&TlsFiles {
-        ca: config.tls.ca.clone(),
-        cert: config.tls.cert.clone(),
-        key: config.tls.key.clone(),
-    })?;
+    let material = TlsMaterial::load(&config.tls)?;
     let me = material.identity()?;
     if me.role != Role::Node || me.body.as_str() != config.body {
         return Err(NodeError::Config {
@@ -89,14 +83,9 @@ pub async fn run(
         .max_decoding_message_size(limits.max_request_bytes);
     let tls = server_config(&material)?;
     tracing::info!(body = %state.body, addr = ?listener.local_addr().ok(), hub = %config.hub, "node listening");
-    let incoming = tls_incoming(
-        listener,
-        tls,
-        Duration::from_millis(limits.handshake_timeout_ms),
-    );
-    let served = Server::builder()
-        .concurrency_limit_per_connection(limits.concurrency_per_connection)
-        .timeout(Duration::from_millis(limits.request_timeout_ms))
+    let incoming = tls_incoming(listener, tls, limits.handshake_timeout());
+    let served = limits
+        .server()
         .add_service(InterceptedService::new(
             officer,
             authorize(federation, &[Role::Officer]),

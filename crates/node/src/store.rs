@@ -8,8 +8,8 @@
 //! - `meta/*`: counters and the last hub position stored.
 
 use liaison_proto::v1 as pb;
-use liaison_store::{keys, Db, StoreError};
-use liaison_types::Envelope;
+use liaison_store::{from_json as parse, keys, to_json as json, Db, StoreError};
+use liaison_types::{DecisionRecord, Envelope};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
@@ -62,48 +62,9 @@ pub struct OutboxRecord {
     /// Last push error.
     pub last_error: String,
     /// Hub decisions, once routed.
-    pub decisions: Vec<Decision>,
+    pub decisions: Vec<DecisionRecord>,
     /// Policy version that routed it.
     pub policy_version: String,
-}
-
-/// A hub decision as the node keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Decision {
-    /// Recipient body.
-    pub recipient: String,
-    /// Whether it was delivered.
-    pub deliver: bool,
-    /// Deciding rule.
-    pub rule: String,
-    /// Why.
-    pub reason: String,
-}
-
-impl From<&pb::RoutingDecision> for Decision {
-    fn from(d: &pb::RoutingDecision) -> Self {
-        Self {
-            recipient: d.recipient.clone(),
-            deliver: d.outcome == pb::Outcome::Deliver as i32,
-            rule: d.rule.clone(),
-            reason: d.reason.clone(),
-        }
-    }
-}
-
-impl From<&Decision> for pb::RoutingDecision {
-    fn from(d: &Decision) -> Self {
-        Self {
-            recipient: d.recipient.clone(),
-            outcome: if d.deliver {
-                pb::Outcome::Deliver
-            } else {
-                pb::Outcome::Withhold
-            } as i32,
-            rule: d.rule.clone(),
-            reason: d.reason.clone(),
-        }
-    }
 }
 
 /// A received message's bookkeeping.
@@ -123,17 +84,6 @@ pub struct InboxRecord {
     pub read_by: String,
     /// When, 0 if unread.
     pub read_at_ms: i64,
-}
-
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("serialising a plain struct to json cannot fail")
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        problem: e.to_string(),
-    })
 }
 
 fn decode_env(key: &[u8], bytes: &[u8]) -> Result<pb::Envelope, StoreError> {
@@ -240,7 +190,7 @@ pub async fn finish_push(
         match outcome {
             Ok(resp) => {
                 rec.status = OutboxStatus::Routed;
-                rec.decisions = resp.decisions.iter().map(Decision::from).collect();
+                rec.decisions = resp.decisions.iter().map(DecisionRecord::from).collect();
                 rec.policy_version = resp.policy_version;
                 rec.last_error.clear();
             }

@@ -18,8 +18,10 @@ use crate::PkiError;
 /// The one application protocol spoken: gRPC over HTTP/2.
 const ALPN_H2: &[u8] = b"h2";
 
-/// Where a party's certificate, key and trusted CA live on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a party's certificate, key and trusted CA live on disk (the
+/// `[tls]` table of the hub and node configuration files).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The federation CA certificate, PEM.
     pub ca: PathBuf,
@@ -30,6 +32,16 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// Resolves relative paths against `base` (the configuration file's
+    /// directory).
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
     /// The files of a dev PKI directory: `stem` `europol/node` gives
     /// `dir/europol/node.pem`, `dir/europol/node.key.pem` and `dir/ca.pem`.
     pub fn in_dev_dir(dir: &Path, relative_stem: &str) -> Self {

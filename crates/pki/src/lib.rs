@@ -24,6 +24,7 @@ mod dev;
 mod error;
 mod identity;
 mod incoming;
+mod server;
 
 pub use ca::{CertificateAuthority, IssuedCert};
 pub use client::{connect, lazy_channel};
@@ -32,3 +33,4 @@ pub use dev::{ensure_dev_pki, generate_dev_pki, DevPkiSpec, CA_CERT_FILE, CA_KEY
 pub use error::PkiError;
 pub use identity::{authorize, caller, caller_from_extensions, identity_from_der};
 pub use incoming::tls_incoming;
+pub use server::ServerLimits;

@@ -56,6 +56,22 @@ impl From<sled::Error> for StoreError {
 type Completion = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
 type Job = Box<dyn FnOnce(&dyn Engine) -> Option<Completion> + Send>;
 
+/// Encodes a record as JSON, the format of stored records.
+pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records are plain structs, which always serialise")
+}
+
+/// Decodes a stored JSON record; `key` names it in the error.
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        problem: e.to_string(),
+    })
+}
+
 /// Largest number of jobs that share one flush.
 const MAX_GROUP: usize = 512;
 

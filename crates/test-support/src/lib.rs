@@ -117,6 +117,10 @@ pub struct SandboxOptions {
     pub dir: Option<PathBuf>,
     /// Node retry delays, in milliseconds (initial, max).
     pub retry_ms: (u64, u64),
+    /// Run the hub from the start as a child process of this `liaison`
+    /// binary (see [`Sandbox::start_hub_process`]) instead of in this
+    /// process, so that no in-process hub ever holds its store.
+    pub hub_process: Option<PathBuf>,
 }
 
 impl SandboxOptions {
@@ -128,12 +132,20 @@ impl SandboxOptions {
             certs: None,
             dir: None,
             retry_ms: (50, 500),
+            hub_process: None,
         }
     }
 
     /// Start nodes only for these bodies.
     pub fn nodes(mut self, bodies: &[&str]) -> Self {
         self.nodes = Some(bodies.iter().map(|b| (*b).to_owned()).collect());
+        self
+    }
+
+    /// Run the hub as a child process of `exe` (the `liaison` binary) from
+    /// the start, so that it can be killed with SIGKILL.
+    pub fn hub_process(mut self, exe: &Path) -> Self {
+        self.hub_process = Some(exe.to_path_buf());
         self
     }
 }
@@ -183,7 +195,10 @@ impl Sandbox {
             nodes: BTreeMap::new(),
             retry_ms: opts.retry_ms,
         };
-        sandbox.start_hub().await?;
+        match &opts.hub_process {
+            Some(exe) => sandbox.start_hub_process(exe).await?,
+            None => sandbox.start_hub().await?,
+        }
         let bodies: Vec<String> = match opts.nodes {
             Some(n) => n,
             None => sandbox

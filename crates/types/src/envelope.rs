@@ -49,6 +49,45 @@ pub struct Labels {
     pub third_party_release: bool,
 }
 
+/// A routing decision as hub and nodes keep it on disk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecisionRecord {
+    /// Recipient body.
+    pub recipient: String,
+    /// Whether it was delivered.
+    pub deliver: bool,
+    /// Deciding rule id.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<&pb::RoutingDecision> for DecisionRecord {
+    fn from(d: &pb::RoutingDecision) -> Self {
+        Self {
+            recipient: d.recipient.clone(),
+            deliver: d.outcome == pb::Outcome::Deliver as i32,
+            rule: d.rule.clone(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
+impl From<&DecisionRecord> for pb::RoutingDecision {
+    fn from(d: &DecisionRecord) -> Self {
+        Self {
+            recipient: d.recipient.clone(),
+            outcome: if d.deliver {
+                pb::Outcome::Deliver
+            } else {
+                pb::Outcome::Withhold
+            } as i32,
+            rule: d.rule.clone(),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
 /// A validated envelope: labels and the encoded body they describe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {

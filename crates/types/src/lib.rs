@@ -11,7 +11,7 @@ mod identity;
 mod label;
 mod time;
 
-pub use envelope::{Envelope, Labels, TypedBody, MAX_BODY_BYTES};
+pub use envelope::{DecisionRecord, Envelope, Labels, TypedBody, MAX_BODY_BYTES};
 pub use identity::{Identity, IdentityError, Role};
 pub use label::{BodyId, Classification, CrimeArea, Kind, Priority, CRIME_AREAS};
 pub use time::now_ms;
@@ -33,6 +33,18 @@ impl ValidationError {
             field: field.into(),
             problem: problem.into(),
         }
+    }
+}
+
+/// A parse error of configuration text, prefixed with its line and column
+/// when the parser gave a byte span.
+pub fn located(text: &str, span: Option<std::ops::Range<usize>>, message: &str) -> String {
+    match span {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!("line {line}, column {col}: {message}")
+        }
+        None => message.to_owned(),
     }
 }
 
