@@ -96,16 +96,24 @@ async fn run(sandbox: &Sandbox, concurrency: usize, total: usize) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
-        let sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&[])).await.expect("sandbox");
+        let sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&[]))
+            .await
+            .expect("sandbox");
         // Warm up connections and the store.
         run(&sandbox, 4, 200).await;
         let budget = Duration::from_secs(20);
         let started = Instant::now();
         let baseline = run(&sandbox, 1, 300).await;
         println!("hub submit, 2 recipients each, 512-byte alert, mTLS + sled flush per answer");
-        println!("{:>12} {:>12} {:>10}", "concurrency", "msgs/s", "x baseline");
+        println!(
+            "{:>12} {:>12} {:>10}",
+            "concurrency", "msgs/s", "x baseline"
+        );
         println!("{:>12} {:>12.0} {:>10.2}", 1, baseline, 1.0);
         for concurrency in [4, 16, 64] {
             if started.elapsed() > budget {

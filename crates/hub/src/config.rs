@@ -97,7 +97,10 @@ key = "hub.key.pem"
         let err = parse(&GOOD.replace("[tls]", "[tls]\ncolour = 1"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("/etc/liaison/hub.toml: line 7, column 1"), "{err}");
+        assert!(
+            err.starts_with("/etc/liaison/hub.toml: line 7, column 1"),
+            "{err}"
+        );
         assert!(err.contains("colour"), "{err}");
         let err = parse(&GOOD.replace("version = 1", "version = 2"))
             .unwrap_err()

@@ -8,7 +8,8 @@ use liaison_policy::{decide, Governance, Outcome};
 use liaison_proto::v1 as pb;
 use liaison_store::Db;
 use liaison_types::{
-    audit::ChainVerifier, now_ms, BodyId, Classification, Envelope, Identity, ValidationError,
+    audit::ChainVerifier, normalise_message_id, now_ms, BodyId, Classification, Envelope, Identity,
+    ValidationError,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -82,15 +83,19 @@ impl HubState {
         if claimed.is_empty() || claimed == caller.body.as_str() {
             return Ok(());
         }
+        // The claimed values are the caller's input: record them only in
+        // their valid forms, so a forged request cannot write arbitrary text
+        // into the append-only log.
+        let labels = envelope.labels.as_ref();
         let record = pb::AuditRecord {
             at_ms: now_ms(),
             event: "refused".into(),
-            message_id: envelope
-                .labels
-                .as_ref()
-                .map(|l| l.message_id.clone())
+            message_id: labels
+                .and_then(|l| normalise_message_id(&l.message_id))
                 .unwrap_or_default(),
-            origin: claimed.chars().take(64).collect(),
+            origin: BodyId::parse(claimed)
+                .map(|b| b.to_string())
+                .unwrap_or_else(|_| "(not a body id)".into()),
             rule: "identity.origin_mismatch".into(),
             reason: format!(
                 "certificate is {} but labels.origin names another body",
@@ -104,13 +109,28 @@ impl HubState {
         tracing::warn!(caller = %caller, claimed, "refused a message naming another body as origin");
         Err(HubError::OriginMismatch {
             caller: caller.body.to_string(),
-            claimed: claimed.chars().take(64).collect(),
+            claimed: claimed
+                .chars()
+                .take(64)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
         })
     }
 
     fn validate(&self, envelope: pb::Envelope, gov: &Governance) -> Result<Envelope, HubError> {
-        let env = Envelope::try_from(envelope)?;
+        let (env, body) = Envelope::parse(envelope)?;
         gov.check_labels(&env.labels)?;
+        for (field, named) in body.named_bodies() {
+            if !gov.is_known(named) {
+                let known: Vec<&str> = gov.bodies().map(|b| b.id.as_str()).collect();
+                let problem = format!(
+                    "'{named}' is not a body of this federation; expected one of {}",
+                    known.join(", ")
+                );
+                return Err(ValidationError::new(field, problem).into());
+            }
+        }
         Ok(env)
     }
 
@@ -175,17 +195,7 @@ impl HubState {
         let envelope = envelope.ok_or_else(|| {
             ValidationError::new("envelope", "missing; send the message to explain")
         })?;
-        let claimed = envelope
-            .labels
-            .as_ref()
-            .map(|l| l.origin.clone())
-            .unwrap_or_default();
-        if claimed != caller.body.as_str() {
-            return Err(HubError::OriginMismatch {
-                caller: caller.body.to_string(),
-                claimed,
-            });
-        }
+        self.check_origin(caller, &envelope, &gov).await?;
         let env = self.validate(envelope, &gov)?;
         let decisions = decide(&gov, &env.labels, now_ms());
         Ok(pb::ExplainResponse {
@@ -300,11 +310,23 @@ impl HubState {
     }
 
     /// Audit records visible to the caller that match the query.
-    fn audit_visible(&self, caller: &Identity, q: &pb::AuditQuery, r: &pb::AuditRecord) -> bool {
-        let gov = self.governance();
-        let scope_ok = caller.body == *gov.hub_body()
-            || r.origin == caller.body.as_str()
-            || r.recipient == caller.body.as_str();
+    ///
+    /// An auditor of the hub's body sees everything; another body's auditor
+    /// sees the records naming its body as origin or recipient, and those
+    /// its own services caused (a refusal of its node, say).
+    fn audit_visible(
+        hub_body: &BodyId,
+        caller: &Identity,
+        q: &pb::AuditQuery,
+        r: &pb::AuditRecord,
+    ) -> bool {
+        let own = caller.body.as_str();
+        let scope_ok = caller.body == *hub_body
+            || r.origin == own
+            || r.recipient == own
+            || r.actor
+                .parse::<Identity>()
+                .is_ok_and(|a| a.body == caller.body);
         let eq = |filter: &str, value: &str| filter.is_empty() || filter == value;
         scope_ok
             && eq(&q.message_id, &r.message_id)
@@ -325,6 +347,7 @@ impl HubState {
         let (tx, rx) = mpsc::channel(256);
         let state = Arc::clone(self);
         let caller = caller.clone();
+        let hub_body = self.governance().hub_body().clone();
         tokio::spawn(async move {
             let mut after = q.after_seq;
             let mut sent = 0u32;
@@ -339,7 +362,7 @@ impl HubState {
                 let Some(last) = batch.last() else { return };
                 after = last.seq;
                 for r in batch {
-                    if !state.audit_visible(&caller, &q, &r) {
+                    if !Self::audit_visible(&hub_body, &caller, &q, &r) {
                         continue;
                     }
                     if tx.send(Ok(r)).await.is_err() {

@@ -65,9 +65,8 @@ impl NodeState {
         if labels.message_id.is_empty() {
             labels.message_id = uuid::Uuid::new_v4().to_string();
         }
-        if labels.created_at_ms == 0 {
-            labels.created_at_ms = now_ms();
-        }
+        // The node, not the officer, says when a message was created.
+        labels.created_at_ms = now_ms();
         let env = Envelope::try_from(pb::Envelope {
             labels: Some(labels),
             body: body.encode_to_vec(),
@@ -142,6 +141,12 @@ fn summary(rec: &store::InboxRecord, env: &pb::Envelope) -> pb::InboxSummary {
         received_at_ms: rec.received_at_ms,
         read: rec.read_at_ms != 0,
     }
+}
+
+/// A message id in its stored form when it is a UUID in any spelling;
+/// anything else is looked up as given (and not found).
+fn canonical_id(id: String) -> String {
+    liaison_types::normalise_message_id(&id).unwrap_or(id)
 }
 
 fn limit(requested: u32) -> usize {
@@ -222,7 +227,7 @@ impl pb::officer_server::Officer for OfficerService {
     ) -> Result<Response<pb::InboxMessage>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         self.0.own_officer(&caller)?;
-        let id = req.into_inner().message_id;
+        let id = canonical_id(req.into_inner().message_id);
         let (rec, env) = store::inbox_message(&self.0.db, &id)
             .map_err(NodeError::from)?
             .ok_or_else(|| NodeError::NotFound(id.clone()))?;
@@ -243,7 +248,7 @@ impl pb::officer_server::Officer for OfficerService {
     ) -> Result<Response<pb::OfficerAcknowledgeResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         self.0.own_officer(&caller)?;
-        let id = req.into_inner().message_id;
+        let id = canonical_id(req.into_inner().message_id);
         let rec = store::mark_read(&self.0.db, id, caller.uri(), now_ms()).await?;
         Ok(Response::new(pb::OfficerAcknowledgeResponse {
             read_by: rec.read_by,

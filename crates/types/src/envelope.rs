@@ -156,6 +156,17 @@ impl TypedBody {
     pub fn title(&self) -> &str {
         &self.0.title
     }
+
+    /// The bodies the content names (an operational plan's lead body), with
+    /// the field that names each, so a caller can check they exist.
+    pub fn named_bodies(&self) -> Vec<(&'static str, &str)> {
+        match &self.0.content {
+            Some(pb::body::Content::OperationalPlan(p)) => {
+                vec![("body.operational_plan.lead_body", p.lead_body.as_str())]
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 fn validate_plan(p: &pb::OperationalPlan, labels: &Labels) -> Result<(), ValidationError> {
@@ -349,6 +360,14 @@ impl TryFrom<pb::Envelope> for Envelope {
     type Error = ValidationError;
 
     fn try_from(e: pb::Envelope) -> Result<Self, ValidationError> {
+        Self::parse(e).map(|(env, _)| env)
+    }
+}
+
+impl Envelope {
+    /// Validates an envelope and returns it with its decoded body, for
+    /// callers that check the body further (an operational plan's lead body).
+    pub fn parse(e: pb::Envelope) -> Result<(Self, TypedBody), ValidationError> {
         let labels: Labels = e
             .labels
             .ok_or_else(|| {
@@ -364,11 +383,14 @@ impl TryFrom<pb::Envelope> for Envelope {
                 ),
             ));
         }
-        TypedBody::decode(&e.body, &labels)?;
-        Ok(Self {
-            labels,
-            body: e.body,
-        })
+        let typed = TypedBody::decode(&e.body, &labels)?;
+        Ok((
+            Self {
+                labels,
+                body: e.body,
+            },
+            typed,
+        ))
     }
 }
 
@@ -381,18 +403,24 @@ impl From<&Envelope> for pb::Envelope {
     }
 }
 
-fn check_message_id(id: &str) -> Result<String, ValidationError> {
+/// The canonical form of a message id (lowercase hyphenated UUID), or `None`
+/// if it is not a UUID.
+pub fn normalise_message_id(id: &str) -> Option<String> {
     uuid::Uuid::parse_str(id)
+        .ok()
         .map(|u| u.hyphenated().to_string())
-        .map_err(|_| {
-            ValidationError::new(
-                "labels.message_id",
-                format!(
-                    "'{}' is not a UUID (for example 1b4e28ba-2fa1-11d2-883f-0016d3cca427)",
-                    truncate(id)
-                ),
-            )
-        })
+}
+
+fn check_message_id(id: &str) -> Result<String, ValidationError> {
+    normalise_message_id(id).ok_or_else(|| {
+        ValidationError::new(
+            "labels.message_id",
+            format!(
+                "'{}' is not a UUID (for example 1b4e28ba-2fa1-11d2-883f-0016d3cca427)",
+                truncate(id)
+            ),
+        )
+    })
 }
 
 fn body_set(field: &str, ids: &[String]) -> Result<BTreeSet<BodyId>, ValidationError> {

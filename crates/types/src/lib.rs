@@ -11,7 +11,9 @@ mod identity;
 mod label;
 mod time;
 
-pub use envelope::{DecisionRecord, Envelope, Labels, TypedBody, MAX_BODY_BYTES};
+pub use envelope::{
+    normalise_message_id, DecisionRecord, Envelope, Labels, TypedBody, MAX_BODY_BYTES,
+};
 pub use identity::{Identity, IdentityError, Role};
 pub use label::{BodyId, Classification, CrimeArea, Kind, Priority, CRIME_AREAS};
 pub use time::now_ms;

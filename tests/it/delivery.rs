@@ -1,0 +1,529 @@
+//! Delivery guarantees end to end: a resubmitted message is stored, queued
+//! and audited once; a node or the hub that goes away catches up on its
+//! return without loss or duplication; each recipient sees its messages in
+//! the order the hub accepted them; and the hub's subscription is
+//! at-least-once until the subscriber acknowledges.
+
+use std::collections::BTreeSet;
+
+use futures::future::join_all;
+use futures::StreamExt;
+use liaison_proto::v1 as pb;
+use liaison_proto::v1::federation_client::FederationClient;
+use liaison_proto::v1::officer_client::OfficerClient;
+use liaison_test_support::{wait_until, Sandbox};
+use pb::{Classification as C, Kind as K};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::common::{
+    alert, assessment, audit_records, envelope, inbox_ids, labels, sandbox, SETTLE,
+};
+
+/// An alert only `bravo` may receive: charlie's mandate lacks cybercrime and
+/// the observer takes no alerts.
+fn to_bravo(title: &str) -> (pb::Labels, pb::Body) {
+    (
+        labels(K::Alert, C::OfficialUse, &["cybercrime"]),
+        alert(title),
+    )
+}
+
+/// The recipients a submission was delivered to.
+fn delivered_to(decisions: &[pb::RoutingDecision]) -> BTreeSet<String> {
+    decisions
+        .iter()
+        .filter(|d| d.outcome == pb::Outcome::Deliver as i32)
+        .map(|d| d.recipient.clone())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Asserts that a resubmission answered with the original outcome.
+fn assert_same_outcome(original: &pb::SubmitResponse, again: &pb::SubmitResponse) {
+    assert_eq!(again.message_id, original.message_id);
+    assert_eq!(
+        again.decisions, original.decisions,
+        "decisions of {}",
+        original.message_id
+    );
+    assert_eq!(again.policy_version, original.policy_version);
+    assert_eq!(again.accepted_at_ms, original.accepted_at_ms);
+}
+
+async fn submit_to_hub(hub: &FederationClient<Channel>, env: &pb::Envelope) -> pb::SubmitResponse {
+    let mut hub = hub.clone();
+    hub.submit(pb::SubmitRequest {
+        envelope: Some(env.clone()),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn officer_submit(
+    officer: &mut OfficerClient<Channel>,
+    labels: pb::Labels,
+    body: pb::Body,
+) -> String {
+    officer
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(labels),
+            body: Some(body),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id
+}
+
+async fn outbox(officer: &OfficerClient<Channel>) -> Option<Vec<pb::OutboxEntry>> {
+    let mut officer = officer.clone();
+    Some(
+        officer
+            .list_outbox(pb::ListOutboxRequest { limit: 1000 })
+            .await
+            .ok()?
+            .into_inner()
+            .entries,
+    )
+}
+
+/// Waits until `body`'s inbox holds every id of `want`, and returns the
+/// whole inbox, newest first.
+async fn inbox_holding(sandbox: &Sandbox, body: &str, want: &[String]) -> Vec<String> {
+    wait_until(
+        &format!("{body}'s inbox holds {} messages", want.len()),
+        SETTLE,
+        || async {
+            let got = inbox_ids(sandbox, body).await;
+            want.iter().all(|id| got.contains(id)).then_some(got)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until the origin's outbox shows every id as routed, and returns
+/// those entries in the order of `ids`.
+async fn routed(officer: &OfficerClient<Channel>, ids: &[String]) -> Vec<pb::OutboxEntry> {
+    wait_until(
+        &format!("the hub routes {} messages", ids.len()),
+        SETTLE,
+        || async {
+            let entries = outbox(officer).await?;
+            ids.iter()
+                .map(|id| {
+                    entries
+                        .iter()
+                        .find(|e| &e.message_id == id && e.status == "routed")
+                        .cloned()
+                })
+                .collect::<Option<Vec<_>>>()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn count(ids: &[String], id: &str) -> usize {
+    ids.iter().filter(|i| *i == id).count()
+}
+
+/// Opens a subscription and reads `n` deliveries as `(seq, message id)`,
+/// without acknowledging; the stream is dropped on return.
+async fn read_deliveries(
+    hub: &FederationClient<Channel>,
+    after_seq: u64,
+    n: usize,
+) -> Vec<(u64, String)> {
+    let mut hub = hub.clone();
+    let mut stream = hub
+        .subscribe(pb::SubscribeRequest { after_seq })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let d = tokio::time::timeout(SETTLE, stream.next())
+            .await
+            .expect("a delivery within the settle time")
+            .expect("the subscription stays open")
+            .unwrap();
+        got.push((d.seq, d.envelope.unwrap().labels.unwrap().message_id));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_answers_resubmissions_with_the_original_outcome_and_stores_once() {
+    let sandbox = sandbox().await;
+    let hub = sandbox.hub_as("alpha/node").await.unwrap();
+    let everyone = set(&["bravo", "charlie", "obs"]);
+
+    // Sequential resubmission, then eight concurrent ones.
+    let env = envelope(
+        "alpha",
+        labels(K::ThreatAssessment, C::OfficialUse, &["drugs"]),
+        &assessment("resubmitted assessment"),
+    );
+    let id = env.labels.as_ref().unwrap().message_id.clone();
+    let first = submit_to_hub(&hub, &env).await;
+    assert!(!first.duplicate);
+    assert_eq!(first.message_id, id);
+    assert_eq!(delivered_to(&first.decisions), everyone);
+    let again = submit_to_hub(&hub, &env).await;
+    assert!(again.duplicate, "a resubmission is a duplicate");
+    assert_same_outcome(&first, &again);
+    let answers = join_all((0..8).map(|_| submit_to_hub(&hub, &env))).await;
+    for a in &answers {
+        assert!(a.duplicate);
+        assert_same_outcome(&first, a);
+    }
+
+    // A fresh message submitted eight times at once: exactly one is new.
+    let racing = envelope(
+        "alpha",
+        labels(K::ThreatAssessment, C::OfficialUse, &["drugs"]),
+        &assessment("raced assessment"),
+    );
+    let racing_id = racing.labels.as_ref().unwrap().message_id.clone();
+    let answers = join_all((0..8).map(|_| submit_to_hub(&hub, &racing))).await;
+    let new: Vec<&pb::SubmitResponse> = answers.iter().filter(|a| !a.duplicate).collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "exactly one of eight concurrent submissions is new: {answers:?}"
+    );
+    for a in &answers {
+        assert_same_outcome(new[0], a);
+    }
+    assert_eq!(delivered_to(&new[0].decisions), everyone);
+
+    // A later message to the same recipients: once it is in an inbox,
+    // everything queued before it has been delivered.
+    let sentinel = envelope(
+        "alpha",
+        labels(K::ThreatAssessment, C::OfficialUse, &["drugs"]),
+        &assessment("sentinel"),
+    );
+    let sentinel_id = sentinel.labels.as_ref().unwrap().message_id.clone();
+    assert!(!submit_to_hub(&hub, &sentinel).await.duplicate);
+    for body in &everyone {
+        let inbox = inbox_holding(&sandbox, body, &[sentinel_id.clone()]).await;
+        assert_eq!(count(&inbox, &id), 1, "{body}'s inbox {inbox:?}");
+        assert_eq!(count(&inbox, &racing_id), 1, "{body}'s inbox {inbox:?}");
+        assert_eq!(inbox.len(), 3, "{body}'s inbox {inbox:?}");
+    }
+
+    // One `received` and one `routed` per candidate, whatever the retries.
+    for m in [&id, &racing_id, &sentinel_id] {
+        let records = audit_records(
+            &sandbox,
+            pb::AuditQuery {
+                message_id: m.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let events = |e: &str| records.iter().filter(|r| r.event == e).count();
+        assert_eq!(events("received"), 1, "{m}: {records:?}");
+        assert_eq!(events("routed"), 3, "{m}: {records:?}");
+    }
+    let received = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "received".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(received.len(), 3);
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_retry_with_the_same_message_id_is_queued_once() {
+    let sandbox = sandbox().await;
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let (mut l, body) = to_bravo("officer retry");
+    l.message_id = id.clone();
+    let request = pb::OfficerSubmitRequest {
+        labels: Some(l.clone()),
+        body: Some(body.clone()),
+    };
+    let first = officer.submit(request.clone()).await.unwrap().into_inner();
+    assert_eq!(first.message_id, id);
+    assert!(!first.duplicate);
+    let second = officer.submit(request.clone()).await.unwrap().into_inner();
+    assert_eq!(second.message_id, id);
+    assert!(second.duplicate, "the retry is recognised");
+
+    // The same id with different content is refused, naming the id.
+    let mut changed = request.clone();
+    changed.body = Some(alert("something else"));
+    let refused = officer.submit(changed).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    assert!(refused.message().contains(&id), "{refused:?}");
+
+    let entry = routed(&officer, &[id.clone()]).await.remove(0);
+    assert_eq!(delivered_to(&entry.decisions), set(&["bravo"]));
+    let entries = outbox(&officer).await.unwrap();
+    assert_eq!(
+        entries.iter().filter(|e| e.message_id == id).count(),
+        1,
+        "{entries:?}"
+    );
+    assert_eq!(entries.len(), 1, "{entries:?}");
+
+    // A later message to bravo: once it has arrived, so has everything
+    // queued before it.
+    let (l, body) = to_bravo("sentinel");
+    let sentinel = officer_submit(&mut officer, l, body).await;
+    let inbox = inbox_holding(&sandbox, "bravo", &[sentinel.clone()]).await;
+    assert_eq!(
+        inbox,
+        vec![sentinel, id.clone()],
+        "bravo's inbox, newest first"
+    );
+    let received = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            message_id: id.clone(),
+            event: "received".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_offline_catches_up_in_order_and_once() {
+    let mut sandbox = sandbox().await;
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let (l, body) = to_bravo("before the stop");
+    let before = officer_submit(&mut officer, l, body).await;
+    inbox_holding(&sandbox, "bravo", &[before.clone()]).await;
+
+    sandbox.stop_node("bravo").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let (l, body) = to_bravo(&format!("while bravo is away {n}"));
+        ids.push(officer_submit(&mut officer, l, body).await);
+    }
+    // Routed and queued at the hub while bravo is away, in submission order.
+    for entry in routed(&officer, &ids).await {
+        assert_eq!(delivered_to(&entry.decisions), set(&["bravo"]), "{entry:?}");
+    }
+    let mut queued = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "routed".into(),
+            decision: "deliver".into(),
+            body: "bravo".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    queued.sort_by_key(|r| r.queue_seq);
+    let hub_order: Vec<String> = queued.iter().map(|r| r.message_id.clone()).collect();
+    let mut all = vec![before.clone()];
+    all.extend(ids.iter().cloned());
+    assert_eq!(hub_order, all, "bravo's hub queue");
+
+    sandbox.start_node("bravo").await.unwrap();
+    sandbox.wait_ready().await.unwrap();
+    let mut inbox = inbox_holding(&sandbox, "bravo", &ids).await;
+    inbox.reverse();
+    assert_eq!(
+        inbox, all,
+        "bravo's inbox, oldest first: each message once, in hub order"
+    );
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_drains_once_the_hub_returns() {
+    let mut sandbox = sandbox().await;
+    sandbox.stop_hub().await.unwrap();
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (l, body) = to_bravo(&format!("while the hub is down {n}"));
+        ids.push(officer_submit(&mut officer, l, body).await);
+    }
+    // Accepted into the durable outbox; the oldest is retried, and each
+    // attempt is counted with its error.
+    let entries = wait_until(
+        "the push of the oldest message is retried",
+        SETTLE,
+        || async {
+            let entries = outbox(&officer).await?;
+            let oldest = entries.iter().find(|e| e.message_id == ids[0])?;
+            (oldest.attempts >= 3).then_some(entries)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(entries.len(), ids.len());
+    for e in &entries {
+        assert_eq!(e.status, "queued", "{e:?}");
+        assert!(e.decisions.is_empty(), "{e:?}");
+    }
+    let oldest = entries.iter().find(|e| e.message_id == ids[0]).unwrap();
+    assert!(!oldest.last_error.is_empty(), "{oldest:?}");
+
+    sandbox.start_hub().await.unwrap();
+    for entry in routed(&officer, &ids).await {
+        assert_eq!(delivered_to(&entry.decisions), set(&["bravo"]), "{entry:?}");
+        assert!(entry.last_error.is_empty(), "{entry:?}");
+        assert!(!entry.policy_version.is_empty(), "{entry:?}");
+    }
+    let mut inbox = inbox_holding(&sandbox, "bravo", &ids).await;
+    inbox.reverse();
+    assert_eq!(inbox, ids, "bravo's inbox, oldest first");
+    let received = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "received".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut got: Vec<String> = received.into_iter().map(|r| r.message_id).collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "one `received` record per message");
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_sees_its_messages_in_submission_order() {
+    let sandbox = sandbox().await;
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let (l, body) = to_bravo(&format!("ordered {n:02}"));
+        ids.push(officer_submit(&mut officer, l, body).await);
+    }
+    let mut inbox = inbox_holding(&sandbox, "bravo", &ids).await;
+    inbox.reverse();
+    assert_eq!(inbox, ids, "bravo's inbox, oldest first");
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_redelivers_until_acknowledged_and_resumes_after_the_acknowledged_position() {
+    let mut sandbox = sandbox().await;
+    // Only this test's client subscribes as bravo.
+    sandbox.stop_node("bravo").await.unwrap();
+    let alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (l, body) = to_bravo(&format!("at least once {n}"));
+        let resp = submit_to_hub(&alpha, &envelope("alpha", l, &body)).await;
+        assert_eq!(delivered_to(&resp.decisions), set(&["bravo"]));
+        ids.push(resp.message_id);
+    }
+    let bravo = sandbox.hub_as("bravo/node").await.unwrap();
+
+    // Read without acknowledging, drop the stream: it all comes again.
+    let first = read_deliveries(&bravo, 0, 5).await;
+    assert_eq!(
+        first.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(),
+        ids
+    );
+    assert!(
+        first.windows(2).all(|w| w[0].0 < w[1].0),
+        "positions increase: {first:?}"
+    );
+    let again = read_deliveries(&bravo, 0, 5).await;
+    assert_eq!(
+        again, first,
+        "unacknowledged deliveries come again, at the same positions"
+    );
+
+    // Acknowledge up to the third: a new subscription starts after it.
+    let mut ack = bravo.clone();
+    let acked = ack
+        .acknowledge(pb::AcknowledgeRequest { seq: first[2].0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.acked_seq, first[2].0);
+    assert_eq!(read_deliveries(&bravo, 0, 2).await, first[3..].to_vec());
+    // An older acknowledgement does not move the position back.
+    let acked = ack
+        .acknowledge(pb::AcknowledgeRequest { seq: first[0].0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.acked_seq, first[2].0);
+    // after_seq before the acknowledged position: the acknowledged one wins.
+    assert_eq!(
+        read_deliveries(&bravo, first[0].0, 2).await,
+        first[3..].to_vec()
+    );
+    // after_seq after the acknowledged position skips ahead.
+    assert_eq!(
+        read_deliveries(&bravo, first[3].0, 1).await,
+        first[4..].to_vec()
+    );
+    // Acknowledging past the end of the queue is refused and changes nothing.
+    let beyond = ack
+        .acknowledge(pb::AcknowledgeRequest {
+            seq: first[4].0 + 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), Code::OutOfRange, "{beyond:?}");
+    assert_eq!(read_deliveries(&bravo, 0, 2).await, first[3..].to_vec());
+
+    // An open subscription receives a message submitted after it opened.
+    let mut live = bravo.clone();
+    let mut stream = live
+        .subscribe(pb::SubscribeRequest {
+            after_seq: first[4].0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (l, body) = to_bravo("while subscribed");
+    let late = submit_to_hub(&alpha, &envelope("alpha", l, &body))
+        .await
+        .message_id;
+    let d = tokio::time::timeout(SETTLE, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.envelope.unwrap().labels.unwrap().message_id, late);
+    assert!(d.seq > first[4].0);
+    drop(stream);
+
+    // The audit log records one acknowledgement per acknowledged message.
+    let acks = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "acknowledged".into(),
+            body: "bravo".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let acked_ids: Vec<String> = acks.iter().map(|r| r.message_id.clone()).collect();
+    assert_eq!(acked_ids, ids[..3].to_vec(), "{acks:?}");
+    assert!(
+        acks.iter()
+            .all(|r| r.recipient == "bravo" && r.actor.contains("/org/bravo/node")),
+        "{acks:?}"
+    );
+    sandbox.shutdown().await.unwrap();
+}
