@@ -213,7 +213,7 @@ async fn hub_answers_resubmissions_with_the_original_outcome_and_stores_once() {
     let sentinel_id = sentinel.labels.as_ref().unwrap().message_id.clone();
     assert!(!submit_to_hub(&hub, &sentinel).await.duplicate);
     for body in &everyone {
-        let inbox = inbox_holding(&sandbox, body, &[sentinel_id.clone()]).await;
+        let inbox = inbox_holding(&sandbox, body, std::slice::from_ref(&sentinel_id)).await;
         assert_eq!(count(&inbox, &id), 1, "{body}'s inbox {inbox:?}");
         assert_eq!(count(&inbox, &racing_id), 1, "{body}'s inbox {inbox:?}");
         assert_eq!(inbox.len(), 3, "{body}'s inbox {inbox:?}");
@@ -270,7 +270,7 @@ async fn an_officer_retry_with_the_same_message_id_is_queued_once() {
     assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
     assert!(refused.message().contains(&id), "{refused:?}");
 
-    let entry = routed(&officer, &[id.clone()]).await.remove(0);
+    let entry = routed(&officer, std::slice::from_ref(&id)).await.remove(0);
     assert_eq!(delivered_to(&entry.decisions), set(&["bravo"]));
     let entries = outbox(&officer).await.unwrap();
     assert_eq!(
@@ -284,7 +284,7 @@ async fn an_officer_retry_with_the_same_message_id_is_queued_once() {
     // queued before it.
     let (l, body) = to_bravo("sentinel");
     let sentinel = officer_submit(&mut officer, l, body).await;
-    let inbox = inbox_holding(&sandbox, "bravo", &[sentinel.clone()]).await;
+    let inbox = inbox_holding(&sandbox, "bravo", std::slice::from_ref(&sentinel)).await;
     assert_eq!(
         inbox,
         vec![sentinel, id.clone()],
@@ -309,7 +309,7 @@ async fn a_node_that_was_offline_catches_up_in_order_and_once() {
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
     let (l, body) = to_bravo("before the stop");
     let before = officer_submit(&mut officer, l, body).await;
-    inbox_holding(&sandbox, "bravo", &[before.clone()]).await;
+    inbox_holding(&sandbox, "bravo", std::slice::from_ref(&before)).await;
 
     sandbox.stop_node("bravo").await.unwrap();
     let mut ids = Vec::new();
@@ -524,6 +524,34 @@ async fn hub_redelivers_until_acknowledged_and_resumes_after_the_acknowledged_po
         acks.iter()
             .all(|r| r.recipient == "bravo" && r.actor.contains("/org/bravo/node")),
         "{acks:?}"
+    );
+    sandbox.shutdown().await.unwrap();
+}
+
+/// Stopping a service and starting it again at once on the same store, as
+/// an operator's supervisor or `liaison demo` would, works every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_and_a_node_restart_at_once_on_the_same_store() {
+    let mut sandbox = sandbox().await;
+    for i in 0..5 {
+        sandbox.stop_node("bravo").await.unwrap();
+        sandbox.start_node("bravo").await.unwrap();
+        if let Err(e) = sandbox.wait_ready().await {
+            panic!("bravo's node restart {i}: {e}");
+        }
+        sandbox.stop_hub().await.unwrap();
+        sandbox.start_hub().await.unwrap();
+        if let Err(e) = sandbox.wait_ready().await {
+            panic!("hub restart {i}: {e}");
+        }
+    }
+    // And it still routes and delivers.
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let (l, body) = to_bravo("after the restarts");
+    let id = officer_submit(&mut officer, l, body).await;
+    assert_eq!(
+        inbox_holding(&sandbox, "bravo", std::slice::from_ref(&id)).await,
+        vec![id]
     );
     sandbox.shutdown().await.unwrap();
 }

@@ -11,14 +11,12 @@ use pb::{Classification as C, Kind as K};
 
 use crate::common::{alert, assessment, inbox_ids, labels, sandbox, SETTLE};
 
-/// (sender, labels, body, expected outcome per other body: Some(rule) for a
-/// withhold, None for a delivery).
-fn cases() -> Vec<(
-    &'static str,
-    pb::Labels,
-    pb::Body,
-    BTreeMap<&'static str, Option<&'static str>>,
-)> {
+/// What each other body should get: `None` for a delivery, `Some(rule)` for
+/// a withhold by that rule.
+type Expected = BTreeMap<&'static str, Option<&'static str>>;
+
+/// (sender, labels, body, expected outcome per other body).
+fn cases() -> Vec<(&'static str, pb::Labels, pb::Body, Expected)> {
     let mut personal = labels(K::ThreatAssessment, C::Restricted, &["drugs"]);
     personal.personal_data = true;
     let mut excluded = labels(K::Alert, C::Restricted, &["drugs"]);

@@ -61,7 +61,7 @@ pub async fn run(
     let db = Db::open(&config.data_dir)?;
     let federation = governance.federation().to_owned();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = Arc::new(HubState::new(db, governance, stop_rx));
+    let state = Arc::new(HubState::new(db, governance, stop_rx)?);
     let limits = &config.limits;
 
     let fed = FederationServer::new(FederationService(Arc::clone(&state)))
@@ -71,7 +71,7 @@ pub async fn run(
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, policy_version = %state.governance().version(), "hub listening");
     let incoming = tls_incoming(listener, tls, limits.handshake_timeout());
-    limits
+    let served = limits
         .server()
         .add_service(InterceptedService::new(
             fed,
@@ -86,6 +86,21 @@ pub async fn run(
             tracing::info!("hub shutting down");
             let _ = stop_tx.send(true);
         })
-        .await?;
+        .await;
+    // Subscriptions end when the stop flag is set (or its sender dropped);
+    // wait for them, then close the store so that a restart can open it
+    // at once.
+    if let Some(db) = state.shut_down().await {
+        close_store(db).await;
+    }
+    served?;
     Ok(())
+}
+
+/// Closes a store off the async runtime (closing waits for the final flush).
+async fn close_store(db: Db) {
+    let closed = tokio::task::spawn_blocking(move || db.close()).await;
+    if !matches!(closed, Ok(Ok(()))) {
+        tracing::warn!("store still in use at shutdown; it closes when the last handle goes");
+    }
 }

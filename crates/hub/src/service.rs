@@ -1,10 +1,12 @@
 //! The hub's gRPC services: `Federation` for nodes and `Audit` for auditors.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use liaison_pki::caller_from_extensions;
-use liaison_policy::{decide, Governance, Outcome};
+use liaison_policy::{decide, Governance};
 use liaison_proto::v1 as pb;
 use liaison_store::Db;
 use liaison_types::{
@@ -13,6 +15,7 @@ use liaison_types::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::store::{self, Submitted};
@@ -24,27 +27,51 @@ const DELIVERY_BATCH: usize = 64;
 const AUDIT_BATCH: usize = 1024;
 
 /// State shared by every request.
+///
+/// Readers see only what is durable. The store applies a group of writes
+/// before it flushes them, so a plain read could see a queue entry or an
+/// audit record that a crash would then undo: a node could store a message
+/// whose submitter was never answered, and after the restart another
+/// message would take its queue position. So the hub keeps, per body, the
+/// highest queue position known to be flushed (raised after each
+/// submission's write returns) and the highest flushed audit position, and
+/// streams and lists nothing beyond them.
 #[derive(Debug)]
 pub struct HubState {
     db: Db,
     governance: RwLock<Arc<Governance>>,
-    /// One counter per body, bumped when its queue grows, so that open
-    /// subscriptions wake up.
-    wakers: Mutex<HashMap<BodyId, watch::Sender<u64>>>,
+    /// Per body, the highest durable queue position; subscriptions wait on it.
+    durable_queue: Mutex<HashMap<BodyId, watch::Sender<u64>>>,
+    /// The highest durable audit position.
+    durable_audit: AtomicU64,
     /// Set when the hub shuts down, so that subscription streams end and the
     /// server can drain.
     stopping: watch::Receiver<bool>,
+    /// Subscription and listing tasks, awaited at shutdown.
+    tasks: TaskTracker,
 }
 
 impl HubState {
-    /// Builds the state over an open store.
-    pub fn new(db: Db, governance: Governance, stopping: watch::Receiver<bool>) -> Self {
-        Self {
+    /// Builds the state over a store just opened: everything in it is
+    /// durable.
+    pub fn new(
+        db: Db,
+        governance: Governance,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<Self, HubError> {
+        let mut durable_queue = HashMap::new();
+        for body in governance.bodies() {
+            let end = store::queue_end(&db, &body.id)?;
+            durable_queue.insert(body.id.clone(), watch::channel(end).0);
+        }
+        Ok(Self {
+            durable_audit: AtomicU64::new(store::audit_end(&db)?),
             db,
             governance: RwLock::new(Arc::new(governance)),
-            wakers: Mutex::new(HashMap::new()),
+            durable_queue: Mutex::new(durable_queue),
             stopping,
-        }
+            tasks: TaskTracker::new(),
+        })
     }
 
     /// The governance in force.
@@ -52,11 +79,43 @@ impl HubState {
         Arc::clone(&self.governance.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn waker(&self, body: &BodyId) -> watch::Sender<u64> {
-        let mut map = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+    /// The body's durable queue mark. A body unknown at start-up has nothing
+    /// durable yet, so its mark starts at 0 and rises with its deliveries.
+    fn durable_queue(&self, body: &BodyId) -> watch::Sender<u64> {
+        let mut map = self.durable_queue.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(body.clone())
             .or_insert_with(|| watch::channel(0).0)
             .clone()
+    }
+
+    /// Records that audit records up to `seq` are flushed.
+    fn audit_durable(&self, seq: u64) {
+        self.durable_audit.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Ends every subscription and listing and waits for them, then returns
+    /// the store so that the caller can close it.
+    pub async fn shut_down(self: Arc<Self>) -> Option<Db> {
+        self.tasks.close();
+        self.tasks.wait().await;
+        // The server has dropped its handles; give any straggling clone a
+        // moment, then hand back the store.
+        let mut state = self;
+        for _ in 0..100 {
+            match Arc::try_unwrap(state) {
+                Ok(s) => return Some(s.db),
+                Err(shared) => state = shared,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tracing::warn!(
+            "hub state still shared at shutdown; the store closes when the last handle goes"
+        );
+        None
     }
 
     fn known_caller(&self, caller: &Identity) -> Result<Arc<Governance>, HubError> {
@@ -105,7 +164,8 @@ impl HubState {
             actor: caller.uri(),
             ..Default::default()
         };
-        store::audit_refusal(&self.db, record).await?;
+        let seq = store::audit_refusal(&self.db, record).await?;
+        self.audit_durable(seq);
         tracing::warn!(caller = %caller, claimed, "refused a message naming another body as origin");
         Err(HubError::OriginMismatch {
             caller: caller.body.to_string(),
@@ -148,11 +208,6 @@ impl HubState {
         let env = self.validate(envelope, &gov)?;
         let now = now_ms();
         let decisions = decide(&gov, &env.labels, now);
-        let delivered: Vec<BodyId> = decisions
-            .iter()
-            .filter(|d| d.outcome == Outcome::Deliver)
-            .map(|d| d.recipient.clone())
-            .collect();
         let submitted = store::submit(
             &self.db,
             env,
@@ -162,16 +217,28 @@ impl HubState {
             now,
         )
         .await?;
+        // The write has returned, so it is flushed: only now may
+        // subscriptions see its queue entries and listings its records.
         let (outcome, duplicate) = match submitted {
-            Submitted::New(o) => {
-                for body in &delivered {
-                    self.waker(body).send_modify(|n| *n += 1);
+            Submitted::New {
+                outcome,
+                queued,
+                audit_seq,
+            } => {
+                self.audit_durable(audit_seq);
+                for (body, seq) in &queued {
+                    self.durable_queue(body).send_if_modified(|mark| {
+                        let raised = seq > mark;
+                        *mark = (*mark).max(*seq);
+                        raised
+                    });
                 }
-                (o, false)
+                (outcome, false)
             }
-            Submitted::Duplicate(o) => (o, true),
+            Submitted::Duplicate(outcome) => (outcome, true),
         };
-        tracing::info!(message_id = %outcome.message_id, origin = %outcome.origin, duplicate, delivered = delivered.len(), "routed");
+        let delivered = outcome.decisions.iter().filter(|d| d.deliver).count();
+        tracing::info!(message_id = %outcome.message_id, origin = %outcome.origin, duplicate, delivered, "routed");
         Ok(pb::SubmitResponse {
             message_id: outcome.message_id.clone(),
             duplicate,
@@ -211,8 +278,9 @@ impl HubState {
         seq: u64,
     ) -> Result<pb::AcknowledgeResponse, HubError> {
         self.known_caller(caller)?;
-        let acked =
+        let (acked, audit_seq) =
             store::acknowledge(&self.db, caller.body.clone(), seq, caller.uri(), now_ms()).await?;
+        self.audit_durable(audit_seq);
         Ok(pb::AcknowledgeResponse { acked_seq: acked })
     }
 
@@ -227,7 +295,7 @@ impl HubState {
         let (tx, rx) = mpsc::channel(DELIVERY_BATCH);
         let state = Arc::clone(self);
         let caller = caller.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             if let Err(e) = state.stream_deliveries(&caller, start, &tx).await {
                 let _ = tx.send(Err(e.into())).await;
             }
@@ -242,17 +310,18 @@ impl HubState {
         mut cursor: u64,
         tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
     ) -> Result<(), HubError> {
-        let mut woken = self.waker(&caller.body).subscribe();
+        let mut durable = self.durable_queue(&caller.body).subscribe();
         let mut stopping = self.stopping.clone();
         tracing::info!(caller = %caller, after = cursor, "subscription opened");
         loop {
-            // Mark the current wake-up as seen before reading, so a message
-            // queued after the read still wakes us.
-            woken.borrow_and_update();
-            let entries = store::queue_after(&self.db, &caller.body, cursor, DELIVERY_BATCH)?;
+            // Read the mark (and mark it seen) before reading the queue, so
+            // an entry made durable after the read still wakes us.
+            let mark = *durable.borrow_and_update();
+            let mut entries = store::queue_after(&self.db, &caller.body, cursor, DELIVERY_BATCH)?;
+            entries.retain(|(seq, _)| *seq <= mark);
             if entries.is_empty() {
                 tokio::select! {
-                    changed = woken.changed() => if changed.is_err() { return Ok(()) },
+                    changed = durable.changed() => if changed.is_err() { return Ok(()) },
                     _ = tx.closed() => return Ok(()),
                     _ = stopping.wait_for(|s| *s) => return Ok(()),
                 }
@@ -301,7 +370,8 @@ impl HubState {
                 });
             }
             if !records.is_empty() {
-                store::audit_many(&self.db, records).await?;
+                let seq = store::audit_many(&self.db, records).await?;
+                self.audit_durable(seq);
             }
             if tx.is_closed() {
                 return Ok(());
@@ -348,11 +418,13 @@ impl HubState {
         let state = Arc::clone(self);
         let caller = caller.clone();
         let hub_body = self.governance().hub_body().clone();
-        tokio::spawn(async move {
+        // List what was durable when the request came in.
+        let upto = self.durable_audit.load(Ordering::Acquire);
+        self.spawn(async move {
             let mut after = q.after_seq;
             let mut sent = 0u32;
             loop {
-                let batch = match store::audit_after(&state.db, after, AUDIT_BATCH) {
+                let batch = match store::audit_after(&state.db, after, upto, AUDIT_BATCH) {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(HubError::from(e).into())).await;
@@ -378,12 +450,13 @@ impl HubState {
         rx
     }
 
-    /// Verifies the whole chain.
+    /// Verifies the whole durable chain.
     pub fn audit_verify(&self) -> Result<pb::VerifyResponse, HubError> {
         let mut verifier = ChainVerifier::default();
         let mut after = 0;
+        let upto = self.durable_audit.load(Ordering::Acquire);
         loop {
-            let batch = store::audit_after(&self.db, after, AUDIT_BATCH)?;
+            let batch = store::audit_after(&self.db, after, upto, AUDIT_BATCH)?;
             let Some(last) = batch.last() else { break };
             after = last.seq;
             batch.iter().for_each(|r| verifier.push(r));

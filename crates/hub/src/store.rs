@@ -55,7 +55,14 @@ pub struct QueueEntry {
 #[derive(Debug, Clone)]
 pub enum Submitted {
     /// Stored and routed now.
-    New(RoutedOutcome),
+    New {
+        /// What was decided.
+        outcome: RoutedOutcome,
+        /// `(recipient, queue position)` of each delivery.
+        queued: Vec<(BodyId, u64)>,
+        /// The last audit position written.
+        audit_seq: u64,
+    },
     /// Already known; the original outcome.
     Duplicate(RoutedOutcome),
 }
@@ -155,10 +162,11 @@ pub async fn submit(
         };
         txn.put(env_key(&id), encoded);
         txn.put(outcome_key(&id), json(&outcome));
-        append_audit(
+        let mut audit_seq = append_audit(
             txn,
             audit_base(&env, "received", &policy_version, &actor, now_ms),
         )?;
+        let mut queued = Vec::new();
         for d in &decisions {
             let mut rec = audit_base(&env, "routed", &policy_version, &actor, now_ms);
             rec.recipient = d.recipient.to_string();
@@ -184,33 +192,53 @@ pub async fn submit(
                     json(&entry),
                 );
                 rec.queue_seq = seq;
+                queued.push((d.recipient.clone(), seq));
             }
-            append_audit(txn, rec)?;
+            audit_seq = append_audit(txn, rec)?;
         }
-        Ok(Submitted::New(outcome))
+        Ok(Submitted::New {
+            outcome,
+            queued,
+            audit_seq,
+        })
     })
     .await
 }
 
-/// Appends a refusal record (for example a node claiming another origin).
-pub async fn audit_refusal(db: &Db, record: pb::AuditRecord) -> Result<(), HubError> {
-    db.write(move |txn| {
-        append_audit(txn, record)
-            .map(|_| ())
-            .map_err(HubError::from)
-    })
-    .await
+/// Appends a refusal record (for example a node claiming another origin);
+/// returns its audit position.
+pub async fn audit_refusal(db: &Db, record: pb::AuditRecord) -> Result<u64, HubError> {
+    db.write(move |txn| append_audit(txn, record).map_err(HubError::from))
+        .await
 }
 
-/// Appends several records in one transaction (delivery records).
-pub async fn audit_many(db: &Db, records: Vec<pb::AuditRecord>) -> Result<(), HubError> {
+/// Appends several records in one transaction (delivery records); returns
+/// the last audit position written.
+pub async fn audit_many(db: &Db, records: Vec<pb::AuditRecord>) -> Result<u64, HubError> {
     db.write(move |txn| {
+        let mut last = 0;
         for r in records {
-            append_audit(txn, r)?;
+            last = append_audit(txn, r)?;
         }
-        Ok::<_, HubError>(())
+        Ok::<_, HubError>(last)
     })
     .await
+}
+
+/// The last position of the body's queue, durable or not (read at start-up,
+/// when everything on disk is durable).
+pub fn queue_end(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
+    Ok(keys::u64_value(
+        db.get(&counter_key(body.as_str(), "next"))?,
+    ))
+}
+
+/// The last audit position, durable or not (read at start-up).
+pub fn audit_end(db: &Db) -> Result<u64, StoreError> {
+    Ok(match db.get(AUDIT_HEAD)? {
+        Some(bytes) => parse::<(u64, String)>(AUDIT_HEAD, &bytes)?.0,
+        None => 0,
+    })
 }
 
 /// The body's acknowledged position.
@@ -249,14 +277,15 @@ pub fn envelope(db: &Db, message_id: &str) -> Result<Option<pb::Envelope>, Store
 }
 
 /// Acknowledges the body's queue up to `seq`: removes the entries and writes
-/// one audit record per acknowledged message. Returns the new position.
+/// one audit record per acknowledged message. Returns the new position and
+/// the last audit position written (0 if none).
 pub async fn acknowledge(
     db: &Db,
     body: BodyId,
     seq: u64,
     actor: String,
     now_ms: i64,
-) -> Result<u64, HubError> {
+) -> Result<(u64, u64), HubError> {
     db.write(move |txn| {
         let next = keys::u64_value(txn.get(&counter_key(body.as_str(), "next"))?);
         if seq > next {
@@ -265,7 +294,7 @@ pub async fn acknowledge(
         let acked_key = counter_key(body.as_str(), "acked");
         let acked = keys::u64_value(txn.get(&acked_key)?);
         if seq <= acked {
-            return Ok(acked);
+            return Ok((acked, 0));
         }
         let prefix = queue_prefix(body.as_str());
         let entries = txn.scan(
@@ -273,11 +302,12 @@ pub async fn acknowledge(
             &keys::seq_key(&prefix, seq.saturating_add(1)),
             usize::MAX,
         )?;
+        let mut audit_seq = 0;
         for (k, v) in entries {
             let entry: QueueEntry = parse(&k, &v)?;
             let qseq = keys::seq_of(&k).unwrap_or_default();
             txn.delete(k);
-            append_audit(
+            audit_seq = append_audit(
                 txn,
                 pb::AuditRecord {
                     at_ms: now_ms,
@@ -292,15 +322,21 @@ pub async fn acknowledge(
             )?;
         }
         txn.put(acked_key, seq.to_be_bytes().to_vec());
-        Ok(seq)
+        Ok((seq, audit_seq))
     })
     .await
 }
 
-/// Up to `limit` audit records after position `after`.
-pub fn audit_after(db: &Db, after: u64, limit: usize) -> Result<Vec<pb::AuditRecord>, StoreError> {
+/// Up to `limit` audit records with positions in `(after, upto]`.
+pub fn audit_after(
+    db: &Db,
+    after: u64,
+    upto: u64,
+    limit: usize,
+) -> Result<Vec<pb::AuditRecord>, StoreError> {
     let start = keys::seq_key(AUDIT_PREFIX, after.saturating_add(1));
-    db.scan(&start, &keys::prefix_end(AUDIT_PREFIX), limit)?
+    let end = keys::seq_key(AUDIT_PREFIX, upto.saturating_add(1));
+    db.scan(&start, &end, limit)?
         .into_iter()
         .map(|(k, v)| {
             audit::from_json(&v).map_err(|problem| StoreError::Corrupt {

@@ -98,6 +98,21 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = pusher.await;
     let _ = receiver.await;
+    // Close the store so that a restart can open it at once.
+    match Arc::try_unwrap(state) {
+        Ok(state) => {
+            let db = state.db;
+            let closed = tokio::task::spawn_blocking(move || db.close()).await;
+            if !matches!(closed, Ok(Ok(()))) {
+                tracing::warn!(
+                    "store still in use at shutdown; it closes when the last handle goes"
+                );
+            }
+        }
+        Err(_) => tracing::warn!(
+            "node state still shared at shutdown; the store closes when the last handle goes"
+        ),
+    }
     served?;
     Ok(())
 }

@@ -80,6 +80,7 @@ const MAX_GROUP: usize = 512;
 pub struct Db {
     engine: Arc<dyn Engine>,
     jobs: mpsc::Sender<Job>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -103,11 +104,42 @@ impl Db {
     pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
         let (jobs, rx) = mpsc::channel(4 * MAX_GROUP);
         let writer_engine = Arc::clone(&engine);
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("liaison-store-writer".into())
             .spawn(move || writer(writer_engine, rx))
             .expect("spawning the store writer thread");
-        Self { engine, jobs }
+        Self {
+            engine,
+            jobs,
+            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        }
+    }
+
+    /// Closes the store: waits for the writer to finish every queued write
+    /// and its final flush, then releases the engine (and sled's file lock),
+    /// so that the same directory can be opened again at once.
+    ///
+    /// Only the last handle can close; if other clones are alive this
+    /// returns them back as `Err(self)` and nothing changes. Blocks: call it
+    /// from a blocking context.
+    pub fn close(self) -> Result<(), Self> {
+        if Arc::strong_count(&self.writer) > 1 {
+            return Err(self);
+        }
+        let Db {
+            engine,
+            jobs,
+            writer,
+        } = self;
+        drop(jobs);
+        let handle = writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
+        }
+        drop(engine);
+        Ok(())
     }
 
     /// Runs `f` on the writer thread. If it returns `Ok`, its staged writes
@@ -273,6 +305,28 @@ mod tests {
     async fn sled_db_conforms() {
         let dir = tempfile::tempdir().unwrap();
         conformance::db_suite(Db::open(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_releases_the_directory_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let other = db.clone();
+        let db = db
+            .close()
+            .expect_err("a second handle keeps the store open");
+        drop(other);
+        db.write(|t| {
+            t.put(b"k".to_vec(), b"v".to_vec());
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+        tokio::task::spawn_blocking(move || db.close().expect("last handle closes"))
+            .await
+            .unwrap();
+        let db = Db::open(dir.path()).expect("reopens at once");
+        assert_eq!(db.get(b"k").unwrap(), Some(b"v".to_vec()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
