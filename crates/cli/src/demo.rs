@@ -66,6 +66,10 @@ pub const DEMO_MESSAGES: &[(&str, &str)] = &[
         "europol",
         include_str!("../../../deploy/demo/10-europol-balkan-heroin.toml"),
     ),
+    (
+        "interpol",
+        include_str!("../../../deploy/demo/11-interpol-synthetic-opioids.toml"),
+    ),
 ];
 
 /// How long the demo waits for routing and delivery before calling it a failure.
