@@ -166,15 +166,17 @@ impl HubState {
         };
         let seq = store::audit_refusal(&self.db, record).await?;
         self.audit_durable(seq);
+        // Shown bounded and escaped: it is the caller's text.
+        let claimed: String = claimed
+            .chars()
+            .take(64)
+            .collect::<String>()
+            .escape_debug()
+            .to_string();
         tracing::warn!(caller = %caller, claimed, "refused a message naming another body as origin");
         Err(HubError::OriginMismatch {
             caller: caller.body.to_string(),
-            claimed: claimed
-                .chars()
-                .take(64)
-                .collect::<String>()
-                .escape_debug()
-                .to_string(),
+            claimed,
         })
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use liaison_proto::v1 as pb;
-use liaison_types::{now_ms, Envelope, TypedBody};
+use liaison_types::{now_ms, Envelope};
 use tokio::sync::watch;
 use tonic::Code;
 
@@ -181,8 +181,8 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
 
 fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
     let envelope = d.envelope.ok_or("delivery without envelope")?;
-    let env = Envelope::try_from(envelope.clone()).map_err(|e| e.to_string())?;
-    let body = TypedBody::decode(&env.body, &env.labels).map_err(|e| e.to_string())?;
+    let (env, body) = Envelope::parse(envelope).map_err(|e| e.to_string())?;
+    let envelope = pb::Envelope::from(&env);
     Ok(Arrival {
         seq: d.seq,
         record: InboxRecord {

@@ -67,12 +67,10 @@ impl NodeState {
         }
         // The node, not the officer, says when a message was created.
         labels.created_at_ms = now_ms();
-        let env = Envelope::try_from(pb::Envelope {
+        Ok(Envelope::parse(pb::Envelope {
             labels: Some(labels),
             body: body.encode_to_vec(),
-        })?;
-        let typed = TypedBody::validate(body, &env.labels)?;
-        Ok((env, typed))
+        })?)
     }
 
     async fn submit(
