@@ -76,7 +76,7 @@ async fn audit_client(conn: &Connection) -> Result<AuditClient<tonic::transport:
     Ok(AuditClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
 }
 
-const CSV_FIELDS: [&str; 16] = [
+const CSV_FIELDS: [&str; 17] = [
     "seq",
     "at",
     "event",
@@ -93,6 +93,7 @@ const CSV_FIELDS: [&str; 16] = [
     "queue_seq",
     "prev_hash",
     "hash",
+    "labels",
 ];
 
 fn csv_field(s: &str) -> String {
@@ -169,6 +170,7 @@ async fn audit_list(a: AuditListArgs, out: Output) -> Result<()> {
                 &qseq,
                 &r.prev_hash,
                 &r.hash,
+                &r.labels,
             ];
             say!("{}", fields.map(|f| csv_field(f)).join(","));
         } else if out == Output::Json {

@@ -79,6 +79,33 @@ impl HubState {
         Arc::clone(&self.governance.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Puts a new governance in force, atomically: requests already running
+    /// finish under the one they started with, every later decision uses the
+    /// new one. Returns the previous governance.
+    ///
+    /// A body the new governance adds gets a durable queue mark at the end of
+    /// whatever queue it has on disk: no submission can be in flight to a
+    /// body the previous governance did not know, so all of it is durable.
+    /// Marks of known bodies are left alone (they may have writes in flight).
+    pub(crate) fn replace_governance(&self, new: Governance) -> Result<Arc<Governance>, HubError> {
+        {
+            let mut marks = self.durable_queue.lock().unwrap_or_else(|p| p.into_inner());
+            for body in new.bodies() {
+                if !marks.contains_key(&body.id) {
+                    let end = store::queue_end(&self.db, &body.id)?;
+                    marks.insert(body.id.clone(), watch::channel(end).0);
+                }
+            }
+        }
+        let mut current = self.governance.write().unwrap_or_else(|p| p.into_inner());
+        Ok(std::mem::replace(&mut *current, Arc::new(new)))
+    }
+
+    /// The store.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// The body's durable queue mark. A body unknown at start-up has nothing
     /// durable yet, so its mark starts at 0 and rises with its deliveries.
     fn durable_queue(&self, body: &BodyId) -> watch::Sender<u64> {
@@ -89,7 +116,7 @@ impl HubState {
     }
 
     /// Records that audit records up to `seq` are flushed.
-    fn audit_durable(&self, seq: u64) {
+    pub(crate) fn audit_durable(&self, seq: u64) {
         self.durable_audit.fetch_max(seq, Ordering::AcqRel);
     }
 

@@ -162,10 +162,9 @@ pub async fn submit(
         };
         txn.put(env_key(&id), encoded);
         txn.put(outcome_key(&id), json(&outcome));
-        let mut audit_seq = append_audit(
-            txn,
-            audit_base(&env, "received", &policy_version, &actor, now_ms),
-        )?;
+        let mut received = audit_base(&env, "received", &policy_version, &actor, now_ms);
+        received.labels = serde_json::to_string(&env.labels).unwrap_or_default();
+        let mut audit_seq = append_audit(txn, received)?;
         let mut queued = Vec::new();
         for d in &decisions {
             let mut rec = audit_base(&env, "routed", &policy_version, &actor, now_ms);

@@ -44,6 +44,7 @@ fn canonical_map(r: &AuditRecord) -> Map<String, Value> {
     );
     m.insert("queue_seq".into(), Value::from(r.queue_seq));
     m.insert("prev_hash".into(), Value::from(r.prev_hash.clone()));
+    m.insert("labels".into(), Value::from(r.labels.clone()));
     m
 }
 
@@ -75,6 +76,7 @@ pub fn from_json(text: &[u8]) -> Result<AuditRecord, String> {
         queue_seq: n("queue_seq"),
         prev_hash: s("prev_hash"),
         hash: s("hash"),
+        labels: s("labels"),
     })
 }
 

@@ -14,8 +14,9 @@ const MAX_LIST: usize = 64;
 const MAX_TEXT: usize = 64 * 1024;
 const MAX_SHORT: usize = 200;
 
-/// Validated routing labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Validated routing labels. Their JSON form is what a `received` audit
+/// record keeps, so that past routing can be replayed under another policy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Labels {
     /// Unique message id (a UUID).
     pub message_id: String,

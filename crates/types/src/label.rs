@@ -307,9 +307,16 @@ pub const CRIME_AREAS: &[&str] = &[
 ];
 
 /// One crime area from [`CRIME_AREAS`].
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "String")]
 pub struct CrimeArea(&'static str);
+
+impl<'de> Deserialize<'de> for CrimeArea {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 impl CrimeArea {
     /// Parses a crime area name.
