@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "liaison/v1/federation.proto",
         "liaison/v1/officer.proto",
         "liaison/v1/audit.proto",
+        "liaison/v1/admin.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()

@@ -16,7 +16,8 @@ pub const SETTLE: Duration = Duration::from_secs(30);
 /// - `charlie` (member, CONFIDENTIAL, threat assessments and alerts, drugs)
 /// - `obs` (observer, OFFICIAL_USE, threat assessments, drugs + cybercrime)
 ///
-/// A personal-data agreement binds alpha and bravo only. `alpha` runs the hub.
+/// A personal-data agreement binds alpha and bravo only; the `strategic`
+/// working group is alpha, charlie and obs. `alpha` runs the hub.
 pub const GOVERNANCE: &str = r#"
 version = 1
 federation = "liaison.test"
@@ -65,6 +66,11 @@ mandate = ["drugs", "cybercrime"]
 [[agreement]]
 between = ["alpha", "bravo"]
 personal_data = true
+
+[[working_group]]
+id = "strategic"
+name = "Strategic working group"
+members = ["alpha", "charlie", "obs"]
 "#;
 
 /// Starts the test governance with a node for every body.
@@ -157,19 +163,7 @@ pub async fn audit_records(sandbox: &Sandbox, query: pb::AuditQuery) -> Vec<pb::
 
 /// Every audit record the hub holds, as the hub body's auditor sees them.
 pub async fn audit_log(sandbox: &Sandbox) -> Vec<pb::AuditRecord> {
-    use futures::StreamExt;
-    let hub_body = sandbox.governance().hub_body().to_string();
-    let mut auditor = sandbox.auditor(&hub_body).await.unwrap();
-    let mut stream = auditor
-        .list(pb::AuditQuery::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut records = Vec::new();
-    while let Some(r) = stream.next().await {
-        records.push(r.unwrap());
-    }
-    records
+    audit_records(sandbox, pb::AuditQuery::default()).await
 }
 
 /// The message ids in `body`'s outbox, newest first.

@@ -9,5 +9,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod delivery;
+mod handling;
+mod policy;
 mod refusals;
 mod routing;

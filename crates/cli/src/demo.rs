@@ -70,6 +70,14 @@ pub const DEMO_MESSAGES: &[(&str, &str)] = &[
         "interpol",
         include_str!("../../../deploy/demo/11-interpol-synthetic-opioids.toml"),
     ),
+    (
+        "europol",
+        include_str!("../../../deploy/demo/12-europol-red-smuggling-network.toml"),
+    ),
+    (
+        "gccpol",
+        include_str!("../../../deploy/demo/13-gccpol-embargoed-action-day.toml"),
+    ),
 ];
 
 /// How long the demo waits for routing and delivery before calling it a failure.

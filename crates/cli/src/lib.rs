@@ -14,6 +14,7 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::write_line(format_args!($($arg)*))? };
 }
 
+mod admin;
 pub mod demo;
 pub mod exit;
 pub mod message;
@@ -125,9 +126,14 @@ pub enum Command {
     /// Development PKI.
     #[command(subcommand)]
     Pki(ops::PkiCommand),
-    /// Governance files.
+    /// Governance files: check one, list the rules, or replay past traffic
+    /// under a new one.
     #[command(subcommand)]
     Policy(ops::PolicyCommand),
+    /// Administer the hub: reload its governance, show the one in force
+    /// (admin certificate of the hub's body).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Run the hub from a configuration file.
     Hub(ops::ServeArgs),
     /// Run an organisation node from a configuration file.
@@ -160,6 +166,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(c) => ops::audit(c, out).await,
         Command::Pki(c) => ops::pki(c, out),
         Command::Policy(c) => ops::policy(c, out),
+        Command::Admin(c) => admin::run(c, out).await,
         Command::Hub(a) => ops::hub(a).await,
         Command::Node(a) => ops::node(a).await,
         Command::Demo(a) => demo::run(a, out).await,

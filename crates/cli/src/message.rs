@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use liaison_proto::v1 as pb;
-use liaison_types::{now_ms, Classification, Kind, Priority};
+use liaison_types::{now_ms, Classification, HandlingCode, Kind, Priority, Tlp};
 use serde::Deserialize;
 
 /// A message as written by an officer.
@@ -86,6 +86,34 @@ pub struct MessageSpec {
     #[arg(long)]
     #[serde(default)]
     pub third_party_release: bool,
+    /// TLP 2.0: CLEAR, GREEN, AMBER, AMBER+STRICT or RED (RED needs --releasable-to).
+    #[arg(long)]
+    #[serde(default)]
+    pub tlp: Option<String>,
+    /// Handling code H0, H1, H2 or H3.
+    #[arg(long)]
+    #[serde(default)]
+    pub handling_code: Option<String>,
+    /// The restriction of handling code H3, in words.
+    #[arg(long)]
+    #[serde(default)]
+    pub handling_restriction: Option<String>,
+    /// 4x4 source and information grading, for example B2.
+    #[arg(long)]
+    #[serde(default)]
+    pub grading: Option<String>,
+    /// Embargo: deliver not before this time (RFC 3339).
+    #[arg(long)]
+    #[serde(default)]
+    pub embargo_until: Option<String>,
+    /// Embargo: deliver not before this long from now (for example 2h).
+    #[arg(long)]
+    #[serde(default)]
+    pub embargo_for: Option<String>,
+    /// Working groups to address (repeat or comma-separate).
+    #[arg(long = "working-group", value_delimiter = ',')]
+    #[serde(default)]
+    pub working_groups: Vec<String>,
     /// Summary (threat assessment and operational plan).
     #[arg(long)]
     #[serde(skip)]
@@ -230,6 +258,12 @@ impl MessageSpec {
             priority,
             expires_in,
             expires_at,
+            tlp,
+            handling_code,
+            handling_restriction,
+            grading,
+            embargo_until,
+            embargo_for,
             threat_assessment,
             operational_plan,
             alert
@@ -237,7 +271,14 @@ impl MessageSpec {
         macro_rules! extend {
             ($($f:ident),*) => { $( if self.$f.is_empty() { self.$f = file.$f; } )* };
         }
-        extend!(crime_areas, regions, countries, releasable_to, excluded);
+        extend!(
+            crime_areas,
+            regions,
+            countries,
+            releasable_to,
+            excluded,
+            working_groups
+        );
         self.personal_data |= file.personal_data;
         self.third_party_release |= file.third_party_release;
         self
@@ -275,6 +316,31 @@ impl MessageSpec {
             }
             (None, Some(t)) => parse_time("expires_at", t)?,
             (None, None) => 0,
+        };
+        let not_before_ms = match (&self.embargo_for, &self.embargo_until) {
+            (Some(_), Some(_)) => bail!("embargo_for and embargo_until: give one or the other"),
+            (Some(d), None) => {
+                let d = humantime::parse_duration(d).map_err(|e| {
+                    anyhow!("embargo_for: '{d}' is not a duration (for example 2h): {e}")
+                })?;
+                now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+            }
+            (None, Some(t)) => parse_time("embargo_until", t)?,
+            (None, None) => 0,
+        };
+        let tlp = match &self.tlp {
+            Some(t) => t
+                .parse::<Tlp>()
+                .map_err(|e| anyhow!("tlp: {e}"))?
+                .to_proto() as i32,
+            None => 0,
+        };
+        let handling_code = match &self.handling_code {
+            Some(h) => h
+                .parse::<HandlingCode>()
+                .map_err(|e| anyhow!("handling_code: {e}"))?
+                .to_proto() as i32,
+            None => 0,
         };
         let title = self
             .title
@@ -345,6 +411,12 @@ impl MessageSpec {
             created_at_ms: 0,
             expires_at_ms,
             third_party_release: self.third_party_release,
+            tlp,
+            handling_code,
+            handling_restriction: self.handling_restriction.clone().unwrap_or_default(),
+            grading: self.grading.clone().unwrap_or_default(),
+            not_before_ms,
+            working_groups: self.working_groups.clone(),
         };
         Ok((
             labels,

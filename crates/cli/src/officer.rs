@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::officer_client::OfficerClient;
-use liaison_types::{Classification, Kind, Priority, Role};
+use liaison_types::{Classification, HandlingCode, Kind, Priority, Role, Tlp};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -117,6 +117,20 @@ pub(crate) fn print_decisions(d: &[pb::RoutingDecision]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn tlp_name(t: i32) -> String {
+    match Tlp::from_proto(t) {
+        Ok(Some(t)) => t.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn handling_name(h: i32) -> String {
+    match HandlingCode::from_proto(h) {
+        Ok(Some(h)) => format!("{h} ({})", h.meaning()),
+        _ => String::new(),
+    }
 }
 
 fn kind_name(k: i32) -> &'static str {
@@ -330,6 +344,12 @@ pub async fn show(args: IdArgs, out: Output) -> Result<()> {
             v["countries"] = json!(l.countries);
             v["personal_data"] = json!(l.personal_data);
             v["third_party_release"] = json!(l.third_party_release);
+            v["tlp"] = json!(tlp_name(l.tlp));
+            v["handling_code"] = json!(handling_name(l.handling_code));
+            v["handling_restriction"] = json!(l.handling_restriction);
+            v["grading"] = json!(l.grading);
+            v["embargo_until"] = json!(format_time(l.not_before_ms));
+            v["working_groups"] = json!(l.working_groups);
             v["expires_at"] = json!(format_time(l.expires_at_ms));
             v["read_by"] = json!(m.read_by);
             v["body"] = content;
@@ -357,6 +377,24 @@ pub async fn show(args: IdArgs, out: Output) -> Result<()> {
                     l.regions.join(", "),
                     l.countries.join(", ")
                 );
+            }
+            if l.tlp != 0 {
+                say!("  tlp:            {}", tlp_name(l.tlp));
+            }
+            if l.handling_code != 0 {
+                say!("  handling:       {}", handling_name(l.handling_code));
+            }
+            if !l.handling_restriction.is_empty() {
+                say!("  restriction:    {}", l.handling_restriction);
+            }
+            if !l.grading.is_empty() {
+                say!("  grading:        {}", l.grading);
+            }
+            if !l.working_groups.is_empty() {
+                say!("  working groups: {}", l.working_groups.join(", "));
+            }
+            if l.not_before_ms != 0 {
+                say!("  embargo until:  {}", format_time(l.not_before_ms));
             }
             say!(
                 "  personal data:  {}",

@@ -1,16 +1,18 @@
 //! Operator and auditor commands: audit, pki, policy, hub, node.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use liaison_pki::DevPkiSpec;
-use liaison_policy::Governance;
+use liaison_policy::{DecisionChange, Governance};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::audit_client::AuditClient;
 use liaison_types::audit::{to_json, ChainVerifier};
-use liaison_types::{BodyId, Role};
-use serde_json::json;
+use liaison_types::{BodyId, Labels, Role};
+use serde_json::{json, Value};
 
 use crate::message::{format_time, parse_time};
 use crate::{Connection, Failure, Output};
@@ -40,7 +42,7 @@ pub struct AuditListArgs {
     /// Only this rule (for example recipient.clearance).
     #[arg(long)]
     pub rule: Option<String>,
-    /// Only this event: received, routed, delivered, acknowledged, refused.
+    /// Only this event: received, routed, delivered, acknowledged, refused, policy.
     #[arg(long)]
     pub event: Option<String>,
     /// Only this decision: deliver or withhold.
@@ -349,16 +351,43 @@ pub enum PolicyCommand {
     },
     /// List the routing rules, in the order they are applied.
     Rules,
+    /// Replay past traffic under two governance files and list the messages
+    /// the new one would route differently, recipient by recipient, and why.
+    Diff(PolicyDiffArgs),
+}
+
+/// Arguments of `policy diff`.
+#[derive(Debug, clap::Args)]
+pub struct PolicyDiffArgs {
+    /// The governance to compare from (usually the one in force).
+    pub old: PathBuf,
+    /// The governance to compare to (the proposed one).
+    pub new: PathBuf,
+    /// The past traffic: an audit export as JSON lines, as written by
+    /// `liaison audit list --output json`; `-` reads standard input. Every
+    /// `received` record's labels are decided again, at the time it was
+    /// routed.
+    #[arg(long)]
+    pub audit: PathBuf,
+}
+
+/// Reads a governance file; errors keep their file, line and key.
+fn governance_file(path: &Path) -> Result<Governance> {
+    load_governance(path).map_err(|e| {
+        Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+        .into()
+    })
 }
 
 /// Runs a policy command.
 pub fn policy(c: PolicyCommand, out: Output) -> Result<()> {
     match c {
+        PolicyCommand::Diff(a) => return policy_diff(&a, out),
         PolicyCommand::Check { file } => {
-            let gov = load_governance(&file).map_err(|e| Failure {
-                code: 1,
-                message: format!("{e:#}"),
-            })?;
+            let gov = governance_file(&file)?;
             let observers = gov.bodies().filter(|b| b.is_observer()).count();
             match out {
                 Output::Json => say!(
@@ -382,6 +411,217 @@ pub fn policy(c: PolicyCommand, out: Output) -> Result<()> {
                     }
                     Output::Human => say!("{:<28} {what}", rule.as_str()),
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One message whose routing would change.
+struct ChangedMessage {
+    record: pb::AuditRecord,
+    changes: Vec<DecisionChange>,
+}
+
+/// What replaying an audit export under two governances found.
+#[derive(Default)]
+struct DiffReport {
+    /// Messages replayed.
+    messages: usize,
+    /// Those routed under another version than the old governance's.
+    other_version: usize,
+    /// `received` records without labels (written before labels were kept).
+    without_labels: usize,
+    /// `received` records whose labels could not be read: where and why.
+    unreadable: Vec<String>,
+    changed: Vec<ChangedMessage>,
+}
+
+impl DiffReport {
+    fn delivery_changed(&self) -> usize {
+        self.changed
+            .iter()
+            .filter(|m| m.changes.iter().any(DecisionChange::delivery_changed))
+            .count()
+    }
+}
+
+/// Replays every `received` record of an audit export under both governances.
+fn replay(old: &Governance, new: &Governance, name: &str, text: &str) -> Result<DiffReport> {
+    let mut report = DiffReport::default();
+    let mut seen = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = liaison_types::audit::from_json(line.as_bytes()).map_err(|e| Failure {
+            code: 1,
+            message: format!(
+                "{name}:{}: {e}; expected json lines from `liaison audit list --output json`",
+                i + 1
+            ),
+        })?;
+        if record.event != "received" {
+            continue;
+        }
+        if record.labels.is_empty() {
+            report.without_labels += 1;
+            continue;
+        }
+        if !seen.insert(record.message_id.clone()) {
+            continue;
+        }
+        let labels: Labels = match serde_json::from_str(&record.labels) {
+            Ok(l) => l,
+            Err(e) => {
+                report.unreadable.push(format!(
+                    "{name}:{}: message {}: labels: {e}",
+                    i + 1,
+                    record.message_id
+                ));
+                continue;
+            }
+        };
+        report.messages += 1;
+        if record.policy_version != old.version() {
+            report.other_version += 1;
+        }
+        let changes = liaison_policy::diff(old, new, &labels, record.at_ms);
+        if !changes.is_empty() {
+            report.changed.push(ChangedMessage { record, changes });
+        }
+    }
+    Ok(report)
+}
+
+fn decision_json(d: Option<&liaison_policy::Decision>) -> Value {
+    match d {
+        Some(d) => {
+            json!({"outcome": d.outcome.as_str(), "rule": d.rule.as_str(), "reason": d.reason})
+        }
+        None => Value::Null,
+    }
+}
+
+fn decision_text(d: Option<&liaison_policy::Decision>) -> String {
+    match d {
+        Some(d) => format!("{} ({})", d.outcome, d.rule),
+        None => "nothing (not configured)".to_owned(),
+    }
+}
+
+/// `liaison policy diff OLD NEW --audit FILE`.
+fn policy_diff(a: &PolicyDiffArgs, out: Output) -> Result<()> {
+    let old = governance_file(&a.old)?;
+    let new = governance_file(&a.new)?;
+    let (name, text) = if a.audit == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the audit export from standard input")?;
+        ("(stdin)".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(&a.audit)
+            .with_context(|| format!("cannot read audit export {}", a.audit.display()))?;
+        (a.audit.display().to_string(), text)
+    };
+    let report = replay(&old, &new, &name, &text)?;
+    let summary = format!(
+        "{} of {} messages would be routed differently ({} change who receives them)",
+        report.changed.len(),
+        report.messages,
+        report.delivery_changed()
+    );
+    match out {
+        Output::Json => {
+            let changes: Vec<Value> = report
+                .changed
+                .iter()
+                .map(|m| {
+                    let r = &m.record;
+                    let recipients: Vec<Value> = m
+                        .changes
+                        .iter()
+                        .map(|c| {
+                            json!({
+                                "recipient": c.recipient.as_str(),
+                                "delivery_changed": c.delivery_changed(),
+                                "old": decision_json(c.old.as_ref()),
+                                "new": decision_json(c.new.as_ref()),
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "message_id": r.message_id, "origin": r.origin, "kind": r.kind,
+                        "classification": r.classification, "at_ms": r.at_ms,
+                        "policy_version": r.policy_version, "recipients": recipients,
+                    })
+                })
+                .collect();
+            say!(
+                "{}",
+                json!({
+                    "old": {"file": a.old, "version": old.version()},
+                    "new": {"file": a.new, "version": new.version()},
+                    "messages": report.messages,
+                    "changed": report.changed.len(),
+                    "delivery_changed": report.delivery_changed(),
+                    "routed_under_other_versions": report.other_version,
+                    "without_labels": report.without_labels,
+                    "unreadable": report.unreadable,
+                    "changes": changes,
+                })
+            );
+        }
+        Output::Human => {
+            for m in &report.changed {
+                let r = &m.record;
+                say!(
+                    "message {} from {} ({}, {}), routed {}",
+                    r.message_id,
+                    r.origin,
+                    r.kind,
+                    r.classification,
+                    format_time(r.at_ms)
+                );
+                for c in &m.changes {
+                    say!(
+                        "  {:<12} {} -> {}",
+                        c.recipient.as_str(),
+                        decision_text(c.old.as_ref()),
+                        decision_text(c.new.as_ref())
+                    );
+                    for (side, d) in [("was", &c.old), ("now", &c.new)] {
+                        if let Some(d) = d {
+                            say!("  {:<12}   {side}: {}", "", d.reason);
+                        }
+                    }
+                }
+            }
+            say!("{summary}");
+            say!(
+                "old {} ({}), new {} ({})",
+                old.version(),
+                a.old.display(),
+                new.version(),
+                a.new.display()
+            );
+            if report.other_version > 0 {
+                say!(
+                    "note: {} of the messages were routed under another version than the old file's; its decisions are compared, not the recorded ones",
+                    report.other_version
+                );
+            }
+            if report.without_labels > 0 {
+                say!(
+                    "note: {} received records carry no labels and were not replayed",
+                    report.without_labels
+                );
+            }
+            if let Some(first) = report.unreadable.first() {
+                say!(
+                    "warning: {} received records have labels this version cannot read and were not replayed; first: {first}",
+                    report.unreadable.len()
+                );
             }
         }
     }
@@ -453,9 +693,29 @@ fn log_format(json: bool) -> liaison_telemetry::Format {
 pub async fn hub(a: ServeArgs) -> Result<()> {
     liaison_telemetry::init("info", log_format(a.json_logs));
     let config = liaison_hub::HubConfig::load(&a.config)?;
+    // Catch SIGHUP before announcing readiness: by default it would end the
+    // process.
+    let reloads = reload_signal()?;
     let listener = bind(config.listen, a.ready_file.as_deref()).await?;
-    liaison_hub::run(config, listener, shutdown_signal()).await?;
+    liaison_hub::run_with_reload(config, listener, shutdown_signal(), reloads).await?;
     Ok(())
+}
+
+/// One item per SIGHUP, the operator's way to ask for a governance reload.
+#[cfg(unix)]
+fn reload_signal() -> Result<Pin<Box<dyn Stream<Item = ()> + Send>>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    Ok(Box::pin(futures::stream::unfold(
+        hangups,
+        |mut s| async move { s.recv().await.map(|()| ((), s)) },
+    )))
+}
+
+/// No SIGHUP here: reload with `liaison admin reload-policy`.
+#[cfg(not(unix))]
+fn reload_signal() -> Result<Pin<Box<dyn Stream<Item = ()> + Send>>> {
+    Ok(Box::pin(futures::stream::pending()))
 }
 
 /// `liaison node`.

@@ -32,6 +32,24 @@ pub enum HubError {
         /// Last position in the queue.
         last: u64,
     },
+    /// A governance reload was refused: the file is unreadable or invalid,
+    /// or changes what a running hub cannot change (operator's fault). The
+    /// governance in force stays.
+    #[error("governance reload refused: {problem}; version {kept} stays in force, fix the file and reload again")]
+    PolicyRefused {
+        /// What is wrong, `file:line:column: key: problem` where known.
+        problem: String,
+        /// The version that stays in force.
+        kept: String,
+    },
+    /// An admin certificate of a body other than the hub's (caller's fault).
+    #[error("an admin of {caller} may not administer this hub; its admin api is open to admin certificates of {hub_body}")]
+    NotHubAdmin {
+        /// Body proven by the certificate.
+        caller: String,
+        /// The body that runs the hub.
+        hub_body: String,
+    },
     /// The caller's body is not in the federation configuration.
     #[error("body {0} is not a member of this federation; ask the hub operator to add it to the governance file")]
     UnknownBody(String),
@@ -69,7 +87,10 @@ impl From<HubError> for Status {
     fn from(e: HubError) -> Self {
         let code = match &e {
             HubError::Invalid(_) => Code::InvalidArgument,
-            HubError::OriginMismatch { .. } | HubError::UnknownBody(_) => Code::PermissionDenied,
+            HubError::OriginMismatch { .. }
+            | HubError::UnknownBody(_)
+            | HubError::NotHubAdmin { .. } => Code::PermissionDenied,
+            HubError::PolicyRefused { .. } => Code::FailedPrecondition,
             HubError::IdReused { .. } => Code::AlreadyExists,
             HubError::AckBeyondQueue { .. } => Code::OutOfRange,
             HubError::Store(_) => Code::Unavailable,

@@ -8,12 +8,15 @@
 //! node ◀─Subscribe stream── per-body queue ◀── woken on new entries
 //! node ──Acknowledge──▶ queue trimmed, acknowledgement audited
 //! auditor ──Audit.List / Verify──▶ audit log
+//! admin ──Admin.ReloadPolicy──▶ re-read governance file ─▶ audit ─▶ swap (or refuse, audited)
 //! ```
 //!
 //! [`run`] serves until its shutdown future completes; the binary only parses
-//! arguments and calls it.
+//! arguments and calls it. [`run_with_reload`] also reloads the governance
+//! file on every item of a stream (the binary passes SIGHUP).
 #![forbid(unsafe_code)]
 
+mod admin;
 mod config;
 mod error;
 mod service;
@@ -22,17 +25,22 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
+use admin::{reload_on_signal, AdminService, PolicyReloader};
+pub use admin::{RULE_RELOAD, RULE_RELOAD_REFUSED, SIGNAL_ACTOR};
 pub use config::HubConfig;
 pub use error::HubError;
 use liaison_pki::{authorize, server_config, tls_incoming, TlsMaterial};
 use liaison_policy::Governance;
-use liaison_proto::v1::{audit_server::AuditServer, federation_server::FederationServer};
+use liaison_proto::v1::{
+    admin_server::AdminServer, audit_server::AuditServer, federation_server::FederationServer,
+};
 use liaison_store::Db;
 use liaison_types::Role;
 pub use service::HubState;
 use service::{AuditService, FederationService};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::Stream;
 use tonic::service::interceptor::InterceptedService;
 
 /// Loads the governance file named by the configuration.
@@ -51,6 +59,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), HubError> {
+    run_with_reload(config, listener, shutdown, tokio_stream::pending()).await
+}
+
+/// Runs the hub on `listener` until `shutdown` completes, and reloads the
+/// governance file on every item of `reloads` (the binary passes one item
+/// per SIGHUP; the reloads are audited with actor [`SIGNAL_ACTOR`]).
+///
+/// A reload that fails is logged and audited and the hub keeps running
+/// under the governance in force; see the `Admin` API for the same reload
+/// on request.
+pub async fn run_with_reload(
+    config: HubConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    reloads: impl Stream<Item = ()> + Send + Unpin + 'static,
+) -> Result<(), HubError> {
     let governance = load_governance(&config)?;
     let material = TlsMaterial::load(&config.tls)?;
     let tls = server_config(&material)?;
@@ -61,13 +85,21 @@ pub async fn run(
     let db = Db::open(&config.data_dir)?;
     let federation = governance.federation().to_owned();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = Arc::new(HubState::new(db, governance, stop_rx)?);
+    let state = Arc::new(HubState::new(db, governance, stop_rx.clone())?);
+    state.spawn(Arc::clone(&state).release_embargoes());
     let limits = &config.limits;
 
     let fed = FederationServer::new(FederationService(Arc::clone(&state)))
         .max_decoding_message_size(limits.max_request_bytes);
     let audit =
         AuditServer::new(AuditService(Arc::clone(&state))).max_decoding_message_size(64 * 1024);
+    let reloader = Arc::new(PolicyReloader::new(
+        Arc::clone(&state),
+        config.governance.clone(),
+    ));
+    let admin =
+        AdminServer::new(AdminService(Arc::clone(&reloader))).max_decoding_message_size(16 * 1024);
+    let on_signal = tokio::spawn(reload_on_signal(Arc::clone(&reloader), reloads, stop_rx));
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, policy_version = %state.governance().version(), "hub listening");
     let incoming = tls_incoming(listener, tls, limits.handshake_timeout());
@@ -79,7 +111,11 @@ pub async fn run(
         ))
         .add_service(InterceptedService::new(
             audit,
-            authorize(federation, &[Role::Auditor]),
+            authorize(federation.clone(), &[Role::Auditor]),
+        ))
+        .add_service(InterceptedService::new(
+            admin,
+            authorize(federation, &[Role::Admin]),
         ))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
@@ -87,6 +123,10 @@ pub async fn run(
             let _ = stop_tx.send(true);
         })
         .await;
+    // The signal task ends when the stop flag is set (or its sender
+    // dropped); it holds the state, so wait for it first.
+    let _ = on_signal.await;
+    drop(reloader);
     // Subscriptions end when the stop flag is set (or its sender dropped);
     // wait for them, then close the store so that a restart can open it
     // at once.

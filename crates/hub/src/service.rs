@@ -49,6 +49,8 @@ pub struct HubState {
     stopping: watch::Receiver<bool>,
     /// Subscription and listing tasks, awaited at shutdown.
     tasks: TaskTracker,
+    /// Woken when a submission holds deliveries under embargo.
+    embargo_changed: tokio::sync::Notify,
 }
 
 impl HubState {
@@ -71,6 +73,7 @@ impl HubState {
             durable_queue: Mutex::new(durable_queue),
             stopping,
             tasks: TaskTracker::new(),
+            embargo_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -115,12 +118,67 @@ impl HubState {
             .clone()
     }
 
+    /// Records that a flushed write queued these deliveries and audit records
+    /// up to `audit_seq`, waking the subscriptions concerned.
+    fn made_durable(&self, queued: &[(BodyId, u64)], audit_seq: u64) {
+        self.audit_durable(audit_seq);
+        for (body, seq) in queued {
+            self.durable_queue(body).send_if_modified(|mark| {
+                let raised = seq > mark;
+                *mark = (*mark).max(*seq);
+                raised
+            });
+        }
+    }
+
+    /// Releases deliveries held under embargo when their time comes, until
+    /// the hub stops. Runs as one task for the hub's lifetime.
+    pub async fn release_embargoes(self: Arc<Self>) {
+        let mut stopping = self.stopping.clone();
+        loop {
+            let next = match store::next_release(&self.db) {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read held deliveries; embargo releases stop");
+                    return;
+                }
+            };
+            let wait = next.map(|t| {
+                std::time::Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0))
+            });
+            tokio::select! {
+                () = async { match wait { Some(w) => tokio::time::sleep(w).await, None => std::future::pending().await } } => {}
+                () = self.embargo_changed.notified() => continue,
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            let version = self.governance().version().to_owned();
+            match store::release_due(&self.db, now_ms(), version).await {
+                Ok(released) => {
+                    if !released.queued.is_empty() {
+                        tracing::info!(
+                            deliveries = released.queued.len(),
+                            "released held deliveries"
+                        );
+                    }
+                    self.made_durable(&released.queued, released.audit_seq);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot release held deliveries; retrying shortly");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = stopping.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+    }
+
     /// Records that audit records up to `seq` are flushed.
     pub(crate) fn audit_durable(&self, seq: u64) {
         self.durable_audit.fetch_max(seq, Ordering::AcqRel);
     }
 
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawn(task);
     }
 
@@ -253,14 +311,11 @@ impl HubState {
                 outcome,
                 queued,
                 audit_seq,
+                held,
             } => {
-                self.audit_durable(audit_seq);
-                for (body, seq) in &queued {
-                    self.durable_queue(body).send_if_modified(|mark| {
-                        let raised = seq > mark;
-                        *mark = (*mark).max(*seq);
-                        raised
-                    });
+                self.made_durable(&queued, audit_seq);
+                if held {
+                    self.embargo_changed.notify_one();
                 }
                 (outcome, false)
             }

@@ -6,7 +6,8 @@
 //! - `q/<body>/<seq>`: the body's delivery queue, in order;
 //! - `c/<body>/next`, `c/<body>/acked`: the body's queue counters;
 //! - `a/<seq>`: the audit log, one JSON record per key;
-//! - `meta/audit_head`: the last audit position and hash.
+//! - `meta/audit_head`: the last audit position and hash;
+//! - `h/<not before>/<id>`: deliveries held under embargo, by release time.
 //!
 //! A submission writes the envelope, its outcome, its queue entries and its
 //! audit records in one atomic transaction, so a crash leaves all or none.
@@ -62,6 +63,8 @@ pub enum Submitted {
         queued: Vec<(BodyId, u64)>,
         /// The last audit position written.
         audit_seq: u64,
+        /// Whether deliveries were held under embargo.
+        held: bool,
     },
     /// Already known; the original outcome.
     Duplicate(RoutedOutcome),
@@ -166,6 +169,8 @@ pub async fn submit(
         received.labels = serde_json::to_string(&env.labels).unwrap_or_default();
         let mut audit_seq = append_audit(txn, received)?;
         let mut queued = Vec::new();
+        let mut held = Vec::new();
+        let embargo = env.labels.not_before_ms.filter(|t| *t > now_ms);
         for d in &decisions {
             let mut rec = audit_base(&env, "routed", &policy_version, &actor, now_ms);
             rec.recipient = d.recipient.to_string();
@@ -178,28 +183,150 @@ pub async fn submit(
             rec.rule = d.rule.as_str().to_owned();
             rec.reason = d.reason.clone();
             if d.outcome == Outcome::Deliver {
-                let next_key = counter_key(d.recipient.as_str(), "next");
-                let seq = keys::u64_value(txn.get(&next_key)?) + 1;
-                txn.put(next_key, seq.to_be_bytes().to_vec());
-                let entry = QueueEntry {
-                    message_id: id.clone(),
-                    origin: env.labels.origin.to_string(),
-                    routed_at_ms: now_ms,
-                };
-                txn.put(
-                    keys::seq_key(&queue_prefix(d.recipient.as_str()), seq),
-                    json(&entry),
-                );
-                rec.queue_seq = seq;
-                queued.push((d.recipient.clone(), seq));
+                if embargo.is_some() {
+                    held.push(d.recipient.to_string());
+                } else {
+                    let seq = enqueue(txn, &d.recipient, &id, env.labels.origin.as_str(), now_ms)?;
+                    rec.queue_seq = seq;
+                    queued.push((d.recipient.clone(), seq));
+                }
             }
             audit_seq = append_audit(txn, rec)?;
+        }
+        let any_held = !held.is_empty();
+        if let Some(not_before_ms) = embargo {
+            if any_held {
+                let entry = Held {
+                    message_id: id.clone(),
+                    origin: env.labels.origin.to_string(),
+                    recipients: held,
+                    not_before_ms,
+                    expires_at_ms: env.labels.expires_at_ms,
+                };
+                txn.put(held_key(not_before_ms, &id), json(&entry));
+            }
         }
         Ok(Submitted::New {
             outcome,
             queued,
             audit_seq,
+            held: any_held,
         })
+    })
+    .await
+}
+
+/// Deliveries held under embargo until their release time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Held {
+    /// The message.
+    pub message_id: String,
+    /// Its originating body.
+    pub origin: String,
+    /// Bodies the policy delivers it to.
+    pub recipients: Vec<String>,
+    /// When to release it.
+    pub not_before_ms: i64,
+    /// Its expiry, if any: expired by release time, it is released to nobody.
+    pub expires_at_ms: Option<i64>,
+}
+
+const HELD_PREFIX: &[u8] = b"h/";
+
+fn held_key(not_before_ms: i64, id: &str) -> Vec<u8> {
+    let mut k = keys::seq_key(HELD_PREFIX, u64::try_from(not_before_ms).unwrap_or(0));
+    k.push(b'/');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Appends the next entry of a body's queue; returns its position.
+fn enqueue(
+    txn: &mut Txn<'_>,
+    body: &BodyId,
+    id: &str,
+    origin: &str,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let next_key = counter_key(body.as_str(), "next");
+    let seq = keys::u64_value(txn.get(&next_key)?) + 1;
+    txn.put(next_key, seq.to_be_bytes().to_vec());
+    let entry = QueueEntry {
+        message_id: id.to_owned(),
+        origin: origin.to_owned(),
+        routed_at_ms: now_ms,
+    };
+    txn.put(
+        keys::seq_key(&queue_prefix(body.as_str()), seq),
+        json(&entry),
+    );
+    Ok(seq)
+}
+
+/// The release time of the earliest held delivery, if any.
+pub fn next_release(db: &Db) -> Result<Option<i64>, StoreError> {
+    Ok(db
+        .scan_prefix(HELD_PREFIX, 1)?
+        .first()
+        .and_then(|(k, _)| k.get(HELD_PREFIX.len()..HELD_PREFIX.len() + 8))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
+}
+
+/// What a release queued.
+#[derive(Debug, Default)]
+pub struct Released {
+    /// `(recipient, queue position)` of each delivery released.
+    pub queued: Vec<(BodyId, u64)>,
+    /// The last audit position written (0 if none).
+    pub audit_seq: u64,
+}
+
+/// Queues every held delivery whose time has come, in release-time order,
+/// with a `released` audit record each; a message that expired meanwhile is
+/// released to nobody, with an `expired` record per recipient.
+pub async fn release_due(
+    db: &Db,
+    now_ms: i64,
+    policy_version: String,
+) -> Result<Released, HubError> {
+    db.write(move |txn| {
+        let end = keys::seq_key(
+            HELD_PREFIX,
+            u64::try_from(now_ms).unwrap_or(0).saturating_add(1),
+        );
+        let mut released = Released::default();
+        for (key, value) in txn.scan(HELD_PREFIX, &end, 256)? {
+            let held: Held = parse(&key, &value)?;
+            txn.delete(key);
+            let expired = held.expires_at_ms.is_some_and(|e| e <= now_ms);
+            for recipient in &held.recipients {
+                let Ok(body) = BodyId::parse(recipient) else {
+                    continue;
+                };
+                let mut rec = pb::AuditRecord {
+                    at_ms: now_ms,
+                    message_id: held.message_id.clone(),
+                    origin: held.origin.clone(),
+                    recipient: recipient.clone(),
+                    policy_version: policy_version.clone(),
+                    actor: "hub:embargo".into(),
+                    ..Default::default()
+                };
+                if expired {
+                    rec.event = "expired".into();
+                    rec.rule = "message.expired".into();
+                    rec.reason = "expired while held under embargo; released to nobody".into();
+                } else {
+                    rec.event = "released".into();
+                    rec.reason = format!("embargo until {} ms ended", held.not_before_ms);
+                    rec.queue_seq = enqueue(txn, &body, &held.message_id, &held.origin, now_ms)?;
+                    released.queued.push((body, rec.queue_seq));
+                }
+                released.audit_seq = append_audit(txn, rec)?;
+            }
+        }
+        Ok(released)
     })
     .await
 }
@@ -344,4 +471,149 @@ pub fn audit_after(
             })
         })
         .collect()
+}
+
+/// Appends the record of a governance change (event `policy`): `rule` is
+/// `policy.reload` for a new version put in force, `policy.reload_refused`
+/// for a refused one; `policy_version` is the version in force after it.
+/// Returns its audit position.
+pub async fn audit_policy_change(
+    db: &Db,
+    rule: &str,
+    reason: String,
+    policy_version: String,
+    actor: String,
+    now_ms: i64,
+) -> Result<u64, HubError> {
+    let record = pb::AuditRecord {
+        at_ms: now_ms,
+        event: "policy".into(),
+        rule: rule.to_owned(),
+        reason,
+        policy_version,
+        actor,
+        ..Default::default()
+    };
+    db.write(move |txn| append_audit(txn, record).map_err(HubError::from))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use liaison_policy::{decide, Governance};
+    use liaison_types::Classification::Secret;
+    use prost::Message;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn held_alert(not_before: i64, expires: i64) -> Envelope {
+        let body = pb::Body {
+            title: "held".into(),
+            content: Some(pb::body::Content::Alert(pb::Alert {
+                text: "x".into(),
+                ..Default::default()
+            })),
+        };
+        Envelope::try_from(pb::Envelope {
+            labels: Some(pb::Labels {
+                message_id: uuid_for(not_before),
+                origin: "europol".into(),
+                kind: pb::Kind::Alert as i32,
+                classification: pb::Classification::Restricted as i32,
+                crime_areas: vec!["drugs".into()],
+                priority: pb::Priority::Routine as i32,
+                created_at_ms: NOW,
+                not_before_ms: not_before,
+                expires_at_ms: expires,
+                ..Default::default()
+            }),
+            body: body.encode_to_vec(),
+        })
+        .unwrap()
+    }
+
+    fn uuid_for(n: i64) -> String {
+        format!("00000000-0000-4000-8000-{:012x}", n % 0x1_0000_0000_0000)
+    }
+
+    async fn submit_held(db: &Db, gov: &Governance, env: Envelope) {
+        let decisions = decide(gov, &env.labels, NOW);
+        match submit(db, env, decisions, "v1".into(), "test".into(), NOW)
+            .await
+            .unwrap()
+        {
+            Submitted::New { queued, held, .. } => {
+                assert!(
+                    queued.is_empty(),
+                    "nothing is queued before the embargo ends"
+                );
+                assert!(held);
+            }
+            Submitted::Duplicate(_) => panic!("new message"),
+        }
+    }
+
+    fn governance() -> Governance {
+        Governance::for_test()
+            .member("interpol", Secret, &["drugs"])
+            .member("europol", Secret, &["drugs"])
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn held_deliveries_are_released_in_time_order_and_not_before() {
+        let db = Db::in_memory();
+        let gov = governance();
+        submit_held(&db, &gov, held_alert(NOW + 2_000, 0)).await;
+        submit_held(&db, &gov, held_alert(NOW + 1_000, 0)).await;
+        assert_eq!(next_release(&db).unwrap(), Some(NOW + 1_000));
+
+        let early = release_due(&db, NOW + 999, "v1".into()).await.unwrap();
+        assert!(early.queued.is_empty());
+        let interpol = BodyId::parse("interpol").unwrap();
+        let first = release_due(&db, NOW + 1_000, "v1".into()).await.unwrap();
+        assert_eq!(first.queued, vec![(interpol.clone(), 1)]);
+        assert_eq!(next_release(&db).unwrap(), Some(NOW + 2_000));
+        let second = release_due(&db, NOW + 5_000, "v1".into()).await.unwrap();
+        assert_eq!(second.queued, vec![(interpol.clone(), 2)]);
+        assert_eq!(next_release(&db).unwrap(), None);
+        let queue = queue_after(&db, &interpol, 0, 10).unwrap();
+        assert_eq!(
+            queue[0].1.message_id,
+            uuid_for(NOW + 1_000),
+            "released in time order"
+        );
+        let released = audit_after(&db, 0, u64::MAX, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event == "released")
+            .count();
+        assert_eq!(released, 2);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_held_past_its_expiry_is_released_to_nobody() {
+        let db = Db::in_memory();
+        let gov = governance();
+        submit_held(&db, &gov, held_alert(NOW + 1_000, NOW + 2_000)).await;
+        // The hub was down until after the expiry.
+        let late = release_due(&db, NOW + 3_000, "v1".into()).await.unwrap();
+        assert!(late.queued.is_empty());
+        assert_eq!(next_release(&db).unwrap(), None);
+        assert_eq!(
+            queue_end(&db, &BodyId::parse("interpol").unwrap()).unwrap(),
+            0
+        );
+        let expired: Vec<_> = audit_after(&db, 0, u64::MAX, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event == "expired")
+            .collect();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].recipient, "interpol");
+        assert_eq!(expired[0].rule, "message.expired");
+    }
 }

@@ -132,6 +132,7 @@ pub struct GovernanceBuilder {
     observer_max: Classification,
     bodies: Vec<BodySpec>,
     agreements: Vec<(String, String, bool)>,
+    working_groups: Vec<(String, Vec<String>)>,
 }
 
 impl Default for GovernanceBuilder {
@@ -143,6 +144,7 @@ impl Default for GovernanceBuilder {
             observer_max: Classification::OfficialUse,
             bodies: Vec::new(),
             agreements: Vec::new(),
+            working_groups: Vec::new(),
         }
     }
 }
@@ -187,6 +189,15 @@ impl GovernanceBuilder {
     /// Adds a body.
     pub fn body(mut self, spec: BodySpec) -> Self {
         self.bodies.push(spec);
+        self
+    }
+
+    /// Adds a working group with these members.
+    pub fn working_group(mut self, id: &str, members: &[&str]) -> Self {
+        self.working_groups.push((
+            id.to_owned(),
+            members.iter().map(|m| (*m).to_owned()).collect(),
+        ));
         self
     }
 
@@ -260,6 +271,14 @@ impl GovernanceBuilder {
                 list([a.as_str(), b.as_str()].into_iter())
             ));
             out.push_str(&format!("personal_data = {personal_data}\n"));
+        }
+        for (id, members) in &self.working_groups {
+            out.push_str("\n[[working_group]]\n");
+            out.push_str(&format!("id = {}\nname = {}\n", quote(id), quote(id)));
+            out.push_str(&format!(
+                "members = {}\n",
+                list(members.iter().map(String::as_str))
+            ));
         }
         out
     }

@@ -209,6 +209,20 @@ pub struct Agreement {
     pub reference: Option<String>,
 }
 
+/// A named distribution group (for example the Dialogue's strategic
+/// working group). Addressing a message to groups narrows its recipients to
+/// their members; it never adds a recipient the other rules refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkingGroup {
+    /// Group id, as messages name it.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Member bodies.
+    pub members: BTreeSet<BodyId>,
+}
+
 /// Federation-wide limits on what observers receive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -237,9 +251,20 @@ pub struct Governance {
     bodies: BTreeMap<BodyId, BodyPolicy>,
     agreements: BTreeMap<(BodyId, BodyId), Agreement>,
     observers: ObserverRestriction,
+    working_groups: BTreeMap<String, WorkingGroup>,
 }
 
 impl Governance {
+    /// Every working group, in id order.
+    pub fn working_groups(&self) -> impl Iterator<Item = &WorkingGroup> + '_ {
+        self.working_groups.values()
+    }
+
+    /// A working group by id.
+    pub fn working_group(&self, id: &str) -> Option<&WorkingGroup> {
+        self.working_groups.get(id)
+    }
+
     /// Parses and validates a governance configuration.
     ///
     /// `source_name` is how errors name the text (usually its path). Every
@@ -386,6 +411,23 @@ impl Governance {
                 }
             }
         }
+        for (i, group) in labels.working_groups.iter().enumerate() {
+            if !self.working_groups.contains_key(group) {
+                let known: Vec<&str> = self.working_groups.keys().map(String::as_str).collect();
+                return Err(ValidationError::new(
+                    format!("labels.working_groups[{i}]"),
+                    format!(
+                        "'{group}' is not a working group of federation {}; known groups: {}",
+                        self.federation,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
         if let Some(marking) = &labels.marking {
             check_marking(origin, marking, labels.classification)?;
         }
@@ -478,6 +520,16 @@ struct RawConfig {
     body: Vec<Spanned<RawBody>>,
     #[serde(default)]
     agreement: Vec<Spanned<RawAgreement>>,
+    #[serde(default)]
+    working_group: Vec<Spanned<RawWorkingGroup>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkingGroup {
+    id: Spanned<String>,
+    name: Spanned<String>,
+    members: Spanned<Vec<Spanned<BodyId>>>,
 }
 
 #[derive(Deserialize)]
@@ -689,6 +741,22 @@ impl Validator<'_> {
             agreements.insert(pair, a);
         }
 
+        let mut working_groups = BTreeMap::new();
+        for group in &raw.working_group {
+            let g = self.working_group(group.get_ref(), &bodies, &known)?;
+            if let Some(first) = working_groups.get(&g.id) {
+                let _: &WorkingGroup = first;
+                return Err(self.err(
+                    &group.get_ref().id.span(),
+                    format!(
+                        "duplicate working group id '{}'; each group appears once",
+                        g.id
+                    ),
+                ));
+            }
+            working_groups.insert(g.id.clone(), g);
+        }
+
         Ok(Governance {
             source_name: self.src.name.to_owned(),
             version: String::new(),
@@ -697,6 +765,60 @@ impl Validator<'_> {
             bodies,
             agreements,
             observers,
+            working_groups,
+        })
+    }
+
+    fn working_group(
+        &self,
+        g: &RawWorkingGroup,
+        bodies: &BTreeMap<BodyId, BodyPolicy>,
+        known: &str,
+    ) -> Result<WorkingGroup, PolicyError> {
+        let id = g.id.get_ref();
+        let id_ok = (2..=40).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            return Err(self.err(
+                &g.id.span(),
+                format!("'{id}' is not a working group id; use 2 to 40 lowercase letters, digits or hyphens"),
+            ));
+        }
+        let name = g.name.get_ref();
+        if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            return Err(self.err(
+                &g.name.span(),
+                "give a display name of 1 to 200 printable characters",
+            ));
+        }
+        if g.members.get_ref().is_empty() {
+            return Err(self.err(
+                &g.members.span(),
+                "no members; a working group has at least one member body",
+            ));
+        }
+        let mut members = BTreeSet::new();
+        for m in g.members.get_ref() {
+            let b = m.get_ref();
+            if !bodies.contains_key(b) {
+                return Err(self.err(
+                    &m.span(),
+                    format!("'{b}' is not a configured body; name one of: {known}"),
+                ));
+            }
+            if !members.insert(b.clone()) {
+                return Err(self.err(
+                    &m.span(),
+                    format!("'{b}' is listed twice; name each member once"),
+                ));
+            }
+        }
+        Ok(WorkingGroup {
+            id: id.clone(),
+            name: name.clone(),
+            members,
         })
     }
 
@@ -1508,6 +1630,12 @@ reference = "TEST-1"
             created_at_ms: 1,
             expires_at_ms: None,
             third_party_release: false,
+            tlp: None,
+            handling_code: None,
+            handling_restriction: None,
+            grading: None,
+            not_before_ms: None,
+            working_groups: BTreeSet::new(),
         }
     }
 

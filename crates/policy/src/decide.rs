@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use liaison_proto::v1 as pb;
-use liaison_types::{BodyId, Labels};
+use liaison_types::{BodyId, Labels, Tlp};
 
 use crate::config::{BodyPolicy, Governance, State};
 
@@ -31,8 +31,12 @@ pub enum Rule {
     MessageExpired,
     /// The originator excluded the recipient.
     OriginatorExclusion,
+    /// The message is TLP:RED and the recipient is not named in it.
+    HandlingTlpRed,
     /// The originator restricted the message to other bodies.
     OriginatorReleasability,
+    /// The message is addressed to working groups the recipient is not in.
+    WorkingGroupMembership,
     /// The originator's own outbound rules refuse the recipient.
     OriginatorOutbound,
     /// The recipient's clearance is below the classification.
@@ -53,12 +57,14 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule in evaluation order, then [`Rule::AllRulesPassed`].
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 14] = [
         Self::OriginState,
         Self::PeerState,
         Self::MessageExpired,
         Self::OriginatorExclusion,
+        Self::HandlingTlpRed,
         Self::OriginatorReleasability,
+        Self::WorkingGroupMembership,
         Self::OriginatorOutbound,
         Self::RecipientClearance,
         Self::RecipientKind,
@@ -75,7 +81,9 @@ impl Rule {
             Self::PeerState => "peer.state",
             Self::MessageExpired => "message.expired",
             Self::OriginatorExclusion => "originator.exclusion",
+            Self::HandlingTlpRed => "handling.tlp_red",
             Self::OriginatorReleasability => "originator.releasability",
+            Self::WorkingGroupMembership => "working_group.membership",
             Self::OriginatorOutbound => "originator.outbound",
             Self::RecipientClearance => "recipient.clearance",
             Self::RecipientKind => "recipient.kind",
@@ -110,7 +118,7 @@ impl FromStr for Rule {
     }
 }
 
-const EXPLANATIONS: [(Rule, &str); 12] = [
+const EXPLANATIONS: [(Rule, &str); 14] = [
     (
         Rule::OriginState,
         "an originator that is suspended, revoked or not configured has nothing delivered",
@@ -122,8 +130,16 @@ const EXPLANATIONS: [(Rule, &str); 12] = [
         "a body on the message's exclusion list never gets it",
     ),
     (
+        Rule::HandlingTlpRed,
+        "a TLP:RED message goes only to the bodies named in its releasability list",
+    ),
+    (
         Rule::OriginatorReleasability,
         "if the message has a releasability list, only the bodies on it get it",
+    ),
+    (
+        Rule::WorkingGroupMembership,
+        "a message addressed to working groups goes only to their members (never to anyone the other rules refuse)",
     ),
     (
         Rule::OriginatorOutbound,
@@ -300,6 +316,17 @@ fn evaluate(
         ));
     }
 
+    // handling.tlp_red
+    if l.tlp == Some(Tlp::Red) && !l.releasable_to.contains(&r.id) {
+        return Err((
+            Rule::HandlingTlpRed,
+            format!(
+                "TLP:RED goes to named recipients only; {} is not named",
+                r.id
+            ),
+        ));
+    }
+
     // originator.releasability
     if !l.releasable_to.is_empty() && !l.releasable_to.contains(&r.id) {
         return Err((
@@ -310,6 +337,29 @@ fn evaluate(
                 join(l.releasable_to.iter())
             ),
         ));
+    }
+
+    // working_group.membership
+    if !l.working_groups.is_empty() {
+        let member_of: Vec<&str> = l
+            .working_groups
+            .iter()
+            .filter(|g| {
+                gov.working_group(g)
+                    .is_some_and(|wg| wg.members.contains(&r.id))
+            })
+            .map(String::as_str)
+            .collect();
+        if member_of.is_empty() {
+            return Err((
+                Rule::WorkingGroupMembership,
+                format!(
+                    "{} is in none of the addressed working groups ({})",
+                    r.id,
+                    join(l.working_groups.iter())
+                ),
+            ));
+        }
     }
 
     // originator.outbound
@@ -448,12 +498,19 @@ fn evaluate(
         "no personal data".to_owned()
     };
 
-    Ok(format!(
+    let mut summary = format!(
         "clearance {} >= {c}; accepts {}; mandate covers {}; {personal}",
         r.clearance,
         l.kind,
         join(covered.into_iter())
-    ))
+    );
+    if let Some(t) = l.tlp {
+        summary.push_str(&format!("; {t}"));
+    }
+    if let Some(until) = l.not_before_ms.filter(|n| *n > now_ms) {
+        summary.push_str(&format!("; held under embargo until {until} ms"));
+    }
+    Ok(summary)
 }
 
 fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
@@ -506,6 +563,12 @@ mod tests {
             created_at_ms: NOW - 1000,
             expires_at_ms: None,
             third_party_release: false,
+            tlp: None,
+            handling_code: None,
+            handling_restriction: None,
+            grading: None,
+            not_before_ms: None,
+            working_groups: BTreeSet::new(),
         }
     }
 
@@ -534,6 +597,71 @@ mod tests {
     fn assert_delivered(d: &Decision) {
         assert_eq!(d.outcome, Outcome::Deliver, "{d:?}");
         assert_eq!(d.rule, Rule::AllRulesPassed, "{d:?}");
+    }
+
+    #[test]
+    fn tlp_red_goes_only_to_named_recipients() {
+        let g = build(base());
+        let mut l = labels("europol");
+        l.tlp = Some(Tlp::Red);
+        l.releasable_to = ids(&["interpol"]);
+        let d = decide(&g, &l, NOW);
+        assert_delivered(&for_(&d, "interpol"));
+        assert!(for_(&d, "interpol").reason.ends_with("; TLP:RED"));
+        assert_withheld(
+            &for_(&d, "frontex"),
+            Rule::HandlingTlpRed,
+            "frontex is not named",
+        );
+        // Even with no list at all (labels that skipped validation), RED
+        // reaches nobody unnamed.
+        l.releasable_to.clear();
+        assert!(decide(&g, &l, NOW)
+            .iter()
+            .all(|d| d.rule == Rule::HandlingTlpRed));
+        // Other TLP levels do not restrict routing.
+        l.tlp = Some(Tlp::AmberStrict);
+        assert_delivered(&for_(&decide(&g, &l, NOW), "frontex"));
+    }
+
+    #[test]
+    fn working_groups_narrow_recipients_and_never_widen_them() {
+        let g = build(
+            base()
+                .working_group("strategic", &["interpol", "europol", "unodc"])
+                .working_group("border", &["frontex"]),
+        );
+        let mut l = labels("europol");
+        l.working_groups = ["strategic".to_owned()].into();
+        let d = decide(&g, &l, NOW);
+        assert_delivered(&for_(&d, "interpol"));
+        assert_withheld(
+            &for_(&d, "frontex"),
+            Rule::WorkingGroupMembership,
+            "frontex is in none of the addressed working groups (strategic)",
+        );
+        // A member the other rules refuse is still refused.
+        assert_withheld(&for_(&d, "unodc"), Rule::RecipientClearance, "<");
+        // Two groups: membership of either is enough.
+        l.working_groups.insert("border".to_owned());
+        assert_delivered(&for_(&decide(&g, &l, NOW), "frontex"));
+    }
+
+    #[test]
+    fn an_embargoed_delivery_says_until_when() {
+        let g = build(base());
+        let mut l = labels("europol");
+        l.not_before_ms = Some(NOW + 60_000);
+        let d = for_(&decide(&g, &l, NOW), "interpol");
+        assert_delivered(&d);
+        assert!(
+            d.reason.contains("held under embargo until"),
+            "{}",
+            d.reason
+        );
+        // Once the time has come, nothing is held.
+        let d = for_(&decide(&g, &l, NOW + 60_000), "interpol");
+        assert!(!d.reason.contains("embargo"), "{}", d.reason);
     }
 
     #[test]
@@ -881,7 +1009,9 @@ mod tests {
                 "peer.state",
                 "message.expired",
                 "originator.exclusion",
+                "handling.tlp_red",
                 "originator.releasability",
+                "working_group.membership",
                 "originator.outbound",
                 "recipient.clearance",
                 "recipient.kind",

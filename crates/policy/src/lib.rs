@@ -15,6 +15,9 @@
 //! - [`decide`] returns one [`Decision`] per candidate recipient: deliver only
 //!   if every [`Rule`] allows it (deny by default), otherwise withhold and name
 //!   the first rule that refused.
+//! - [`diff`] compares the decisions for one message under two governances,
+//!   so that past traffic can be replayed before a change (`liaison policy
+//!   diff`).
 //! - [`GovernanceBuilder`] (from [`Governance::for_test`]) builds a small
 //!   governance in code for tests, through the same TOML parser and
 //!   validation as the shipped file.
@@ -27,14 +30,17 @@
 mod builder;
 mod config;
 mod decide;
+mod diff;
 mod error;
 mod span;
 
 pub use builder::{BodySpec, GovernanceBuilder};
 pub use config::{
-    Agreement, BodyPolicy, Governance, ObserverRestriction, Outbound, State, Status, CONFIG_VERSION,
+    Agreement, BodyPolicy, Governance, ObserverRestriction, Outbound, State, Status, WorkingGroup,
+    CONFIG_VERSION,
 };
 pub use decide::{decide, explain_rules, Decision, Outcome, Rule};
+pub use diff::{diff, DecisionChange};
 pub use error::{Location, PolicyError};
 
 /// The text of `deploy/federation.toml`, the configuration shipped with

@@ -10,13 +10,14 @@ use std::collections::BTreeSet;
 use liaison_policy::{
     decide, BodyPolicy, BodySpec, Decision, Governance, GovernanceBuilder, Outcome, Rule, State,
 };
-use liaison_types::{BodyId, Classification, CrimeArea, Kind, Labels, Priority};
+use liaison_types::{BodyId, Classification, CrimeArea, Kind, Labels, Priority, Tlp};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 
 const POOL: [&str; 6] = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
 const AREAS: [&str; 5] = ["terrorism", "cybercrime", "drugs", "firearms", "corruption"];
 const NOW: i64 = 1_700_000_000_000;
+const GROUPS: [&str; 2] = ["wg-a", "wg-b"];
 
 fn level() -> impl Strategy<Value = Classification> {
     select(Classification::ALL.to_vec())
@@ -107,9 +108,10 @@ fn governance() -> impl Strategy<Value = (usize, GovernanceBuilder)> {
                 Just(obs),
                 bodies,
                 prop::collection::vec(prop::option::of(any::<bool>()), pairs),
+                prop::collection::vec(subsequence(POOL[..n].to_vec(), 1..=n), GROUPS.len()),
             )
         })
-        .prop_map(|(obs, bodies, agreements)| {
+        .prop_map(|(obs, bodies, agreements, groups)| {
             let n = bodies.len();
             let mut b = Governance::for_test()
                 .hub_body(POOL[0])
@@ -126,6 +128,9 @@ fn governance() -> impl Strategy<Value = (usize, GovernanceBuilder)> {
             }
             for spec in bodies {
                 b = b.body(spec);
+            }
+            for (id, members) in GROUPS.iter().zip(groups) {
+                b = b.working_group(id, &members);
             }
             (n, b)
         })
@@ -159,9 +164,22 @@ fn labels(n: usize) -> impl Strategy<Value = Labels> {
         prop_oneof![4 => Just(Vec::new()), 1 => subsequence(POOL.to_vec(), 1..=3)],
         prop_oneof![2 => Just(Vec::new()), 1 => subsequence(POOL.to_vec(), 1..=2)],
         expiry(),
+        prop_oneof![3 => Just(None), 1 => select(Tlp::ALL.to_vec()).prop_map(Some)],
+        prop_oneof![3 => Just(Vec::new()), 1 => subsequence(GROUPS.to_vec(), 1..=2)],
     )
         .prop_map(
-            |(origin, kind, classification, areas, pd, releasable, excluded, expires)| {
+            |(
+                origin,
+                kind,
+                classification,
+                areas,
+                pd,
+                releasable,
+                excluded,
+                expires,
+                tlp,
+                groups,
+            )| {
                 let releasable_to = ids(releasable);
                 let excluded: BTreeSet<_> =
                     ids(excluded).difference(&releasable_to).cloned().collect();
@@ -181,6 +199,12 @@ fn labels(n: usize) -> impl Strategy<Value = Labels> {
                     created_at_ms: NOW - 120_000,
                     expires_at_ms: expires,
                     third_party_release: false,
+                    tlp,
+                    handling_code: None,
+                    handling_restriction: None,
+                    grading: None,
+                    not_before_ms: None,
+                    working_groups: groups.into_iter().map(str::to_owned).collect(),
                 }
             },
         )
@@ -223,7 +247,13 @@ fn entitled(g: &Governance, l: &Labels, r: &BodyPolicy) -> bool {
         && r.is_active()
         && l.expires_at_ms.is_none_or(|e| e > NOW)
         && !l.excluded.contains(&r.id)
+        && (l.tlp != Some(Tlp::Red) || l.releasable_to.contains(&r.id))
         && (l.releasable_to.is_empty() || l.releasable_to.contains(&r.id))
+        && (l.working_groups.is_empty()
+            || l.working_groups.iter().any(|w| {
+                g.working_group(w)
+                    .is_some_and(|wg| wg.members.contains(&r.id))
+            }))
         && !o.outbound.never_share_with.contains(&r.id)
         && !(r.is_observer() && o.outbound.max_to_observers.is_some_and(|m| c > m))
         && (o.outbound.releasability_required_from.is_none_or(|f| c < f)
@@ -295,6 +325,31 @@ proptest! {
         prop_assert_eq!(d.outcome, Outcome::Withhold);
         // Only a rule before the exclusion (states, expiry) may name it instead.
         prop_assert!(d.rule <= Rule::OriginatorExclusion, "{:?}", d);
+    }
+
+    #[test]
+    fn tlp_red_never_reaches_an_unnamed_body((b, l) in case()) {
+        let g = build(&b);
+        let l = Labels { tlp: Some(Tlp::Red), ..l };
+        for d in decide(&g, &l, NOW) {
+            if !l.releasable_to.contains(&d.recipient) {
+                prop_assert_eq!(d.outcome, Outcome::Withhold, "{:?}", d);
+            }
+        }
+    }
+
+    #[test]
+    fn addressing_working_groups_never_adds_a_recipient((b, l) in case(), groups in subsequence(GROUPS.to_vec(), 1..=2)) {
+        let g = build(&b);
+        let open = Labels { working_groups: BTreeSet::new(), ..l.clone() };
+        let addressed = Labels { working_groups: groups.iter().map(|s| (*s).to_owned()).collect(), ..l };
+        let before = delivered(&decide(&g, &open, NOW));
+        let after = delivered(&decide(&g, &addressed, NOW));
+        prop_assert!(after.is_subset(&before), "groups {:?} added {:?}", groups, after.difference(&before).collect::<Vec<_>>());
+        // And every recipient left is a member of an addressed group.
+        for r in &after {
+            prop_assert!(groups.iter().any(|w| g.working_group(w).is_some_and(|wg| wg.members.contains(r))));
+        }
     }
 
     #[test]

@@ -37,6 +37,12 @@ fn labels(origin: &str, kind: Kind, classification: Classification, areas: &[&st
         created_at_ms: NOW - 1,
         expires_at_ms: None,
         third_party_release: false,
+        tlp: None,
+        handling_code: None,
+        handling_restriction: None,
+        grading: None,
+        not_before_ms: None,
+        working_groups: BTreeSet::new(),
     }
 }
 

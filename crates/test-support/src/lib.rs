@@ -404,6 +404,16 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The process id of a child-process hub (see
+    /// [`Sandbox::start_hub_process`]), to send it signals; `None` when the
+    /// hub runs in this process or is stopped.
+    pub fn hub_pid(&self) -> Option<u32> {
+        match &self.hub {
+            HubProcess::Child(child) => Some(child.id()),
+            _ => None,
+        }
+    }
+
     /// Kills a child-process hub with SIGKILL and reaps it.
     pub fn kill_hub(&mut self) {
         if let HubProcess::Child(mut child) = std::mem::replace(&mut self.hub, HubProcess::Stopped)

@@ -6,7 +6,9 @@ use liaison_proto::v1 as pb;
 use prost::Message;
 
 use crate::label::require;
-use crate::{BodyId, Classification, CrimeArea, Kind, Priority, ValidationError};
+use crate::{
+    BodyId, Classification, CrimeArea, Grading, HandlingCode, Kind, Priority, Tlp, ValidationError,
+};
 
 /// Largest encoded body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -48,6 +50,34 @@ pub struct Labels {
     pub expires_at_ms: Option<i64>,
     /// Whether recipients may pass it on without the originator's consent.
     pub third_party_release: bool,
+    /// TLP 2.0 marking, if any.
+    #[serde(default)]
+    pub tlp: Option<Tlp>,
+    /// Handling code, if any.
+    #[serde(default)]
+    pub handling_code: Option<HandlingCode>,
+    /// The H3 restriction in words (only with H3).
+    #[serde(default)]
+    pub handling_restriction: Option<String>,
+    /// 4x4 source and information grading, if graded.
+    #[serde(default)]
+    pub grading: Option<Grading>,
+    /// Embargo: not delivered before this time, ms since the epoch.
+    #[serde(default)]
+    pub not_before_ms: Option<i64>,
+    /// Working groups the message is addressed to.
+    #[serde(default)]
+    pub working_groups: BTreeSet<String>,
+}
+
+impl Labels {
+    /// Whether a recipient may pass the message on without asking: only if
+    /// the originator said so and no marking forbids it.
+    pub fn onward_release_allowed(&self) -> bool {
+        self.third_party_release
+            && !matches!(self.tlp, Some(Tlp::AmberStrict | Tlp::Red))
+            && self.handling_code != Some(HandlingCode::H2)
+    }
 }
 
 /// A routing decision as hub and nodes keep it on disk.
@@ -315,6 +345,102 @@ impl TryFrom<pb::Labels> for Labels {
             }
             e => Some(e),
         };
+        let not_before_ms = match l.not_before_ms {
+            0 => None,
+            n if n < 0 => {
+                return Err(ValidationError::new(
+                    "labels.not_before_ms",
+                    format!("{n} is before 1970; give a time or 0 for no embargo"),
+                ))
+            }
+            n if expires_at_ms.is_some_and(|e| n >= e) => {
+                return Err(ValidationError::new(
+                    "labels.not_before_ms",
+                    format!(
+                    "embargo {n} is not before the expiry {}; the message would never be delivered",
+                    l.expires_at_ms
+                ),
+                ))
+            }
+            n => Some(n),
+        };
+        let tlp = Tlp::from_proto(l.tlp).map_err(|_| {
+            ValidationError::new(
+                "labels.tlp",
+                format!(
+                    "{} is not a tlp; expected CLEAR, GREEN, AMBER, AMBER+STRICT or RED, or none",
+                    l.tlp
+                ),
+            )
+        })?;
+        if tlp == Some(Tlp::Red) && releasable_to.is_empty() {
+            return Err(ValidationError::new(
+                "labels.releasable_to",
+                "empty; TLP:RED goes only to named recipients, so name them in releasable_to",
+            ));
+        }
+        let handling_code = HandlingCode::from_proto(l.handling_code).map_err(|_| {
+            ValidationError::new(
+                "labels.handling_code",
+                format!(
+                    "{} is not a handling code; expected H0, H1, H2 or H3, or none",
+                    l.handling_code
+                ),
+            )
+        })?;
+        let handling_restriction = match (handling_code, l.handling_restriction.trim().is_empty()) {
+            (Some(HandlingCode::H3), true) => {
+                return Err(ValidationError::new(
+                    "labels.handling_restriction",
+                    "empty; handling code H3 needs the restriction stated in words",
+                ))
+            }
+            (Some(HandlingCode::H3), false) => {
+                check_text(
+                    "labels.handling_restriction",
+                    &l.handling_restriction,
+                    1,
+                    MAX_SHORT,
+                )?;
+                Some(l.handling_restriction)
+            }
+            (_, false) => {
+                return Err(ValidationError::new(
+                    "labels.handling_restriction",
+                    "given without handling code H3; state a restriction only with H3",
+                ))
+            }
+            (_, true) => None,
+        };
+        if l.third_party_release {
+            let forbidden = match (tlp, handling_code) {
+                (Some(t @ (Tlp::AmberStrict | Tlp::Red)), _) => Some(t.to_string()),
+                (_, Some(HandlingCode::H2)) => Some("handling code H2".to_owned()),
+                _ => None,
+            };
+            if let Some(why) = forbidden {
+                return Err(ValidationError::new(
+                    "labels.third_party_release",
+                    format!("true, but {why} forbids passing the message on; leave it false"),
+                ));
+            }
+        }
+        let grading = match l.grading.trim() {
+            "" => None,
+            g => Some(Grading::parse(g).map_err(|e| ValidationError::new("labels.grading", e))?),
+        };
+        check_list("labels.working_groups", &l.working_groups)?;
+        for (i, g) in l.working_groups.iter().enumerate() {
+            check_region(&format!("labels.working_groups[{i}]"), g).map_err(|_| {
+                ValidationError::new(
+                    format!("labels.working_groups[{i}]"),
+                    format!(
+                        "'{}' is not a working group id; use lowercase letters, digits or hyphens",
+                        truncate(g)
+                    ),
+                )
+            })?;
+        }
         Ok(Self {
             message_id,
             origin,
@@ -331,6 +457,12 @@ impl TryFrom<pb::Labels> for Labels {
             created_at_ms: l.created_at_ms,
             expires_at_ms,
             third_party_release: l.third_party_release,
+            tlp,
+            handling_code,
+            handling_restriction,
+            grading,
+            not_before_ms,
+            working_groups: l.working_groups.into_iter().collect(),
         })
     }
 }
@@ -353,6 +485,12 @@ impl From<&Labels> for pb::Labels {
             created_at_ms: l.created_at_ms,
             expires_at_ms: l.expires_at_ms.unwrap_or(0),
             third_party_release: l.third_party_release,
+            tlp: l.tlp.map_or(0, |t| t.to_proto() as i32),
+            handling_code: l.handling_code.map_or(0, |h| h.to_proto() as i32),
+            handling_restriction: l.handling_restriction.clone().unwrap_or_default(),
+            grading: l.grading.map(|g| g.to_string()).unwrap_or_default(),
+            not_before_ms: l.not_before_ms.unwrap_or(0),
+            working_groups: l.working_groups.iter().cloned().collect(),
         }
     }
 }
@@ -561,6 +699,47 @@ mod tests {
                 "labels.releasable_to",
                 Box::new(|l| l.releasable_to = vec!["a".repeat(2); 65]),
             ),
+            ("labels.tlp", Box::new(|l| l.tlp = 9)),
+            (
+                "labels.releasable_to",
+                Box::new(|l| l.tlp = pb::Tlp::Red as i32),
+            ),
+            ("labels.handling_code", Box::new(|l| l.handling_code = 7)),
+            (
+                "labels.handling_restriction",
+                Box::new(|l| l.handling_code = pb::HandlingCode::H3 as i32),
+            ),
+            (
+                "labels.handling_restriction",
+                Box::new(|l| l.handling_restriction = "court use only".into()),
+            ),
+            (
+                "labels.third_party_release",
+                Box::new(|l| {
+                    l.tlp = pb::Tlp::AmberStrict as i32;
+                    l.third_party_release = true;
+                }),
+            ),
+            (
+                "labels.third_party_release",
+                Box::new(|l| {
+                    l.handling_code = pb::HandlingCode::H2 as i32;
+                    l.third_party_release = true;
+                }),
+            ),
+            ("labels.grading", Box::new(|l| l.grading = "D5".into())),
+            ("labels.not_before_ms", Box::new(|l| l.not_before_ms = -1)),
+            (
+                "labels.not_before_ms",
+                Box::new(|l| {
+                    l.expires_at_ms = l.created_at_ms + 10;
+                    l.not_before_ms = l.created_at_ms + 10;
+                }),
+            ),
+            (
+                "labels.working_groups[0]",
+                Box::new(|l| l.working_groups = vec!["Strategic WG".into()]),
+            ),
         ];
         for (field, mutate) in cases {
             let mut l = labels();
@@ -572,6 +751,45 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn handling_labels_are_carried_and_restrict_onward_release() {
+        let mut l = labels();
+        l.tlp = pb::Tlp::Red as i32;
+        l.releasable_to = vec!["interpol".into()];
+        l.handling_code = pb::HandlingCode::H3 as i32;
+        l.handling_restriction = "not for court use".into();
+        l.grading = "b2".into();
+        l.not_before_ms = l.created_at_ms + 1_000;
+        l.working_groups = vec!["strategic".into()];
+        let e = Envelope::try_from(pb::Envelope {
+            labels: Some(l.clone()),
+            body: alert(),
+        })
+        .unwrap();
+        assert_eq!(e.labels.tlp, Some(Tlp::Red));
+        assert_eq!(
+            e.labels.grading.map(|g| g.to_string()).as_deref(),
+            Some("B2")
+        );
+        assert!(!e.labels.onward_release_allowed());
+        let back = pb::Labels::from(&e.labels);
+        l.grading = "B2".into();
+        assert_eq!(back, l);
+        // JSON (the audit form) round-trips too.
+        let json = serde_json::to_string(&e.labels).unwrap();
+        assert_eq!(serde_json::from_str::<Labels>(&json).unwrap(), e.labels);
+
+        let mut open = labels();
+        open.third_party_release = true;
+        open.tlp = pb::Tlp::Green as i32;
+        let e = Envelope::try_from(pb::Envelope {
+            labels: Some(open),
+            body: alert(),
+        })
+        .unwrap();
+        assert!(e.labels.onward_release_allowed());
     }
 
     #[test]

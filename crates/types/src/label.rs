@@ -234,6 +234,225 @@ impl FromStr for Priority {
     }
 }
 
+/// Traffic Light Protocol 2.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Tlp {
+    /// TLP:CLEAR.
+    #[serde(rename = "CLEAR")]
+    Clear,
+    /// TLP:GREEN.
+    #[serde(rename = "GREEN")]
+    Green,
+    /// TLP:AMBER.
+    #[serde(rename = "AMBER")]
+    Amber,
+    /// TLP:AMBER+STRICT: never beyond the receiving body.
+    #[serde(rename = "AMBER+STRICT")]
+    AmberStrict,
+    /// TLP:RED: named recipients only.
+    #[serde(rename = "RED")]
+    Red,
+}
+
+impl Tlp {
+    /// Every level, least restrictive first.
+    pub const ALL: [Tlp; 5] = [
+        Self::Clear,
+        Self::Green,
+        Self::Amber,
+        Self::AmberStrict,
+        Self::Red,
+    ];
+
+    /// The TLP 2.0 name without the `TLP:` prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clear => "CLEAR",
+            Self::Green => "GREEN",
+            Self::Amber => "AMBER",
+            Self::AmberStrict => "AMBER+STRICT",
+            Self::Red => "RED",
+        }
+    }
+
+    /// Converts from the proto enum value; `Ok(None)` for unspecified, the
+    /// value back as the error when it is not a level.
+    pub fn from_proto(value: i32) -> Result<Option<Self>, i32> {
+        Ok(match pb::Tlp::try_from(value).map_err(|_| value)? {
+            pb::Tlp::Unspecified => None,
+            pb::Tlp::Clear => Some(Self::Clear),
+            pb::Tlp::Green => Some(Self::Green),
+            pb::Tlp::Amber => Some(Self::Amber),
+            pb::Tlp::AmberStrict => Some(Self::AmberStrict),
+            pb::Tlp::Red => Some(Self::Red),
+        })
+    }
+
+    /// The proto enum value.
+    pub fn to_proto(self) -> pb::Tlp {
+        match self {
+            Self::Clear => pb::Tlp::Clear,
+            Self::Green => pb::Tlp::Green,
+            Self::Amber => pb::Tlp::Amber,
+            Self::AmberStrict => pb::Tlp::AmberStrict,
+            Self::Red => pb::Tlp::Red,
+        }
+    }
+}
+
+impl fmt::Display for Tlp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TLP:{}", self.as_str())
+    }
+}
+
+impl FromStr for Tlp {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let upper = s.trim().to_ascii_uppercase();
+        let norm = upper
+            .strip_prefix("TLP:")
+            .unwrap_or(&upper)
+            .replace(['_', ' '], "+");
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == norm)
+            .ok_or_else(|| {
+                format!("unknown tlp '{s}'; expected CLEAR, GREEN, AMBER, AMBER+STRICT or RED")
+            })
+    }
+}
+
+/// Europol-style handling codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum HandlingCode {
+    /// For law enforcement purposes only.
+    H0,
+    /// Not to be used as evidence without the originator's permission.
+    H1,
+    /// Not to be disseminated without the originator's permission.
+    H2,
+    /// Other restrictions, stated in words.
+    H3,
+}
+
+impl HandlingCode {
+    /// Every code.
+    pub const ALL: [HandlingCode; 4] = [Self::H0, Self::H1, Self::H2, Self::H3];
+
+    /// The code's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::H0 => "H0",
+            Self::H1 => "H1",
+            Self::H2 => "H2",
+            Self::H3 => "H3",
+        }
+    }
+
+    /// What the code means, for people.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::H0 => "for law enforcement purposes only",
+            Self::H1 => "not to be used as evidence in judicial proceedings without the originator's permission",
+            Self::H2 => "not to be disseminated without the originator's permission",
+            Self::H3 => "other restrictions apply",
+        }
+    }
+
+    /// Converts from the proto enum value; `Ok(None)` for unspecified, the
+    /// value back as the error when it is not a code.
+    pub fn from_proto(value: i32) -> Result<Option<Self>, i32> {
+        Ok(
+            match pb::HandlingCode::try_from(value).map_err(|_| value)? {
+                pb::HandlingCode::Unspecified => None,
+                pb::HandlingCode::H0 => Some(Self::H0),
+                pb::HandlingCode::H1 => Some(Self::H1),
+                pb::HandlingCode::H2 => Some(Self::H2),
+                pb::HandlingCode::H3 => Some(Self::H3),
+            },
+        )
+    }
+
+    /// The proto enum value.
+    pub fn to_proto(self) -> pb::HandlingCode {
+        match self {
+            Self::H0 => pb::HandlingCode::H0,
+            Self::H1 => pb::HandlingCode::H1,
+            Self::H2 => pb::HandlingCode::H2,
+            Self::H3 => pb::HandlingCode::H3,
+        }
+    }
+}
+
+impl fmt::Display for HandlingCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HandlingCode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let norm = s.trim().to_ascii_uppercase();
+        Self::ALL
+            .into_iter()
+            .find(|h| h.as_str() == norm)
+            .ok_or_else(|| format!("unknown handling code '{s}'; expected H0, H1, H2 or H3"))
+    }
+}
+
+/// Source and information grading on the 4x4 scale (for example `B2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Grading {
+    /// Source reliability: `A` (reliable), `B` (mostly reliable), `C` (not
+    /// reliable) or `X` (cannot be judged).
+    pub source: char,
+    /// Information assessment: 1 (known true), 2 (known to the source), 3
+    /// (not known to the source but corroborated) or 4 (cannot be judged).
+    pub information: u8,
+}
+
+impl Grading {
+    /// Parses `A1` to `X4`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_uppercase();
+        let mut chars = t.chars();
+        match (chars.next(), chars.next(), chars.next()) {
+            (Some(src @ ('A' | 'B' | 'C' | 'X')), Some(info @ '1'..='4'), None) => Ok(Self {
+                source: src,
+                information: info as u8 - b'0',
+            }),
+            _ => Err(format!(
+                "'{}' is not a 4x4 grading; give source reliability A, B, C or X then information assessment 1 to 4 (for example B2)",
+                s.escape_debug()
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Grading {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.source, self.information)
+    }
+}
+
+impl TryFrom<String> for Grading {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Grading> for String {
+    fn from(g: Grading) -> String {
+        g.to_string()
+    }
+}
+
 /// Identifier of a federation body: lowercase ASCII letters, digits and
 /// hyphens, 2 to 32 characters (for example `europol`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -396,6 +615,27 @@ mod tests {
         assert!(BodyId::parse("Europol").is_err());
         assert!(BodyId::parse("-x").is_err());
         assert!(BodyId::parse("a/b").is_err());
+    }
+
+    #[test]
+    fn handling_labels_parse_and_round_trip() {
+        assert_eq!("tlp:amber+strict".parse(), Ok(Tlp::AmberStrict));
+        assert_eq!("AMBER STRICT".parse(), Ok(Tlp::AmberStrict));
+        assert!("PURPLE".parse::<Tlp>().is_err());
+        for t in Tlp::ALL {
+            assert_eq!(Tlp::from_proto(t.to_proto() as i32), Ok(Some(t)));
+        }
+        assert_eq!(Tlp::from_proto(0), Ok(None));
+        assert!(Tlp::from_proto(9).is_err());
+        assert_eq!("h2".parse(), Ok(HandlingCode::H2));
+        assert!("H4".parse::<HandlingCode>().is_err());
+        assert_eq!(
+            Grading::parse("b2").map(|g| g.to_string()),
+            Ok("B2".to_owned())
+        );
+        for bad in ["", "B", "B5", "D1", "B22", "2B"] {
+            assert!(Grading::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

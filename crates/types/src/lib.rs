@@ -15,7 +15,9 @@ pub use envelope::{
     normalise_message_id, DecisionRecord, Envelope, Labels, TypedBody, MAX_BODY_BYTES,
 };
 pub use identity::{Identity, IdentityError, Role};
-pub use label::{BodyId, Classification, CrimeArea, Kind, Priority, CRIME_AREAS};
+pub use label::{
+    BodyId, Classification, CrimeArea, Grading, HandlingCode, Kind, Priority, Tlp, CRIME_AREAS,
+};
 pub use time::now_ms;
 
 /// A field of an incoming message is missing, malformed or inconsistent.

@@ -1,0 +1,347 @@
+//! The `Admin` service, and the governance reload behind it and behind
+//! SIGHUP.
+//!
+//! A reload reads the governance file named in the hub configuration (never
+//! a file named by the caller), validates it with the same parser as at
+//! start-up, and refuses what a running hub cannot change: the federation
+//! (every certificate names it) and the hub body (it decides who may
+//! administer and audit everything). A valid, different file is first
+//! audited (event `policy`, rule `policy.reload`, stamped with the new
+//! version) and only then put in force with
+//! [`HubState::replace_governance`], so every record stamped with the new
+//! version follows the record of the reload in the log. A refused file is
+//! audited too (rule `policy.reload_refused`, stamped with the version that
+//! stays) and changes nothing else. Reloads are serialised, so two at once
+//! cannot interleave their reads, records and swaps.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use liaison_pki::caller_from_extensions;
+use liaison_policy::Governance;
+use liaison_proto::v1 as pb;
+use liaison_types::{now_ms, Identity};
+use tokio::sync::{watch, Mutex};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::store;
+use crate::{HubError, HubState};
+
+/// The actor of a reload asked for by a signal.
+pub const SIGNAL_ACTOR: &str = "signal:SIGHUP";
+/// Rule id of the audit record of a reload that put a new version in force.
+pub const RULE_RELOAD: &str = "policy.reload";
+/// Rule id of the audit record of a refused reload.
+pub const RULE_RELOAD_REFUSED: &str = "policy.reload_refused";
+/// Longest reason written to the audit log for a refused reload, in
+/// characters (the full text goes to the caller and the hub's log).
+const MAX_AUDIT_REASON_CHARS: usize = 300;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Version in force before.
+    pub previous_version: String,
+    /// Version in force now.
+    pub version: String,
+    /// Whether a different governance was put in force.
+    pub changed: bool,
+    /// Bodies in the governance now in force.
+    pub bodies: usize,
+    /// Audit position of the reload's record; 0 when nothing changed.
+    pub audit_seq: u64,
+}
+
+/// When the governance in force was loaded, and the last refused attempt.
+#[derive(Debug)]
+struct ReloadStatus {
+    loaded_at_ms: i64,
+    last_refusal: Option<(i64, String)>,
+}
+
+/// Reloads the hub's governance file; shared by the `Admin` service and the
+/// signal handler.
+#[derive(Debug)]
+pub struct PolicyReloader {
+    state: Arc<HubState>,
+    file: PathBuf,
+    /// Held for the whole of a reload: reloads run one at a time.
+    status: Mutex<ReloadStatus>,
+}
+
+impl PolicyReloader {
+    /// A reloader of `file` for a hub whose governance in force was just
+    /// loaded from it.
+    pub fn new(state: Arc<HubState>, file: PathBuf) -> Self {
+        Self {
+            state,
+            file,
+            status: Mutex::new(ReloadStatus {
+                loaded_at_ms: now_ms(),
+                last_refusal: None,
+            }),
+        }
+    }
+
+    /// Re-reads, validates and puts in force the governance file; `actor` is
+    /// who asked (an admin's URI, or [`SIGNAL_ACTOR`]).
+    ///
+    /// An unreadable or invalid file is refused with
+    /// [`HubError::PolicyRefused`] and the governance in force stays. A file
+    /// identical to the one in force changes nothing and writes no record.
+    pub async fn reload(&self, actor: &str) -> Result<Reloaded, HubError> {
+        let mut status = self.status.lock().await;
+        let current = self.state.governance();
+        let candidate = match self.read_candidate(&current).await {
+            Ok(g) => g,
+            Err(problem) => {
+                let err = self.refuse(&current, problem, actor).await;
+                if let HubError::PolicyRefused { problem, .. } = &err {
+                    status.last_refusal = Some((now_ms(), problem.clone()));
+                }
+                return Err(err);
+            }
+        };
+        status.last_refusal = None;
+        if candidate.version() == current.version() {
+            tracing::info!(actor, version = %current.version(), "governance reload: file unchanged");
+            return Ok(Reloaded {
+                previous_version: current.version().to_owned(),
+                version: current.version().to_owned(),
+                changed: false,
+                bodies: current.bodies().count(),
+                audit_seq: 0,
+            });
+        }
+        let (old, new) = (current.version().to_owned(), candidate.version().to_owned());
+        let bodies = candidate.bodies().count();
+        // Audit first: once the record is durable, every decision stamped
+        // with the new version follows it in the log.
+        let audit_seq = store::audit_policy_change(
+            self.state.db(),
+            RULE_RELOAD,
+            format!("version {old} -> {new}"),
+            new.clone(),
+            actor.to_owned(),
+            now_ms(),
+        )
+        .await?;
+        self.state.audit_durable(audit_seq);
+        if let Err(e) = self.state.replace_governance(candidate) {
+            // Only a store failure can get here; say so in the log, which
+            // otherwise claims the new version is in force.
+            let _ = self
+                .refuse(
+                    &current,
+                    format!("version {new} could not be put in force: {e}"),
+                    actor,
+                )
+                .await;
+            return Err(e);
+        }
+        status.loaded_at_ms = now_ms();
+        tracing::info!(actor, previous_version = %old, version = %new, bodies, "governance reloaded");
+        Ok(Reloaded {
+            previous_version: old,
+            version: new,
+            changed: true,
+            bodies,
+            audit_seq,
+        })
+    }
+
+    /// Reads and validates the file; the error is `file:line:column: key:
+    /// problem` where the place is known.
+    async fn read_candidate(&self, current: &Governance) -> Result<Governance, String> {
+        let name = self.file.display().to_string();
+        let text = tokio::fs::read_to_string(&self.file)
+            .await
+            .map_err(|e| format!("{name}: cannot read the governance file: {e}"))?;
+        let gov = Governance::from_toml(&name, &text).map_err(|e| e.to_string())?;
+        if gov.federation() != current.federation() {
+            return Err(format!(
+                "{}: federation: changes from '{}' to '{}'; every certificate names the federation, so a new one needs new certificates and a restart, not a reload",
+                key_location(&name, &text, "federation"),
+                current.federation(),
+                gov.federation()
+            ));
+        }
+        if gov.hub_body() != current.hub_body() {
+            return Err(format!(
+                "{}: hub_body: changes from '{}' to '{}'; the body that runs the hub cannot change while it runs, restart the hub instead",
+                key_location(&name, &text, "hub_body"),
+                current.hub_body(),
+                gov.hub_body()
+            ));
+        }
+        Ok(gov)
+    }
+
+    /// Audits a refused reload and returns the error for the caller.
+    async fn refuse(&self, current: &Governance, problem: String, actor: &str) -> HubError {
+        tracing::warn!(actor, version = %current.version(), problem, "governance reload refused");
+        let written = store::audit_policy_change(
+            self.state.db(),
+            RULE_RELOAD_REFUSED,
+            audit_reason(&problem),
+            current.version().to_owned(),
+            actor.to_owned(),
+            now_ms(),
+        )
+        .await;
+        match written {
+            Ok(seq) => self.state.audit_durable(seq),
+            Err(e) => tracing::error!(error = %e, "could not audit a refused governance reload"),
+        }
+        HubError::PolicyRefused {
+            problem,
+            kept: current.version().to_owned(),
+        }
+    }
+
+    /// The governance in force and the state of reloads.
+    pub async fn describe(&self) -> pb::GetPolicyResponse {
+        let status = self.status.lock().await;
+        let gov = self.state.governance();
+        let (last_refusal_at_ms, last_refusal) = status.last_refusal.clone().unwrap_or_default();
+        pb::GetPolicyResponse {
+            version: gov.version().to_owned(),
+            file: self.file.display().to_string(),
+            bodies: count(gov.bodies().count()),
+            federation: gov.federation().to_owned(),
+            hub_body: gov.hub_body().to_string(),
+            loaded_at_ms: status.loaded_at_ms,
+            last_refusal,
+            last_refusal_at_ms,
+        }
+    }
+
+    /// Refuses callers that are not admins of the hub's own body (the
+    /// interceptor has already refused other roles).
+    fn check_admin(&self, caller: &Identity) -> Result<(), HubError> {
+        let gov = self.state.governance();
+        if caller.body == *gov.hub_body() {
+            return Ok(());
+        }
+        tracing::warn!(caller = %caller, "refused an admin of another body");
+        Err(HubError::NotHubAdmin {
+            caller: caller.body.to_string(),
+            hub_body: gov.hub_body().to_string(),
+        })
+    }
+}
+
+/// Reloads on every item of `reloads` until the stream ends or the hub
+/// stops. Failures are logged (and refusals audited); the hub keeps running.
+pub(crate) async fn reload_on_signal(
+    reloader: Arc<PolicyReloader>,
+    mut reloads: impl Stream<Item = ()> + Unpin,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            item = reloads.next() => {
+                if item.is_none() {
+                    return;
+                }
+                // Outcomes are logged by `reload` itself.
+                let _ = reloader.reload(SIGNAL_ACTOR).await;
+            }
+            () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+        }
+    }
+}
+
+/// `file:line:column` of a top-level `key = ...` line, or just `file`.
+fn key_location(name: &str, text: &str, key: &str) -> String {
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        // Top-level keys come before the first table header.
+        if trimmed.starts_with('[') {
+            break;
+        }
+        let is_key = trimmed
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if is_key {
+            return format!("{name}:{}:{}", i + 1, line.len() - trimmed.len() + 1);
+        }
+    }
+    name.to_owned()
+}
+
+/// One line, bounded: a refusal's reason as written to the audit log.
+fn audit_reason(problem: &str) -> String {
+    let flat: String = problem
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= MAX_AUDIT_REASON_CHARS {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(MAX_AUDIT_REASON_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The `Admin` service.
+#[derive(Debug, Clone)]
+pub struct AdminService(pub Arc<PolicyReloader>);
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn reload_policy(
+        &self,
+        req: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.check_admin(&caller)?;
+        let r = self.0.reload(&caller.uri()).await?;
+        Ok(Response::new(pb::ReloadPolicyResponse {
+            previous_version: r.previous_version,
+            version: r.version,
+            changed: r.changed,
+            bodies: count(r.bodies),
+            audit_seq: r.audit_seq,
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.check_admin(&caller)?;
+        Ok(Response::new(self.0.describe().await))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_level_keys_are_located_before_the_first_table() {
+        let text = "# comment\nversion = 1\n  federation   = \"x\"\n[[body]]\nfederation = \"y\"\n";
+        assert_eq!(key_location("g.toml", text, "federation"), "g.toml:3:3");
+        assert_eq!(key_location("g.toml", text, "hub_body"), "g.toml");
+        assert_eq!(
+            key_location("g.toml", "federation_x = 1\n", "federation"),
+            "g.toml"
+        );
+    }
+
+    #[test]
+    fn audit_reasons_are_one_bounded_line() {
+        assert_eq!(audit_reason("a\nb"), "a b");
+        let long = "x".repeat(1000);
+        let r = audit_reason(&long);
+        assert_eq!(r.chars().count(), MAX_AUDIT_REASON_CHARS);
+        assert!(r.ends_with('…'));
+    }
+}
