@@ -82,6 +82,7 @@ async fn run(sandbox: &Sandbox, concurrency: usize, total: usize) -> f64 {
                     client
                         .submit(pb::SubmitRequest {
                             envelope: Some(envelope()),
+                            approved_by: String::new(),
                         })
                         .await
                         .expect("submit");

@@ -48,6 +48,7 @@ fn plan(start: i64, end: i64, lead: &str, area: &str) -> pb::Body {
 fn submit(env: pb::Envelope) -> pb::SubmitRequest {
     pb::SubmitRequest {
         envelope: Some(env),
+        approved_by: String::new(),
     }
 }
 
@@ -272,7 +273,7 @@ async fn hub_submit_refuses_each_malformed_envelope_naming_the_field() {
     let id = valid.labels.as_ref().unwrap().message_id.clone();
 
     assert_refused(
-        node.submit(pb::SubmitRequest { envelope: None }).await,
+        node.submit(pb::SubmitRequest::default()).await,
         Code::InvalidArgument,
         &["envelope", "missing"],
     );

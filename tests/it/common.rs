@@ -210,3 +210,24 @@ pub fn assert_refused<T: std::fmt::Debug>(
     }
     status
 }
+
+/// Replaces the sandbox's governance file (the hub reads it on reload).
+pub fn write_governance(sandbox: &Sandbox, text: &str) {
+    std::fs::write(sandbox.dir().join("governance.toml"), text).unwrap();
+}
+
+/// A client of the hub's Admin API with the dev certificate `stem`.
+pub async fn admin(
+    sandbox: &Sandbox,
+    stem: &str,
+) -> liaison_proto::v1::admin_client::AdminClient<tonic::transport::Channel> {
+    let ch = liaison_pki::connect(
+        &sandbox.hub_url(),
+        &sandbox.material(stem).unwrap(),
+        Some(liaison_types::Role::Hub),
+        sandbox.governance().federation(),
+    )
+    .await
+    .unwrap();
+    liaison_proto::v1::admin_client::AdminClient::new(ch)
+}

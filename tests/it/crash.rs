@@ -141,6 +141,7 @@ async fn writer(
             CALL_TIMEOUT,
             client.submit(pb::SubmitRequest {
                 envelope: Some(sent.envelope.clone()),
+                approved_by: String::new(),
             }),
         )
         .await;
@@ -222,6 +223,7 @@ async fn submit(hub: &FederationClient<Channel>, env: &pb::Envelope) -> pb::Subm
     match hub
         .submit(pb::SubmitRequest {
             envelope: Some(env.clone()),
+            approved_by: String::new(),
         })
         .await
     {
@@ -730,7 +732,7 @@ async fn the_hub_streams_a_delivery_only_once_it_is_durable() {
     let id = id_of(&env);
     let submitting = {
         let hub = Arc::clone(&hub);
-        tokio::spawn(async move { hub.submit(&bravo, Some(env)).await })
+        tokio::spawn(async move { hub.submit(&bravo, Some(env), "").await })
     };
     wait_until("the hub waits on the flush", SETTLE, || async {
         engine.holding.load(Ordering::SeqCst).then_some(())

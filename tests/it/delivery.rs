@@ -58,6 +58,7 @@ async fn submit_to_hub(hub: &FederationClient<Channel>, env: &pb::Envelope) -> p
     let mut hub = hub.clone();
     hub.submit(pb::SubmitRequest {
         envelope: Some(env.clone()),
+        approved_by: String::new(),
     })
     .await
     .unwrap()

@@ -148,6 +148,7 @@ async fn a_working_group_narrows_the_recipients_and_an_unknown_group_is_refused(
     assert_refused(
         hub.submit(pb::SubmitRequest {
             envelope: Some(envelope("alpha", l, &assessment("unknown group"))),
+            approved_by: String::new(),
         })
         .await,
         Code::InvalidArgument,
@@ -231,6 +232,7 @@ async fn a_held_delivery_survives_a_hub_restart() {
     let mut hub = sandbox.hub_as("alpha/node").await.unwrap();
     hub.submit(pb::SubmitRequest {
         envelope: Some(env),
+        approved_by: String::new(),
     })
     .await
     .unwrap();
@@ -287,6 +289,7 @@ async fn inconsistent_handling_labels_are_refused_with_the_field() {
         assert_refused(
             hub.submit(pb::SubmitRequest {
                 envelope: Some(envelope("alpha", l, &alert("bad labels"))),
+                approved_by: String::new(),
             })
             .await,
             Code::InvalidArgument,

@@ -10,17 +10,14 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 use liaison_proto::v1 as pb;
-use liaison_proto::v1::admin_client::AdminClient;
 use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
-use liaison_types::Role;
 use pb::{Classification as C, Kind as K};
 use serde_json::Value;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::common::{
-    alert, assert_refused, assessment, audit_log, envelope, hub_only, inbox_ids, labels, sandbox,
-    GOVERNANCE, SETTLE,
+    admin, alert, assert_refused, assessment, audit_log, envelope, hub_only, inbox_ids, labels,
+    sandbox, write_governance, GOVERNANCE, SETTLE,
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_liaison-child");
@@ -61,22 +58,6 @@ fn version_of(text: &str) -> String {
         .to_owned()
 }
 
-fn write_governance(sandbox: &Sandbox, text: &str) {
-    std::fs::write(sandbox.dir().join("governance.toml"), text).unwrap();
-}
-
-async fn admin(sandbox: &Sandbox, stem: &str) -> AdminClient<Channel> {
-    let ch = liaison_pki::connect(
-        &sandbox.hub_url(),
-        &sandbox.material(stem).unwrap(),
-        Some(Role::Hub),
-        sandbox.governance().federation(),
-    )
-    .await
-    .unwrap();
-    AdminClient::new(ch)
-}
-
 async fn policy_in_force(sandbox: &Sandbox) -> pb::GetPolicyResponse {
     admin(sandbox, ADMIN)
         .await
@@ -91,6 +72,7 @@ async fn submit(sandbox: &Sandbox, origin: &str, env: pb::Envelope) -> pb::Submi
     let mut hub = sandbox.hub_as(&format!("{origin}/node")).await.unwrap();
     hub.submit(pb::SubmitRequest {
         envelope: Some(env),
+        approved_by: String::new(),
     })
     .await
     .unwrap()

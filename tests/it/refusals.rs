@@ -37,6 +37,7 @@ fn valid_envelope(origin: &str) -> pb::Envelope {
 fn submit_request(origin: &str) -> pb::SubmitRequest {
     pb::SubmitRequest {
         envelope: Some(valid_envelope(origin)),
+        approved_by: String::new(),
     }
 }
 
@@ -480,6 +481,7 @@ async fn a_node_claiming_another_origin_is_refused_and_audited() {
         bravo
             .submit(pb::SubmitRequest {
                 envelope: Some(forged),
+                approved_by: String::new(),
             })
             .await,
         Code::PermissionDenied,
@@ -553,6 +555,7 @@ async fn a_forged_submission_cannot_write_unbounded_text_into_the_audit_log() {
         bravo
             .submit(pb::SubmitRequest {
                 envelope: Some(forged),
+                approved_by: String::new(),
             })
             .await,
         Code::PermissionDenied,
@@ -658,6 +661,7 @@ async fn an_auditor_sees_only_records_naming_its_body_and_the_hub_body_sees_all(
     let from_alpha = alpha
         .submit(pb::SubmitRequest {
             envelope: Some(envelope("alpha", l, &assessment("not for bravo"))),
+            approved_by: String::new(),
         })
         .await
         .unwrap()

@@ -495,6 +495,7 @@ async fn spoof_attempt(sandbox: &Sandbox) -> Result<tonic::Status> {
                 labels: Some(labels),
                 body: body.encode_to_vec(),
             }),
+            approved_by: String::new(),
         })
         .await;
     Ok(match result {

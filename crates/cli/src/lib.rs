@@ -15,6 +15,7 @@ macro_rules! say {
 }
 
 mod admin;
+mod approvals;
 pub mod demo;
 pub mod exit;
 pub mod message;
@@ -120,6 +121,14 @@ pub enum Command {
     Show(officer::IdArgs),
     /// Acknowledge (mark as read) an inbox message.
     Ack(officer::IdArgs),
+    /// List your body's messages awaiting a second officer's approval
+    /// (four-eyes release), or read one in full.
+    Approvals(approvals::ApprovalsArgs),
+    /// Approve a message awaiting four-eyes approval: your node sends it to
+    /// the hub (an approver of your body, not its submitter).
+    Approve(officer::IdArgs),
+    /// Refuse a message awaiting four-eyes approval: it is never sent.
+    Refuse(approvals::RefuseArgs),
     /// Read and verify the hub's audit log (auditor certificate).
     #[command(subcommand)]
     Audit(ops::AuditCommand),
@@ -163,6 +172,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Inbox(a) => officer::inbox(a, out).await,
         Command::Show(a) => officer::show(a, out).await,
         Command::Ack(a) => officer::ack(a, out).await,
+        Command::Approvals(a) => approvals::approvals(a, out).await,
+        Command::Approve(a) => approvals::approve(a, out).await,
+        Command::Refuse(a) => approvals::refuse(a, out).await,
         Command::Audit(c) => ops::audit(c, out).await,
         Command::Pki(c) => ops::pki(c, out),
         Command::Policy(c) => ops::policy(c, out),

@@ -133,11 +133,11 @@ fn handling_name(h: i32) -> String {
     }
 }
 
-fn kind_name(k: i32) -> &'static str {
+pub(crate) fn kind_name(k: i32) -> &'static str {
     Kind::from_proto(k).map_or("?", Kind::as_str)
 }
 
-fn class_name(c: i32) -> &'static str {
+pub(crate) fn class_name(c: i32) -> &'static str {
     Classification::from_proto(c).map_or("?", Classification::as_str)
 }
 
@@ -157,10 +157,19 @@ pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
         .await
         .map_err(|s| Failure::status("submit refused", &s))?
         .into_inner();
+    // A node from before four-eyes release does not say; it queued it.
+    let status = if resp.status.is_empty() {
+        "queued"
+    } else {
+        resp.status.as_str()
+    };
     match out {
         Output::Json => say!(
             "{}",
-            json!({"message_id": resp.message_id, "duplicate": resp.duplicate, "status": "queued"})
+            json!({
+                "message_id": resp.message_id, "duplicate": resp.duplicate, "status": status,
+                "approval_reason": resp.approval_reason,
+            })
         ),
         Output::Human => {
             let note = if resp.duplicate {
@@ -168,8 +177,23 @@ pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
             } else {
                 ""
             };
-            say!("queued {}{note}", resp.message_id);
-            say!("see how the hub routed it with: liaison outbox");
+            if status == "awaiting_approval" {
+                say!(
+                    "{} is awaiting approval by a second officer{note}; nothing is sent until then",
+                    resp.message_id
+                );
+                say!("  why: {}", resp.approval_reason);
+                say!(
+                    "an approver of your body releases it with: liaison approve {}",
+                    resp.message_id
+                );
+            } else if status == "queued" {
+                say!("queued {}{note}", resp.message_id);
+                say!("see how the hub routed it with: liaison outbox");
+            } else {
+                say!("{} is {status}{note}", resp.message_id);
+                say!("see what became of it with: liaison outbox");
+            }
         }
     }
     Ok(())
@@ -219,6 +243,9 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                         "submitted_by": e.submitted_by, "submitted_at": format_time(e.submitted_at_ms),
                         "attempts": e.attempts, "last_error": e.last_error,
                         "policy_version": e.policy_version, "decisions": decisions_json(&e.decisions),
+                        "approval_reason": e.approval_reason, "approved_by": e.approved_by,
+                        "approved_at": format_time(e.approved_at_ms), "refused_by": e.refused_by,
+                        "refused_at": format_time(e.refused_at_ms), "refusal_reason": e.refusal_reason,
                     })
                 );
             }
@@ -232,13 +259,31 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                     .map(|d| d.recipient.as_str())
                     .collect();
                 say!(
-                    "{}  {:<8} {:<17} {:<12} {}",
+                    "{}  {:<17} {:<17} {:<12} {}",
                     e.message_id,
                     e.status,
                     kind_name(e.kind),
                     class_name(e.classification),
                     e.title
                 );
+                match e.status.as_str() {
+                    "awaiting_approval" => say!(
+                        "    awaiting approval by a second officer (not sent): {}",
+                        e.approval_reason
+                    ),
+                    "refused" => say!(
+                        "    refused by {} at {} (never sent): {}",
+                        e.refused_by,
+                        format_time(e.refused_at_ms),
+                        e.refusal_reason
+                    ),
+                    _ if !e.approved_by.is_empty() => say!(
+                        "    four-eyes: approved by {} at {}",
+                        e.approved_by,
+                        format_time(e.approved_at_ms)
+                    ),
+                    _ => {}
+                }
                 match e.status.as_str() {
                     "routed" => say!(
                         "    delivered to: {}",

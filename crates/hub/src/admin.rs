@@ -116,12 +116,17 @@ impl PolicyReloader {
         }
         let (old, new) = (current.version().to_owned(), candidate.version().to_owned());
         let bodies = candidate.bodies().count();
+        let mut reason = format!("version {old} -> {new}");
+        for change in state_changes(&current, &candidate) {
+            reason.push_str("; ");
+            reason.push_str(&change);
+        }
         // Audit first: once the record is durable, every decision stamped
         // with the new version follows it in the log.
         let audit_seq = store::audit_policy_change(
             self.state.db(),
             RULE_RELOAD,
-            format!("version {old} -> {new}"),
+            reason,
             new.clone(),
             actor.to_owned(),
             now_ms(),
@@ -272,6 +277,22 @@ fn key_location(name: &str, text: &str, key: &str) -> String {
 }
 
 /// One line, bounded: a refusal's reason as written to the audit log.
+/// Bodies whose state the new governance changes, for the reload record:
+/// a suspended or revoked body's queue is held, not dropped, until it is
+/// reinstated.
+fn state_changes(old: &Governance, new: &Governance) -> Vec<String> {
+    new.bodies()
+        .filter_map(|b| {
+            let before = old.body(&b.id).map(|o| o.state);
+            (before != Some(b.state)).then(|| match (before, b.is_active()) {
+                (None, _) => format!("{} added ({})", b.id, b.state),
+                (Some(_), true) => format!("{} reinstated: its held queue is delivered", b.id),
+                (Some(_), false) => format!("{} {}: its queue is held", b.id, b.state),
+            })
+        })
+        .collect()
+}
+
 fn audit_reason(problem: &str) -> String {
     let flat: String = problem
         .chars()

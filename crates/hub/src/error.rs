@@ -50,6 +50,25 @@ pub enum HubError {
         /// The body that runs the hub.
         hub_body: String,
     },
+    /// The caller's body is suspended or revoked (its queue is held).
+    #[error("body {body} is {state}; its deliveries are held until the federation reinstates it")]
+    NotActive {
+        /// The body.
+        body: String,
+        /// Its state.
+        state: String,
+    },
+    /// No such message at the hub.
+    #[error("no message {0} at the hub; check the message id")]
+    UnknownMessage(String),
+    /// The caller's body did not originate the message (caller's fault).
+    #[error("{caller} did not originate message {message_id}; only its originator may retract it")]
+    NotOrigin {
+        /// The caller's body.
+        caller: String,
+        /// The message.
+        message_id: String,
+    },
     /// The caller's body is not in the federation configuration.
     #[error("body {0} is not a member of this federation; ask the hub operator to add it to the governance file")]
     UnknownBody(String),
@@ -89,7 +108,10 @@ impl From<HubError> for Status {
             HubError::Invalid(_) => Code::InvalidArgument,
             HubError::OriginMismatch { .. }
             | HubError::UnknownBody(_)
-            | HubError::NotHubAdmin { .. } => Code::PermissionDenied,
+            | HubError::NotHubAdmin { .. }
+            | HubError::NotOrigin { .. }
+            | HubError::NotActive { .. } => Code::PermissionDenied,
+            HubError::UnknownMessage(_) => Code::NotFound,
             HubError::PolicyRefused { .. } => Code::FailedPrecondition,
             HubError::IdReused { .. } => Code::AlreadyExists,
             HubError::AckBeyondQueue { .. } => Code::OutOfRange,

@@ -100,8 +100,21 @@ impl HubState {
                 }
             }
         }
-        let mut current = self.governance.write().unwrap_or_else(|p| p.into_inner());
-        Ok(std::mem::replace(&mut *current, Arc::new(new)))
+        let inactive: Vec<BodyId> = new
+            .bodies()
+            .filter(|b| !b.is_active())
+            .map(|b| b.id.clone())
+            .collect();
+        let previous = {
+            let mut current = self.governance.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *current, Arc::new(new))
+        };
+        // Wake the open subscriptions of suspended or revoked bodies so that
+        // they end now rather than at their next delivery.
+        for body in inactive {
+            self.durable_queue(&body).send_modify(|_| {});
+        }
+        Ok(previous)
     }
 
     /// The store.
@@ -203,6 +216,17 @@ impl HubState {
         None
     }
 
+    /// Refuses a body that is suspended or revoked: its queue is held.
+    fn active_body(gov: &Governance, body: &BodyId) -> Result<(), HubError> {
+        match gov.body(body) {
+            Some(b) if !b.is_active() => Err(HubError::NotActive {
+                body: body.to_string(),
+                state: b.state.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn known_caller(&self, caller: &Identity) -> Result<Arc<Governance>, HubError> {
         let gov = self.governance();
         if gov.is_known(caller.body.as_str()) {
@@ -286,6 +310,7 @@ impl HubState {
         &self,
         caller: &Identity,
         envelope: Option<pb::Envelope>,
+        approved_by: &str,
     ) -> Result<pb::SubmitResponse, HubError> {
         let gov = self.known_caller(caller)?;
         let envelope = envelope.ok_or_else(|| {
@@ -293,6 +318,32 @@ impl HubState {
         })?;
         self.check_origin(caller, &envelope, &gov).await?;
         let env = self.validate(envelope, &gov)?;
+        // The node's four-eyes approval happened on the node: the hub cannot
+        // verify it, only that it names an officer of the caller's body, and
+        // records it.
+        let approved_by = match approved_by {
+            "" => None,
+            uri => {
+                let approver: Identity =
+                    uri.parse().map_err(|e: liaison_types::IdentityError| {
+                        ValidationError::new("approved_by", e.0)
+                    })?;
+                if approver.federation != caller.federation
+                    || approver.body != caller.body
+                    || approver.role != liaison_types::Role::Officer
+                {
+                    return Err(ValidationError::new(
+                        "approved_by",
+                        format!(
+                            "{approver} is not an officer of {}; name the officer of your own body who approved the release, or leave it empty",
+                            caller.body
+                        ),
+                    )
+                    .into());
+                }
+                Some(approver.uri())
+            }
+        };
         let now = now_ms();
         let decisions = decide(&gov, &env.labels, now);
         let submitted = store::submit(
@@ -301,6 +352,7 @@ impl HubState {
             decisions,
             gov.version().to_owned(),
             caller.uri(),
+            approved_by,
             now,
         )
         .await?;
@@ -355,15 +407,99 @@ impl HubState {
         })
     }
 
+    /// Withdraws a message the caller's body originated.
+    pub async fn retract(
+        &self,
+        caller: &Identity,
+        req: pb::RetractRequest,
+    ) -> Result<pb::RetractResponse, HubError> {
+        self.known_caller(caller)?;
+        let message_id = normalise_message_id(&req.message_id).ok_or_else(|| {
+            ValidationError::new(
+                "message_id",
+                format!(
+                    "'{}' is not a UUID",
+                    req.message_id
+                        .chars()
+                        .take(40)
+                        .collect::<String>()
+                        .escape_debug()
+                ),
+            )
+        })?;
+        let reason = req.reason.trim().to_owned();
+        if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "reason",
+                "give the reason in 1 to 500 printable characters (no body content)",
+            )
+            .into());
+        }
+        let outcome = store::retract(
+            &self.db,
+            caller.body.clone(),
+            message_id.clone(),
+            reason,
+            caller.uri(),
+            now_ms(),
+        )
+        .await;
+        let retracted = match outcome {
+            Err(HubError::NotOrigin {
+                caller: body,
+                message_id,
+            }) => {
+                let seq = store::audit_refusal(
+                    &self.db,
+                    pb::AuditRecord {
+                        at_ms: now_ms(),
+                        event: "refused".into(),
+                        message_id: message_id.clone(),
+                        rule: "identity.not_originator".into(),
+                        reason: format!("{body} tried to retract a message it did not originate"),
+                        policy_version: self.governance().version().to_owned(),
+                        actor: caller.uri(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                self.audit_durable(seq);
+                return Err(HubError::NotOrigin {
+                    caller: body,
+                    message_id,
+                });
+            }
+            other => other?,
+        };
+        self.made_durable(&retracted.queued, retracted.audit_seq);
+        tracing::info!(
+            message_id,
+            duplicate = retracted.duplicate,
+            recipients = retracted.recipients.len(),
+            "retracted"
+        );
+        Ok(pb::RetractResponse {
+            duplicate: retracted.duplicate,
+            recipients: retracted.recipients,
+        })
+    }
+
     /// Acknowledges the caller's queue up to `seq`.
     pub async fn acknowledge(
         &self,
         caller: &Identity,
         seq: u64,
     ) -> Result<pb::AcknowledgeResponse, HubError> {
-        self.known_caller(caller)?;
-        let (acked, audit_seq) =
-            store::acknowledge(&self.db, caller.body.clone(), seq, caller.uri(), now_ms()).await?;
+        let gov = self.known_caller(caller)?;
+        let (acked, audit_seq) = store::acknowledge(
+            &self.db,
+            caller.body.clone(),
+            seq,
+            caller.uri(),
+            now_ms(),
+            gov.version().to_owned(),
+        )
+        .await?;
         self.audit_durable(audit_seq);
         Ok(pb::AcknowledgeResponse { acked_seq: acked })
     }
@@ -374,7 +510,8 @@ impl HubState {
         caller: &Identity,
         after_seq: u64,
     ) -> Result<mpsc::Receiver<Result<pb::Delivery, Status>>, HubError> {
-        self.known_caller(caller)?;
+        let gov = self.known_caller(caller)?;
+        Self::active_body(&gov, &caller.body)?;
         let start = store::acked(&self.db, &caller.body)?.max(after_seq);
         let (tx, rx) = mpsc::channel(DELIVERY_BATCH);
         let state = Arc::clone(self);
@@ -401,6 +538,9 @@ impl HubState {
             // Read the mark (and mark it seen) before reading the queue, so
             // an entry made durable after the read still wakes us.
             let mark = *durable.borrow_and_update();
+            // A body suspended (or revoked) while subscribed: its queue is
+            // held from now on.
+            Self::active_body(&self.governance(), &caller.body)?;
             let mut entries = store::queue_after(&self.db, &caller.body, cursor, DELIVERY_BATCH)?;
             entries.retain(|(seq, _)| *seq <= mark);
             if entries.is_empty() {
@@ -423,21 +563,32 @@ impl HubState {
                 };
                 let labels = envelope.labels.clone().unwrap_or_default();
                 let classification = Classification::from_proto(labels.classification);
+                let recipient_marking = classification
+                    .map(|c| gov.marking_for(&caller.body, c))
+                    .unwrap_or_default();
+                // A retraction travels in the message's stead: either this
+                // position is the retraction, or the message was withdrawn
+                // before it was streamed here and its content never leaves.
+                let now = now_ms();
+                let (withdrawal, event, note) = self.withdrawal(&entry, &labels, now)?;
                 let delivery = pb::Delivery {
                     seq,
-                    recipient_marking: classification
-                        .map(|c| gov.marking_for(&caller.body, c))
-                        .unwrap_or_default(),
-                    envelope: Some(envelope),
+                    recipient_marking,
+                    envelope: if withdrawal.is_some() {
+                        None
+                    } else {
+                        Some(envelope)
+                    },
                     routed_at_ms: entry.routed_at_ms,
+                    withdrawal,
                 };
                 if tx.send(Ok(delivery)).await.is_err() {
                     break;
                 }
                 cursor = seq;
                 records.push(pb::AuditRecord {
-                    at_ms: now_ms(),
-                    event: "delivered".into(),
+                    at_ms: now,
+                    event: event.into(),
                     message_id: entry.message_id,
                     origin: entry.origin,
                     recipient: caller.body.to_string(),
@@ -450,6 +601,12 @@ impl HubState {
                     actor: caller.uri(),
                     queue_seq: seq,
                     policy_version: gov.version().to_owned(),
+                    reason: note.to_owned(),
+                    rule: if event == "expired" {
+                        "message.expired".into()
+                    } else {
+                        String::new()
+                    },
                     ..Default::default()
                 });
             }
@@ -461,6 +618,50 @@ impl HubState {
                 return Ok(());
             }
         }
+    }
+
+    /// What a queue entry carries instead of its message, if anything: the
+    /// originator's retraction (this position is one, or the message was
+    /// retracted before it was streamed here), or its expiry. Returns the
+    /// withdrawal, the audit event and a note for the record.
+    fn withdrawal(
+        &self,
+        entry: &store::QueueEntry,
+        labels: &pb::Labels,
+        now: i64,
+    ) -> Result<(Option<pb::Withdrawal>, &'static str, &'static str), HubError> {
+        if let Some(r) = &entry.retraction {
+            return Ok((
+                Some(r.to_proto(&entry.message_id, &entry.origin)),
+                "delivered",
+                "retraction",
+            ));
+        }
+        if let Some(r) = store::retraction(&self.db, &entry.message_id)? {
+            return Ok((
+                Some(r.to_proto(&entry.message_id, &entry.origin)),
+                "delivered",
+                "withdrawn by its originator before delivery; content not sent",
+            ));
+        }
+        if labels.expires_at_ms != 0 && labels.expires_at_ms <= now {
+            let w = pb::Withdrawal {
+                message_id: entry.message_id.clone(),
+                origin: entry.origin.clone(),
+                cause: pb::WithdrawalCause::Expired as i32,
+                reason: format!(
+                    "expired at {} ms before it could be delivered",
+                    labels.expires_at_ms
+                ),
+                withdrawn_at_ms: now,
+            };
+            return Ok((
+                Some(w),
+                "expired",
+                "expired before delivery; content not sent",
+            ));
+        }
+        Ok((None, "delivered", ""))
     }
 
     /// Audit records visible to the caller that match the query.
@@ -563,12 +764,25 @@ pub struct FederationService(pub Arc<HubState>);
 
 #[tonic::async_trait]
 impl pb::federation_server::Federation for FederationService {
+    async fn retract(
+        &self,
+        req: Request<pb::RetractRequest>,
+    ) -> Result<Response<pb::RetractResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        let resp = self.0.retract(&caller, req.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
     async fn submit(
         &self,
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
-        let resp = self.0.submit(&caller, req.into_inner().envelope).await?;
+        let req = req.into_inner();
+        let resp = self
+            .0
+            .submit(&caller, req.envelope, &req.approved_by)
+            .await?;
         Ok(Response::new(resp))
     }
 

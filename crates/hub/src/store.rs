@@ -3,6 +3,7 @@
 //! Keys:
 //! - `m/<id>/env`: the envelope as received (encoded proto);
 //! - `m/<id>/out`: the routing outcome (JSON);
+//! - `m/<id>/retracted`: the originator's retraction, if any (JSON);
 //! - `q/<body>/<seq>`: the body's delivery queue, in order;
 //! - `c/<body>/next`, `c/<body>/acked`: the body's queue counters;
 //! - `a/<seq>`: the audit log, one JSON record per key;
@@ -50,6 +51,45 @@ pub struct QueueEntry {
     pub origin: String,
     /// When the hub routed it.
     pub routed_at_ms: i64,
+    /// Set when this position carries the message's retraction, not the
+    /// message.
+    #[serde(default)]
+    pub retraction: Option<Retraction>,
+}
+
+/// An originator's retraction of a message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retraction {
+    /// Why (from the originator; no body content).
+    pub reason: String,
+    /// When.
+    pub retracted_at_ms: i64,
+}
+
+impl Retraction {
+    /// The retraction as the delivery stream carries it.
+    pub fn to_proto(&self, message_id: &str, origin: &str) -> pb::Withdrawal {
+        pb::Withdrawal {
+            message_id: message_id.to_owned(),
+            origin: origin.to_owned(),
+            cause: pb::WithdrawalCause::Retracted as i32,
+            reason: self.reason.clone(),
+            withdrawn_at_ms: self.retracted_at_ms,
+        }
+    }
+}
+
+/// The outcome of a retraction.
+#[derive(Debug, Clone, Default)]
+pub struct Retracted {
+    /// The message had already been retracted.
+    pub duplicate: bool,
+    /// Recipients that will be told.
+    pub recipients: Vec<String>,
+    /// `(recipient, queue position)` of each retraction queued.
+    pub queued: Vec<(BodyId, u64)>,
+    /// The last audit position written.
+    pub audit_seq: u64,
 }
 
 /// The result of a submission.
@@ -81,6 +121,10 @@ fn env_key(id: &str) -> Vec<u8> {
 
 fn outcome_key(id: &str) -> Vec<u8> {
     format!("m/{id}/out").into_bytes()
+}
+
+fn retracted_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/retracted").into_bytes()
 }
 
 fn queue_prefix(body: &str) -> Vec<u8> {
@@ -132,13 +176,16 @@ pub fn audit_base(
 }
 
 /// Stores and routes a submission atomically, or returns the original outcome
-/// of an earlier submission of the same message.
+/// of an earlier submission of the same message. `approved_by` is the
+/// officer who approved its release under the node's four-eyes rule, if any;
+/// the `received` record names them.
 pub async fn submit(
     db: &Db,
     env: Envelope,
     decisions: Vec<Decision>,
     policy_version: String,
     actor: String,
+    approved_by: Option<String>,
     now_ms: i64,
 ) -> Result<Submitted, HubError> {
     let encoded = pb::Envelope::from(&env).encode_to_vec();
@@ -167,6 +214,9 @@ pub async fn submit(
         txn.put(outcome_key(&id), json(&outcome));
         let mut received = audit_base(&env, "received", &policy_version, &actor, now_ms);
         received.labels = serde_json::to_string(&env.labels).unwrap_or_default();
+        if let Some(approver) = &approved_by {
+            received.reason = format!("released by {approver} after four-eyes approval");
+        }
         let mut audit_seq = append_audit(txn, received)?;
         let mut queued = Vec::new();
         let mut held = Vec::new();
@@ -255,6 +305,7 @@ fn enqueue(
         message_id: id.to_owned(),
         origin: origin.to_owned(),
         routed_at_ms: now_ms,
+        retraction: None,
     };
     txn.put(
         keys::seq_key(&queue_prefix(body.as_str()), seq),
@@ -327,6 +378,120 @@ pub async fn release_due(
             }
         }
         Ok(released)
+    })
+    .await
+}
+
+/// The retraction of a message, if its originator withdrew it.
+pub fn retraction(db: &Db, message_id: &str) -> Result<Option<Retraction>, StoreError> {
+    let key = retracted_key(message_id);
+    db.get(&key)?.map(|b| parse(&key, &b)).transpose()
+}
+
+/// Withdraws a message for its originator `caller`: deliveries still held
+/// under embargo are dropped, and every other recipient the message was
+/// routed to gets a retraction in its queue. Atomic; a second retraction
+/// changes nothing.
+pub async fn retract(
+    db: &Db,
+    caller: BodyId,
+    message_id: String,
+    reason: String,
+    actor: String,
+    now_ms: i64,
+) -> Result<Retracted, HubError> {
+    db.write(move |txn| {
+        let out_key = outcome_key(&message_id);
+        let Some(out) = txn.get(&out_key)? else {
+            return Err(HubError::UnknownMessage(message_id));
+        };
+        let outcome: RoutedOutcome = parse(&out_key, &out)?;
+        if outcome.origin != caller.as_str() {
+            return Err(HubError::NotOrigin {
+                caller: caller.to_string(),
+                message_id,
+            });
+        }
+        let recipients: Vec<String> = outcome
+            .decisions
+            .iter()
+            .filter(|d| d.deliver)
+            .map(|d| d.recipient.clone())
+            .collect();
+        if txn.get(&retracted_key(&message_id))?.is_some() {
+            return Ok(Retracted {
+                duplicate: true,
+                recipients,
+                ..Retracted::default()
+            });
+        }
+        let note = Retraction {
+            reason,
+            retracted_at_ms: now_ms,
+        };
+        txn.put(retracted_key(&message_id), json(&note));
+        let base = pb::AuditRecord {
+            at_ms: now_ms,
+            message_id: message_id.clone(),
+            origin: outcome.origin.clone(),
+            policy_version: outcome.policy_version.clone(),
+            actor: actor.clone(),
+            reason: note.reason.clone(),
+            ..Default::default()
+        };
+        let mut retracted = Retracted {
+            recipients: recipients.clone(),
+            audit_seq: append_audit(
+                txn,
+                pb::AuditRecord {
+                    event: "retraction".into(),
+                    ..base.clone()
+                },
+            )?,
+            ..Retracted::default()
+        };
+        // Deliveries still held under embargo are simply dropped.
+        let env_bytes = txn.get(&env_key(&message_id))?.unwrap_or_default();
+        let not_before = pb::Envelope::decode(env_bytes.as_slice())
+            .ok()
+            .and_then(|e| e.labels)
+            .map_or(0, |l| l.not_before_ms);
+        let held = held_key(not_before, &message_id);
+        let was_held = not_before > 0 && txn.get(&held)?.is_some();
+        if was_held {
+            txn.delete(held);
+        }
+        for recipient in recipients {
+            let Ok(body) = BodyId::parse(&recipient) else {
+                continue;
+            };
+            let mut rec = pb::AuditRecord {
+                event: "retracted".into(),
+                recipient: recipient.clone(),
+                ..base.clone()
+            };
+            if was_held {
+                rec.reason = format!("withdrawn under embargo, never delivered: {}", note.reason);
+            } else {
+                let next_key = counter_key(body.as_str(), "next");
+                let seq = keys::u64_value(txn.get(&next_key)?) + 1;
+                txn.put(next_key, seq.to_be_bytes().to_vec());
+                let entry = QueueEntry {
+                    message_id: message_id.clone(),
+                    origin: outcome.origin.clone(),
+                    routed_at_ms: now_ms,
+                    retraction: Some(note.clone()),
+                };
+                txn.put(
+                    keys::seq_key(&queue_prefix(body.as_str()), seq),
+                    json(&entry),
+                );
+                rec.queue_seq = seq;
+                retracted.queued.push((body, seq));
+            }
+            retracted.audit_seq = append_audit(txn, rec)?;
+        }
+        Ok(retracted)
     })
     .await
 }
@@ -411,6 +576,7 @@ pub async fn acknowledge(
     seq: u64,
     actor: String,
     now_ms: i64,
+    policy_version: String,
 ) -> Result<(u64, u64), HubError> {
     db.write(move |txn| {
         let next = keys::u64_value(txn.get(&counter_key(body.as_str(), "next"))?);
@@ -443,6 +609,12 @@ pub async fn acknowledge(
                     recipient: body.to_string(),
                     actor: actor.clone(),
                     queue_seq: qseq,
+                    policy_version: policy_version.clone(),
+                    reason: if entry.retraction.is_some() {
+                        "retraction".into()
+                    } else {
+                        String::new()
+                    },
                     ..Default::default()
                 },
             )?;
@@ -540,7 +712,7 @@ mod tests {
 
     async fn submit_held(db: &Db, gov: &Governance, env: Envelope) {
         let decisions = decide(gov, &env.labels, NOW);
-        match submit(db, env, decisions, "v1".into(), "test".into(), NOW)
+        match submit(db, env, decisions, "v1".into(), "test".into(), None, NOW)
             .await
             .unwrap()
         {

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use liaison_pki::{ServerLimits, TlsFiles};
+use liaison_types::{Classification, Kind};
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::NodeError;
 
@@ -34,6 +36,143 @@ pub struct NodeConfig {
     /// Protective limits.
     #[serde(default)]
     pub limits: ServerLimits,
+    /// The `[release]` table as written, with positions for error messages.
+    #[serde(default, rename = "release")]
+    release_table: Option<Spanned<RawRelease>>,
+    /// Four-eyes release rules, from the `[release]` table; none if absent.
+    #[serde(skip)]
+    pub release: Release,
+}
+
+/// Four-eyes release: which messages need a second officer's approval
+/// before the node sends them to the hub, and who may give it.
+///
+/// ```toml
+/// [release]
+/// four_eyes_from = "CONFIDENTIAL"          # at or above this level
+/// four_eyes_kinds = ["operational_plan"]   # these kinds always
+/// approvers = ["bob", "carol"]             # officer certificate names
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Release {
+    /// Messages classified at or above this level need approval.
+    pub four_eyes_from: Option<Classification>,
+    /// Messages of these kinds need approval whatever their level.
+    pub four_eyes_kinds: Vec<Kind>,
+    /// Officers (the name part of their certificate identity) who may
+    /// approve or refuse; never for a message they submitted themselves.
+    pub approvers: Vec<String>,
+}
+
+impl Release {
+    /// Why a message of `kind` at `classification` needs a second officer's
+    /// approval, naming each rule that applies; `None` if it needs none.
+    pub fn approval_reason(&self, kind: Kind, classification: Classification) -> Option<String> {
+        let mut why = Vec::new();
+        if let Some(level) = self.four_eyes_from.filter(|l| classification >= *l) {
+            why.push(format!(
+                "release.four_eyes_from: {classification} is at or above {level}"
+            ));
+        }
+        if self.four_eyes_kinds.contains(&kind) {
+            why.push(format!(
+                "release.four_eyes_kinds: every {kind} needs a second officer's approval"
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// Whether the officer named `name` (certificate name part) may approve
+    /// or refuse messages they did not submit.
+    pub fn may_approve(&self, name: &str) -> bool {
+        self.approvers.iter().any(|a| a == name)
+    }
+}
+
+/// The `[release]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelease {
+    four_eyes_from: Option<Spanned<String>>,
+    four_eyes_kinds: Option<Spanned<Vec<Spanned<String>>>>,
+    approvers: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// Whether `name` can be the name part of a certificate identity.
+fn is_officer_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        })
+}
+
+impl RawRelease {
+    /// Validates the table; errors are `(position, message)`.
+    fn validate(
+        &self,
+        table: std::ops::Range<usize>,
+    ) -> Result<Release, (std::ops::Range<usize>, String)> {
+        let mut release = Release::default();
+        if let Some(level) = &self.four_eyes_from {
+            release.four_eyes_from = Some(
+                level
+                    .get_ref()
+                    .parse()
+                    .map_err(|e: String| (level.span(), format!("release.four_eyes_from: {e}")))?,
+            );
+        }
+        if let Some(kinds) = &self.four_eyes_kinds {
+            for k in kinds.get_ref() {
+                let kind: Kind = k
+                    .get_ref()
+                    .parse()
+                    .map_err(|e: String| (k.span(), format!("release.four_eyes_kinds: {e}")))?;
+                if release.four_eyes_kinds.contains(&kind) {
+                    return Err((
+                        k.span(),
+                        format!("release.four_eyes_kinds: {kind} is listed twice; list it once"),
+                    ));
+                }
+                release.four_eyes_kinds.push(kind);
+            }
+        }
+        if let Some(approvers) = &self.approvers {
+            for a in approvers.get_ref() {
+                let name = a.get_ref();
+                if !is_officer_name(name) {
+                    return Err((
+                        a.span(),
+                        format!(
+                            "release.approvers: '{}' is not an officer name; give the name part of the officer's certificate identity (for example \"bob\" for spiffe://<federation>/org/<body>/officer/bob)",
+                            name.escape_debug()
+                        ),
+                    ));
+                }
+                if release.approvers.contains(name) {
+                    return Err((
+                        a.span(),
+                        format!("release.approvers: '{name}' is listed twice; list it once"),
+                    ));
+                }
+                release.approvers.push(name.clone());
+            }
+        }
+        let rule_set = release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty();
+        if !rule_set {
+            return Err((
+                table,
+                "release: no rule is set; set four_eyes_from and/or four_eyes_kinds, or remove the [release] table".into(),
+            ));
+        }
+        if release.approvers.is_empty() {
+            let at = self.approvers.as_ref().map_or(table, Spanned::span);
+            return Err((
+                at,
+                "release.approvers: empty, but the four-eyes rules need approvers; name the officers who may approve (for example approvers = [\"bob\", \"carol\"])".into(),
+            ));
+        }
+        Ok(release)
+    }
 }
 
 /// Bounded exponential backoff.
@@ -68,6 +207,26 @@ impl Retry {
     }
 }
 
+/// The dotted key assigned on the line holding byte `offset` (for example
+/// `release.four_eyes_from`), if that line is a `key = value` line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        (l.starts_with('[') && !l.starts_with("[[")).then(|| l.trim_matches(['[', ']']).trim())
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
 impl NodeConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, NodeError> {
@@ -85,8 +244,21 @@ impl NodeConfig {
             file: path.display().to_string(),
             problem,
         };
-        let mut config: NodeConfig = toml::from_str(text)
-            .map_err(|e| bad(liaison_types::located(text, e.span(), e.message())))?;
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| {
+            let message = match e.span().and_then(|s| key_at(text, s.start)) {
+                Some(key) if !e.message().contains("unknown field") => {
+                    format!("{key}: {}", e.message())
+                }
+                _ => e.message().to_owned(),
+            };
+            bad(liaison_types::located(text, e.span(), &message))
+        })?;
+        if let Some(table) = &config.release_table {
+            config.release = table
+                .get_ref()
+                .validate(table.span())
+                .map_err(|(at, problem)| bad(liaison_types::located(text, Some(at), &problem)))?;
+        }
         if config.version != 1 {
             return Err(bad(format!(
                 "version = {} is not supported; use version = 1",
@@ -165,6 +337,138 @@ key = "node.key.pem"
             .unwrap_err()
             .to_string();
         assert!(err.contains("body:"), "{err}");
+        // A value of the wrong type names its key, inside tables too.
+        let err = parse(&GOOD.replace("\"node.pem\"", "7"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/liaison/node.toml: line 9, column 8: tls.cert: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_a_release_table_nothing_needs_approval() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.release, Release::default());
+        for kind in Kind::ALL {
+            for class in Classification::ALL {
+                assert_eq!(c.release.approval_reason(kind, class), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_release_table_sets_the_four_eyes_rules() {
+        let c = parse(&format!(
+            "{GOOD}\n[release]\nfour_eyes_from = \"CONFIDENTIAL\"\nfour_eyes_kinds = [\"operational_plan\"]\napprovers = [\"bob\", \"carol\"]\n"
+        ))
+        .unwrap();
+        let r = &c.release;
+        assert_eq!(r.four_eyes_from, Some(Classification::Confidential));
+        assert_eq!(r.four_eyes_kinds, vec![Kind::OperationalPlan]);
+        assert!(r.may_approve("bob") && r.may_approve("carol") && !r.may_approve("alice"));
+        use Classification as C;
+        assert_eq!(r.approval_reason(Kind::Alert, C::Restricted), None);
+        let why = r.approval_reason(Kind::Alert, C::Confidential).unwrap();
+        assert!(why.contains("release.four_eyes_from"), "{why}");
+        assert!(why.contains("CONFIDENTIAL"), "{why}");
+        assert!(r.approval_reason(Kind::Alert, C::Secret).is_some());
+        let why = r
+            .approval_reason(Kind::OperationalPlan, C::Unclassified)
+            .unwrap();
+        assert!(why.contains("release.four_eyes_kinds"), "{why}");
+        assert!(!why.contains("four_eyes_from"), "{why}");
+        let both = r.approval_reason(Kind::OperationalPlan, C::Secret).unwrap();
+        assert!(
+            both.contains("four_eyes_from") && both.contains("four_eyes_kinds"),
+            "{both}"
+        );
+
+        // Either rule alone is enough.
+        let kinds_only = parse(&format!(
+            "{GOOD}\n[release]\nfour_eyes_kinds = [\"alert\"]\napprovers = [\"bob\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(kinds_only.release.four_eyes_from, None);
+        assert!(kinds_only
+            .release
+            .approval_reason(Kind::Alert, C::Unclassified)
+            .is_some());
+    }
+
+    /// Parses GOOD plus a `[release]` table and returns the error text.
+    fn release_error(table: &str) -> String {
+        parse(&format!("{GOOD}\n[release]\n{table}"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn release_errors_name_file_line_and_key() {
+        // GOOD has 10 lines (the first empty); `[release]` is line 12.
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "four_eyes_from = \"TOP\"\napprovers = [\"bob\"]\n",
+                "line 13",
+                &["release.four_eyes_from", "TOP", "CONFIDENTIAL"],
+            ),
+            (
+                "four_eyes_kinds = [\"alert\", \"memo\"]\napprovers = [\"bob\"]\n",
+                "line 13",
+                &["release.four_eyes_kinds", "memo", "operational_plan"],
+            ),
+            (
+                "four_eyes_kinds = [\"alert\", \"alert\"]\napprovers = [\"bob\"]\n",
+                "line 13",
+                &["release.four_eyes_kinds", "twice"],
+            ),
+            (
+                "four_eyes_from = \"SECRET\"\napprovers = []\n",
+                "line 14",
+                &["release.approvers", "empty"],
+            ),
+            (
+                "four_eyes_from = \"SECRET\"\n",
+                "line 12,",
+                &["release.approvers", "empty"],
+            ),
+            (
+                "four_eyes_from = \"SECRET\"\napprovers = [\"Bob Smith\"]\n",
+                "line 14",
+                &["release.approvers", "Bob Smith", "certificate"],
+            ),
+            (
+                "four_eyes_from = \"SECRET\"\napprovers = [\"bob\", \"bob\"]\n",
+                "line 14",
+                &["release.approvers", "twice"],
+            ),
+            (
+                "approvers = [\"bob\"]\n",
+                "line 12,",
+                &["release:", "no rule", "four_eyes_from"],
+            ),
+            (
+                "four_eyes_from = \"SECRET\"\napprovers = [\"bob\"]\nquorum = 2\n",
+                "line 15",
+                &["quorum"],
+            ),
+            (
+                "four_eyes_from = 4\napprovers = [\"bob\"]\n",
+                "line 13",
+                &["release.four_eyes_from: invalid type", "string"],
+            ),
+        ];
+        for (table, line, needles) in cases {
+            let err = release_error(table);
+            assert!(
+                err.starts_with(&format!("/etc/liaison/node.toml: {line}")),
+                "{table:?}: {err}"
+            );
+            for n in *needles {
+                assert!(err.contains(n), "{table:?}: {err} lacks {n:?}");
+            }
+        }
     }
 
     #[test]

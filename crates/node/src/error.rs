@@ -36,6 +36,52 @@ pub enum NodeError {
     /// No such inbox message.
     #[error("no message {0} in this node's inbox")]
     NotFound(String),
+    /// No such outbox message.
+    #[error("no message {0} in this node's outbox")]
+    NotInOutbox(String),
+    /// No such message awaiting approval.
+    #[error("message {0} is not awaiting approval; see `liaison approvals` for those that are")]
+    NotAwaiting(String),
+    /// A request field is wrong (caller's fault).
+    #[error("{field}: {problem}")]
+    BadRequest {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what would be right.
+        problem: String,
+    },
+    /// The submitter tried to approve or refuse their own message (caller's
+    /// fault): four-eyes release needs a second officer.
+    #[error("you submitted message {message_id}; four-eyes release needs a second officer of your body to approve or refuse it")]
+    OwnMessage {
+        /// The message.
+        message_id: String,
+    },
+    /// The caller is not one of the node's approvers (caller's fault).
+    #[error("{caller} may not approve or refuse messages on this node; {who}")]
+    NotApprover {
+        /// Caller identity.
+        caller: String,
+        /// Who may, in words.
+        who: String,
+    },
+    /// The message is not awaiting approval any more, or never was.
+    #[error("message {message_id}: {problem}")]
+    NotAwaitingApproval {
+        /// The message.
+        message_id: String,
+        /// Its state and why the request cannot apply.
+        problem: String,
+    },
+    /// A message needs four-eyes approval but no officer other than its
+    /// submitter may approve it on this node (operator's configuration).
+    #[error("this message needs four-eyes approval ({reason}) but no officer other than you may approve it on this node ([release] approvers: {approvers}); nothing was stored; ask the node's operator to add a second approver")]
+    NoOtherApprover {
+        /// Why it needs approval.
+        reason: String,
+        /// The configured approvers.
+        approvers: String,
+    },
     /// The hub could not be reached or refused (peer's fault or transient).
     #[error("hub: {0}")]
     Hub(Status),
@@ -70,11 +116,18 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         let code = match &e {
             NodeError::Invalid(_) => Code::InvalidArgument,
-            NodeError::WrongBody { .. } | NodeError::OriginMismatch { .. } => {
-                Code::PermissionDenied
-            }
+            NodeError::BadRequest { .. } => Code::InvalidArgument,
+            NodeError::WrongBody { .. }
+            | NodeError::OriginMismatch { .. }
+            | NodeError::OwnMessage { .. }
+            | NodeError::NotApprover { .. } => Code::PermissionDenied,
             NodeError::IdReused(_) => Code::AlreadyExists,
-            NodeError::NotFound(_) => Code::NotFound,
+            NodeError::NotFound(_) | NodeError::NotInOutbox(_) | NodeError::NotAwaiting(_) => {
+                Code::NotFound
+            }
+            NodeError::NotAwaitingApproval { .. } | NodeError::NoOtherApprover { .. } => {
+                Code::FailedPrecondition
+            }
             // The hub's own verdict on the caller's input passes through.
             NodeError::Hub(s)
                 if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied) =>

@@ -7,6 +7,11 @@
 //! officer CLI ◀──ListInbox/Show── inbox (sled) ◀──receive task── hub Federation.Subscribe
 //! ```
 //!
+//! With four-eyes release configured (`[release]`), a message the rules
+//! cover waits in the outbox, outside the push queue, until a second officer
+//! who is an approver approves it (`Officer.Approve`); the node then pushes
+//! it and names the approver to the hub, which audits it.
+//!
 //! [`run`] serves until its shutdown future completes; the binary only parses
 //! arguments and calls it.
 #![forbid(unsafe_code)]
@@ -20,7 +25,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use config::{NodeConfig, Retry};
+pub use config::{NodeConfig, Release, Retry};
 pub use error::NodeError;
 use liaison_pki::{authorize, lazy_channel, server_config, tls_incoming, TlsMaterial};
 use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
@@ -65,7 +70,23 @@ pub async fn run(
         hub: FederationClient::new(channel)
             .max_decoding_message_size(config.limits.max_request_bytes * 2),
         outbox_ready: Notify::new(),
+        release: config.release.clone(),
     });
+    let release = &state.release;
+    if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {
+        tracing::info!(
+            from = ?release.four_eyes_from.map(|c| c.as_str()),
+            kinds = ?release.four_eyes_kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            approvers = ?release.approvers,
+            "four-eyes release in force"
+        );
+        if release.approvers.len() < 2 {
+            tracing::warn!(
+                approvers = ?release.approvers,
+                "only one four-eyes approver: messages that approver submits cannot be approved by anyone, and are refused at submission"
+            );
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let pusher = tokio::spawn(link::push_outbox(
         Arc::clone(&state),

@@ -67,11 +67,33 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
-        for (push_seq, id, envelope) in pending {
+        for store::Pending {
+            push_seq,
+            id,
+            envelope,
+            approved_by,
+            releasable,
+        } in pending
+        {
+            if !releasable {
+                // Only released messages are ever queued for the hub; never
+                // send anything else, whatever the store says.
+                tracing::error!(message_id = %id, "push queue held a message that is not released; dropped unsent");
+                if let Err(e) = store::drop_push(&state.db, push_seq).await {
+                    tracing::error!(error = %e, "cannot drop a push queue entry");
+                    failures += 1;
+                    if !pause(retry.backoff(failures), &mut stopping).await {
+                        return;
+                    }
+                    break;
+                }
+                continue;
+            }
             let mut hub = state.hub.clone();
             let result = hub
                 .submit(pb::SubmitRequest {
                     envelope: Some(envelope),
+                    approved_by,
                 })
                 .await;
             let finished = match result {

@@ -1,4 +1,6 @@
-//! The officer API.
+//! The officer API, including four-eyes release: a message the node's
+//! `[release]` rules cover waits in the outbox, unsent, until a second
+//! officer of the body who is an approver approves it (or refuses it).
 
 use std::sync::Arc;
 
@@ -12,8 +14,12 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::store::{self, OutboxRecord, OutboxStatus, Queued};
+use crate::config::Release;
+use crate::store::{self, Decider, OutboxRecord, OutboxStatus, Queued};
 use crate::NodeError;
+
+/// Longest refusal reason, in characters.
+const MAX_REASON_CHARS: usize = 1_000;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
@@ -29,6 +35,8 @@ pub struct NodeState {
     pub hub: FederationClient<Channel>,
     /// Woken when the outbox has something new to push.
     pub outbox_ready: Notify,
+    /// Four-eyes release rules.
+    pub release: Release,
 }
 
 impl NodeState {
@@ -83,6 +91,18 @@ impl NodeState {
         // creation time of a resubmission is the original one.
         let (env, typed) = self.envelope(req.labels, req.body)?;
         let digest = store::submission_digest(&env);
+        let approval_reason = self
+            .release
+            .approval_reason(env.labels.kind, env.labels.classification);
+        if let Some(reason) = &approval_reason {
+            // A message nobody else may approve would wait forever.
+            if !self.release.approvers.iter().any(|a| *a != caller.name) {
+                return Err(NodeError::NoOtherApprover {
+                    reason: reason.clone(),
+                    approvers: self.release.approvers.join(", "),
+                });
+            }
+        }
         let record = OutboxRecord {
             message_id: env.labels.message_id.clone(),
             digest,
@@ -91,20 +111,190 @@ impl NodeState {
             title: typed.title().to_owned(),
             kind: env.labels.kind.as_str().to_owned(),
             classification: env.labels.classification.as_str().to_owned(),
-            status: OutboxStatus::Queued,
+            status: if approval_reason.is_some() {
+                OutboxStatus::AwaitingApproval
+            } else {
+                OutboxStatus::Queued
+            },
             attempts: 0,
             last_error: String::new(),
             decisions: Vec::new(),
             policy_version: String::new(),
+            seq: 0,
+            approval_reason: approval_reason.unwrap_or_default(),
+            approved_by: String::new(),
+            approved_at_ms: 0,
+            refused_by: String::new(),
+            refused_at_ms: 0,
+            refusal_reason: String::new(),
         };
-        let queued = store::enqueue(&self.db, &env, record).await?;
+        let (queued, stored) = store::enqueue(&self.db, &env, record).await?;
         if queued == Queued::New {
-            self.outbox_ready.notify_one();
+            if stored.status == OutboxStatus::Queued {
+                self.outbox_ready.notify_one();
+                tracing::info!(message_id = %stored.message_id, officer = %caller, "queued for the hub");
+            } else {
+                tracing::info!(message_id = %stored.message_id, officer = %caller, reason = %stored.approval_reason, "awaiting four-eyes approval");
+            }
         }
-        tracing::info!(message_id = %env.labels.message_id, officer = %caller, "queued for the hub");
         Ok(pb::OfficerSubmitResponse {
-            message_id: env.labels.message_id,
+            message_id: stored.message_id,
             duplicate: queued == Queued::Duplicate,
+            status: stored.status.as_str().to_owned(),
+            approval_reason: stored.approval_reason,
+        })
+    }
+
+    /// Who may approve, in words, for refusals.
+    fn approvers_in_words(&self) -> String {
+        if self.release.approvers.is_empty() {
+            "this node has no four-eyes approvers ([release] approvers in its configuration)"
+                .to_owned()
+        } else {
+            format!(
+                "only these officers of {} may: {}",
+                self.body,
+                self.release.approvers.join(", ")
+            )
+        }
+    }
+
+    /// Checks that `caller` may decide on message `id`: it is in the outbox,
+    /// they did not submit it, and they are an approver. Denials are logged.
+    fn may_decide(&self, caller: &Identity, id: &str, verb: &str) -> Result<(), NodeError> {
+        self.own_officer(caller)?;
+        let (rec, _) = store::outbox_message(&self.db, id)?
+            .ok_or_else(|| NodeError::NotInOutbox(id.to_owned()))?;
+        let denied = if rec.submitted_by == caller.uri() {
+            NodeError::OwnMessage {
+                message_id: id.to_owned(),
+            }
+        } else if !self.release.may_approve(&caller.name) {
+            NodeError::NotApprover {
+                caller: caller.uri(),
+                who: self.approvers_in_words(),
+            }
+        } else {
+            return Ok(());
+        };
+        tracing::warn!(message_id = %id, officer = %caller, submitted_by = %rec.submitted_by, error = %denied, "four-eyes {verb} denied");
+        Err(denied)
+    }
+
+    async fn approve(
+        &self,
+        caller: &Identity,
+        req: pb::ApproveRequest,
+    ) -> Result<pb::ApproveResponse, NodeError> {
+        let id = canonical_id(req.message_id);
+        self.may_decide(caller, &id, "approval")?;
+        let decider = Decider {
+            uri: caller.uri(),
+            now_ms: now_ms(),
+        };
+        let (rec, already) = store::approve(&self.db, id, decider).await?;
+        if !already {
+            self.outbox_ready.notify_one();
+            tracing::info!(message_id = %rec.message_id, approved_by = %rec.approved_by, submitted_by = %rec.submitted_by, "four-eyes approval: released to the hub");
+        }
+        Ok(pb::ApproveResponse {
+            message_id: rec.message_id,
+            approved_by: rec.approved_by,
+            approved_at_ms: rec.approved_at_ms,
+            already_approved: already,
+            status: rec.status.as_str().to_owned(),
+        })
+    }
+
+    async fn refuse(
+        &self,
+        caller: &Identity,
+        req: pb::RefuseRequest,
+    ) -> Result<pb::RefuseResponse, NodeError> {
+        let id = canonical_id(req.message_id);
+        let reason = req.reason.trim().to_owned();
+        if reason.is_empty() {
+            return Err(NodeError::BadRequest {
+                field: "reason",
+                problem:
+                    "missing; say why the message is refused, for the submitter and the record"
+                        .into(),
+            });
+        }
+        let chars = reason.chars().count();
+        if chars > MAX_REASON_CHARS {
+            return Err(NodeError::BadRequest {
+                field: "reason",
+                problem: format!("{chars} characters is too long; keep it to {MAX_REASON_CHARS}"),
+            });
+        }
+        self.may_decide(caller, &id, "refusal")?;
+        let decider = Decider {
+            uri: caller.uri(),
+            now_ms: now_ms(),
+        };
+        let (rec, already) = store::refuse(&self.db, id, decider, reason).await?;
+        if !already {
+            tracing::info!(message_id = %rec.message_id, refused_by = %rec.refused_by, submitted_by = %rec.submitted_by, "four-eyes refusal: never sent");
+        }
+        Ok(pb::RefuseResponse {
+            message_id: rec.message_id,
+            refused_by: rec.refused_by,
+            refused_at_ms: rec.refused_at_ms,
+            reason: rec.refusal_reason,
+            already_refused: already,
+        })
+    }
+
+    fn list_approvals(
+        &self,
+        caller: &Identity,
+        req: pb::ListApprovalsRequest,
+    ) -> Result<pb::ListApprovalsResponse, NodeError> {
+        self.own_officer(caller)?;
+        let one = !req.message_id.is_empty();
+        let items = if one {
+            let id = canonical_id(req.message_id);
+            match store::outbox_message(&self.db, &id)? {
+                Some((rec, env)) if rec.status == OutboxStatus::AwaitingApproval => {
+                    vec![(rec, env)]
+                }
+                _ => return Err(NodeError::NotAwaiting(id)),
+            }
+        } else {
+            store::awaiting(&self.db, limit(req.limit))?
+        };
+        let entries = items
+            .into_iter()
+            .map(|(rec, env)| {
+                let body = if one {
+                    Some(pb::Body::decode(env.body.as_slice()).map_err(|e| {
+                        liaison_store::StoreError::Corrupt {
+                            key: format!("oe/{}", rec.message_id),
+                            problem: format!("stored body does not decode: {e}"),
+                        }
+                    })?)
+                } else {
+                    None
+                };
+                Ok(pb::PendingApproval {
+                    can_decide: rec.submitted_by != caller.uri()
+                        && self.release.may_approve(&caller.name),
+                    message_id: rec.message_id,
+                    submitted_by: rec.submitted_by,
+                    submitted_at_ms: rec.submitted_at_ms,
+                    title: rec.title,
+                    kind: kind_proto(&rec.kind),
+                    classification: class_proto(&rec.classification),
+                    approval_reason: rec.approval_reason,
+                    labels: env.labels,
+                    body,
+                })
+            })
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        Ok(pb::ListApprovalsResponse {
+            entries,
+            approvers: self.release.approvers.clone(),
         })
     }
 
@@ -147,6 +337,18 @@ fn canonical_id(id: String) -> String {
     liaison_types::normalise_message_id(&id).unwrap_or(id)
 }
 
+fn kind_proto(name: &str) -> i32 {
+    name.parse::<liaison_types::Kind>()
+        .map(|k| k.to_proto() as i32)
+        .unwrap_or(0)
+}
+
+fn class_proto(name: &str) -> i32 {
+    name.parse::<liaison_types::Classification>()
+        .map(|c| c.to_proto() as i32)
+        .unwrap_or(0)
+}
+
 fn limit(requested: u32) -> usize {
     match requested {
         0 => DEFAULT_LIMIT,
@@ -183,16 +385,8 @@ impl pb::officer_server::Officer for OfficerService {
             .map(|r| pb::OutboxEntry {
                 message_id: r.message_id,
                 title: r.title,
-                kind: r
-                    .kind
-                    .parse::<liaison_types::Kind>()
-                    .map(|k| k.to_proto() as i32)
-                    .unwrap_or(0),
-                classification: r
-                    .classification
-                    .parse::<liaison_types::Classification>()
-                    .map(|c| c.to_proto() as i32)
-                    .unwrap_or(0),
+                kind: kind_proto(&r.kind),
+                classification: class_proto(&r.classification),
                 status: r.status.as_str().to_owned(),
                 decisions: r.decisions.iter().map(pb::RoutingDecision::from).collect(),
                 submitted_by: r.submitted_by,
@@ -200,6 +394,12 @@ impl pb::officer_server::Officer for OfficerService {
                 attempts: r.attempts,
                 last_error: r.last_error,
                 policy_version: r.policy_version,
+                approval_reason: r.approval_reason,
+                approved_by: r.approved_by,
+                approved_at_ms: r.approved_at_ms,
+                refused_by: r.refused_by,
+                refused_at_ms: r.refused_at_ms,
+                refusal_reason: r.refusal_reason,
             })
             .collect();
         Ok(Response::new(pb::ListOutboxResponse { entries }))
@@ -261,6 +461,36 @@ impl pb::officer_server::Officer for OfficerService {
         let caller = caller_from_extensions(&req)?.clone();
         Ok(Response::new(
             self.0.explain(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        Ok(Response::new(
+            self.0.list_approvals(&caller, req.into_inner())?,
+        ))
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        Ok(Response::new(
+            self.0.approve(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn refuse(
+        &self,
+        req: Request<pb::RefuseRequest>,
+    ) -> Result<Response<pb::RefuseResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        Ok(Response::new(
+            self.0.refuse(&caller, req.into_inner()).await?,
         ))
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! Keys:
 //! - `o/<id>`: outbox record (JSON), `oe/<id>`: its envelope (encoded proto);
-//! - `ol/<n>`: outbox order (newest last), `op/<n>`: still to push to the hub;
+//! - `ol/<n>`: outbox order (newest last), `op/<n>`: still to push to the hub
+//!   (only messages released: `queued`), `oa/<n>`: awaiting a second
+//!   officer's approval (four-eyes release), never pushed until approved;
 //! - `i/<id>`: inbox record (JSON), `ie/<id>`: its envelope;
 //! - `il/<n>`: inbox order (newest last);
 //! - `meta/*`: counters and the last hub position stored.
 
 use liaison_proto::v1 as pb;
-use liaison_store::{from_json as parse, keys, to_json as json, Db, StoreError};
+use liaison_store::{from_json as parse, keys, to_json as json, Db, StoreError, Txn};
 use liaison_types::{DecisionRecord, Envelope};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -16,9 +18,19 @@ use serde::{Deserialize, Serialize};
 use crate::NodeError;
 
 /// An outbox entry's state.
+///
+/// ```text
+/// awaiting_approval ──approve──▶ queued ──push──▶ routed | rejected
+///        └──────────refuse─────▶ refused (never sent)
+/// ```
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OutboxStatus {
+    /// Held until a second officer approves it (four-eyes release); not in
+    /// the push queue.
+    AwaitingApproval,
+    /// Refused by a second officer; never sent.
+    Refused,
     /// Waiting to be accepted by the hub.
     Queued,
     /// Accepted and routed by the hub.
@@ -31,6 +43,8 @@ impl OutboxStatus {
     /// The name shown to officers.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::Refused => "refused",
             Self::Queued => "queued",
             Self::Routed => "routed",
             Self::Rejected => "rejected",
@@ -65,6 +79,27 @@ pub struct OutboxRecord {
     pub decisions: Vec<DecisionRecord>,
     /// Policy version that routed it.
     pub policy_version: String,
+    /// Position in the outbox order (`ol/<n>`); set by [`enqueue`].
+    #[serde(default)]
+    pub seq: u64,
+    /// Why it needs a second officer's approval; empty if it does not.
+    #[serde(default)]
+    pub approval_reason: String,
+    /// Officer identity that approved its release.
+    #[serde(default)]
+    pub approved_by: String,
+    /// When, 0 if not approved.
+    #[serde(default)]
+    pub approved_at_ms: i64,
+    /// Officer identity that refused it.
+    #[serde(default)]
+    pub refused_by: String,
+    /// When, 0 if not refused.
+    #[serde(default)]
+    pub refused_at_ms: i64,
+    /// Why it was refused.
+    #[serde(default)]
+    pub refusal_reason: String,
 }
 
 /// A received message's bookkeeping.
@@ -122,54 +157,248 @@ pub enum Queued {
     Duplicate,
 }
 
-/// Puts a validated message in the outbox and the push queue, atomically.
-pub async fn enqueue(db: &Db, env: &Envelope, record: OutboxRecord) -> Result<Queued, NodeError> {
+/// Allocates the next outbox position.
+fn next_position(txn: &mut Txn<'_>) -> Result<u64, StoreError> {
+    let n = keys::u64_value(txn.get(OUTBOX_NEXT)?) + 1;
+    txn.put(OUTBOX_NEXT, n.to_be_bytes().to_vec());
+    Ok(n)
+}
+
+/// Puts a validated message in the outbox, atomically: in the push queue if
+/// its status is `Queued`, among the messages awaiting approval if it is
+/// `AwaitingApproval`. Returns whether it was new, and the stored record
+/// (the original one for a duplicate).
+pub async fn enqueue(
+    db: &Db,
+    env: &Envelope,
+    mut record: OutboxRecord,
+) -> Result<(Queued, OutboxRecord), NodeError> {
     let encoded = pb::Envelope::from(env).encode_to_vec();
     db.write(move |txn| {
         let key = k("o", &record.message_id);
         if let Some(existing) = txn.get(&key)? {
             let existing: OutboxRecord = parse(&key, &existing)?;
             return if existing.digest == record.digest {
-                Ok(Queued::Duplicate)
+                Ok((Queued::Duplicate, existing))
             } else {
                 Err(NodeError::IdReused(record.message_id))
             };
         }
-        let n = keys::u64_value(txn.get(OUTBOX_NEXT)?) + 1;
-        txn.put(OUTBOX_NEXT, n.to_be_bytes().to_vec());
-        txn.put(
-            keys::seq_key(b"ol/", n),
-            record.message_id.clone().into_bytes(),
-        );
-        txn.put(
-            keys::seq_key(b"op/", n),
-            record.message_id.clone().into_bytes(),
-        );
+        let n = next_position(txn)?;
+        record.seq = n;
+        let id = record.message_id.clone().into_bytes();
+        txn.put(keys::seq_key(b"ol/", n), id.clone());
+        match record.status {
+            OutboxStatus::Queued => txn.put(keys::seq_key(b"op/", n), id),
+            OutboxStatus::AwaitingApproval => txn.put(keys::seq_key(b"oa/", n), id),
+            other => {
+                return Err(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    problem: format!("a new outbox record cannot be {}", other.as_str()),
+                }
+                .into())
+            }
+        }
         txn.put(k("oe", &record.message_id), encoded);
         txn.put(key, json(&record));
-        Ok(Queued::New)
+        Ok((Queued::New, record))
     })
     .await
 }
 
-/// The oldest messages still to push: `(push position, id, envelope)`.
-pub fn pending(db: &Db, limit: usize) -> Result<Vec<(u64, String, pb::Envelope)>, StoreError> {
+/// A message to push to the hub.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Its push position.
+    pub push_seq: u64,
+    /// Message id.
+    pub id: String,
+    /// The envelope to send.
+    pub envelope: pb::Envelope,
+    /// Officer identity that approved its release, if four-eyes applied.
+    pub approved_by: String,
+    /// Whether it may be sent. Only released messages (status `Queued`) are
+    /// ever put in the push queue; should an entry for any other status be
+    /// found, it is dropped unsent (see [`drop_push`]), never pushed.
+    pub releasable: bool,
+}
+
+/// The oldest messages still to push.
+pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
     db.scan_prefix(b"op/", limit)?
         .into_iter()
         .map(|(key, id)| {
             let id = String::from_utf8_lossy(&id).into_owned();
+            let rkey = k("o", &id);
+            let rec: Option<OutboxRecord> = db.get(&rkey)?.map(|b| parse(&rkey, &b)).transpose()?;
             let ekey = k("oe", &id);
             let env = db.get(&ekey)?.ok_or_else(|| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&ekey).into_owned(),
                 problem: "pending message has no envelope".into(),
             })?;
-            Ok((
-                keys::seq_of(&key).unwrap_or_default(),
+            let releasable = rec
+                .as_ref()
+                .is_some_and(|r| r.status == OutboxStatus::Queued);
+            Ok(Pending {
+                push_seq: keys::seq_of(&key).unwrap_or_default(),
                 id,
-                decode_env(&ekey, &env)?,
-            ))
+                envelope: decode_env(&ekey, &env)?,
+                approved_by: rec.map(|r| r.approved_by).unwrap_or_default(),
+                releasable,
+            })
         })
         .collect()
+}
+
+/// Removes a push queue entry without sending it (one that is not
+/// releasable; see [`pending`]).
+pub async fn drop_push(db: &Db, push_seq: u64) -> Result<(), NodeError> {
+    db.write(move |txn| {
+        txn.delete(keys::seq_key(b"op/", push_seq));
+        Ok(())
+    })
+    .await
+}
+
+/// Who is deciding on a message awaiting four-eyes approval.
+#[derive(Debug, Clone)]
+pub struct Decider {
+    /// Their identity (SPIFFE URI).
+    pub uri: String,
+    /// When, milliseconds since the Unix epoch.
+    pub now_ms: i64,
+}
+
+fn outbox_record(txn: &Txn<'_>, id: &str) -> Result<OutboxRecord, NodeError> {
+    let key = k("o", id);
+    match txn.get(&key)? {
+        Some(b) => Ok(parse(&key, &b)?),
+        None => Err(NodeError::NotInOutbox(id.to_owned())),
+    }
+}
+
+/// The submitter never decides on their own message.
+fn not_own(rec: &OutboxRecord, decider: &Decider) -> Result<(), NodeError> {
+    if rec.submitted_by == decider.uri {
+        Err(NodeError::OwnMessage {
+            message_id: rec.message_id.clone(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Approves a message awaiting four-eyes approval: moves it into the push
+/// queue (status `Queued`) and records the approver, atomically. Approving
+/// an approved message again returns the original approval and `true`. The
+/// caller has checked that `decider` is an approver.
+pub async fn approve(
+    db: &Db,
+    id: String,
+    decider: Decider,
+) -> Result<(OutboxRecord, bool), NodeError> {
+    db.write(move |txn| {
+        let mut rec = outbox_record(txn, &id)?;
+        not_own(&rec, &decider)?;
+        match rec.status {
+            OutboxStatus::AwaitingApproval => {}
+            _ if !rec.approved_by.is_empty() => return Ok((rec, true)),
+            _ => return Err(not_awaiting(&rec, "approved")),
+        }
+        rec.status = OutboxStatus::Queued;
+        rec.approved_by = decider.uri;
+        rec.approved_at_ms = decider.now_ms;
+        // Released now: it joins the push queue behind what is already there.
+        let n = next_position(txn)?;
+        txn.delete(keys::seq_key(b"oa/", rec.seq));
+        txn.put(keys::seq_key(b"op/", n), id.clone().into_bytes());
+        txn.put(k("o", &id), json(&rec));
+        Ok((rec, false))
+    })
+    .await
+}
+
+/// Refuses a message awaiting four-eyes approval: it is never sent.
+/// Refusing a refused message again returns the original refusal and
+/// `true`. The caller has checked that `decider` is an approver and that
+/// `reason` is acceptable.
+pub async fn refuse(
+    db: &Db,
+    id: String,
+    decider: Decider,
+    reason: String,
+) -> Result<(OutboxRecord, bool), NodeError> {
+    db.write(move |txn| {
+        let mut rec = outbox_record(txn, &id)?;
+        not_own(&rec, &decider)?;
+        match rec.status {
+            OutboxStatus::AwaitingApproval => {}
+            OutboxStatus::Refused => return Ok((rec, true)),
+            _ => return Err(not_awaiting(&rec, "refused")),
+        }
+        rec.status = OutboxStatus::Refused;
+        rec.refused_by = decider.uri;
+        rec.refused_at_ms = decider.now_ms;
+        rec.refusal_reason = reason;
+        txn.delete(keys::seq_key(b"oa/", rec.seq));
+        txn.put(k("o", &id), json(&rec));
+        Ok((rec, false))
+    })
+    .await
+}
+
+/// Why a message that is not awaiting approval cannot be `verb`.
+fn not_awaiting(rec: &OutboxRecord, verb: &str) -> NodeError {
+    let state = match rec.status {
+        OutboxStatus::Refused => format!(
+            "it was refused by {}: {}; a refused message is never sent (submit a corrected message under a new id)",
+            rec.refused_by, rec.refusal_reason
+        ),
+        _ if !rec.approved_by.is_empty() => format!(
+            "it was already approved by {} and released",
+            rec.approved_by
+        ),
+        _ => format!(
+            "it did not need four-eyes approval and was released when submitted (status {})",
+            rec.status.as_str()
+        ),
+    };
+    NodeError::NotAwaitingApproval {
+        message_id: rec.message_id.clone(),
+        problem: format!("it cannot be {verb}: {state}"),
+    }
+}
+
+/// Messages awaiting four-eyes approval, oldest first, with their envelopes.
+pub fn awaiting(db: &Db, limit: usize) -> Result<Vec<(OutboxRecord, pb::Envelope)>, StoreError> {
+    db.scan_prefix(b"oa/", limit)?
+        .into_iter()
+        .map(|(_, id)| {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            outbox_message(db, &id)?.ok_or_else(|| StoreError::Corrupt {
+                key: format!("o/{id}"),
+                problem: "a message awaiting approval has no outbox record".into(),
+            })
+        })
+        .collect()
+}
+
+/// One outbox message: record and envelope.
+pub fn outbox_message(
+    db: &Db,
+    id: &str,
+) -> Result<Option<(OutboxRecord, pb::Envelope)>, StoreError> {
+    let key = k("o", id);
+    let Some(rec) = db.get(&key)? else {
+        return Ok(None);
+    };
+    let rec: OutboxRecord = parse(&key, &rec)?;
+    let ekey = k("oe", id);
+    let env = db.get(&ekey)?.ok_or_else(|| StoreError::Corrupt {
+        key: String::from_utf8_lossy(&ekey).into_owned(),
+        problem: "outbox message has no envelope".into(),
+    })?;
+    Ok(Some((rec, decode_env(&ekey, &env)?)))
 }
 
 /// Records the end of pushing one message: routed (with the hub's answer)
@@ -346,4 +575,302 @@ pub async fn mark_read(
         Ok(rec)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use liaison_types::now_ms;
+
+    const ALICE: &str = "spiffe://liaison.test/org/alpha/officer/alice";
+    const BOB: &str = "spiffe://liaison.test/org/alpha/officer/bob";
+    const CAROL: &str = "spiffe://liaison.test/org/alpha/officer/carol";
+
+    fn message() -> Envelope {
+        let body = pb::Body {
+            title: "four eyes".into(),
+            content: Some(pb::body::Content::Alert(pb::Alert {
+                text: "act".into(),
+                ..Default::default()
+            })),
+        };
+        let labels = pb::Labels {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            origin: "alpha".into(),
+            kind: pb::Kind::Alert as i32,
+            classification: pb::Classification::Confidential as i32,
+            crime_areas: vec!["drugs".into()],
+            priority: pb::Priority::Routine as i32,
+            created_at_ms: now_ms(),
+            ..Default::default()
+        };
+        Envelope::parse(pb::Envelope {
+            labels: Some(labels),
+            body: body.encode_to_vec(),
+        })
+        .unwrap()
+        .0
+    }
+
+    fn record(env: &Envelope, status: OutboxStatus) -> OutboxRecord {
+        OutboxRecord {
+            message_id: env.labels.message_id.clone(),
+            digest: submission_digest(env),
+            submitted_by: ALICE.into(),
+            submitted_at_ms: now_ms(),
+            title: "four eyes".into(),
+            kind: "alert".into(),
+            classification: "CONFIDENTIAL".into(),
+            status,
+            attempts: 0,
+            last_error: String::new(),
+            decisions: Vec::new(),
+            policy_version: String::new(),
+            seq: 0,
+            approval_reason: if status == OutboxStatus::AwaitingApproval {
+                "release.four_eyes_from: CONFIDENTIAL is at or above CONFIDENTIAL".into()
+            } else {
+                String::new()
+            },
+            approved_by: String::new(),
+            approved_at_ms: 0,
+            refused_by: String::new(),
+            refused_at_ms: 0,
+            refusal_reason: String::new(),
+        }
+    }
+
+    fn by(uri: &str) -> Decider {
+        Decider {
+            uri: uri.into(),
+            now_ms: 1_000,
+        }
+    }
+
+    async fn submit(db: &Db, status: OutboxStatus) -> String {
+        let env = message();
+        let (queued, rec) = enqueue(db, &env, record(&env, status)).await.unwrap();
+        assert_eq!(queued, Queued::New);
+        assert_eq!(rec.status, status);
+        rec.message_id
+    }
+
+    fn pushable(db: &Db) -> Vec<String> {
+        pending(db, 100)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect()
+    }
+
+    fn waiting(db: &Db) -> Vec<String> {
+        awaiting(db, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r.message_id)
+            .collect()
+    }
+
+    fn status(db: &Db, id: &str) -> OutboxRecord {
+        outbox_message(db, id).unwrap().unwrap().0
+    }
+
+    #[tokio::test]
+    async fn an_awaiting_message_is_not_pushed_until_approved() {
+        let db = Db::in_memory();
+        let plain = submit(&db, OutboxStatus::Queued).await;
+        let held = submit(&db, OutboxStatus::AwaitingApproval).await;
+        assert_eq!(pushable(&db), vec![plain.clone()]);
+        assert_eq!(waiting(&db), vec![held.clone()]);
+
+        // The submitter cannot approve; nothing changes.
+        let before = status(&db, &held);
+        let err = approve(&db, held.clone(), by(ALICE)).await.unwrap_err();
+        assert!(matches!(err, NodeError::OwnMessage { .. }), "{err}");
+        assert_eq!(status(&db, &held), before);
+        assert_eq!(pushable(&db), vec![plain.clone()]);
+
+        // A second officer approves: it joins the push queue behind what is
+        // there, with the approver.
+        let (rec, already) = approve(&db, held.clone(), by(BOB)).await.unwrap();
+        assert!(!already);
+        assert_eq!(rec.status, OutboxStatus::Queued);
+        assert_eq!((rec.approved_by.as_str(), rec.approved_at_ms), (BOB, 1_000));
+        assert_eq!(pushable(&db), vec![plain.clone(), held.clone()]);
+        assert!(waiting(&db).is_empty());
+        let p = pending(&db, 100).unwrap();
+        assert!(p.iter().all(|p| p.releasable));
+        assert_eq!(p[0].approved_by, "");
+        assert_eq!(p[1].approved_by, BOB);
+
+        // Approving again is idempotent, whoever asks; the first approver stays.
+        let (again, already) = approve(&db, held.clone(), by(CAROL)).await.unwrap();
+        assert!(already);
+        assert_eq!(again.approved_by, BOB);
+        assert_eq!(pushable(&db).len(), 2);
+
+        // It can no longer be refused, before or after the hub routed it.
+        let err = refuse(&db, held.clone(), by(CAROL), "no".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NodeError::NotAwaitingApproval { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("already approved by"), "{err}");
+        let push_seq = p[1].push_seq;
+        finish_push(
+            &db,
+            push_seq,
+            held.clone(),
+            Ok(pb::SubmitResponse::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status(&db, &held).status, OutboxStatus::Routed);
+        let (routed, already) = approve(&db, held.clone(), by(BOB)).await.unwrap();
+        assert!(already);
+        assert_eq!(routed.status, OutboxStatus::Routed);
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_is_never_pushed() {
+        let db = Db::in_memory();
+        let held = submit(&db, OutboxStatus::AwaitingApproval).await;
+        let err = refuse(&db, held.clone(), by(ALICE), "mine".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NodeError::OwnMessage { .. }), "{err}");
+
+        let (rec, already) = refuse(&db, held.clone(), by(BOB), "sources exposed".into())
+            .await
+            .unwrap();
+        assert!(!already);
+        assert_eq!(rec.status, OutboxStatus::Refused);
+        assert_eq!(rec.refused_by, BOB);
+        assert_eq!(rec.refusal_reason, "sources exposed");
+        assert!(pushable(&db).is_empty());
+        assert!(waiting(&db).is_empty());
+
+        // Refusing again keeps the first refusal; approving is refused.
+        let (again, already) = refuse(&db, held.clone(), by(CAROL), "other".into())
+            .await
+            .unwrap();
+        assert!(already);
+        assert_eq!(
+            (again.refused_by.as_str(), again.refusal_reason.as_str()),
+            (BOB, "sources exposed")
+        );
+        let err = approve(&db, held.clone(), by(CAROL)).await.unwrap_err();
+        assert!(
+            matches!(err, NodeError::NotAwaitingApproval { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("refused by"), "{err}");
+        assert!(pushable(&db).is_empty());
+        assert_eq!(status(&db, &held).status, OutboxStatus::Refused);
+    }
+
+    #[tokio::test]
+    async fn only_awaiting_messages_can_be_approved_or_refused() {
+        let db = Db::in_memory();
+        let plain = submit(&db, OutboxStatus::Queued).await;
+        let err = approve(&db, plain.clone(), by(BOB)).await.unwrap_err();
+        assert!(
+            matches!(err, NodeError::NotAwaitingApproval { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("did not need"), "{err}");
+        let err = refuse(&db, plain.clone(), by(BOB), "late".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NodeError::NotAwaitingApproval { .. }),
+            "{err}"
+        );
+        let err = approve(&db, "no-such-id".into(), by(BOB))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NodeError::NotInOutbox(_)), "{err}");
+        assert_eq!(status(&db, &plain).status, OutboxStatus::Queued);
+    }
+
+    #[tokio::test]
+    async fn a_resubmitted_awaiting_message_stays_awaiting() {
+        let db = Db::in_memory();
+        let env = message();
+        let (_, first) = enqueue(&db, &env, record(&env, OutboxStatus::AwaitingApproval))
+            .await
+            .unwrap();
+        let (queued, again) = enqueue(&db, &env, record(&env, OutboxStatus::AwaitingApproval))
+            .await
+            .unwrap();
+        assert_eq!(queued, Queued::Duplicate);
+        assert_eq!(again, first);
+        assert_eq!(waiting(&db).len(), 1);
+        assert!(pushable(&db).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unreleased_entry_in_the_push_queue_is_not_releasable() {
+        let db = Db::in_memory();
+        let held = submit(&db, OutboxStatus::AwaitingApproval).await;
+        // Simulate a damaged store: the message in the push queue anyway.
+        let id = held.clone();
+        db.write(move |txn| {
+            txn.put(keys::seq_key(b"op/", 99), id.into_bytes());
+            Ok::<_, NodeError>(())
+        })
+        .await
+        .unwrap();
+        let p = pending(&db, 100).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(!p[0].releasable);
+        drop_push(&db, p[0].push_seq).await.unwrap();
+        assert!(pushable(&db).is_empty());
+        assert_eq!(status(&db, &held).status, OutboxStatus::AwaitingApproval);
+    }
+
+    async fn reopen(db: Db, dir: &std::path::Path) -> Db {
+        tokio::task::spawn_blocking(move || db.close().unwrap())
+            .await
+            .unwrap();
+        Db::open(dir).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn approvals_and_waiting_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let held = submit(&db, OutboxStatus::AwaitingApproval).await;
+        let other = submit(&db, OutboxStatus::AwaitingApproval).await;
+        let db = reopen(db, dir.path()).await;
+        assert_eq!(waiting(&db), vec![held.clone(), other.clone()]);
+        assert!(pushable(&db).is_empty());
+        approve(&db, held.clone(), by(BOB)).await.unwrap();
+        let db = reopen(db, dir.path()).await;
+        assert_eq!(waiting(&db), vec![other.clone()]);
+        let p = pending(&db, 100).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            (p[0].id.as_str(), p[0].approved_by.as_str()),
+            (held.as_str(), BOB)
+        );
+        let rec = status(&db, &held);
+        assert_eq!(
+            (rec.status, rec.approved_by.as_str()),
+            (OutboxStatus::Queued, BOB)
+        );
+        tokio::task::spawn_blocking(move || db.close().unwrap())
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn records_written_before_four_eyes_still_read() {
+        let old = r#"{"message_id":"m","digest":"d","submitted_by":"s","submitted_at_ms":1,"title":"t","kind":"alert","classification":"RESTRICTED","status":"routed","attempts":1,"last_error":"","decisions":[],"policy_version":"v"}"#;
+        let rec: OutboxRecord = parse(b"o/m", old.as_bytes()).unwrap();
+        assert_eq!(rec.status, OutboxStatus::Routed);
+        assert!(rec.approved_by.is_empty() && rec.approval_reason.is_empty());
+    }
 }

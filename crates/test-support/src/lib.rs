@@ -121,6 +121,10 @@ pub struct SandboxOptions {
     /// binary (see [`Sandbox::start_hub_process`]) instead of in this
     /// process, so that no in-process hub ever holds its store.
     pub hub_process: Option<PathBuf>,
+    /// Per body, the contents of its node's `[release]` table (four-eyes
+    /// release), as TOML lines without the header, for example
+    /// `four_eyes_from = "CONFIDENTIAL"\napprovers = ["bob"]`.
+    pub release: BTreeMap<String, String>,
 }
 
 impl SandboxOptions {
@@ -133,7 +137,15 @@ impl SandboxOptions {
             dir: None,
             retry_ms: (50, 500),
             hub_process: None,
+            release: BTreeMap::new(),
         }
+    }
+
+    /// Gives `body`'s node a `[release]` table with these TOML lines (see
+    /// [`SandboxOptions::release`]).
+    pub fn release(mut self, body: &str, table: &str) -> Self {
+        self.release.insert(body.to_owned(), table.to_owned());
+        self
     }
 
     /// Start nodes only for these bodies.
@@ -161,6 +173,7 @@ pub struct Sandbox {
     hub: HubProcess,
     nodes: BTreeMap<String, Running<liaison_node::NodeError>>,
     retry_ms: (u64, u64),
+    release: BTreeMap<String, String>,
 }
 
 impl Sandbox {
@@ -194,6 +207,7 @@ impl Sandbox {
             hub: HubProcess::Stopped,
             nodes: BTreeMap::new(),
             retry_ms: opts.retry_ms,
+            release: opts.release.clone(),
         };
         match &opts.hub_process {
             Some(exe) => sandbox.start_hub_process(exe).await?,
@@ -446,7 +460,7 @@ impl Sandbox {
             .local_addr()
             .map_err(io("reading a node address"))?;
         let c = &self.certs;
-        let text = format!(
+        let mut text = format!(
             "version = 1\nbody = \"{body}\"\nlisten = \"{addr}\"\nhub = \"{}\"\ndata_dir = \"nodes/{body}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\n",
             self.hub_url(),
             c.join("ca.pem").display(),
@@ -455,6 +469,9 @@ impl Sandbox {
             self.retry_ms.0,
             self.retry_ms.1,
         );
+        if let Some(table) = self.release.get(body) {
+            text.push_str(&format!("\n[release]\n{table}\n"));
+        }
         let path = self.dir.join(format!("node-{body}.toml"));
         std::fs::write(&path, text).map_err(io("writing a node config"))?;
         let config = liaison_node::NodeConfig::load(&path)?;
@@ -568,14 +585,14 @@ async fn report_exit<E: std::fmt::Display>(
     result
 }
 
-/// The dev PKI for a governance: every body, officers alice and bob, auditor
-/// audit, admin admin.
+/// The dev PKI for a governance: every body, officers alice, bob and carol,
+/// auditor audit, admin admin.
 pub fn dev_spec(gov: &Governance) -> DevPkiSpec {
     DevPkiSpec {
         federation: gov.federation().to_owned(),
         hub_body: gov.hub_body().clone(),
         bodies: gov.bodies().map(|b| b.id.clone()).collect(),
-        officers: vec!["alice".into(), "bob".into()],
+        officers: vec!["alice".into(), "bob".into(), "carol".into()],
         auditors: vec!["audit".into()],
         admins: vec!["admin".into()],
     }

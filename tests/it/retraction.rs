@@ -1,0 +1,291 @@
+//! An originator withdraws a message: recipients not yet streamed it never
+//! get its content, the others get a retraction in order, deliveries held
+//! under embargo are dropped, and only the originator may retract.
+
+use liaison_proto::v1 as pb;
+use pb::{Classification as C, Kind as K};
+use tonic::Code;
+
+use crate::common::{alert, assert_refused, audit_records, envelope, hub_only, labels, SETTLE};
+
+async fn next(stream: &mut tonic::Streaming<pb::Delivery>) -> pb::Delivery {
+    tokio::time::timeout(SETTLE, stream.message())
+        .await
+        .expect("a delivery in time")
+        .expect("stream open")
+        .expect("a delivery")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retracted_message_is_withdrawn_before_and_after_delivery() {
+    let sandbox = hub_only().await;
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let first = envelope(
+        "alpha",
+        labels(K::Alert, C::Restricted, &["drugs"]),
+        &alert("first"),
+    );
+    let first_id = first.labels.as_ref().unwrap().message_id.clone();
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(first),
+            approved_by: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // bravo is streamed the first message, then it is retracted: bravo gets
+    // the retraction at the next position.
+    let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
+    let mut stream = bravo
+        .subscribe(pb::SubscribeRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = next(&mut stream).await;
+    assert_eq!(d.seq, 1);
+    assert!(d.withdrawal.is_none());
+    let resp = alpha
+        .retract(pb::RetractRequest {
+            message_id: first_id.clone(),
+            reason: "sent to the wrong distribution".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resp.duplicate);
+    assert_eq!(resp.recipients, ["bravo", "charlie"]);
+    let d = next(&mut stream).await;
+    assert_eq!(d.seq, 2);
+    assert!(d.envelope.is_none());
+    let r = d.withdrawal.unwrap();
+    assert_eq!(
+        (r.message_id.as_str(), r.origin.as_str()),
+        (first_id.as_str(), "alpha")
+    );
+    assert_eq!(r.reason, "sent to the wrong distribution");
+
+    // charlie had not been streamed anything: its first position carries the
+    // retraction instead of the content, and then the retraction itself.
+    let mut charlie = sandbox.hub_as("charlie/node").await.unwrap();
+    let mut stream = charlie
+        .subscribe(pb::SubscribeRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    for seq in [1, 2] {
+        let d = next(&mut stream).await;
+        assert_eq!(d.seq, seq);
+        assert!(d.envelope.is_none(), "withdrawn content left the hub");
+        assert_eq!(d.withdrawal.unwrap().message_id, first_id);
+    }
+
+    // Retracting again changes nothing.
+    let again = alpha
+        .retract(pb::RetractRequest {
+            message_id: first_id.clone(),
+            reason: "again".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    let retracted = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            message_id: first_id.clone(),
+            event: "retracted".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(retracted.len(), 2, "one per recipient, once");
+    let withdrawn = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            message_id: first_id,
+            event: "delivered".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(withdrawn
+        .iter()
+        .any(|r| r.recipient == "charlie" && r.reason.starts_with("withdrawn by its originator")));
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_originator_may_retract_and_the_attempt_is_audited() {
+    let sandbox = hub_only().await;
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let env = envelope(
+        "alpha",
+        labels(K::Alert, C::Restricted, &["drugs"]),
+        &alert("mine"),
+    );
+    let id = env.labels.as_ref().unwrap().message_id.clone();
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(env),
+            approved_by: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
+    assert_refused(
+        bravo
+            .retract(pb::RetractRequest {
+                message_id: id.clone(),
+                reason: "not mine".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+        &["did not originate", "only its originator may retract it"],
+    );
+    let refused = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "refused".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].rule, "identity.not_originator");
+    assert_eq!(refused[0].message_id, id);
+    assert_refused(
+        alpha
+            .retract(pb::RetractRequest {
+                message_id: "00000000-0000-4000-8000-000000000000".into(),
+                reason: "unknown".into(),
+            })
+            .await,
+        Code::NotFound,
+        &["no message"],
+    );
+    assert_refused(
+        alpha
+            .retract(pb::RetractRequest {
+                message_id: id,
+                reason: " ".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        &["reason"],
+    );
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_retracted_under_embargo_is_never_delivered() {
+    let sandbox = hub_only().await;
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let mut l = labels(K::Alert, C::Restricted, &["drugs"]);
+    l.not_before_ms = liaison_types::now_ms() + 60_000;
+    let env = envelope("alpha", l, &alert("held"));
+    let id = env.labels.as_ref().unwrap().message_id.clone();
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(env),
+            approved_by: String::new(),
+        })
+        .await
+        .unwrap();
+    alpha
+        .retract(pb::RetractRequest {
+            message_id: id.clone(),
+            reason: "operation cancelled".into(),
+        })
+        .await
+        .unwrap();
+    let retracted = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            message_id: id,
+            event: "retracted".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(retracted.len(), 2);
+    assert!(retracted
+        .iter()
+        .all(|r| r.queue_seq == 0 && r.reason.contains("never delivered")));
+    // Nothing was queued for bravo: a message sent now is its first.
+    let later = envelope(
+        "alpha",
+        labels(K::Alert, C::Restricted, &["drugs"]),
+        &alert("later"),
+    );
+    let later_id = later.labels.as_ref().unwrap().message_id.clone();
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(later),
+            approved_by: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
+    let mut stream = bravo
+        .subscribe(pb::SubscribeRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = next(&mut stream).await;
+    assert_eq!(
+        (d.seq, d.envelope.unwrap().labels.unwrap().message_id),
+        (1, later_id)
+    );
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_expires_in_the_queue_is_withdrawn_not_delivered() {
+    let sandbox = hub_only().await;
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let mut l = labels(K::Alert, C::Restricted, &["drugs"]);
+    let expires = liaison_types::now_ms() + 300;
+    l.expires_at_ms = expires;
+    let env = envelope("alpha", l, &alert("short-lived"));
+    let id = env.labels.as_ref().unwrap().message_id.clone();
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(env),
+            approved_by: String::new(),
+        })
+        .await
+        .unwrap();
+    // bravo's node was away until after the expiry.
+    liaison_test_support::wait_until("the message expires", SETTLE, || async {
+        (liaison_types::now_ms() > expires).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
+    let mut stream = bravo
+        .subscribe(pb::SubscribeRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = next(&mut stream).await;
+    assert!(d.envelope.is_none(), "expired content left the hub");
+    let w = d.withdrawal.unwrap();
+    assert_eq!(w.cause, pb::WithdrawalCause::Expired as i32);
+    assert_eq!(w.message_id, id);
+    let expired = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            message_id: id,
+            event: "expired".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        (expired[0].recipient.as_str(), expired[0].rule.as_str()),
+        ("bravo", "message.expired")
+    );
+    sandbox.shutdown().await.unwrap();
+}

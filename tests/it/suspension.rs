@@ -1,0 +1,131 @@
+//! Suspending a peer by a governance reload: it receives nothing new, what
+//! is queued for it is held (not dropped) and reaches it once reinstated,
+//! and its open subscription ends at once.
+
+use liaison_proto::v1 as pb;
+use pb::{Classification as C, Kind as K};
+use tonic::Code;
+
+use crate::common::{
+    admin, alert, assert_refused, audit_records, envelope, hub_only, labels, write_governance,
+    GOVERNANCE, SETTLE,
+};
+
+fn bravo_suspended() -> String {
+    let active = "id = \"bravo\"\nname = \"Bravo\"\nstatus = \"member\"\n";
+    assert!(GOVERNANCE.contains(active));
+    GOVERNANCE.replace(active, &format!("{active}state = \"suspended\"\n"))
+}
+
+async fn reload(sandbox: &liaison_test_support::Sandbox) -> pb::ReloadPolicyResponse {
+    admin(sandbox, "alpha/admin-admin")
+        .await
+        .reload_policy(pb::ReloadPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_peer_gets_nothing_new_and_its_queue_is_held_until_reinstated() {
+    let sandbox = hub_only().await;
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let queued = envelope(
+        "alpha",
+        labels(K::Alert, C::Restricted, &["drugs"]),
+        &alert("queued"),
+    );
+    let queued_id = queued.labels.as_ref().unwrap().message_id.clone();
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(queued),
+            approved_by: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // bravo is subscribed (and reads nothing yet) when it is suspended: the
+    // open stream ends with the reason.
+    let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
+    let mut stream = bravo
+        .subscribe(pb::SubscribeRequest { after_seq: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    write_governance(&sandbox, &bravo_suspended());
+    let reloaded = reload(&sandbox).await;
+    assert!(reloaded.changed);
+    let ended = tokio::time::timeout(SETTLE, stream.message())
+        .await
+        .expect("the stream ends");
+    assert_refused(
+        ended,
+        Code::PermissionDenied,
+        &["bravo is suspended", "held"],
+    );
+
+    // A new subscription is refused; a new message is withheld by peer.state.
+    assert_refused(
+        bravo.subscribe(pb::SubscribeRequest { after_seq: 0 }).await,
+        Code::PermissionDenied,
+        &["bravo is suspended"],
+    );
+    let during = envelope(
+        "alpha",
+        labels(K::Alert, C::Restricted, &["drugs"]),
+        &alert("during"),
+    );
+    let decisions = alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(during),
+            approved_by: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .decisions;
+    let to_bravo = decisions.iter().find(|d| d.recipient == "bravo").unwrap();
+    assert_eq!(to_bravo.rule, "peer.state");
+    let policy = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "policy".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        policy[0]
+            .reason
+            .contains("bravo suspended: its queue is held"),
+        "{}",
+        policy[0].reason
+    );
+
+    // Reinstated: the held message arrives, the withheld one never does.
+    write_governance(&sandbox, GOVERNANCE);
+    reload(&sandbox).await;
+    let mut stream = bravo
+        .subscribe(pb::SubscribeRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = tokio::time::timeout(SETTLE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.seq, 1);
+    assert_eq!(d.envelope.unwrap().labels.unwrap().message_id, queued_id);
+    bravo
+        .acknowledge(pb::AcknowledgeRequest { seq: 1 })
+        .await
+        .unwrap();
+    let nothing_more =
+        tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await;
+    assert!(
+        nothing_more.is_err(),
+        "only the held message was queued for bravo"
+    );
+    sandbox.shutdown().await.unwrap();
+}
