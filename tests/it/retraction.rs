@@ -289,3 +289,106 @@ async fn a_message_that_expires_in_the_queue_is_withdrawn_not_delivered() {
     );
     sandbox.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_retracts_and_the_recipients_inbox_erases_the_content() {
+    let sandbox = crate::common::sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let id = alice
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
+            body: Some(alert("to be retracted")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    liaison_test_support::wait_until("bravo receives it", SETTLE, || {
+        let sandbox = &sandbox;
+        let id = id.clone();
+        async move {
+            crate::common::inbox_ids(sandbox, "bravo")
+                .await
+                .contains(&id)
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+
+    let status = alice
+        .retract(pb::OfficerRetractRequest {
+            message_id: id.clone(),
+            reason: "superseded by a corrected alert".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, "retraction_queued");
+    let shown = liaison_test_support::wait_until("bravo's copy is withdrawn", SETTLE, || {
+        let mut bob = bob.clone();
+        let id = id.clone();
+        async move {
+            let m = bob
+                .show(pb::ShowRequest { message_id: id })
+                .await
+                .ok()?
+                .into_inner();
+            (!m.summary.as_ref()?.withdrawn.is_empty()).then_some(m)
+        }
+    })
+    .await
+    .unwrap();
+    let summary = shown.summary.unwrap();
+    assert_eq!(summary.withdrawn, "retracted");
+    assert_eq!(summary.withdrawn_reason, "superseded by a corrected alert");
+    assert!(shown.body.is_none(), "the content is erased");
+    assert_eq!(shown.labels.unwrap().message_id, id, "the labels stay");
+    // The listing marks it; it is listed once.
+    let listed = bob
+        .list_inbox(pb::ListInboxRequest {
+            unread_only: false,
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(listed.iter().filter(|e| e.message_id == id).count(), 1);
+    // The sender's outbox says it is retracted.
+    let entry = liaison_test_support::wait_until("the outbox says retracted", SETTLE, || {
+        let mut alice = alice.clone();
+        let id = id.clone();
+        async move {
+            let list = alice
+                .list_outbox(pb::ListOutboxRequest { limit: 10 })
+                .await
+                .ok()?
+                .into_inner();
+            list.entries
+                .into_iter()
+                .find(|e| e.message_id == id && e.status == "retracted")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        entry.last_error.contains("superseded"),
+        "{}",
+        entry.last_error
+    );
+
+    // Another body's officer cannot retract it from its own node.
+    assert_refused(
+        bob.retract(pb::OfficerRetractRequest {
+            message_id: id,
+            reason: "not ours".into(),
+        })
+        .await,
+        Code::NotFound,
+        &["outbox"],
+    );
+    sandbox.shutdown().await.unwrap();
+}

@@ -121,6 +121,9 @@ pub enum Command {
     Show(officer::IdArgs),
     /// Acknowledge (mark as read) an inbox message.
     Ack(officer::IdArgs),
+    /// Retract a message your body sent: the hub withdraws it from every
+    /// recipient (one still awaiting approval is withdrawn on your node).
+    Retract(officer::RetractArgs),
     /// List your body's messages awaiting a second officer's approval
     /// (four-eyes release), or read one in full.
     Approvals(approvals::ApprovalsArgs),
@@ -172,6 +175,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Inbox(a) => officer::inbox(a, out).await,
         Command::Show(a) => officer::show(a, out).await,
         Command::Ack(a) => officer::ack(a, out).await,
+        Command::Retract(a) => officer::retract(a, out).await,
         Command::Approvals(a) => approvals::approvals(a, out).await,
         Command::Approve(a) => approvals::approve(a, out).await,
         Command::Refuse(a) => approvals::refuse(a, out).await,

@@ -51,6 +51,19 @@ pub struct InboxArgs {
     pub limit: u32,
 }
 
+/// Arguments of `retract`.
+#[derive(Debug, clap::Args)]
+pub struct RetractArgs {
+    /// Where and who.
+    #[command(flatten)]
+    pub conn: Connection,
+    /// The message id (from your outbox).
+    pub message_id: String,
+    /// Why, for the recipients and the audit log (no sensitive detail).
+    #[arg(long)]
+    pub reason: String,
+}
+
 /// Arguments naming one message.
 #[derive(Debug, clap::Args)]
 pub struct IdArgs {
@@ -314,6 +327,7 @@ fn summary_json(s: &pb::InboxSummary) -> serde_json::Value {
         "classification": class_name(s.classification), "marking": s.marking,
         "priority": priority_name(s.priority), "title": s.title,
         "received_at": format_time(s.received_at_ms), "read": s.read,
+        "withdrawn": s.withdrawn, "withdrawn_reason": s.withdrawn_reason,
     })
 }
 
@@ -338,7 +352,13 @@ pub async fn inbox(args: InboxArgs, out: Output) -> Result<()> {
             for s in &resp.entries {
                 say!(
                     "{} {}  {:<9} {:<17} {:<9} {:<30} {}",
-                    if s.read { " " } else { "*" },
+                    if !s.withdrawn.is_empty() {
+                        "x"
+                    } else if s.read {
+                        " "
+                    } else {
+                        "*"
+                    },
                     s.message_id,
                     s.origin,
                     kind_name(s.kind),
@@ -402,7 +422,21 @@ pub async fn show(args: IdArgs, out: Output) -> Result<()> {
         }
         Output::Human => {
             say!("{}", s.marking);
-            say!("{}", body.title);
+            say!(
+                "{}",
+                if body.title.is_empty() {
+                    &s.title
+                } else {
+                    &body.title
+                }
+            );
+            if !s.withdrawn.is_empty() {
+                say!(
+                    "  WITHDRAWN ({}): {} — its content has been erased",
+                    s.withdrawn,
+                    s.withdrawn_reason
+                );
+            }
             say!("  id:             {}", s.message_id);
             say!("  from:           {}", s.origin);
             say!(
@@ -501,6 +535,30 @@ pub async fn ack(args: IdArgs, out: Output) -> Result<()> {
             args.message_id,
             r.read_by,
             format_time(r.read_at_ms)
+        ),
+    }
+    Ok(())
+}
+
+/// `liaison retract`.
+pub async fn retract(args: RetractArgs, out: Output) -> Result<()> {
+    let mut node = client(&args.conn).await?;
+    let r = node
+        .retract(pb::OfficerRetractRequest {
+            message_id: args.message_id.clone(),
+            reason: args.reason.clone(),
+        })
+        .await
+        .map_err(|s| Failure::status("retract", &s))?
+        .into_inner();
+    match out {
+        Output::Json => say!("{}", json!({"message_id": args.message_id, "status": r.status})),
+        Output::Human if r.status == "withdrawn" => {
+            say!("{} withdrawn: it had not left your node and never will", args.message_id)
+        }
+        Output::Human => say!(
+            "{} retraction queued: your node tells the hub, which withdraws it from every recipient (see liaison outbox)",
+            args.message_id
         ),
     }
     Ok(())

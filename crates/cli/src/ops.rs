@@ -6,12 +6,11 @@ use std::pin::Pin;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
-use liaison_pki::DevPkiSpec;
 use liaison_policy::{DecisionChange, Governance};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::audit_client::AuditClient;
 use liaison_types::audit::{to_json, ChainVerifier};
-use liaison_types::{BodyId, Labels, Role};
+use liaison_types::{Labels, Role};
 use serde_json::{json, Value};
 
 use crate::message::{format_time, parse_time};
@@ -273,7 +272,7 @@ pub async fn audit(c: AuditCommand, out: Output) -> Result<()> {
 #[derive(Debug, clap::Subcommand)]
 pub enum PkiCommand {
     /// Write a dev PKI for every body of a governance file: a federation CA,
-    /// the hub, one node per body, officers alice and bob, auditor audit and
+    /// the hub, one node per body, officers alice, bob and carol, auditor audit and
     /// admin admin per body.
     Init(PkiInitArgs),
 }
@@ -299,23 +298,11 @@ pub fn load_governance(path: &Path) -> Result<Governance> {
     Ok(Governance::from_toml(&path.display().to_string(), &text)?)
 }
 
-/// The dev PKI for a governance: every body, with sample people.
-pub fn dev_spec(gov: &Governance) -> DevPkiSpec {
-    DevPkiSpec {
-        federation: gov.federation().to_owned(),
-        hub_body: gov.hub_body().clone(),
-        bodies: gov.bodies().map(|b| b.id.clone()).collect::<Vec<BodyId>>(),
-        officers: vec!["alice".into(), "bob".into()],
-        auditors: vec!["audit".into()],
-        admins: vec!["admin".into()],
-    }
-}
-
 /// Runs a pki command.
 pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
     let PkiCommand::Init(a) = c;
     let gov = load_governance(&a.governance)?;
-    let spec = dev_spec(&gov);
+    let spec = liaison_test_support::dev_spec(&gov);
     let generated = if a.force {
         liaison_pki::generate_dev_pki(&a.dir, &spec)?;
         true

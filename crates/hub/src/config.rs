@@ -93,6 +93,16 @@ key = "hub.key.pem"
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = HubConfig::parse(
+            Path::new("deploy/hub.toml"),
+            include_str!("../../../deploy/hub.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.governance, Path::new("deploy/federation.toml"));
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let err = parse(&GOOD.replace("[tls]", "[tls]\ncolour = 1"))
             .unwrap_err()

@@ -323,6 +323,17 @@ key = "node.key.pem"
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = NodeConfig::parse(
+            Path::new("deploy/node.toml"),
+            include_str!("../../../deploy/node.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.body, "europol");
+        assert_eq!(c.release.approvers, ["bob", "carol"]);
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let err = parse(&GOOD.replace("data_dir", "datadir"))
             .unwrap_err()

@@ -33,6 +33,14 @@ pub enum NodeError {
     /// The message id was already used for different content (caller's fault).
     #[error("message id {0} was already submitted with different content; use a new message id")]
     IdReused(String),
+    /// The message cannot be retracted in its state.
+    #[error("message {message_id} is {status}; it never reached the hub, so there is nothing to retract")]
+    NotRetractable {
+        /// The message.
+        message_id: String,
+        /// Its state.
+        status: &'static str,
+    },
     /// No such inbox message.
     #[error("no message {0} in this node's inbox")]
     NotFound(String),
@@ -125,9 +133,9 @@ impl From<NodeError> for Status {
             NodeError::NotFound(_) | NodeError::NotInOutbox(_) | NodeError::NotAwaiting(_) => {
                 Code::NotFound
             }
-            NodeError::NotAwaitingApproval { .. } | NodeError::NoOtherApprover { .. } => {
-                Code::FailedPrecondition
-            }
+            NodeError::NotAwaitingApproval { .. }
+            | NodeError::NoOtherApprover { .. }
+            | NodeError::NotRetractable { .. } => Code::FailedPrecondition,
             // The hub's own verdict on the caller's input passes through.
             NodeError::Hub(s)
                 if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied) =>

@@ -62,6 +62,13 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
             }
         };
         if pending.is_empty() {
+            // Messages first, then retractions: a retraction is only sent
+            // once the hub has its message.
+            match push_retractions(&state, &retry, &mut failures, &mut stopping).await {
+                Progress::Stop => return,
+                Progress::Again => continue,
+                Progress::Idle => {}
+            }
             tokio::select! {
                 () = state.outbox_ready.notified() => continue,
                 _ = stopping.wait_for(|s| *s) => return,
@@ -140,6 +147,70 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
     }
 }
 
+/// What a round of retractions did.
+enum Progress {
+    /// Nothing to send.
+    Idle,
+    /// Something was sent, or a failure was waited out: look again.
+    Again,
+    /// The node is stopping.
+    Stop,
+}
+
+/// Sends the pending retractions to the hub, oldest first.
+async fn push_retractions(
+    state: &NodeState,
+    retry: &Retry,
+    failures: &mut u32,
+    stopping: &mut watch::Receiver<bool>,
+) -> Progress {
+    let pending = match store::pending_retractions(&state.db, PUSH_BATCH) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read pending retractions");
+            *failures += 1;
+            return if pause(retry.backoff(*failures), stopping).await {
+                Progress::Again
+            } else {
+                Progress::Stop
+            };
+        }
+    };
+    if pending.is_empty() {
+        return Progress::Idle;
+    }
+    for p in pending {
+        let mut hub = state.hub.clone();
+        let result = hub
+            .retract(pb::RetractRequest {
+                message_id: p.message_id.clone(),
+                reason: p.reason.clone(),
+            })
+            .await;
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err(status) if is_permanent(status.code()) || status.code() == Code::NotFound => {
+                Err(format!("{:?}: {}", status.code(), status.message()))
+            }
+            Err(status) => {
+                *failures += 1;
+                tracing::warn!(message_id = %p.message_id, error = %status.message(), "retraction failed; will retry");
+                return if pause(retry.backoff(*failures), stopping).await {
+                    Progress::Again
+                } else {
+                    Progress::Stop
+                };
+            }
+        };
+        *failures = 0;
+        tracing::info!(message_id = %p.message_id, ok = outcome.is_ok(), "retraction sent to the hub");
+        if let Err(e) = store::finish_retraction(&state.db, p.message_id, outcome).await {
+            tracing::error!(error = %e, "cannot record a retraction");
+        }
+    }
+    Progress::Again
+}
+
 /// Holds the delivery subscription, storing deliveries in the inbox and
 /// acknowledging them, until the node stops.
 pub async fn receive(state: Arc<NodeState>, retry: Retry, mut stopping: watch::Receiver<bool>) {
@@ -202,11 +273,37 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
 }
 
 fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
-    let envelope = d.envelope.ok_or("delivery without envelope")?;
+    if let Some(w) = d.withdrawal {
+        let cause = match pb::WithdrawalCause::try_from(w.cause) {
+            Ok(pb::WithdrawalCause::Retracted) => "retracted",
+            Ok(pb::WithdrawalCause::Expired) => "expired",
+            _ => {
+                return Err(format!(
+                    "withdrawal of {} with unknown cause {}",
+                    w.message_id, w.cause
+                ))
+            }
+        };
+        let message_id = liaison_types::normalise_message_id(&w.message_id)
+            .ok_or_else(|| format!("withdrawal of an invalid message id {:?}", w.message_id))?;
+        return Ok(Arrival::Withdrawal {
+            seq: d.seq,
+            message_id,
+            origin: w.origin,
+            marking: d.recipient_marking,
+            note: store::WithdrawalNote {
+                cause: cause.to_owned(),
+                reason: w.reason,
+                at_ms: w.withdrawn_at_ms,
+            },
+        });
+    }
+    let envelope = d
+        .envelope
+        .ok_or("delivery without envelope or withdrawal")?;
     let (env, body) = Envelope::parse(envelope).map_err(|e| e.to_string())?;
     let envelope = pb::Envelope::from(&env);
-    Ok(Arrival {
-        seq: d.seq,
+    Ok(Arrival::Message {
         record: InboxRecord {
             message_id: env.labels.message_id.clone(),
             hub_seq: d.seq,
@@ -215,7 +312,8 @@ fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
             title: body.title().to_owned(),
             read_by: String::new(),
             read_at_ms: 0,
+            withdrawn: None,
         },
-        envelope,
+        envelope: Box::new(envelope),
     })
 }

@@ -328,6 +328,16 @@ fn summary(rec: &store::InboxRecord, env: &pb::Envelope) -> pb::InboxSummary {
         title: rec.title.clone(),
         received_at_ms: rec.received_at_ms,
         read: rec.read_at_ms != 0,
+        withdrawn: rec
+            .withdrawn
+            .as_ref()
+            .map(|w| w.cause.clone())
+            .unwrap_or_default(),
+        withdrawn_reason: rec
+            .withdrawn
+            .as_ref()
+            .map(|w| w.reason.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -429,14 +439,47 @@ impl pb::officer_server::Officer for OfficerService {
         let (rec, env) = store::inbox_message(&self.0.db, &id)
             .map_err(NodeError::from)?
             .ok_or_else(|| NodeError::NotFound(id.clone()))?;
-        let body = pb::Body::decode(env.body.as_slice())
-            .map_err(|e| Status::internal(format!("stored body of {id} does not decode: {e}")))?;
+        // A withdrawn message's content is erased: there is no body to show.
+        let body = if rec.withdrawn.is_some() {
+            None
+        } else {
+            Some(pb::Body::decode(env.body.as_slice()).map_err(|e| {
+                Status::internal(format!("stored body of {id} does not decode: {e}"))
+            })?)
+        };
         Ok(Response::new(pb::InboxMessage {
             summary: Some(summary(&rec, &env)),
             labels: env.labels,
-            body: Some(body),
+            body,
             read_by: rec.read_by,
             read_at_ms: rec.read_at_ms,
+        }))
+    }
+
+    async fn retract(
+        &self,
+        req: Request<pb::OfficerRetractRequest>,
+    ) -> Result<Response<pb::OfficerRetractResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let r = req.into_inner();
+        let id = canonical_id(r.message_id);
+        let reason = r.reason.trim().to_owned();
+        if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
+            return Err(NodeError::from(ValidationError::new(
+                "reason",
+                "give the reason in 1 to 500 printable characters (no sensitive detail)",
+            ))
+            .into());
+        }
+        let status =
+            store::request_retraction(&self.0.db, id.clone(), reason, caller.uri()).await?;
+        if status == "retraction_queued" {
+            self.0.outbox_ready.notify_one();
+        }
+        tracing::info!(message_id = %id, officer = %caller, status, "retraction requested");
+        Ok(Response::new(pb::OfficerRetractResponse {
+            status: status.to_owned(),
         }))
     }
 

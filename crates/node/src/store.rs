@@ -37,6 +37,11 @@ pub enum OutboxStatus {
     Routed,
     /// Refused by the hub for good (for example an unknown body in a list).
     Rejected,
+    /// Retracted by this body after the hub routed it; the hub withdrew it
+    /// from every recipient.
+    Retracted,
+    /// Withdrawn by this body before it left the node.
+    Withdrawn,
 }
 
 impl OutboxStatus {
@@ -48,6 +53,8 @@ impl OutboxStatus {
             Self::Queued => "queued",
             Self::Routed => "routed",
             Self::Rejected => "rejected",
+            Self::Retracted => "retracted",
+            Self::Withdrawn => "withdrawn",
         }
     }
 }
@@ -119,6 +126,31 @@ pub struct InboxRecord {
     pub read_by: String,
     /// When, 0 if unread.
     pub read_at_ms: i64,
+    /// Set once the message is withdrawn (its content is then erased).
+    #[serde(default)]
+    pub withdrawn: Option<WithdrawalNote>,
+}
+
+/// Why an inbox message was withdrawn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WithdrawalNote {
+    /// `retracted` or `expired`.
+    pub cause: String,
+    /// The originator's reason, or the expiry, in words.
+    pub reason: String,
+    /// When.
+    pub at_ms: i64,
+}
+
+/// A retraction to send to the hub.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingRetraction {
+    /// The message.
+    pub message_id: String,
+    /// Why.
+    pub reason: String,
+    /// Officer who asked.
+    pub requested_by: String,
 }
 
 fn decode_env(key: &[u8], bytes: &[u8]) -> Result<pb::Envelope, StoreError> {
@@ -470,13 +502,27 @@ pub fn hub_cursor(db: &Db) -> Result<u64, StoreError> {
 
 /// A delivery ready to store.
 #[derive(Debug)]
-pub struct Arrival {
-    /// Hub position.
-    pub seq: u64,
-    /// Validated envelope.
-    pub envelope: pb::Envelope,
-    /// Bookkeeping.
-    pub record: InboxRecord,
+pub enum Arrival {
+    /// A message.
+    Message {
+        /// Validated envelope.
+        envelope: Box<pb::Envelope>,
+        /// Bookkeeping.
+        record: InboxRecord,
+    },
+    /// The withdrawal of a message (held or not).
+    Withdrawal {
+        /// Hub position.
+        seq: u64,
+        /// The message.
+        message_id: String,
+        /// Its originating body.
+        origin: String,
+        /// Classification in this body's marking scheme.
+        marking: String,
+        /// Why.
+        note: WithdrawalNote,
+    },
 }
 
 /// Stores a batch of deliveries and advances the hub cursor, atomically. A
@@ -490,23 +536,199 @@ pub async fn store_arrivals(
     db.write(move |txn| {
         let mut new = 0;
         for a in arrivals {
-            let key = k("i", &a.record.message_id);
-            if txn.get(&key)?.is_some() {
-                continue;
+            match a {
+                Arrival::Message { envelope, record } => {
+                    let key = k("i", &record.message_id);
+                    if txn.get(&key)?.is_some() {
+                        continue;
+                    }
+                    append_inbox(txn, &record.message_id, &envelope, &record)?;
+                    new += 1;
+                }
+                Arrival::Withdrawal {
+                    seq,
+                    message_id,
+                    origin,
+                    marking,
+                    note,
+                } => withdraw(txn, seq, &message_id, &origin, marking, note)?,
             }
-            let n = keys::u64_value(txn.get(INBOX_NEXT)?) + 1;
-            txn.put(INBOX_NEXT, n.to_be_bytes().to_vec());
-            txn.put(
-                keys::seq_key(b"il/", n),
-                a.record.message_id.clone().into_bytes(),
-            );
-            txn.put(k("ie", &a.record.message_id), a.envelope.encode_to_vec());
-            txn.put(key, json(&a.record));
-            new += 1;
         }
         let old = keys::u64_value(txn.get(HUB_CURSOR)?);
         txn.put(HUB_CURSOR, old.max(cursor).to_be_bytes().to_vec());
         Ok(new)
+    })
+    .await
+}
+
+fn append_inbox(
+    txn: &mut liaison_store::Txn<'_>,
+    id: &str,
+    envelope: &pb::Envelope,
+    record: &InboxRecord,
+) -> Result<(), StoreError> {
+    let n = keys::u64_value(txn.get(INBOX_NEXT)?) + 1;
+    txn.put(INBOX_NEXT, n.to_be_bytes().to_vec());
+    txn.put(keys::seq_key(b"il/", n), id.as_bytes().to_vec());
+    txn.put(k("ie", id), envelope.encode_to_vec());
+    txn.put(k("i", id), json(record));
+    Ok(())
+}
+
+/// Withdraws an inbox message: its content is erased, its labels and the
+/// reason stay. A message withdrawn before it reached this node leaves a
+/// tombstone with what is known of it. Withdrawing twice changes nothing.
+fn withdraw(
+    txn: &mut liaison_store::Txn<'_>,
+    seq: u64,
+    id: &str,
+    origin: &str,
+    marking: String,
+    note: WithdrawalNote,
+) -> Result<(), StoreError> {
+    let key = k("i", id);
+    match txn.get(&key)? {
+        Some(bytes) => {
+            let mut rec: InboxRecord = parse(&key, &bytes)?;
+            if rec.withdrawn.is_some() {
+                return Ok(());
+            }
+            let ekey = k("ie", id);
+            let labels = match txn.get(&ekey)? {
+                Some(b) => decode_env(&ekey, &b)?.labels,
+                None => None,
+            };
+            txn.put(
+                ekey,
+                pb::Envelope {
+                    labels,
+                    body: Vec::new(),
+                }
+                .encode_to_vec(),
+            );
+            rec.withdrawn = Some(note);
+            txn.put(key, json(&rec));
+        }
+        None => {
+            let record = InboxRecord {
+                message_id: id.to_owned(),
+                hub_seq: seq,
+                received_at_ms: note.at_ms,
+                marking,
+                title: format!("(withdrawn before delivery: {})", note.cause),
+                read_by: String::new(),
+                read_at_ms: 0,
+                withdrawn: Some(note),
+            };
+            let labels = pb::Labels {
+                message_id: id.to_owned(),
+                origin: origin.to_owned(),
+                ..Default::default()
+            };
+            append_inbox(
+                txn,
+                id,
+                &pb::Envelope {
+                    labels: Some(labels),
+                    body: Vec::new(),
+                },
+                &record,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Withdraws a message of this body's outbox: one that has not left the
+/// node is withdrawn here and never sent; one the hub has (or may have) is
+/// queued for retraction at the hub, after it. Returns the outcome.
+pub async fn request_retraction(
+    db: &Db,
+    id: String,
+    reason: String,
+    officer: String,
+) -> Result<&'static str, NodeError> {
+    db.write(move |txn| {
+        let key = k("o", &id);
+        let mut rec: OutboxRecord = match txn.get(&key)? {
+            Some(b) => parse(&key, &b)?,
+            None => return Err(NodeError::NotInOutbox(id)),
+        };
+        match rec.status {
+            OutboxStatus::AwaitingApproval => {
+                rec.status = OutboxStatus::Withdrawn;
+                rec.last_error = format!("withdrawn by {officer}: {reason}");
+                txn.delete(keys::seq_key(b"oa/", rec.seq));
+                txn.put(key, json(&rec));
+                Ok("withdrawn")
+            }
+            OutboxStatus::Queued | OutboxStatus::Routed => {
+                let pending = PendingRetraction {
+                    message_id: id.clone(),
+                    reason,
+                    requested_by: officer,
+                };
+                let rkey = k("or", &id);
+                if txn.get(&rkey)?.is_none() {
+                    txn.put(rkey, json(&pending));
+                }
+                Ok("retraction_queued")
+            }
+            OutboxStatus::Retracted | OutboxStatus::Withdrawn => Ok("retraction_queued"),
+            OutboxStatus::Refused | OutboxStatus::Rejected => Err(NodeError::NotRetractable {
+                message_id: id,
+                status: rec.status.as_str(),
+            }),
+        }
+    })
+    .await
+}
+
+/// Retractions waiting for the hub whose message the hub has routed (a
+/// retraction never overtakes its message).
+pub fn pending_retractions(db: &Db, limit: usize) -> Result<Vec<PendingRetraction>, StoreError> {
+    let mut out = Vec::new();
+    for (key, value) in db.scan_prefix(b"or/", limit)? {
+        let p: PendingRetraction = parse(&key, &value)?;
+        let okey = k("o", &p.message_id);
+        let routed = match db.get(&okey)? {
+            Some(b) => parse::<OutboxRecord>(&okey, &b)?.status != OutboxStatus::Queued,
+            None => true,
+        };
+        if routed {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Records the hub's answer to a retraction and forgets the request.
+pub async fn finish_retraction(
+    db: &Db,
+    id: String,
+    outcome: Result<(), String>,
+) -> Result<(), NodeError> {
+    db.write(move |txn| {
+        let rkey = k("or", &id);
+        let Some(bytes) = txn.get(&rkey)? else {
+            return Ok(());
+        };
+        let pending: PendingRetraction = parse(&rkey, &bytes)?;
+        txn.delete(rkey);
+        let key = k("o", &id);
+        if let Some(b) = txn.get(&key)? {
+            let mut rec: OutboxRecord = parse(&key, &b)?;
+            match outcome {
+                Ok(()) => {
+                    rec.status = OutboxStatus::Retracted;
+                    rec.last_error =
+                        format!("retracted by {}: {}", pending.requested_by, pending.reason);
+                }
+                Err(why) => rec.last_error = format!("retraction refused by the hub: {why}"),
+            }
+            txn.put(key, json(&rec));
+        }
+        Ok(())
     })
     .await
 }
