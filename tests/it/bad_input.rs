@@ -1014,22 +1014,7 @@ async fn officer_explain_passes_on_the_hub_refusal_of_an_unknown_body() {
         .unwrap()
         .into_inner()
         .message_id;
-    let entry = wait_until("the hub refuses the message", SETTLE, || {
-        let mut officer = officer.clone();
-        let id = id.clone();
-        async move {
-            let list = officer
-                .list_outbox(pb::ListOutboxRequest { limit: 10 })
-                .await
-                .ok()?
-                .into_inner();
-            list.entries
-                .into_iter()
-                .find(|e| e.message_id == id && e.status != "queued")
-        }
-    })
-    .await
-    .unwrap();
+    let entry = sandbox.settled("alpha", &id, SETTLE).await.unwrap();
     assert_eq!(entry.status, "rejected", "{entry:?}");
     assert!(
         entry.last_error.contains("InvalidArgument")

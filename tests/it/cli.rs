@@ -405,3 +405,28 @@ async fn operators_check_policies_and_make_a_dev_pki() {
         assert!(Path::new(&certs).join(f).exists(), "{f}");
     }
 }
+
+/// The README's first command, as a child process: the whole eleven-body
+/// federation, every rule deciding at least once, every inbox checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = liaison(vec![
+        "--output".into(),
+        "json".into(),
+        "demo".into(),
+        "--certs".into(),
+        certs.display().to_string(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["messages"].as_array().unwrap().len(), 16);
+    assert_eq!(report["audit"]["ok"], true);
+    assert!(
+        certs.join("ca.pem").exists(),
+        "dev certificates made on first run"
+    );
+}

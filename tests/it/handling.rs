@@ -33,22 +33,7 @@ async fn route(
         .unwrap()
         .into_inner()
         .message_id;
-    let entry = wait_until("the hub routes the message", SETTLE, || {
-        let mut officer = officer.clone();
-        let id = id.clone();
-        async move {
-            let list = officer
-                .list_outbox(pb::ListOutboxRequest { limit: 100 })
-                .await
-                .ok()?
-                .into_inner();
-            list.entries
-                .into_iter()
-                .find(|e| e.message_id == id && e.status != "queued")
-        }
-    })
-    .await
-    .unwrap();
+    let entry = sandbox.settled(origin, &id, SETTLE).await.unwrap();
     assert_eq!(entry.status, "routed", "{}", entry.last_error);
     let decisions = entry
         .decisions

@@ -100,22 +100,8 @@ async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
             .into_inner()
             .message_id;
         // The origin's outbox shows the hub's decisions once routed.
-        let entry = wait_until("the hub routes the message", SETTLE, || {
-            let mut officer = officer.clone();
-            let id = id.clone();
-            async move {
-                let list = officer
-                    .list_outbox(pb::ListOutboxRequest { limit: 100 })
-                    .await
-                    .ok()?
-                    .into_inner();
-                list.entries
-                    .into_iter()
-                    .find(|e| e.message_id == id && e.status == "routed")
-            }
-        })
-        .await
-        .unwrap();
+        let entry = sandbox.settled(origin, &id, SETTLE).await.unwrap();
+        assert_eq!(entry.status, "routed", "{}", entry.last_error);
         let got: BTreeMap<&str, Option<&str>> = entry
             .decisions
             .iter()

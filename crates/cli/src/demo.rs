@@ -80,6 +80,24 @@ pub const DEMO_MESSAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Messages routed while AIMC is suspended.
+const DEMO_PHASE_SUSPENDED: &[(&str, &str)] = &[
+    (
+        "aimc",
+        include_str!("../../../deploy/demo/14-aimc-while-suspended.toml"),
+    ),
+    (
+        "interpol",
+        include_str!("../../../deploy/demo/15-interpol-during-suspension.toml"),
+    ),
+];
+
+/// The alert sent while the hub is down.
+const DEMO_PHASE_OUTAGE: (&str, &str) = (
+    "afripol",
+    include_str!("../../../deploy/demo/16-afripol-short-lived.toml"),
+);
+
 /// How long the demo waits for routing and delivery before calling it a failure.
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -147,7 +165,7 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
     let mut opts = SandboxOptions::new(&text);
     opts.certs = Some(args.certs.clone());
     opts.dir = args.dir.clone();
-    let sandbox = Sandbox::start(opts).await?;
+    let mut sandbox = Sandbox::start(opts).await?;
     if human {
         say!("hub (run by {}) on {}", gov.hub_body(), sandbox.hub_url());
         for body in sandbox.running_nodes() {
@@ -165,7 +183,7 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
         say!("policy version {}", gov.version());
     }
 
-    let result = exercise(&sandbox, &gov, human).await;
+    let result = exercise(&mut sandbox, &gov, human).await;
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -214,7 +232,7 @@ struct Report {
     json: serde_json::Value,
 }
 
-async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Report> {
+async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Result<Report> {
     let bodies: Vec<String> = gov.bodies().map(|b| b.id.to_string()).collect();
     let mut problems = Vec::new();
 
@@ -239,62 +257,33 @@ async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Re
         crate::officer::print_decisions(&explained.decisions)?;
     }
 
-    // 2. Officers of several bodies submit.
+    // 2. Officers of several bodies submit, and the hub routes each.
     let mut sent = Vec::new();
     for (origin, text) in DEMO_MESSAGES {
-        let spec: MessageSpec =
-            toml::from_str(text).with_context(|| format!("demo message from {origin}"))?;
-        let (labels, body) = spec.to_request()?;
-        let resp = sandbox
-            .officer(origin, "alice")
-            .await?
-            .submit(pb::OfficerSubmitRequest {
-                labels: Some(labels.clone()),
-                body: Some(body.clone()),
-            })
-            .await
-            .map_err(|s| Failure::status(&format!("submit from {origin}"), &s))?
-            .into_inner();
-        sent.push(Sent {
-            origin: (*origin).to_owned(),
-            id: resp.message_id,
-            title: body.title,
-            kind: spec.kind.clone().unwrap_or_default(),
-            classification: spec.classification.clone().unwrap_or_default(),
-            personal_data: labels.personal_data,
-            decisions: Vec::new(),
-        });
+        sent.push(submit_demo(sandbox, origin, text).await?);
+    }
+    for s in &mut sent {
+        wait_routed(sandbox, s, &mut problems).await?;
     }
 
-    // 3. Wait until each origin's outbox says the hub routed every message.
-    for s in &mut sent {
-        let client = sandbox.officer(&s.origin, "alice").await?;
-        let id = s.id.clone();
-        let entry = wait_until(&format!("the hub routes {id}"), SETTLE, || {
-            let mut client = client.clone();
-            let id = id.clone();
-            async move {
-                let list = client
-                    .list_outbox(pb::ListOutboxRequest { limit: 1000 })
-                    .await
-                    .ok()?
-                    .into_inner();
-                list.entries
-                    .into_iter()
-                    .find(|e| e.message_id == id && e.status != "queued")
-            }
-        })
-        .await?;
-        if entry.status != "routed" {
-            problems.push(format!(
-                "{} was {}: {}",
-                s.id, entry.status, entry.last_error
-            ));
-        }
-        s.decisions = entry.decisions;
-    }
+    // 3. The federation changes its rules without a restart: AIMC is
+    //    suspended (hot reload by an INTERPOL admin). What AIMC sends is
+    //    delivered to nobody (origin.state); AIMC receives nothing new
+    //    (peer.state).
+    let notes = governance_change(
+        sandbox,
+        gov,
+        text_of(sandbox)?,
+        &mut sent,
+        &mut problems,
+        human,
+    )
+    .await?;
     if human {
         print_matrix(&sent, &bodies)?;
+        for n in &notes {
+            say!("  note: {n}");
+        }
     }
 
     // 4. A node that claims another body's identity is refused and audited.
@@ -438,6 +427,12 @@ async fn exercise(sandbox: &Sandbox, gov: &Governance, human: bool) -> Result<Re
         .filter(|r| r.decision == "withhold")
         .map(|r| r.rule.as_str())
         .collect();
+    // The demo exists to show every rule at work: say so if one never decided.
+    for rule in liaison_policy::Rule::ALL {
+        if rule != liaison_policy::Rule::AllRulesPassed && !withheld_rules.contains(rule.as_str()) {
+            problems.push(format!("rule {rule} never decided in the demo"));
+        }
+    }
     if human {
         say!(
             "\n== audit: {} records, chain verified here and on the hub, head {}",
@@ -502,6 +497,138 @@ async fn spoof_attempt(sandbox: &Sandbox) -> Result<tonic::Status> {
         Ok(_) => tonic::Status::ok("accepted"),
         Err(s) => s,
     })
+}
+
+/// Submits one demo message through its body's officer.
+async fn submit_demo(sandbox: &Sandbox, origin: &str, text: &str) -> Result<Sent> {
+    let spec: MessageSpec =
+        toml::from_str(text).with_context(|| format!("demo message from {origin}"))?;
+    let (labels, body) = spec.to_request()?;
+    let resp = sandbox
+        .officer(origin, "alice")
+        .await?
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(labels.clone()),
+            body: Some(body.clone()),
+        })
+        .await
+        .map_err(|s| Failure::status(&format!("submit from {origin}"), &s))?
+        .into_inner();
+    Ok(Sent {
+        origin: origin.to_owned(),
+        id: resp.message_id,
+        title: body.title,
+        kind: spec.kind.clone().unwrap_or_default(),
+        classification: spec.classification.clone().unwrap_or_default(),
+        personal_data: labels.personal_data,
+        decisions: Vec::new(),
+    })
+}
+
+/// Waits until the origin's outbox says the hub routed the message, and
+/// records the decisions.
+async fn wait_routed(sandbox: &Sandbox, s: &mut Sent, problems: &mut Vec<String>) -> Result<()> {
+    let entry = sandbox.settled(&s.origin, &s.id, SETTLE).await?;
+    if entry.status != "routed" {
+        problems.push(format!(
+            "{} was {}: {}",
+            s.id, entry.status, entry.last_error
+        ));
+    }
+    s.decisions = entry.decisions;
+    Ok(())
+}
+
+/// The governance text the sandbox's hub reads.
+fn text_of(sandbox: &Sandbox) -> Result<String> {
+    let path = sandbox.dir().join("governance.toml");
+    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `text` with body `id`'s state set to `state`.
+fn with_state(text: &str, id: &str, state: &str) -> Result<String> {
+    let start = text
+        .find(&format!("id = \"{id}\""))
+        .with_context(|| format!("no body {id} in the governance"))?;
+    let rel = text[start..]
+        .find("state = \"active\"")
+        .with_context(|| format!("body {id} has no explicit state"))?;
+    let at = start + rel;
+    Ok(format!(
+        "{}state = \"{state}\"{}",
+        &text[..at],
+        &text[at + "state = \"active\"".len()..]
+    ))
+}
+
+/// Reloads the hub's governance from `text` as INTERPOL's admin.
+async fn reload(sandbox: &Sandbox, hub_body: &str, text: &str) -> Result<pb::ReloadPolicyResponse> {
+    std::fs::write(sandbox.dir().join("governance.toml"), text)?;
+    Ok(sandbox
+        .admin(hub_body)
+        .await?
+        .reload_policy(pb::ReloadPolicyRequest {})
+        .await
+        .map_err(|s| Failure::status("reload", &s))?
+        .into_inner())
+}
+
+/// Suspends AIMC by a hot reload, routes a message from it and one that
+/// would reach it, takes the hub down while a short-lived alert is sent,
+/// then restores everything. Returns notes for the matrix.
+async fn governance_change(
+    sandbox: &mut Sandbox,
+    gov: &Governance,
+    original: String,
+    sent: &mut Vec<Sent>,
+    problems: &mut Vec<String>,
+    human: bool,
+) -> Result<Vec<String>> {
+    let hub_body = gov.hub_body().to_string();
+    let first = sent.len() + 1;
+    let r = reload(
+        sandbox,
+        &hub_body,
+        &with_state(&original, "aimc", "suspended")?,
+    )
+    .await?;
+    if human {
+        say!("\n== an INTERPOL admin suspends AIMC by reloading the rules (no restart): version {} -> {}", r.previous_version, r.version);
+    }
+    for (origin, text) in DEMO_PHASE_SUSPENDED {
+        let mut s = submit_demo(sandbox, origin, text).await?;
+        wait_routed(sandbox, &mut s, problems).await?;
+        sent.push(s);
+    }
+    let r = reload(sandbox, &hub_body, &original).await?;
+    if human {
+        say!("== AIMC reinstated: version {}", r.version);
+        say!("== the hub goes down; an AFRIPOL officer sends a one-second alert meanwhile");
+    }
+    sandbox.stop_hub().await?;
+    let mut s = submit_demo(sandbox, DEMO_PHASE_OUTAGE.0, DEMO_PHASE_OUTAGE.1).await?;
+    let sent_at = liaison_types::now_ms();
+    wait_until("the short-lived alert expires", SETTLE, || async {
+        (liaison_types::now_ms() > sent_at + 1_100).then_some(())
+    })
+    .await?;
+    sandbox.start_hub().await?;
+    sandbox.wait_ready().await?;
+    wait_routed(sandbox, &mut s, problems).await?;
+    if human {
+        say!("== the hub is back; the node pushed its outbox and the hub routed it (expired)");
+    }
+    sent.push(s);
+    Ok(vec![
+        format!(
+            "#{first} and #{} were routed while AIMC was suspended",
+            first + 1
+        ),
+        format!(
+            "#{} was sent while the hub was down and expired before it came back",
+            first + 2
+        ),
+    ])
 }
 
 fn print_matrix(sent: &[Sent], bodies: &[String]) -> Result<()> {

@@ -18,6 +18,7 @@ mod admin;
 mod approvals;
 pub mod demo;
 pub mod exit;
+mod forwards;
 pub mod message;
 mod officer;
 mod ops;
@@ -132,6 +133,17 @@ pub enum Command {
     Approve(officer::IdArgs),
     /// Refuse a message awaiting four-eyes approval: it is never sent.
     Refuse(approvals::RefuseArgs),
+    /// Ask to pass a message you received on to another body (third-party
+    /// rule): the originator consents or refuses, unless it allowed onward
+    /// release; the hub delivers it only if the rules allow.
+    Forward(forwards::ForwardArgs),
+    /// List other bodies' requests to pass on messages your body sent.
+    Forwards(forwards::ForwardsArgs),
+    /// Consent to a forward request for a message your body sent.
+    ForwardApprove(forwards::ApproveForwardArgs),
+    /// Refuse a forward request for a message your body sent: it is never
+    /// passed on.
+    ForwardRefuse(forwards::RefuseForwardArgs),
     /// Read and verify the hub's audit log (auditor certificate).
     #[command(subcommand)]
     Audit(ops::AuditCommand),
@@ -179,6 +191,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Approvals(a) => approvals::approvals(a, out).await,
         Command::Approve(a) => approvals::approve(a, out).await,
         Command::Refuse(a) => approvals::refuse(a, out).await,
+        Command::Forward(a) => forwards::forward(a, out).await,
+        Command::Forwards(a) => forwards::forwards(a, out).await,
+        Command::ForwardApprove(a) => forwards::approve(a, out).await,
+        Command::ForwardRefuse(a) => forwards::refuse(a, out).await,
         Command::Audit(c) => ops::audit(c, out).await,
         Command::Pki(c) => ops::pki(c, out),
         Command::Policy(c) => ops::policy(c, out),

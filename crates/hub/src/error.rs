@@ -69,6 +69,48 @@ pub enum HubError {
         /// The message.
         message_id: String,
     },
+    /// The caller's body asks to pass on a message it never received
+    /// (caller's fault; audited).
+    #[error("{caller} never received message {message_id}; only a body the message was delivered to may ask to pass it on")]
+    NotARecipient {
+        /// The caller's body.
+        caller: String,
+        /// The message.
+        message_id: String,
+    },
+    /// The third-party rule or the message's state does not allow passing it
+    /// on (caller's request cannot apply).
+    #[error("message {message_id} cannot be passed on: {problem}")]
+    ForwardNotAllowed {
+        /// The message.
+        message_id: String,
+        /// Why not.
+        problem: String,
+    },
+    /// No such forward request at the hub.
+    #[error("no forward request {0} at the hub; check the request id")]
+    UnknownForward(String),
+    /// The caller's body did not originate the message of a forward request
+    /// (caller's fault).
+    #[error("{caller} did not originate message {message_id}; only its originator may decide on forward request {request_id}")]
+    NotForwardOrigin {
+        /// The caller's body.
+        caller: String,
+        /// The message.
+        message_id: String,
+        /// The request.
+        request_id: String,
+    },
+    /// The forward request was already decided the other way.
+    #[error("forward request {request_id} was already decided ({state}, by {by}); a decision cannot be changed")]
+    ForwardDecided {
+        /// The request.
+        request_id: String,
+        /// Its state.
+        state: &'static str,
+        /// Who decided.
+        by: String,
+    },
     /// The caller's body is not in the federation configuration.
     #[error("body {0} is not a member of this federation; ask the hub operator to add it to the governance file")]
     UnknownBody(String),
@@ -110,9 +152,13 @@ impl From<HubError> for Status {
             | HubError::UnknownBody(_)
             | HubError::NotHubAdmin { .. }
             | HubError::NotOrigin { .. }
+            | HubError::NotARecipient { .. }
+            | HubError::NotForwardOrigin { .. }
             | HubError::NotActive { .. } => Code::PermissionDenied,
-            HubError::UnknownMessage(_) => Code::NotFound,
-            HubError::PolicyRefused { .. } => Code::FailedPrecondition,
+            HubError::UnknownMessage(_) | HubError::UnknownForward(_) => Code::NotFound,
+            HubError::PolicyRefused { .. }
+            | HubError::ForwardNotAllowed { .. }
+            | HubError::ForwardDecided { .. } => Code::FailedPrecondition,
             HubError::IdReused { .. } => Code::AlreadyExists,
             HubError::AckBeyondQueue { .. } => Code::OutOfRange,
             HubError::Store(_) => Code::Unavailable,

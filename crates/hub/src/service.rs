@@ -484,6 +484,209 @@ impl HubState {
         })
     }
 
+    /// An officer of the caller's body named in a request field, as a URI;
+    /// the caller's own URI (its node) if the field is empty.
+    fn officer_of_caller(
+        caller: &Identity,
+        field: &'static str,
+        uri: &str,
+    ) -> Result<String, HubError> {
+        if uri.is_empty() {
+            return Ok(caller.uri());
+        }
+        let officer: Identity = uri
+            .parse()
+            .map_err(|e: liaison_types::IdentityError| ValidationError::new(field, e.0))?;
+        if officer.federation != caller.federation
+            || officer.body != caller.body
+            || officer.role != liaison_types::Role::Officer
+        {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "{officer} is not an officer of {}; name an officer of your own body, or leave it empty",
+                    caller.body
+                ),
+            )
+            .into());
+        }
+        Ok(officer.uri())
+    }
+
+    /// The stored message, with its labels validated.
+    fn stored_message(&self, message_id: &str) -> Result<Envelope, HubError> {
+        let stored = store::envelope(&self.db, message_id)?
+            .ok_or_else(|| HubError::UnknownMessage(message_id.to_owned()))?;
+        let (env, _) = Envelope::parse(stored).map_err(|e| liaison_store::StoreError::Corrupt {
+            key: format!("m/{message_id}/env"),
+            problem: format!("stored message does not validate: {e}"),
+        })?;
+        Ok(env)
+    }
+
+    /// The rules' decision for passing a message on to `to`: those of a
+    /// first delivery, with `to` named in the releasability list (the
+    /// originator's consent, or its waiver, names it) and without
+    /// working-group addressing (which narrows only the first
+    /// distribution). Every governance rule still applies.
+    fn forward_decision(
+        gov: &Governance,
+        labels: &liaison_types::Labels,
+        to: &BodyId,
+        now: i64,
+    ) -> liaison_policy::Decision {
+        let mut l = labels.clone();
+        l.releasable_to.insert(to.clone());
+        l.working_groups.clear();
+        decide(gov, &l, now)
+            .into_iter()
+            .find(|d| d.recipient == *to)
+            .unwrap_or_else(|| liaison_policy::Decision {
+                recipient: to.clone(),
+                outcome: liaison_policy::Outcome::Withhold,
+                rule: liaison_policy::Rule::PeerState,
+                reason: format!("{to} is not a candidate recipient of this message"),
+            })
+    }
+
+    /// Files a recipient's request to pass a message on (third-party rule).
+    pub async fn request_forward(
+        &self,
+        caller: &Identity,
+        req: pb::ForwardRequest,
+    ) -> Result<pb::ForwardRequestResponse, HubError> {
+        let gov = self.known_caller(caller)?;
+        let message_id = uuid_field("message_id", &req.message_id)?;
+        let reason = reason_field(&req.reason, true)?;
+        let to = BodyId::parse(req.to.trim())
+            .ok()
+            .filter(|b| gov.is_known(b.as_str()))
+            .ok_or_else(|| {
+                let known: Vec<&str> = gov.bodies().map(|b| b.id.as_str()).collect();
+                ValidationError::new(
+                    "to",
+                    format!(
+                        "'{}' is not a body of this federation; expected one of {}",
+                        req.to.chars().take(40).collect::<String>().escape_debug(),
+                        known.join(", ")
+                    ),
+                )
+            })?;
+        if to == caller.body {
+            return Err(ValidationError::new(
+                "to",
+                format!("{to} is your own body; name the body to pass the message on to"),
+            )
+            .into());
+        }
+        let requested_by = Self::officer_of_caller(caller, "requested_by", &req.requested_by)?;
+        let env = self.stored_message(&message_id)?;
+        let now = now_ms();
+        let decision = Self::forward_decision(&gov, &env.labels, &to, now);
+        let filed = store::request_forward(
+            &self.db,
+            store::ForwardAsk {
+                env,
+                request_id: uuid::Uuid::new_v4().to_string(),
+                requester: caller.body.clone(),
+                requested_by,
+                to,
+                reason,
+                decision,
+                policy_version: gov.version().to_owned(),
+                now_ms: now,
+            },
+        )
+        .await?;
+        let (record, duplicate) = self.forward_done(filed)?;
+        tracing::info!(message_id, request_id = %record.id, requester = %record.requester, to = %record.to, state = record.state.as_str(), duplicate, "forward requested");
+        Ok(pb::ForwardRequestResponse {
+            request_id: record.id,
+            state: record.state.to_proto() as i32,
+            rule: record.rule,
+            reason: record.rule_reason,
+            duplicate,
+        })
+    }
+
+    /// The originator's consent to, or refusal of, a forward request.
+    pub async fn decide_forward(
+        &self,
+        caller: &Identity,
+        req: pb::DecideForwardRequest,
+    ) -> Result<pb::DecideForwardResponse, HubError> {
+        let gov = self.known_caller(caller)?;
+        let request_id = uuid_field("request_id", &req.request_id)?;
+        let reason = reason_field(&req.reason, !req.approve)?;
+        let decided_by = Self::officer_of_caller(caller, "decided_by", &req.decided_by)?;
+        let record = store::forward(&self.db, &request_id)?
+            .ok_or_else(|| HubError::UnknownForward(request_id.clone()))?;
+        let env = self.stored_message(&record.message_id)?;
+        let now = now_ms();
+        let approve = if req.approve {
+            let to = BodyId::parse(&record.to).map_err(|problem| {
+                liaison_store::StoreError::Corrupt {
+                    key: format!("f/{request_id}"),
+                    problem,
+                }
+            })?;
+            Some(Self::forward_decision(&gov, &env.labels, &to, now))
+        } else {
+            None
+        };
+        let decided = store::decide_forward(
+            &self.db,
+            store::ForwardVerdict {
+                request_id,
+                caller: caller.body.clone(),
+                env,
+                approve,
+                reason,
+                decided_by,
+                policy_version: gov.version().to_owned(),
+                now_ms: now,
+            },
+        )
+        .await?;
+        let (record, duplicate) = self.forward_done(decided)?;
+        tracing::info!(request_id = %record.id, message_id = %record.message_id, to = %record.to, state = record.state.as_str(), duplicate, "forward decided");
+        Ok(pb::DecideForwardResponse {
+            request_id: record.id,
+            state: record.state.to_proto() as i32,
+            rule: record.rule,
+            reason: if record.state == store::ForwardState::Refused {
+                record.decision_reason
+            } else {
+                record.rule_reason
+            },
+            duplicate,
+        })
+    }
+
+    /// Publishes what a forward write made durable; a refusal becomes the
+    /// error to answer.
+    fn forward_done(
+        &self,
+        result: store::Forward,
+    ) -> Result<(store::ForwardRecord, bool), HubError> {
+        match result {
+            store::Forward::Refused { error, audit_seq } => {
+                self.audit_durable(audit_seq);
+                tracing::warn!(error = %error, "forward refused");
+                Err(error)
+            }
+            store::Forward::Done {
+                record,
+                duplicate,
+                queued,
+                audit_seq,
+            } => {
+                self.made_durable(&queued, audit_seq);
+                Ok((*record, duplicate))
+            }
+        }
+    }
+
     /// Acknowledges the caller's queue up to `seq`.
     pub async fn acknowledge(
         &self,
@@ -554,6 +757,33 @@ impl HubState {
             let gov = self.governance();
             let mut records = Vec::with_capacity(entries.len());
             for (seq, entry) in entries {
+                // A forward request for the originator travels alone: no
+                // content, and never a withdrawal in its stead.
+                if let Some(notice) = &entry.forward_request {
+                    let delivery = pb::Delivery {
+                        seq,
+                        routed_at_ms: entry.routed_at_ms,
+                        forward_request: Some(notice.to_proto(&entry.message_id)),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(delivery)).await.is_err() {
+                        break;
+                    }
+                    cursor = seq;
+                    records.push(pb::AuditRecord {
+                        at_ms: now_ms(),
+                        event: "delivered".into(),
+                        reason: format!("forward request {}", notice.request_id),
+                        message_id: entry.message_id,
+                        origin: entry.origin,
+                        recipient: caller.body.to_string(),
+                        actor: caller.uri(),
+                        queue_seq: seq,
+                        policy_version: gov.version().to_owned(),
+                        ..Default::default()
+                    });
+                    continue;
+                }
                 let Some(envelope) = store::envelope(&self.db, &entry.message_id)? else {
                     return Err(liaison_store::StoreError::Corrupt {
                         key: format!("m/{}/env", entry.message_id),
@@ -581,9 +811,13 @@ impl HubState {
                     },
                     routed_at_ms: entry.routed_at_ms,
                     withdrawal,
+                    forward_request: None,
                 };
-                if tx.send(Ok(delivery)).await.is_err() {
-                    break;
+                // A subscriber that stops reading must not keep the hub from
+                // shutting down: give up the send when the hub stops.
+                tokio::select! {
+                    sent = tx.send(Ok(delivery)) => if sent.is_err() { break },
+                    _ = stopping.wait_for(|s| *s) => return Ok(()),
                 }
                 cursor = seq;
                 records.push(pb::AuditRecord {
@@ -705,6 +939,7 @@ impl HubState {
         let hub_body = self.governance().hub_body().clone();
         // List what was durable when the request came in.
         let upto = self.durable_audit.load(Ordering::Acquire);
+        let mut stopping = self.stopping.clone();
         self.spawn(async move {
             let mut after = q.after_seq;
             let mut sent = 0u32;
@@ -722,8 +957,9 @@ impl HubState {
                     if !Self::audit_visible(&hub_body, &caller, &q, &r) {
                         continue;
                     }
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
+                    tokio::select! {
+                        result = tx.send(Ok(r)) => if result.is_err() { return },
+                        _ = stopping.wait_for(|s| *s) => return,
                     }
                     sent += 1;
                     if q.limit != 0 && sent >= q.limit {
@@ -758,6 +994,35 @@ impl HubState {
     }
 }
 
+/// A UUID request field in its stored form.
+fn uuid_field(field: &'static str, value: &str) -> Result<String, HubError> {
+    normalise_message_id(value).ok_or_else(|| {
+        ValidationError::new(
+            field,
+            format!(
+                "'{}' is not a UUID",
+                value.chars().take(40).collect::<String>().escape_debug()
+            ),
+        )
+        .into()
+    })
+}
+
+/// A reason for the audit log: 1 to 500 printable characters, or empty if
+/// not `required`.
+fn reason_field(value: &str, required: bool) -> Result<String, HubError> {
+    let reason = value.trim().to_owned();
+    if (required && reason.is_empty()) || reason.len() > 500 || reason.chars().any(char::is_control)
+    {
+        return Err(ValidationError::new(
+            "reason",
+            "give the reason in 1 to 500 printable characters (no body content)",
+        )
+        .into());
+    }
+    Ok(reason)
+}
+
 /// The `Federation` service.
 #[derive(Debug, Clone)]
 pub struct FederationService(pub Arc<HubState>);
@@ -783,6 +1048,24 @@ impl pb::federation_server::Federation for FederationService {
             .0
             .submit(&caller, req.envelope, &req.approved_by)
             .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn request_forward(
+        &self,
+        req: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardRequestResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        let resp = self.0.request_forward(&caller, req.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn decide_forward(
+        &self,
+        req: Request<pb::DecideForwardRequest>,
+    ) -> Result<Response<pb::DecideForwardResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        let resp = self.0.decide_forward(&caller, req.into_inner()).await?;
         Ok(Response::new(resp))
     }
 

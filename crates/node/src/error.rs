@@ -90,6 +90,17 @@ pub enum NodeError {
         /// The configured approvers.
         approvers: String,
     },
+    /// No such forward request on this node.
+    #[error("no forward request {0} for this body's messages; see `liaison forwards` for those there are")]
+    UnknownForwardRequest(String),
+    /// The forward request was already decided the other way.
+    #[error("forward request {request_id}: {problem}")]
+    ForwardDecided {
+        /// The request.
+        request_id: String,
+        /// Its state and why the decision cannot apply.
+        problem: String,
+    },
     /// The hub could not be reached or refused (peer's fault or transient).
     #[error("hub: {0}")]
     Hub(Status),
@@ -130,15 +141,23 @@ impl From<NodeError> for Status {
             | NodeError::OwnMessage { .. }
             | NodeError::NotApprover { .. } => Code::PermissionDenied,
             NodeError::IdReused(_) => Code::AlreadyExists,
-            NodeError::NotFound(_) | NodeError::NotInOutbox(_) | NodeError::NotAwaiting(_) => {
-                Code::NotFound
-            }
+            NodeError::NotFound(_)
+            | NodeError::NotInOutbox(_)
+            | NodeError::NotAwaiting(_)
+            | NodeError::UnknownForwardRequest(_) => Code::NotFound,
             NodeError::NotAwaitingApproval { .. }
             | NodeError::NoOtherApprover { .. }
-            | NodeError::NotRetractable { .. } => Code::FailedPrecondition,
+            | NodeError::NotRetractable { .. }
+            | NodeError::ForwardDecided { .. } => Code::FailedPrecondition,
             // The hub's own verdict on the caller's input passes through.
             NodeError::Hub(s)
-                if matches!(s.code(), Code::InvalidArgument | Code::PermissionDenied) =>
+                if matches!(
+                    s.code(),
+                    Code::InvalidArgument
+                        | Code::PermissionDenied
+                        | Code::FailedPrecondition
+                        | Code::NotFound
+                ) =>
             {
                 s.code()
             }

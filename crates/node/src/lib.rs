@@ -12,6 +12,12 @@
 //! who is an approver approves it (`Officer.Approve`); the node then pushes
 //! it and names the approver to the hub, which audits it.
 //!
+//! The third-party rule: an officer asks the hub to pass a received message
+//! on (`Officer.RequestForward`, answered at once); the originating body's
+//! node stores the hub's forward-request notices from its delivery stream,
+//! its officers consent or refuse (`Officer.DecideForward`), and the push
+//! task sends the decision to the hub, durably, like a retraction.
+//!
 //! [`run`] serves until its shutdown future completes; the binary only parses
 //! arguments and calls it.
 #![forbid(unsafe_code)]

@@ -69,6 +69,11 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
                 Progress::Again => continue,
                 Progress::Idle => {}
             }
+            match push_forward_decisions(&state, &retry, &mut failures, &mut stopping).await {
+                Progress::Stop => return,
+                Progress::Again => continue,
+                Progress::Idle => {}
+            }
             tokio::select! {
                 () = state.outbox_ready.notified() => continue,
                 _ = stopping.wait_for(|s| *s) => return,
@@ -211,6 +216,72 @@ async fn push_retractions(
     Progress::Again
 }
 
+/// Sends officers' decisions on forward requests to the hub, oldest first.
+async fn push_forward_decisions(
+    state: &NodeState,
+    retry: &Retry,
+    failures: &mut u32,
+    stopping: &mut watch::Receiver<bool>,
+) -> Progress {
+    let pending = match store::pending_forward_decisions(&state.db, PUSH_BATCH) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read pending forward decisions");
+            *failures += 1;
+            return if pause(retry.backoff(*failures), stopping).await {
+                Progress::Again
+            } else {
+                Progress::Stop
+            };
+        }
+    };
+    if pending.is_empty() {
+        return Progress::Idle;
+    }
+    for p in pending {
+        let mut hub = state.hub.clone();
+        let result = hub
+            .decide_forward(pb::DecideForwardRequest {
+                request_id: p.request_id.clone(),
+                approve: p.approve,
+                reason: p.reason.clone(),
+                decided_by: p.decided_by.clone(),
+            })
+            .await;
+        let outcome = match result {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                Ok(match pb::ForwardState::try_from(r.state) {
+                    Ok(pb::ForwardState::Forwarded) => "forwarded".to_owned(),
+                    Ok(pb::ForwardState::Withheld) => {
+                        format!("withheld ({}: {})", r.rule, r.reason)
+                    }
+                    Ok(pb::ForwardState::Refused) => "refused".to_owned(),
+                    _ => format!("state {}", r.state),
+                })
+            }
+            Err(status) if is_permanent(status.code()) || status.code() == Code::NotFound => {
+                Err(format!("{:?}: {}", status.code(), status.message()))
+            }
+            Err(status) => {
+                *failures += 1;
+                tracing::warn!(request_id = %p.request_id, error = %status.message(), "forward decision failed; will retry");
+                return if pause(retry.backoff(*failures), stopping).await {
+                    Progress::Again
+                } else {
+                    Progress::Stop
+                };
+            }
+        };
+        *failures = 0;
+        tracing::info!(request_id = %p.request_id, approve = p.approve, outcome = ?outcome, "forward decision sent to the hub");
+        if let Err(e) = store::finish_forward_decision(&state.db, p.request_id, outcome).await {
+            tracing::error!(error = %e, "cannot record a forward decision");
+        }
+    }
+    Progress::Again
+}
+
 /// Holds the delivery subscription, storing deliveries in the inbox and
 /// acknowledging them, until the node stops.
 pub async fn receive(state: Arc<NodeState>, retry: Retry, mut stopping: watch::Receiver<bool>) {
@@ -273,6 +344,29 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
 }
 
 fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
+    if let Some(f) = d.forward_request {
+        let valid = |id: &str, what: &str| {
+            liaison_types::normalise_message_id(id)
+                .ok_or_else(|| format!("forward request with an invalid {what} {id:?}"))
+        };
+        return Ok(Arrival::ForwardRequest(Box::new(
+            store::ForwardRequestRecord {
+                request_id: valid(&f.request_id, "request id")?,
+                message_id: valid(&f.message_id, "message id")?,
+                requester: f.requester,
+                requested_by: f.requested_by,
+                to: f.to,
+                reason: f.reason,
+                requested_at_ms: f.requested_at_ms,
+                hub_seq: d.seq,
+                state: store::ForwardDecisionState::Pending,
+                decided_by: String::new(),
+                decided_at_ms: 0,
+                decision_reason: String::new(),
+                hub_outcome: String::new(),
+            },
+        )));
+    }
     if let Some(w) = d.withdrawal {
         let cause = match pb::WithdrawalCause::try_from(w.cause) {
             Ok(pb::WithdrawalCause::Retracted) => "retracted",

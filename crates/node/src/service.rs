@@ -298,6 +298,109 @@ impl NodeState {
         })
     }
 
+    /// Asks the hub to pass a received message on; the hub answers at once.
+    async fn request_forward(
+        &self,
+        caller: &Identity,
+        req: pb::OfficerForwardRequest,
+    ) -> Result<pb::ForwardRequestResponse, NodeError> {
+        self.own_officer(caller)?;
+        let reason = req.reason.trim().to_owned();
+        if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "reason",
+                "give the reason in 1 to 500 printable characters (no sensitive detail)",
+            )
+            .into());
+        }
+        let mut hub = self.hub.clone();
+        let resp = hub
+            .request_forward(pb::ForwardRequest {
+                message_id: canonical_id(req.message_id),
+                to: req.to.trim().to_owned(),
+                reason,
+                requested_by: caller.uri(),
+            })
+            .await
+            .map_err(NodeError::Hub)?
+            .into_inner();
+        tracing::info!(request_id = %resp.request_id, officer = %caller, state = resp.state, "forward requested");
+        Ok(resp)
+    }
+
+    fn list_forward_requests(
+        &self,
+        caller: &Identity,
+        req: pb::ListForwardRequestsRequest,
+    ) -> Result<pb::ListForwardRequestsResponse, NodeError> {
+        self.own_officer(caller)?;
+        let entries = store::forward_requests(&self.db, limit(req.limit), req.pending_only)?
+            .into_iter()
+            .map(|r| self.forward_entry(r))
+            .collect::<Result<_, _>>()?;
+        Ok(pb::ListForwardRequestsResponse { entries })
+    }
+
+    fn forward_entry(
+        &self,
+        r: store::ForwardRequestRecord,
+    ) -> Result<pb::ForwardRequestEntry, NodeError> {
+        let title = store::outbox_message(&self.db, &r.message_id)?
+            .map(|(o, _)| o.title)
+            .unwrap_or_default();
+        Ok(pb::ForwardRequestEntry {
+            request_id: r.request_id,
+            message_id: r.message_id,
+            title,
+            requester: r.requester,
+            requested_by: r.requested_by,
+            to: r.to,
+            reason: r.reason,
+            requested_at_ms: r.requested_at_ms,
+            state: r.state.as_str().to_owned(),
+            decided_by: r.decided_by,
+            decided_at_ms: r.decided_at_ms,
+            decision_reason: r.decision_reason,
+            hub_outcome: r.hub_outcome,
+        })
+    }
+
+    /// Records an officer's decision on a forward request; the push task
+    /// sends it to the hub.
+    async fn decide_forward(
+        &self,
+        caller: &Identity,
+        req: pb::OfficerDecideForwardRequest,
+    ) -> Result<pb::OfficerDecideForwardResponse, NodeError> {
+        self.own_officer(caller)?;
+        let id = canonical_id(req.request_id);
+        let reason = req.reason.trim().to_owned();
+        if (!req.approve && reason.is_empty())
+            || reason.len() > 500
+            || reason.chars().any(char::is_control)
+        {
+            return Err(NodeError::BadRequest {
+                field: "reason",
+                problem: "give the reason in 1 to 500 printable characters (required to refuse)"
+                    .into(),
+            });
+        }
+        let decider = Decider {
+            uri: caller.uri(),
+            now_ms: now_ms(),
+        };
+        let (rec, already) =
+            store::decide_forward(&self.db, id, req.approve, reason, decider).await?;
+        if !already {
+            self.outbox_ready.notify_one();
+            tracing::info!(request_id = %rec.request_id, message_id = %rec.message_id, to = %rec.to, officer = %caller, state = rec.state.as_str(), "forward request decided");
+        }
+        Ok(pb::OfficerDecideForwardResponse {
+            entry: Some(self.forward_entry(rec)?),
+            already_decided: already,
+        })
+    }
+
     async fn explain(
         &self,
         caller: &Identity,
@@ -524,6 +627,36 @@ impl pb::officer_server::Officer for OfficerService {
         let caller = caller_from_extensions(&req)?.clone();
         Ok(Response::new(
             self.0.approve(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn request_forward(
+        &self,
+        req: Request<pb::OfficerForwardRequest>,
+    ) -> Result<Response<pb::ForwardRequestResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        Ok(Response::new(
+            self.0.request_forward(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_forward_requests(
+        &self,
+        req: Request<pb::ListForwardRequestsRequest>,
+    ) -> Result<Response<pb::ListForwardRequestsResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        Ok(Response::new(
+            self.0.list_forward_requests(&caller, req.into_inner())?,
+        ))
+    }
+
+    async fn decide_forward(
+        &self,
+        req: Request<pb::OfficerDecideForwardRequest>,
+    ) -> Result<Response<pb::OfficerDecideForwardResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        Ok(Response::new(
+            self.0.decide_forward(&caller, req.into_inner()).await?,
         ))
     }
 

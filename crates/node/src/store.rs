@@ -7,6 +7,10 @@
 //!   officer's approval (four-eyes release), never pushed until approved;
 //! - `i/<id>`: inbox record (JSON), `ie/<id>`: its envelope;
 //! - `il/<n>`: inbox order (newest last);
+//! - `or/<id>`: a retraction still to send to the hub;
+//! - `fw/<request id>`: another body's request to pass on a message this
+//!   body originated (third-party rule), `fd/<request id>`: an officer's
+//!   decision on it still to send to the hub;
 //! - `meta/*`: counters and the last hub position stored.
 
 use liaison_proto::v1 as pb;
@@ -523,6 +527,8 @@ pub enum Arrival {
         /// Why.
         note: WithdrawalNote,
     },
+    /// Another body asks to pass on a message this body originated.
+    ForwardRequest(Box<ForwardRequestRecord>),
 }
 
 /// Stores a batch of deliveries and advances the hub cursor, atomically. A
@@ -552,6 +558,13 @@ pub async fn store_arrivals(
                     marking,
                     note,
                 } => withdraw(txn, seq, &message_id, &origin, marking, note)?,
+                Arrival::ForwardRequest(record) => {
+                    // A redelivery after a crash changes nothing.
+                    let key = k("fw", &record.request_id);
+                    if txn.get(&key)?.is_none() {
+                        txn.put(key, json(&*record));
+                    }
+                }
             }
         }
         let old = keys::u64_value(txn.get(HUB_CURSOR)?);
@@ -727,6 +740,187 @@ pub async fn finish_retraction(
                 Err(why) => rec.last_error = format!("retraction refused by the hub: {why}"),
             }
             txn.put(key, json(&rec));
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Where a forward request stands on the originating node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardDecisionState {
+    /// Nobody on this node decided yet.
+    Pending,
+    /// An officer consented; the hub decides under the governance rules.
+    Approved,
+    /// An officer refused; the message is not passed on.
+    Refused,
+}
+
+impl ForwardDecisionState {
+    /// The name shown to officers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// Another body's request to pass on a message this body originated (the
+/// third-party rule), as the hub's delivery stream brought it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForwardRequestRecord {
+    /// The hub's request id.
+    pub request_id: String,
+    /// The message, from this body's outbox.
+    pub message_id: String,
+    /// The body that asks.
+    pub requester: String,
+    /// The officer who asked, if known.
+    pub requested_by: String,
+    /// The body it would pass the message on to.
+    pub to: String,
+    /// Why, in the requester's words.
+    pub reason: String,
+    /// When the hub filed it.
+    pub requested_at_ms: i64,
+    /// Position in this body's hub queue.
+    pub hub_seq: u64,
+    /// Where it stands here.
+    pub state: ForwardDecisionState,
+    /// Officer who decided.
+    #[serde(default)]
+    pub decided_by: String,
+    /// When, 0 while pending.
+    #[serde(default)]
+    pub decided_at_ms: i64,
+    /// The deciding officer's reason.
+    #[serde(default)]
+    pub decision_reason: String,
+    /// What the hub did with the decision, once it answered.
+    #[serde(default)]
+    pub hub_outcome: String,
+}
+
+/// A decision on a forward request, waiting to be sent to the hub.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingForwardDecision {
+    /// The request.
+    pub request_id: String,
+    /// Consent or refusal.
+    pub approve: bool,
+    /// Why.
+    pub reason: String,
+    /// Officer who decided.
+    pub decided_by: String,
+}
+
+fn forward_request_record(
+    txn: &Txn<'_>,
+    id: &str,
+) -> Result<Option<ForwardRequestRecord>, StoreError> {
+    let key = k("fw", id);
+    txn.get(&key)?.map(|b| parse(&key, &b)).transpose()
+}
+
+/// Forward requests for this body's messages, oldest first.
+pub fn forward_requests(
+    db: &Db,
+    limit: usize,
+    pending_only: bool,
+) -> Result<Vec<ForwardRequestRecord>, StoreError> {
+    let mut out = db
+        .scan_prefix(b"fw/", usize::MAX)?
+        .into_iter()
+        .map(|(key, value)| parse::<ForwardRequestRecord>(&key, &value))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.retain(|r| !pending_only || r.state == ForwardDecisionState::Pending);
+    out.sort_by_key(|r| (r.requested_at_ms, r.hub_seq));
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// Records an officer's decision on a forward request and queues it for the
+/// hub, atomically. Deciding again the same way returns the original
+/// decision and `true`; the other way is refused.
+pub async fn decide_forward(
+    db: &Db,
+    id: String,
+    approve: bool,
+    reason: String,
+    decider: Decider,
+) -> Result<(ForwardRequestRecord, bool), NodeError> {
+    db.write(move |txn| {
+        let Some(mut rec) = forward_request_record(txn, &id)? else {
+            return Err(NodeError::UnknownForwardRequest(id));
+        };
+        let wanted = if approve {
+            ForwardDecisionState::Approved
+        } else {
+            ForwardDecisionState::Refused
+        };
+        match rec.state {
+            ForwardDecisionState::Pending => {}
+            s if s == wanted => return Ok((rec, true)),
+            s => {
+                return Err(NodeError::ForwardDecided {
+                    request_id: id,
+                    problem: format!(
+                        "it was already {} by {}; a decision cannot be changed",
+                        s.as_str(),
+                        rec.decided_by
+                    ),
+                })
+            }
+        }
+        rec.state = wanted;
+        rec.decided_by = decider.uri.clone();
+        rec.decided_at_ms = decider.now_ms;
+        rec.decision_reason = reason.clone();
+        txn.put(
+            k("fd", &id),
+            json(&PendingForwardDecision {
+                request_id: id.clone(),
+                approve,
+                reason,
+                decided_by: decider.uri,
+            }),
+        );
+        txn.put(k("fw", &id), json(&rec));
+        Ok((rec, false))
+    })
+    .await
+}
+
+/// Decisions on forward requests still to send to the hub.
+pub fn pending_forward_decisions(
+    db: &Db,
+    limit: usize,
+) -> Result<Vec<PendingForwardDecision>, StoreError> {
+    db.scan_prefix(b"fd/", limit)?
+        .into_iter()
+        .map(|(key, value)| parse(&key, &value))
+        .collect()
+}
+
+/// Records the hub's answer to a forward decision (what it did, or why it
+/// refused) and forgets the decision.
+pub async fn finish_forward_decision(
+    db: &Db,
+    id: String,
+    outcome: Result<String, String>,
+) -> Result<(), NodeError> {
+    db.write(move |txn| {
+        txn.delete(k("fd", &id));
+        if let Some(mut rec) = forward_request_record(txn, &id)? {
+            rec.hub_outcome = match outcome {
+                Ok(done) => done,
+                Err(why) => format!("refused by the hub: {why}"),
+            };
+            txn.put(k("fw", &id), json(&rec));
         }
         Ok(())
     })
@@ -1094,5 +1288,77 @@ mod tests {
         let rec: OutboxRecord = parse(b"o/m", old.as_bytes()).unwrap();
         assert_eq!(rec.status, OutboxStatus::Routed);
         assert!(rec.approved_by.is_empty() && rec.approval_reason.is_empty());
+    }
+
+    fn forward_arrival(id: &str) -> Arrival {
+        Arrival::ForwardRequest(Box::new(ForwardRequestRecord {
+            request_id: id.into(),
+            message_id: uuid::Uuid::new_v4().to_string(),
+            requester: "bravo".into(),
+            requested_by: "spiffe://liaison.test/org/bravo/officer/bob".into(),
+            to: "charlie".into(),
+            reason: "joint operation".into(),
+            requested_at_ms: 5,
+            hub_seq: 1,
+            state: ForwardDecisionState::Pending,
+            decided_by: String::new(),
+            decided_at_ms: 0,
+            decision_reason: String::new(),
+            hub_outcome: String::new(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_forward_decision_is_queued_once_and_cannot_be_reversed() {
+        let db = Db::in_memory();
+        let id = uuid::Uuid::new_v4().to_string();
+        store_arrivals(&db, vec![forward_arrival(&id)], 1)
+            .await
+            .unwrap();
+        // A redelivery changes nothing.
+        store_arrivals(&db, vec![forward_arrival(&id)], 1)
+            .await
+            .unwrap();
+        let listed = forward_requests(&db, 100, true).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, ForwardDecisionState::Pending);
+        assert!(pending_forward_decisions(&db, 10).unwrap().is_empty());
+
+        let (rec, already) = decide_forward(&db, id.clone(), true, String::new(), by(ALICE))
+            .await
+            .unwrap();
+        assert!(!already);
+        assert_eq!(rec.state, ForwardDecisionState::Approved);
+        assert_eq!(rec.decided_by, ALICE);
+        let queued = pending_forward_decisions(&db, 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert!(queued[0].approve);
+        assert!(forward_requests(&db, 100, true).unwrap().is_empty());
+
+        // The same decision again is idempotent; the other is refused.
+        let (again, already) = decide_forward(&db, id.clone(), true, String::new(), by(BOB))
+            .await
+            .unwrap();
+        assert!(already);
+        assert_eq!(again.decided_by, ALICE);
+        assert_eq!(pending_forward_decisions(&db, 10).unwrap().len(), 1);
+        let err = decide_forward(&db, id.clone(), false, "no".into(), by(BOB))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NodeError::ForwardDecided { .. }), "{err}");
+
+        finish_forward_decision(&db, id.clone(), Ok("forwarded".into()))
+            .await
+            .unwrap();
+        assert!(pending_forward_decisions(&db, 10).unwrap().is_empty());
+        assert_eq!(
+            forward_requests(&db, 100, false).unwrap()[0].hub_outcome,
+            "forwarded"
+        );
+
+        let err = decide_forward(&db, "nope".into(), true, String::new(), by(BOB))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NodeError::UnknownForwardRequest(_)), "{err}");
     }
 }

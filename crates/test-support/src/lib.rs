@@ -550,6 +550,47 @@ impl Sandbox {
         Ok(FederationClient::new(ch))
     }
 
+    /// Waits until `origin`'s outbox entry for `message_id` has left the
+    /// `queued` state (routed, or rejected by the hub) and returns it.
+    pub async fn settled(
+        &self,
+        origin: &str,
+        message_id: &str,
+        timeout: Duration,
+    ) -> Result<liaison_proto::v1::OutboxEntry, SandboxError> {
+        let officer = self.officer(origin, "alice").await?;
+        wait_until(&format!("the hub routes {message_id}"), timeout, || {
+            let mut officer = officer.clone();
+            async move {
+                let list = officer
+                    .list_outbox(liaison_proto::v1::ListOutboxRequest { limit: 1000 })
+                    .await
+                    .ok()?
+                    .into_inner();
+                list.entries
+                    .into_iter()
+                    .find(|e| e.message_id == message_id && e.status != "queued")
+            }
+        })
+        .await
+    }
+
+    /// An admin's client to the hub's Admin API: `admin("interpol")`.
+    pub async fn admin(
+        &self,
+        body: &str,
+    ) -> Result<liaison_proto::v1::admin_client::AdminClient<Channel>, SandboxError> {
+        let m = self.material(&format!("{body}/admin-admin"))?;
+        let ch = liaison_pki::connect(
+            &self.hub_url(),
+            &m,
+            Some(Role::Hub),
+            self.governance.federation(),
+        )
+        .await?;
+        Ok(liaison_proto::v1::admin_client::AdminClient::new(ch))
+    }
+
     /// An auditor's client to the hub: `auditor("interpol")`.
     pub async fn auditor(&self, body: &str) -> Result<AuditClient<Channel>, SandboxError> {
         let m = self.material(&format!("{body}/auditor-audit"))?;
