@@ -762,3 +762,73 @@ async fn the_hub_streams_a_delivery_only_once_it_is_durable() {
         .unwrap();
     assert_eq!(d.envelope.unwrap().labels.unwrap().message_id, id);
 }
+
+/// The whole path with real nodes: officers submit to alpha's node while the
+/// hub, a child process, is killed with SIGKILL and restarted. Every message
+/// a node accepted reaches bravo's inbox exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_hub_under_real_nodes_loses_and_duplicates_nothing_in_any_inbox() {
+    const MESSAGES: usize = 40;
+    let exe = Path::new(env!("CARGO_BIN_EXE_liaison-child"));
+    let mut sandbox = Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .hub_process(exe)
+            .nodes(&["alpha", "bravo"]),
+    )
+    .await
+    .unwrap();
+    let officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let submit = |i: usize| {
+        let mut officer = officer.clone();
+        async move {
+            officer
+                .submit(pb::OfficerSubmitRequest {
+                    labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
+                    body: Some(alert(&format!("message {i}"))),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .message_id
+        }
+    };
+    // Half before the kill, some of them surely in flight to the hub.
+    let mut ids = Vec::new();
+    for i in 0..MESSAGES / 2 {
+        ids.push(submit(i).await);
+    }
+    sandbox.kill_hub();
+    // The rest while the hub is down: accepted by the node, queued in its outbox.
+    for i in MESSAGES / 2..MESSAGES {
+        ids.push(submit(i).await);
+    }
+    sandbox.start_hub_process(exe).await.unwrap();
+
+    let want: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(want.len(), MESSAGES);
+    let got = wait_until("bravo's inbox holds every message", SETTLE, || {
+        let sandbox = &sandbox;
+        let want = want.clone();
+        async move {
+            let listed = crate::common::inbox_ids(sandbox, "bravo").await;
+            let set: BTreeSet<String> = listed.iter().cloned().collect();
+            want.is_subset(&set).then_some(listed)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.len(), MESSAGES, "no message twice in the inbox");
+    // Every message was received by the hub exactly once, whatever the retries.
+    let received = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "received".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let received: Vec<String> = received.into_iter().map(|r| r.message_id).collect();
+    assert_eq!(received.len(), MESSAGES);
+    assert_eq!(received.iter().cloned().collect::<BTreeSet<_>>(), want);
+    sandbox.kill_hub();
+}
