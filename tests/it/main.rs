@@ -15,5 +15,6 @@ mod handling;
 mod policy;
 mod refusals;
 mod retraction;
+mod revocation;
 mod routing;
 mod suspension;

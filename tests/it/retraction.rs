@@ -392,3 +392,84 @@ async fn an_officer_retracts_and_the_recipients_inbox_erases_the_content() {
     );
     sandbox.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_is_erased_when_its_retention_ends_and_never_delivered_after() {
+    let governance = format!(
+        "{}\n[retention]\nRESTRICTED = \"1s\"\n",
+        crate::common::GOVERNANCE
+    );
+    let sandbox = liaison_test_support::Sandbox::start(
+        liaison_test_support::SandboxOptions::new(&governance).nodes(&[]),
+    )
+    .await
+    .unwrap();
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let env = envelope(
+        "alpha",
+        labels(K::Alert, C::Restricted, &["drugs"]),
+        &alert("kept one second"),
+    );
+    let id = env.labels.as_ref().unwrap().message_id.clone();
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(env),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let kept = envelope(
+        "alpha",
+        labels(K::Alert, C::OfficialUse, &["drugs"]),
+        &alert("kept"),
+    );
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(kept),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let erased =
+        liaison_test_support::wait_until("the retention rule erases the content", SETTLE, || {
+            let sandbox = &sandbox;
+            async move {
+                let records = audit_records(
+                    sandbox,
+                    pb::AuditQuery {
+                        event: "erased".into(),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                (!records.is_empty()).then_some(records)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        erased.len(),
+        1,
+        "only the RESTRICTED message has a retention period"
+    );
+    assert_eq!(
+        (erased[0].message_id.as_str(), erased[0].rule.as_str()),
+        (id.as_str(), "retention")
+    );
+
+    // bravo was away: the erased message comes as a withdrawal, the other intact.
+    let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
+    let mut stream = bravo
+        .subscribe(pb::SubscribeRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    assert!(first.envelope.is_none(), "erased content left the hub");
+    let w = first.withdrawal.unwrap();
+    assert_eq!(w.message_id, id);
+    assert!(w.reason.contains("retention"), "{}", w.reason);
+    let second = next(&mut stream).await;
+    assert!(second.envelope.is_some());
+    sandbox.shutdown().await.unwrap();
+}

@@ -86,6 +86,7 @@ impl Connection {
                 ca: self.ca.clone().unwrap_or_else(|| self.certs.join(liaison_pki::CA_CERT_FILE)),
                 cert: cert.clone(),
                 key: key.clone(),
+                crl: None,
             },
             (_, _, Some(stem)) => {
                 let mut f = TlsFiles::in_dev_dir(&self.certs, stem);

@@ -275,7 +275,27 @@ pub enum PkiCommand {
     /// the hub, one node per body, officers alice, bob and carol, auditor audit and
     /// admin admin per body.
     Init(PkiInitArgs),
+    /// Revoke dev certificates: write `<dir>/crl.pem`, signed by the dev CA,
+    /// listing these certificates and every one the existing `crl.pem`
+    /// already lists. Point `[tls] crl` at it and reload (SIGHUP or
+    /// `liaison admin reload-policy`).
+    Revoke(PkiRevokeArgs),
 }
+
+/// Arguments of `pki revoke`.
+#[derive(Debug, clap::Args)]
+pub struct PkiRevokeArgs {
+    /// The dev PKI directory (holds `ca.pem` and `ca.key.pem`).
+    #[arg(long, default_value = "certs-dev")]
+    pub dir: PathBuf,
+    /// Certificates to revoke, as path stems relative to --dir, for example
+    /// `europol/node` or `europol/officer-alice`.
+    #[arg(required = true)]
+    pub stems: Vec<String>,
+}
+
+/// File name of the dev PKI's certificate revocation list.
+pub const CRL_FILE: &str = "crl.pem";
 
 /// Arguments of `pki init`.
 #[derive(Debug, clap::Args)]
@@ -300,7 +320,10 @@ pub fn load_governance(path: &Path) -> Result<Governance> {
 
 /// Runs a pki command.
 pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
-    let PkiCommand::Init(a) = c;
+    let a = match c {
+        PkiCommand::Init(a) => a,
+        PkiCommand::Revoke(a) => return pki_revoke(&a, out),
+    };
     let gov = load_governance(&a.governance)?;
     let spec = liaison_test_support::dev_spec(&gov);
     let generated = if a.force {
@@ -323,6 +346,51 @@ pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
         Output::Human => say!(
             "{} already holds a pki; use --force to replace it",
             a.dir.display()
+        ),
+    }
+    Ok(())
+}
+
+/// `liaison pki revoke`.
+fn pki_revoke(a: &PkiRevokeArgs, out: Output) -> Result<()> {
+    let ca = liaison_pki::CertificateAuthority::load(&a.dir)?;
+    let crl_path = a.dir.join(CRL_FILE);
+    let mut serials = match std::fs::read_to_string(&crl_path) {
+        Ok(text) => liaison_pki::serials_of_crl(&text, &crl_path.display().to_string())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {}", crl_path.display()));
+        }
+    };
+    let before = serials.len();
+    let mut certs = Vec::with_capacity(a.stems.len());
+    for stem in &a.stems {
+        let path = a.dir.join(format!("{stem}.pem"));
+        let pem = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}; name certificates by their stem in {}, for example europol/node",
+                path.display(),
+                a.dir.display()
+            )
+        })?;
+        certs.push(pem);
+    }
+    let crl = ca.revoke(&certs, &serials)?;
+    serials = liaison_pki::serials_of_crl(&crl, "the new crl")?;
+    let tmp = a.dir.join(format!(".{CRL_FILE}.tmp"));
+    std::fs::write(&tmp, &crl).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &crl_path)
+        .with_context(|| format!("cannot move {} into place", crl_path.display()))?;
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({"crl": crl_path, "revoked": serials.len(), "stems": a.stems})
+        ),
+        Output::Human => say!(
+            "wrote {} revoking {} certificates ({} before); reload the hub (SIGHUP or `liaison admin reload-policy`) to put it in force",
+            crl_path.display(),
+            serials.len(),
+            before
         ),
     }
     Ok(())
@@ -709,7 +777,10 @@ fn reload_signal() -> Result<Pin<Box<dyn Stream<Item = ()> + Send>>> {
 pub async fn node(a: ServeArgs) -> Result<()> {
     liaison_telemetry::init("info", log_format(a.json_logs));
     let config = liaison_node::NodeConfig::load(&a.config)?;
+    // SIGHUP re-reads the `[tls] crl` file; catch it before announcing
+    // readiness, by default it would end the process.
+    let reloads = reload_signal()?;
     let listener = bind(config.listen, a.ready_file.as_deref()).await?;
-    liaison_node::run(config, listener, shutdown_signal()).await?;
+    liaison_node::run_with_reload(config, listener, shutdown_signal(), reloads).await?;
     Ok(())
 }

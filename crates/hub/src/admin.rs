@@ -13,11 +13,20 @@
 //! audited too (rule `policy.reload_refused`, stamped with the version that
 //! stays) and changes nothing else. Reloads are serialised, so two at once
 //! cannot interleave their reads, records and swaps.
+//!
+//! With a `[tls] crl` file configured, every reload re-reads it too: an
+//! unusable CRL refuses the whole reload (the governance and the CRL in
+//! force stay), a usable one is put in force for the next TLS handshakes,
+//! after the audit record (whose reason says `crl: N revoked
+//! certificates`). A changed CRL alone, with the governance unchanged, is
+//! audited under [`RULE_RELOAD`] with the version in force.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use liaison_pki::caller_from_extensions;
+use liaison_pki::{
+    caller_from_extensions, server_config_with_crls, Crls, ServerConfig, TlsMaterial,
+};
 use liaison_policy::Governance;
 use liaison_proto::v1 as pb;
 use liaison_types::{now_ms, Identity};
@@ -60,12 +69,69 @@ struct ReloadStatus {
     last_refusal: Option<(i64, String)>,
 }
 
+/// The CRL file a reload re-reads, and where its server configuration goes.
+#[derive(Debug)]
+pub struct TlsReload {
+    material: TlsMaterial,
+    crl: PathBuf,
+    configs: watch::Sender<Arc<ServerConfig>>,
+    /// The CRL text in force (changed under the reloader's status lock).
+    in_force: std::sync::Mutex<Option<String>>,
+}
+
+impl TlsReload {
+    /// Reloads of `crl` for a server with `material`, whose configuration
+    /// in force (built with `loaded`) is the latest value of `configs`.
+    pub fn new(
+        material: TlsMaterial,
+        crl: PathBuf,
+        loaded: Option<Crls>,
+        configs: watch::Sender<Arc<ServerConfig>>,
+    ) -> Self {
+        Self {
+            material,
+            crl,
+            configs,
+            in_force: std::sync::Mutex::new(loaded.map(|c| c.pem().to_owned())),
+        }
+    }
+
+    /// Reads the CRL file and builds the configuration it gives; the
+    /// error says what is wrong.
+    fn read(&self) -> Result<(Crls, Arc<ServerConfig>), String> {
+        let crls = Crls::load(&self.crl, &self.material.ca_pem).map_err(|e| e.to_string())?;
+        let config = server_config_with_crls(&self.material, Some(&crls))
+            .map_err(|e| format!("{}: {e}", self.crl.display()))?;
+        Ok((crls, config))
+    }
+
+    fn changed(&self, crls: &Crls) -> bool {
+        let in_force = self
+            .in_force
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        in_force.as_deref() != Some(crls.pem())
+    }
+
+    /// Puts a configuration in force for the next handshakes.
+    fn put_in_force(&self, crls: &Crls, config: Arc<ServerConfig>) {
+        self.configs.send_replace(config);
+        *self
+            .in_force
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(crls.pem().to_owned());
+        tracing::info!(file = %self.crl.display(), revoked = crls.revoked(), "crl in force for new connections");
+    }
+}
+
 /// Reloads the hub's governance file; shared by the `Admin` service and the
 /// signal handler.
 #[derive(Debug)]
 pub struct PolicyReloader {
     state: Arc<HubState>,
     file: PathBuf,
+    /// The CRL reloaded with the governance, if configured.
+    tls: Option<TlsReload>,
     /// Held for the whole of a reload: reloads run one at a time.
     status: Mutex<ReloadStatus>,
 }
@@ -77,11 +143,18 @@ impl PolicyReloader {
         Self {
             state,
             file,
+            tls: None,
             status: Mutex::new(ReloadStatus {
                 loaded_at_ms: now_ms(),
                 last_refusal: None,
             }),
         }
+    }
+
+    /// Also re-reads the CRL file on every reload.
+    pub fn with_tls(mut self, tls: TlsReload) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Re-reads, validates and puts in force the governance file; `actor` is
@@ -93,8 +166,17 @@ impl PolicyReloader {
     pub async fn reload(&self, actor: &str) -> Result<Reloaded, HubError> {
         let mut status = self.status.lock().await;
         let current = self.state.governance();
-        let candidate = match self.read_candidate(&current).await {
-            Ok(g) => g,
+        let read = match self.read_candidate(&current).await {
+            Ok(g) => match self.tls.as_ref().map(TlsReload::read).transpose() {
+                Ok(tls) => Ok((g, tls)),
+                Err(problem) => Err(format!(
+                    "{problem}; the crl in force stays too, fix the crl file and reload again"
+                )),
+            },
+            Err(problem) => Err(problem),
+        };
+        let (candidate, new_tls) = match read {
+            Ok(read) => read,
             Err(problem) => {
                 let err = self.refuse(&current, problem, actor).await;
                 if let HubError::PolicyRefused { problem, .. } = &err {
@@ -104,14 +186,44 @@ impl PolicyReloader {
             }
         };
         status.last_refusal = None;
+        let crl_changed = match (&self.tls, &new_tls) {
+            (Some(tls), Some((crls, _))) => tls.changed(crls),
+            _ => false,
+        };
+        let crl_note = new_tls.as_ref().map(|(crls, _)| {
+            format!(
+                "crl: {} revoked certificates{}",
+                crls.revoked(),
+                if crl_changed { "" } else { " (unchanged)" }
+            )
+        });
         if candidate.version() == current.version() {
-            tracing::info!(actor, version = %current.version(), "governance reload: file unchanged");
+            let mut audit_seq = 0;
+            if let (true, Some(tls), Some((crls, config)), Some(note)) =
+                (crl_changed, &self.tls, new_tls, &crl_note)
+            {
+                // The governance is the same but the CRL is new: audit it,
+                // then put it in force.
+                audit_seq = store::audit_policy_change(
+                    self.state.db(),
+                    RULE_RELOAD,
+                    format!("version {} unchanged; {note}", current.version()),
+                    current.version().to_owned(),
+                    actor.to_owned(),
+                    now_ms(),
+                )
+                .await?;
+                self.state.audit_durable(audit_seq);
+                tls.put_in_force(&crls, config);
+            } else {
+                tracing::info!(actor, version = %current.version(), "governance reload: file unchanged");
+            }
             return Ok(Reloaded {
                 previous_version: current.version().to_owned(),
                 version: current.version().to_owned(),
                 changed: false,
                 bodies: current.bodies().count(),
-                audit_seq: 0,
+                audit_seq,
             });
         }
         let (old, new) = (current.version().to_owned(), candidate.version().to_owned());
@@ -120,6 +232,10 @@ impl PolicyReloader {
         for change in state_changes(&current, &candidate) {
             reason.push_str("; ");
             reason.push_str(&change);
+        }
+        if let Some(note) = &crl_note {
+            reason.push_str("; ");
+            reason.push_str(note);
         }
         // Audit first: once the record is durable, every decision stamped
         // with the new version follows it in the log.
@@ -133,6 +249,11 @@ impl PolicyReloader {
         )
         .await?;
         self.state.audit_durable(audit_seq);
+        if let (Some(tls), Some((crls, config))) = (&self.tls, new_tls) {
+            if crl_changed {
+                tls.put_in_force(&crls, config);
+            }
+        }
         if let Err(e) = self.state.replace_governance(candidate) {
             // Only a store failure can get here; say so in the log, which
             // otherwise claims the new version is in force.

@@ -90,6 +90,24 @@ key = "hub.key.pem"
         assert_eq!(c.governance, Path::new("/etc/liaison/federation.toml"));
         assert_eq!(c.tls.key, Path::new("/etc/liaison/hub.key.pem"));
         assert_eq!(c.limits.max_request_bytes, 512 * 1024);
+        assert_eq!(c.tls.crl, None);
+    }
+
+    #[test]
+    fn the_crl_and_the_max_connection_age_are_optional_keys() {
+        let text = GOOD.replace(
+            "key = \"hub.key.pem\"",
+            "key = \"hub.key.pem\"\ncrl = \"crl.pem\"\n[limits]\nmax_connection_age_ms = 1500",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.tls.crl.as_deref(),
+            Some(Path::new("/etc/liaison/crl.pem"))
+        );
+        assert_eq!(
+            c.limits.max_connection_age(),
+            Some(std::time::Duration::from_millis(1500))
+        );
     }
 
     #[test]

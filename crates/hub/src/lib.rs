@@ -13,7 +13,8 @@
 //!
 //! [`run`] serves until its shutdown future completes; the binary only parses
 //! arguments and calls it. [`run_with_reload`] also reloads the governance
-//! file on every item of a stream (the binary passes SIGHUP).
+//! file (and the `[tls] crl` file, if configured) on every item of a stream
+//! (the binary passes SIGHUP).
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -25,11 +26,11 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-use admin::{reload_on_signal, AdminService, PolicyReloader};
+use admin::{reload_on_signal, AdminService, PolicyReloader, TlsReload};
 pub use admin::{RULE_RELOAD, RULE_RELOAD_REFUSED, SIGNAL_ACTOR};
 pub use config::HubConfig;
 pub use error::HubError;
-use liaison_pki::{authorize, server_config, tls_incoming, TlsMaterial};
+use liaison_pki::{authorize, server_config_with_crls, tls_incoming, Crls, TlsMaterial};
 use liaison_policy::Governance;
 use liaison_proto::v1::{
     admin_server::AdminServer, audit_server::AuditServer, federation_server::FederationServer,
@@ -77,7 +78,12 @@ pub async fn run_with_reload(
 ) -> Result<(), HubError> {
     let governance = load_governance(&config)?;
     let material = TlsMaterial::load(&config.tls)?;
-    let tls = server_config(&material)?;
+    let crls = match &config.tls.crl {
+        Some(path) => Some(Crls::load(path, &material.ca_pem)?),
+        None => None,
+    };
+    let tls = server_config_with_crls(&material, crls.as_ref())?;
+    let (tls_tx, tls_rx) = watch::channel(tls);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
         source,
@@ -86,23 +92,29 @@ pub async fn run_with_reload(
     let federation = governance.federation().to_owned();
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(HubState::new(db, governance, stop_rx.clone())?);
-    state.spawn(Arc::clone(&state).release_embargoes());
+    state.spawn(Arc::clone(&state).run_schedules());
     let limits = &config.limits;
 
     let fed = FederationServer::new(FederationService(Arc::clone(&state)))
         .max_decoding_message_size(limits.max_request_bytes);
     let audit =
         AuditServer::new(AuditService(Arc::clone(&state))).max_decoding_message_size(64 * 1024);
-    let reloader = Arc::new(PolicyReloader::new(
-        Arc::clone(&state),
-        config.governance.clone(),
-    ));
+    let mut reloader = PolicyReloader::new(Arc::clone(&state), config.governance.clone());
+    if let Some(path) = &config.tls.crl {
+        reloader = reloader.with_tls(TlsReload::new(material, path.clone(), crls, tls_tx));
+    }
+    let reloader = Arc::new(reloader);
     let admin =
         AdminServer::new(AdminService(Arc::clone(&reloader))).max_decoding_message_size(16 * 1024);
     let on_signal = tokio::spawn(reload_on_signal(Arc::clone(&reloader), reloads, stop_rx));
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, policy_version = %state.governance().version(), "hub listening");
-    let incoming = tls_incoming(listener, tls, limits.handshake_timeout());
+    let incoming = tls_incoming(
+        listener,
+        tls_rx,
+        limits.handshake_timeout(),
+        limits.max_connection_age(),
+    );
     let served = limits
         .server()
         .add_service(InterceptedService::new(

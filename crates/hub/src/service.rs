@@ -49,7 +49,8 @@ pub struct HubState {
     stopping: watch::Receiver<bool>,
     /// Subscription and listing tasks, awaited at shutdown.
     tasks: TaskTracker,
-    /// Woken when a submission holds deliveries under embargo.
+    /// Woken when a submission adds to the schedule (an embargo or an
+    /// erasure).
     embargo_changed: tokio::sync::Notify,
 }
 
@@ -144,15 +145,17 @@ impl HubState {
         }
     }
 
-    /// Releases deliveries held under embargo when their time comes, until
-    /// the hub stops. Runs as one task for the hub's lifetime.
-    pub async fn release_embargoes(self: Arc<Self>) {
+    /// The hub's timed work, until it stops: releases deliveries held under
+    /// embargo when their time comes, and erases message content whose
+    /// retention period has ended. Runs as one task for the hub's lifetime,
+    /// sleeping until the earliest of both.
+    pub async fn run_schedules(self: Arc<Self>) {
         let mut stopping = self.stopping.clone();
         loop {
-            let next = match store::next_release(&self.db) {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read held deliveries; embargo releases stop");
+            let next = match (store::next_release(&self.db), store::next_erasure(&self.db)) {
+                (Ok(a), Ok(b)) => a.into_iter().chain(b).min(),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the hub's schedule; embargo releases and erasures stop");
                     return;
                 }
             };
@@ -165,7 +168,8 @@ impl HubState {
                 _ = stopping.wait_for(|s| *s) => return,
             }
             let version = self.governance().version().to_owned();
-            match store::release_due(&self.db, now_ms(), version).await {
+            let now = now_ms();
+            let done = match store::release_due(&self.db, now, version.clone()).await {
                 Ok(released) => {
                     if !released.queued.is_empty() {
                         tracing::info!(
@@ -174,13 +178,17 @@ impl HubState {
                         );
                     }
                     self.made_durable(&released.queued, released.audit_seq);
+                    store::erase_due(&self.db, now, version)
+                        .await
+                        .map(|seq| self.audit_durable(seq))
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot release held deliveries; retrying shortly");
-                    tokio::select! {
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                        _ = stopping.wait_for(|s| *s) => return,
-                    }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                tracing::error!(error = %e, "scheduled work failed; retrying shortly");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
             }
         }
@@ -346,14 +354,18 @@ impl HubState {
         };
         let now = now_ms();
         let decisions = decide(&gov, &env.labels, now);
+        let retain_ms = gov.retention_ms(env.labels.classification);
         let submitted = store::submit(
             &self.db,
-            env,
-            decisions,
-            gov.version().to_owned(),
-            caller.uri(),
-            approved_by,
-            now,
+            store::Submission {
+                env,
+                decisions,
+                policy_version: gov.version().to_owned(),
+                actor: caller.uri(),
+                approved_by,
+                now_ms: now,
+                retain_ms,
+            },
         )
         .await?;
         // The write has returned, so it is flushed: only now may
@@ -366,7 +378,9 @@ impl HubState {
                 held,
             } => {
                 self.made_durable(&queued, audit_seq);
-                if held {
+                // A new embargo or erasure may be due before the schedule's
+                // current wake-up.
+                if held || retain_ms.is_some() {
                     self.embargo_changed.notify_one();
                 }
                 (outcome, false)
@@ -876,6 +890,20 @@ impl HubState {
                 Some(r.to_proto(&entry.message_id, &entry.origin)),
                 "delivered",
                 "withdrawn by its originator before delivery; content not sent",
+            ));
+        }
+        if let Some(erased) = store::erased(&self.db, &entry.message_id)? {
+            let w = pb::Withdrawal {
+                message_id: entry.message_id.clone(),
+                origin: entry.origin.clone(),
+                cause: pb::WithdrawalCause::Expired as i32,
+                reason: erased.reason,
+                withdrawn_at_ms: now,
+            };
+            return Ok((
+                Some(w),
+                "erased",
+                "content erased under retention before delivery",
             ));
         }
         if labels.expires_at_ms != 0 && labels.expires_at_ms <= now {

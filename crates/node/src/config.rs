@@ -286,7 +286,10 @@ impl NodeConfig {
             &mut config.tls.ca,
             &mut config.tls.cert,
             &mut config.tls.key,
-        ] {
+        ]
+        .into_iter()
+        .chain(config.tls.crl.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -320,6 +323,22 @@ key = "node.key.pem"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.data_dir, Path::new("/etc/liaison/data"));
         assert_eq!(c.retry.max_backoff_ms, 30_000);
+        assert_eq!(c.tls.crl, None);
+        assert_eq!(c.limits.max_connection_age_ms, 3_600_000);
+    }
+
+    #[test]
+    fn the_crl_and_the_max_connection_age_are_optional_keys() {
+        let text = GOOD.replace(
+            "key = \"node.key.pem\"",
+            "key = \"node.key.pem\"\ncrl = \"crl.pem\"\n[limits]\nmax_connection_age_ms = 0",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.tls.crl.as_deref(),
+            Some(Path::new("/etc/liaison/crl.pem"))
+        );
+        assert_eq!(c.limits.max_connection_age(), None);
     }
 
     #[test]

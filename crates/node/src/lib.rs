@@ -33,13 +33,16 @@ use std::sync::Arc;
 
 pub use config::{NodeConfig, Release, Retry};
 pub use error::NodeError;
-use liaison_pki::{authorize, lazy_channel, server_config, tls_incoming, TlsMaterial};
+use liaison_pki::{
+    authorize, lazy_channel, server_config_with_crls, tls_incoming, Crls, TlsMaterial,
+};
 use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
 use liaison_store::Db;
 use liaison_types::{BodyId, Role};
 use service::{NodeState, OfficerService};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 
 /// Runs the node on `listener` until `shutdown` completes.
@@ -48,7 +51,25 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
+    run_with_reload(config, listener, shutdown, tokio_stream::pending()).await
+}
+
+/// Runs the node on `listener` until `shutdown` completes, and re-reads the
+/// `[tls] crl` file (if configured) on every item of `reloads` (the binary
+/// passes one item per SIGHUP). A new CRL applies to the next officer
+/// connections; an unusable one is logged and the CRL in force stays.
+pub async fn run_with_reload(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    reloads: impl Stream<Item = ()> + Send + Unpin + 'static,
+) -> Result<(), NodeError> {
     let material = TlsMaterial::load(&config.tls)?;
+    let crls = match &config.tls.crl {
+        Some(path) => Some(Crls::load(path, &material.ca_pem)?),
+        None => None,
+    };
+    let tls = server_config_with_crls(&material, crls.as_ref())?;
     let me = material.identity()?;
     if me.role != Role::Node || me.body.as_str() != config.body {
         return Err(NodeError::Config {
@@ -94,6 +115,14 @@ pub async fn run(
         }
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (tls_tx, tls_rx) = watch::channel(tls);
+    let crl_reloader = tokio::spawn(reload_crl(
+        material.clone(),
+        config.tls.crl.clone(),
+        tls_tx,
+        reloads,
+        stop_rx.clone(),
+    ));
     let pusher = tokio::spawn(link::push_outbox(
         Arc::clone(&state),
         config.retry.clone(),
@@ -108,9 +137,13 @@ pub async fn run(
     let limits = &config.limits;
     let officer = OfficerServer::new(OfficerService(Arc::clone(&state)))
         .max_decoding_message_size(limits.max_request_bytes);
-    let tls = server_config(&material)?;
     tracing::info!(body = %state.body, addr = ?listener.local_addr().ok(), hub = %config.hub, "node listening");
-    let incoming = tls_incoming(listener, tls, limits.handshake_timeout());
+    let incoming = tls_incoming(
+        listener,
+        tls_rx,
+        limits.handshake_timeout(),
+        limits.max_connection_age(),
+    );
     let served = limits
         .server()
         .add_service(InterceptedService::new(
@@ -123,6 +156,7 @@ pub async fn run(
         })
         .await;
     let _ = stop_tx.send(true);
+    let _ = crl_reloader.await;
     let _ = pusher.await;
     let _ = receiver.await;
     // Close the store so that a restart can open it at once.
@@ -142,4 +176,38 @@ pub async fn run(
     }
     served?;
     Ok(())
+}
+
+/// Re-reads the CRL file on every item of `reloads` until the stream ends or
+/// the node stops, and puts a usable one in force for the next handshakes.
+async fn reload_crl(
+    material: TlsMaterial,
+    crl: Option<std::path::PathBuf>,
+    configs: watch::Sender<Arc<liaison_pki::ServerConfig>>,
+    mut reloads: impl Stream<Item = ()> + Unpin,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            item = reloads.next() => {
+                if item.is_none() {
+                    return;
+                }
+                let Some(path) = &crl else {
+                    tracing::info!("reload asked for, but no [tls] crl file is configured; nothing to reload");
+                    continue;
+                };
+                let loaded = Crls::load(path, &material.ca_pem)
+                    .and_then(|crls| Ok((server_config_with_crls(&material, Some(&crls))?, crls)));
+                match loaded {
+                    Ok((config, crls)) => {
+                        configs.send_replace(config);
+                        tracing::info!(file = %path.display(), revoked = crls.revoked(), "crl reloaded; in force for new connections");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "crl reload refused; the crl in force stays, fix the file and reload again"),
+                }
+            }
+            () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
+        }
+    }
 }

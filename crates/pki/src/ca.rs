@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use liaison_types::{Identity, Role};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -24,6 +25,8 @@ const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Certificates start an hour in the past so that small clock skew between
 /// the machine that made them and the one checking them does no harm.
 const BACKDATE: Duration = Duration::from_secs(3600);
+/// A CRL's issue (and revocation) time is a minute in the past.
+const CRL_BACKDATE: Duration = Duration::from_secs(60);
 
 /// A freshly issued certificate and its private key, both PEM.
 #[derive(Clone)]
@@ -195,6 +198,48 @@ impl CertificateAuthority {
         }
     }
 
+    /// A certificate revocation list, signed by this CA, naming every
+    /// certificate in `revoked_cert_pems` and every serial number in
+    /// `revoked_serials` (big-endian bytes, as [`serials_of_crl`] returns
+    /// them); PEM (`X509 CRL`). Valid for a year; the list number is the
+    /// current Unix time, so a later list has a higher number.
+    ///
+    /// A CRL replaces the previous one: to keep earlier revocations, pass
+    /// their serials (see [`serials_of_crl`]).
+    pub fn revoke(
+        &self,
+        revoked_cert_pems: &[String],
+        revoked_serials: &[Vec<u8>],
+    ) -> Result<String, PkiError> {
+        let mut serials: Vec<Vec<u8>> = revoked_serials.to_vec();
+        for (i, pem) in revoked_cert_pems.iter().enumerate() {
+            serials.push(cert_serial(pem, &format!("certificate {}", i + 1))?);
+        }
+        serials.sort();
+        serials.dedup();
+        let since_epoch = since_epoch();
+        // A minute back, for small clock skew, like certificates.
+        let this_update = rcgen::date_time_ymd(1970, 1, 1) + since_epoch - CRL_BACKDATE;
+        let revoked_certs = serials
+            .into_iter()
+            .map(|serial| RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: this_update,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update: this_update + LEAF_VALIDITY,
+            crl_number: SerialNumber::from(since_epoch.as_secs()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     fn issue_with(
         &self,
         uris: &[String],
@@ -236,14 +281,50 @@ impl CertificateAuthority {
     }
 }
 
+/// The serial numbers (big-endian bytes) of every certificate the CRLs in
+/// `crl_pem` revoke; `origin` names the text in errors.
+pub fn serials_of_crl(crl_pem: &str, origin: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    let bad = |reason: String| PkiError::BadCrl {
+        origin: origin.to_owned(),
+        reason,
+    };
+    let mut serials = Vec::new();
+    for der in CertificateRevocationListDer::pem_slice_iter(crl_pem.as_bytes()) {
+        let der = der.map_err(|e| bad(e.to_string()))?;
+        let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+            .map_err(|e| bad(format!("not a valid x.509 crl: {e}")))?;
+        serials.extend(
+            crl.iter_revoked_certificates()
+                .map(|r| r.serial().to_bytes_be()),
+        );
+    }
+    Ok(serials)
+}
+
+/// The serial number (big-endian bytes) of the certificate in `pem`.
+fn cert_serial(pem: &str, origin: &str) -> Result<Vec<u8>, PkiError> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::BadPem {
+        origin: origin.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| PkiError::BadCertificate(format!("{origin}: {e}")))?;
+    Ok(parsed.serial.to_bytes_be())
+}
+
+/// Time since the Unix epoch. rcgen speaks `time::OffsetDateTime`; "now"
+/// is `rcgen::date_time_ymd(1970, 1, 1) + since_epoch()`, so that this
+/// crate needs no clock library of its own.
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// Valid from an hour ago for `lifetime`.
 fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
-    // rcgen speaks `time::OffsetDateTime`; build "now" from the Unix epoch so
-    // that this crate needs no clock library of its own.
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+    let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch();
     params.not_before = now - BACKDATE;
     params.not_after = now + lifetime;
 }

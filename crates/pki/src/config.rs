@@ -10,7 +10,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use x509_parser::extensions::ParsedExtension;
 
 use crate::dev::CA_CERT_FILE;
 use crate::PkiError;
@@ -29,13 +31,21 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This party's private key, PEM.
     pub key: PathBuf,
+    /// Optional certificate revocation lists of the federation CA, PEM (one
+    /// or more `X509 CRL` blocks). A client certificate listed in one fails
+    /// the handshake; see [`Crls`].
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 impl TlsFiles {
     /// Resolves relative paths against `base` (the configuration file's
     /// directory).
     pub fn resolve(&mut self, base: &Path) {
-        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key]
+            .into_iter()
+            .chain(self.crl.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -49,6 +59,7 @@ impl TlsFiles {
             ca: dir.join(CA_CERT_FILE),
             cert: dir.join(format!("{relative_stem}.pem")),
             key: dir.join(format!("{relative_stem}.key.pem")),
+            crl: None,
         }
     }
 }
@@ -128,11 +139,36 @@ impl TlsMaterial {
 /// (see [`crate::caller`]). A client certificate that does not chain to the
 /// CA fails the handshake.
 pub fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, PkiError> {
+    server_config_with_crls(m, None)
+}
+
+/// [`server_config`], and a client certificate that `crls` lists as revoked
+/// fails the handshake too.
+///
+/// With CRLs, every client certificate's revocation status must be known:
+/// a certificate issued by a CA in `ca_pem` for which `crls` holds no list
+/// fails the handshake (so with several CAs, give a CRL for each). Only the
+/// end-entity certificate is checked: Liaison chains are leaf → federation
+/// CA, and the CA is the trust anchor itself.
+pub fn server_config_with_crls(
+    m: &TlsMaterial,
+    crls: Option<&Crls>,
+) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(m.roots()?, provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(m.roots()?, provider.clone())
+        .allow_unauthenticated();
+    if let Some(crls) = crls {
+        builder = builder
+            .with_crls(crls.ders.iter().cloned())
+            .only_check_end_entity_revocation();
+    }
+    let verifier = builder.build().map_err(|e| match crls {
+        Some(crls) => PkiError::BadCrl {
+            origin: crls.origin.clone(),
+            reason: e.to_string(),
+        },
+        None => PkiError::Verifier(e.to_string()),
+    })?;
     let (chain, key) = m.chain_and_key()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -157,6 +193,103 @@ pub fn client_config(m: &TlsMaterial) -> Result<Arc<ClientConfig>, PkiError> {
         .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Certificate revocation lists of the federation CA, loaded from the
+/// `[tls] crl` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crls {
+    origin: String,
+    pem: String,
+    ders: Vec<CertificateRevocationListDer<'static>>,
+    revoked: usize,
+}
+
+impl Crls {
+    /// Reads `path` and checks it: PEM with at least one `X509 CRL` block,
+    /// each a valid CRL whose issuer is one of the CAs in `ca_pem`.
+    pub fn load(path: &Path, ca_pem: &str) -> Result<Self, PkiError> {
+        let text = read_file(path)?;
+        Self::from_pem(&path.display().to_string(), &text, ca_pem)
+    }
+
+    /// Parses and checks CRL PEM text; `origin` names it in errors.
+    pub fn from_pem(origin: &str, text: &str, ca_pem: &str) -> Result<Self, PkiError> {
+        let bad = |reason: String| PkiError::BadCrl {
+            origin: origin.to_owned(),
+            reason,
+        };
+        let ders = CertificateRevocationListDer::pem_slice_iter(text.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("{e}; expected '-----BEGIN X509 CRL-----' blocks")))?;
+        if ders.is_empty() {
+            return Err(bad(
+                "contains no crl; expected a '-----BEGIN X509 CRL-----' block (make one with `liaison pki revoke`)".into(),
+            ));
+        }
+        let cas = parse_certs(ca_pem, "ca_pem")?;
+        // Each CA's name and key identifier: a CRL names its issuer and
+        // (as rcgen writes it) the issuer's key, which tells apart two CAs
+        // with the same name. The signature is checked at each handshake.
+        let mut ca_keys = Vec::with_capacity(cas.len());
+        for ca in &cas {
+            let (_, parsed) = x509_parser::parse_x509_certificate(ca.as_ref())
+                .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+            let ski = parsed
+                .extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                    _ => None,
+                });
+            ca_keys.push((parsed.subject().as_raw().to_vec(), ski));
+        }
+        let mut revoked = 0;
+        for (i, der) in ders.iter().enumerate() {
+            let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+                .map_err(|e| bad(format!("crl {} is not a valid x.509 crl: {e}", i + 1)))?;
+            let aki = crl
+                .extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::AuthorityKeyIdentifier(a) => {
+                        a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                    }
+                    _ => None,
+                });
+            let by_a_ca = ca_keys.iter().any(|(subject, ski)| {
+                subject.as_slice() == crl.issuer().as_raw()
+                    && match (ski, &aki) {
+                        (Some(ski), Some(aki)) => ski == aki,
+                        _ => true,
+                    }
+            });
+            if !by_a_ca {
+                return Err(bad(format!(
+                    "crl {} is issued by '{}', which is not the federation ca; make the crl with the federation ca (`liaison pki revoke`)",
+                    i + 1,
+                    crl.issuer()
+                )));
+            }
+            revoked += crl.iter_revoked_certificates().count();
+        }
+        Ok(Self {
+            origin: origin.to_owned(),
+            pem: text.to_owned(),
+            ders,
+            revoked,
+        })
+    }
+
+    /// How many revoked certificates the lists name, together.
+    pub fn revoked(&self) -> usize {
+        self.revoked
+    }
+
+    /// The PEM text the lists were read from.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
 }
 
 /// The TLS server name clients ask for and check against the server's DNS

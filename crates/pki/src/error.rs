@@ -115,6 +115,15 @@ pub enum PkiError {
     #[error("tls configuration rejected: {0}")]
     Tls(#[from] rustls::Error),
 
+    /// A certificate revocation list file is unusable.
+    #[error("{origin} is not a usable certificate revocation list: {reason}")]
+    BadCrl {
+        /// Where the CRL came from (a file path).
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The CA certificate cannot serve as a trust anchor.
     #[error("ca certificate cannot be used to verify peers: {0}")]
     Verifier(String),

@@ -26,11 +26,14 @@ mod identity;
 mod incoming;
 mod server;
 
-pub use ca::{CertificateAuthority, IssuedCert};
+pub use ca::{serials_of_crl, CertificateAuthority, IssuedCert};
 pub use client::{connect, lazy_channel};
-pub use config::{client_config, server_config, TlsFiles, TlsMaterial, SERVER_NAME};
+pub use config::{
+    client_config, server_config, server_config_with_crls, Crls, TlsFiles, TlsMaterial, SERVER_NAME,
+};
 pub use dev::{ensure_dev_pki, generate_dev_pki, DevPkiSpec, CA_CERT_FILE, CA_KEY_FILE};
 pub use error::PkiError;
 pub use identity::{authorize, caller, caller_from_extensions, identity_from_der};
-pub use incoming::tls_incoming;
+pub use incoming::{tls_incoming, ConfigSource, ServerTlsStream};
+pub use rustls::ServerConfig;
 pub use server::ServerLimits;

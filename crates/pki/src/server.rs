@@ -18,6 +18,10 @@ pub struct ServerLimits {
     pub concurrency_per_connection: usize,
     /// A unary request not answered within this many milliseconds fails.
     pub request_timeout_ms: u64,
+    /// A connection older than this many milliseconds is closed (the client
+    /// reconnects, and a certificate revoked meanwhile then fails its
+    /// handshake); 0 means connections may live forever.
+    pub max_connection_age_ms: u64,
 }
 
 impl Default for ServerLimits {
@@ -27,6 +31,7 @@ impl Default for ServerLimits {
             max_request_bytes: 512 * 1024,
             concurrency_per_connection: 64,
             request_timeout_ms: 30_000,
+            max_connection_age_ms: 3_600_000,
         }
     }
 }
@@ -35,6 +40,11 @@ impl ServerLimits {
     /// The handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The maximum connection age; `None` when unlimited.
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        (self.max_connection_age_ms > 0).then(|| Duration::from_millis(self.max_connection_age_ms))
     }
 
     /// A tonic server builder with these limits and HTTP/2 keepalive, so a

@@ -252,9 +252,17 @@ pub struct Governance {
     agreements: BTreeMap<(BodyId, BodyId), Agreement>,
     observers: ObserverRestriction,
     working_groups: BTreeMap<String, WorkingGroup>,
+    retention_ms: BTreeMap<Classification, i64>,
 }
 
 impl Governance {
+    /// How long the hub keeps the content of a message at this level, in
+    /// milliseconds after it was routed; `None` keeps it until an operator
+    /// removes it.
+    pub fn retention_ms(&self, level: Classification) -> Option<i64> {
+        self.retention_ms.get(&level).copied()
+    }
+
     /// Every working group, in id order.
     pub fn working_groups(&self) -> impl Iterator<Item = &WorkingGroup> + '_ {
         self.working_groups.values()
@@ -522,6 +530,8 @@ struct RawConfig {
     agreement: Vec<Spanned<RawAgreement>>,
     #[serde(default)]
     working_group: Vec<Spanned<RawWorkingGroup>>,
+    #[serde(default)]
+    retention: BTreeMap<Spanned<Classification>, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -757,6 +767,24 @@ impl Validator<'_> {
             working_groups.insert(g.id.clone(), g);
         }
 
+        let mut retention_ms = BTreeMap::new();
+        for (level, text) in &raw.retention {
+            let ms = humantime::parse_duration(text.get_ref())
+                .ok()
+                .and_then(|d| i64::try_from(d.as_millis()).ok())
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    self.err(
+                        &text.span(),
+                        format!(
+                            "'{}' is not a retention period; give a positive duration such as \"365d\" or \"90d\"",
+                            text.get_ref()
+                        ),
+                    )
+                })?;
+            retention_ms.insert(*level.get_ref(), ms);
+        }
+
         Ok(Governance {
             source_name: self.src.name.to_owned(),
             version: String::new(),
@@ -766,6 +794,7 @@ impl Validator<'_> {
             agreements,
             observers,
             working_groups,
+            retention_ms,
         })
     }
 
@@ -1529,6 +1558,35 @@ reference = "TEST-1"
         let err = load(&text).expect_err("duplicate pair");
         assert_eq!(err.location().line, 47, "{err}");
         assert!(err.problem().contains("first is on line 42"), "{err}");
+    }
+
+    #[test]
+    fn retention_periods_are_read_per_level_and_validated() {
+        let g = load(&format!(
+            "{BASE}\n[retention]\nSECRET = \"90d\"\nOFFICIAL_USE = \"365d\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            g.retention_ms(Classification::Secret),
+            Some(90 * 86_400_000)
+        );
+        assert_eq!(
+            g.retention_ms(Classification::OfficialUse),
+            Some(365 * 86_400_000)
+        );
+        assert_eq!(
+            g.retention_ms(Classification::Restricted),
+            None,
+            "kept until removed"
+        );
+        let err =
+            load(&format!("{BASE}\n[retention]\nSECRET = \"soon\"\n")).expect_err("bad period");
+        assert!(
+            err.problem().contains("'soon' is not a retention period"),
+            "{err}"
+        );
+        assert_eq!(err.location().line, BASE.lines().count() + 3, "{err}");
+        assert!(load(&format!("{BASE}\n[retention]\nTOP_SECRET = \"1d\"\n")).is_err());
     }
 
     #[test]

@@ -125,6 +125,12 @@ pub struct SandboxOptions {
     /// release), as TOML lines without the header, for example
     /// `four_eyes_from = "CONFIDENTIAL"\napprovers = ["bob"]`.
     pub release: BTreeMap<String, String>,
+    /// Extra lines for the hub configuration: `[tls]` keys (for example
+    /// `crl = "/path/crl.pem"`) and `[limits]` keys (for example
+    /// `max_connection_age_ms = 1500`).
+    pub hub_tls: Vec<String>,
+    /// See [`SandboxOptions::hub_tls`].
+    pub hub_limits: Vec<String>,
 }
 
 impl SandboxOptions {
@@ -138,7 +144,23 @@ impl SandboxOptions {
             retry_ms: (50, 500),
             hub_process: None,
             release: BTreeMap::new(),
+            hub_tls: Vec::new(),
+            hub_limits: Vec::new(),
         }
+    }
+
+    /// Adds `line` (TOML, for example `crl = "/path/crl.pem"`) to the hub's
+    /// `[tls]` table.
+    pub fn hub_tls(mut self, line: &str) -> Self {
+        self.hub_tls.push(line.to_owned());
+        self
+    }
+
+    /// Adds `line` (TOML, for example `max_connection_age_ms = 1500`) to the
+    /// hub's `[limits]` table.
+    pub fn hub_limits(mut self, line: &str) -> Self {
+        self.hub_limits.push(line.to_owned());
+        self
     }
 
     /// Gives `body`'s node a `[release]` table with these TOML lines (see
@@ -174,6 +196,8 @@ pub struct Sandbox {
     nodes: BTreeMap<String, Running<liaison_node::NodeError>>,
     retry_ms: (u64, u64),
     release: BTreeMap<String, String>,
+    hub_tls: Vec<String>,
+    hub_limits: Vec<String>,
 }
 
 impl Sandbox {
@@ -208,6 +232,8 @@ impl Sandbox {
             nodes: BTreeMap::new(),
             retry_ms: opts.retry_ms,
             release: opts.release.clone(),
+            hub_tls: opts.hub_tls.clone(),
+            hub_limits: opts.hub_limits.clone(),
         };
         match &opts.hub_process {
             Some(exe) => sandbox.start_hub_process(exe).await?,
@@ -321,12 +347,24 @@ impl Sandbox {
 
     fn hub_config_text(&self, addr: SocketAddr) -> String {
         let c = &self.certs;
-        format!(
+        let mut text = format!(
             "version = 1\nlisten = \"{addr}\"\ndata_dir = \"hub-data\"\ngovernance = \"governance.toml\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             c.join("ca.pem").display(),
             c.join("hub.pem").display(),
             c.join("hub.key.pem").display()
-        )
+        );
+        for line in &self.hub_tls {
+            text.push_str(line);
+            text.push('\n');
+        }
+        if !self.hub_limits.is_empty() {
+            text.push_str("\n[limits]\n");
+            for line in &self.hub_limits {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
     }
 
     fn write_hub_config(&self, addr: SocketAddr) -> Result<PathBuf, SandboxError> {

@@ -30,11 +30,33 @@ use crate::HubError;
 
 mod embargo;
 mod forward;
+mod retention;
 mod retraction;
 
 pub use embargo::*;
 pub use forward::*;
+pub use retention::*;
 pub use retraction::*;
+
+/// A message to store and route, with what the hub decided for it.
+#[derive(Debug)]
+pub struct Submission {
+    /// The validated message.
+    pub env: Envelope,
+    /// One decision per candidate recipient.
+    pub decisions: Vec<Decision>,
+    /// Version of the governance that decided.
+    pub policy_version: String,
+    /// The submitting node's identity.
+    pub actor: String,
+    /// The officer who approved its release (four-eyes), if any.
+    pub approved_by: Option<String>,
+    /// When the hub accepted it.
+    pub now_ms: i64,
+    /// How long to keep its content (the retention for its level), if
+    /// limited.
+    pub retain_ms: Option<i64>,
+}
 
 /// What the hub decided for a message, kept for idempotent resubmission.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -159,15 +181,16 @@ pub fn audit_base(
 /// of an earlier submission of the same message. `approved_by` is the
 /// officer who approved its release under the node's four-eyes rule, if any;
 /// the `received` record names them.
-pub async fn submit(
-    db: &Db,
-    env: Envelope,
-    decisions: Vec<Decision>,
-    policy_version: String,
-    actor: String,
-    approved_by: Option<String>,
-    now_ms: i64,
-) -> Result<Submitted, HubError> {
+pub async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
+    let Submission {
+        env,
+        decisions,
+        policy_version,
+        actor,
+        approved_by,
+        now_ms,
+        retain_ms,
+    } = s;
     let encoded = pb::Envelope::from(&env).encode_to_vec();
     let digest = digest(&encoded);
     db.write(move |txn| {
@@ -222,6 +245,9 @@ pub async fn submit(
                 }
             }
             audit_seq = append_audit(txn, rec)?;
+        }
+        if let Some(ms) = retain_ms {
+            retention::schedule(txn, now_ms.saturating_add(ms), &id)?;
         }
         let any_held = !held.is_empty();
         if let Some(not_before_ms) = embargo {
@@ -488,10 +514,16 @@ mod tests {
 
     async fn submit_held(db: &Db, gov: &Governance, env: Envelope) {
         let decisions = decide(gov, &env.labels, NOW);
-        match submit(db, env, decisions, "v1".into(), "test".into(), None, NOW)
-            .await
-            .unwrap()
-        {
+        let submission = Submission {
+            env,
+            decisions,
+            policy_version: "v1".into(),
+            actor: "test".into(),
+            approved_by: None,
+            now_ms: NOW,
+            retain_ms: None,
+        };
+        match submit(db, submission).await.unwrap() {
             Submitted::New { queued, held, .. } => {
                 assert!(
                     queued.is_empty(),
@@ -620,17 +652,16 @@ mod tests {
 
         async fn routed(db: &Db, gov: &Governance, env: &Envelope) {
             let decisions = decide(gov, &env.labels, NOW);
-            submit(
-                db,
-                env.clone(),
+            let submission = Submission {
+                env: env.clone(),
                 decisions,
-                "v1".into(),
-                "t".into(),
-                None,
-                NOW,
-            )
-            .await
-            .unwrap();
+                policy_version: "v1".into(),
+                actor: "t".into(),
+                approved_by: None,
+                now_ms: NOW,
+                retain_ms: None,
+            };
+            submit(db, submission).await.unwrap();
         }
 
         /// The decision for `to` with `to` named, as the service computes it.

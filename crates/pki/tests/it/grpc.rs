@@ -77,6 +77,7 @@ async fn serve(
         listener,
         server_config(material).expect("config"),
         Duration::from_secs(10),
+        None,
     );
     let service = InterceptedService::new(WhoAmI, authorize(FED.to_owned(), allowed));
     let (stop, stopped) = oneshot::channel::<()>();

@@ -3,5 +3,6 @@
 mod dev_pki;
 mod grpc;
 mod identity;
+mod revocation;
 mod support;
 mod tls;

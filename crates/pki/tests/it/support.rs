@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use liaison_pki::{server_config, tls_incoming, CertificateAuthority, DevPkiSpec, TlsMaterial};
+use liaison_pki::{
+    server_config, tls_incoming, CertificateAuthority, DevPkiSpec, ServerTlsStream, TlsMaterial,
+};
 use liaison_types::{BodyId, Identity, Role};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
 use tokio_stream::{Stream, StreamExt};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -58,8 +59,7 @@ pub fn der(pem: &str) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem certificate")
 }
 
-pub type Incoming =
-    std::pin::Pin<Box<dyn Stream<Item = std::io::Result<TlsStream<TcpStream>>> + Send>>;
+pub type Incoming = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<ServerTlsStream>> + Send>>;
 
 /// A `tls_incoming` stream on a fresh port-0 listener.
 pub async fn tls_server(
@@ -71,12 +71,12 @@ pub async fn tls_server(
     let config = server_config(material).expect("server config");
     (
         addr,
-        Box::pin(tls_incoming(listener, config, handshake_timeout)),
+        Box::pin(tls_incoming(listener, config, handshake_timeout, None)),
     )
 }
 
 /// The next established connection, within the deadline.
-pub async fn next_established(incoming: &mut Incoming) -> TlsStream<TcpStream> {
+pub async fn next_established(incoming: &mut Incoming) -> ServerTlsStream {
     tokio::time::timeout(DEADLINE, incoming.next())
         .await
         .expect("a connection within the deadline")

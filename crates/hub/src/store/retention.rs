@@ -1,0 +1,114 @@
+//! Retention: the content of a message is erased once its level's retention
+//! period (from the governance in force when it was routed) has passed. Its
+//! labels, outcome and audit records stay; recipients not yet streamed it get
+//! a withdrawal instead.
+
+use liaison_proto::v1 as pb;
+use liaison_store::{from_json as parse, keys, to_json as json, Db, StoreError, Txn};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::HubError;
+
+const RETENTION_PREFIX: &[u8] = b"r/";
+
+fn retention_key(erase_at_ms: i64, id: &str) -> Vec<u8> {
+    let mut k = keys::seq_key(RETENTION_PREFIX, u64::try_from(erase_at_ms).unwrap_or(0));
+    k.push(b'/');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn erased_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/erased").into_bytes()
+}
+
+/// A message whose content the retention rule erased.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Erased {
+    /// When.
+    pub erased_at_ms: i64,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Records when a message's content is to be erased.
+pub(super) fn schedule(txn: &mut Txn<'_>, erase_at_ms: i64, id: &str) -> Result<(), StoreError> {
+    txn.put(retention_key(erase_at_ms, id), id.as_bytes().to_vec());
+    Ok(())
+}
+
+/// When the next erasure is due, if any.
+pub fn next_erasure(db: &Db) -> Result<Option<i64>, StoreError> {
+    Ok(db
+        .scan_prefix(RETENTION_PREFIX, 1)?
+        .first()
+        .and_then(|(k, _)| k.get(RETENTION_PREFIX.len()..RETENTION_PREFIX.len() + 8))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
+}
+
+/// Whether (and why) a message's content was erased.
+pub fn erased(db: &Db, message_id: &str) -> Result<Option<Erased>, StoreError> {
+    let key = erased_key(message_id);
+    db.get(&key)?.map(|b| parse(&key, &b)).transpose()
+}
+
+/// Erases the content of every message whose retention ended by `now_ms`,
+/// keeping its labels, with one `erased` audit record each. Returns the last
+/// audit position written (0 if none).
+pub async fn erase_due(db: &Db, now_ms: i64, policy_version: String) -> Result<u64, HubError> {
+    db.write(move |txn| {
+        let end = keys::seq_key(
+            RETENTION_PREFIX,
+            u64::try_from(now_ms).unwrap_or(0).saturating_add(1),
+        );
+        let mut audit_seq = 0;
+        for (key, value) in txn.scan(RETENTION_PREFIX, &end, 256)? {
+            txn.delete(key);
+            let id = String::from_utf8_lossy(&value).into_owned();
+            let ekey = format!("m/{id}/env").into_bytes();
+            let Some(bytes) = txn.get(&ekey)? else {
+                continue;
+            };
+            let env = pb::Envelope::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&ekey).into_owned(),
+                problem: e.to_string(),
+            })?;
+            let labels = env.labels.unwrap_or_default();
+            let level = liaison_types::Classification::from_proto(labels.classification)
+                .map_or("?", |c| c.as_str());
+            let note = Erased {
+                erased_at_ms: now_ms,
+                reason: format!("content erased: the retention period for {level} ended"),
+            };
+            txn.put(erased_key(&id), json(&note));
+            txn.put(
+                ekey,
+                pb::Envelope {
+                    labels: Some(labels.clone()),
+                    body: Vec::new(),
+                }
+                .encode_to_vec(),
+            );
+            audit_seq = append_audit(
+                txn,
+                pb::AuditRecord {
+                    at_ms: now_ms,
+                    event: "erased".into(),
+                    message_id: id,
+                    origin: labels.origin,
+                    classification: level.to_owned(),
+                    rule: "retention".into(),
+                    reason: note.reason,
+                    policy_version: policy_version.clone(),
+                    actor: "hub:retention".into(),
+                    ..Default::default()
+                },
+            )?;
+        }
+        Ok(audit_seq)
+    })
+    .await
+}
