@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::config::{client_config, SERVER_NAME};
+use crate::config::client_config;
 use crate::error::chain;
 use crate::{identity_from_der, PkiError, TlsMaterial};
 
@@ -172,7 +172,11 @@ impl Connector {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(endpoint = %self.endpoint, error = %e, "cannot set tcp nodelay");
         }
-        let name = ServerName::try_from(SERVER_NAME).map_err(|e| failed(e.to_string()))?;
+        // The server's certificate must name the host dialled (a DNS name,
+        // or an IP address SAN); who the server is comes from its URI SAN,
+        // checked below.
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| failed(format!("'{host}' is not a valid server name: {e}")))?;
         let tls = self
             .tls
             .connect(name, tcp)

@@ -181,9 +181,9 @@ pub fn server_config_with_crls(
 /// The rustls client configuration of a Liaison client.
 ///
 /// TLS 1.3 only, ALPN `h2`, authenticates with the material's certificate,
-/// and verifies the server against the CA. Connections made with it use
-/// the server name [`SERVER_NAME`], which every dev PKI server certificate
-/// carries; who the server really is comes from its URI SAN (see
+/// and verifies the server against the CA and the host dialled (its DNS
+/// name or IP address SANs; dev PKI servers carry `localhost` and
+/// `127.0.0.1`); who the server really is comes from its URI SAN (see
 /// [`crate::connect`]).
 pub fn client_config(m: &TlsMaterial) -> Result<Arc<ClientConfig>, PkiError> {
     let (chain, key) = m.chain_and_key()?;
@@ -292,8 +292,8 @@ impl Crls {
     }
 }
 
-/// The TLS server name clients ask for and check against the server's DNS
-/// SANs.
+/// The DNS name every dev PKI server certificate carries (with the IP
+/// address 127.0.0.1), for clients that dial by name.
 pub const SERVER_NAME: &str = "localhost";
 
 /// The crypto provider of every configuration: ring, pinned explicitly so

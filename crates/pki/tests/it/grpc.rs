@@ -225,3 +225,30 @@ async fn endpoints_must_be_tls_host_and_port() {
         assert!(matches!(err, PkiError::BadEndpoint { .. }), "{bad}: {err}");
     }
 }
+
+#[tokio::test]
+async fn the_server_certificate_must_name_the_host_dialled() -> TestResult {
+    let ca = ca();
+    let node = material(&ca, &identity("europol", Role::Node, "node"));
+    let hub = material(&ca, &identity("liaison", Role::Hub, "hub"));
+    let (addr, _stop) = serve(&hub, &[Role::Node]).await;
+    // Dev server certificates name localhost and 127.0.0.1: both dial.
+    let by_name = format!("https://localhost:{}", addr.port());
+    connect(&by_name, &node, Some(Role::Hub), FED).await?;
+    connect(&format!("https://{addr}"), &node, Some(Role::Hub), FED).await?;
+
+    // A hub certificate for another host is refused at 127.0.0.1.
+    let hub_uri = identity("liaison", Role::Hub, "hub").uri();
+    let elsewhere = ca.issue(&[hub_uri], &["hub.example.org".to_owned()], &[])?;
+    let other = TlsMaterial {
+        ca_pem: ca.cert_pem(),
+        cert_pem: elsewhere.cert_pem,
+        key_pem: elsewhere.key_pem,
+    };
+    let (addr, _stop2) = serve(&other, &[Role::Node]).await;
+    let err = connect(&format!("https://{addr}"), &node, Some(Role::Hub), FED)
+        .await
+        .expect_err("the certificate does not name 127.0.0.1");
+    assert!(err.to_string().contains("tls handshake"), "{err}");
+    Ok(())
+}
