@@ -307,6 +307,7 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                         }
                     ),
                     "rejected" => say!("    rejected: {}", e.last_error),
+                    "retracted" | "withdrawn" => say!("    {}", e.last_error),
                     _ if !e.last_error.is_empty() => {
                         say!("    {} attempts; last error: {}", e.attempts, e.last_error)
                     }

@@ -387,7 +387,7 @@ fn pki_revoke(a: &PkiRevokeArgs, out: Output) -> Result<()> {
             json!({"crl": crl_path, "revoked": serials.len(), "stems": a.stems})
         ),
         Output::Human => say!(
-            "wrote {} revoking {} certificates ({} before); reload the hub (SIGHUP or `liaison admin reload-policy`) to put it in force",
+            "wrote {} revoking {} certificates ({} before); point the hub and nodes at it (`crl` in their [tls] table) and reload them (SIGHUP, or `liaison admin reload-policy` for the hub)",
             crl_path.display(),
             serials.len(),
             before
