@@ -473,3 +473,59 @@ async fn content_is_erased_when_its_retention_ends_and_never_delivered_after() {
     assert!(second.envelope.is_some());
     sandbox.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_message_leaves_the_recipients_inbox() {
+    let sandbox = crate::common::sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut l = labels(K::Alert, C::Restricted, &["drugs"]);
+    l.expires_at_ms = liaison_types::now_ms() + 1_500;
+    let id = alice
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(l),
+            body: Some(alert("valid for a moment")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    let bob = sandbox.officer("bravo", "bob").await.unwrap();
+    // First it arrives with its content...
+    let first = liaison_test_support::wait_until("bravo receives it", SETTLE, || {
+        let mut bob = bob.clone();
+        let id = id.clone();
+        async move {
+            let m = bob
+                .show(pb::ShowRequest { message_id: id })
+                .await
+                .ok()?
+                .into_inner();
+            Some(m)
+        }
+    })
+    .await
+    .unwrap();
+    // (unless this machine was so slow that it had already expired)
+    if first.summary.as_ref().unwrap().withdrawn.is_empty() {
+        assert!(first.body.is_some());
+    }
+    // ...then, once expired, its content is erased and a tombstone stays.
+    let gone =
+        liaison_test_support::wait_until("the expired message leaves the inbox", SETTLE, || {
+            let mut bob = bob.clone();
+            let id = id.clone();
+            async move {
+                let m = bob
+                    .show(pb::ShowRequest { message_id: id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (m.summary.as_ref()?.withdrawn == "expired").then_some(m)
+            }
+        })
+        .await
+        .unwrap();
+    assert!(gone.body.is_none());
+    assert!(liaison_types::now_ms() >= gone.labels.unwrap().expires_at_ms);
+    sandbox.shutdown().await.unwrap();
+}

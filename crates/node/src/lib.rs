@@ -97,6 +97,7 @@ pub async fn run_with_reload(
         hub: FederationClient::new(channel)
             .max_decoding_message_size(config.limits.max_request_bytes * 2),
         outbox_ready: Notify::new(),
+        inbox_changed: Notify::new(),
         release: config.release.clone(),
     });
     let release = &state.release;
@@ -131,8 +132,9 @@ pub async fn run_with_reload(
     let receiver = tokio::spawn(link::receive(
         Arc::clone(&state),
         config.retry.clone(),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let sweeper = tokio::spawn(link::expire_inbox(Arc::clone(&state), stop_rx));
 
     let limits = &config.limits;
     let officer = OfficerServer::new(OfficerService(Arc::clone(&state)))
@@ -159,6 +161,7 @@ pub async fn run_with_reload(
     let _ = crl_reloader.await;
     let _ = pusher.await;
     let _ = receiver.await;
+    let _ = sweeper.await;
     // Close the store so that a restart can open it at once.
     match Arc::try_unwrap(state) {
         Ok(state) => {

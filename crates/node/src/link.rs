@@ -332,9 +332,19 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
                 }
             }
         }
+        let expiring = arrivals.iter().any(|a| match a {
+            Arrival::Message { envelope, .. } => envelope
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.expires_at_ms > 0),
+            _ => false,
+        });
         let new = store::store_arrivals(&state.db, arrivals, last)
             .await
             .map_err(|e| e.to_string())?;
+        if expiring {
+            state.inbox_changed.notify_one();
+        }
         hub.acknowledge(pb::AcknowledgeRequest { seq: last })
             .await
             .map_err(|s| format!("acknowledging {last}: {:?}: {}", s.code(), s.message()))?;
@@ -410,4 +420,36 @@ fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
         },
         envelope: Box::new(envelope),
     })
+}
+
+/// Erases expired messages from the inbox when they expire, until the node
+/// stops: they leave the inbox as a withdrawal does (labels and a tombstone
+/// stay, the content goes).
+pub async fn expire_inbox(state: Arc<NodeState>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        let next = match store::next_inbox_expiry(&state.db) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read inbox expiries; expired messages stay until restart");
+                return;
+            }
+        };
+        let wait = next
+            .map(|t| std::time::Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)));
+        tokio::select! {
+            () = async { match wait { Some(w) => tokio::time::sleep(w).await, None => std::future::pending().await } } => {}
+            () = state.inbox_changed.notified() => continue,
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        match store::expire_inbox(&state.db, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "expired messages erased from the inbox"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot erase expired messages; retrying shortly");
+                if !pause(std::time::Duration::from_secs(1), &mut stopping).await {
+                    return;
+                }
+            }
+        }
+    }
 }

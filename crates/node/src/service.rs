@@ -35,6 +35,8 @@ pub struct NodeState {
     pub hub: FederationClient<Channel>,
     /// Woken when the outbox has something new to push.
     pub outbox_ready: Notify,
+    /// Woken when the inbox gains a message that expires.
+    pub inbox_changed: Notify,
     /// Four-eyes release rules.
     pub release: Release,
 }

@@ -585,7 +585,67 @@ fn append_inbox(
     txn.put(keys::seq_key(b"il/", n), id.as_bytes().to_vec());
     txn.put(k("ie", id), envelope.encode_to_vec());
     txn.put(k("i", id), json(record));
+    let expires = envelope.labels.as_ref().map_or(0, |l| l.expires_at_ms);
+    if expires > 0 && record.withdrawn.is_none() {
+        txn.put(expiry_key(expires, id), Vec::new());
+    }
     Ok(())
+}
+
+const EXPIRY_PREFIX: &[u8] = b"ix/";
+
+fn expiry_key(expires_at_ms: i64, id: &str) -> Vec<u8> {
+    let mut key = keys::seq_key(EXPIRY_PREFIX, u64::try_from(expires_at_ms).unwrap_or(0));
+    key.push(b'/');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// When the next inbox message expires, if any does.
+pub fn next_inbox_expiry(db: &Db) -> Result<Option<i64>, StoreError> {
+    Ok(db
+        .scan_prefix(EXPIRY_PREFIX, 1)?
+        .first()
+        .and_then(|(k, _)| k.get(EXPIRY_PREFIX.len()..EXPIRY_PREFIX.len() + 8))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
+}
+
+/// Erases the content of every inbox message that expired by `now_ms`
+/// (labels and a tombstone stay, as for a withdrawal). Returns how many.
+pub async fn expire_inbox(db: &Db, now_ms: i64) -> Result<usize, NodeError> {
+    db.write(move |txn| {
+        let end = keys::seq_key(
+            EXPIRY_PREFIX,
+            u64::try_from(now_ms).unwrap_or(0).saturating_add(1),
+        );
+        let mut expired = 0;
+        for (key, _) in txn.scan(EXPIRY_PREFIX, &end, 256)? {
+            let Some(id) = key
+                .get(EXPIRY_PREFIX.len() + 9..)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+            else {
+                continue;
+            };
+            let expires = key
+                .get(..EXPIRY_PREFIX.len() + 8)
+                .and_then(keys::seq_of)
+                .unwrap_or_default();
+            txn.delete(key);
+            if txn.get(&k("i", &id))?.is_none() {
+                continue;
+            }
+            let note = WithdrawalNote {
+                cause: "expired".into(),
+                reason: format!("expired at {expires} ms; its content was erased from this inbox"),
+                at_ms: now_ms,
+            };
+            withdraw(txn, 0, &id, "", String::new(), note)?;
+            expired += 1;
+        }
+        Ok(expired)
+    })
+    .await
 }
 
 /// Withdraws an inbox message: its content is erased, its labels and the
