@@ -736,6 +736,77 @@ mod tests {
                 .collect()
         }
 
+        /// One step a test sequence may take on a forward request.
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// `from` asks to forward the message to charlie.
+            Request(&'static str),
+            /// `caller` approves the latest request.
+            Approve(&'static str),
+            /// `caller` refuses the latest request.
+            Refuse(&'static str),
+        }
+
+        fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+            use proptest::prelude::*;
+            prop_oneof![
+                prop::sample::select(vec!["bravo", "charlie", "interpol"]).prop_map(Step::Request),
+                prop::sample::select(vec!["alpha", "bravo"]).prop_map(Step::Approve),
+                prop::sample::select(vec!["alpha", "bravo"]).prop_map(Step::Refuse),
+            ]
+        }
+
+        proptest::proptest! {
+            #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+            /// Whatever is asked and decided, in any order, by anyone:
+            /// charlie receives the message only after the originator's
+            /// approval (or its waiver in the labels), and at most once.
+            #[test]
+            fn nothing_is_forwarded_without_consent(
+                waiver in proptest::bool::ANY,
+                steps in proptest::collection::vec(step(), 1..12),
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let db = Db::in_memory();
+                    let gov = gov();
+                    let env = message(waiver, pb::Tlp::Unspecified);
+                    routed(&db, &gov, &env).await;
+                    let mut latest: Option<String> = None;
+                    let mut approved = false;
+                    for s in &steps {
+                        match s {
+                            Step::Request(from) => {
+                                if let Ok(Forward::Done { record, .. }) =
+                                    request_forward(&db, ask(&gov, &env, from, "charlie")).await
+                                {
+                                    latest = Some(record.id.clone());
+                                }
+                            }
+                            Step::Approve(caller) | Step::Refuse(caller) => {
+                                let Some(id) = &latest else { continue };
+                                let approve = matches!(s, Step::Approve(_));
+                                if let Ok(Forward::Done { record, .. }) =
+                                    decide_forward(&db, verdict(&gov, &env, id, caller, approve)).await
+                                {
+                                    if approve && record.state == ForwardState::Forwarded {
+                                        assert_eq!(*caller, "alpha", "only the originator's approval forwards");
+                                        approved = true;
+                                    }
+                                }
+                            }
+                        }
+                        let got = queue(&db, "charlie");
+                        assert!(got.len() <= 1, "forwarded twice: {got:?}");
+                        if !got.is_empty() {
+                            assert!(waiver || approved, "charlie got it without consent after {steps:?}");
+                        }
+                    }
+                });
+            }
+        }
+
         #[tokio::test]
         async fn nothing_is_forwarded_without_consent_and_consent_is_final() {
             let db = Db::in_memory();
