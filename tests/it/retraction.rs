@@ -529,3 +529,48 @@ async fn an_expired_message_leaves_the_recipients_inbox() {
     assert!(liaison_types::now_ms() >= gone.labels.unwrap().expires_at_ms);
     sandbox.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipients_node_erases_content_when_the_retention_period_ends() {
+    let governance = format!(
+        "{}\n[retention]\nRESTRICTED = \"2s\"\n",
+        crate::common::GOVERNANCE
+    );
+    let sandbox = liaison_test_support::Sandbox::start(
+        liaison_test_support::SandboxOptions::new(&governance).nodes(&["alpha", "bravo"]),
+    )
+    .await
+    .unwrap();
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let id = alice
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
+            body: Some(alert("kept two seconds")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    let bob = sandbox.officer("bravo", "bob").await.unwrap();
+    let gone = liaison_test_support::wait_until("bravo's node erases the content", SETTLE, || {
+        let mut bob = bob.clone();
+        let id = id.clone();
+        async move {
+            let m = bob
+                .show(pb::ShowRequest { message_id: id })
+                .await
+                .ok()?
+                .into_inner();
+            (m.summary.as_ref()?.withdrawn == "retention").then_some(m)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(gone.body.is_none());
+    assert!(gone
+        .summary
+        .unwrap()
+        .withdrawn_reason
+        .contains("retention period"));
+    sandbox.shutdown().await.unwrap();
+}

@@ -780,8 +780,9 @@ impl HubState {
                         forward_request: Some(notice.to_proto(&entry.message_id)),
                         ..Default::default()
                     };
-                    if tx.send(Ok(delivery)).await.is_err() {
-                        break;
+                    tokio::select! {
+                        sent = tx.send(Ok(delivery)) => if sent.is_err() { break },
+                        _ = stopping.wait_for(|s| *s) => return Ok(()),
                     }
                     cursor = seq;
                     records.push(pb::AuditRecord {
@@ -826,6 +827,7 @@ impl HubState {
                     routed_at_ms: entry.routed_at_ms,
                     withdrawal,
                     forward_request: None,
+                    erase_at_ms: store::erase_at(&self.db, &entry.message_id)?.unwrap_or(0),
                 };
                 // A subscriber that stops reading must not keep the hub from
                 // shutting down: give up the send when the hub stops.

@@ -333,10 +333,13 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
             }
         }
         let expiring = arrivals.iter().any(|a| match a {
-            Arrival::Message { envelope, .. } => envelope
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.expires_at_ms > 0),
+            Arrival::Message { envelope, record } => {
+                record.erase_at_ms > 0
+                    || envelope
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.expires_at_ms > 0)
+            }
             _ => false,
         });
         let new = store::store_arrivals(&state.db, arrivals, last)
@@ -417,6 +420,7 @@ fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
             read_by: String::new(),
             read_at_ms: 0,
             withdrawn: None,
+            erase_at_ms: d.erase_at_ms,
         },
         envelope: Box::new(envelope),
     })

@@ -133,6 +133,10 @@ pub struct InboxRecord {
     /// Set once the message is withdrawn (its content is then erased).
     #[serde(default)]
     pub withdrawn: Option<WithdrawalNote>,
+    /// When the retention period of its classification ends (ms since the
+    /// epoch, as the hub said), 0 if none: the content is erased then.
+    #[serde(default)]
+    pub erase_at_ms: i64,
 }
 
 /// Why an inbox message was withdrawn.
@@ -585,9 +589,15 @@ fn append_inbox(
     txn.put(keys::seq_key(b"il/", n), id.as_bytes().to_vec());
     txn.put(k("ie", id), envelope.encode_to_vec());
     txn.put(k("i", id), json(record));
+    // The content goes at the earlier of its expiry and the end of its
+    // retention period.
     let expires = envelope.labels.as_ref().map_or(0, |l| l.expires_at_ms);
-    if expires > 0 && record.withdrawn.is_none() {
-        txn.put(expiry_key(expires, id), Vec::new());
+    let due = [(expires, "expired"), (record.erase_at_ms, "retention")]
+        .into_iter()
+        .filter(|(t, _)| *t > 0)
+        .min_by_key(|(t, _)| *t);
+    if let (Some((at, cause)), None) = (due, &record.withdrawn) {
+        txn.put(expiry_key(at, id), cause.as_bytes().to_vec());
     }
     Ok(())
 }
@@ -620,7 +630,7 @@ pub async fn expire_inbox(db: &Db, now_ms: i64) -> Result<usize, NodeError> {
             u64::try_from(now_ms).unwrap_or(0).saturating_add(1),
         );
         let mut expired = 0;
-        for (key, _) in txn.scan(EXPIRY_PREFIX, &end, 256)? {
+        for (key, cause) in txn.scan(EXPIRY_PREFIX, &end, 256)? {
             let Some(id) = key
                 .get(EXPIRY_PREFIX.len() + 9..)
                 .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -635,10 +645,18 @@ pub async fn expire_inbox(db: &Db, now_ms: i64) -> Result<usize, NodeError> {
             if txn.get(&k("i", &id))?.is_none() {
                 continue;
             }
-            let note = WithdrawalNote {
-                cause: "expired".into(),
-                reason: format!("expired at {expires} ms; its content was erased from this inbox"),
-                at_ms: now_ms,
+            let note = if cause == b"retention" {
+                WithdrawalNote {
+                    cause: "retention".into(),
+                    reason: format!("the retention period of its classification ended at {expires} ms; its content was erased from this inbox"),
+                    at_ms: now_ms,
+                }
+            } else {
+                WithdrawalNote {
+                    cause: "expired".into(),
+                    reason: format!("expired at {expires} ms; its content was erased from this inbox"),
+                    at_ms: now_ms,
+                }
             };
             withdraw(txn, 0, &id, "", String::new(), note)?;
             expired += 1;
@@ -692,6 +710,7 @@ fn withdraw(
                 read_by: String::new(),
                 read_at_ms: 0,
                 withdrawn: Some(note),
+                erase_at_ms: 0,
             };
             let labels = pb::Labels {
                 message_id: id.to_owned(),

@@ -33,10 +33,24 @@ pub struct Erased {
     pub reason: String,
 }
 
+fn erase_at_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/erase_at").into_bytes()
+}
+
 /// Records when a message's content is to be erased.
 pub(super) fn schedule(txn: &mut Txn<'_>, erase_at_ms: i64, id: &str) -> Result<(), StoreError> {
     txn.put(retention_key(erase_at_ms, id), id.as_bytes().to_vec());
+    txn.put(erase_at_key(id), erase_at_ms.to_be_bytes().to_vec());
     Ok(())
+}
+
+/// When a message's content is (or was) to be erased, if its level has a
+/// retention period.
+pub fn erase_at(db: &Db, message_id: &str) -> Result<Option<i64>, StoreError> {
+    Ok(db
+        .get(&erase_at_key(message_id))?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(i64::from_be_bytes))
 }
 
 /// When the next erasure is due, if any.
