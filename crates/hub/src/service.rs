@@ -355,6 +355,7 @@ impl HubState {
         let now = now_ms();
         let decisions = decide(&gov, &env.labels, now);
         let retain_ms = gov.retention_ms(env.labels.classification);
+        let expires = env.labels.expires_at_ms.is_some();
         let submitted = store::submit(
             &self.db,
             store::Submission {
@@ -380,7 +381,7 @@ impl HubState {
                 self.made_durable(&queued, audit_seq);
                 // A new embargo or erasure may be due before the schedule's
                 // current wake-up.
-                if held || retain_ms.is_some() {
+                if held || retain_ms.is_some() || expires {
                     self.embargo_changed.notify_one();
                 }
                 (outcome, false)

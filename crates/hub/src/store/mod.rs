@@ -249,6 +249,9 @@ pub async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
         if let Some(ms) = retain_ms {
             retention::schedule(txn, now_ms.saturating_add(ms), &id)?;
         }
+        if let Some(expires) = env.labels.expires_at_ms {
+            retention::schedule_expiry(txn, expires, &id)?;
+        }
         let any_held = !held.is_empty();
         if let Some(not_before_ms) = embargo {
             if any_held {

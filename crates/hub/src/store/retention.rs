@@ -12,6 +12,34 @@ use super::*;
 use crate::HubError;
 
 const RETENTION_PREFIX: &[u8] = b"r/";
+const EXPIRY_PREFIX: &[u8] = b"x/";
+
+fn expiry_key(expires_at_ms: i64, id: &str) -> Vec<u8> {
+    let mut k = keys::seq_key(EXPIRY_PREFIX, u64::try_from(expires_at_ms).unwrap_or(0));
+    k.push(b'/');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Records when a message expires, so that its expiry is on record when it
+/// comes (recipients' nodes erase it from their inboxes then).
+pub(super) fn schedule_expiry(
+    txn: &mut Txn<'_>,
+    expires_at_ms: i64,
+    id: &str,
+) -> Result<(), StoreError> {
+    txn.put(expiry_key(expires_at_ms, id), id.as_bytes().to_vec());
+    Ok(())
+}
+
+fn first_due(db: &Db, prefix: &[u8]) -> Result<Option<i64>, StoreError> {
+    Ok(db
+        .scan_prefix(prefix, 1)?
+        .first()
+        .and_then(|(k, _)| k.get(prefix.len()..prefix.len() + 8))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
+}
 
 fn retention_key(erase_at_ms: i64, id: &str) -> Vec<u8> {
     let mut k = keys::seq_key(RETENTION_PREFIX, u64::try_from(erase_at_ms).unwrap_or(0));
@@ -53,14 +81,12 @@ pub fn erase_at(db: &Db, message_id: &str) -> Result<Option<i64>, StoreError> {
         .map(i64::from_be_bytes))
 }
 
-/// When the next erasure is due, if any.
+/// When the next erasure or expiry is due, if any.
 pub fn next_erasure(db: &Db) -> Result<Option<i64>, StoreError> {
-    Ok(db
-        .scan_prefix(RETENTION_PREFIX, 1)?
-        .first()
-        .and_then(|(k, _)| k.get(RETENTION_PREFIX.len()..RETENTION_PREFIX.len() + 8))
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
+    Ok(first_due(db, RETENTION_PREFIX)?
+        .into_iter()
+        .chain(first_due(db, EXPIRY_PREFIX)?)
+        .min())
 }
 
 /// Whether (and why) a message's content was erased.
@@ -69,16 +95,44 @@ pub fn erased(db: &Db, message_id: &str) -> Result<Option<Erased>, StoreError> {
     db.get(&key)?.map(|b| parse(&key, &b)).transpose()
 }
 
-/// Erases the content of every message whose retention ended by `now_ms`,
-/// keeping its labels, with one `erased` audit record each. Returns the last
-/// audit position written (0 if none).
+/// Records every expiry due by `now_ms` (one `expired` audit record per
+/// message: its recipients' nodes erase it from their inboxes at that time),
+/// and erases the content of every message whose retention ended, keeping
+/// its labels, with one `erased` audit record each. Returns the last audit
+/// position written (0 if none).
 pub async fn erase_due(db: &Db, now_ms: i64, policy_version: String) -> Result<u64, HubError> {
     db.write(move |txn| {
-        let end = keys::seq_key(
-            RETENTION_PREFIX,
-            u64::try_from(now_ms).unwrap_or(0).saturating_add(1),
-        );
         let mut audit_seq = 0;
+        let due = u64::try_from(now_ms).unwrap_or(0).saturating_add(1);
+        for (key, value) in txn.scan(EXPIRY_PREFIX, &keys::seq_key(EXPIRY_PREFIX, due), 256)? {
+            txn.delete(key);
+            let id = String::from_utf8_lossy(&value).into_owned();
+            let okey = outcome_key(&id);
+            let Some(out) = txn.get(&okey)? else { continue };
+            let outcome: RoutedOutcome = parse(&okey, &out)?;
+            let recipients: Vec<&str> = outcome
+                .decisions
+                .iter()
+                .filter(|d| d.deliver)
+                .map(|d| d.recipient.as_str())
+                .collect();
+            let whom = if recipients.is_empty() { "nobody".to_owned() } else { recipients.join(", ") };
+            audit_seq = append_audit(
+                txn,
+                pb::AuditRecord {
+                    at_ms: now_ms,
+                    event: "expired".into(),
+                    message_id: id,
+                    origin: outcome.origin.clone(),
+                    rule: "message.expired".into(),
+                    reason: format!("expired; its content leaves the inboxes of {whom} and any queue it is still in"),
+                    policy_version: policy_version.clone(),
+                    actor: "hub:expiry".into(),
+                    ..Default::default()
+                },
+            )?;
+        }
+        let end = keys::seq_key(RETENTION_PREFIX, due);
         for (key, value) in txn.scan(RETENTION_PREFIX, &end, 256)? {
             txn.delete(key);
             let id = String::from_utf8_lossy(&value).into_owned();
