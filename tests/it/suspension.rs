@@ -129,3 +129,139 @@ async fn a_suspended_peer_gets_nothing_new_and_its_queue_is_held_until_reinstate
     );
     sandbox.shutdown().await.unwrap();
 }
+
+async fn set_state(
+    sandbox: &liaison_test_support::Sandbox,
+    stem: &str,
+    body: &str,
+    state: &str,
+) -> Result<pb::SetBodyStateResponse, tonic::Status> {
+    admin(sandbox, stem)
+        .await
+        .set_body_state(pb::SetBodyStateRequest {
+            body: body.into(),
+            state: state.into(),
+            reason: "under review by the governing bodies".into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_suspends_a_body_at_once_and_it_stays_suspended_across_a_restart() {
+    let mut sandbox = hub_only().await;
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let queued = envelope(
+        "alpha",
+        labels(K::Alert, C::Restricted, &["drugs"]),
+        &alert("queued"),
+    );
+    let queued_id = queued.labels.as_ref().unwrap().message_id.clone();
+    alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(queued),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let r = set_state(&sandbox, "alpha/admin-admin", "bravo", "suspended")
+        .await
+        .unwrap();
+    assert!(
+        r.version.starts_with(&format!("{}+", r.previous_version)),
+        "{r:?}"
+    );
+    // Refusals: not an admin of the hub body, the hub body itself, bad input.
+    assert_refused(
+        set_state(&sandbox, "bravo/admin-admin", "charlie", "suspended").await,
+        Code::PermissionDenied,
+        &["may not administer"],
+    );
+    assert_refused(
+        set_state(&sandbox, "alpha/admin-admin", "alpha", "suspended").await,
+        Code::FailedPrecondition,
+        &["runs the hub"],
+    );
+    assert_refused(
+        set_state(&sandbox, "alpha/admin-admin", "bravo", "asleep").await,
+        Code::InvalidArgument,
+        &["state", "active, suspended or revoked"],
+    );
+
+    // It holds across a restart: the override is durable.
+    sandbox.stop_hub().await.unwrap();
+    sandbox.start_hub().await.unwrap();
+    sandbox.wait_ready().await.unwrap();
+    let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
+    assert_refused(
+        bravo.subscribe(pb::SubscribeRequest { after_seq: 0 }).await,
+        Code::PermissionDenied,
+        &["bravo is suspended"],
+    );
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let during = envelope(
+        "alpha",
+        labels(K::Alert, C::Restricted, &["drugs"]),
+        &alert("during"),
+    );
+    let decisions = alpha
+        .submit(pb::SubmitRequest {
+            envelope: Some(during),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let to_bravo = decisions
+        .decisions
+        .iter()
+        .find(|d| d.recipient == "bravo")
+        .unwrap();
+    assert_eq!(to_bravo.rule, "peer.state");
+    assert!(
+        decisions.policy_version.contains('+'),
+        "the override is in the version"
+    );
+
+    // Reinstated: the held message arrives.
+    set_state(&sandbox, "alpha/admin-admin", "bravo", "active")
+        .await
+        .unwrap();
+    let mut stream = bravo
+        .subscribe(pb::SubscribeRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = tokio::time::timeout(SETTLE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.envelope.unwrap().labels.unwrap().message_id, queued_id);
+    let records = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            rule: "peer.state".into(),
+            event: "policy".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(records.len(), 2);
+    assert!(
+        records[0].reason.starts_with("bravo suspended"),
+        "{}",
+        records[0].reason
+    );
+    assert!(
+        records[1].reason.starts_with("bravo reinstated"),
+        "{}",
+        records[1].reason
+    );
+    assert_eq!(
+        records[0].actor,
+        "spiffe://liaison.test/org/alpha/admin/admin"
+    );
+    sandbox.shutdown().await.unwrap();
+}

@@ -21,6 +21,25 @@ pub enum AdminCommand {
     /// Show the governance in force on the hub: version, file, when it was
     /// loaded, and the last refused reload.
     Policy(AdminArgs),
+    /// Suspend, revoke or reinstate a body at once, on top of the governance
+    /// file (it survives restarts and reloads): a suspended body receives
+    /// nothing new and its queue is held until it is reinstated. Audited.
+    SetState(SetStateArgs),
+}
+
+/// Arguments of `admin set-state`.
+#[derive(Debug, clap::Args)]
+pub struct SetStateArgs {
+    /// Where and who (an admin certificate of the hub's body; --server is the hub).
+    #[command(flatten)]
+    pub conn: Connection,
+    /// The body, for example aimc.
+    pub body: String,
+    /// active (reinstate), suspended or revoked.
+    pub state: String,
+    /// Why, for the audit log.
+    #[arg(long)]
+    pub reason: String,
 }
 
 /// Arguments of the admin commands.
@@ -44,7 +63,37 @@ pub async fn run(c: AdminCommand, out: Output) -> Result<()> {
     match c {
         AdminCommand::ReloadPolicy(a) => reload(a, out).await,
         AdminCommand::Policy(a) => show(a, out).await,
+        AdminCommand::SetState(a) => set_state(a, out).await,
     }
+}
+
+async fn set_state(a: SetStateArgs, out: Output) -> Result<()> {
+    let r = client(&a.conn)
+        .await?
+        .set_body_state(pb::SetBodyStateRequest {
+            body: a.body.clone(),
+            state: a.state.clone(),
+            reason: a.reason.clone(),
+        })
+        .await
+        .map_err(|s| Failure::status("set state", &s))?
+        .into_inner();
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({"body": a.body, "state": a.state, "previous_version": r.previous_version,
+                   "version": r.version, "audit_seq": r.audit_seq})
+        ),
+        Output::Human => say!(
+            "{} is now {}: version {} -> {} (audit record {})",
+            a.body,
+            a.state,
+            r.previous_version,
+            r.version,
+            r.audit_seq
+        ),
+    }
+    Ok(())
 }
 
 async fn reload(a: AdminArgs, out: Output) -> Result<()> {

@@ -165,7 +165,9 @@ impl PolicyReloader {
     /// identical to the one in force changes nothing and writes no record.
     pub async fn reload(&self, actor: &str) -> Result<Reloaded, HubError> {
         let mut status = self.status.lock().await;
-        let current = self.state.governance();
+        // Compare with the file as last loaded: administrators' state
+        // overrides stay in force across reloads.
+        let current = self.state.file_governance();
         let read = match self.read_candidate(&current).await {
             Ok(g) => match self.tls.as_ref().map(TlsReload::read).transpose() {
                 Ok(tls) => Ok((g, tls)),
@@ -437,6 +439,25 @@ pub struct AdminService(pub Arc<PolicyReloader>);
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn set_body_state(
+        &self,
+        req: Request<pb::SetBodyStateRequest>,
+    ) -> Result<Response<pb::SetBodyStateResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.check_admin(&caller)?;
+        let r = req.into_inner();
+        let (previous_version, version, audit_seq) = self
+            .0
+            .state
+            .set_body_state(&r.body, r.state.trim(), &r.reason, &caller)
+            .await?;
+        Ok(Response::new(pb::SetBodyStateResponse {
+            previous_version,
+            version,
+            audit_seq,
+        }))
+    }
+
     async fn reload_policy(
         &self,
         req: Request<pb::ReloadPolicyRequest>,

@@ -39,7 +39,14 @@ const AUDIT_BATCH: usize = 1024;
 #[derive(Debug)]
 pub struct HubState {
     db: Db,
+    /// The governance in force: the file, with the administrators' state
+    /// overrides applied.
     governance: RwLock<Arc<Governance>>,
+    /// The governance file as last loaded, without overrides.
+    file_governance: RwLock<Arc<Governance>>,
+    /// Bodies suspended, revoked or reinstated by an administrator, on top
+    /// of the file (persisted in the store).
+    state_overrides: Mutex<std::collections::BTreeMap<BodyId, liaison_policy::State>>,
     /// Per body, the highest durable queue position; subscriptions wait on it.
     durable_queue: Mutex<HashMap<BodyId, watch::Sender<u64>>>,
     /// The highest durable audit position.
@@ -67,10 +74,14 @@ impl HubState {
             let end = store::queue_end(&db, &body.id)?;
             durable_queue.insert(body.id.clone(), watch::channel(end).0);
         }
+        let overrides = store::body_states(&db)?;
+        let effective = governance.with_states(&overrides);
         Ok(Self {
             durable_audit: AtomicU64::new(store::audit_end(&db)?),
             db,
-            governance: RwLock::new(Arc::new(governance)),
+            governance: RwLock::new(Arc::new(effective)),
+            file_governance: RwLock::new(Arc::new(governance)),
+            state_overrides: Mutex::new(overrides),
             durable_queue: Mutex::new(durable_queue),
             stopping,
             tasks: TaskTracker::new(),
@@ -92,6 +103,121 @@ impl HubState {
     /// body the previous governance did not know, so all of it is durable.
     /// Marks of known bodies are left alone (they may have writes in flight).
     pub(crate) fn replace_governance(&self, new: Governance) -> Result<Arc<Governance>, HubError> {
+        let effective = {
+            let overrides = self
+                .state_overrides
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            new.with_states(&overrides)
+        };
+        *self
+            .file_governance
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        self.put_in_force(effective)
+    }
+
+    /// The governance file as last loaded, without the administrators'
+    /// state overrides.
+    pub(crate) fn file_governance(&self) -> Arc<Governance> {
+        Arc::clone(
+            &self
+                .file_governance
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    /// Suspends, revokes or reinstates `body` on top of the file, audited
+    /// before it takes effect. Returns the previous and new versions and the
+    /// audit position.
+    pub(crate) async fn set_body_state(
+        &self,
+        body: &str,
+        state: &str,
+        reason: &str,
+        actor: &Identity,
+    ) -> Result<(String, String, u64), HubError> {
+        let file = self.file_governance();
+        let id = BodyId::parse(body)
+            .ok()
+            .filter(|b| file.is_known(b.as_str()))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "body",
+                    format!("'{}' is not a body of this federation", body.escape_debug()),
+                )
+            })?;
+        if id == *file.hub_body() {
+            return Err(HubError::PolicyRefused {
+                problem: format!("{id} runs the hub and cannot be suspended or revoked"),
+                kept: self.governance().version().to_owned(),
+            });
+        }
+        let state: liaison_policy::State = match state {
+            "active" => liaison_policy::State::Active,
+            "suspended" => liaison_policy::State::Suspended,
+            "revoked" => liaison_policy::State::Revoked,
+            other => {
+                return Err(ValidationError::new(
+                    "state",
+                    format!(
+                        "'{}' is not a state; use active, suspended or revoked",
+                        other.escape_debug()
+                    ),
+                )
+                .into())
+            }
+        };
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "reason",
+                "give the reason in 1 to 500 printable characters",
+            )
+            .into());
+        }
+        let mut overrides = self
+            .state_overrides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if file.body(&id).map(|b| b.state) == Some(state) {
+            overrides.remove(&id);
+        } else {
+            overrides.insert(id.clone(), state);
+        }
+        let previous = self.governance().version().to_owned();
+        let effective = file.with_states(&overrides);
+        let version = effective.version().to_owned();
+        let what = if state == liaison_policy::State::Active {
+            format!("{id} reinstated: its held queue is delivered")
+        } else {
+            format!("{id} {state}: it receives nothing new and its queue is held")
+        };
+        let record = pb::AuditRecord {
+            at_ms: now_ms(),
+            event: "policy".into(),
+            rule: "peer.state".into(),
+            recipient: id.to_string(),
+            reason: format!("{what}; version {previous} -> {version}; {reason}"),
+            policy_version: version.clone(),
+            actor: actor.uri(),
+            ..Default::default()
+        };
+        let seq = store::set_body_states(&self.db, overrides.clone(), record).await?;
+        self.audit_durable(seq);
+        *self
+            .state_overrides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = overrides;
+        self.put_in_force(effective)?;
+        tracing::info!(body = %id, %state, actor = %actor, "body state set by an administrator");
+        Ok((previous, version, seq))
+    }
+
+    /// Swaps in the governance every later decision uses.
+    fn put_in_force(&self, new: Governance) -> Result<Arc<Governance>, HubError> {
         {
             let mut marks = self.durable_queue.lock().unwrap_or_else(|p| p.into_inner());
             for body in new.bodies() {

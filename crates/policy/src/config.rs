@@ -256,6 +256,34 @@ pub struct Governance {
 }
 
 impl Governance {
+    /// This governance with some bodies' states set by an administrator
+    /// (suspension, revocation or reinstatement) on top of the file.
+    ///
+    /// The version then covers both: the file's hash and the overrides, so
+    /// audit records show that the file alone did not decide. Unknown bodies
+    /// are ignored; with no overrides this is the governance unchanged.
+    pub fn with_states(&self, states: &BTreeMap<BodyId, State>) -> Governance {
+        let mut g = self.clone();
+        let mut applied = Vec::new();
+        for (id, state) in states {
+            if let Some(b) = g.bodies.get_mut(id) {
+                if b.state != *state {
+                    b.state = *state;
+                    applied.push(format!("{id}={state}"));
+                }
+            }
+        }
+        if !applied.is_empty() {
+            let text = format!("{}\n{}", self.version, applied.join("\n"));
+            g.version = format!(
+                "{}+{}",
+                self.version,
+                &hex::encode(Sha256::digest(text.as_bytes()))[..16]
+            );
+        }
+        g
+    }
+
     /// How long the hub keeps the content of a message at this level, in
     /// milliseconds after it was routed; `None` keeps it until an operator
     /// removes it.
@@ -1558,6 +1586,21 @@ reference = "TEST-1"
         let err = load(&text).expect_err("duplicate pair");
         assert_eq!(err.location().line, 47, "{err}");
         assert!(err.problem().contains("first is on line 42"), "{err}");
+    }
+
+    #[test]
+    fn state_overrides_change_states_and_mark_the_version() {
+        let g = load(BASE).expect("valid");
+        let europol = BodyId::parse("europol").unwrap();
+        let same = g.with_states(&BTreeMap::new());
+        assert_eq!(same, g);
+        let suspended = g.with_states(&[(europol.clone(), State::Suspended)].into());
+        assert_eq!(suspended.body(&europol).unwrap().state, State::Suspended);
+        assert!(suspended
+            .version()
+            .starts_with(&format!("{}+", g.version())));
+        // Setting the state the file already says changes nothing.
+        assert_eq!(g.with_states(&[(europol, State::Active)].into()), g);
     }
 
     #[test]

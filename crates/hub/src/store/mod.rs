@@ -455,6 +455,32 @@ pub fn audit_after(
 /// `policy.reload` for a new version put in force, `policy.reload_refused`
 /// for a refused one; `policy_version` is the version in force after it.
 /// Returns its audit position.
+const BODY_STATES: &[u8] = b"meta/body_states";
+
+/// The bodies' states set by administrators on top of the governance file.
+pub fn body_states(
+    db: &Db,
+) -> Result<std::collections::BTreeMap<BodyId, liaison_policy::State>, StoreError> {
+    Ok(match db.get(BODY_STATES)? {
+        Some(bytes) => parse(BODY_STATES, &bytes)?,
+        None => Default::default(),
+    })
+}
+
+/// Replaces the administrators' state overrides and records why, in one
+/// transaction; returns the audit position.
+pub async fn set_body_states(
+    db: &Db,
+    states: std::collections::BTreeMap<BodyId, liaison_policy::State>,
+    record: pb::AuditRecord,
+) -> Result<u64, HubError> {
+    db.write(move |txn| {
+        txn.put(BODY_STATES, json(&states));
+        append_audit(txn, record).map_err(HubError::from)
+    })
+    .await
+}
+
 pub async fn audit_policy_change(
     db: &Db,
     rule: &str,
