@@ -162,6 +162,20 @@ enum Progress {
     Stop,
 }
 
+/// Counts a failure and waits out its backoff.
+async fn wait_out(
+    retry: &Retry,
+    failures: &mut u32,
+    stopping: &mut watch::Receiver<bool>,
+) -> Progress {
+    *failures += 1;
+    if pause(retry.backoff(*failures), stopping).await {
+        Progress::Again
+    } else {
+        Progress::Stop
+    }
+}
+
 /// Sends the pending retractions to the hub, oldest first.
 async fn push_retractions(
     state: &NodeState,
@@ -173,12 +187,7 @@ async fn push_retractions(
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot read pending retractions");
-            *failures += 1;
-            return if pause(retry.backoff(*failures), stopping).await {
-                Progress::Again
-            } else {
-                Progress::Stop
-            };
+            return wait_out(retry, failures, stopping).await;
         }
     };
     if pending.is_empty() {
@@ -198,13 +207,8 @@ async fn push_retractions(
                 Err(format!("{:?}: {}", status.code(), status.message()))
             }
             Err(status) => {
-                *failures += 1;
                 tracing::warn!(message_id = %p.message_id, error = %status.message(), "retraction failed; will retry");
-                return if pause(retry.backoff(*failures), stopping).await {
-                    Progress::Again
-                } else {
-                    Progress::Stop
-                };
+                return wait_out(retry, failures, stopping).await;
             }
         };
         *failures = 0;
@@ -227,12 +231,7 @@ async fn push_forward_decisions(
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot read pending forward decisions");
-            *failures += 1;
-            return if pause(retry.backoff(*failures), stopping).await {
-                Progress::Again
-            } else {
-                Progress::Stop
-            };
+            return wait_out(retry, failures, stopping).await;
         }
     };
     if pending.is_empty() {
@@ -264,13 +263,8 @@ async fn push_forward_decisions(
                 Err(format!("{:?}: {}", status.code(), status.message()))
             }
             Err(status) => {
-                *failures += 1;
                 tracing::warn!(request_id = %p.request_id, error = %status.message(), "forward decision failed; will retry");
-                return if pause(retry.backoff(*failures), stopping).await {
-                    Progress::Again
-                } else {
-                    Progress::Stop
-                };
+                return wait_out(retry, failures, stopping).await;
             }
         };
         *failures = 0;
