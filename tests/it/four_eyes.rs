@@ -719,3 +719,39 @@ async fn the_hub_records_only_an_officer_of_the_submitting_body_as_approver() {
     );
     sandbox.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_when_the_node_would_hold_a_message_for_approval() {
+    let sandbox = four_eyes_sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let explain = |r: pb::OfficerSubmitRequest| pb::OfficerExplainRequest {
+        labels: r.labels,
+        body: r.body,
+    };
+    let held = alice
+        .explain(explain(confidential("explain me")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(held.approval_needed.contains("four_eyes_from"), "{held:?}");
+    let plan = alice
+        .explain(explain(low_plan("explain the plan")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        plan.approval_needed.contains("operational_plan"),
+        "{plan:?}"
+    );
+    let open = alice
+        .explain(explain(restricted("explain the alert")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(open.approval_needed.is_empty(), "{open:?}");
+    // Explaining stores and sends nothing.
+    assert!(crate::common::outbox_ids(&sandbox, "alpha")
+        .await
+        .is_empty());
+    sandbox.shutdown().await.unwrap();
+}

@@ -227,10 +227,16 @@ pub async fn explain(args: SubmitArgs, out: Output) -> Result<()> {
     match out {
         Output::Json => say!(
             "{}",
-            json!({"policy_version": resp.policy_version, "decisions": decisions_json(&resp.decisions)})
+            json!({"policy_version": resp.policy_version, "approval_needed": resp.approval_needed, "decisions": decisions_json(&resp.decisions)})
         ),
         Output::Human => {
             say!("policy version {}", resp.policy_version);
+            if !resp.approval_needed.is_empty() {
+                say!(
+                    "your node holds it for a second officer's approval first: {}",
+                    resp.approval_needed
+                );
+            }
             print_decisions(&resp.decisions)?;
         }
     }

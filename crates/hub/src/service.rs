@@ -545,6 +545,7 @@ impl HubState {
         Ok(pb::ExplainResponse {
             decisions: decisions.iter().map(pb::RoutingDecision::from).collect(),
             policy_version: gov.version().to_owned(),
+            approval_needed: String::new(),
         })
     }
 

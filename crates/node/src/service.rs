@@ -411,13 +411,18 @@ impl NodeState {
         self.own_officer(caller)?;
         let (env, _) = self.envelope(req.labels, req.body)?;
         let mut hub = self.hub.clone();
-        let resp = hub
+        let mut resp = hub
             .explain(pb::ExplainRequest {
                 envelope: Some(pb::Envelope::from(&env)),
             })
             .await
-            .map_err(NodeError::Hub)?;
-        Ok(resp.into_inner())
+            .map_err(NodeError::Hub)?
+            .into_inner();
+        resp.approval_needed = self
+            .release
+            .approval_reason(env.labels.kind, env.labels.classification)
+            .unwrap_or_default();
+        Ok(resp)
     }
 }
 
