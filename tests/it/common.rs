@@ -231,3 +231,22 @@ pub async fn admin(
     .unwrap();
     liaison_proto::v1::admin_client::AdminClient::new(ch)
 }
+
+/// Submits a message from `origin` straight to the hub (as that body's node
+/// would) and returns its id once the hub has accepted it.
+pub async fn submit_as(
+    node: &mut liaison_proto::v1::federation_client::FederationClient<tonic::transport::Channel>,
+    origin: &str,
+    labels: pb::Labels,
+    body: &pb::Body,
+) -> String {
+    let env = envelope(origin, labels, body);
+    let id = env.labels.as_ref().unwrap().message_id.clone();
+    node.submit(pb::SubmitRequest {
+        envelope: Some(env),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    id
+}

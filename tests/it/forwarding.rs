@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::common::{
-    alert, assert_refused, audit_records, envelope, hub_only, inbox_ids, labels, sandbox, SETTLE,
+    alert, assert_refused, audit_records, hub_only, inbox_ids, labels, sandbox, submit_as, SETTLE,
 };
 
 const ALICE: &str = "spiffe://liaison.test/org/alpha/officer/alice";
@@ -275,16 +275,7 @@ async fn submitted(
     alpha: &mut liaison_proto::v1::federation_client::FederationClient<Channel>,
     l: pb::Labels,
 ) -> String {
-    let env = envelope("alpha", l, &alert("straight to the hub"));
-    let id = env.labels.as_ref().unwrap().message_id.clone();
-    alpha
-        .submit(pb::SubmitRequest {
-            envelope: Some(env),
-            approved_by: String::new(),
-        })
-        .await
-        .unwrap();
-    id
+    submit_as(alpha, "alpha", l, &alert("straight to the hub")).await
 }
 
 fn request(id: &str, to: &str) -> pb::ForwardRequest {
@@ -504,19 +495,13 @@ async fn a_waived_rule_needs_no_consent_but_the_rules_still_apply() {
 
     // alpha was not asked: the first thing in its queue is a message bravo
     // sent after the requests, not a forward request.
-    let marker = envelope(
+    let marker_id = submit_as(
+        &mut bravo,
         "bravo",
         labels(K::Alert, C::Restricted, &["drugs"]),
         &alert("after"),
-    );
-    let marker_id = marker.labels.as_ref().unwrap().message_id.clone();
-    bravo
-        .submit(pb::SubmitRequest {
-            envelope: Some(marker),
-            approved_by: String::new(),
-        })
-        .await
-        .unwrap();
+    )
+    .await;
     let mut alpha_stream = alpha
         .subscribe(pb::SubscribeRequest { after_seq: 0 })
         .await

@@ -6,7 +6,9 @@ use liaison_proto::v1 as pb;
 use pb::{Classification as C, Kind as K};
 use tonic::Code;
 
-use crate::common::{alert, assert_refused, audit_records, envelope, hub_only, labels, SETTLE};
+use crate::common::{
+    alert, assert_refused, audit_records, envelope, hub_only, labels, submit_as, SETTLE,
+};
 
 async fn next(stream: &mut tonic::Streaming<pb::Delivery>) -> pb::Delivery {
     tokio::time::timeout(SETTLE, stream.message())
@@ -20,19 +22,13 @@ async fn next(stream: &mut tonic::Streaming<pb::Delivery>) -> pb::Delivery {
 async fn a_retracted_message_is_withdrawn_before_and_after_delivery() {
     let sandbox = hub_only().await;
     let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
-    let first = envelope(
+    let first_id = submit_as(
+        &mut alpha,
         "alpha",
         labels(K::Alert, C::Restricted, &["drugs"]),
         &alert("first"),
-    );
-    let first_id = first.labels.as_ref().unwrap().message_id.clone();
-    alpha
-        .submit(pb::SubmitRequest {
-            envelope: Some(first),
-            approved_by: String::new(),
-        })
-        .await
-        .unwrap();
+    )
+    .await;
 
     // bravo is streamed the first message, then it is retracted: bravo gets
     // the retraction at the next position.
@@ -119,19 +115,13 @@ async fn a_retracted_message_is_withdrawn_before_and_after_delivery() {
 async fn only_the_originator_may_retract_and_the_attempt_is_audited() {
     let sandbox = hub_only().await;
     let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
-    let env = envelope(
+    let id = submit_as(
+        &mut alpha,
         "alpha",
         labels(K::Alert, C::Restricted, &["drugs"]),
         &alert("mine"),
-    );
-    let id = env.labels.as_ref().unwrap().message_id.clone();
-    alpha
-        .submit(pb::SubmitRequest {
-            envelope: Some(env),
-            approved_by: String::new(),
-        })
-        .await
-        .unwrap();
+    )
+    .await;
     let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
     assert_refused(
         bravo
@@ -183,15 +173,7 @@ async fn a_message_retracted_under_embargo_is_never_delivered() {
     let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
     let mut l = labels(K::Alert, C::Restricted, &["drugs"]);
     l.not_before_ms = liaison_types::now_ms() + 60_000;
-    let env = envelope("alpha", l, &alert("held"));
-    let id = env.labels.as_ref().unwrap().message_id.clone();
-    alpha
-        .submit(pb::SubmitRequest {
-            envelope: Some(env),
-            approved_by: String::new(),
-        })
-        .await
-        .unwrap();
+    let id = submit_as(&mut alpha, "alpha", l, &alert("held")).await;
     alpha
         .retract(pb::RetractRequest {
             message_id: id.clone(),
@@ -213,19 +195,13 @@ async fn a_message_retracted_under_embargo_is_never_delivered() {
         .iter()
         .all(|r| r.queue_seq == 0 && r.reason.contains("never delivered")));
     // Nothing was queued for bravo: a message sent now is its first.
-    let later = envelope(
+    let later_id = submit_as(
+        &mut alpha,
         "alpha",
         labels(K::Alert, C::Restricted, &["drugs"]),
         &alert("later"),
-    );
-    let later_id = later.labels.as_ref().unwrap().message_id.clone();
-    alpha
-        .submit(pb::SubmitRequest {
-            envelope: Some(later),
-            approved_by: String::new(),
-        })
-        .await
-        .unwrap();
+    )
+    .await;
     let mut bravo = sandbox.hub_as("bravo/node").await.unwrap();
     let mut stream = bravo
         .subscribe(pb::SubscribeRequest { after_seq: 0 })
@@ -247,15 +223,7 @@ async fn a_message_that_expires_in_the_queue_is_withdrawn_not_delivered() {
     let mut l = labels(K::Alert, C::Restricted, &["drugs"]);
     let expires = liaison_types::now_ms() + 300;
     l.expires_at_ms = expires;
-    let env = envelope("alpha", l, &alert("short-lived"));
-    let id = env.labels.as_ref().unwrap().message_id.clone();
-    alpha
-        .submit(pb::SubmitRequest {
-            envelope: Some(env),
-            approved_by: String::new(),
-        })
-        .await
-        .unwrap();
+    let id = submit_as(&mut alpha, "alpha", l, &alert("short-lived")).await;
     // bravo's node was away until after the expiry.
     liaison_test_support::wait_until("the message expires", SETTLE, || async {
         (liaison_types::now_ms() > expires).then_some(())

@@ -7,8 +7,8 @@ use pb::{Classification as C, Kind as K};
 use tonic::Code;
 
 use crate::common::{
-    admin, alert, assert_refused, audit_records, envelope, hub_only, labels, write_governance,
-    GOVERNANCE, SETTLE,
+    admin, alert, assert_refused, audit_records, envelope, hub_only, labels, submit_as,
+    write_governance, GOVERNANCE, SETTLE,
 };
 
 fn bravo_suspended() -> String {
@@ -30,19 +30,13 @@ async fn reload(sandbox: &liaison_test_support::Sandbox) -> pb::ReloadPolicyResp
 async fn a_suspended_peer_gets_nothing_new_and_its_queue_is_held_until_reinstated() {
     let sandbox = hub_only().await;
     let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
-    let queued = envelope(
+    let queued_id = submit_as(
+        &mut alpha,
         "alpha",
         labels(K::Alert, C::Restricted, &["drugs"]),
         &alert("queued"),
-    );
-    let queued_id = queued.labels.as_ref().unwrap().message_id.clone();
-    alpha
-        .submit(pb::SubmitRequest {
-            envelope: Some(queued),
-            approved_by: String::new(),
-        })
-        .await
-        .unwrap();
+    )
+    .await;
 
     // bravo is subscribed (and reads nothing yet) when it is suspended: the
     // open stream ends with the reason.
