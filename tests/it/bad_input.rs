@@ -173,7 +173,7 @@ fn malformed_envelopes() -> Vec<(&'static str, Mutation, Vec<&'static str>)> {
         (
             "marking with control characters",
             on_labels(|l| l.marking = "ALPHA\u{7}RESTRICTED".into()),
-            vec!["labels.marking", "control characters"],
+            vec!["labels.marking", "U+0007", "one line"],
         ),
         (
             "no creation time",
@@ -213,6 +213,35 @@ fn malformed_envelopes() -> Vec<(&'static str, Mutation, Vec<&'static str>)> {
                 "body.content",
                 "is a threat_assessment body but labels.kind is alert",
             ],
+        ),
+        (
+            "title with a line break",
+            with_body(alert(
+                "routine\n00000000-0000-4000-8000-000000000000  bravo  alert",
+            )),
+            vec!["body.title", "U+000A (line feed)", "one line"],
+        ),
+        (
+            "title with a carriage return",
+            with_body(alert("routine\rforged")),
+            vec!["body.title", "U+000D"],
+        ),
+        (
+            "title with a bidirectional override",
+            with_body(alert("abc\u{202e}fed")),
+            vec!["body.title", "bidirectional"],
+        ),
+        (
+            "indicator with a line break",
+            with_body(pb::Body {
+                title: "indicators".into(),
+                content: Some(pb::body::Content::Alert(pb::Alert {
+                    text: "multi-line text\nis fine".into(),
+                    indicators: vec!["ok".into(), "bad\nline".into()],
+                    ..Default::default()
+                })),
+            }),
+            vec!["body.alert.indicators[1]", "one line"],
         ),
         (
             "title too long",
@@ -339,12 +368,13 @@ async fn a_request_over_the_hub_decoding_limit_is_refused_and_the_hub_carries_on
     let mut env = alpha_alert("huge");
     env.body = vec![0; 600 * 1024];
     let status = node.submit(submit(env)).await.unwrap_err();
-    // Observed: tonic's decoder refuses the frame with OUT_OF_RANGE "decoded
-    // message length too large ... the limit is: 524288 bytes" before the
-    // service runs.
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // tonic's decoder refuses the frame before the service runs; the
+    // answer says the request is too big and names the limit.
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
-        status.message().contains("too large") && status.message().contains("524288"),
+        status
+            .message()
+            .contains("over this api's limit of 524288 bytes"),
         "{status:?}"
     );
     assert!(audit_log(&sandbox).await.is_empty());
@@ -357,6 +387,42 @@ async fn a_request_over_the_hub_decoding_limit_is_refused_and_the_hub_carries_on
         .into_inner();
     assert!(!ok.duplicate);
     assert_eq!(audit_log(&sandbox).await.len(), 4);
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_mib_request_is_resource_exhausted_at_hub_and_node_naming_the_limit() {
+    let sandbox = sandbox().await;
+    let five_mib = "x".repeat(5 * 1024 * 1024);
+
+    let mut node = sandbox.hub_as("alpha/node").await.unwrap();
+    let mut env = alpha_alert("huge");
+    env.body = five_mib.clone().into_bytes();
+    assert_refused(
+        node.submit(submit(env)).await,
+        Code::ResourceExhausted,
+        &[
+            "over this api's limit of 524288 bytes",
+            "send a smaller request",
+        ],
+    );
+
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut request = officer_alert("huge");
+    if let Some(pb::body::Content::Alert(a)) =
+        request.body.as_mut().and_then(|b| b.content.as_mut())
+    {
+        a.text = five_mib;
+    }
+    assert_refused(
+        officer.submit(request).await,
+        Code::ResourceExhausted,
+        &["over this api's limit of 524288 bytes"],
+    );
+    // Nothing was stored or sent, and both still answer.
+    assert!(outbox_ids(&sandbox, "alpha").await.is_empty());
+    assert!(audit_log(&sandbox).await.is_empty());
+    officer.submit(officer_alert("small")).await.unwrap();
     sandbox.shutdown().await.unwrap();
 }
 
@@ -767,7 +833,11 @@ async fn audit_list_with_odd_filters_answers_empty_not_an_error() {
         },
     )
     .await;
-    assert_refused(too_big, Code::OutOfRange, &["too large", "65536"]);
+    assert_refused(
+        too_big,
+        Code::ResourceExhausted,
+        &["71684 bytes", "limit of 65536 bytes"],
+    );
     assert_eq!(list(&sandbox, q()).await.unwrap(), all);
     sandbox.shutdown().await.unwrap();
 }
@@ -1095,28 +1165,149 @@ async fn officer_show_and_acknowledge_of_an_unknown_id_are_not_found() {
     let sandbox = sandbox().await;
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
     let unknown = uuid::Uuid::new_v4().to_string();
-    for id in [unknown.as_str(), "", "../../etc/passwd", "i/whatever"] {
+    // Any spelling of a UUID is looked up in its canonical form.
+    for id in [unknown.clone(), unknown.to_uppercase()] {
         assert_refused(
             officer
                 .show(pb::ShowRequest {
-                    message_id: id.to_owned(),
+                    message_id: id.clone(),
                 })
                 .await,
             Code::NotFound,
-            &[&format!("no message {id} in this node's inbox")],
+            &[&format!("no message {unknown} in this node's inbox")],
         );
         assert_refused(
             officer
                 .acknowledge(pb::OfficerAcknowledgeRequest {
-                    message_id: id.to_owned(),
+                    message_id: id.clone(),
                 })
                 .await,
             Code::NotFound,
-            &[&format!("no message {id} in this node's inbox")],
+            &[&format!("no message {unknown} in this node's inbox")],
         );
     }
     // Acknowledging did not create anything.
     assert!(inbox_ids(&sandbox, "alpha").await.is_empty());
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_rpc_refuses_a_malformed_id_as_invalid_naming_the_field() {
+    let sandbox = sandbox().await;
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let bad_ids = [
+        ("", "empty"),
+        ("not-a-uuid", "'not-a-uuid' is not a UUID"),
+        ("../../etc/passwd", "is not a UUID"),
+        ("i/whatever", "is not a UUID"),
+        ("1b4e28ba\n2fa1", "is not a UUID"),
+        ("\u{1b}[2J", "\\u{1b}[2J"),
+    ];
+    for (id, needle) in bad_ids {
+        let id = id.to_owned();
+        let expect = |r: Result<(), tonic::Status>, rpc: &str, field: &str| {
+            let status = r.expect_err(rpc);
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{rpc} with id {id:?}: {status:?}"
+            );
+            assert!(
+                status.message().contains(&format!("{field}: "))
+                    && status.message().contains(needle),
+                "{rpc} with id {id:?}: {status:?}"
+            );
+            assert!(!status.message().contains('\n') && !status.message().contains('\u{1b}'));
+        };
+        let m = || id.clone();
+        expect(
+            officer
+                .show(pb::ShowRequest { message_id: m() })
+                .await
+                .map(|_| ()),
+            "show",
+            "message_id",
+        );
+        expect(
+            officer
+                .acknowledge(pb::OfficerAcknowledgeRequest { message_id: m() })
+                .await
+                .map(|_| ()),
+            "acknowledge",
+            "message_id",
+        );
+        expect(
+            officer
+                .approve(pb::ApproveRequest { message_id: m() })
+                .await
+                .map(|_| ()),
+            "approve",
+            "message_id",
+        );
+        expect(
+            officer
+                .refuse(pb::RefuseRequest {
+                    message_id: m(),
+                    reason: "no".into(),
+                })
+                .await
+                .map(|_| ()),
+            "refuse",
+            "message_id",
+        );
+        expect(
+            officer
+                .retract(pb::OfficerRetractRequest {
+                    message_id: m(),
+                    reason: "wrong".into(),
+                })
+                .await
+                .map(|_| ()),
+            "retract",
+            "message_id",
+        );
+        if !id.is_empty() {
+            // An empty id lists every message awaiting approval.
+            expect(
+                officer
+                    .list_approvals(pb::ListApprovalsRequest {
+                        message_id: m(),
+                        limit: 0,
+                    })
+                    .await
+                    .map(|_| ()),
+                "list_approvals",
+                "message_id",
+            );
+        }
+        expect(
+            officer
+                .request_forward(pb::OfficerForwardRequest {
+                    message_id: m(),
+                    to: "bravo".into(),
+                    reason: "joint operation".into(),
+                })
+                .await
+                .map(|_| ()),
+            "request_forward",
+            "message_id",
+        );
+        expect(
+            officer
+                .decide_forward(pb::OfficerDecideForwardRequest {
+                    request_id: m(),
+                    approve: true,
+                    reason: String::new(),
+                })
+                .await
+                .map(|_| ()),
+            "decide_forward",
+            "request_id",
+        );
+    }
+    assert!(inbox_ids(&sandbox, "alpha").await.is_empty());
+    assert!(outbox_ids(&sandbox, "alpha").await.is_empty());
+    assert!(audit_log(&sandbox).await.is_empty());
     sandbox.shutdown().await.unwrap();
 }
 

@@ -338,12 +338,17 @@ async fn a_refused_message_is_never_sent() {
     assert_refused(
         refuse(&mut bob, &id, "  ").await,
         Code::InvalidArgument,
-        &["reason", "missing"],
+        &["reason", "empty"],
     );
     assert_refused(
-        refuse(&mut bob, &id, &"x".repeat(1_001)).await,
+        refuse(&mut bob, &id, &"x".repeat(501)).await,
         Code::InvalidArgument,
-        &["reason", "1000"],
+        &["reason", "501 bytes is over the limit of 500 bytes"],
+    );
+    assert_refused(
+        refuse(&mut bob, &id, "two\nlines").await,
+        Code::InvalidArgument,
+        &["reason", "U+000A (line feed)"],
     );
     let refused = refuse(&mut bob, &id, "source not yet vetted")
         .await

@@ -323,6 +323,10 @@ async fn an_officer_retracts_and_the_recipients_inbox_erases_the_content() {
     assert_eq!(summary.withdrawn, "retracted");
     assert_eq!(summary.withdrawn_reason, "superseded by a corrected alert");
     assert!(shown.body.is_none(), "the content is erased");
+    assert_eq!(
+        summary.title, "(withdrawn: retracted)",
+        "the title is content too"
+    );
     assert_eq!(shown.labels.unwrap().message_id, id, "the labels stay");
     // The listing marks it; it is listed once.
     let listed = bob
@@ -504,6 +508,7 @@ async fn an_expired_message_leaves_the_recipients_inbox() {
         .await
         .unwrap();
     assert!(gone.body.is_none());
+    assert_eq!(gone.summary.as_ref().unwrap().title, "(withdrawn: expired)");
     assert!(liaison_types::now_ms() >= gone.labels.unwrap().expires_at_ms);
     sandbox.shutdown().await.unwrap();
 }
@@ -545,10 +550,8 @@ async fn a_recipients_node_erases_content_when_the_retention_period_ends() {
     .await
     .unwrap();
     assert!(gone.body.is_none());
-    assert!(gone
-        .summary
-        .unwrap()
-        .withdrawn_reason
-        .contains("retention period"));
+    let summary = gone.summary.unwrap();
+    assert_eq!(summary.title, "(withdrawn: retention)");
+    assert!(summary.withdrawn_reason.contains("retention period"));
     sandbox.shutdown().await.unwrap();
 }

@@ -168,14 +168,24 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Writes one line to standard output.
+/// Writes one line to standard output. Whatever it holds, no control
+/// character but a newline or a tab reaches the terminal (see
+/// [`liaison_types::text`]); fields that must stay on one line are escaped
+/// further with [`one_line`] where they are formatted.
 pub fn write_line(line: std::fmt::Arguments<'_>) -> Result<()> {
     use std::io::Write;
+    let text = line.to_string();
     let mut out = std::io::stdout().lock();
-    match writeln!(out, "{line}") {
+    match writeln!(out, "{}", liaison_types::text::escape_text(&text)) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::quiet().into()),
         other => Ok(other?),
     }
+}
+
+/// A field shown inside one line of a listing (a title, a reason): line
+/// breaks and other control characters are shown as escapes.
+pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    liaison_types::text::escape_line(s)
 }
 
 /// Runs a parsed command line.
@@ -224,7 +234,8 @@ pub fn main_entry() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Failure>().is_some_and(Failure::is_quiet) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            eprintln!("error: {}", liaison_types::text::escape_text(&message));
             exit::code_of(&e)
         }
     }

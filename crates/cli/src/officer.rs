@@ -283,7 +283,7 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                     e.status,
                     kind_name(e.kind),
                     class_name(e.classification),
-                    e.title
+                    crate::one_line(&e.title)
                 );
                 match e.status.as_str() {
                     "awaiting_approval" => say!(
@@ -370,8 +370,8 @@ pub async fn inbox(args: InboxArgs, out: Output) -> Result<()> {
                     s.origin,
                     kind_name(s.kind),
                     priority_name(s.priority),
-                    s.marking,
-                    s.title
+                    crate::one_line(&s.marking),
+                    crate::one_line(&s.title)
                 );
             }
             if resp.entries.is_empty() {

@@ -30,7 +30,7 @@ use admin::{reload_on_signal, AdminService, PolicyReloader, TlsReload};
 pub use admin::{RULE_RELOAD, RULE_RELOAD_REFUSED, SIGNAL_ACTOR};
 pub use config::HubConfig;
 pub use error::HubError;
-use liaison_pki::{authorize, server_config_with_crls, tls_incoming, Crls, TlsMaterial};
+use liaison_pki::{authorize, server_config_with_crls, tls_incoming_with, Crls, TlsMaterial};
 use liaison_policy::Governance;
 use liaison_proto::v1::{
     admin_server::AdminServer, audit_server::AuditServer, federation_server::FederationServer,
@@ -109,12 +109,9 @@ pub async fn run_with_reload(
     let on_signal = tokio::spawn(reload_on_signal(Arc::clone(&reloader), reloads, stop_rx));
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, policy_version = %state.governance().version(), "hub listening");
-    let incoming = tls_incoming(
-        listener,
-        tls_rx,
-        limits.handshake_timeout(),
-        limits.max_connection_age(),
-    );
+    let mut accept = limits.accept_options(&federation);
+    accept.failures = state.handshake_failures().clone();
+    let incoming = tls_incoming_with(listener, tls_rx, accept);
     let served = limits
         .server()
         .add_service(InterceptedService::new(

@@ -59,6 +59,8 @@ pub struct HubState {
     /// Woken when a submission adds to the schedule (an embargo or an
     /// erasure).
     embargo_changed: tokio::sync::Notify,
+    /// Failed TLS handshakes on the hub's listener, by reason.
+    handshake_failures: liaison_pki::HandshakeFailures,
 }
 
 impl HubState {
@@ -86,7 +88,13 @@ impl HubState {
             stopping,
             tasks: TaskTracker::new(),
             embargo_changed: tokio::sync::Notify::new(),
+            handshake_failures: liaison_pki::HandshakeFailures::default(),
         })
+    }
+
+    /// Failed TLS handshakes on the hub's listener, by reason.
+    pub fn handshake_failures(&self) -> &liaison_pki::HandshakeFailures {
+        &self.handshake_failures
     }
 
     /// The governance in force.
@@ -169,14 +177,8 @@ impl HubState {
                 .into())
             }
         };
-        let reason = reason.trim();
-        if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                "reason",
-                "give the reason in 1 to 500 printable characters",
-            )
-            .into());
-        }
+        let reason = reason_field(reason, true)?;
+        let reason = reason.as_str();
         let mut overrides = self
             .state_overrides
             .lock()
@@ -556,27 +558,8 @@ impl HubState {
         req: pb::RetractRequest,
     ) -> Result<pb::RetractResponse, HubError> {
         self.known_caller(caller)?;
-        let message_id = normalise_message_id(&req.message_id).ok_or_else(|| {
-            ValidationError::new(
-                "message_id",
-                format!(
-                    "'{}' is not a UUID",
-                    req.message_id
-                        .chars()
-                        .take(40)
-                        .collect::<String>()
-                        .escape_debug()
-                ),
-            )
-        })?;
-        let reason = req.reason.trim().to_owned();
-        if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                "reason",
-                "give the reason in 1 to 500 printable characters (no body content)",
-            )
-            .into());
-        }
+        let message_id = uuid_field("message_id", &req.message_id)?;
+        let reason = reason_field(&req.reason, true)?;
         let outcome = store::retract(
             &self.db,
             caller.body.clone(),
@@ -1154,31 +1137,13 @@ impl HubState {
 
 /// A UUID request field in its stored form.
 fn uuid_field(field: &'static str, value: &str) -> Result<String, HubError> {
-    normalise_message_id(value).ok_or_else(|| {
-        ValidationError::new(
-            field,
-            format!(
-                "'{}' is not a UUID",
-                value.chars().take(40).collect::<String>().escape_debug()
-            ),
-        )
-        .into()
-    })
+    Ok(liaison_types::uuid_field(field, value)?)
 }
 
-/// A reason for the audit log: 1 to 500 printable characters, or empty if
-/// not `required`.
+/// A reason for the audit log: one line of 1 to 500 characters, or empty
+/// if not `required`.
 fn reason_field(value: &str, required: bool) -> Result<String, HubError> {
-    let reason = value.trim().to_owned();
-    if (required && reason.is_empty()) || reason.len() > 500 || reason.chars().any(char::is_control)
-    {
-        return Err(ValidationError::new(
-            "reason",
-            "give the reason in 1 to 500 printable characters (no body content)",
-        )
-        .into());
-    }
-    Ok(reason)
+    Ok(liaison_types::text::reason("reason", value, required)?)
 }
 
 /// The `Federation` service.

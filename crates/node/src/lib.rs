@@ -34,7 +34,7 @@ use std::sync::Arc;
 pub use config::{NodeConfig, Release, Retry};
 pub use error::NodeError;
 use liaison_pki::{
-    authorize, lazy_channel, server_config_with_crls, tls_incoming, Crls, TlsMaterial,
+    authorize, lazy_channel, server_config_with_crls, tls_incoming_with, Crls, TlsMaterial,
 };
 use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
 use liaison_store::Db;
@@ -99,6 +99,7 @@ pub async fn run_with_reload(
         outbox_ready: Notify::new(),
         inbox_changed: Notify::new(),
         release: config.release.clone(),
+        handshake_failures: liaison_pki::HandshakeFailures::default(),
     });
     let release = &state.release;
     if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {
@@ -140,12 +141,9 @@ pub async fn run_with_reload(
     let officer = OfficerServer::new(OfficerService(Arc::clone(&state)))
         .max_decoding_message_size(limits.max_request_bytes);
     tracing::info!(body = %state.body, addr = ?listener.local_addr().ok(), hub = %config.hub, "node listening");
-    let incoming = tls_incoming(
-        listener,
-        tls_rx,
-        limits.handshake_timeout(),
-        limits.max_connection_age(),
-    );
+    let mut accept = limits.accept_options(&federation);
+    accept.failures = state.handshake_failures.clone();
+    let incoming = tls_incoming_with(listener, tls_rx, accept);
     let served = limits
         .server()
         .add_service(InterceptedService::new(

@@ -18,9 +18,6 @@ use crate::config::Release;
 use crate::store::{self, Decider, OutboxRecord, OutboxStatus, Queued};
 use crate::NodeError;
 
-/// Longest refusal reason, in characters.
-const MAX_REASON_CHARS: usize = 1_000;
-
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
 
@@ -39,6 +36,8 @@ pub struct NodeState {
     pub inbox_changed: Notify,
     /// Four-eyes release rules.
     pub release: Release,
+    /// Failed TLS handshakes on the officer listener, by reason.
+    pub handshake_failures: liaison_pki::HandshakeFailures,
 }
 
 impl NodeState {
@@ -188,7 +187,7 @@ impl NodeState {
         caller: &Identity,
         req: pb::ApproveRequest,
     ) -> Result<pb::ApproveResponse, NodeError> {
-        let id = canonical_id(req.message_id);
+        let id = id_field("message_id", &req.message_id)?;
         self.may_decide(caller, &id, "approval")?;
         let decider = Decider {
             uri: caller.uri(),
@@ -213,23 +212,8 @@ impl NodeState {
         caller: &Identity,
         req: pb::RefuseRequest,
     ) -> Result<pb::RefuseResponse, NodeError> {
-        let id = canonical_id(req.message_id);
-        let reason = req.reason.trim().to_owned();
-        if reason.is_empty() {
-            return Err(NodeError::BadRequest {
-                field: "reason",
-                problem:
-                    "missing; say why the message is refused, for the submitter and the record"
-                        .into(),
-            });
-        }
-        let chars = reason.chars().count();
-        if chars > MAX_REASON_CHARS {
-            return Err(NodeError::BadRequest {
-                field: "reason",
-                problem: format!("{chars} characters is too long; keep it to {MAX_REASON_CHARS}"),
-            });
-        }
+        let id = id_field("message_id", &req.message_id)?;
+        let reason = reason_field(&req.reason, true)?;
         self.may_decide(caller, &id, "refusal")?;
         let decider = Decider {
             uri: caller.uri(),
@@ -256,7 +240,7 @@ impl NodeState {
         self.own_officer(caller)?;
         let one = !req.message_id.is_empty();
         let items = if one {
-            let id = canonical_id(req.message_id);
+            let id = id_field("message_id", &req.message_id)?;
             match store::outbox_message(&self.db, &id)? {
                 Some((rec, env)) if rec.status == OutboxStatus::AwaitingApproval => {
                     vec![(rec, env)]
@@ -307,18 +291,12 @@ impl NodeState {
         req: pb::OfficerForwardRequest,
     ) -> Result<pb::ForwardRequestResponse, NodeError> {
         self.own_officer(caller)?;
-        let reason = req.reason.trim().to_owned();
-        if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
-            return Err(ValidationError::new(
-                "reason",
-                "give the reason in 1 to 500 printable characters (no sensitive detail)",
-            )
-            .into());
-        }
+        let message_id = id_field("message_id", &req.message_id)?;
+        let reason = reason_field(&req.reason, true)?;
         let mut hub = self.hub.clone();
         let resp = hub
             .request_forward(pb::ForwardRequest {
-                message_id: canonical_id(req.message_id),
+                message_id,
                 to: req.to.trim().to_owned(),
                 reason,
                 requested_by: caller.uri(),
@@ -375,18 +353,9 @@ impl NodeState {
         req: pb::OfficerDecideForwardRequest,
     ) -> Result<pb::OfficerDecideForwardResponse, NodeError> {
         self.own_officer(caller)?;
-        let id = canonical_id(req.request_id);
-        let reason = req.reason.trim().to_owned();
-        if (!req.approve && reason.is_empty())
-            || reason.len() > 500
-            || reason.chars().any(char::is_control)
-        {
-            return Err(NodeError::BadRequest {
-                field: "reason",
-                problem: "give the reason in 1 to 500 printable characters (required to refuse)"
-                    .into(),
-            });
-        }
+        let id = id_field("request_id", &req.request_id)?;
+        // A reason is required to refuse.
+        let reason = reason_field(&req.reason, !req.approve)?;
         let decider = Decider {
             uri: caller.uri(),
             now_ms: now_ms(),
@@ -451,10 +420,16 @@ fn summary(rec: &store::InboxRecord, env: &pb::Envelope) -> pb::InboxSummary {
     }
 }
 
-/// A message id in its stored form when it is a UUID in any spelling;
-/// anything else is looked up as given (and not found).
-fn canonical_id(id: String) -> String {
-    liaison_types::normalise_message_id(&id).unwrap_or(id)
+/// A UUID request field in its stored form; anything else is
+/// `INVALID_ARGUMENT` naming the field, as at the hub.
+fn id_field(field: &str, value: &str) -> Result<String, NodeError> {
+    Ok(liaison_types::uuid_field(field, value)?)
+}
+
+/// A reason given by an officer: one line of 1 to 500 characters, required
+/// or not.
+fn reason_field(value: &str, required: bool) -> Result<String, NodeError> {
+    Ok(liaison_types::text::reason("reason", value, required)?)
 }
 
 fn kind_proto(name: &str) -> i32 {
@@ -545,7 +520,7 @@ impl pb::officer_server::Officer for OfficerService {
     ) -> Result<Response<pb::InboxMessage>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         self.0.own_officer(&caller)?;
-        let id = canonical_id(req.into_inner().message_id);
+        let id = id_field("message_id", &req.into_inner().message_id)?;
         let (rec, env) = store::inbox_message(&self.0.db, &id)
             .map_err(NodeError::from)?
             .ok_or_else(|| NodeError::NotFound(id.clone()))?;
@@ -573,15 +548,8 @@ impl pb::officer_server::Officer for OfficerService {
         let caller = caller_from_extensions(&req)?.clone();
         self.0.own_officer(&caller)?;
         let r = req.into_inner();
-        let id = canonical_id(r.message_id);
-        let reason = r.reason.trim().to_owned();
-        if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
-            return Err(NodeError::from(ValidationError::new(
-                "reason",
-                "give the reason in 1 to 500 printable characters (no sensitive detail)",
-            ))
-            .into());
-        }
+        let id = id_field("message_id", &r.message_id)?;
+        let reason = reason_field(&r.reason, true)?;
         let status =
             store::request_retraction(&self.0.db, id.clone(), reason, caller.uri()).await?;
         if status == "retraction_queued" {
@@ -599,7 +567,7 @@ impl pb::officer_server::Officer for OfficerService {
     ) -> Result<Response<pb::OfficerAcknowledgeResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         self.0.own_officer(&caller)?;
-        let id = canonical_id(req.into_inner().message_id);
+        let id = id_field("message_id", &req.into_inner().message_id)?;
         let rec = store::mark_read(&self.0.db, id, caller.uri(), now_ms()).await?;
         Ok(Response::new(pb::OfficerAcknowledgeResponse {
             read_by: rec.read_by,

@@ -669,6 +669,15 @@ pub async fn expire_inbox(db: &Db, now_ms: i64) -> Result<usize, NodeError> {
 /// Withdraws an inbox message: its content is erased, its labels and the
 /// reason stay. A message withdrawn before it reached this node leaves a
 /// tombstone with what is known of it. Withdrawing twice changes nothing.
+/// The title an inbox shows for a withdrawn message in place of its own.
+fn withdrawn_title(note: &WithdrawalNote, delivered: bool) -> String {
+    if delivered {
+        format!("(withdrawn: {})", note.cause)
+    } else {
+        format!("(withdrawn before delivery: {})", note.cause)
+    }
+}
+
 fn withdraw(
     txn: &mut liaison_store::Txn<'_>,
     seq: u64,
@@ -697,6 +706,9 @@ fn withdraw(
                 }
                 .encode_to_vec(),
             );
+            // The title is content too: only the labels and the tombstone
+            // stay.
+            rec.title = withdrawn_title(&note, true);
             rec.withdrawn = Some(note);
             txn.put(key, json(&rec));
         }
@@ -706,7 +718,7 @@ fn withdraw(
                 hub_seq: seq,
                 received_at_ms: note.at_ms,
                 marking,
-                title: format!("(withdrawn before delivery: {})", note.cause),
+                title: withdrawn_title(&note, false),
                 read_by: String::new(),
                 read_at_ms: 0,
                 withdrawn: Some(note),

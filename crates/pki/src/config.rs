@@ -133,11 +133,9 @@ impl TlsMaterial {
 
 /// The rustls server configuration of a Liaison server.
 ///
-/// TLS 1.3 only, ALPN `h2`. A client certificate is optional at the TLS
-/// level on purpose: a client without one completes the handshake and the
-/// gRPC layer answers `UNAUTHENTICATED` with a message that says what to do
-/// (see [`crate::caller`]). A client certificate that does not chain to the
-/// CA fails the handshake.
+/// TLS 1.3 only, ALPN `h2`. A client certificate is required: a client
+/// without one, or with one that does not chain to the CA, fails the
+/// handshake (a server never runs a request of an unauthenticated peer).
 pub fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, PkiError> {
     server_config_with_crls(m, None)
 }
@@ -155,8 +153,7 @@ pub fn server_config_with_crls(
     crls: Option<&Crls>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
-    let mut builder = WebPkiClientVerifier::builder_with_provider(m.roots()?, provider.clone())
-        .allow_unauthenticated();
+    let mut builder = WebPkiClientVerifier::builder_with_provider(m.roots()?, provider.clone());
     if let Some(crls) = crls {
         builder = builder
             .with_crls(crls.ders.iter().cloned())

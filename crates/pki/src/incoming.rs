@@ -12,6 +12,16 @@
 //! `tonic::Request::peer_certs` reads, so handlers and interceptors see the
 //! client's verified certificate (see [`crate::caller`]).
 //!
+//! Every listener refuses at the handshake a client that presents no
+//! certificate, one that does not chain to the federation CA and one that a
+//! CRL in force revokes. A certificate that chains but names no valid
+//! identity of the federation is noted right after the handshake and refused
+//! on every call by [`crate::authorize`], whose `UNAUTHENTICATED` answer says
+//! what is wrong with it. Each failure is counted by reason in [`HandshakeFailures`]
+//! (ready for a metrics endpoint) and logged with the peer address and the
+//! reason, at most [`LOGS_PER_SECOND`] lines a second per listener, so a
+//! flood of bad handshakes cannot flood the log.
+//!
 //! Each handshake uses the server configuration current at accept time
 //! ([`ConfigSource`]), so a reloaded configuration (for example a new CRL)
 //! applies to the next connection without a restart; the maximum age makes
@@ -19,10 +29,12 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,6 +51,176 @@ use tokio_stream::Stream;
 
 /// How many established connections may wait for the server to pick them up.
 const BACKLOG: usize = 64;
+
+/// Most handshake-failure log lines per second and listener; the rest are
+/// counted and reported in the next line written.
+pub const LOGS_PER_SECOND: u32 = 10;
+
+/// Why a TLS handshake (or the identity check right after it) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeFailure {
+    /// The client presented no certificate.
+    NoCertificate,
+    /// The client's certificate does not chain to the federation CA.
+    UnknownCa,
+    /// A CRL in force revokes the client's certificate.
+    Revoked,
+    /// The certificate is expired or not yet valid.
+    Expired,
+    /// The certificate names no valid identity of this federation (no or
+    /// several URI SANs, a malformed URI, another federation).
+    BadIdentity,
+    /// The client did not finish the handshake in time.
+    Timeout,
+    /// Anything else: a protocol error, an unsupported version, a reset.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in a fixed order (for metrics).
+    pub const ALL: [HandshakeFailure; 7] = [
+        Self::NoCertificate,
+        Self::UnknownCa,
+        Self::Revoked,
+        Self::Expired,
+        Self::BadIdentity,
+        Self::Timeout,
+        Self::Other,
+    ];
+
+    /// A stable lowercase name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownCa => "unknown_ca",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::BadIdentity => "bad_identity",
+            Self::Timeout => "timeout",
+            Self::Other => "other",
+        }
+    }
+
+    /// The reason of a failed rustls handshake.
+    fn of(error: &io::Error) -> Self {
+        use rustls::{CertificateError, Error};
+        let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+            return Self::Other;
+        };
+        match tls {
+            Error::NoCertificatesPresented => Self::NoCertificate,
+            Error::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => Self::UnknownCa,
+                CertificateError::Revoked => Self::Revoked,
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => Self::Expired,
+                _ => Self::Other,
+            },
+            _ => Self::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Failed handshakes of one listener, counted by reason; cheap to clone
+/// (clones share the counts).
+#[derive(Debug, Clone, Default)]
+pub struct HandshakeFailures {
+    counts: Arc<[AtomicU64; 7]>,
+    log: Arc<Mutex<LogBudget>>,
+}
+
+#[derive(Debug, Default)]
+struct LogBudget {
+    window: Option<Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+impl HandshakeFailures {
+    /// How many handshakes failed for `reason` so far.
+    pub fn count(&self, reason: HandshakeFailure) -> u64 {
+        self.counts[Self::index(reason)].load(Ordering::Relaxed)
+    }
+
+    /// Every reason with its count.
+    pub fn snapshot(&self) -> Vec<(HandshakeFailure, u64)> {
+        HandshakeFailure::ALL
+            .iter()
+            .map(|r| (*r, self.count(*r)))
+            .collect()
+    }
+
+    fn index(reason: HandshakeFailure) -> usize {
+        HandshakeFailure::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(HandshakeFailure::ALL.len() - 1)
+    }
+
+    /// Counts a failure and logs it, within the log budget.
+    fn record(&self, peer: SocketAddr, reason: HandshakeFailure, detail: &str) {
+        self.counts[Self::index(reason)].fetch_add(1, Ordering::Relaxed);
+        let suppressed = {
+            let mut budget = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if budget
+                .window
+                .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
+            {
+                budget.window = Some(now);
+                budget.written = 0;
+            }
+            if budget.written >= LOGS_PER_SECOND {
+                budget.suppressed += 1;
+                return;
+            }
+            budget.written += 1;
+            std::mem::take(&mut budget.suppressed)
+        };
+        let detail = detail.escape_debug().to_string();
+        if suppressed > 0 {
+            tracing::warn!(%peer, reason = %reason, error = %detail, suppressed, "tls handshake refused (and {suppressed} more not logged)");
+        } else {
+            tracing::warn!(%peer, reason = %reason, error = %detail, "tls handshake refused");
+        }
+    }
+}
+
+/// How a listener accepts connections: see [`tls_incoming_with`].
+#[derive(Debug, Clone)]
+pub struct AcceptOptions {
+    /// A handshake not finished within this is dropped.
+    pub handshake_timeout: Duration,
+    /// Established connections end once older than this (never when `None`).
+    pub max_age: Option<Duration>,
+    /// When set, a client certificate that names no valid identity of this
+    /// federation is counted and logged as a failure (its calls are refused
+    /// by the interceptor).
+    pub federation: Option<String>,
+    /// Where failures are counted.
+    pub failures: HandshakeFailures,
+}
+
+impl AcceptOptions {
+    /// Options with a handshake timeout, no maximum age, no identity check
+    /// and fresh counters.
+    pub fn new(handshake_timeout: Duration) -> Self {
+        Self {
+            handshake_timeout,
+            max_age: None,
+            federation: None,
+            failures: HandshakeFailures::default(),
+        }
+    }
+}
 
 /// Where the accept loop gets the server configuration for each new
 /// connection: a fixed one, or the latest value of a watch channel (send a
@@ -173,15 +355,42 @@ pub fn tls_incoming(
     handshake_timeout: Duration,
     max_age: Option<Duration>,
 ) -> impl Stream<Item = Result<ServerTlsStream, io::Error>> + Send + 'static {
+    let mut options = AcceptOptions::new(handshake_timeout);
+    options.max_age = max_age;
+    tls_incoming_with(listener, config, options)
+}
+
+/// [`tls_incoming`] with every option: a federation whose identity each
+/// client certificate must name, and the counters of failed handshakes.
+pub fn tls_incoming_with(
+    listener: TcpListener,
+    config: impl Into<ConfigSource>,
+    options: AcceptOptions,
+) -> impl Stream<Item = Result<ServerTlsStream, io::Error>> + Send + 'static {
     let (tx, rx) = mpsc::channel(BACKLOG);
-    tokio::spawn(accept_loop(
-        listener,
-        config.into(),
-        handshake_timeout,
-        max_age,
-        tx,
-    ));
+    tokio::spawn(accept_loop(listener, config.into(), options, tx));
     ReceiverStream::new(rx)
+}
+
+/// Checks the identity of an established connection's client certificate.
+fn check_identity(
+    stream: &TlsStream<TcpStream>,
+    federation: &str,
+) -> Result<(), (HandshakeFailure, String)> {
+    let Some(leaf) = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    else {
+        return Err((
+            HandshakeFailure::NoCertificate,
+            "no client certificate".into(),
+        ));
+    };
+    crate::identity_from_der(leaf, federation)
+        .map(|_| ())
+        .map_err(|e| (HandshakeFailure::BadIdentity, e.to_string()))
 }
 
 type Established = Result<ServerTlsStream, io::Error>;
@@ -189,10 +398,10 @@ type Established = Result<ServerTlsStream, io::Error>;
 async fn accept_loop(
     listener: TcpListener,
     config: ConfigSource,
-    handshake_timeout: Duration,
-    max_age: Option<Duration>,
+    options: AcceptOptions,
     tx: mpsc::Sender<Established>,
 ) {
+    let options = Arc::new(options);
     let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
@@ -214,18 +423,38 @@ async fn accept_loop(
         }
         let acceptor = TlsAcceptor::from(config.current());
         let tx = tx.clone();
+        let options = Arc::clone(&options);
         tokio::spawn(async move {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let failures = &options.failures;
+            match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
+                    if let Some(federation) = &options.federation {
+                        // Counted and logged here, refused per call by the
+                        // interceptor, whose UNAUTHENTICATED answer tells the
+                        // client what is wrong with its certificate (a TLS
+                        // alert could not).
+                        if let Err((reason, detail)) = check_identity(&stream, federation) {
+                            failures.record(peer, reason, &detail);
+                        }
+                    }
                     // The receiver is gone only when the server shut down.
-                    let _ = tx.send(Ok(ServerTlsStream::new(stream, max_age))).await;
+                    let _ = tx
+                        .send(Ok(ServerTlsStream::new(stream, options.max_age)))
+                        .await;
                 }
-                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "tls handshake failed"),
-                Err(_) => {
-                    tracing::debug!(%peer, timeout = ?handshake_timeout, "tls handshake timed out")
-                }
+                Ok(Err(e)) => failures.record(peer, HandshakeFailure::of(&e), &e.to_string()),
+                Err(_) => failures.record(
+                    peer,
+                    HandshakeFailure::Timeout,
+                    &format!(
+                        "no handshake within {} ms",
+                        options.handshake_timeout.as_millis()
+                    ),
+                ),
             }
         });
     }
-    tracing::debug!(addr = ?local, "tls accept loop stopped");
+    if let Some(addr) = local {
+        tracing::debug!(%addr, "tls accept loop stopped");
+    }
 }

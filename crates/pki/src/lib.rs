@@ -34,6 +34,9 @@ pub use config::{
 pub use dev::{ensure_dev_pki, generate_dev_pki, DevPkiSpec, CA_CERT_FILE, CA_KEY_FILE};
 pub use error::PkiError;
 pub use identity::{authorize, caller, caller_from_extensions, identity_from_der};
-pub use incoming::{tls_incoming, ConfigSource, ServerTlsStream};
+pub use incoming::{
+    tls_incoming, tls_incoming_with, AcceptOptions, ConfigSource, HandshakeFailure,
+    HandshakeFailures, ServerTlsStream, LOGS_PER_SECOND,
+};
 pub use rustls::ServerConfig;
-pub use server::ServerLimits;
+pub use server::{oversize_status, Oversize, OversizeLayer, ServerLimits};

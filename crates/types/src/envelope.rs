@@ -6,6 +6,7 @@ use liaison_proto::v1 as pb;
 use prost::Message;
 
 use crate::label::require;
+use crate::text::{check_line, check_text};
 use crate::{
     BodyId, Classification, CrimeArea, Grading, HandlingCode, Kind, Priority, Tlp, ValidationError,
 };
@@ -135,7 +136,7 @@ pub struct TypedBody(pub pb::Body);
 impl TypedBody {
     /// Validates a body against its labels.
     pub fn validate(body: pb::Body, labels: &Labels) -> Result<Self, ValidationError> {
-        check_text("body.title", &body.title, 1, MAX_SHORT)?;
+        check_line("body.title", &body.title, 1, MAX_SHORT)?;
         let Some(content) = &body.content else {
             return Err(ValidationError::new(
                 "body.content",
@@ -151,7 +152,7 @@ impl TypedBody {
                     0,
                     MAX_TEXT,
                 )?;
-                check_text("body.threat_assessment.horizon", &t.horizon, 0, MAX_SHORT)?;
+                check_line("body.threat_assessment.horizon", &t.horizon, 0, MAX_SHORT)?;
                 Kind::ThreatAssessment
             }
             pb::body::Content::OperationalPlan(p) => {
@@ -162,7 +163,7 @@ impl TypedBody {
                 check_text("body.alert.text", &a.text, 1, MAX_TEXT)?;
                 check_list("body.alert.indicators", &a.indicators)?;
                 for (i, ind) in a.indicators.iter().enumerate() {
-                    check_text(&format!("body.alert.indicators[{i}]"), ind, 1, MAX_SHORT)?;
+                    check_line(&format!("body.alert.indicators[{i}]"), ind, 1, MAX_SHORT)?;
                 }
                 Kind::Alert
             }
@@ -248,7 +249,7 @@ fn validate_plan(p: &pb::OperationalPlan, labels: &Labels) -> Result<(), Validat
     }
     check_list("body.operational_plan.target_ids", &p.target_ids)?;
     for (i, t) in p.target_ids.iter().enumerate() {
-        check_text(
+        check_line(
             &format!("body.operational_plan.target_ids[{i}]"),
             t,
             1,
@@ -283,7 +284,7 @@ impl TryFrom<pb::Labels> for Labels {
         let marking = if l.marking.is_empty() {
             None
         } else {
-            check_text("labels.marking", &l.marking, 1, 80)?;
+            check_line("labels.marking", &l.marking, 1, 80)?;
             Some(l.marking)
         };
         if l.crime_areas.is_empty() {
@@ -396,7 +397,7 @@ impl TryFrom<pb::Labels> for Labels {
                 ))
             }
             (Some(HandlingCode::H3), false) => {
-                check_text(
+                check_line(
                     "labels.handling_restriction",
                     &l.handling_restriction,
                     1,
@@ -550,16 +551,29 @@ pub fn normalise_message_id(id: &str) -> Option<String> {
         .map(|u| u.hyphenated().to_string())
 }
 
-fn check_message_id(id: &str) -> Result<String, ValidationError> {
-    normalise_message_id(id).ok_or_else(|| {
+/// A UUID field of a request or a message (a message id, a request id) in
+/// its stored form; `field` names it in the error, which is the same
+/// wherever the field arrives.
+pub fn uuid_field(field: &str, value: &str) -> Result<String, ValidationError> {
+    if value.trim().is_empty() {
+        return Err(ValidationError::new(
+            field,
+            "empty; give a UUID (for example 1b4e28ba-2fa1-11d2-883f-0016d3cca427)",
+        ));
+    }
+    normalise_message_id(value).ok_or_else(|| {
         ValidationError::new(
-            "labels.message_id",
+            field,
             format!(
                 "'{}' is not a UUID (for example 1b4e28ba-2fa1-11d2-883f-0016d3cca427)",
-                truncate(id)
+                truncate(value)
             ),
         )
     })
+}
+
+fn check_message_id(id: &str) -> Result<String, ValidationError> {
+    uuid_field("labels.message_id", id)
 }
 
 fn body_set(field: &str, ids: &[String]) -> Result<BTreeSet<BodyId>, ValidationError> {
@@ -597,25 +611,6 @@ fn check_region(field: &str, r: &str) -> Result<(), ValidationError> {
             ),
         ))
     }
-}
-
-fn check_text(field: &str, s: &str, min: usize, max: usize) -> Result<(), ValidationError> {
-    if s.trim().len() < min {
-        return Err(ValidationError::new(field, "empty; this field is required"));
-    }
-    if s.len() > max {
-        return Err(ValidationError::new(
-            field,
-            format!("{} bytes is over the limit of {max} bytes", s.len()),
-        ));
-    }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ValidationError::new(
-            field,
-            "contains control characters; use plain text",
-        ));
-    }
-    Ok(())
 }
 
 fn truncate(s: &str) -> String {

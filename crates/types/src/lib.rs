@@ -9,10 +9,11 @@ pub mod audit;
 mod envelope;
 mod identity;
 mod label;
+pub mod text;
 mod time;
 
 pub use envelope::{
-    normalise_message_id, DecisionRecord, Envelope, Labels, TypedBody, MAX_BODY_BYTES,
+    normalise_message_id, uuid_field, DecisionRecord, Envelope, Labels, TypedBody, MAX_BODY_BYTES,
 };
 pub use identity::{Identity, IdentityError, Role};
 pub use label::{

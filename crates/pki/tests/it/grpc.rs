@@ -142,7 +142,7 @@ async fn another_role_is_denied_with_a_clear_message() -> TestResult {
 }
 
 #[tokio::test]
-async fn a_client_without_certificate_is_unauthenticated() -> TestResult {
+async fn a_client_without_certificate_is_refused_at_the_handshake() -> TestResult {
     let ca = ca();
     let hub = material(&ca, &identity("liaison", Role::Hub, "hub"));
     let (addr, _stop) = serve(&hub, &[Role::Node]).await;
@@ -151,16 +151,20 @@ async fn a_client_without_certificate_is_unauthenticated() -> TestResult {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca.cert_pem()))
         .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{addr}"))?
+    // The client's side of a TLS 1.3 handshake may complete before the
+    // server's verdict arrives: the refusal shows either when connecting or
+    // on the first call, and no call ever reaches the service.
+    let connected = Channel::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         .connect()
-        .await?;
-    let status = who_am_i(channel).await.expect_err("no certificate");
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert_eq!(
-        status.message(),
-        "no client certificate presented; connect with a certificate issued by the federation CA"
-    );
+        .await;
+    if let Ok(channel) = connected {
+        let status = who_am_i(channel).await.expect_err("no certificate");
+        assert!(
+            format!("{status:?}").contains("CertificateRequired"),
+            "the tls alert says why: {status:?}"
+        );
+    }
     Ok(())
 }
 

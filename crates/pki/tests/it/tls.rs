@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use liaison_pki::{caller, client_config, identity_from_der};
+use liaison_pki::{
+    caller, client_config, identity_from_der, tls_incoming_with, AcceptOptions, HandshakeFailure,
+};
 use liaison_types::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -112,27 +114,112 @@ async fn a_client_of_another_ca_fails_the_handshake() -> TestResult {
     Ok(())
 }
 
+/// Connects with `config` and reads once: in TLS 1.3 the client finishes
+/// its side first, so a refusal arrives as an alert on the first read.
+async fn refused_read(
+    addr: std::net::SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Error {
+    let outcome = tokio::time::timeout(DEADLINE, async {
+        let mut stream = tls_connect(addr, config).await?;
+        let mut buf = [0; 1];
+        stream.read(&mut buf).await
+    })
+    .await
+    .expect("the server answers within the deadline");
+    outcome.expect_err("the server refuses the connection")
+}
+
 #[tokio::test]
-async fn a_client_without_certificate_is_established_but_unauthenticated() -> TestResult {
+async fn a_client_without_certificate_fails_the_handshake_and_is_counted() -> TestResult {
     let ca = ca();
     let hub = material(&ca, &identity("liaison", Role::Hub, "hub"));
-    let (addr, mut incoming) = tls_server(&hub, LONG).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let options = AcceptOptions::new(LONG);
+    let failures = options.failures.clone();
+    let mut incoming: crate::support::Incoming = Box::pin(tls_incoming_with(
+        listener,
+        liaison_pki::server_config(&hub)?,
+        options,
+    ));
 
+    let err = refused_read(addr, anonymous_client_config(&ca.cert_pem())).await;
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    crate::support::wait_until("the failure to be counted", || async {
+        (failures.count(HandshakeFailure::NoCertificate) == 1).then_some(())
+    })
+    .await;
+
+    // A client of another CA is counted under its own reason.
+    let rogue_ca = crate::support::ca();
+    let mut rogue = material(&rogue_ca, &identity("europol", Role::Officer, "mallory"));
+    rogue.ca_pem = ca.cert_pem();
+    refused_read(addr, client_config(&rogue)?).await;
+    crate::support::wait_until("the rogue to be counted", || async {
+        (failures.count(HandshakeFailure::UnknownCa) == 1).then_some(())
+    })
+    .await;
+
+    // Neither was handed to the server: the next connection is a good one.
+    let good_id = identity("europol", Role::Officer, "alice");
     let (client, server) = tokio::join!(
-        tls_connect(addr, anonymous_client_config(&ca.cert_pem())),
+        tls_connect(addr, client_config(&material(&ca, &good_id))?),
         next_established(&mut incoming)
     );
     client?;
-    assert!(server.get_ref().1.peer_certificates().is_none());
+    let certs = server.get_ref().1.peer_certificates().expect("certificate");
+    assert_eq!(identity_from_der(&certs[0], FED)?, good_id);
+    Ok(())
+}
 
+#[tokio::test]
+async fn a_certificate_naming_no_identity_of_the_federation_is_counted_as_a_failure() -> TestResult
+{
+    let ca = ca();
+    let hub = material(&ca, &identity("liaison", Role::Hub, "hub"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut options = AcceptOptions::new(LONG);
+    options.federation = Some(FED.to_owned());
+    let failures = options.failures.clone();
+    let mut incoming: crate::support::Incoming = Box::pin(tls_incoming_with(
+        listener,
+        liaison_pki::server_config(&hub)?,
+        options,
+    ));
+
+    // Signed by the right CA, but for another federation: established (its
+    // calls are refused with a message that says why), counted and logged.
+    let foreign = material(
+        &ca,
+        &liaison_types::Identity::new("other-federation", "europol", Role::Officer, "eve")?,
+    );
+    let (client, server) = tokio::join!(
+        tls_connect(addr, client_config(&foreign)?),
+        next_established(&mut incoming)
+    );
+    client?;
     let mut req = tonic::Request::new(());
     req.extensions_mut().insert(server.connect_info());
-    let status = caller(&req, FED).expect_err("no certificate");
+    let status = caller(&req, FED).expect_err("another federation");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
-    assert_eq!(
-        status.message(),
-        "no client certificate presented; connect with a certificate issued by the federation CA"
+    assert!(status.message().contains("other-federation"), "{status:?}");
+    assert_eq!(failures.count(HandshakeFailure::BadIdentity), 1);
+
+    // A good certificate is not counted.
+    let good_id = identity("europol", Role::Officer, "alice");
+    let (client, _server) = tokio::join!(
+        tls_connect(addr, client_config(&material(&ca, &good_id))?),
+        next_established(&mut incoming)
     );
+    client?;
+    assert_eq!(failures.count(HandshakeFailure::BadIdentity), 1);
+    let total: u64 = failures.snapshot().iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 1);
     Ok(())
 }
 
