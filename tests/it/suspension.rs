@@ -259,3 +259,105 @@ async fn an_admin_suspends_a_body_at_once_and_it_stays_suspended_across_a_restar
     );
     sandbox.shutdown().await.unwrap();
 }
+
+/// `A` and `B` of a policy record's `version A -> B`, if it says so.
+fn version_step(reason: &str) -> Option<(String, String)> {
+    let rest = &reason[reason.find("version ")? + "version ".len()..];
+    let (from, rest) = rest.split_once(" -> ")?;
+    let to = rest.split(';').next()?.trim();
+    Some((from.to_owned(), to.to_owned()))
+}
+
+/// Whether alpha's next alert is withheld from `body` by its state.
+fn withheld_by_state(resp: &pb::SubmitResponse, body: &str) -> bool {
+    resp.decisions
+        .iter()
+        .find(|d| d.recipient == body)
+        .is_some_and(|d| d.rule == "peer.state")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_and_state_changes_racing_each_other_lose_nothing() {
+    let sandbox = hub_only().await;
+    let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    const ROUNDS: usize = 6;
+    for round in 0..ROUNDS {
+        // Each round: bravo and charlie change state at once, while the
+        // governance file changes and is reloaded twice.
+        let suspend = round % 2 == 0;
+        let state = if suspend { "suspended" } else { "active" };
+        let file = format!("{GOVERNANCE}\n# round {round}\n");
+        write_governance(&sandbox, &file);
+        let (b, c, r1, r2) = tokio::join!(
+            set_state(&sandbox, "alpha/admin-admin", "bravo", state),
+            set_state(&sandbox, "alpha/admin-admin", "charlie", state),
+            reload(&sandbox),
+            reload(&sandbox),
+        );
+        b.unwrap();
+        c.unwrap();
+        assert!(
+            r1.changed || r2.changed,
+            "round {round}: the new file is loaded"
+        );
+        // Both state changes are in force, and so is the new file: the next
+        // decision shows each.
+        let resp = alpha
+            .submit(pb::SubmitRequest {
+                envelope: Some(envelope(
+                    "alpha",
+                    labels(K::Alert, C::Restricted, &["drugs"]),
+                    &alert(&format!("round {round}")),
+                )),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for body in ["bravo", "charlie"] {
+            assert_eq!(
+                withheld_by_state(&resp, body),
+                suspend,
+                "round {round}: {body} should be {state}: {resp:?}"
+            );
+        }
+        let in_force = admin(&sandbox, "alpha/admin-admin")
+            .await
+            .get_policy(pb::GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        assert_eq!(resp.policy_version, in_force, "round {round}");
+    }
+    // Every change took the version in force when it ran to a new one: the
+    // log's versions form one unbroken chain, and the last is in force.
+    let records = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "policy".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let steps: Vec<(String, String)> = records
+        .iter()
+        .filter_map(|r| version_step(&r.reason))
+        .collect();
+    assert!(steps.len() >= ROUNDS * 3, "{steps:?}");
+    for pair in steps.windows(2) {
+        assert_eq!(
+            pair[0].1, pair[1].0,
+            "a change started from a version that was not in force: {steps:?}"
+        );
+    }
+    for r in &records {
+        if let Some((_, to)) = version_step(&r.reason) {
+            assert_eq!(
+                r.policy_version, to,
+                "each record is stamped with its result"
+            );
+        }
+    }
+    sandbox.shutdown().await.unwrap();
+}

@@ -8,11 +8,14 @@
 //! administer and audit everything). A valid, different file is first
 //! audited (event `policy`, rule `policy.reload`, stamped with the new
 //! version) and only then put in force with
-//! [`HubState::replace_governance`], so every record stamped with the new
+//! `HubState::put_in_force`, so every record stamped with the new
 //! version follows the record of the reload in the log. A refused file is
 //! audited too (rule `policy.reload_refused`, stamped with the version that
-//! stays) and changes nothing else. Reloads are serialised, so two at once
-//! cannot interleave their reads, records and swaps.
+//! stays) and changes nothing else. A reload holds the governance's change
+//! lock (see [`crate::governance`]) from reading the value in force to
+//! putting the new one in force, as an administrator's state change does, so
+//! two reloads, or a reload and a state change, cannot interleave their
+//! reads, records and swaps.
 //!
 //! With a `[tls] crl` file configured, every reload re-reads it too: an
 //! unusable CRL refuses the whole reload (the governance and the CRL in
@@ -165,9 +168,16 @@ impl PolicyReloader {
     /// identical to the one in force changes nothing and writes no record.
     pub async fn reload(&self, actor: &str) -> Result<Reloaded, HubError> {
         let mut status = self.status.lock().await;
+        // Held until the new governance is in force, and shared with state
+        // changes: nothing can change the governance between the read below
+        // and the swap.
+        let change = self.state.governance_change().await;
+        let in_force = change.current();
         // Compare with the file as last loaded: administrators' state
         // overrides stay in force across reloads.
-        let current = self.state.file_governance();
+        let current = Arc::clone(in_force.file());
+        // What decisions are stamped with: the file with the overrides.
+        let effective = Arc::clone(in_force.effective());
         let read = match self.read_candidate(&current).await {
             Ok(g) => match self.tls.as_ref().map(TlsReload::read).transpose() {
                 Ok(tls) => Ok((g, tls)),
@@ -180,7 +190,7 @@ impl PolicyReloader {
         let (candidate, new_tls) = match read {
             Ok(read) => read,
             Err(problem) => {
-                let err = self.refuse(&current, problem, actor).await;
+                let err = self.refuse(&effective, problem, actor).await;
                 if let HubError::PolicyRefused { problem, .. } = &err {
                     status.last_refusal = Some((now_ms(), problem.clone()));
                 }
@@ -209,8 +219,8 @@ impl PolicyReloader {
                 audit_seq = store::audit_policy_change(
                     self.state.db(),
                     RULE_RELOAD,
-                    format!("version {} unchanged; {note}", current.version()),
-                    current.version().to_owned(),
+                    format!("version {} unchanged; {note}", effective.version()),
+                    effective.version().to_owned(),
                     actor.to_owned(),
                     now_ms(),
                 )
@@ -218,20 +228,25 @@ impl PolicyReloader {
                 self.state.audit_durable(audit_seq);
                 tls.put_in_force(&crls, config);
             } else {
-                tracing::info!(actor, version = %current.version(), "governance reload: file unchanged");
+                tracing::info!(actor, version = %effective.version(), "governance reload: file unchanged");
             }
             return Ok(Reloaded {
-                previous_version: current.version().to_owned(),
-                version: current.version().to_owned(),
+                previous_version: effective.version().to_owned(),
+                version: effective.version().to_owned(),
                 changed: false,
                 bodies: current.bodies().count(),
                 audit_seq,
             });
         }
-        let (old, new) = (current.version().to_owned(), candidate.version().to_owned());
-        let bodies = candidate.bodies().count();
+        // Versions as stamped on decisions: the file with the overrides.
+        let next = in_force.with_file(candidate);
+        let (old, new) = (
+            in_force.effective().version().to_owned(),
+            next.effective().version().to_owned(),
+        );
+        let bodies = next.effective().bodies().count();
         let mut reason = format!("version {old} -> {new}");
-        for change in state_changes(&current, &candidate) {
+        for change in state_changes(in_force.effective(), next.effective()) {
             reason.push_str("; ");
             reason.push_str(&change);
         }
@@ -256,12 +271,12 @@ impl PolicyReloader {
                 tls.put_in_force(&crls, config);
             }
         }
-        if let Err(e) = self.state.replace_governance(candidate) {
+        if let Err(e) = self.state.put_in_force(&change, next) {
             // Only a store failure can get here; say so in the log, which
             // otherwise claims the new version is in force.
             let _ = self
                 .refuse(
-                    &current,
+                    &effective,
                     format!("version {new} could not be put in force: {e}"),
                     actor,
                 )

@@ -20,6 +20,7 @@
 mod admin;
 mod config;
 mod error;
+pub mod governance;
 mod service;
 pub mod store;
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use liaison_pki::caller_from_extensions;
 use liaison_policy::{decide, Governance};
@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
+use crate::governance::{Change, GovernanceCell, InForce};
 use crate::store::{self, Submitted};
 use crate::HubError;
 
@@ -39,14 +40,9 @@ const AUDIT_BATCH: usize = 1024;
 #[derive(Debug)]
 pub struct HubState {
     db: Db,
-    /// The governance in force: the file, with the administrators' state
-    /// overrides applied.
-    governance: RwLock<Arc<Governance>>,
-    /// The governance file as last loaded, without overrides.
-    file_governance: RwLock<Arc<Governance>>,
-    /// Bodies suspended, revoked or reinstated by an administrator, on top
-    /// of the file (persisted in the store).
-    state_overrides: Mutex<std::collections::BTreeMap<BodyId, liaison_policy::State>>,
+    /// The governance in force: the file and the administrators' state
+    /// overrides, changed under one lock.
+    governance: GovernanceCell,
     /// Per body, the highest durable queue position; subscriptions wait on it.
     durable_queue: Mutex<HashMap<BodyId, watch::Sender<u64>>>,
     /// The highest durable audit position.
@@ -77,13 +73,10 @@ impl HubState {
             durable_queue.insert(body.id.clone(), watch::channel(end).0);
         }
         let overrides = store::body_states(&db)?;
-        let effective = governance.with_states(&overrides);
         Ok(Self {
             durable_audit: AtomicU64::new(store::audit_end(&db)?),
             db,
-            governance: RwLock::new(Arc::new(effective)),
-            file_governance: RwLock::new(Arc::new(governance)),
-            state_overrides: Mutex::new(overrides),
+            governance: GovernanceCell::new(InForce::new(Arc::new(governance), overrides)),
             durable_queue: Mutex::new(durable_queue),
             stopping,
             tasks: TaskTracker::new(),
@@ -97,43 +90,15 @@ impl HubState {
         &self.handshake_failures
     }
 
-    /// The governance in force.
+    /// The governance in force (the effective one: the file with the
+    /// administrators' overrides).
     pub fn governance(&self) -> Arc<Governance> {
-        Arc::clone(&self.governance.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(self.governance.current().effective())
     }
 
-    /// Puts a new governance in force, atomically: requests already running
-    /// finish under the one they started with, every later decision uses the
-    /// new one. Returns the previous governance.
-    ///
-    /// A body the new governance adds gets a durable queue mark at the end of
-    /// whatever queue it has on disk: no submission can be in flight to a
-    /// body the previous governance did not know, so all of it is durable.
-    /// Marks of known bodies are left alone (they may have writes in flight).
-    pub(crate) fn replace_governance(&self, new: Governance) -> Result<Arc<Governance>, HubError> {
-        let effective = {
-            let overrides = self
-                .state_overrides
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            new.with_states(&overrides)
-        };
-        *self
-            .file_governance
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-        self.put_in_force(effective)
-    }
-
-    /// The governance file as last loaded, without the administrators'
-    /// state overrides.
-    pub(crate) fn file_governance(&self) -> Arc<Governance> {
-        Arc::clone(
-            &self
-                .file_governance
-                .read()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
+    /// Waits for the lock under which the governance in force changes.
+    pub(crate) async fn governance_change(&self) -> Change<'_> {
+        self.governance.change().await
     }
 
     /// Suspends, revokes or reinstates `body` on top of the file, audited
@@ -146,7 +111,11 @@ impl HubState {
         reason: &str,
         actor: &Identity,
     ) -> Result<(String, String, u64), HubError> {
-        let file = self.file_governance();
+        // Held until the new value is in force: no reload or other state
+        // change can run between reading the value and replacing it.
+        let change = self.governance_change().await;
+        let current = change.current();
+        let file = Arc::clone(current.file());
         let id = BodyId::parse(body)
             .ok()
             .filter(|b| file.is_known(b.as_str()))
@@ -159,7 +128,7 @@ impl HubState {
         if id == *file.hub_body() {
             return Err(HubError::PolicyRefused {
                 problem: format!("{id} runs the hub and cannot be suspended or revoked"),
-                kept: self.governance().version().to_owned(),
+                kept: current.effective().version().to_owned(),
             });
         }
         let state: liaison_policy::State = match state {
@@ -179,19 +148,9 @@ impl HubState {
         };
         let reason = reason_field(reason, true)?;
         let reason = reason.as_str();
-        let mut overrides = self
-            .state_overrides
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if file.body(&id).map(|b| b.state) == Some(state) {
-            overrides.remove(&id);
-        } else {
-            overrides.insert(id.clone(), state);
-        }
-        let previous = self.governance().version().to_owned();
-        let effective = file.with_states(&overrides);
-        let version = effective.version().to_owned();
+        let previous = current.effective().version().to_owned();
+        let next = current.with_state(&id, state);
+        let version = next.effective().version().to_owned();
         let what = if state == liaison_policy::State::Active {
             format!("{id} reinstated: its held queue is delivered")
         } else {
@@ -207,19 +166,23 @@ impl HubState {
             actor: actor.uri(),
             ..Default::default()
         };
-        let seq = store::set_body_states(&self.db, overrides.clone(), record).await?;
+        let seq = store::set_body_states(&self.db, next.overrides().clone(), record).await?;
         self.audit_durable(seq);
-        *self
-            .state_overrides
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = overrides;
-        self.put_in_force(effective)?;
+        self.put_in_force(&change, next)?;
         tracing::info!(body = %id, %state, actor = %actor, "body state set by an administrator");
         Ok((previous, version, seq))
     }
 
-    /// Swaps in the governance every later decision uses.
-    fn put_in_force(&self, new: Governance) -> Result<Arc<Governance>, HubError> {
+    /// Swaps in the governance every later decision uses, under the change
+    /// lock `change`: requests already running finish under the one they
+    /// started with, every later decision uses the new one.
+    ///
+    /// A body the new governance adds gets a durable queue mark at the end of
+    /// whatever queue it has on disk: no submission can be in flight to a
+    /// body the previous governance did not know, so all of it is durable.
+    /// Marks of known bodies are left alone (they may have writes in flight).
+    pub(crate) fn put_in_force(&self, change: &Change<'_>, value: InForce) -> Result<(), HubError> {
+        let new = Arc::clone(value.effective());
         {
             let mut marks = self.durable_queue.lock().unwrap_or_else(|p| p.into_inner());
             for body in new.bodies() {
@@ -234,16 +197,13 @@ impl HubState {
             .filter(|b| !b.is_active())
             .map(|b| b.id.clone())
             .collect();
-        let previous = {
-            let mut current = self.governance.write().unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *current, Arc::new(new))
-        };
+        change.install(value);
         // Wake the open subscriptions of suspended or revoked bodies so that
         // they end now rather than at their next delivery.
         for body in inactive {
             self.durable_queue(&body).send_modify(|_| {});
         }
-        Ok(previous)
+        Ok(())
     }
 
     /// The store.
