@@ -832,3 +832,71 @@ async fn kill_9_of_the_hub_under_real_nodes_loses_and_duplicates_nothing_in_any_
     assert_eq!(received.iter().cloned().collect::<BTreeSet<_>>(), want);
     sandbox.kill_hub();
 }
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_with_exit_with_parent_dies_with_its_parent_even_by_sigkill() {
+    // The sandbox writes the hub's configuration; stop its own hub and start
+    // another under a shell that is then killed with SIGKILL.
+    let mut sandbox = Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .nodes(&[])
+            .hub_process(exe()),
+    )
+    .await
+    .unwrap();
+    sandbox.kill_hub();
+    let config = sandbox.dir().join("hub.toml");
+    assert!(config.exists());
+    let script = format!(
+        "'{}' hub --config '{}' --exit-with-parent $$ 2>/dev/null & echo $!; exec sleep 30",
+        exe().display(),
+        config.display()
+    );
+    let mut shell = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = shell.stdout.take().unwrap();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(stdout), &mut line)
+        .await
+        .unwrap();
+    let hub: u32 = line.trim().parse().unwrap();
+    // The hub runs while its parent does (it listens: the ready file is not
+    // asked for, so wait until it has its own process image).
+    wait_until("the hub to start", Duration::from_secs(20), || async {
+        std::fs::read_link(format!("/proc/{hub}/exe"))
+            .ok()
+            .filter(|p| p.ends_with("liaison-child"))
+    })
+    .await
+    .unwrap();
+    assert!(!exited(hub));
+    shell.start_kill().unwrap();
+    shell.wait().await.unwrap();
+    wait_until(
+        "the orphaned hub to exit",
+        Duration::from_secs(10),
+        || async { exited(hub).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &hub.to_string()])
+            .status();
+        panic!("the hub outlived its parent");
+    });
+}

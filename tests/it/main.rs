@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod delivery;
+mod durability;
 mod forwarding;
 mod four_eyes;
 mod handling;

@@ -695,6 +695,34 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub json_logs: bool,
+    /// Exit at once when the process whose id this is stops being this
+    /// process's parent (it died): for supervisors and test harnesses that
+    /// must not leave a server behind them.
+    #[arg(long, env = "LIAISON_EXIT_WITH_PARENT", value_name = "PID")]
+    pub exit_with_parent: Option<u32>,
+}
+
+/// Ends the process when `parent` is no longer its parent: the parent died
+/// (even by SIGKILL), so the process was handed to another.
+fn exit_with_parent(parent: Option<u32>) {
+    let Some(parent) = parent else { return };
+    #[cfg(unix)]
+    {
+        if std::os::unix::process::parent_id() != parent {
+            tracing::error!(parent, "the parent process is already gone; exiting");
+            std::process::exit(70);
+        }
+        std::thread::Builder::new()
+            .name("liaison-parent-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if std::os::unix::process::parent_id() != parent {
+                    tracing::error!(parent, "the parent process died; exiting");
+                    std::process::exit(70);
+                }
+            })
+            .ok();
+    }
 }
 
 async fn bind(
@@ -747,6 +775,7 @@ fn log_format(json: bool) -> liaison_telemetry::Format {
 /// `liaison hub`.
 pub async fn hub(a: ServeArgs) -> Result<()> {
     liaison_telemetry::init("info", log_format(a.json_logs));
+    exit_with_parent(a.exit_with_parent);
     let config = liaison_hub::HubConfig::load(&a.config)?;
     // Catch SIGHUP before announcing readiness: by default it would end the
     // process.
@@ -776,6 +805,7 @@ fn reload_signal() -> Result<Pin<Box<dyn Stream<Item = ()> + Send>>> {
 /// `liaison node`.
 pub async fn node(a: ServeArgs) -> Result<()> {
     liaison_telemetry::init("info", log_format(a.json_logs));
+    exit_with_parent(a.exit_with_parent);
     let config = liaison_node::NodeConfig::load(&a.config)?;
     // SIGHUP re-reads the `[tls] crl` file; catch it before announcing
     // readiness, by default it would end the process.

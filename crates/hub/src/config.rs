@@ -23,6 +23,9 @@ pub struct HubConfig {
     pub governance: PathBuf,
     /// The hub's certificate, key and the federation CA.
     pub tls: TlsFiles,
+    /// The durable store (`[store] cache_bytes`).
+    #[serde(default)]
+    pub store: liaison_store::StoreOptions,
     /// Protective limits.
     #[serde(default)]
     pub limits: ServerLimits,
@@ -118,6 +121,13 @@ key = "hub.key.pem"
         )
         .unwrap();
         assert_eq!(c.governance, Path::new("deploy/federation.toml"));
+        assert_eq!(c.store.cache_bytes, 64 * 1024 * 1024);
+        // Unknown store keys are refused.
+        let bad = include_str!("../../../deploy/hub.toml").replace("cache_bytes", "cache_size");
+        let err = HubConfig::parse(Path::new("hub.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache_size"), "{err}");
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub async fn run_with_reload(
         context: format!("creating data directory {}", config.data_dir.display()),
         source,
     })?;
-    let db = Db::open(&config.data_dir)?;
+    let db = Db::open_with(&config.data_dir, config.store)?;
     let federation = governance.federation().to_owned();
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(HubState::new(db, governance, stop_rx.clone())?);

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     /// Retry timing for pushing to and subscribing from the hub.
     #[serde(default)]
     pub retry: Retry,
+    /// The durable store (`[store] cache_bytes`).
+    #[serde(default)]
+    pub store: liaison_store::StoreOptions,
     /// Protective limits.
     #[serde(default)]
     pub limits: ServerLimits,

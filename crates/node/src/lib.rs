@@ -89,7 +89,7 @@ pub async fn run_with_reload(
         context: format!("creating data directory {}", config.data_dir.display()),
         source,
     })?;
-    let db = Db::open(&config.data_dir)?;
+    let db = Db::open_with(&config.data_dir, config.store)?;
     let channel = lazy_channel(&config.hub, &material, Some(Role::Hub), &federation)?;
     let state = Arc::new(NodeState {
         body,

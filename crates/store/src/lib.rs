@@ -14,7 +14,10 @@
 //! writes it back never races another.
 //!
 //! The writer does not use sled's `flush_async`: sled 0.34.7 deadlocks with
-//! about eight or more concurrent callers of it.
+//! about eight or more concurrent callers of it. "Flushed" means on stable
+//! storage: [`SledEngine`]'s flush follows sled's own (which ends with
+//! `sync_file_range`, not enough against a power cut) with an `fdatasync`
+//! of its log and an `fsync` of any new blob file, once per group.
 #![forbid(unsafe_code)]
 
 pub mod conformance;
@@ -25,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use engine::{Engine, Entry, MemoryEngine, SledEngine};
+pub use engine::{Engine, Entry, MemoryEngine, SledEngine, StoreOptions};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why a storage operation failed. Always our fault, never the caller's.
@@ -90,9 +93,17 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Opens (or creates) a durable sled store in `path`.
+    /// Opens (or creates) a durable sled store in `path` with the default
+    /// options.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::with_engine(Arc::new(SledEngine::open(path)?)))
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// Opens (or creates) a durable sled store in `path`.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        Ok(Self::with_engine(Arc::new(SledEngine::open_with(
+            path, options,
+        )?)))
     }
 
     /// An in-memory store, for unit tests.

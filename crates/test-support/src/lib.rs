@@ -430,6 +430,10 @@ impl Sandbox {
             .arg(&config)
             .arg("--ready-file")
             .arg(&ready)
+            // The hub ends with this process, however this one ends (a
+            // panic that aborts, a SIGKILL of the test run).
+            .arg("--exit-with-parent")
+            .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,211 @@
+//! "Durable" means on stable storage: the hub answers a submission only after
+//! an `fdatasync` of the store's log that covers it. Proven by tracing the
+//! system calls of a real hub process with strace and reading their order:
+//! the store's write of the submission, then the sync of the log file, then
+//! the answer on the socket.
+//!
+//! Skipped, saying so on one line, where strace is missing or may not trace
+//! (ptrace refused); `.ci/run` installs strace.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use liaison_proto::v1 as pb;
+use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
+use pb::{Classification as C, Kind as K};
+
+use crate::common::{alert, envelope, labels, GOVERNANCE};
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_liaison-child"))
+}
+
+/// One traced system call: its name, the path strace printed for its file
+/// descriptor (`/…/db`, `TCP:[a->b]`), and when it started and returned.
+#[derive(Debug, Clone)]
+struct Call {
+    name: String,
+    fd: String,
+    start: f64,
+    end: f64,
+}
+
+/// The calls of an `strace -f -ttt -yy` log, with calls split by other
+/// threads ("<unfinished ...>" / "<... resumed>") joined again.
+fn calls(log: &str) -> Vec<Call> {
+    let mut done = Vec::new();
+    let mut pending: std::collections::HashMap<String, Call> = Default::default();
+    for line in log.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(pid), Some(ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(ts) = ts.parse::<f64>() else { continue };
+        if let Some(resumed) = rest.strip_prefix("<... ") {
+            if resumed.contains(" resumed>") {
+                if let Some(mut call) = pending.remove(pid) {
+                    call.end = ts;
+                    done.push(call);
+                }
+            }
+            continue;
+        }
+        let Some((name, args)) = rest.split_once('(') else {
+            continue;
+        };
+        // The fd argument and its path: `9</tmp/x/db>`.
+        // (a socket's path holds "->", so it ends at ">," or ">)").
+        let fd = args
+            .split_once('<')
+            .and_then(|(_, p)| {
+                let end = [">,", ">)", "> "].iter().filter_map(|e| p.find(e)).min()?;
+                Some(p[..end].to_owned())
+            })
+            .unwrap_or_default();
+        let call = Call {
+            name: name.to_owned(),
+            fd,
+            start: ts,
+            end: ts,
+        };
+        if rest.contains("<unfinished ...>") {
+            pending.insert(pid.to_owned(), call);
+        } else {
+            done.push(call);
+        }
+    }
+    done.sort_by(|a, b| a.start.total_cmp(&b.start));
+    done
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_answers_a_submission_only_after_an_fdatasync_of_its_store() {
+    let probe = std::process::Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        eprintln!("skipped: strace is missing or may not trace here (install strace)");
+        return;
+    }
+    // The sandbox writes the hub's configuration; its own hub makes way for
+    // one under strace, on the same port and store.
+    let mut sandbox = Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .nodes(&[])
+            .hub_process(exe()),
+    )
+    .await
+    .unwrap();
+    sandbox.kill_hub();
+    let dir = sandbox.dir().to_owned();
+    let trace = dir.join("hub.strace");
+    let ready = dir.join("traced.ready");
+    // `exec` keeps the shell's process id for strace, so the hub (strace's
+    // child) can be told its parent's id and ends with it.
+    let script = format!(
+        "exec strace -f -ttt -yy -s 0 -e trace=pwrite64,pwritev,fdatasync,fsync,write,writev,sendmsg,sendto -o '{}' '{}' hub --config '{}' --ready-file '{}' --exit-with-parent $$",
+        trace.display(),
+        exe().display(),
+        dir.join("hub.toml").display(),
+        ready.display()
+    );
+    let mut strace = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the traced hub to listen",
+        Duration::from_secs(30),
+        || async { ready.exists().then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    let alpha = sandbox.hub_as("alpha/node").await.unwrap();
+    let submit = |title: &'static str| {
+        let mut alpha = alpha.clone();
+        async move {
+            alpha
+                .submit(pb::SubmitRequest {
+                    envelope: Some(envelope(
+                        "alpha",
+                        labels(K::Alert, C::Restricted, &["drugs"]),
+                        &alert(title),
+                    )),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // A first submission opens the connection and warms everything up.
+    submit("warm-up").await;
+    let mut windows = Vec::new();
+    for title in ["one", "two", "three"] {
+        let before = now_secs();
+        submit(title).await;
+        windows.push((before, now_secs()));
+    }
+    // SIGTERM to the hub (strace's child): it shuts down, and strace, with
+    // nothing left to trace, writes out its log and exits.
+    let tracer = strace.id().unwrap();
+    let children =
+        std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children")).unwrap();
+    for hub in children.split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", hub])
+            .status();
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), strace.wait()).await;
+    assert!(ended.is_ok(), "the traced hub did not stop on SIGTERM");
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let calls = calls(&log);
+    let hub_socket = format!("{}->", sandbox.hub_url().trim_start_matches("https://"));
+    let is_log = |c: &Call| c.fd.ends_with("/db");
+    for (before, after) in windows {
+        let in_window: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.start >= before && c.start <= after)
+            .collect();
+        // The store's write of this submission.
+        let write = in_window
+            .iter()
+            .find(|c| c.name.starts_with("pwrite") && is_log(c))
+            .unwrap_or_else(|| panic!("no write to the store log in {in_window:#?}"));
+        // The answer: the first write on the client's connection after it.
+        let answer = in_window
+            .iter()
+            .find(|c| {
+                c.start >= write.end
+                    && matches!(c.name.as_str(), "write" | "writev" | "sendmsg" | "sendto")
+                    && c.fd.contains(&hub_socket)
+            })
+            .unwrap_or_else(|| {
+                panic!("no answer on the socket after the store write in {in_window:#?}")
+            });
+        // Between them, a real sync of the log file that returned before the
+        // answer began.
+        let synced = in_window.iter().any(|c| {
+            c.name == "fdatasync" && is_log(c) && c.start >= write.end && c.end <= answer.start
+        });
+        assert!(
+            synced,
+            "the answer left before an fdatasync of the store log: write {write:?}, answer {answer:?}, calls {in_window:#?}"
+        );
+    }
+    drop(sandbox);
+}
