@@ -13,9 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "liaison/v1/admin.proto",
     ];
     let fds = protox::compile(files, [&root])?;
+    // With the `services` feature, tonic clients and servers too; without
+    // it, the prost messages only.
+    let services = std::env::var_os("CARGO_FEATURE_SERVICES").is_some();
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(services)
+        .build_server(services)
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

@@ -427,6 +427,49 @@ async fn a_five_mib_request_is_resource_exhausted_at_hub_and_node_naming_the_lim
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_record_is_internal_naming_its_key_not_unavailable() {
+    let mut sandbox = hub_only().await;
+    let mut node = sandbox.hub_as("alpha/node").await.unwrap();
+    let env = alpha_alert("to be corrupted");
+    let id = env.labels.as_ref().unwrap().message_id.clone();
+    node.submit(submit(env.clone())).await.unwrap();
+    sandbox.stop_hub().await.unwrap();
+    // Damage the stored outcome of the message behind the hub's back.
+    {
+        let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
+        let key = format!("m/{id}/out").into_bytes();
+        assert!(db.get(&key).unwrap().is_some(), "the key schema changed");
+        db.write(move |t| {
+            t.put(key, b"{not json".to_vec());
+            Ok::<_, liaison_store::StoreError>(())
+        })
+        .await
+        .unwrap();
+        tokio::task::spawn_blocking(move || db.close().unwrap())
+            .await
+            .unwrap();
+    }
+    sandbox.start_hub().await.unwrap();
+    sandbox.wait_ready().await.unwrap();
+    let mut node = sandbox.hub_as("alpha/node").await.unwrap();
+    // A retry of the message reads the damaged record: INTERNAL (final, an
+    // operator must look), naming the key, never UNAVAILABLE (which a node
+    // would retry forever).
+    let status = node.submit(submit(env)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("corrupt record at key m/{id}/out")),
+        "{status:?}"
+    );
+    assert!(!liaison_proto::status::is_retryable(&status));
+    // Other messages are still routed.
+    node.submit(submit(alpha_alert("unharmed"))).await.unwrap();
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubmitting_a_message_id_is_idempotent_for_the_same_content_only() {
     let sandbox = sandbox().await;
     let mut node = sandbox.hub_as("alpha/node").await.unwrap();

@@ -5,11 +5,15 @@
 //! | 0 | success |
 //! | 1 | any other failure (including configuration and file errors) |
 //! | 2 | bad command line (wrong flags or values) |
-//! | 3 | the server refused the input as invalid (`INVALID_ARGUMENT`, `ALREADY_EXISTS`, `OUT_OF_RANGE`) |
+//! | 3 | the server refused the input as invalid (`INVALID_ARGUMENT`, `ALREADY_EXISTS`, `OUT_OF_RANGE`, `FAILED_PRECONDITION`) |
 //! | 4 | not allowed (`UNAUTHENTICATED`, `PERMISSION_DENIED`) |
-//! | 5 | the server could not be reached or is unavailable |
+//! | 5 | the server could not be reached or is unavailable: try again later (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`, ...) |
 //! | 6 | not found |
 //! | 7 | a check failed: audit chain broken, or the demo found a disagreement |
+//! | 8 | the server failed (`INTERNAL`, `DATA_LOSS`, `UNIMPLEMENTED`): tell its operator |
+//!
+//! Codes 3 to 6 and 8 come from the one table of [`liaison_proto::status`],
+//! shared with the hub and the nodes.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -60,16 +64,7 @@ impl Failure {
 
     /// A gRPC status from a server, with what we were doing.
     pub fn status(doing: &str, s: &tonic::Status) -> Self {
-        let code = match s.code() {
-            Code::InvalidArgument
-            | Code::AlreadyExists
-            | Code::OutOfRange
-            | Code::FailedPrecondition => 3,
-            Code::Unauthenticated | Code::PermissionDenied => 4,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => 5,
-            Code::NotFound => 6,
-            _ => 1,
-        };
+        let code = liaison_proto::status::classify(s.code()).exit_code;
         let mut message = format!("{doing}: {} ({:?})", s.message(), s.code());
         if s.code() == Code::Unavailable && s.message().is_empty() {
             message = format!("{doing}: server unavailable");

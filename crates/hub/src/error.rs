@@ -1,4 +1,6 @@
-//! The hub's errors, and the one place they become gRPC statuses.
+//! The hub's errors, and the one place they become gRPC statuses (with
+//! codes whose meaning for clients is the table of
+//! [`liaison_proto::status`]).
 
 use liaison_store::StoreError;
 use liaison_types::ValidationError;
@@ -134,6 +136,14 @@ pub enum HubError {
     /// The server failed.
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A task of ours failed (panicked or was cancelled).
+    #[error("{what} failed: {problem}")]
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+        /// How it failed.
+        problem: String,
+    },
     /// Filesystem or socket error at startup.
     #[error("{context}: {source}")]
     Io {
@@ -161,15 +171,19 @@ impl From<HubError> for Status {
             | HubError::ForwardDecided { .. } => Code::FailedPrecondition,
             HubError::IdReused { .. } => Code::AlreadyExists,
             HubError::AckBeyondQueue { .. } => Code::OutOfRange,
+            // A record that does not decode will not heal by retrying: the
+            // key is named, and the alarm is the error log below.
+            HubError::Store(StoreError::Corrupt { .. }) => Code::Internal,
             HubError::Store(_) => Code::Unavailable,
             HubError::Config { .. }
             | HubError::Policy(_)
             | HubError::Pki(_)
             | HubError::Transport(_)
+            | HubError::Task { .. }
             | HubError::Io { .. } => Code::Internal,
         };
-        if code == Code::Unavailable || code == Code::Internal {
-            tracing::error!(error = %e, "internal error answering a request");
+        if liaison_proto::status::classify(code).fault != liaison_proto::status::Fault::Caller {
+            tracing::error!(error = %e, code = ?code, "internal error answering a request");
         }
         Status::new(code, e.to_string())
     }

@@ -1210,7 +1210,10 @@ impl pb::audit_server::Audit for AuditService {
         let state = Arc::clone(&self.0);
         let resp = tokio::task::spawn_blocking(move || state.audit_verify())
             .await
-            .map_err(|e| Status::internal(format!("audit verification task failed: {e}")))??;
+            .map_err(|e| HubError::Task {
+                what: "audit verification",
+                problem: e.to_string(),
+            })??;
         Ok(Response::new(resp))
     }
 }

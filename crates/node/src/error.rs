@@ -151,23 +151,20 @@ impl From<NodeError> for Status {
             | NodeError::ForwardDecided { .. } => Code::FailedPrecondition,
             // The hub's own verdict on the caller's input passes through.
             NodeError::Hub(s)
-                if matches!(
-                    s.code(),
-                    Code::InvalidArgument
-                        | Code::PermissionDenied
-                        | Code::FailedPrecondition
-                        | Code::NotFound
-                ) =>
+                if liaison_proto::status::classify(s.code()).fault
+                    == liaison_proto::status::Fault::Caller =>
             {
                 s.code()
             }
+            // A record that does not decode will not heal by retrying.
+            NodeError::Store(StoreError::Corrupt { .. }) => Code::Internal,
             NodeError::Hub(_) | NodeError::Store(_) => Code::Unavailable,
             NodeError::Config { .. }
             | NodeError::Pki(_)
             | NodeError::Transport(_)
             | NodeError::Io { .. } => Code::Internal,
         };
-        if matches!(code, Code::Unavailable | Code::Internal) {
+        if liaison_proto::status::classify(code).fault != liaison_proto::status::Fault::Caller {
             tracing::error!(error = %e, "error answering a request");
         }
         Status::new(code, e.to_string())

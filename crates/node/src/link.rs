@@ -13,7 +13,6 @@ use futures::StreamExt;
 use liaison_proto::v1 as pb;
 use liaison_types::{now_ms, Envelope};
 use tokio::sync::watch;
-use tonic::Code;
 
 use crate::config::Retry;
 use crate::service::NodeState;
@@ -24,15 +23,10 @@ const PUSH_BATCH: usize = 32;
 /// Deliveries stored per inbox write when the stream has several ready.
 const ARRIVAL_BATCH: usize = 64;
 
-/// Whether a hub refusal is final: retrying the same message cannot succeed.
-fn is_permanent(code: Code) -> bool {
-    matches!(
-        code,
-        Code::InvalidArgument
-            | Code::PermissionDenied
-            | Code::AlreadyExists
-            | Code::FailedPrecondition
-    )
+/// Whether a hub refusal is final: retrying the same request cannot
+/// succeed (the shared table of [`liaison_proto::status`]).
+fn is_final(status: &tonic::Status) -> bool {
+    !liaison_proto::status::is_retryable(status)
 }
 
 /// Sleeps for `delay` unless the node is stopping; returns false if stopping.
@@ -115,7 +109,7 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
                     tracing::info!(message_id = %id, duplicate = resp.duplicate, "hub accepted");
                     store::finish_push(&state.db, push_seq, id, Ok(resp)).await
                 }
-                Err(status) if is_permanent(status.code()) => {
+                Err(status) if is_final(&status) => {
                     tracing::warn!(message_id = %id, code = ?status.code(), error = status.message(), "hub refused for good");
                     store::finish_push(
                         &state.db,
@@ -203,7 +197,7 @@ async fn push_retractions(
             .await;
         let outcome = match result {
             Ok(_) => Ok(()),
-            Err(status) if is_permanent(status.code()) || status.code() == Code::NotFound => {
+            Err(status) if is_final(&status) => {
                 Err(format!("{:?}: {}", status.code(), status.message()))
             }
             Err(status) => {
@@ -259,7 +253,7 @@ async fn push_forward_decisions(
                     _ => format!("state {}", r.state),
                 })
             }
-            Err(status) if is_permanent(status.code()) || status.code() == Code::NotFound => {
+            Err(status) if is_final(&status) => {
                 Err(format!("{:?}: {}", status.code(), status.message()))
             }
             Err(status) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use liaison_pki::caller_from_extensions;
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::federation_client::FederationClient;
-use liaison_store::Db;
+use liaison_store::{Db, StoreError};
 use liaison_types::{now_ms, BodyId, Envelope, Identity, TypedBody, ValidationError};
 use prost::Message;
 use tokio::sync::Notify;
@@ -529,7 +529,10 @@ impl pb::officer_server::Officer for OfficerService {
             None
         } else {
             Some(pb::Body::decode(env.body.as_slice()).map_err(|e| {
-                Status::internal(format!("stored body of {id} does not decode: {e}"))
+                NodeError::from(StoreError::Corrupt {
+                    key: format!("inbox body of {id}"),
+                    problem: e.to_string(),
+                })
             })?)
         };
         Ok(Response::new(pb::InboxMessage {
