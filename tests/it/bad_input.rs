@@ -577,7 +577,12 @@ async fn acknowledging_beyond_the_queue_is_out_of_range_and_zero_is_a_no_op() {
     let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
     for seq in [2, u64::MAX] {
         assert_refused(
-            alpha.acknowledge(pb::AcknowledgeRequest { seq }).await,
+            alpha
+                .acknowledge(pb::AcknowledgeRequest {
+                    seq,
+                    ..Default::default()
+                })
+                .await,
             Code::OutOfRange,
             &[
                 &format!("cannot acknowledge position {seq}"),
@@ -586,7 +591,10 @@ async fn acknowledging_beyond_the_queue_is_out_of_range_and_zero_is_a_no_op() {
         );
     }
     let zero = alpha
-        .acknowledge(pb::AcknowledgeRequest { seq: 0 })
+        .acknowledge(pb::AcknowledgeRequest {
+            seq: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -615,13 +623,19 @@ async fn acknowledging_beyond_the_queue_is_out_of_range_and_zero_is_a_no_op() {
 
     // Acknowledging it, then 0 again, does not move the position back.
     let acked = alpha
-        .acknowledge(pb::AcknowledgeRequest { seq: 1 })
+        .acknowledge(pb::AcknowledgeRequest {
+            seq: 1,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(acked.acked_seq, 1);
     let zero = alpha
-        .acknowledge(pb::AcknowledgeRequest { seq: 0 })
+        .acknowledge(pb::AcknowledgeRequest {
+            seq: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -187,10 +187,18 @@ async fn live_reader(mut hub: FederationClient<Channel>) -> Reader {
     };
     let mut stream = resp.into_inner();
     while let Ok(Some(Ok(d))) = tokio::time::timeout(CALL_TIMEOUT, stream.next()).await {
-        let id = d.envelope.unwrap().labels.unwrap().message_id;
+        // Receipts for messages this body sent are not deliveries.
+        let Some(envelope) = d.envelope else { continue };
+        let id = envelope.labels.unwrap().message_id;
         r.pending.push((d.seq, id));
         if r.pending.len() >= 4 {
-            match hub.acknowledge(pb::AcknowledgeRequest { seq: d.seq }).await {
+            match hub
+                .acknowledge(pb::AcknowledgeRequest {
+                    seq: d.seq,
+                    ..Default::default()
+                })
+                .await
+            {
                 Ok(a) => {
                     assert_eq!(a.into_inner().acked_seq, d.seq);
                     r.confirmed.append(&mut r.pending);
@@ -265,6 +273,7 @@ async fn collect(
         .unwrap()
         .into_inner();
     let mut got: Vec<(u64, String)> = Vec::new();
+    let mut last_seq = 0;
     let mut pending_until = until.clone();
     while got.len() < want && (until.is_empty() || !pending_until.is_empty()) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -276,22 +285,31 @@ async fn collect(
                 pending_until
             ),
         };
-        let id = d.envelope.unwrap().labels.unwrap().message_id;
+        last_seq = d.seq;
+        // Receipts for messages this body sent are not deliveries.
+        let Some(envelope) = d.envelope else { continue };
+        let id = envelope.labels.unwrap().message_id;
         pending_until.remove(&id);
         got.push((d.seq, id));
         if got.len().is_multiple_of(ACK_EVERY) {
-            hub.acknowledge(pb::AcknowledgeRequest { seq: d.seq })
-                .await
-                .unwrap();
+            hub.acknowledge(pb::AcknowledgeRequest {
+                seq: d.seq,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         }
     }
-    if let Some((last, _)) = got.last() {
+    if last_seq > 0 {
         let acked = hub
-            .acknowledge(pb::AcknowledgeRequest { seq: *last })
+            .acknowledge(pb::AcknowledgeRequest {
+                seq: last_seq,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(acked.acked_seq, *last);
+        assert_eq!(acked.acked_seq, last_seq);
     }
     got
 }
@@ -374,7 +392,10 @@ async fn kill_9_of_a_busy_hub_loses_no_acknowledged_message() {
         // charlie's acknowledged position survived the kill.
         let mut charlie = sandbox.hub_as("charlie/node").await.unwrap();
         let position = charlie
-            .acknowledge(pb::AcknowledgeRequest { seq: 0 })
+            .acknowledge(pb::AcknowledgeRequest {
+                seq: 0,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()

@@ -454,7 +454,10 @@ async fn hub_redelivers_until_acknowledged_and_resumes_after_the_acknowledged_po
     // Acknowledge up to the third: a new subscription starts after it.
     let mut ack = bravo.clone();
     let acked = ack
-        .acknowledge(pb::AcknowledgeRequest { seq: first[2].0 })
+        .acknowledge(pb::AcknowledgeRequest {
+            seq: first[2].0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -462,7 +465,10 @@ async fn hub_redelivers_until_acknowledged_and_resumes_after_the_acknowledged_po
     assert_eq!(read_deliveries(&bravo, 0, 2).await, first[3..].to_vec());
     // An older acknowledgement does not move the position back.
     let acked = ack
-        .acknowledge(pb::AcknowledgeRequest { seq: first[0].0 })
+        .acknowledge(pb::AcknowledgeRequest {
+            seq: first[0].0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -481,6 +487,7 @@ async fn hub_redelivers_until_acknowledged_and_resumes_after_the_acknowledged_po
     let beyond = ack
         .acknowledge(pb::AcknowledgeRequest {
             seq: first[4].0 + 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -554,5 +561,161 @@ async fn the_hub_and_a_node_restart_at_once_on_the_same_store() {
         inbox_holding(&sandbox, "bravo", std::slice::from_ref(&id)).await,
         vec![id]
     );
+    sandbox.shutdown().await.unwrap();
+}
+
+/// alpha's outbox entry for `id`, once `done` holds for it.
+async fn outbox_entry_when(
+    sandbox: &Sandbox,
+    id: &str,
+    what: &str,
+    done: impl Fn(&pb::OutboxEntry) -> bool,
+) -> pb::OutboxEntry {
+    let alice = sandbox.officer("alpha", "alice").await.unwrap();
+    wait_until(what, SETTLE, || {
+        let mut alice = alice.clone();
+        let done = &done;
+        async move {
+            alice
+                .list_outbox(pb::ListOutboxRequest { limit: 100 })
+                .await
+                .ok()?
+                .into_inner()
+                .entries
+                .into_iter()
+                .find(|e| e.message_id == id && done(e))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_node_cannot_accept_is_quarantined_reported_and_never_counted_delivered() {
+    let mut sandbox = liaison_test_support::Sandbox::start(
+        liaison_test_support::SandboxOptions::new(crate::common::GOVERNANCE)
+            .nodes(&["alpha", "bravo"]),
+    )
+    .await
+    .unwrap();
+    sandbox.stop_node("bravo").await.unwrap();
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let (l, b) = to_bravo("damaged on the way");
+    let id = alice
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(l),
+            body: Some(b),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    // Routed to bravo, whose node is down: queued at the hub, not received.
+    let routed = outbox_entry_when(&sandbox, &id, "alpha's message is routed", |e| {
+        e.status == "routed"
+    })
+    .await;
+    assert!(routed.received_by.is_empty(), "{routed:?}");
+
+    // The stored envelope is damaged behind the hub's back (as a hub bug or
+    // a bad disk would): its title becomes empty, which no node accepts.
+    sandbox.stop_hub().await.unwrap();
+    {
+        let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
+        let key = format!("m/{id}/env").into_bytes();
+        let mut env = prost::Message::decode(db.get(&key).unwrap().unwrap().as_slice())
+            .map(|e: pb::Envelope| e)
+            .unwrap();
+        let mut body: pb::Body = prost::Message::decode(env.body.as_slice()).unwrap();
+        body.title.clear();
+        env.body = prost::Message::encode_to_vec(&body);
+        db.write(move |t| {
+            t.put(key, prost::Message::encode_to_vec(&env));
+            Ok::<_, liaison_store::StoreError>(())
+        })
+        .await
+        .unwrap();
+        tokio::task::spawn_blocking(move || db.close().unwrap())
+            .await
+            .unwrap();
+    }
+    sandbox.start_hub().await.unwrap();
+    sandbox.start_node("bravo").await.unwrap();
+
+    // bravo's node keeps it in quarantine and says so in its status...
+    let bob = sandbox.officer("bravo", "bob").await.unwrap();
+    let status = wait_until("bravo's node quarantines it", SETTLE, || {
+        let mut bob = bob.clone();
+        async move {
+            let s = bob
+                .status(pb::NodeStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (s.quarantined > 0).then_some(s)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.quarantined, 1);
+    let q = &status.quarantine[0];
+    assert_eq!(q.message_id, id);
+    assert_eq!(q.origin, "alpha");
+    assert!(q.reason.contains("body.title"), "{q:?}");
+    // ...never in its inbox...
+    assert!(!inbox_ids(&sandbox, "bravo").await.contains(&id));
+    // ...the hub records it as quarantined, never as delivered to bravo...
+    // (the node stores the quarantine, then acknowledges with the report)
+    let records = wait_until("the hub records the quarantine", SETTLE, || async {
+        let records = audit_records(
+            &sandbox,
+            pb::AuditQuery {
+                message_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        records
+            .iter()
+            .any(|r| r.event == "quarantined")
+            .then_some(records)
+    })
+    .await
+    .unwrap();
+    let for_bravo: Vec<&str> = records
+        .iter()
+        .filter(|r| r.recipient == "bravo" && r.event != "routed" && r.event != "delivered")
+        .map(|r| r.event.as_str())
+        .collect();
+    assert_eq!(for_bravo, ["quarantined"], "{records:#?}");
+    let quarantined = records.iter().find(|r| r.event == "quarantined").unwrap();
+    assert!(quarantined.reason.contains("body.title"), "{quarantined:?}");
+    // ...and alpha's outbox says bravo's node quarantined it, not received.
+    let entry = outbox_entry_when(&sandbox, &id, "alpha hears of the quarantine", |e| {
+        !e.quarantined_by.is_empty()
+    })
+    .await;
+    assert_eq!(entry.quarantined_by[0].body, "bravo");
+    assert!(entry.quarantined_by[0].reason.contains("body.title"));
+    assert!(entry.received_by.is_empty());
+
+    // The queue goes on: the next message is received, and alpha's outbox
+    // shows bravo's node received it.
+    let (l, b) = to_bravo("intact");
+    let next = alice
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(l),
+            body: Some(b),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    let entry = outbox_entry_when(&sandbox, &next, "bravo's node receives the next", |e| {
+        !e.received_by.is_empty()
+    })
+    .await;
+    assert_eq!(entry.received_by[0].body, "bravo");
+    assert!(inbox_ids(&sandbox, "bravo").await.contains(&next));
     sandbox.shutdown().await.unwrap();
 }

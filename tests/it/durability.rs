@@ -37,8 +37,12 @@ fn calls(log: &str) -> Vec<Call> {
     let mut done = Vec::new();
     let mut pending: std::collections::HashMap<String, Call> = Default::default();
     for line in log.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // "<pid> <seconds.micros> <call>", the pid padded with spaces.
+        let line = line.trim_start();
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((ts, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(ts) = ts.parse::<f64>() else { continue };

@@ -678,7 +678,10 @@ async fn an_auditor_sees_only_records_naming_its_body_and_the_hub_body_sees_all(
     // naming alpha and charlie only). No subscription is opened, so no
     // delivery records appear behind the test's back.
     let acked = charlie
-        .acknowledge(pb::AcknowledgeRequest { seq: 1 })
+        .acknowledge(pb::AcknowledgeRequest {
+            seq: 1,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

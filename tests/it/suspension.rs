@@ -112,7 +112,10 @@ async fn a_suspended_peer_gets_nothing_new_and_its_queue_is_held_until_reinstate
     assert_eq!(d.seq, 1);
     assert_eq!(d.envelope.unwrap().labels.unwrap().message_id, queued_id);
     bravo
-        .acknowledge(pb::AcknowledgeRequest { seq: 1 })
+        .acknowledge(pb::AcknowledgeRequest {
+            seq: 1,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let nothing_more =

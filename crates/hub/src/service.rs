@@ -777,19 +777,32 @@ impl HubState {
         &self,
         caller: &Identity,
         seq: u64,
+        quarantined: Vec<pb::QuarantinedDelivery>,
     ) -> Result<pb::AcknowledgeResponse, HubError> {
         let gov = self.known_caller(caller)?;
-        let (acked, audit_seq) = store::acknowledge(
+        let mut quarantine = std::collections::BTreeMap::new();
+        for q in quarantined {
+            // The node's own words, kept to one bounded line for the log.
+            let reason: String = liaison_types::text::escape_line(q.reason.trim())
+                .chars()
+                .take(500)
+                .collect();
+            quarantine.insert(q.seq, reason);
+        }
+        let done = store::acknowledge(
             &self.db,
             caller.body.clone(),
             seq,
+            quarantine,
             caller.uri(),
             now_ms(),
             gov.version().to_owned(),
         )
         .await?;
-        self.audit_durable(audit_seq);
-        Ok(pb::AcknowledgeResponse { acked_seq: acked })
+        self.made_durable(&done.receipts, done.audit_seq);
+        Ok(pb::AcknowledgeResponse {
+            acked_seq: done.acked,
+        })
     }
 
     /// Starts streaming the caller's queue after `after_seq`.
@@ -842,6 +855,22 @@ impl HubState {
             let gov = self.governance();
             let mut records = Vec::with_capacity(entries.len());
             for (seq, entry) in entries {
+                // A receipt for the originator travels alone, unaudited (the
+                // acknowledgement it reports is in the log).
+                if let Some(receipt) = &entry.receipt {
+                    let delivery = pb::Delivery {
+                        seq,
+                        routed_at_ms: entry.routed_at_ms,
+                        receipt: Some(receipt.to_proto(&entry.message_id)),
+                        ..Default::default()
+                    };
+                    tokio::select! {
+                        sent = tx.send(Ok(delivery)) => if sent.is_err() { break },
+                        _ = stopping.wait_for(|s| *s) => return Ok(()),
+                    }
+                    cursor = seq;
+                    continue;
+                }
                 // A forward request for the originator travels alone: no
                 // content, and never a withdrawal in its stead.
                 if let Some(notice) = &entry.forward_request {
@@ -897,8 +926,8 @@ impl HubState {
                     },
                     routed_at_ms: entry.routed_at_ms,
                     withdrawal,
-                    forward_request: None,
                     erase_at_ms: store::erase_at(&self.db, &entry.message_id)?.unwrap_or(0),
+                    ..Default::default()
                 };
                 // A subscriber that stops reading must not keep the hub from
                 // shutting down: give up the send when the hub stops.
@@ -1168,7 +1197,11 @@ impl pb::federation_server::Federation for FederationService {
         req: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
-        let resp = self.0.acknowledge(&caller, req.into_inner().seq).await?;
+        let req = req.into_inner();
+        let resp = self
+            .0
+            .acknowledge(&caller, req.seq, req.quarantined)
+            .await?;
         Ok(Response::new(resp))
     }
 

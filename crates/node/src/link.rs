@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use liaison_proto::v1 as pb;
 use liaison_types::{now_ms, Envelope};
+use prost::Message;
 use tokio::sync::watch;
 
 use crate::config::Retry;
@@ -307,16 +308,41 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
     let mut batches = stream.ready_chunks(ARRIVAL_BATCH);
     while let Some(batch) = batches.next().await {
         let mut arrivals = Vec::with_capacity(batch.len());
+        let mut quarantined = Vec::new();
         let mut last = 0;
         for item in batch {
             let delivery = item.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
             last = delivery.seq;
+            let raw = delivery.encode_to_vec();
+            let (seq, message_id, origin) = delivery_ids(&delivery);
             match arrival(delivery) {
                 Ok(a) => arrivals.push(a),
-                // The hub validated it on the way in, so this is a hub bug;
-                // log it and move on rather than block the queue forever.
-                Err(e) => {
-                    tracing::error!(error = %e, seq = last, "hub delivered an invalid message; skipped")
+                // The hub validated it on the way in, so this is a hub bug
+                // or damage on the way. Never skip it silently: keep it in
+                // quarantine with the reason, raise the alarm (this log line
+                // and the node's status), and tell the hub with the
+                // acknowledgement, which records it as quarantined, not
+                // delivered.
+                Err(reason) => {
+                    let reason = liaison_types::text::escape_line(&reason)
+                        .chars()
+                        .take(500)
+                        .collect::<String>();
+                    tracing::error!(seq, message_id = %message_id, origin = %origin, reason = %reason, "hub delivered a message this node cannot accept; kept in quarantine");
+                    quarantined.push(pb::QuarantinedDelivery {
+                        seq,
+                        reason: reason.clone(),
+                    });
+                    arrivals.push(Arrival::Quarantine {
+                        record: store::QuarantineRecord {
+                            hub_seq: seq,
+                            message_id,
+                            origin,
+                            reason,
+                            at_ms: now_ms(),
+                        },
+                        raw,
+                    });
                 }
             }
         }
@@ -336,15 +362,52 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
         if expiring {
             state.inbox_changed.notify_one();
         }
-        hub.acknowledge(pb::AcknowledgeRequest { seq: last })
-            .await
-            .map_err(|s| format!("acknowledging {last}: {:?}: {}", s.code(), s.message()))?;
+        hub.acknowledge(pb::AcknowledgeRequest {
+            seq: last,
+            quarantined,
+        })
+        .await
+        .map_err(|s| format!("acknowledging {last}: {:?}: {}", s.code(), s.message()))?;
         tracing::info!(up_to = last, new, "deliveries stored and acknowledged");
     }
     Err("the hub closed the subscription".into())
 }
 
+/// A delivery's position, message id and origin, escaped for a record
+/// (they may be what is wrong with it).
+fn delivery_ids(d: &pb::Delivery) -> (u64, String, String) {
+    let labels = d.envelope.as_ref().and_then(|e| e.labels.as_ref());
+    let (id, origin) = if let Some(l) = labels {
+        (l.message_id.as_str(), l.origin.as_str())
+    } else if let Some(w) = &d.withdrawal {
+        (w.message_id.as_str(), w.origin.as_str())
+    } else if let Some(f) = &d.forward_request {
+        (f.message_id.as_str(), "")
+    } else if let Some(r) = &d.receipt {
+        (r.message_id.as_str(), r.recipient.as_str())
+    } else {
+        ("", "")
+    };
+    let clip = |s: &str| -> String {
+        liaison_types::text::escape_line(s)
+            .chars()
+            .take(80)
+            .collect()
+    };
+    (d.seq, clip(id), clip(origin))
+}
+
 fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
+    if let Some(r) = d.receipt {
+        let message_id = liaison_types::normalise_message_id(&r.message_id)
+            .ok_or_else(|| format!("receipt for an invalid message id {:?}", r.message_id))?;
+        return Ok(Arrival::Receipt {
+            message_id,
+            recipient: r.recipient,
+            at_ms: r.received_at_ms,
+            quarantined: r.quarantined.then_some(r.reason),
+        });
+    }
     if let Some(f) = d.forward_request {
         let valid = |id: &str, what: &str| {
             liaison_types::normalise_message_id(id)

@@ -128,6 +128,8 @@ impl NodeState {
             refused_by: String::new(),
             refused_at_ms: 0,
             refusal_reason: String::new(),
+            received_by: Default::default(),
+            quarantined_by: Default::default(),
         };
         let (queued, stored) = store::enqueue(&self.db, &env, record).await?;
         if queued == Queued::New {
@@ -457,6 +459,32 @@ pub struct OfficerService(pub Arc<NodeState>);
 
 #[tonic::async_trait]
 impl pb::officer_server::Officer for OfficerService {
+    async fn status(
+        &self,
+        req: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let db = &self.0.db;
+        let (quarantined, newest) = store::quarantine(db, 20).map_err(NodeError::from)?;
+        Ok(Response::new(pb::NodeStatus {
+            body: self.0.body.to_string(),
+            quarantined,
+            quarantine: newest
+                .into_iter()
+                .map(|q| pb::QuarantineEntry {
+                    hub_seq: q.hub_seq,
+                    message_id: q.message_id,
+                    origin: q.origin,
+                    reason: q.reason,
+                    at_ms: q.at_ms,
+                })
+                .collect(),
+            outbox_pending: store::outbox_pending(db).map_err(NodeError::from)?,
+            hub_cursor: store::hub_cursor(db).map_err(NodeError::from)?,
+        }))
+    }
+
     async fn submit(
         &self,
         req: Request<pb::OfficerSubmitRequest>,
@@ -495,6 +523,24 @@ impl pb::officer_server::Officer for OfficerService {
                 refused_by: r.refused_by,
                 refused_at_ms: r.refused_at_ms,
                 refusal_reason: r.refusal_reason,
+                received_by: r
+                    .received_by
+                    .into_iter()
+                    .map(|(body, at_ms)| pb::Receipt {
+                        body,
+                        at_ms,
+                        reason: String::new(),
+                    })
+                    .collect(),
+                quarantined_by: r
+                    .quarantined_by
+                    .into_iter()
+                    .map(|(body, (at_ms, reason))| pb::Receipt {
+                        body,
+                        at_ms,
+                        reason,
+                    })
+                    .collect(),
             })
             .collect();
         Ok(Response::new(pb::ListOutboxResponse { entries }))

@@ -11,6 +11,9 @@
 //! - `fw/<request id>`: another body's request to pass on a message this
 //!   body originated (third-party rule), `fd/<request id>`: an officer's
 //!   decision on it still to send to the hub;
+//! - `qr/<hub seq>`: a delivery this node could not accept (JSON, with the
+//!   reason), `qd/<hub seq>`: the delivery as received (encoded proto), kept
+//!   as evidence; never in the inbox;
 //! - `meta/*`: counters and the last hub position stored.
 
 use liaison_proto::v1 as pb;
@@ -111,6 +114,13 @@ pub struct OutboxRecord {
     /// Why it was refused.
     #[serde(default)]
     pub refusal_reason: String,
+    /// Recipient bodies whose nodes stored it in their inbox, and when the
+    /// hub learnt of it (from the receipts the hub passes back).
+    #[serde(default)]
+    pub received_by: std::collections::BTreeMap<String, i64>,
+    /// Recipient bodies whose nodes quarantined it: when, and why.
+    #[serde(default)]
+    pub quarantined_by: std::collections::BTreeMap<String, (i64, String)>,
 }
 
 /// A received message's bookkeeping.
@@ -504,6 +514,26 @@ pub fn outbox(db: &Db, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
 }
 
 /// The last hub position stored in the inbox.
+/// Deliveries kept in quarantine: how many, and the newest `limit` of them
+/// (newest first).
+pub fn quarantine(db: &Db, limit: usize) -> Result<(u64, Vec<QuarantineRecord>), StoreError> {
+    let all = db.scan_prefix(b"qr/", usize::MAX)?;
+    let count = all.len() as u64;
+    let newest = all
+        .into_iter()
+        .rev()
+        .take(limit)
+        .map(|(k, v)| parse(&k, &v))
+        .collect::<Result<_, _>>()?;
+    Ok((count, newest))
+}
+
+/// How many messages wait to be pushed to the hub.
+pub fn outbox_pending(db: &Db) -> Result<u64, StoreError> {
+    Ok(db.scan_prefix(b"op/", usize::MAX)?.len() as u64)
+}
+
+/// The last hub queue position stored here.
 pub fn hub_cursor(db: &Db) -> Result<u64, StoreError> {
     Ok(keys::u64_value(db.get(HUB_CURSOR)?))
 }
@@ -533,6 +563,40 @@ pub enum Arrival {
     },
     /// Another body asks to pass on a message this body originated.
     ForwardRequest(Box<ForwardRequestRecord>),
+    /// A recipient's node took a message this body originated.
+    Receipt {
+        /// The message.
+        message_id: String,
+        /// The recipient body.
+        recipient: String,
+        /// When the hub learnt of it.
+        at_ms: i64,
+        /// Why the recipient quarantined it; `None` when it was received.
+        quarantined: Option<String>,
+    },
+    /// A delivery this node cannot accept: kept in quarantine, never in the
+    /// inbox.
+    Quarantine {
+        /// Bookkeeping.
+        record: QuarantineRecord,
+        /// The delivery as received, kept as evidence.
+        raw: Vec<u8>,
+    },
+}
+
+/// A delivery this node could not accept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QuarantineRecord {
+    /// Position in this body's hub queue.
+    pub hub_seq: u64,
+    /// The message id as delivered, escaped (it may be what is wrong).
+    pub message_id: String,
+    /// The originating body as delivered, escaped.
+    pub origin: String,
+    /// Why it could not be accepted.
+    pub reason: String,
+    /// When.
+    pub at_ms: i64,
 }
 
 /// Stores a batch of deliveries and advances the hub cursor, atomically. A
@@ -567,6 +631,37 @@ pub async fn store_arrivals(
                     let key = k("fw", &record.request_id);
                     if txn.get(&key)?.is_none() {
                         txn.put(key, json(&*record));
+                    }
+                }
+                Arrival::Receipt {
+                    message_id,
+                    recipient,
+                    at_ms,
+                    quarantined,
+                } => {
+                    let key = k("o", &message_id);
+                    // A receipt for a message this node no longer knows
+                    // (its store was replaced) has nowhere to go.
+                    if let Some(bytes) = txn.get(&key)? {
+                        let mut rec: OutboxRecord = parse(&key, &bytes)?;
+                        match quarantined {
+                            None => {
+                                rec.received_by.entry(recipient).or_insert(at_ms);
+                            }
+                            Some(reason) => {
+                                rec.quarantined_by
+                                    .entry(recipient)
+                                    .or_insert((at_ms, reason));
+                            }
+                        }
+                        txn.put(key, json(&rec));
+                    }
+                }
+                Arrival::Quarantine { record, raw } => {
+                    let key = keys::seq_key(b"qr/", record.hub_seq);
+                    if txn.get(&key)?.is_none() {
+                        txn.put(keys::seq_key(b"qd/", record.hub_seq), raw);
+                        txn.put(key, json(&record));
                     }
                 }
             }
@@ -1144,6 +1239,8 @@ mod tests {
             refused_by: String::new(),
             refused_at_ms: 0,
             refusal_reason: String::new(),
+            received_by: Default::default(),
+            quarantined_by: Default::default(),
         }
     }
 

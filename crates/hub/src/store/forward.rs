@@ -423,14 +423,7 @@ pub async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward, HubErr
             )?;
         } else {
             let origin = body_of(&outcome.origin, &String::from_utf8_lossy(&out_key))?;
-            let next_key = counter_key(origin.as_str(), "next");
-            let seq = keys::u64_value(txn.get(&next_key)?) + 1;
-            txn.put(next_key, seq.to_be_bytes().to_vec());
             let entry = QueueEntry {
-                message_id: id.clone(),
-                origin: outcome.origin.clone(),
-                routed_at_ms: ask.now_ms,
-                retraction: None,
                 forward_request: Some(ForwardNotice {
                     request_id: record.id.clone(),
                     requester: record.requester.clone(),
@@ -439,11 +432,9 @@ pub async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward, HubErr
                     reason: record.reason.clone(),
                     requested_at_ms: record.requested_at_ms,
                 }),
+                ..QueueEntry::message(&id, &outcome.origin, ask.now_ms)
             };
-            txn.put(
-                keys::seq_key(&queue_prefix(origin.as_str()), seq),
-                json(&entry),
-            );
+            let seq = append_to_queue(txn, &origin, &entry)?;
             queued.push((origin, seq));
         }
         txn.put(forward_pair_key(&id, to), record.id.clone().into_bytes());

@@ -92,6 +92,55 @@ pub struct QueueEntry {
     /// of the message, not the message.
     #[serde(default)]
     pub forward_request: Option<ForwardNotice>,
+    /// Set when this position carries, for the originator of the message, a
+    /// recipient node's receipt of it, not the message.
+    #[serde(default)]
+    pub receipt: Option<Receipt>,
+}
+
+/// A recipient node's receipt of a message, queued for its originator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Receipt {
+    /// The body whose node took the message.
+    pub recipient: String,
+    /// When the hub learnt of it.
+    pub at_ms: i64,
+    /// Why the recipient's node quarantined it instead of storing it in its
+    /// inbox; `None` when it was received.
+    pub quarantined: Option<String>,
+}
+
+impl Receipt {
+    /// The receipt as streamed to the originator.
+    pub fn to_proto(&self, message_id: &str) -> pb::DeliveryReceipt {
+        pb::DeliveryReceipt {
+            message_id: message_id.to_owned(),
+            recipient: self.recipient.clone(),
+            received_at_ms: self.at_ms,
+            quarantined: self.quarantined.is_some(),
+            reason: self.quarantined.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl QueueEntry {
+    /// A position carrying the message itself.
+    pub fn message(message_id: &str, origin: &str, now_ms: i64) -> Self {
+        Self {
+            message_id: message_id.to_owned(),
+            origin: origin.to_owned(),
+            routed_at_ms: now_ms,
+            retraction: None,
+            forward_request: None,
+            receipt: None,
+        }
+    }
+
+    /// Whether this position carries the message itself (not a withdrawal,
+    /// a forward request or a receipt).
+    pub fn is_message(&self) -> bool {
+        self.retraction.is_none() && self.forward_request.is_none() && self.receipt.is_none()
+    }
 }
 
 /// The result of a submission.
@@ -275,7 +324,7 @@ pub async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
     .await
 }
 
-/// Appends the next entry of a body's queue; returns its position.
+/// Appends a message to a body's queue; returns its position.
 pub(super) fn enqueue(
     txn: &mut Txn<'_>,
     body: &BodyId,
@@ -283,19 +332,23 @@ pub(super) fn enqueue(
     origin: &str,
     now_ms: i64,
 ) -> Result<u64, StoreError> {
+    append_to_queue(txn, body, &QueueEntry::message(id, origin, now_ms))
+}
+
+/// Appends `entry` to `body`'s queue; returns its position. The one place a
+/// queue grows: submission, embargo release, forwarding, retraction and
+/// receipts all come here.
+pub(super) fn append_to_queue(
+    txn: &mut Txn<'_>,
+    body: &BodyId,
+    entry: &QueueEntry,
+) -> Result<u64, StoreError> {
     let next_key = counter_key(body.as_str(), "next");
     let seq = keys::u64_value(txn.get(&next_key)?) + 1;
     txn.put(next_key, seq.to_be_bytes().to_vec());
-    let entry = QueueEntry {
-        message_id: id.to_owned(),
-        origin: origin.to_owned(),
-        routed_at_ms: now_ms,
-        retraction: None,
-        forward_request: None,
-    };
     txn.put(
         keys::seq_key(&queue_prefix(body.as_str()), seq),
-        json(&entry),
+        json(entry),
     );
     Ok(seq)
 }
@@ -371,17 +424,32 @@ pub fn envelope(db: &Db, message_id: &str) -> Result<Option<pb::Envelope>, Store
         .transpose()
 }
 
-/// Acknowledges the body's queue up to `seq`: removes the entries and writes
-/// one audit record per acknowledged message. Returns the new position and
-/// the last audit position written (0 if none).
+/// What an acknowledgement did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// The body's acknowledged position now.
+    pub acked: u64,
+    /// The last audit position written (0 if none).
+    pub audit_seq: u64,
+    /// `(originator, queue position)` of each receipt queued.
+    pub receipts: Vec<(BodyId, u64)>,
+}
+
+/// Acknowledges the body's queue up to `seq`: removes the entries, writes
+/// one audit record per acknowledged message and queues a receipt for its
+/// originator. Positions in `quarantined` (with the node's reason) are
+/// recorded as quarantined, never as delivered, and their receipts say so.
+/// Receipts themselves are acknowledged without a record: they are derived
+/// from records already in the log.
 pub async fn acknowledge(
     db: &Db,
     body: BodyId,
     seq: u64,
+    quarantined: std::collections::BTreeMap<u64, String>,
     actor: String,
     now_ms: i64,
     policy_version: String,
-) -> Result<(u64, u64), HubError> {
+) -> Result<Acknowledged, HubError> {
     db.write(move |txn| {
         let next = keys::u64_value(txn.get(&counter_key(body.as_str(), "next"))?);
         if seq > next {
@@ -389,8 +457,23 @@ pub async fn acknowledge(
         }
         let acked_key = counter_key(body.as_str(), "acked");
         let acked = keys::u64_value(txn.get(&acked_key)?);
+        if let Some(q) = quarantined.keys().find(|q| **q <= acked || **q > seq) {
+            if seq > acked {
+                return Err(HubError::Invalid(liaison_types::ValidationError::new(
+                    "quarantined",
+                    format!(
+                        "position {q} is not among the positions acknowledged ({} to {seq})",
+                        acked + 1
+                    ),
+                )));
+            }
+        }
+        let mut done = Acknowledged {
+            acked,
+            ..Acknowledged::default()
+        };
         if seq <= acked {
-            return Ok((acked, 0));
+            return Ok(done);
         }
         let prefix = queue_prefix(body.as_str());
         let entries = txn.scan(
@@ -398,35 +481,59 @@ pub async fn acknowledge(
             &keys::seq_key(&prefix, seq.saturating_add(1)),
             usize::MAX,
         )?;
-        let mut audit_seq = 0;
         for (k, v) in entries {
             let entry: QueueEntry = parse(&k, &v)?;
             let qseq = keys::seq_of(&k).unwrap_or_default();
             txn.delete(k);
-            audit_seq = append_audit(
+            if entry.receipt.is_some() {
+                continue;
+            }
+            let quarantine = quarantined.get(&qseq);
+            let (event, reason) = if let Some(why) = quarantine {
+                (
+                    "quarantined",
+                    format!("quarantined by the recipient's node: {why}"),
+                )
+            } else if entry.retraction.is_some() {
+                ("acknowledged", "retraction".to_owned())
+            } else if let Some(n) = &entry.forward_request {
+                ("acknowledged", format!("forward request {}", n.request_id))
+            } else {
+                ("acknowledged", String::new())
+            };
+            done.audit_seq = append_audit(
                 txn,
                 pb::AuditRecord {
                     at_ms: now_ms,
-                    event: "acknowledged".into(),
-                    message_id: entry.message_id,
-                    origin: entry.origin,
+                    event: event.into(),
+                    message_id: entry.message_id.clone(),
+                    origin: entry.origin.clone(),
                     recipient: body.to_string(),
                     actor: actor.clone(),
                     queue_seq: qseq,
                     policy_version: policy_version.clone(),
-                    reason: if entry.retraction.is_some() {
-                        "retraction".into()
-                    } else if let Some(n) = &entry.forward_request {
-                        format!("forward request {}", n.request_id)
-                    } else {
-                        String::new()
-                    },
+                    reason,
                     ..Default::default()
                 },
             )?;
+            // The originator learns that the recipient's node took it.
+            let origin = BodyId::parse(&entry.origin).ok().filter(|o| *o != body);
+            if let (Some(origin), true) = (origin, entry.is_message()) {
+                let receipt = QueueEntry {
+                    receipt: Some(Receipt {
+                        recipient: body.to_string(),
+                        at_ms: now_ms,
+                        quarantined: quarantine.cloned(),
+                    }),
+                    ..QueueEntry::message(&entry.message_id, &entry.origin, now_ms)
+                };
+                let at = append_to_queue(txn, &origin, &receipt)?;
+                done.receipts.push((origin, at));
+            }
         }
         txn.put(acked_key, seq.to_be_bytes().to_vec());
-        Ok((seq, audit_seq))
+        done.acked = seq;
+        Ok(done)
     })
     .await
 }

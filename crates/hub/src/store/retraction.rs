@@ -1,7 +1,7 @@
 //! Retraction: the originator withdraws a message from its recipients.
 
 use liaison_proto::v1 as pb;
-use liaison_store::{from_json as parse, keys, to_json as json, Db, StoreError};
+use liaison_store::{from_json as parse, to_json as json, Db, StoreError};
 use liaison_types::BodyId;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -138,20 +138,11 @@ pub async fn retract(
             if was_held {
                 rec.reason = format!("withdrawn under embargo, never delivered: {}", note.reason);
             } else {
-                let next_key = counter_key(body.as_str(), "next");
-                let seq = keys::u64_value(txn.get(&next_key)?) + 1;
-                txn.put(next_key, seq.to_be_bytes().to_vec());
                 let entry = QueueEntry {
-                    message_id: message_id.clone(),
-                    origin: outcome.origin.clone(),
-                    routed_at_ms: now_ms,
                     retraction: Some(note.clone()),
-                    forward_request: None,
+                    ..QueueEntry::message(&message_id, &outcome.origin, now_ms)
                 };
-                txn.put(
-                    keys::seq_key(&queue_prefix(body.as_str()), seq),
-                    json(&entry),
-                );
+                let seq = append_to_queue(txn, &body, &entry)?;
                 rec.queue_seq = seq;
                 retracted.queued.push((body, seq));
             }
