@@ -183,7 +183,7 @@ impl From<HubError> for Status {
             | HubError::Io { .. } => Code::Internal,
         };
         if liaison_proto::status::classify(code).fault != liaison_proto::status::Fault::Caller {
-            tracing::error!(error = %e, code = ?code, "internal error answering a request");
+            tracing::error!(error = %e, code = %code, "internal error answering a request");
         }
         Status::new(code, e.to_string())
     }

@@ -109,7 +109,7 @@ pub async fn run_with_reload(
         AdminServer::new(AdminService(Arc::clone(&reloader))).max_decoding_message_size(16 * 1024);
     let on_signal = tokio::spawn(reload_on_signal(Arc::clone(&reloader), reloads, stop_rx));
     let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, policy_version = %state.governance().version(), "hub listening");
+    tracing::info!(addr = %local.map_or_else(|| "?".to_owned(), |a| a.to_string()), policy_version = %state.governance().version(), "hub listening");
     let mut accept = limits.accept_options(&federation);
     accept.failures = state.handshake_failures().clone();
     let incoming = tls_incoming_with(listener, tls_rx, accept);

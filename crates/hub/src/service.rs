@@ -1014,8 +1014,8 @@ impl HubState {
                 origin: entry.origin.clone(),
                 cause: pb::WithdrawalCause::Expired as i32,
                 reason: format!(
-                    "expired at {} ms before it could be delivered",
-                    labels.expires_at_ms
+                    "expired at {} before it could be delivered",
+                    liaison_types::rfc3339(labels.expires_at_ms)
                 ),
                 withdrawn_at_ms: now,
             };

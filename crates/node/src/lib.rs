@@ -104,14 +104,14 @@ pub async fn run_with_reload(
     let release = &state.release;
     if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {
         tracing::info!(
-            from = ?release.four_eyes_from.map(|c| c.as_str()),
-            kinds = ?release.four_eyes_kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-            approvers = ?release.approvers,
+            from = release.four_eyes_from.map_or("-", |c| c.as_str()),
+            kinds = %release.four_eyes_kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(","),
+            approvers = %release.approvers.join(","),
             "four-eyes release in force"
         );
         if release.approvers.len() < 2 {
             tracing::warn!(
-                approvers = ?release.approvers,
+                approvers = %release.approvers.join(","),
                 "only one four-eyes approver: messages that approver submits cannot be approved by anyone, and are refused at submission"
             );
         }
@@ -140,7 +140,7 @@ pub async fn run_with_reload(
     let limits = &config.limits;
     let officer = OfficerServer::new(OfficerService(Arc::clone(&state)))
         .max_decoding_message_size(limits.max_request_bytes);
-    tracing::info!(body = %state.body, addr = ?listener.local_addr().ok(), hub = %config.hub, "node listening");
+    tracing::info!(body = %state.body, addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), hub = %config.hub, "node listening");
     let mut accept = limits.accept_options(&federation);
     accept.failures = state.handshake_failures.clone();
     let incoming = tls_incoming_with(listener, tls_rx, accept);

@@ -111,7 +111,7 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
                     store::finish_push(&state.db, push_seq, id, Ok(resp)).await
                 }
                 Err(status) if is_final(&status) => {
-                    tracing::warn!(message_id = %id, code = ?status.code(), error = status.message(), "hub refused for good");
+                    tracing::warn!(message_id = %id, code = %status.code(), error = status.message(), "hub refused for good");
                     store::finish_push(
                         &state.db,
                         push_seq,
@@ -123,7 +123,7 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
                 Err(status) => {
                     failures += 1;
                     let delay = retry.backoff(failures);
-                    tracing::warn!(message_id = %id, error = %status.message(), retry_in = ?delay, "push failed; will retry");
+                    tracing::warn!(message_id = %id, error = %status.message(), retry_in_ms = delay.as_millis(), "push failed; will retry");
                     if let Err(e) =
                         store::note_attempt(&state.db, id, status.message().to_owned()).await
                     {
@@ -263,7 +263,7 @@ async fn push_forward_decisions(
             }
         };
         *failures = 0;
-        tracing::info!(request_id = %p.request_id, approve = p.approve, outcome = ?outcome, "forward decision sent to the hub");
+        tracing::info!(request_id = %p.request_id, approve = p.approve, outcome = %match &outcome { Ok(s) | Err(s) => s.as_str() }, "forward decision sent to the hub");
         if let Err(e) = store::finish_forward_decision(&state.db, p.request_id, outcome).await {
             tracing::error!(error = %e, "cannot record a forward decision");
         }
@@ -286,7 +286,7 @@ pub async fn receive(state: Arc<NodeState>, retry: Retry, mut stopping: watch::R
         if let Err(e) = outcome {
             failures += 1;
             let delay = retry.backoff(failures);
-            tracing::warn!(error = %e, retry_in = ?delay, "hub subscription interrupted");
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "hub subscription interrupted");
             if !pause(delay, &mut stopping).await {
                 return;
             }

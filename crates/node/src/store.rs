@@ -743,13 +743,13 @@ pub async fn expire_inbox(db: &Db, now_ms: i64) -> Result<usize, NodeError> {
             let note = if cause == b"retention" {
                 WithdrawalNote {
                     cause: "retention".into(),
-                    reason: format!("the retention period of its classification ended at {expires} ms; its content was erased from this inbox"),
+                    reason: format!("the retention period of its classification ended at {}; its content was erased from this inbox", liaison_types::rfc3339(i64::try_from(expires).unwrap_or(i64::MAX))),
                     at_ms: now_ms,
                 }
             } else {
                 WithdrawalNote {
                     cause: "expired".into(),
-                    reason: format!("expired at {expires} ms; its content was erased from this inbox"),
+                    reason: format!("expired at {}; its content was erased from this inbox", liaison_types::rfc3339(i64::try_from(expires).unwrap_or(i64::MAX))),
                     at_ms: now_ms,
                 }
             };

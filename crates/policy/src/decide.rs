@@ -303,7 +303,11 @@ fn evaluate(
         if expires <= now_ms {
             return Err((
                 Rule::MessageExpired,
-                format!("expired at {expires} ms, now {now_ms} ms"),
+                format!(
+                    "expired at {}, now {}",
+                    liaison_types::rfc3339(expires),
+                    liaison_types::rfc3339(now_ms)
+                ),
             ));
         }
     }
@@ -508,7 +512,10 @@ fn evaluate(
         summary.push_str(&format!("; {t}"));
     }
     if let Some(until) = l.not_before_ms.filter(|n| *n > now_ms) {
-        summary.push_str(&format!("; held under embargo until {until} ms"));
+        summary.push_str(&format!(
+            "; held under embargo until {}",
+            liaison_types::rfc3339(until)
+        ));
     }
     Ok(summary)
 }

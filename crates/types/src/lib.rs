@@ -19,7 +19,7 @@ pub use identity::{Identity, IdentityError, Role};
 pub use label::{
     BodyId, Classification, CrimeArea, Grading, HandlingCode, Kind, Priority, Tlp, CRIME_AREAS,
 };
-pub use time::now_ms;
+pub use time::{now_ms, rfc3339};
 
 /// A field of an incoming message is missing, malformed or inconsistent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

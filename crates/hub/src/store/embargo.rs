@@ -88,7 +88,10 @@ pub async fn release_due(
                     rec.reason = "expired while held under embargo; released to nobody".into();
                 } else {
                     rec.event = "released".into();
-                    rec.reason = format!("embargo until {} ms ended", held.not_before_ms);
+                    rec.reason = format!(
+                        "embargo until {} ended",
+                        liaison_types::rfc3339(held.not_before_ms)
+                    );
                     rec.queue_seq = enqueue(txn, &body, &held.message_id, &held.origin, now_ms)?;
                     released.queued.push((body, rec.queue_seq));
                 }

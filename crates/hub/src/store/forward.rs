@@ -347,7 +347,7 @@ pub async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward, HubErr
         if let Some(t) = ask.env.labels.not_before_ms.filter(|t| *t > ask.now_ms) {
             return Err(not_allowed(
                 &id,
-                format!("it is under embargo until {t} ms; ask again once the embargo ends"),
+                format!("it is under embargo until {}; ask again once the embargo ends", liaison_types::rfc3339(t)),
             ));
         }
         if to == outcome.origin || received(txn, &outcome, to)? {
