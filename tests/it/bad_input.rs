@@ -1114,42 +1114,163 @@ async fn officer_submit_does_not_let_the_officer_choose_the_creation_time() {
     sandbox.shutdown().await.unwrap();
 }
 
+/// Officer requests the hub would refuse under the test governance, by
+/// what is wrong with them.
+fn labels_of(r: &mut pb::OfficerSubmitRequest) -> &mut pb::Labels {
+    r.labels.as_mut().unwrap()
+}
+
+fn refused_by_the_governance() -> Vec<(&'static str, pb::OfficerSubmitRequest, &'static str)> {
+    let now = liaison_types::now_ms();
+    let with = |f: &dyn Fn(&mut pb::OfficerSubmitRequest)| {
+        let mut r = officer_alert("refused by the governance");
+        f(&mut r);
+        r
+    };
+    vec![
+        (
+            "an unknown body in releasable_to",
+            with(&|r| labels_of(r).releasable_to = vec!["zulu".into()]),
+            "labels.releasable_to[0]",
+        ),
+        (
+            "an unknown body in excluded",
+            with(&|r| labels_of(r).excluded = vec!["bravo".into(), "zulu".into()]),
+            "labels.excluded[1]",
+        ),
+        (
+            "another body's marking",
+            with(&|r| {
+                labels_of(r).classification = C::Restricted as i32;
+                labels_of(r).marking = "BRAVO LIMITED".into();
+            }),
+            "labels.marking",
+        ),
+        (
+            "a marking of another level",
+            with(&|r| labels_of(r).marking = "ALPHA RESTRICTED".into()),
+            "labels.marking",
+        ),
+        (
+            "an unknown working group",
+            with(&|r| labels_of(r).working_groups = vec!["nowhere".into()]),
+            "labels.working_groups",
+        ),
+        (
+            "an unknown lead body",
+            with(&|r| {
+                labels_of(r).kind = K::OperationalPlan as i32;
+                r.body = Some(plan(now, now + 86_400_000, "zulu", "drugs"));
+            }),
+            "body.operational_plan.lead_body",
+        ),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn officer_explain_passes_on_the_hub_refusal_of_an_unknown_body() {
+async fn the_node_refuses_what_the_hub_would_refuse_before_it_says_queued_in_the_hubs_words() {
     let sandbox = sandbox().await;
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
-    let mut request = officer_alert("for nobody");
-    request.labels.as_mut().unwrap().releasable_to = vec!["zulu".into()];
-    assert_refused(
-        officer
-            .explain(pb::OfficerExplainRequest {
-                labels: request.labels.clone(),
-                body: request.body.clone(),
+    let mut hub = sandbox.hub_as("alpha/node").await.unwrap();
+    // The node fetches the governance in force from the hub when it starts.
+    let (_, first, _) = refused_by_the_governance().remove(0);
+    wait_until("the node holds the hub's governance", SETTLE, || {
+        let mut officer = officer.clone();
+        let first = first.clone();
+        async move {
+            let r = officer.submit(first).await;
+            matches!(r, Err(s) if s.code() == Code::InvalidArgument).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    for (case, request, field) in refused_by_the_governance() {
+        // What the hub says of the same message...
+        let mut env_labels = request.labels.clone().unwrap();
+        env_labels.origin = "alpha".into();
+        env_labels.message_id = uuid::Uuid::new_v4().to_string();
+        env_labels.created_at_ms = liaison_types::now_ms();
+        let hub_says = hub
+            .explain(pb::ExplainRequest {
+                envelope: Some(pb::Envelope {
+                    labels: Some(env_labels),
+                    body: request.body.clone().unwrap().encode_to_vec(),
+                }),
             })
-            .await,
-        Code::InvalidArgument,
-        &["hub:", "labels.releasable_to[0]", "'zulu'"],
-    );
+            .await
+            .expect_err(case);
+        assert_eq!(
+            hub_says.code(),
+            Code::InvalidArgument,
+            "{case}: {hub_says:?}"
+        );
+        // ...the node says at once, to submit and explain alike.
+        for (rpc, node_says) in [
+            ("submit", officer.submit(request.clone()).await.map(|_| ())),
+            (
+                "explain",
+                officer
+                    .explain(pb::OfficerExplainRequest {
+                        labels: request.labels.clone(),
+                        body: request.body.clone(),
+                    })
+                    .await
+                    .map(|_| ()),
+            ),
+        ] {
+            let node_says = node_says.expect_err(case);
+            assert_eq!(
+                node_says.code(),
+                Code::InvalidArgument,
+                "{case} {rpc}: {node_says:?}"
+            );
+            assert!(
+                node_says.message().contains(field),
+                "{case} {rpc}: {node_says:?}"
+            );
+            assert_eq!(
+                node_says.message(),
+                hub_says.message(),
+                "{case} {rpc}: the node and the hub say the same"
+            );
+        }
+    }
+    // Nothing was queued or sent.
     assert!(outbox_ids(&sandbox, "alpha").await.is_empty());
     assert!(audit_log(&sandbox).await.is_empty());
+    sandbox.shutdown().await.unwrap();
+}
 
-    // The node cannot check the governance itself, so Submit queues such a
-    // message; the hub then refuses it for good and the outbox says why.
-    let id = officer
-        .submit(request)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officer_explain_is_answered_under_the_hubs_governance_version() {
+    let sandbox = sandbox().await;
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut hub = sandbox.hub_as("alpha/node").await.unwrap();
+    let request = officer_alert("who gets this");
+    let mut env_labels = request.labels.clone().unwrap();
+    env_labels.origin = "alpha".into();
+    env_labels.message_id = uuid::Uuid::new_v4().to_string();
+    env_labels.created_at_ms = liaison_types::now_ms();
+    let at_hub = hub
+        .explain(pb::ExplainRequest {
+            envelope: Some(pb::Envelope {
+                labels: Some(env_labels),
+                body: request.body.clone().unwrap().encode_to_vec(),
+            }),
+        })
         .await
         .unwrap()
-        .into_inner()
-        .message_id;
-    let entry = sandbox.settled("alpha", &id, SETTLE).await.unwrap();
-    assert_eq!(entry.status, "rejected", "{entry:?}");
-    assert!(
-        entry.last_error.contains("InvalidArgument")
-            && entry.last_error.contains("labels.releasable_to[0]"),
-        "{entry:?}"
-    );
-    assert!(entry.decisions.is_empty());
-    assert!(audit_log(&sandbox).await.is_empty());
+        .into_inner();
+    let at_node = officer
+        .explain(pb::OfficerExplainRequest {
+            labels: request.labels.clone(),
+            body: request.body.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(at_node.policy_version, at_hub.policy_version);
+    assert_eq!(at_node.decisions, at_hub.decisions);
     sandbox.shutdown().await.unwrap();
 }
 

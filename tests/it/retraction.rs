@@ -241,15 +241,26 @@ async fn a_message_that_expires_in_the_queue_is_withdrawn_not_delivered() {
     let w = d.withdrawal.unwrap();
     assert_eq!(w.cause, pb::WithdrawalCause::Expired as i32);
     assert_eq!(w.message_id, id);
-    let expired = audit_records(
-        &sandbox,
-        pb::AuditQuery {
-            message_id: id,
-            event: "expired".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    // The records follow the stream (and the schedule's own tick): wait
+    // for both rather than race them.
+    let expired = liaison_test_support::wait_until("both expiry records", SETTLE, || {
+        let sandbox = &sandbox;
+        let id = id.clone();
+        async move {
+            let records = audit_records(
+                sandbox,
+                pb::AuditQuery {
+                    message_id: id,
+                    event: "expired".into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+            (records.len() >= 2).then_some(records)
+        }
+    })
+    .await
+    .unwrap();
     // One record when it expired (the hub's schedule: recipients' inboxes
     // erase it then), one for bravo's queue position that carried the
     // withdrawal instead of the content.

@@ -387,18 +387,40 @@ impl HubState {
 
     fn validate(&self, envelope: pb::Envelope, gov: &Governance) -> Result<Envelope, HubError> {
         let (env, body) = Envelope::parse(envelope)?;
-        gov.check_labels(&env.labels)?;
-        for (field, named) in body.named_bodies() {
-            if !gov.is_known(named) {
-                let known: Vec<&str> = gov.bodies().map(|b| b.id.as_str()).collect();
-                let problem = format!(
-                    "'{named}' is not a body of this federation; expected one of {}",
-                    known.join(", ")
-                );
-                return Err(ValidationError::new(field, problem).into());
-            }
-        }
+        gov.check_message(&env.labels, &body)?;
         Ok(env)
+    }
+
+    /// The governance in force, for a node to validate and explain as the
+    /// hub does.
+    pub fn governance_snapshot(
+        &self,
+        caller: &Identity,
+        known_version: &str,
+    ) -> Result<pb::GovernanceSnapshot, HubError> {
+        self.known_caller(caller)?;
+        let current = self.governance.current();
+        let version = current.effective().version().to_owned();
+        if version == known_version {
+            return Ok(pb::GovernanceSnapshot {
+                version,
+                unchanged: true,
+                ..Default::default()
+            });
+        }
+        Ok(pb::GovernanceSnapshot {
+            version,
+            unchanged: false,
+            text: current.file().source_text().to_owned(),
+            overrides: current
+                .overrides()
+                .iter()
+                .map(|(body, state)| pb::BodyState {
+                    body: body.to_string(),
+                    state: state.as_str().to_owned(),
+                })
+                .collect(),
+        })
     }
 
     /// Validates, routes, stores and audits a submission.
@@ -1141,6 +1163,15 @@ pub struct FederationService(pub Arc<HubState>);
 
 #[tonic::async_trait]
 impl pb::federation_server::Federation for FederationService {
+    async fn get_governance(
+        &self,
+        req: Request<pb::GetGovernanceRequest>,
+    ) -> Result<Response<pb::GovernanceSnapshot>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        let known = req.into_inner().known_version;
+        Ok(Response::new(self.0.governance_snapshot(&caller, &known)?))
+    }
+
     async fn retract(
         &self,
         req: Request<pb::RetractRequest>,

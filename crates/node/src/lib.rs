@@ -100,6 +100,8 @@ pub async fn run_with_reload(
         inbox_changed: Notify::new(),
         release: config.release.clone(),
         handshake_failures: liaison_pki::HandshakeFailures::default(),
+        governance: std::sync::RwLock::new(None),
+        governance_stale: Notify::new(),
     });
     let release = &state.release;
     if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {
@@ -135,6 +137,11 @@ pub async fn run_with_reload(
         config.retry.clone(),
         stop_rx.clone(),
     ));
+    let follower = tokio::spawn(link::follow_governance(
+        Arc::clone(&state),
+        config.retry.clone(),
+        stop_rx.clone(),
+    ));
     let sweeper = tokio::spawn(link::expire_inbox(Arc::clone(&state), stop_rx));
 
     let limits = &config.limits;
@@ -160,6 +167,7 @@ pub async fn run_with_reload(
     let _ = pusher.await;
     let _ = receiver.await;
     let _ = sweeper.await;
+    let _ = follower.await;
     // Close the store so that a restart can open it at once.
     match Arc::try_unwrap(state) {
         Ok(state) => {

@@ -108,6 +108,7 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
                     failures = 0;
                     let resp = resp.into_inner();
                     tracing::info!(message_id = %id, duplicate = resp.duplicate, "hub accepted");
+                    state.saw_policy_version(&resp.policy_version);
                     store::finish_push(&state.db, push_seq, id, Ok(resp)).await
                 }
                 Err(status) if is_final(&status) => {
@@ -475,6 +476,89 @@ fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
         },
         envelope: Box::new(envelope),
     })
+}
+
+/// How often the node asks the hub whether its governance changed, when
+/// nothing else told it.
+const GOVERNANCE_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps the node's copy of the hub's governance in force, until the node
+/// stops: fetched at start, then every [`GOVERNANCE_REFRESH`] and whenever a
+/// hub answer is stamped with another version. A copy is put in use only
+/// when parsing the hub's text and applying its overrides gives exactly the
+/// version the hub announced; otherwise the node keeps the one it had and
+/// says so in its log.
+pub async fn follow_governance(
+    state: Arc<NodeState>,
+    retry: crate::config::Retry,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut failures = 0;
+    loop {
+        let known = state
+            .governance()
+            .map(|g| g.version().to_owned())
+            .unwrap_or_default();
+        let mut hub = state.hub.clone();
+        let wait = match hub
+            .get_governance(pb::GetGovernanceRequest {
+                known_version: known.clone(),
+            })
+            .await
+        {
+            Ok(resp) => {
+                failures = 0;
+                let snap = resp.into_inner();
+                if !snap.unchanged {
+                    match verified_governance(&snap) {
+                        Ok(gov) => {
+                            tracing::info!(version = %gov.version(), previous = %known, "governance in force at the hub fetched");
+                            *state.governance.write().unwrap_or_else(|p| p.into_inner()) =
+                                Some(Arc::new(gov));
+                        }
+                        Err(e) => {
+                            tracing::error!(version = %snap.version, error = %e, "the hub's governance does not verify; keeping the one held")
+                        }
+                    }
+                }
+                GOVERNANCE_REFRESH
+            }
+            Err(status) => {
+                failures += 1;
+                tracing::debug!(error = %status.message(), "cannot fetch the hub's governance; will retry");
+                retry.backoff(failures).min(GOVERNANCE_REFRESH)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = state.governance_stale.notified() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Parses a governance snapshot and checks it against its version.
+fn verified_governance(
+    snap: &pb::GovernanceSnapshot,
+) -> Result<liaison_policy::Governance, String> {
+    let file = liaison_policy::Governance::from_toml("the hub's governance", &snap.text)
+        .map_err(|e| e.to_string())?;
+    let mut overrides = std::collections::BTreeMap::new();
+    for o in &snap.overrides {
+        let body = liaison_types::BodyId::parse(&o.body).map_err(|e| e.to_string())?;
+        let state = liaison_policy::State::parse(&o.state)
+            .ok_or_else(|| format!("unknown state '{}'", o.state.escape_debug()))?;
+        overrides.insert(body, state);
+    }
+    let gov = file.with_states(&overrides);
+    if gov.version() != snap.version {
+        return Err(format!(
+            "the text and overrides give version {}, not the announced {}",
+            gov.version(),
+            snap.version
+        ));
+    }
+    Ok(gov)
 }
 
 /// Erases expired messages from the inbox when they expire, until the node

@@ -38,9 +38,32 @@ pub struct NodeState {
     pub release: Release,
     /// Failed TLS handshakes on the officer listener, by reason.
     pub handshake_failures: liaison_pki::HandshakeFailures,
+    /// The hub's governance in force, as last fetched and verified (see
+    /// [`crate::link::follow_governance`]); `None` until the hub first
+    /// answered.
+    pub governance: std::sync::RwLock<Option<Arc<liaison_policy::Governance>>>,
+    /// Woken when the hub stamped a version other than the one held.
+    pub governance_stale: Notify,
 }
 
 impl NodeState {
+    /// The hub's governance as last verified, if any.
+    pub fn governance(&self) -> Option<Arc<liaison_policy::Governance>> {
+        self.governance
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Notes a version the hub stamped; a different one than held makes
+    /// the governance follower fetch again.
+    pub fn saw_policy_version(&self, version: &str) {
+        let held = self.governance();
+        if !version.is_empty() && held.as_ref().is_none_or(|g| g.version() != version) {
+            self.governance_stale.notify_one();
+        }
+    }
+
     fn own_officer(&self, caller: &Identity) -> Result<(), NodeError> {
         if caller.body == self.body {
             Ok(())
@@ -76,10 +99,18 @@ impl NodeState {
         }
         // The node, not the officer, says when a message was created.
         labels.created_at_ms = now_ms();
-        Ok(Envelope::parse(pb::Envelope {
+        let (env, typed) = Envelope::parse(pb::Envelope {
             labels: Some(labels),
             body: body.encode_to_vec(),
-        })?)
+        })?;
+        // What the hub would refuse (an unknown body in a list, another
+        // body's marking, an unknown working group...) is refused here, with
+        // the hub's own words, before the officer is told "queued". Until
+        // the hub first answered, the node cannot know and the hub decides.
+        if let Some(gov) = self.governance() {
+            gov.check_message(&env.labels, &typed)?;
+        }
+        Ok((env, typed))
     }
 
     async fn submit(
@@ -381,14 +412,24 @@ impl NodeState {
     ) -> Result<pb::ExplainResponse, NodeError> {
         self.own_officer(caller)?;
         let (env, _) = self.envelope(req.labels, req.body)?;
-        let mut hub = self.hub.clone();
-        let mut resp = hub
-            .explain(pb::ExplainRequest {
+        // The same decision the hub makes, under the governance the hub has
+        // in force; asked of the hub only while the node holds none.
+        let mut resp = if let Some(gov) = self.governance() {
+            let decisions = liaison_policy::decide(&gov, &env.labels, now_ms());
+            pb::ExplainResponse {
+                decisions: decisions.iter().map(pb::RoutingDecision::from).collect(),
+                policy_version: gov.version().to_owned(),
+                approval_needed: String::new(),
+            }
+        } else {
+            let mut hub = self.hub.clone();
+            hub.explain(pb::ExplainRequest {
                 envelope: Some(pb::Envelope::from(&env)),
             })
             .await
             .map_err(NodeError::Hub)?
-            .into_inner();
+            .into_inner()
+        };
         resp.approval_needed = self
             .release
             .approval_reason(env.labels.kind, env.labels.classification)

@@ -102,6 +102,16 @@ pub enum State {
 }
 
 impl State {
+    /// The state named `name` (`active`, `suspended`, `revoked`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "active" => Some(Self::Active),
+            "suspended" => Some(Self::Suspended),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+
     /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -245,6 +255,8 @@ impl ObserverRestriction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Governance {
     source_name: String,
+    /// The exact text it was parsed from (what the hub hands to nodes).
+    text: std::sync::Arc<str>,
     version: String,
     federation: String,
     hub_body: BodyId,
@@ -344,6 +356,38 @@ impl Governance {
     /// The name the configuration was loaded under.
     pub fn source_name(&self) -> &str {
         &self.source_name
+    }
+
+    /// The exact text the configuration was parsed from: parsing it again
+    /// (and applying the same state overrides) gives the same version.
+    pub fn source_text(&self) -> &str {
+        &self.text
+    }
+
+    /// Checks a parsed message against this governance exactly as the hub
+    /// does before routing it: its labels ([`Governance::check_labels`])
+    /// and every body its body names (a plan's lead body). Nodes run the
+    /// same check before they answer an officer, so that an officer gets
+    /// the hub's refusal at once.
+    pub fn check_message(
+        &self,
+        labels: &liaison_types::Labels,
+        body: &liaison_types::TypedBody,
+    ) -> Result<(), ValidationError> {
+        self.check_labels(labels)?;
+        for (field, named) in body.named_bodies() {
+            if !self.is_known(named) {
+                let known: Vec<&str> = self.bodies().map(|b| b.id.as_str()).collect();
+                return Err(ValidationError::new(
+                    field,
+                    format!(
+                        "'{named}' is not a body of this federation; expected one of {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The lowercase hex SHA-256 of the exact configuration text, stamped on
@@ -815,6 +859,7 @@ impl Validator<'_> {
 
         Ok(Governance {
             source_name: self.src.name.to_owned(),
+            text: std::sync::Arc::from(self.src.text),
             version: String::new(),
             federation,
             hub_body: hub_body.clone(),
