@@ -625,7 +625,7 @@ impl HubState {
         let stored = store::envelope(&self.db, message_id)?
             .ok_or_else(|| HubError::UnknownMessage(message_id.to_owned()))?;
         let (env, _) = Envelope::parse(stored).map_err(|e| liaison_store::StoreError::Corrupt {
-            key: format!("m/{message_id}/env"),
+            key: store::env_key_name(&message_id),
             problem: format!("stored message does not validate: {e}"),
         })?;
         Ok(env)
@@ -733,7 +733,7 @@ impl HubState {
         let approve = if req.approve {
             let to = BodyId::parse(&record.to).map_err(|problem| {
                 liaison_store::StoreError::Corrupt {
-                    key: format!("f/{request_id}"),
+                    key: store::forward_key_name(&request_id),
                     problem,
                 }
             })?;
@@ -923,7 +923,7 @@ impl HubState {
                 }
                 let Some(envelope) = store::envelope(&self.db, &entry.message_id)? else {
                     return Err(liaison_store::StoreError::Corrupt {
-                        key: format!("m/{}/env", entry.message_id),
+                        key: store::env_key_name(&entry.message_id),
                         problem: "queued message has no stored envelope".into(),
                     }
                     .into());

@@ -23,14 +23,6 @@ pub struct Held {
     pub expires_at_ms: Option<i64>,
 }
 
-const HELD_PREFIX: &[u8] = b"h/";
-
-pub(super) fn held_key(not_before_ms: i64, id: &str) -> Vec<u8> {
-    let mut k = keys::seq_key(HELD_PREFIX, u64::try_from(not_before_ms).unwrap_or(0));
-    k.push(b'/');
-    k.extend_from_slice(id.as_bytes());
-    k
-}
 
 /// The release time of the earliest held delivery, if any.
 pub fn next_release(db: &Db) -> Result<Option<i64>, StoreError> {

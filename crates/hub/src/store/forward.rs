@@ -132,17 +132,6 @@ impl ForwardNotice {
 /// Who decided automatically when the originator waived the rule.
 pub const WAIVER_ACTOR: &str = "hub:third_party_release";
 
-fn forward_key(request_id: &str) -> Vec<u8> {
-    format!("f/{request_id}").into_bytes()
-}
-
-fn forward_pair_prefix(message_id: &str) -> Vec<u8> {
-    format!("m/{message_id}/fwd/").into_bytes()
-}
-
-fn forward_pair_key(message_id: &str, to: &str) -> Vec<u8> {
-    format!("m/{message_id}/fwd/{to}").into_bytes()
-}
 
 fn forward_record(txn: &Txn<'_>, request_id: &str) -> Result<Option<ForwardRecord>, StoreError> {
     let key = forward_key(request_id);

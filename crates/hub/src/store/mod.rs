@@ -1,17 +1,6 @@
 //! The hub's durable state on top of [`liaison_store::Db`].
 //!
-//! Keys:
-//! - `m/<id>/env`: the envelope as received (encoded proto);
-//! - `m/<id>/out`: the routing outcome (JSON);
-//! - `m/<id>/retracted`: the originator's retraction, if any (JSON);
-//! - `q/<body>/<seq>`: the body's delivery queue, in order;
-//! - `c/<body>/next`, `c/<body>/acked`: the body's queue counters;
-//! - `a/<seq>`: the audit log, one JSON record per key;
-//! - `meta/audit_head`: the last audit position and hash;
-//! - `h/<not before>/<id>`: deliveries held under embargo, by release time;
-//! - `f/<request id>`: a forward request (third-party rule, JSON);
-//! - `m/<id>/fwd/<body>`: the latest forward request of the message to that
-//!   body (its request id).
+//! The key schema, every key family in one table, is [`schema`]'s.
 //!
 //! A submission writes the envelope, its outcome, its queue entries and its
 //! audit records in one atomic transaction, so a crash leaves all or none.
@@ -32,6 +21,10 @@ mod embargo;
 mod forward;
 mod retention;
 mod retraction;
+mod schema;
+
+use schema::*;
+pub use schema::{env_key_name, forward_key_name};
 
 pub use embargo::*;
 pub use forward::*;
@@ -166,28 +159,6 @@ pub fn digest(encoded: &[u8]) -> String {
     hex::encode(Sha256::digest(encoded))
 }
 
-fn env_key(id: &str) -> Vec<u8> {
-    format!("m/{id}/env").into_bytes()
-}
-
-fn outcome_key(id: &str) -> Vec<u8> {
-    format!("m/{id}/out").into_bytes()
-}
-
-fn retracted_key(id: &str) -> Vec<u8> {
-    format!("m/{id}/retracted").into_bytes()
-}
-
-fn queue_prefix(body: &str) -> Vec<u8> {
-    format!("q/{body}/").into_bytes()
-}
-
-fn counter_key(body: &str, which: &str) -> Vec<u8> {
-    format!("c/{body}/{which}").into_bytes()
-}
-
-const AUDIT_PREFIX: &[u8] = b"a/";
-const AUDIT_HEAD: &[u8] = b"meta/audit_head";
 
 /// Appends one audit record inside a transaction: assigns its position,
 /// links it to the previous record and computes its hash.
@@ -551,7 +522,7 @@ pub fn audit_after(
         .into_iter()
         .map(|(k, v)| {
             audit::from_json(&v).map_err(|problem| StoreError::Corrupt {
-                key: format!("a/{}", keys::seq_of(&k).unwrap_or_default()),
+                key: audit_key_name(keys::seq_of(&k).unwrap_or_default()),
                 problem,
             })
         })
@@ -562,7 +533,6 @@ pub fn audit_after(
 /// `policy.reload` for a new version put in force, `policy.reload_refused`
 /// for a refused one; `policy_version` is the version in force after it.
 /// Returns its audit position.
-const BODY_STATES: &[u8] = b"meta/body_states";
 
 /// The bodies' states set by administrators on top of the governance file.
 pub fn body_states(

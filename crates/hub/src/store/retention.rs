@@ -11,15 +11,6 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::HubError;
 
-const RETENTION_PREFIX: &[u8] = b"r/";
-const EXPIRY_PREFIX: &[u8] = b"x/";
-
-fn expiry_key(expires_at_ms: i64, id: &str) -> Vec<u8> {
-    let mut k = keys::seq_key(EXPIRY_PREFIX, u64::try_from(expires_at_ms).unwrap_or(0));
-    k.push(b'/');
-    k.extend_from_slice(id.as_bytes());
-    k
-}
 
 /// Records when a message expires, so that its expiry is on record when it
 /// comes (recipients' nodes erase it from their inboxes then).
@@ -41,16 +32,6 @@ fn first_due(db: &Db, prefix: &[u8]) -> Result<Option<i64>, StoreError> {
         .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
 }
 
-fn retention_key(erase_at_ms: i64, id: &str) -> Vec<u8> {
-    let mut k = keys::seq_key(RETENTION_PREFIX, u64::try_from(erase_at_ms).unwrap_or(0));
-    k.push(b'/');
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn erased_key(id: &str) -> Vec<u8> {
-    format!("m/{id}/erased").into_bytes()
-}
 
 /// A message whose content the retention rule erased.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,9 +42,6 @@ pub struct Erased {
     pub reason: String,
 }
 
-fn erase_at_key(id: &str) -> Vec<u8> {
-    format!("m/{id}/erase_at").into_bytes()
-}
 
 /// Records when a message's content is to be erased.
 pub(super) fn schedule(txn: &mut Txn<'_>, erase_at_ms: i64, id: &str) -> Result<(), StoreError> {
@@ -136,7 +114,7 @@ pub async fn erase_due(db: &Db, now_ms: i64, policy_version: String) -> Result<u
         for (key, value) in txn.scan(RETENTION_PREFIX, &end, 256)? {
             txn.delete(key);
             let id = String::from_utf8_lossy(&value).into_owned();
-            let ekey = format!("m/{id}/env").into_bytes();
+            let ekey = env_key(&id);
             let Some(bytes) = txn.get(&ekey)? else {
                 continue;
             };

@@ -1,0 +1,146 @@
+//! The key schema of the hub's store: every key family, in one table, and
+//! the only functions that build keys. Nothing outside this module writes a
+//! key by hand.
+//!
+//! | family | key | value | written by |
+//! |--------|-----|-------|------------|
+//! | envelope | `m/<id>/env` | the envelope as received (encoded proto); after retention erasure, the labels only | submission, retention |
+//! | outcome | `m/<id>/out` | the routing outcome (JSON): digest, decisions, policy version | submission |
+//! | retraction | `m/<id>/retracted` | the originator's retraction (JSON) | retraction |
+//! | erased | `m/<id>/erased` | when and why its content was erased (JSON) | retention |
+//! | erase at | `m/<id>/erase_at` | when its content is to be erased (ms, big-endian) | submission |
+//! | forward pair | `m/<id>/fwd/<body>` | the latest forward request of the message to that body (request id) | forwarding |
+//! | forward | `f/<request id>` | a forward request and its decision (JSON) | forwarding |
+//! | queue | `q/<body>/<seq>` | one position of a body's delivery queue (JSON `QueueEntry`) | submission, embargo release, forwarding, retraction, receipts |
+//! | counters | `c/<body>/next`, `c/<body>/acked` | the body's last queue position and acknowledged position (big-endian) | queue appends, acknowledgement |
+//! | held | `h/<not before>/<id>` | deliveries held under embargo (JSON), by release time | submission, embargo release |
+//! | retention | `r/<erase at>/<id>` | a content erasure due, by time | submission, retention |
+//! | expiry | `x/<expires at>/<id>` | an expiry due to be recorded, by time | submission, retention |
+//! | audit | `a/<seq>` | one audit record (JSON), chained by hash | every write that decides something |
+//! | audit head | `meta/audit_head` | the last audit position and hash (JSON) | audit appends |
+//! | body states | `meta/body_states` | administrators' state overrides (JSON) | `Admin.SetBodyState` |
+//!
+//! Times and positions in keys are big-endian `u64`, so keys sort by them.
+
+use liaison_store::keys;
+
+/// The envelope of a message.
+pub(super) fn env_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/env").into_bytes()
+}
+
+/// The routing outcome of a message.
+pub(super) fn outcome_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/out").into_bytes()
+}
+
+/// The originator's retraction of a message.
+pub(super) fn retracted_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/retracted").into_bytes()
+}
+
+/// The record of a message's content erasure.
+pub(super) fn erased_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/erased").into_bytes()
+}
+
+/// When a message's content is to be erased.
+pub(super) fn erase_at_key(id: &str) -> Vec<u8> {
+    format!("m/{id}/erase_at").into_bytes()
+}
+
+/// Every latest forward request of a message, by body.
+pub(super) fn forward_pair_prefix(message_id: &str) -> Vec<u8> {
+    format!("m/{message_id}/fwd/").into_bytes()
+}
+
+/// The latest forward request of a message to a body.
+pub(super) fn forward_pair_key(message_id: &str, to: &str) -> Vec<u8> {
+    format!("m/{message_id}/fwd/{to}").into_bytes()
+}
+
+/// A forward request.
+pub(super) fn forward_key(request_id: &str) -> Vec<u8> {
+    format!("f/{request_id}").into_bytes()
+}
+
+/// A body's delivery queue.
+pub(super) fn queue_prefix(body: &str) -> Vec<u8> {
+    format!("q/{body}/").into_bytes()
+}
+
+/// A body's queue counter: `next` (last position) or `acked`.
+pub(super) fn counter_key(body: &str, which: &str) -> Vec<u8> {
+    format!("c/{body}/{which}").into_bytes()
+}
+
+/// Deliveries held under embargo, by release time.
+pub(super) const HELD_PREFIX: &[u8] = b"h/";
+/// Content erasures due, by time.
+pub(super) const RETENTION_PREFIX: &[u8] = b"r/";
+/// Expiries due to be recorded, by time.
+pub(super) const EXPIRY_PREFIX: &[u8] = b"x/";
+/// The audit log.
+pub(super) const AUDIT_PREFIX: &[u8] = b"a/";
+/// The last audit position and hash.
+pub(super) const AUDIT_HEAD: &[u8] = b"meta/audit_head";
+/// Administrators' state overrides.
+pub(super) const BODY_STATES: &[u8] = b"meta/body_states";
+
+/// `prefix`, a time (ms, big-endian) and a message id: a time-keyed index
+/// entry (embargo, retention, expiry).
+pub(super) fn timed_key(prefix: &[u8], at_ms: i64, id: &str) -> Vec<u8> {
+    let mut k = keys::seq_key(prefix, u64::try_from(at_ms).unwrap_or(0));
+    k.push(b'/');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// A held delivery.
+pub(super) fn held_key(not_before_ms: i64, id: &str) -> Vec<u8> {
+    timed_key(HELD_PREFIX, not_before_ms, id)
+}
+
+/// A content erasure due.
+pub(super) fn retention_key(erase_at_ms: i64, id: &str) -> Vec<u8> {
+    timed_key(RETENTION_PREFIX, erase_at_ms, id)
+}
+
+/// An expiry due to be recorded.
+pub(super) fn expiry_key(expires_at_ms: i64, id: &str) -> Vec<u8> {
+    timed_key(EXPIRY_PREFIX, expires_at_ms, id)
+}
+
+/// The key of an audit record, as named in errors.
+pub(super) fn audit_key_name(seq: u64) -> String {
+    format!("a/{seq}")
+}
+
+/// The key of a message's envelope, as named in errors.
+pub fn env_key_name(id: &str) -> String {
+    format!("m/{id}/env")
+}
+
+/// The key of a forward request, as named in errors.
+pub fn forward_key_name(request_id: &str) -> String {
+    format!("f/{request_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timed_keys_sort_by_time_then_id() {
+        assert!(held_key(2, "b") < held_key(10, "a"));
+        assert!(held_key(5, "a") < held_key(5, "b"));
+        assert!(retention_key(1, "a").starts_with(RETENTION_PREFIX));
+        assert!(expiry_key(1, "a").starts_with(EXPIRY_PREFIX));
+    }
+
+    #[test]
+    fn names_in_errors_are_the_keys() {
+        assert_eq!(env_key_name("x").into_bytes(), env_key("x"));
+        assert_eq!(forward_key_name("r").into_bytes(), forward_key("r"));
+    }
+}
