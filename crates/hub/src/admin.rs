@@ -37,7 +37,6 @@ use tokio::sync::{watch, Mutex};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::store;
 use crate::{HubError, HubState};
 
 /// The actor of a reload asked for by a signal.
@@ -216,16 +215,17 @@ impl PolicyReloader {
             {
                 // The governance is the same but the CRL is new: audit it,
                 // then put it in force.
-                audit_seq = store::audit_policy_change(
-                    self.state.db(),
-                    RULE_RELOAD,
-                    format!("version {} unchanged; {note}", effective.version()),
-                    effective.version().to_owned(),
-                    actor.to_owned(),
-                    now_ms(),
-                )
-                .await?;
-                self.state.audit_durable(audit_seq);
+                audit_seq = self
+                    .state
+                    .store()
+                    .audit_policy_change(
+                        RULE_RELOAD,
+                        format!("version {} unchanged; {note}", effective.version()),
+                        effective.version().to_owned(),
+                        actor.to_owned(),
+                        now_ms(),
+                    )
+                    .await?;
                 tls.put_in_force(&crls, config);
             } else {
                 tracing::info!(actor, version = %effective.version(), "governance reload: file unchanged");
@@ -256,16 +256,11 @@ impl PolicyReloader {
         }
         // Audit first: once the record is durable, every decision stamped
         // with the new version follows it in the log.
-        let audit_seq = store::audit_policy_change(
-            self.state.db(),
-            RULE_RELOAD,
-            reason,
-            new.clone(),
-            actor.to_owned(),
-            now_ms(),
-        )
-        .await?;
-        self.state.audit_durable(audit_seq);
+        let audit_seq = self
+            .state
+            .store()
+            .audit_policy_change(RULE_RELOAD, reason, new.clone(), actor.to_owned(), now_ms())
+            .await?;
         if let (Some(tls), Some((crls, config))) = (&self.tls, new_tls) {
             if crl_changed {
                 tls.put_in_force(&crls, config);
@@ -324,17 +319,19 @@ impl PolicyReloader {
     /// Audits a refused reload and returns the error for the caller.
     async fn refuse(&self, current: &Governance, problem: String, actor: &str) -> HubError {
         tracing::warn!(actor, version = %current.version(), problem, "governance reload refused");
-        let written = store::audit_policy_change(
-            self.state.db(),
-            RULE_RELOAD_REFUSED,
-            audit_reason(&problem),
-            current.version().to_owned(),
-            actor.to_owned(),
-            now_ms(),
-        )
-        .await;
+        let written = self
+            .state
+            .store()
+            .audit_policy_change(
+                RULE_RELOAD_REFUSED,
+                audit_reason(&problem),
+                current.version().to_owned(),
+                actor.to_owned(),
+                now_ms(),
+            )
+            .await;
         match written {
-            Ok(seq) => self.state.audit_durable(seq),
+            Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "could not audit a refused governance reload"),
         }
         HubError::PolicyRefused {

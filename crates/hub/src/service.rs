@@ -1,9 +1,7 @@
 //! The hub's gRPC services: `Federation` for nodes and `Audit` for auditors.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use liaison_pki::caller_from_extensions;
 use liaison_policy::{decide, Governance};
@@ -19,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::governance::{Change, GovernanceCell, InForce};
-use crate::store::{self, Submitted};
+use crate::store::{self, HubStore, Submitted};
 use crate::HubError;
 
 /// Deliveries read from the queue per round trip to the store.
@@ -29,24 +27,15 @@ const AUDIT_BATCH: usize = 1024;
 
 /// State shared by every request.
 ///
-/// Readers see only what is durable. The store applies a group of writes
-/// before it flushes them, so a plain read could see a queue entry or an
-/// audit record that a crash would then undo: a node could store a message
-/// whose submitter was never answered, and after the restart another
-/// message would take its queue position. So the hub keeps, per body, the
-/// highest queue position known to be flushed (raised after each
-/// submission's write returns) and the highest flushed audit position, and
-/// streams and lists nothing beyond them.
+/// Readers see only what is durable: the [`HubStore`] publishes what each of
+/// its writes made durable, and its readers return nothing beyond that.
 #[derive(Debug)]
 pub struct HubState {
-    db: Db,
+    /// The one writer of the hub's durable state.
+    store: HubStore,
     /// The governance in force: the file and the administrators' state
     /// overrides, changed under one lock.
     governance: GovernanceCell,
-    /// Per body, the highest durable queue position; subscriptions wait on it.
-    durable_queue: Mutex<HashMap<BodyId, watch::Sender<u64>>>,
-    /// The highest durable audit position.
-    durable_audit: AtomicU64,
     /// Set when the hub shuts down, so that subscription streams end and the
     /// server can drain.
     stopping: watch::Receiver<bool>,
@@ -67,17 +56,11 @@ impl HubState {
         governance: Governance,
         stopping: watch::Receiver<bool>,
     ) -> Result<Self, HubError> {
-        let mut durable_queue = HashMap::new();
-        for body in governance.bodies() {
-            let end = store::queue_end(&db, &body.id)?;
-            durable_queue.insert(body.id.clone(), watch::channel(end).0);
-        }
-        let overrides = store::body_states(&db)?;
+        let store = HubStore::open(db, governance.bodies().map(|b| &b.id))?;
+        let overrides = store.body_states()?;
         Ok(Self {
-            durable_audit: AtomicU64::new(store::audit_end(&db)?),
-            db,
+            store,
             governance: GovernanceCell::new(InForce::new(Arc::new(governance), overrides)),
-            durable_queue: Mutex::new(durable_queue),
             stopping,
             tasks: TaskTracker::new(),
             embargo_changed: tokio::sync::Notify::new(),
@@ -166,8 +149,10 @@ impl HubState {
             actor: actor.uri(),
             ..Default::default()
         };
-        let seq = store::set_body_states(&self.db, next.overrides().clone(), record).await?;
-        self.audit_durable(seq);
+        let seq = self
+            .store
+            .set_body_states(next.overrides().clone(), record)
+            .await?;
         self.put_in_force(&change, next)?;
         tracing::info!(body = %id, %state, actor = %actor, "body state set by an administrator");
         Ok((previous, version, seq))
@@ -183,14 +168,8 @@ impl HubState {
     /// Marks of known bodies are left alone (they may have writes in flight).
     pub(crate) fn put_in_force(&self, change: &Change<'_>, value: InForce) -> Result<(), HubError> {
         let new = Arc::clone(value.effective());
-        {
-            let mut marks = self.durable_queue.lock().unwrap_or_else(|p| p.into_inner());
-            for body in new.bodies() {
-                if !marks.contains_key(&body.id) {
-                    let end = store::queue_end(&self.db, &body.id)?;
-                    marks.insert(body.id.clone(), watch::channel(end).0);
-                }
-            }
+        for body in new.bodies() {
+            self.store.track(&body.id)?;
         }
         let inactive: Vec<BodyId> = new
             .bodies()
@@ -201,36 +180,14 @@ impl HubState {
         // Wake the open subscriptions of suspended or revoked bodies so that
         // they end now rather than at their next delivery.
         for body in inactive {
-            self.durable_queue(&body).send_modify(|_| {});
+            self.store.wake(&body);
         }
         Ok(())
     }
 
     /// The store.
-    pub(crate) fn db(&self) -> &Db {
-        &self.db
-    }
-
-    /// The body's durable queue mark. A body unknown at start-up has nothing
-    /// durable yet, so its mark starts at 0 and rises with its deliveries.
-    fn durable_queue(&self, body: &BodyId) -> watch::Sender<u64> {
-        let mut map = self.durable_queue.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(body.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .clone()
-    }
-
-    /// Records that a flushed write queued these deliveries and audit records
-    /// up to `audit_seq`, waking the subscriptions concerned.
-    fn made_durable(&self, queued: &[(BodyId, u64)], audit_seq: u64) {
-        self.audit_durable(audit_seq);
-        for (body, seq) in queued {
-            self.durable_queue(body).send_if_modified(|mark| {
-                let raised = seq > mark;
-                *mark = (*mark).max(*seq);
-                raised
-            });
-        }
+    pub(crate) fn store(&self) -> &HubStore {
+        &self.store
     }
 
     /// The hub's timed work, until it stops: releases deliveries held under
@@ -240,9 +197,9 @@ impl HubState {
     pub async fn run_schedules(self: Arc<Self>) {
         let mut stopping = self.stopping.clone();
         loop {
-            let next = match (store::next_release(&self.db), store::next_erasure(&self.db)) {
-                (Ok(a), Ok(b)) => a.into_iter().chain(b).min(),
-                (Err(e), _) | (_, Err(e)) => {
+            let next = match self.store.next_due() {
+                Ok(next) => next,
+                Err(e) => {
                     tracing::error!(error = %e, "cannot read the hub's schedule; embargo releases and erasures stop");
                     return;
                 }
@@ -257,7 +214,7 @@ impl HubState {
             }
             let version = self.governance().version().to_owned();
             let now = now_ms();
-            let done = match store::release_due(&self.db, now, version.clone()).await {
+            let done = match self.store.release_due(now, version.clone()).await {
                 Ok(released) => {
                     if !released.queued.is_empty() {
                         tracing::info!(
@@ -265,10 +222,7 @@ impl HubState {
                             "released held deliveries"
                         );
                     }
-                    self.made_durable(&released.queued, released.audit_seq);
-                    store::erase_due(&self.db, now, version)
-                        .await
-                        .map(|seq| self.audit_durable(seq))
+                    self.store.erase_due(now, version).await.map(|_| ())
                 }
                 Err(e) => Err(e),
             };
@@ -280,11 +234,6 @@ impl HubState {
                 }
             }
         }
-    }
-
-    /// Records that audit records up to `seq` are flushed.
-    pub(crate) fn audit_durable(&self, seq: u64) {
-        self.durable_audit.fetch_max(seq, Ordering::AcqRel);
     }
 
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -301,7 +250,7 @@ impl HubState {
         let mut state = self;
         for _ in 0..100 {
             match Arc::try_unwrap(state) {
-                Ok(s) => return Some(s.db),
+                Ok(s) => return Some(s.store.into_db()),
                 Err(shared) => state = shared,
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -369,8 +318,7 @@ impl HubState {
             actor: caller.uri(),
             ..Default::default()
         };
-        let seq = store::audit_refusal(&self.db, record).await?;
-        self.audit_durable(seq);
+        self.store.audit(vec![record]).await?;
         // Shown bounded and escaped: it is the caller's text.
         let claimed: String = claimed
             .chars()
@@ -466,9 +414,9 @@ impl HubState {
         let decisions = decide(&gov, &env.labels, now);
         let retain_ms = gov.retention_ms(env.labels.classification);
         let expires = env.labels.expires_at_ms.is_some();
-        let submitted = store::submit(
-            &self.db,
-            store::Submission {
+        let submitted = self
+            .store
+            .submit(store::Submission {
                 env,
                 decisions,
                 policy_version: gov.version().to_owned(),
@@ -476,19 +424,10 @@ impl HubState {
                 approved_by,
                 now_ms: now,
                 retain_ms,
-            },
-        )
-        .await?;
-        // The write has returned, so it is flushed: only now may
-        // subscriptions see its queue entries and listings its records.
+            })
+            .await?;
         let (outcome, duplicate) = match submitted {
-            Submitted::New {
-                outcome,
-                queued,
-                audit_seq,
-                held,
-            } => {
-                self.made_durable(&queued, audit_seq);
+            Submitted::New { outcome, held, .. } => {
                 // A new embargo or erasure may be due before the schedule's
                 // current wake-up.
                 if held || retain_ms.is_some() || expires {
@@ -542,23 +481,23 @@ impl HubState {
         self.known_caller(caller)?;
         let message_id = uuid_field("message_id", &req.message_id)?;
         let reason = reason_field(&req.reason, true)?;
-        let outcome = store::retract(
-            &self.db,
-            caller.body.clone(),
-            message_id.clone(),
-            reason,
-            caller.uri(),
-            now_ms(),
-        )
-        .await;
+        let outcome = self
+            .store
+            .retract(
+                caller.body.clone(),
+                message_id.clone(),
+                reason,
+                caller.uri(),
+                now_ms(),
+            )
+            .await;
         let retracted = match outcome {
             Err(HubError::NotOrigin {
                 caller: body,
                 message_id,
             }) => {
-                let seq = store::audit_refusal(
-                    &self.db,
-                    pb::AuditRecord {
+                self.store
+                    .audit(vec![pb::AuditRecord {
                         at_ms: now_ms(),
                         event: "refused".into(),
                         message_id: message_id.clone(),
@@ -567,10 +506,8 @@ impl HubState {
                         policy_version: self.governance().version().to_owned(),
                         actor: caller.uri(),
                         ..Default::default()
-                    },
-                )
-                .await?;
-                self.audit_durable(seq);
+                    }])
+                    .await?;
                 return Err(HubError::NotOrigin {
                     caller: body,
                     message_id,
@@ -578,7 +515,6 @@ impl HubState {
             }
             other => other?,
         };
-        self.made_durable(&retracted.queued, retracted.audit_seq);
         tracing::info!(
             message_id,
             duplicate = retracted.duplicate,
@@ -622,10 +558,12 @@ impl HubState {
 
     /// The stored message, with its labels validated.
     fn stored_message(&self, message_id: &str) -> Result<Envelope, HubError> {
-        let stored = store::envelope(&self.db, message_id)?
+        let stored = self
+            .store
+            .envelope(message_id)?
             .ok_or_else(|| HubError::UnknownMessage(message_id.to_owned()))?;
         let (env, _) = Envelope::parse(stored).map_err(|e| liaison_store::StoreError::Corrupt {
-            key: store::env_key_name(&message_id),
+            key: store::env_key_name(message_id),
             problem: format!("stored message does not validate: {e}"),
         })?;
         Ok(env)
@@ -690,9 +628,9 @@ impl HubState {
         let env = self.stored_message(&message_id)?;
         let now = now_ms();
         let decision = Self::forward_decision(&gov, &env.labels, &to, now);
-        let filed = store::request_forward(
-            &self.db,
-            store::ForwardAsk {
+        let filed = self
+            .store
+            .request_forward(store::ForwardAsk {
                 env,
                 request_id: uuid::Uuid::new_v4().to_string(),
                 requester: caller.body.clone(),
@@ -702,9 +640,8 @@ impl HubState {
                 decision,
                 policy_version: gov.version().to_owned(),
                 now_ms: now,
-            },
-        )
-        .await?;
+            })
+            .await?;
         let (record, duplicate) = self.forward_done(filed)?;
         tracing::info!(message_id, request_id = %record.id, requester = %record.requester, to = %record.to, state = record.state.as_str(), duplicate, "forward requested");
         Ok(pb::ForwardRequestResponse {
@@ -726,7 +663,9 @@ impl HubState {
         let request_id = uuid_field("request_id", &req.request_id)?;
         let reason = reason_field(&req.reason, !req.approve)?;
         let decided_by = Self::officer_of_caller(caller, "decided_by", &req.decided_by)?;
-        let record = store::forward(&self.db, &request_id)?
+        let record = self
+            .store
+            .forward(&request_id)?
             .ok_or_else(|| HubError::UnknownForward(request_id.clone()))?;
         let env = self.stored_message(&record.message_id)?;
         let now = now_ms();
@@ -741,9 +680,9 @@ impl HubState {
         } else {
             None
         };
-        let decided = store::decide_forward(
-            &self.db,
-            store::ForwardVerdict {
+        let decided = self
+            .store
+            .decide_forward(store::ForwardVerdict {
                 request_id,
                 caller: caller.body.clone(),
                 env,
@@ -752,9 +691,8 @@ impl HubState {
                 decided_by,
                 policy_version: gov.version().to_owned(),
                 now_ms: now,
-            },
-        )
-        .await?;
+            })
+            .await?;
         let (record, duplicate) = self.forward_done(decided)?;
         tracing::info!(request_id = %record.id, message_id = %record.message_id, to = %record.to, state = record.state.as_str(), duplicate, "forward decided");
         Ok(pb::DecideForwardResponse {
@@ -770,27 +708,20 @@ impl HubState {
         })
     }
 
-    /// Publishes what a forward write made durable; a refusal becomes the
-    /// error to answer.
+    /// A forward write's record; a refusal (audited) becomes the error to
+    /// answer.
     fn forward_done(
         &self,
         result: store::Forward,
     ) -> Result<(store::ForwardRecord, bool), HubError> {
         match result {
-            store::Forward::Refused { error, audit_seq } => {
-                self.audit_durable(audit_seq);
+            store::Forward::Refused { error, .. } => {
                 tracing::warn!(error = %error, "forward refused");
                 Err(error)
             }
             store::Forward::Done {
-                record,
-                duplicate,
-                queued,
-                audit_seq,
-            } => {
-                self.made_durable(&queued, audit_seq);
-                Ok((*record, duplicate))
-            }
+                record, duplicate, ..
+            } => Ok((*record, duplicate)),
         }
     }
 
@@ -811,17 +742,17 @@ impl HubState {
                 .collect();
             quarantine.insert(q.seq, reason);
         }
-        let done = store::acknowledge(
-            &self.db,
-            caller.body.clone(),
-            seq,
-            quarantine,
-            caller.uri(),
-            now_ms(),
-            gov.version().to_owned(),
-        )
-        .await?;
-        self.made_durable(&done.receipts, done.audit_seq);
+        let done = self
+            .store
+            .acknowledge(
+                caller.body.clone(),
+                seq,
+                quarantine,
+                caller.uri(),
+                now_ms(),
+                gov.version().to_owned(),
+            )
+            .await?;
         Ok(pb::AcknowledgeResponse {
             acked_seq: done.acked,
         })
@@ -835,7 +766,7 @@ impl HubState {
     ) -> Result<mpsc::Receiver<Result<pb::Delivery, Status>>, HubError> {
         let gov = self.known_caller(caller)?;
         Self::active_body(&gov, &caller.body)?;
-        let start = store::acked(&self.db, &caller.body)?.max(after_seq);
+        let start = self.store.acked(&caller.body)?.max(after_seq);
         let (tx, rx) = mpsc::channel(DELIVERY_BATCH);
         let state = Arc::clone(self);
         let caller = caller.clone();
@@ -854,7 +785,7 @@ impl HubState {
         mut cursor: u64,
         tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
     ) -> Result<(), HubError> {
-        let mut durable = self.durable_queue(&caller.body).subscribe();
+        let mut durable = self.store.watch_queue(&caller.body);
         let mut stopping = self.stopping.clone();
         tracing::info!(caller = %caller, after = cursor, "subscription opened");
         loop {
@@ -864,7 +795,9 @@ impl HubState {
             // A body suspended (or revoked) while subscribed: its queue is
             // held from now on.
             Self::active_body(&self.governance(), &caller.body)?;
-            let mut entries = store::queue_after(&self.db, &caller.body, cursor, DELIVERY_BATCH)?;
+            let mut entries = self
+                .store
+                .queue_after(&caller.body, cursor, DELIVERY_BATCH)?;
             entries.retain(|(seq, _)| *seq <= mark);
             if entries.is_empty() {
                 tokio::select! {
@@ -921,7 +854,7 @@ impl HubState {
                     });
                     continue;
                 }
-                let Some(envelope) = store::envelope(&self.db, &entry.message_id)? else {
+                let Some(envelope) = self.store.envelope(&entry.message_id)? else {
                     return Err(liaison_store::StoreError::Corrupt {
                         key: store::env_key_name(&entry.message_id),
                         problem: "queued message has no stored envelope".into(),
@@ -948,7 +881,7 @@ impl HubState {
                     },
                     routed_at_ms: entry.routed_at_ms,
                     withdrawal,
-                    erase_at_ms: store::erase_at(&self.db, &entry.message_id)?.unwrap_or(0),
+                    erase_at_ms: self.store.erase_at(&entry.message_id)?.unwrap_or(0),
                     ..Default::default()
                 };
                 // A subscriber that stops reading must not keep the hub from
@@ -983,8 +916,7 @@ impl HubState {
                 });
             }
             if !records.is_empty() {
-                let seq = store::audit_many(&self.db, records).await?;
-                self.audit_durable(seq);
+                self.store.audit(records).await?;
             }
             if tx.is_closed() {
                 return Ok(());
@@ -1009,14 +941,14 @@ impl HubState {
                 "retraction",
             ));
         }
-        if let Some(r) = store::retraction(&self.db, &entry.message_id)? {
+        if let Some(r) = self.store.retraction(&entry.message_id)? {
             return Ok((
                 Some(r.to_proto(&entry.message_id, &entry.origin)),
                 "delivered",
                 "withdrawn by its originator before delivery; content not sent",
             ));
         }
-        if let Some(erased) = store::erased(&self.db, &entry.message_id)? {
+        if let Some(erased) = self.store.erased(&entry.message_id)? {
             let w = pb::Withdrawal {
                 message_id: entry.message_id.clone(),
                 origin: entry.origin.clone(),
@@ -1090,13 +1022,13 @@ impl HubState {
         let caller = caller.clone();
         let hub_body = self.governance().hub_body().clone();
         // List what was durable when the request came in.
-        let upto = self.durable_audit.load(Ordering::Acquire);
+        let upto = self.store.durable_audit();
         let mut stopping = self.stopping.clone();
         self.spawn(async move {
             let mut after = q.after_seq;
             let mut sent = 0u32;
             loop {
-                let batch = match store::audit_after(&state.db, after, upto, AUDIT_BATCH) {
+                let batch = match state.store.audit_after(after, upto, AUDIT_BATCH) {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(HubError::from(e).into())).await;
@@ -1127,9 +1059,9 @@ impl HubState {
     pub fn audit_verify(&self) -> Result<pb::VerifyResponse, HubError> {
         let mut verifier = ChainVerifier::default();
         let mut after = 0;
-        let upto = self.durable_audit.load(Ordering::Acquire);
+        let upto = self.store.durable_audit();
         loop {
-            let batch = store::audit_after(&self.db, after, upto, AUDIT_BATCH)?;
+            let batch = self.store.audit_after(after, upto, AUDIT_BATCH)?;
             let Some(last) = batch.last() else { break };
             after = last.seq;
             batch.iter().for_each(|r| verifier.push(r));

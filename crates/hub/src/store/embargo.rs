@@ -23,9 +23,8 @@ pub struct Held {
     pub expires_at_ms: Option<i64>,
 }
 
-
 /// The release time of the earliest held delivery, if any.
-pub fn next_release(db: &Db) -> Result<Option<i64>, StoreError> {
+pub(super) fn next_release(db: &Db) -> Result<Option<i64>, StoreError> {
     Ok(db
         .scan_prefix(HELD_PREFIX, 1)?
         .first()
@@ -46,7 +45,7 @@ pub struct Released {
 /// Queues every held delivery whose time has come, in release-time order,
 /// with a `released` audit record each; a message that expired meanwhile is
 /// released to nobody, with an `expired` record per recipient.
-pub async fn release_due(
+pub(super) async fn release_due(
     db: &Db,
     now_ms: i64,
     policy_version: String,

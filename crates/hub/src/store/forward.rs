@@ -132,7 +132,6 @@ impl ForwardNotice {
 /// Who decided automatically when the originator waived the rule.
 pub const WAIVER_ACTOR: &str = "hub:third_party_release";
 
-
 fn forward_record(txn: &Txn<'_>, request_id: &str) -> Result<Option<ForwardRecord>, StoreError> {
     let key = forward_key(request_id);
     txn.get(&key)?.map(|b| parse(&key, &b)).transpose()
@@ -179,7 +178,7 @@ fn received(txn: &Txn<'_>, outcome: &RoutedOutcome, body: &str) -> Result<bool, 
 }
 
 /// A forward request, read outside a write (committed data).
-pub fn forward(db: &Db, request_id: &str) -> Result<Option<ForwardRecord>, StoreError> {
+pub(super) fn forward(db: &Db, request_id: &str) -> Result<Option<ForwardRecord>, StoreError> {
     let key = forward_key(request_id);
     db.get(&key)?.map(|b| parse(&key, &b)).transpose()
 }
@@ -301,7 +300,7 @@ fn settle_approved(
 /// the third-party rule, decides at once with `ask.decision`, else queues a
 /// notice for the originator. Asking again while a request for the same
 /// message and body is pending returns that request.
-pub async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward, HubError> {
+pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward, HubError> {
     db.write(move |txn| {
         let id = ask.env.labels.message_id.clone();
         let out_key = outcome_key(&id);
@@ -465,7 +464,7 @@ pub struct ForwardVerdict {
 /// the body, or `forward_withheld`), a refusal is audited
 /// (`forward_refused`). Deciding again the same way returns the request
 /// unchanged; the other way is refused.
-pub async fn decide_forward(db: &Db, v: ForwardVerdict) -> Result<Forward, HubError> {
+pub(super) async fn decide_forward(db: &Db, v: ForwardVerdict) -> Result<Forward, HubError> {
     db.write(move |txn| {
         let Some(mut record) = forward_record(txn, &v.request_id)? else {
             return Err(HubError::UnknownForward(v.request_id));

@@ -19,10 +19,12 @@ use crate::HubError;
 
 mod embargo;
 mod forward;
+mod owner;
 mod retention;
 mod retraction;
 mod schema;
 
+pub use owner::HubStore;
 use schema::*;
 pub use schema::{env_key_name, forward_key_name};
 
@@ -159,7 +161,6 @@ pub fn digest(encoded: &[u8]) -> String {
     hex::encode(Sha256::digest(encoded))
 }
 
-
 /// Appends one audit record inside a transaction: assigns its position,
 /// links it to the previous record and computes its hash.
 pub fn append_audit(txn: &mut Txn<'_>, mut record: pb::AuditRecord) -> Result<u64, StoreError> {
@@ -201,7 +202,7 @@ pub fn audit_base(
 /// of an earlier submission of the same message. `approved_by` is the
 /// officer who approved its release under the node's four-eyes rule, if any;
 /// the `received` record names them.
-pub async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
+pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
     let Submission {
         env,
         decisions,
@@ -324,16 +325,9 @@ pub(super) fn append_to_queue(
     Ok(seq)
 }
 
-/// Appends a refusal record (for example a node claiming another origin);
-/// returns its audit position.
-pub async fn audit_refusal(db: &Db, record: pb::AuditRecord) -> Result<u64, HubError> {
-    db.write(move |txn| append_audit(txn, record).map_err(HubError::from))
-        .await
-}
-
 /// Appends several records in one transaction (delivery records); returns
 /// the last audit position written.
-pub async fn audit_many(db: &Db, records: Vec<pb::AuditRecord>) -> Result<u64, HubError> {
+pub(super) async fn audit_many(db: &Db, records: Vec<pb::AuditRecord>) -> Result<u64, HubError> {
     db.write(move |txn| {
         let mut last = 0;
         for r in records {
@@ -346,14 +340,14 @@ pub async fn audit_many(db: &Db, records: Vec<pb::AuditRecord>) -> Result<u64, H
 
 /// The last position of the body's queue, durable or not (read at start-up,
 /// when everything on disk is durable).
-pub fn queue_end(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
+pub(super) fn queue_end(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
     Ok(keys::u64_value(
         db.get(&counter_key(body.as_str(), "next"))?,
     ))
 }
 
 /// The last audit position, durable or not (read at start-up).
-pub fn audit_end(db: &Db) -> Result<u64, StoreError> {
+pub(super) fn audit_end(db: &Db) -> Result<u64, StoreError> {
     Ok(match db.get(AUDIT_HEAD)? {
         Some(bytes) => parse::<(u64, String)>(AUDIT_HEAD, &bytes)?.0,
         None => 0,
@@ -361,14 +355,14 @@ pub fn audit_end(db: &Db) -> Result<u64, StoreError> {
 }
 
 /// The body's acknowledged position.
-pub fn acked(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
+pub(super) fn acked(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
     Ok(keys::u64_value(
         db.get(&counter_key(body.as_str(), "acked"))?,
     ))
 }
 
 /// Up to `limit` queue entries with positions after `after`.
-pub fn queue_after(
+pub(super) fn queue_after(
     db: &Db,
     body: &BodyId,
     after: u64,
@@ -383,7 +377,7 @@ pub fn queue_after(
 }
 
 /// The stored envelope of a message.
-pub fn envelope(db: &Db, message_id: &str) -> Result<Option<pb::Envelope>, StoreError> {
+pub(super) fn envelope(db: &Db, message_id: &str) -> Result<Option<pb::Envelope>, StoreError> {
     let key = env_key(message_id);
     db.get(&key)?
         .map(|b| {
@@ -412,7 +406,7 @@ pub struct Acknowledged {
 /// recorded as quarantined, never as delivered, and their receipts say so.
 /// Receipts themselves are acknowledged without a record: they are derived
 /// from records already in the log.
-pub async fn acknowledge(
+pub(super) async fn acknowledge(
     db: &Db,
     body: BodyId,
     seq: u64,
@@ -510,7 +504,7 @@ pub async fn acknowledge(
 }
 
 /// Up to `limit` audit records with positions in `(after, upto]`.
-pub fn audit_after(
+pub(super) fn audit_after(
     db: &Db,
     after: u64,
     upto: u64,
@@ -529,13 +523,8 @@ pub fn audit_after(
         .collect()
 }
 
-/// Appends the record of a governance change (event `policy`): `rule` is
-/// `policy.reload` for a new version put in force, `policy.reload_refused`
-/// for a refused one; `policy_version` is the version in force after it.
-/// Returns its audit position.
-
 /// The bodies' states set by administrators on top of the governance file.
-pub fn body_states(
+pub(super) fn body_states(
     db: &Db,
 ) -> Result<std::collections::BTreeMap<BodyId, liaison_policy::State>, StoreError> {
     Ok(match db.get(BODY_STATES)? {
@@ -546,7 +535,7 @@ pub fn body_states(
 
 /// Replaces the administrators' state overrides and records why, in one
 /// transaction; returns the audit position.
-pub async fn set_body_states(
+pub(super) async fn set_body_states(
     db: &Db,
     states: std::collections::BTreeMap<BodyId, liaison_policy::State>,
     record: pb::AuditRecord,
@@ -558,7 +547,11 @@ pub async fn set_body_states(
     .await
 }
 
-pub async fn audit_policy_change(
+/// Appends the record of a governance change (event `policy`): `rule` is
+/// `policy.reload` for a new version put in force, `policy.reload_refused`
+/// for a refused one; `policy_version` is the version in force after it.
+/// Returns its audit position.
+pub(super) async fn audit_policy_change(
     db: &Db,
     rule: &str,
     reason: String,
@@ -578,6 +571,7 @@ pub async fn audit_policy_change(
     db.write(move |txn| append_audit(txn, record).map_err(HubError::from))
         .await
 }
+
 #[cfg(test)]
 mod tests {
     use liaison_policy::{decide, Governance};

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::HubError;
 
-
 /// Records when a message expires, so that its expiry is on record when it
 /// comes (recipients' nodes erase it from their inboxes then).
 pub(super) fn schedule_expiry(
@@ -32,7 +31,6 @@ fn first_due(db: &Db, prefix: &[u8]) -> Result<Option<i64>, StoreError> {
         .map(|b| i64::try_from(u64::from_be_bytes(b)).unwrap_or(i64::MAX)))
 }
 
-
 /// A message whose content the retention rule erased.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Erased {
@@ -41,7 +39,6 @@ pub struct Erased {
     /// Why, in words.
     pub reason: String,
 }
-
 
 /// Records when a message's content is to be erased.
 pub(super) fn schedule(txn: &mut Txn<'_>, erase_at_ms: i64, id: &str) -> Result<(), StoreError> {
@@ -52,7 +49,7 @@ pub(super) fn schedule(txn: &mut Txn<'_>, erase_at_ms: i64, id: &str) -> Result<
 
 /// When a message's content is (or was) to be erased, if its level has a
 /// retention period.
-pub fn erase_at(db: &Db, message_id: &str) -> Result<Option<i64>, StoreError> {
+pub(super) fn erase_at(db: &Db, message_id: &str) -> Result<Option<i64>, StoreError> {
     Ok(db
         .get(&erase_at_key(message_id))?
         .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
@@ -60,7 +57,7 @@ pub fn erase_at(db: &Db, message_id: &str) -> Result<Option<i64>, StoreError> {
 }
 
 /// When the next erasure or expiry is due, if any.
-pub fn next_erasure(db: &Db) -> Result<Option<i64>, StoreError> {
+pub(super) fn next_erasure(db: &Db) -> Result<Option<i64>, StoreError> {
     Ok(first_due(db, RETENTION_PREFIX)?
         .into_iter()
         .chain(first_due(db, EXPIRY_PREFIX)?)
@@ -68,7 +65,7 @@ pub fn next_erasure(db: &Db) -> Result<Option<i64>, StoreError> {
 }
 
 /// Whether (and why) a message's content was erased.
-pub fn erased(db: &Db, message_id: &str) -> Result<Option<Erased>, StoreError> {
+pub(super) fn erased(db: &Db, message_id: &str) -> Result<Option<Erased>, StoreError> {
     let key = erased_key(message_id);
     db.get(&key)?.map(|b| parse(&key, &b)).transpose()
 }
@@ -78,7 +75,11 @@ pub fn erased(db: &Db, message_id: &str) -> Result<Option<Erased>, StoreError> {
 /// and erases the content of every message whose retention ended, keeping
 /// its labels, with one `erased` audit record each. Returns the last audit
 /// position written (0 if none).
-pub async fn erase_due(db: &Db, now_ms: i64, policy_version: String) -> Result<u64, HubError> {
+pub(super) async fn erase_due(
+    db: &Db,
+    now_ms: i64,
+    policy_version: String,
+) -> Result<u64, HubError> {
     db.write(move |txn| {
         let mut audit_seq = 0;
         let due = u64::try_from(now_ms).unwrap_or(0).saturating_add(1);

@@ -45,7 +45,7 @@ pub struct Retracted {
 }
 
 /// The retraction of a message, if its originator withdrew it.
-pub fn retraction(db: &Db, message_id: &str) -> Result<Option<Retraction>, StoreError> {
+pub(super) fn retraction(db: &Db, message_id: &str) -> Result<Option<Retraction>, StoreError> {
     let key = retracted_key(message_id);
     db.get(&key)?.map(|b| parse(&key, &b)).transpose()
 }
@@ -54,7 +54,7 @@ pub fn retraction(db: &Db, message_id: &str) -> Result<Option<Retraction>, Store
 /// under embargo are dropped, and every other recipient the message was
 /// routed to gets a retraction in its queue. Atomic; a second retraction
 /// changes nothing.
-pub async fn retract(
+pub(super) async fn retract(
     db: &Db,
     caller: BodyId,
     message_id: String,

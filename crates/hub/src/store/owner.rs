@@ -1,0 +1,314 @@
+//! [`HubStore`]: the one writer of the hub's state, and the keeper of its
+//! durability marks.
+//!
+//! The engine applies a group of writes before it flushes them, so a plain
+//! read could see a queue entry or an audit record that a crash would then
+//! undo: a node could store a message whose submitter was never answered,
+//! and after the restart another message would take its queue position. So
+//! the store keeps, per body, the highest queue position known to be flushed
+//! and the highest flushed audit position, and every write method raises
+//! them itself once its flush has returned. Readers of queues and of the
+//! audit log see nothing beyond the marks. No caller can forget to publish
+//! a write, and no reader can see one that is not on disk.
+//!
+//! The write methods take whole batches where the caller has them (a
+//! message and all its recipients; several audit records), so that the
+//! batched pipe of the next step only adds callers, not write paths.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use liaison_proto::v1 as pb;
+use liaison_store::{Db, StoreError};
+use liaison_types::BodyId;
+use tokio::sync::watch;
+
+use super::*;
+use crate::HubError;
+
+/// The hub's durable state (see the module documentation).
+#[derive(Debug)]
+pub struct HubStore {
+    db: Db,
+    /// Per body, the highest durable queue position; subscriptions wait on it.
+    queues: Mutex<HashMap<BodyId, watch::Sender<u64>>>,
+    /// The highest durable audit position.
+    audit: AtomicU64,
+}
+
+impl HubStore {
+    /// The store over a database just opened, for these bodies: everything
+    /// on disk is durable, so every mark starts at the end of what is there.
+    pub fn open<'a>(
+        db: Db,
+        bodies: impl IntoIterator<Item = &'a BodyId>,
+    ) -> Result<Self, StoreError> {
+        let mut queues = HashMap::new();
+        for body in bodies {
+            queues.insert(body.clone(), watch::channel(queue_end(&db, body)?).0);
+        }
+        Ok(Self {
+            audit: AtomicU64::new(audit_end(&db)?),
+            queues: Mutex::new(queues),
+            db,
+        })
+    }
+
+    /// Gives the database back, to close it at shutdown.
+    pub fn into_db(self) -> Db {
+        self.db
+    }
+
+    /// Starts keeping a mark for a body a new governance adds, at the end of
+    /// whatever queue it has on disk: no write can be in flight to a body the
+    /// previous governance did not know, so all of it is durable. A body
+    /// already known is left alone (it may have writes in flight).
+    pub fn track(&self, body: &BodyId) -> Result<(), StoreError> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if !queues.contains_key(body) {
+            let end = queue_end(&self.db, body)?;
+            queues.insert(body.clone(), watch::channel(end).0);
+        }
+        Ok(())
+    }
+
+    fn queue_mark(&self, body: &BodyId) -> watch::Sender<u64> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        // A body unknown at start-up has nothing durable yet: its mark
+        // starts at 0 and rises with its deliveries.
+        queues
+            .entry(body.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+
+    /// Raises the marks after a flush: these queue positions and the audit
+    /// log up to `audit_seq` are durable.
+    fn publish(&self, queued: &[(BodyId, u64)], audit_seq: u64) {
+        self.audit.fetch_max(audit_seq, Ordering::AcqRel);
+        for (body, seq) in queued {
+            self.queue_mark(body).send_if_modified(|mark| {
+                let raised = seq > mark;
+                *mark = (*mark).max(*seq);
+                raised
+            });
+        }
+    }
+
+    /// The body's durable queue position, to wait on.
+    pub fn watch_queue(&self, body: &BodyId) -> watch::Receiver<u64> {
+        self.queue_mark(body).subscribe()
+    }
+
+    /// Wakes the body's waiting subscriptions without raising its mark (its
+    /// state changed).
+    pub fn wake(&self, body: &BodyId) {
+        self.queue_mark(body).send_modify(|_| {});
+    }
+
+    /// The highest durable audit position.
+    pub fn durable_audit(&self) -> u64 {
+        self.audit.load(Ordering::Acquire)
+    }
+
+    // Writes. Each publishes what it made durable.
+
+    /// Stores and routes a submission atomically, or returns the original
+    /// outcome of an earlier submission of the same message.
+    pub async fn submit(&self, s: Submission) -> Result<Submitted, HubError> {
+        let done = submit(&self.db, s).await?;
+        if let Submitted::New {
+            queued, audit_seq, ..
+        } = &done
+        {
+            self.publish(queued, *audit_seq);
+        }
+        Ok(done)
+    }
+
+    /// Withdraws a message its originator retracts.
+    pub async fn retract(
+        &self,
+        caller: BodyId,
+        message_id: String,
+        reason: String,
+        actor: String,
+        now_ms: i64,
+    ) -> Result<Retracted, HubError> {
+        let done = retract(&self.db, caller, message_id, reason, actor, now_ms).await?;
+        self.publish(&done.queued, done.audit_seq);
+        Ok(done)
+    }
+
+    /// Files a forward request (third-party rule).
+    pub async fn request_forward(&self, ask: ForwardAsk) -> Result<Forward, HubError> {
+        let done = request_forward(&self.db, ask).await?;
+        self.publish_forward(&done);
+        Ok(done)
+    }
+
+    /// Records the originator's verdict on a forward request.
+    pub async fn decide_forward(&self, verdict: ForwardVerdict) -> Result<Forward, HubError> {
+        let done = decide_forward(&self.db, verdict).await?;
+        self.publish_forward(&done);
+        Ok(done)
+    }
+
+    fn publish_forward(&self, done: &Forward) {
+        match done {
+            Forward::Refused { audit_seq, .. } => self.publish(&[], *audit_seq),
+            Forward::Done {
+                queued, audit_seq, ..
+            } => self.publish(queued, *audit_seq),
+        }
+    }
+
+    /// Acknowledges a body's queue up to `seq` (see [`acknowledge`]).
+    pub async fn acknowledge(
+        &self,
+        body: BodyId,
+        seq: u64,
+        quarantined: BTreeMap<u64, String>,
+        actor: String,
+        now_ms: i64,
+        policy_version: String,
+    ) -> Result<Acknowledged, HubError> {
+        let done = acknowledge(
+            &self.db,
+            body,
+            seq,
+            quarantined,
+            actor,
+            now_ms,
+            policy_version,
+        )
+        .await?;
+        self.publish(&done.receipts, done.audit_seq);
+        Ok(done)
+    }
+
+    /// Appends audit records in one transaction; returns the last position.
+    pub async fn audit(&self, records: Vec<pb::AuditRecord>) -> Result<u64, HubError> {
+        let seq = audit_many(&self.db, records).await?;
+        self.publish(&[], seq);
+        Ok(seq)
+    }
+
+    /// Appends the record of a governance change (event `policy`).
+    pub async fn audit_policy_change(
+        &self,
+        rule: &str,
+        reason: String,
+        policy_version: String,
+        actor: String,
+        now_ms: i64,
+    ) -> Result<u64, HubError> {
+        let seq =
+            audit_policy_change(&self.db, rule, reason, policy_version, actor, now_ms).await?;
+        self.publish(&[], seq);
+        Ok(seq)
+    }
+
+    /// Stores the administrators' state overrides with the record of the
+    /// change, atomically.
+    pub async fn set_body_states(
+        &self,
+        states: BTreeMap<BodyId, liaison_policy::State>,
+        record: pb::AuditRecord,
+    ) -> Result<u64, HubError> {
+        let seq = set_body_states(&self.db, states, record).await?;
+        self.publish(&[], seq);
+        Ok(seq)
+    }
+
+    /// Queues every held delivery whose time has come.
+    pub async fn release_due(
+        &self,
+        now_ms: i64,
+        policy_version: String,
+    ) -> Result<Released, HubError> {
+        let done = release_due(&self.db, now_ms, policy_version).await?;
+        self.publish(&done.queued, done.audit_seq);
+        Ok(done)
+    }
+
+    /// Erases the content whose retention period has ended, and records the
+    /// expiries that have come.
+    pub async fn erase_due(&self, now_ms: i64, policy_version: String) -> Result<u64, HubError> {
+        let seq = erase_due(&self.db, now_ms, policy_version).await?;
+        self.publish(&[], seq);
+        Ok(seq)
+    }
+
+    // Reads. Queues and the audit log: durable entries only.
+
+    /// Up to `limit` durable entries of the body's queue after `after`.
+    pub fn queue_after(
+        &self,
+        body: &BodyId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
+        let mark = *self.queue_mark(body).borrow();
+        let mut entries = queue_after(&self.db, body, after, limit)?;
+        entries.retain(|(seq, _)| *seq <= mark);
+        Ok(entries)
+    }
+
+    /// Up to `limit` durable audit records with positions in
+    /// `(after, upto]` (a listing fixes `upto` when it starts, at
+    /// [`HubStore::durable_audit`], so that it has an end).
+    pub fn audit_after(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::AuditRecord>, StoreError> {
+        audit_after(&self.db, after, upto.min(self.durable_audit()), limit)
+    }
+
+    /// The body's acknowledged position.
+    pub fn acked(&self, body: &BodyId) -> Result<u64, StoreError> {
+        acked(&self.db, body)
+    }
+
+    /// The stored envelope of a message.
+    pub fn envelope(&self, message_id: &str) -> Result<Option<pb::Envelope>, StoreError> {
+        envelope(&self.db, message_id)
+    }
+
+    /// When a message's content is to be erased, if ever.
+    pub fn erase_at(&self, message_id: &str) -> Result<Option<i64>, StoreError> {
+        erase_at(&self.db, message_id)
+    }
+
+    /// The record of a message's content erasure, if erased.
+    pub fn erased(&self, message_id: &str) -> Result<Option<Erased>, StoreError> {
+        erased(&self.db, message_id)
+    }
+
+    /// The originator's retraction of a message, if retracted.
+    pub fn retraction(&self, message_id: &str) -> Result<Option<Retraction>, StoreError> {
+        retraction(&self.db, message_id)
+    }
+
+    /// A forward request.
+    pub fn forward(&self, request_id: &str) -> Result<Option<ForwardRecord>, StoreError> {
+        forward(&self.db, request_id)
+    }
+
+    /// The administrators' state overrides.
+    pub fn body_states(&self) -> Result<BTreeMap<BodyId, liaison_policy::State>, StoreError> {
+        body_states(&self.db)
+    }
+
+    /// The earliest time the schedule has work: an embargo release or an
+    /// erasure.
+    pub fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(next_release(&self.db)?
+            .into_iter()
+            .chain(next_erasure(&self.db)?)
+            .min())
+    }
+}
