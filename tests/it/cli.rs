@@ -2,7 +2,7 @@
 //! process against a running federation, checking output and exit codes.
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 use liaison_test_support::{wait_until, Sandbox};
 use serde_json::Value;
@@ -429,4 +429,25 @@ async fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
         certs.join("ca.pem").exists(),
         "dev certificates made on first run"
     );
+}
+#[test]
+fn logs_carry_no_colour_codes_when_standard_error_is_not_a_terminal() {
+    for server in ["hub", "node"] {
+        // A parent that is not this process's: the server logs an error
+        // and exits at once, after setting up logging.
+        let out = Command::new(EXE)
+            .args([server, "--config", "/nonexistent/liaison.toml"])
+            .args(["--exit-with-parent", &u32::MAX.to_string()])
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(70), "{server}: {err}");
+        assert!(
+            err.contains("the parent process is already gone"),
+            "{server}: {err}"
+        );
+        assert!(!err.contains('\u{1b}'), "{server}: {err:?}");
+    }
 }
