@@ -8,7 +8,7 @@ use liaison_types::Role;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::message::format_time;
+use crate::message::{format_time, readable_times};
 use crate::{Connection, Failure, Output};
 
 /// `liaison admin ...`
@@ -146,8 +146,10 @@ async fn show(a: AdminArgs, out: Output) -> Result<()> {
                 "bodies": p.bodies,
                 "federation": p.federation,
                 "hub_body": p.hub_body,
+                "loaded_at": format_time(p.loaded_at_ms),
                 "loaded_at_ms": p.loaded_at_ms,
                 "last_refusal": (!p.last_refusal.is_empty()).then_some(&p.last_refusal),
+                "last_refusal_at": (p.last_refusal_at_ms != 0).then(|| format_time(p.last_refusal_at_ms)),
                 "last_refusal_at_ms": (p.last_refusal_at_ms != 0).then_some(p.last_refusal_at_ms),
             })
         ),
@@ -165,7 +167,7 @@ async fn show(a: AdminArgs, out: Output) -> Result<()> {
                 say!(
                     "last reload REFUSED at {}: {}",
                     format_time(p.last_refusal_at_ms),
-                    p.last_refusal
+                    readable_times(&p.last_refusal)
                 );
             }
         }

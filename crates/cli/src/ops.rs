@@ -13,7 +13,7 @@ use liaison_types::audit::{to_json, ChainVerifier};
 use liaison_types::{Labels, Role};
 use serde_json::{json, Value};
 
-use crate::message::{format_time, parse_time};
+use crate::message::{format_time, parse_time, readable_times};
 use crate::{Connection, Failure, Output};
 
 /// `liaison audit ...`
@@ -607,7 +607,7 @@ fn policy_diff(a: &PolicyDiffArgs, out: Output) -> Result<()> {
                         .collect();
                     json!({
                         "message_id": r.message_id, "origin": r.origin, "kind": r.kind,
-                        "classification": r.classification, "at_ms": r.at_ms,
+                        "classification": r.classification, "at": format_time(r.at_ms), "at_ms": r.at_ms,
                         "policy_version": r.policy_version, "recipients": recipients,
                     })
                 })
@@ -647,7 +647,7 @@ fn policy_diff(a: &PolicyDiffArgs, out: Output) -> Result<()> {
                     );
                     for (side, d) in [("was", &c.old), ("now", &c.new)] {
                         if let Some(d) = d {
-                            say!("  {:<12}   {side}: {}", "", d.reason);
+                            say!("  {:<12}   {side}: {}", "", readable_times(&d.reason));
                         }
                     }
                 }
