@@ -451,3 +451,21 @@ fn logs_carry_no_colour_codes_when_standard_error_is_not_a_terminal() {
         assert!(!err.contains('\u{1b}'), "{server}: {err:?}");
     }
 }
+
+#[test]
+fn pki_init_outside_the_repository_says_to_pass_the_governance_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(EXE)
+        .args(["pki", "init"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("governance file deploy/federation.toml")
+            && err.contains("pass --governance <file>"),
+        "{err}"
+    );
+    assert!(!dir.path().join("certs-dev").exists());
+}

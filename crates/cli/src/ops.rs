@@ -303,12 +303,40 @@ pub struct PkiInitArgs {
     /// Where to write the certificates.
     #[arg(long, default_value = "certs-dev")]
     pub dir: PathBuf,
-    /// The governance file naming the federation and its bodies.
-    #[arg(long, default_value = "deploy/federation.toml")]
+    /// The governance file naming the federation and its bodies (the
+    /// default is relative to the repository's root).
+    #[arg(long, default_value = DEFAULT_GOVERNANCE)]
     pub governance: PathBuf,
     /// Replace an existing PKI in --dir.
     #[arg(long)]
     pub force: bool,
+}
+
+/// Where `pki init` looks for the governance file by default: the shipped
+/// one, relative to the repository's root.
+pub const DEFAULT_GOVERNANCE: &str = "deploy/federation.toml";
+
+/// The governance file of `pki init`: one that does not exist is most often
+/// the default path, from outside the repository, so say what to pass.
+fn pki_governance(path: &Path) -> Result<Governance> {
+    if let Err(e) = std::fs::metadata(path) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            let from_here = if path == Path::new(DEFAULT_GOVERNANCE) {
+                " (the default, relative to the repository's root)"
+            } else {
+                ""
+            };
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "governance file {}{from_here} does not exist; pass --governance <file> naming your federation's governance file (the shipped one is deploy/federation.toml in the repository)",
+                    path.display()
+                ),
+            }
+            .into());
+        }
+    }
+    load_governance(path)
 }
 
 /// Reads and validates a governance file.
@@ -324,7 +352,7 @@ pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
         PkiCommand::Init(a) => a,
         PkiCommand::Revoke(a) => return pki_revoke(&a, out),
     };
-    let gov = load_governance(&a.governance)?;
+    let gov = pki_governance(&a.governance)?;
     let spec = liaison_test_support::dev_spec(&gov);
     let generated = if a.force {
         liaison_pki::generate_dev_pki(&a.dir, &spec)?;
