@@ -1,7 +1,8 @@
 //! The `liaison` command as officers, auditors and operators run it: a child
 //! process against a running federation, checking output and exit codes.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use liaison_test_support::{wait_until, Sandbox};
@@ -13,14 +14,14 @@ const EXE: &str = env!("CARGO_BIN_EXE_liaison-child");
 
 /// Runs `liaison` with `args` off the async runtime.
 async fn liaison(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(EXE)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || run(&args))
+        .await
+        .unwrap()
+}
+
+/// Runs `liaison` with `args` and waits for it.
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(EXE).args(args).output().unwrap()
 }
 
 /// Arguments that connect to `server` as `who` (a dev pki stem).
@@ -468,4 +469,101 @@ fn pki_init_outside_the_repository_says_to_pass_the_governance_file() {
         "{err}"
     );
     assert!(!dir.path().join("certs-dev").exists());
+}
+
+/// The audit events the hub writes, read from its source: every `event:
+/// "..."` and `event = "..."`, and the event named in each `audit_base(..)`
+/// call.
+fn hub_audit_events() -> BTreeSet<String> {
+    fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let literal = |rest: &str| rest.split('"').next().unwrap_or_default().to_owned();
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/hub/src"),
+        &mut files,
+    );
+    let mut events = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for pattern in ["event: \"", "event = \""] {
+            for (at, _) in text.match_indices(pattern) {
+                events.insert(literal(&text[at + pattern.len()..]));
+            }
+        }
+        for (at, _) in text.match_indices("audit_base(") {
+            let call = &text[at..];
+            let call = &call[..call.find(')').unwrap_or(call.len())];
+            if let Some(quote) = call.find('"') {
+                events.insert(literal(&call[quote + 1..]));
+            }
+        }
+    }
+    events
+}
+
+/// The values `--help` lists under `flag` ("Possible values:" then "- name:
+/// what").
+fn possible_values(help: &str, flag: &str) -> BTreeSet<String> {
+    let mut lines = help
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with(flag))
+        .skip_while(|l| *l != "Possible values:")
+        .skip(1);
+    let mut values = BTreeSet::new();
+    while let Some(value) = lines.next().and_then(|l| l.strip_prefix("- ")) {
+        values.insert(value.split(':').next().unwrap_or_default().to_owned());
+    }
+    values
+}
+
+#[test]
+fn audit_list_offers_every_event_the_hub_writes_and_refuses_any_other() {
+    let written = hub_audit_events();
+    for known in ["received", "routed", "forwarded", "forward_withheld"] {
+        assert!(
+            written.contains(known),
+            "the scan missed {known}: {written:?}"
+        );
+    }
+    let help = stdout(&run(&["audit", "list", "--help"]));
+    assert_eq!(possible_values(&help, "--event <EVENT>"), written, "{help}");
+    assert_eq!(
+        possible_values(&help, "--decision <DECISION>"),
+        BTreeSet::from(["deliver".to_owned(), "withhold".to_owned()]),
+        "{help}"
+    );
+
+    for (flag, value) in [("--event", "delivery"), ("--decision", "allow")] {
+        let out = run(&[
+            "audit",
+            "list",
+            "--server",
+            "https://127.0.0.1:1",
+            flag,
+            value,
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}"))
+                && err.contains("[possible values: "),
+            "{err}"
+        );
+    }
+    let help = stdout(&run(&["admin", "set-state", "--help"]));
+    assert_eq!(
+        possible_values(&help, "<STATE>"),
+        BTreeSet::from(["active", "suspended", "revoked"].map(str::to_owned)),
+        "{help}"
+    );
 }

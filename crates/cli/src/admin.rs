@@ -35,11 +35,27 @@ pub struct SetStateArgs {
     pub conn: Connection,
     /// The body, for example aimc.
     pub body: String,
-    /// active (reinstate), suspended or revoked.
+    /// The state to put the body in.
+    #[arg(value_parser = state_parser())]
     pub state: String,
     /// Why, for the audit log.
     #[arg(long)]
     pub reason: String,
+}
+
+/// The states an admin can set, as the hub names them.
+fn state_parser() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    use liaison_policy::State;
+    [
+        PossibleValue::new(State::Active.as_str())
+            .help("reinstate it: its held queue is delivered"),
+        PossibleValue::new(State::Suspended.as_str())
+            .help("for now: it receives nothing new, its queue is held"),
+        PossibleValue::new(State::Revoked.as_str())
+            .help("cut off for good, as when suspended (an admin can still reinstate it)"),
+    ]
+    .into()
 }
 
 /// Arguments of the admin commands.

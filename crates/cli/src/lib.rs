@@ -241,3 +241,55 @@ pub fn main_entry() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use liaison_types::{Classification, HandlingCode, Kind, Priority, Tlp};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The message flags take the lenient forms a message file takes too
+    /// (`threat-assessment`, `tlp:amber`), so their values are listed in
+    /// their help by hand: this keeps each list complete.
+    #[test]
+    fn the_help_of_every_message_flag_lists_every_value_it_accepts() {
+        let cli = Cli::command();
+        let submit = cli.find_subcommand("submit").unwrap();
+        let help = |id: &str| {
+            submit
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_help())
+                .map(ToString::to_string)
+                .unwrap_or_else(|| panic!("submit has no documented --{id}"))
+        };
+        let lists: [(&str, Vec<&str>); 5] = [
+            ("kind", Kind::ALL.iter().map(|v| v.as_str()).collect()),
+            (
+                "classification",
+                Classification::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "priority",
+                Priority::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            ("tlp", Tlp::ALL.iter().map(|v| v.as_str()).collect()),
+            (
+                "handling_code",
+                HandlingCode::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+        ];
+        for (id, values) in lists {
+            let text = help(id);
+            for v in values {
+                assert!(text.contains(v), "--{id} help {text:?} does not list {v}");
+            }
+        }
+    }
+}

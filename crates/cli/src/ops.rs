@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
-use liaison_policy::{DecisionChange, Governance};
+use liaison_policy::{DecisionChange, Governance, Outcome};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::audit_client::AuditClient;
 use liaison_types::audit::{to_json, ChainVerifier};
@@ -38,14 +38,15 @@ pub struct AuditListArgs {
     /// Only records naming this body as origin or recipient.
     #[arg(long)]
     pub body: Option<String>,
-    /// Only this rule (for example recipient.clearance).
+    /// Only this rule, for example recipient.clearance (`liaison policy
+    /// rules` lists the routing rules).
     #[arg(long)]
     pub rule: Option<String>,
-    /// Only this event: received, routed, delivered, acknowledged, refused, policy.
-    #[arg(long)]
+    /// Only this event.
+    #[arg(long, value_parser = audit_event_parser())]
     pub event: Option<String>,
-    /// Only this decision: deliver or withhold.
-    #[arg(long)]
+    /// Only this decision (routing and forwarding records).
+    #[arg(long, value_parser = decision_parser())]
     pub decision: Option<String>,
     /// Only records at or after this time (RFC 3339).
     #[arg(long)]
@@ -59,6 +60,87 @@ pub struct AuditListArgs {
     /// Export as CSV (header line first) instead of a table or JSON lines.
     #[arg(long)]
     pub csv: bool,
+}
+
+/// Every event the hub writes into its audit log, exactly as it writes it,
+/// and what a record of it means.
+///
+/// The hub writes these as string literals (crates/hub); the end-to-end test
+/// `audit_list_offers_every_event_the_hub_writes_and_refuses_any_other` reads
+/// the hub's source to keep this list complete.
+pub const AUDIT_EVENTS: [(&str, &str); 15] = [
+    ("received", "the hub accepted a message from its origin's node"),
+    (
+        "routed",
+        "one routing decision: deliver to or withhold from one body, with its rule",
+    ),
+    (
+        "delivered",
+        "a recipient's node took a message, retraction or forward request from its queue",
+    ),
+    ("acknowledged", "an officer of the recipient read the message"),
+    (
+        "refused",
+        "the hub refused a request: a spoofed origin, a retraction by another body, a forward request it cannot grant",
+    ),
+    (
+        "policy",
+        "the governance changed: a reload, a refused reload, or a body's state set by an admin",
+    ),
+    (
+        "released",
+        "an embargo ended and the message was queued for its recipient",
+    ),
+    (
+        "expired",
+        "the message expired: under embargo, or its content leaves the inboxes",
+    ),
+    (
+        "erased",
+        "the message's content was erased when its retention period ended",
+    ),
+    ("retraction", "the originator retracted the message"),
+    (
+        "retracted",
+        "a retracted message was withdrawn from one recipient",
+    ),
+    (
+        "forward_requested",
+        "a recipient asked to pass the message on to another body",
+    ),
+    (
+        "forward_refused",
+        "the originator refused to let the message be passed on",
+    ),
+    (
+        "forwarded",
+        "the message was passed on to another body with the originator's consent",
+    ),
+    (
+        "forward_withheld",
+        "the originator consented, but the rules withhold the message from that body",
+    ),
+];
+
+/// `--event`: one of [`AUDIT_EVENTS`]; clap lists them in `--help` and
+/// refuses any other.
+fn audit_event_parser() -> clap::builder::PossibleValuesParser {
+    AUDIT_EVENTS
+        .iter()
+        .map(|(name, what)| clap::builder::PossibleValue::new(*name).help(*what))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// `--decision`: a routing outcome.
+fn decision_parser() -> clap::builder::PossibleValuesParser {
+    [
+        clap::builder::PossibleValue::new(Outcome::Deliver.as_str())
+            .help("the rules let the recipient have it"),
+        clap::builder::PossibleValue::new(Outcome::Withhold.as_str())
+            .help("a rule kept it from the recipient"),
+    ]
+    .into()
 }
 
 /// Arguments of `audit verify`.
