@@ -567,3 +567,74 @@ fn audit_list_offers_every_event_the_hub_writes_and_refuses_any_other() {
         "{help}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_unread_says_when_everything_has_been_read() {
+    let sandbox = sandbox().await;
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let bravo = sandbox.node_url("bravo").unwrap();
+    let mut inbox = args(&["inbox"]);
+    inbox.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    let mut unread = inbox.clone();
+    unread.push("--unread".into());
+    for a in [&inbox, &unread] {
+        let out = liaison(a.clone()).await;
+        assert_eq!(stdout(&out), "inbox is empty\n", "{}", stderr(&out));
+    }
+
+    let id = submit_alert(&sandbox, &alpha).await;
+    let mut listed = args(&["--output", "json", "inbox"]);
+    listed.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    wait_listed(&listed, &id).await;
+    let mut ack = args(&["ack"]);
+    ack.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    ack.push(id.clone());
+    assert!(liaison(ack).await.status.success());
+
+    let out = liaison(unread).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "no unread messages (1 read)\n");
+    let out = liaison(inbox).await;
+    assert!(stdout(&out).contains(&id), "{}", stdout(&out));
+    sandbox.shutdown().await.unwrap();
+}
+
+/// Submits an alert from alpha's officer that the test governance delivers
+/// to bravo; returns its id.
+async fn submit_alert(sandbox: &Sandbox, alpha: &str) -> String {
+    let mut a = args(&["--output", "json", "submit"]);
+    a.extend(conn(sandbox, alpha, "alpha/officer-alice"));
+    a.extend(args(&[
+        "--kind",
+        "alert",
+        "--classification",
+        "RESTRICTED",
+        "--title",
+        "botnet takedown",
+        "--crime-area",
+        "cybercrime",
+        "--text",
+        "sinkhole these domains",
+    ]));
+    let out = liaison(a).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let submitted: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    submitted["message_id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until `inbox` (JSON lines) lists message `id`.
+async fn wait_listed(inbox: &[String], id: &str) {
+    wait_until("the inbox lists the message", SETTLE, || {
+        let inbox = inbox.to_vec();
+        async move {
+            let out = liaison(inbox).await;
+            stdout(&out)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| v["message_id"] == id)
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -379,11 +379,38 @@ pub async fn inbox(args: InboxArgs, out: Output) -> Result<()> {
                 );
             }
             if resp.entries.is_empty() {
-                say!("inbox is empty");
+                if args.unread {
+                    say!("{}", nothing_unread(&mut node).await?);
+                } else {
+                    say!("inbox is empty");
+                }
             }
         }
     }
     Ok(())
+}
+
+/// What `inbox --unread` says when it lists nothing: whether the inbox is
+/// empty, or how many messages in it have been read.
+async fn nothing_unread(node: &mut OfficerClient<Channel>) -> Result<String> {
+    // The node lists at most this many entries in one answer.
+    const MOST: u32 = 1000;
+    let all = node
+        .list_inbox(pb::ListInboxRequest {
+            unread_only: false,
+            limit: MOST,
+        })
+        .await
+        .map_err(|s| Failure::status("inbox", &s))?
+        .into_inner();
+    let read = all.entries.iter().filter(|s| s.read).count();
+    Ok(match read {
+        0 if all.entries.is_empty() => "inbox is empty".to_owned(),
+        n if all.entries.len() == MOST as usize => {
+            format!("no unread messages (at least {n} read)")
+        }
+        n => format!("no unread messages ({n} read)"),
+    })
 }
 
 /// `liaison show`.
