@@ -2,8 +2,11 @@
 //! process against a running federation, checking output and exit codes.
 
 use std::collections::BTreeSet;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use liaison_test_support::{wait_until, Sandbox};
 use serde_json::Value;
@@ -408,21 +411,25 @@ async fn operators_check_policies_and_make_a_dev_pki() {
 }
 
 /// The README's first command, as a child process: the whole eleven-body
-/// federation, every rule deciding at least once, every inbox checked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
+/// federation, every rule deciding at least once, every inbox checked. Left
+/// running, its suggestions go to standard error, so that standard output
+/// stays one JSON document.
+#[test]
+fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let out = liaison(vec![
-        "--output".into(),
-        "json".into(),
-        "demo".into(),
-        "--certs".into(),
-        certs.display().to_string(),
-    ])
-    .await;
-    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let mut demo = Streamed::start(&[
+        "--output".as_ref(),
+        "json".as_ref(),
+        "demo".as_ref(),
+        "--certs".as_ref(),
+        certs.as_os_str(),
+        "--keep-running".as_ref(),
+    ]);
+    demo.wait_for(Stream::Err, "press Ctrl-C to stop");
+    let (status, out, err) = demo.terminate();
+    assert!(status.success(), "{out}\n{err}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
     assert_eq!(report["messages"].as_array().unwrap().len(), 16);
     assert_eq!(report["audit"]["ok"], true);
@@ -430,7 +437,209 @@ async fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
         certs.join("ca.pem").exists(),
         "dev certificates made on first run"
     );
+    assert_eq!(suggested(&err).len(), 2, "{err}");
 }
+
+/// Which of a child's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// A `liaison` child whose output is read line by line while it runs
+/// (killed and reaped if the test ends first).
+struct Streamed {
+    child: std::process::Child,
+    lines: mpsc::Receiver<(Stream, String)>,
+    out: String,
+    err: String,
+}
+
+impl Streamed {
+    fn start(args: &[&std::ffi::OsStr]) -> Self {
+        let mut child = Command::new(EXE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (stream, pipe) in [
+            (Stream::Out, Box::new(out) as Box<dyn std::io::Read + Send>),
+            (Stream::Err, Box::new(err)),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((stream, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            out: String::new(),
+            err: String::new(),
+        }
+    }
+
+    fn keep(&mut self, (stream, line): (Stream, String)) {
+        let text = match stream {
+            Stream::Out => &mut self.out,
+            Stream::Err => &mut self.err,
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+
+    /// Reads output until a line of `stream` contains `needle`.
+    fn wait_for(&mut self, stream: Stream, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((s, line)) => {
+                    let found = s == stream && line.contains(needle);
+                    self.keep((s, line));
+                    if found {
+                        return;
+                    }
+                }
+                Err(e) => panic!(
+                    "no {needle:?} from the demo ({e}); stdout:\n{}\nstderr:\n{}",
+                    self.out, self.err
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for the exit and returns it with all output.
+    fn terminate(mut self) -> (std::process::ExitStatus, String, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = self.child.wait().unwrap();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            self.keep(line);
+        }
+        (
+            status,
+            std::mem::take(&mut self.out),
+            std::mem::take(&mut self.err),
+        )
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The commands the demo suggests (lines running `inbox` or `audit`), as
+/// words.
+fn suggested(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| l.contains(" inbox --server ") || l.contains(" audit verify --server "))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// Runs `liaison` as a suggested command does, checking it names this
+/// binary.
+fn run_suggested(words: &[String]) -> Output {
+    let exe = std::fs::canonicalize(EXE).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(&words[0]).ok(),
+        Some(exe),
+        "{words:?} does not run this binary"
+    );
+    Command::new(&words[0]).args(&words[1..]).output().unwrap()
+}
+
+/// Runs of 12 or more digits followed by " ms": milliseconds since the
+/// epoch shown raw.
+fn raw_timestamps(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut digits = String::new();
+    for (i, c) in text.char_indices() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        if digits.len() >= 12 && text[i..].starts_with(" ms") {
+            found.push(format!("{digits} ms"));
+        }
+        digits.clear();
+    }
+    found
+}
+
+/// Whether `s` starts with an RFC 3339 time in seconds, like
+/// 2026-12-01T08:05:49Z.
+fn starts_with_rfc_3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20
+        && b[..20].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn the_demo_left_running_suggests_commands_that_run_this_binary_and_shows_times_in_rfc_3339() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let mut demo = Streamed::start(&[
+        "demo".as_ref(),
+        "--certs".as_ref(),
+        certs.as_os_str(),
+        "--keep-running".as_ref(),
+    ]);
+    demo.wait_for(Stream::Out, "press Ctrl-C to stop");
+    let shown = demo.out.clone();
+
+    // The matrix explains the expired alert with times people read.
+    assert_eq!(raw_timestamps(&shown), Vec::<String>::new(), "{shown}");
+    let expired: Vec<&str> = shown
+        .lines()
+        .filter_map(|l| l.split_once("message.expired: expired at ").map(|(_, t)| t))
+        .collect();
+    assert!(!expired.is_empty(), "{shown}");
+    for t in expired {
+        let (at, now) = t.split_once(", now ").unwrap();
+        assert!(starts_with_rfc_3339(at) && starts_with_rfc_3339(now), "{t}");
+    }
+
+    // The suggestions run this binary, and work against the federation.
+    assert!(!shown.contains("cargo run"), "{shown}");
+    let commands = suggested(&shown);
+    assert_eq!(commands.len(), 2, "{shown}");
+    for words in &commands {
+        let out = run_suggested(words);
+        assert!(out.status.success(), "{words:?}: {}", stderr(&out));
+        if words.contains(&"inbox".to_owned()) {
+            assert!(!stdout(&out).contains("inbox is empty"), "{}", stdout(&out));
+        } else {
+            assert!(stdout(&out).contains("chain intact"), "{}", stdout(&out));
+        }
+    }
+
+    let (status, out, err) = demo.terminate();
+    assert!(status.success(), "{out}\n{err}");
+    assert!(out.contains("all checks passed"), "{out}");
+}
+
 #[test]
 fn logs_carry_no_colour_codes_when_standard_error_is_not_a_terminal() {
     for server in ["hub", "node"] {

@@ -195,18 +195,17 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
         say!("{}", report.json);
     }
     if args.keep_running && report.problems.is_empty() {
-        say!("\nthe federation keeps running; try for example:");
-        say!(
-            "  cargo run -q --bin liaison -- inbox --server {} --certs {} --as interpol/officer-alice",
-            sandbox.node_url("interpol")?,
-            args.certs.display()
-        );
-        say!(
-            "  cargo run -q --bin liaison -- audit verify --server {} --certs {} --as interpol/auditor-audit",
-            sandbox.hub_url(),
-            args.certs.display()
-        );
-        say!("press Ctrl-C to stop");
+        // The commands run this very program, wherever it was built or
+        // installed; with --output json they go to standard error, so that
+        // standard output stays one JSON document.
+        let hints = keep_running_hints(&sandbox, &args)?;
+        for line in &hints {
+            if human {
+                say!("{line}");
+            } else {
+                eprintln!("{}", liaison_types::text::escape_text(line));
+            }
+        }
         crate::ops::shutdown_signal().await;
     }
     sandbox.shutdown().await?;
@@ -225,6 +224,26 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
         ))
         .into())
     }
+}
+
+/// What to try against the federation left running: commands that invoke
+/// the running executable.
+fn keep_running_hints(sandbox: &Sandbox, args: &DemoArgs) -> Result<Vec<String>> {
+    let me = crate::this_program();
+    let certs = crate::shell_word(&args.certs.display().to_string());
+    Ok(vec![
+        String::new(),
+        "the federation keeps running; try for example:".to_owned(),
+        format!(
+            "  {me} inbox --server {} --certs {certs} --as interpol/officer-alice",
+            sandbox.node_url("interpol")?
+        ),
+        format!(
+            "  {me} audit verify --server {} --certs {certs} --as interpol/auditor-audit",
+            sandbox.hub_url()
+        ),
+        "press Ctrl-C to stop".to_owned(),
+    ])
 }
 
 struct Report {

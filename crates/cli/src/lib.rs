@@ -188,6 +188,27 @@ pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
     liaison_types::text::escape_line(s)
 }
 
+/// How to run this very program again from a shell, for the commands the
+/// CLI suggests: the path of the running executable, quoted for a POSIX
+/// shell where it needs it (`liaison` if the path cannot be found).
+pub(crate) fn this_program() -> String {
+    std::env::current_exe().map_or_else(
+        |_| "liaison".to_owned(),
+        |p| shell_word(&p.display().to_string()),
+    )
+}
+
+/// `s` as one word of a POSIX shell command line: as it is if that is safe,
+/// else in single quotes.
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b);
+    if !s.is_empty() && s.bytes().all(plain) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     let out = cli.output;
@@ -290,6 +311,21 @@ mod tests {
             for v in values {
                 assert!(text.contains(v), "--{id} help {text:?} does not list {v}");
             }
+        }
+    }
+
+    #[test]
+    fn suggested_commands_quote_only_what_a_shell_would_split() {
+        let cases = [
+            ("/usr/local/bin/liaison", "/usr/local/bin/liaison"),
+            ("certs-dev", "certs-dev"),
+            ("/home/a b/liaison", "'/home/a b/liaison'"),
+            ("it's", r"'it'\''s'"),
+            ("$HOME", "'$HOME'"),
+            ("", "''"),
+        ];
+        for (word, quoted) in cases {
+            assert_eq!(shell_word(word), quoted, "{word}");
         }
     }
 }
