@@ -8,10 +8,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use liaison_test_support::{wait_until, Sandbox};
+use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
 use serde_json::Value;
 
-use crate::common::{sandbox, SETTLE};
+use crate::common::{sandbox, GOVERNANCE, SETTLE};
 
 const EXE: &str = env!("CARGO_BIN_EXE_liaison-child");
 
@@ -846,4 +846,118 @@ async fn wait_listed(inbox: &[String], id: &str) {
     })
     .await
     .unwrap();
+}
+
+/// A server child that dies with the test, pass or fail.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's by-hand path: a second node from `dev node-config`, run as
+/// `liaison node`, whose officer reads and acknowledges what another body
+/// sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_written_by_dev_node_config_runs_and_its_officer_reads_and_acknowledges() {
+    let sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&["alpha"]))
+        .await
+        .unwrap();
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let dir = sandbox.dir().join("by-hand");
+    let file = dir.join("bravo.toml");
+    let data = dir.join("bravo-data");
+    let mut write = args(&["dev", "node-config", "bravo", "--hub"]);
+    write.push(sandbox.hub_url());
+    write.extend(args(&["--listen", "127.0.0.1:0", "--certs"]));
+    write.push(sandbox.certs().display().to_string());
+    write.push("--data-dir".into());
+    write.push(data.display().to_string());
+    let mut printed = write.clone();
+    write.push("--out".into());
+    write.push(file.display().to_string());
+
+    let out = liaison(write.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(" node --config {}", file.display())),
+        "{}",
+        stdout(&out)
+    );
+    let config = liaison_node::NodeConfig::load(&file).unwrap();
+    assert_eq!(config.body, "bravo");
+    assert_eq!(config.hub, sandbox.hub_url());
+    assert_eq!(config.listen.to_string(), "127.0.0.1:0");
+    assert_eq!(config.data_dir, data);
+    assert_eq!(config.tls.cert, sandbox.certs().join("bravo/node.pem"));
+    assert_eq!(config.tls.key, sandbox.certs().join("bravo/node.key.pem"));
+    assert_eq!(config.tls.ca, sandbox.certs().join("ca.pem"));
+
+    // Without --out it prints the same configuration.
+    let out = liaison(printed.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), std::fs::read_to_string(&file).unwrap());
+    // It never replaces a file unasked, and refuses a body without certificates.
+    let out = liaison(write).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("pass --force"), "{}", stderr(&out));
+    printed[2] = "delta".into();
+    let out = liaison(printed).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no node certificate for delta")
+            && stderr(&out).contains("alpha, bravo, charlie, obs"),
+        "{}",
+        stderr(&out)
+    );
+
+    let ready = dir.join("bravo.addr");
+    let log = std::fs::File::create(dir.join("bravo.log")).unwrap();
+    let _node = Server(
+        Command::new(EXE)
+            .arg("node")
+            .arg("--config")
+            .arg(&file)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--exit-with-parent", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let addr = wait_until("the node is listening", SETTLE, || {
+        let ready = ready.clone();
+        async move { std::fs::read_to_string(ready).ok() }
+    })
+    .await
+    .unwrap();
+    let bravo = format!("https://{addr}");
+
+    let id = submit_alert(&sandbox, &alpha).await;
+    let mut inbox = args(&["--output", "json", "inbox"]);
+    inbox.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    wait_listed(&inbox, &id).await;
+    let mut show = args(&["show"]);
+    show.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    show.push(id.clone());
+    let out = liaison(show).await;
+    assert!(
+        stdout(&out).contains("text: sinkhole these domains"),
+        "{}",
+        stdout(&out)
+    );
+    let mut ack = args(&["ack"]);
+    ack.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    ack.push(id);
+    let out = liaison(ack).await;
+    assert!(
+        stdout(&out).contains("read by spiffe://liaison.test/org/bravo/officer/bob at "),
+        "{}",
+        stdout(&out)
+    );
+    sandbox.shutdown().await.unwrap();
 }

@@ -3,8 +3,9 @@
 //! Officers talk to their own body's node (`submit`, `outbox`, `inbox`,
 //! `show`, `ack`, `explain`); auditors talk to the hub (`audit list`,
 //! `audit verify`); operators start services (`hub`, `node`), make the dev
-//! PKI (`pki init`) and check governance files (`policy check`); `demo` runs
-//! the whole federation on this machine. See `exit` for exit codes.
+//! PKI (`pki init`), write node configurations for it (`dev node-config`)
+//! and check governance files (`policy check`); `demo` runs the whole
+//! federation on this machine. See `exit` for exit codes.
 #![forbid(unsafe_code)]
 
 /// Prints a line to standard output; a closed pipe (`liaison audit list |
@@ -151,6 +152,10 @@ pub enum Command {
     /// Development PKI.
     #[command(subcommand)]
     Pki(ops::PkiCommand),
+    /// Try Liaison by hand on one machine: write a node configuration for
+    /// the dev PKI.
+    #[command(subcommand)]
+    Dev(ops::DevCommand),
     /// Governance files: check one, list the rules, or replay past traffic
     /// under a new one.
     #[command(subcommand)]
@@ -229,6 +234,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ForwardRefuse(a) => forwards::refuse(a, out).await,
         Command::Audit(c) => ops::audit(c, out).await,
         Command::Pki(c) => ops::pki(c, out),
+        Command::Dev(c) => ops::dev(c, out),
         Command::Policy(c) => ops::policy(c, out),
         Command::Admin(c) => admin::run(c, out).await,
         Command::Hub(a) => ops::hub(a).await,

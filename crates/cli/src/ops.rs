@@ -1,4 +1,4 @@
-//! Operator and auditor commands: audit, pki, policy, hub, node.
+//! Operator and auditor commands: audit, pki, dev, policy, hub, node.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -506,6 +506,229 @@ fn pki_revoke(a: &PkiRevokeArgs, out: Output) -> Result<()> {
     Ok(())
 }
 
+/// `liaison dev ...`: helpers for trying Liaison on one machine with the
+/// dev PKI.
+#[derive(Debug, clap::Subcommand)]
+pub enum DevCommand {
+    /// Write a ready-to-run node configuration for BODY against a running
+    /// hub, with the certificates of the dev PKI (`liaison pki init`); start
+    /// the node with `liaison node --config FILE`.
+    NodeConfig(NodeConfigArgs),
+}
+
+/// The hub's address in `deploy/hub.toml`.
+pub const DEV_HUB: &str = "https://127.0.0.1:7400";
+
+/// Arguments of `dev node-config`.
+#[derive(Debug, clap::Args)]
+pub struct NodeConfigArgs {
+    /// The body the node serves, for example interpol; --certs must hold
+    /// its node certificate (BODY/node.pem).
+    pub body: String,
+    /// The hub's address.
+    #[arg(long, default_value = DEV_HUB)]
+    pub hub: String,
+    /// Address of the node's officer API; port 0 takes any free port (start
+    /// the node with --ready-file to learn which). The default is clear of
+    /// the hub (7400) and the node of deploy/node.toml (7401).
+    #[arg(long, default_value = "127.0.0.1:7402")]
+    pub listen: std::net::SocketAddr,
+    /// Directory of the dev PKI.
+    #[arg(long, default_value = "certs-dev")]
+    pub certs: PathBuf,
+    /// The node's durable outbox and inbox (default: .data/BODY).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Write the configuration to this file (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long, requires = "out")]
+    pub force: bool,
+}
+
+/// Runs a dev command.
+pub fn dev(c: DevCommand, out: Output) -> Result<()> {
+    match c {
+        DevCommand::NodeConfig(a) => node_config(&a, out),
+    }
+}
+
+/// A bad value on the command line (exit code 2).
+fn usage(message: String) -> anyhow::Error {
+    Failure { code: 2, message }.into()
+}
+
+/// The bodies with a node certificate in a dev PKI directory, sorted.
+fn bodies_in(certs: &Path) -> Vec<String> {
+    let mut bodies: Vec<String> = std::fs::read_dir(certs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("node.pem").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    bodies.sort();
+    bodies
+}
+
+/// A TOML string holding `path`.
+fn toml_path(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// The text of a node configuration, with paths as given.
+fn node_config_text(
+    body: &liaison_types::BodyId,
+    a: &NodeConfigArgs,
+    data_dir: &Path,
+    files: &liaison_pki::TlsFiles,
+) -> String {
+    format!(
+        "# Liaison node configuration for {body}, written by `liaison dev node-config`\n\
+         # for the dev PKI. Start the node with `liaison node --config <this file>`;\n\
+         # deploy/node.toml explains every key.\n\
+         \n\
+         version = 1\n\
+         body = {}\n\
+         \n\
+         # The officer API (mutual TLS only): officers of {body} connect here.\n\
+         listen = {}\n\
+         hub = {}\n\
+         \n\
+         # Durable outbox and inbox (sled); created if absent.\n\
+         data_dir = {}\n\
+         \n\
+         [tls]\n\
+         ca = {}\n\
+         cert = {}\n\
+         key = {}\n",
+        toml::Value::String(body.to_string()),
+        toml::Value::String(a.listen.to_string()),
+        toml::Value::String(a.hub.clone()),
+        toml_path(data_dir),
+        toml_path(&files.ca),
+        toml_path(&files.cert),
+        toml_path(&files.key),
+    )
+}
+
+/// `liaison dev node-config BODY`.
+fn node_config(a: &NodeConfigArgs, out: Output) -> Result<()> {
+    let body = liaison_types::BodyId::parse(&a.body).map_err(|e| {
+        usage(format!(
+            "body '{}': {e}; name a body of the federation, for example interpol",
+            a.body.escape_debug()
+        ))
+    })?;
+    if !a.hub.starts_with("https://") {
+        return Err(usage(format!(
+            "--hub '{}' is not an https:// address; the hub only speaks TLS (for example {DEV_HUB})",
+            a.hub.escape_debug()
+        )));
+    }
+    // Absolute paths: the file works from any directory, and on standard
+    // output it has no directory to be relative to.
+    let absolute = |p: &Path| {
+        std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()))
+    };
+    let certs = absolute(&a.certs)?;
+    let files = liaison_pki::TlsFiles::in_dev_dir(&certs, &format!("{body}/node"));
+    if !files.ca.is_file() {
+        return Err(usage(format!(
+            "{} holds no dev pki ({} does not exist); make one with `liaison pki init`, or pass --certs <dir>",
+            a.certs.display(),
+            files.ca.display()
+        )));
+    }
+    for f in [&files.cert, &files.key] {
+        if !f.is_file() {
+            let known = bodies_in(&certs);
+            return Err(usage(format!(
+                "{} has no node certificate for {body} ({} does not exist); bodies it has one for: {}",
+                a.certs.display(),
+                f.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    let data_dir = match &a.data_dir {
+        Some(d) => absolute(d)?,
+        None => absolute(&Path::new(".data").join(body.as_str()))?,
+    };
+    let text = node_config_text(&body, a, &data_dir, &files);
+    let shown = a.out.clone().unwrap_or_else(|| PathBuf::from("(stdout)"));
+    // What the node will read: refuse to write anything it would refuse.
+    liaison_node::NodeConfig::parse(&shown, &text)
+        .context("the node configuration written here does not parse; this is a bug")?;
+    let Some(file) = &a.out else {
+        match out {
+            Output::Json => say!(
+                "{}",
+                json!({"body": body.as_str(), "listen": a.listen, "hub": a.hub, "data_dir": data_dir, "config": text})
+            ),
+            Output::Human => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                match stdout.write_all(text.as_bytes()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return Err(Failure::quiet().into())
+                    }
+                    other => other?,
+                }
+            }
+        }
+        return Ok(());
+    };
+    if file.exists() && !a.force {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "{} exists; pass --force to replace it, or choose another --out",
+                file.display()
+            ),
+        }
+        .into());
+    }
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(file, &text).with_context(|| format!("cannot write {}", file.display()))?;
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({"file": file, "body": body.as_str(), "listen": a.listen, "hub": a.hub, "data_dir": data_dir})
+        ),
+        Output::Human => {
+            let me = crate::this_program();
+            say!(
+                "wrote {}: the {body} node listens on {} for its officers and connects to the hub at {}",
+                file.display(),
+                a.listen,
+                a.hub
+            );
+            say!(
+                "start it with: {me} node --config {}",
+                crate::shell_word(&file.display().to_string())
+            );
+            if a.listen.port() == 0 {
+                say!("(port 0: add --ready-file <file> to learn the port the node takes)");
+            } else {
+                say!(
+                    "then, as one of its officers: {me} inbox --server https://{} --certs {} --as {body}/officer-alice",
+                    a.listen,
+                    crate::shell_word(&a.certs.display().to_string())
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `liaison policy ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {
@@ -923,4 +1146,35 @@ pub async fn node(a: ServeArgs) -> Result<()> {
     let listener = bind(config.listen, a.ready_file.as_deref()).await?;
     liaison_node::run_with_reload(config, listener, shutdown_signal(), reloads).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_node_configuration_keeps_awkward_paths_exactly() {
+        let body = liaison_types::BodyId::parse("interpol").unwrap();
+        let args = NodeConfigArgs {
+            body: "interpol".into(),
+            hub: DEV_HUB.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            certs: PathBuf::from("/tmp/certs"),
+            data_dir: None,
+            out: None,
+            force: false,
+        };
+        let certs = Path::new("/tmp/a \"quoted\" \\ dir\n# not = \"a key\"");
+        let files = liaison_pki::TlsFiles::in_dev_dir(certs, "interpol/node");
+        let data = Path::new("/tmp/data 'dir'");
+        let text = node_config_text(&body, &args, data, &files);
+        let config = liaison_node::NodeConfig::parse(Path::new("/etc/node.toml"), &text).unwrap();
+        assert_eq!(config.body, "interpol");
+        assert_eq!(config.hub, DEV_HUB);
+        assert_eq!(config.listen, args.listen);
+        assert_eq!(config.data_dir, data);
+        assert_eq!(config.tls.ca, files.ca);
+        assert_eq!(config.tls.cert, files.cert);
+        assert_eq!(config.tls.key, files.key);
+    }
 }
