@@ -1,26 +1,30 @@
 //! The `liaison` command as officers, auditors and operators run it: a child
 //! process against a running federation, checking output and exit codes.
 
-use std::path::Path;
-use std::process::Output;
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use liaison_test_support::{wait_until, Sandbox};
+use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
 use serde_json::Value;
 
-use crate::common::{sandbox, SETTLE};
+use crate::common::{sandbox, GOVERNANCE, SETTLE};
 
 const EXE: &str = env!("CARGO_BIN_EXE_liaison-child");
 
 /// Runs `liaison` with `args` off the async runtime.
 async fn liaison(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(EXE)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || run(&args))
+        .await
+        .unwrap()
+}
+
+/// Runs `liaison` with `args` and waits for it.
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(EXE).args(args).output().unwrap()
 }
 
 /// Arguments that connect to `server` as `who` (a dev pki stem).
@@ -407,21 +411,25 @@ async fn operators_check_policies_and_make_a_dev_pki() {
 }
 
 /// The README's first command, as a child process: the whole eleven-body
-/// federation, every rule deciding at least once, every inbox checked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
+/// federation, every rule deciding at least once, every inbox checked. Left
+/// running, its suggestions go to standard error, so that standard output
+/// stays one JSON document.
+#[test]
+fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let out = liaison(vec![
-        "--output".into(),
-        "json".into(),
-        "demo".into(),
-        "--certs".into(),
-        certs.display().to_string(),
-    ])
-    .await;
-    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let mut demo = Streamed::start(&[
+        "--output".as_ref(),
+        "json".as_ref(),
+        "demo".as_ref(),
+        "--certs".as_ref(),
+        certs.as_os_str(),
+        "--keep-running".as_ref(),
+    ]);
+    demo.wait_for(Stream::Err, "press Ctrl-C to stop");
+    let (status, out, err) = demo.terminate();
+    assert!(status.success(), "{out}\n{err}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
     assert_eq!(report["messages"].as_array().unwrap().len(), 16);
     assert_eq!(report["audit"]["ok"], true);
@@ -429,4 +437,527 @@ async fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
         certs.join("ca.pem").exists(),
         "dev certificates made on first run"
     );
+    assert_eq!(suggested(&err).len(), 2, "{err}");
+}
+
+/// Which of a child's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// A `liaison` child whose output is read line by line while it runs
+/// (killed and reaped if the test ends first).
+struct Streamed {
+    child: std::process::Child,
+    lines: mpsc::Receiver<(Stream, String)>,
+    out: String,
+    err: String,
+}
+
+impl Streamed {
+    fn start(args: &[&std::ffi::OsStr]) -> Self {
+        let mut child = Command::new(EXE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (stream, pipe) in [
+            (Stream::Out, Box::new(out) as Box<dyn std::io::Read + Send>),
+            (Stream::Err, Box::new(err)),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((stream, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            out: String::new(),
+            err: String::new(),
+        }
+    }
+
+    fn keep(&mut self, (stream, line): (Stream, String)) {
+        let text = match stream {
+            Stream::Out => &mut self.out,
+            Stream::Err => &mut self.err,
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+
+    /// Reads output until a line of `stream` contains `needle`.
+    fn wait_for(&mut self, stream: Stream, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((s, line)) => {
+                    let found = s == stream && line.contains(needle);
+                    self.keep((s, line));
+                    if found {
+                        return;
+                    }
+                }
+                Err(e) => panic!(
+                    "no {needle:?} from the demo ({e}); stdout:\n{}\nstderr:\n{}",
+                    self.out, self.err
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for the exit and returns it with all output.
+    fn terminate(mut self) -> (std::process::ExitStatus, String, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = self.child.wait().unwrap();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            self.keep(line);
+        }
+        (
+            status,
+            std::mem::take(&mut self.out),
+            std::mem::take(&mut self.err),
+        )
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The commands the demo suggests (lines running `inbox` or `audit`), as
+/// words.
+fn suggested(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| l.contains(" inbox --server ") || l.contains(" audit verify --server "))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// Runs `liaison` as a suggested command does, checking it names this
+/// binary.
+fn run_suggested(words: &[String]) -> Output {
+    let exe = std::fs::canonicalize(EXE).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(&words[0]).ok(),
+        Some(exe),
+        "{words:?} does not run this binary"
+    );
+    Command::new(&words[0]).args(&words[1..]).output().unwrap()
+}
+
+/// Runs of 12 or more digits followed by " ms": milliseconds since the
+/// epoch shown raw.
+fn raw_timestamps(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut digits = String::new();
+    for (i, c) in text.char_indices() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        if digits.len() >= 12 && text[i..].starts_with(" ms") {
+            found.push(format!("{digits} ms"));
+        }
+        digits.clear();
+    }
+    found
+}
+
+/// Whether `s` starts with an RFC 3339 time in seconds, like
+/// 2026-12-01T08:05:49Z.
+fn starts_with_rfc_3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20
+        && b[..20].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn the_demo_left_running_suggests_commands_that_run_this_binary_and_shows_times_in_rfc_3339() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let mut demo = Streamed::start(&[
+        "demo".as_ref(),
+        "--certs".as_ref(),
+        certs.as_os_str(),
+        "--keep-running".as_ref(),
+    ]);
+    demo.wait_for(Stream::Out, "press Ctrl-C to stop");
+    let shown = demo.out.clone();
+
+    // The matrix explains the expired alert with times people read.
+    assert_eq!(raw_timestamps(&shown), Vec::<String>::new(), "{shown}");
+    let expired: Vec<&str> = shown
+        .lines()
+        .filter_map(|l| l.split_once("message.expired: expired at ").map(|(_, t)| t))
+        .collect();
+    assert!(!expired.is_empty(), "{shown}");
+    for t in expired {
+        let (at, now) = t.split_once(", now ").unwrap();
+        assert!(starts_with_rfc_3339(at) && starts_with_rfc_3339(now), "{t}");
+    }
+
+    // The suggestions run this binary, and work against the federation.
+    assert!(!shown.contains("cargo run"), "{shown}");
+    let commands = suggested(&shown);
+    assert_eq!(commands.len(), 2, "{shown}");
+    for words in &commands {
+        let out = run_suggested(words);
+        assert!(out.status.success(), "{words:?}: {}", stderr(&out));
+        if words.contains(&"inbox".to_owned()) {
+            assert!(!stdout(&out).contains("inbox is empty"), "{}", stdout(&out));
+        } else {
+            assert!(stdout(&out).contains("chain intact"), "{}", stdout(&out));
+        }
+    }
+
+    let (status, out, err) = demo.terminate();
+    assert!(status.success(), "{out}\n{err}");
+    assert!(out.contains("all checks passed"), "{out}");
+}
+
+#[test]
+fn logs_carry_no_colour_codes_when_standard_error_is_not_a_terminal() {
+    for server in ["hub", "node"] {
+        // A parent that is not this process's: the server logs an error
+        // and exits at once, after setting up logging.
+        let out = Command::new(EXE)
+            .args([server, "--config", "/nonexistent/liaison.toml"])
+            .args(["--exit-with-parent", &u32::MAX.to_string()])
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(70), "{server}: {err}");
+        assert!(
+            err.contains("the parent process is already gone"),
+            "{server}: {err}"
+        );
+        assert!(!err.contains('\u{1b}'), "{server}: {err:?}");
+    }
+}
+
+#[test]
+fn pki_init_outside_the_repository_says_to_pass_the_governance_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(EXE)
+        .args(["pki", "init"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("governance file deploy/federation.toml")
+            && err.contains("pass --governance <file>"),
+        "{err}"
+    );
+    assert!(!dir.path().join("certs-dev").exists());
+}
+
+/// The audit events the hub writes, read from its source: every `event:
+/// "..."` and `event = "..."`, and the event named in each `audit_base(..)`
+/// call.
+fn hub_audit_events() -> BTreeSet<String> {
+    fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let literal = |rest: &str| rest.split('"').next().unwrap_or_default().to_owned();
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/hub/src"),
+        &mut files,
+    );
+    let mut events = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for pattern in ["event: \"", "event = \""] {
+            for (at, _) in text.match_indices(pattern) {
+                events.insert(literal(&text[at + pattern.len()..]));
+            }
+        }
+        for (at, _) in text.match_indices("audit_base(") {
+            let call = &text[at..];
+            let call = &call[..call.find(')').unwrap_or(call.len())];
+            if let Some(quote) = call.find('"') {
+                events.insert(literal(&call[quote + 1..]));
+            }
+        }
+    }
+    events
+}
+
+/// The values `--help` lists under `flag` ("Possible values:" then "- name:
+/// what").
+fn possible_values(help: &str, flag: &str) -> BTreeSet<String> {
+    let mut lines = help
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with(flag))
+        .skip_while(|l| *l != "Possible values:")
+        .skip(1);
+    let mut values = BTreeSet::new();
+    while let Some(value) = lines.next().and_then(|l| l.strip_prefix("- ")) {
+        values.insert(value.split(':').next().unwrap_or_default().to_owned());
+    }
+    values
+}
+
+#[test]
+fn audit_list_offers_every_event_the_hub_writes_and_refuses_any_other() {
+    let written = hub_audit_events();
+    for known in ["received", "routed", "forwarded", "forward_withheld"] {
+        assert!(
+            written.contains(known),
+            "the scan missed {known}: {written:?}"
+        );
+    }
+    let help = stdout(&run(&["audit", "list", "--help"]));
+    assert_eq!(possible_values(&help, "--event <EVENT>"), written, "{help}");
+    assert_eq!(
+        possible_values(&help, "--decision <DECISION>"),
+        BTreeSet::from(["deliver".to_owned(), "withhold".to_owned()]),
+        "{help}"
+    );
+
+    for (flag, value) in [("--event", "delivery"), ("--decision", "allow")] {
+        let out = run(&[
+            "audit",
+            "list",
+            "--server",
+            "https://127.0.0.1:1",
+            flag,
+            value,
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}"))
+                && err.contains("[possible values: "),
+            "{err}"
+        );
+    }
+    let help = stdout(&run(&["admin", "set-state", "--help"]));
+    assert_eq!(
+        possible_values(&help, "<STATE>"),
+        BTreeSet::from(["active", "suspended", "revoked"].map(str::to_owned)),
+        "{help}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_unread_says_when_everything_has_been_read() {
+    let sandbox = sandbox().await;
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let bravo = sandbox.node_url("bravo").unwrap();
+    let mut inbox = args(&["inbox"]);
+    inbox.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    let mut unread = inbox.clone();
+    unread.push("--unread".into());
+    for a in [&inbox, &unread] {
+        let out = liaison(a.clone()).await;
+        assert_eq!(stdout(&out), "inbox is empty\n", "{}", stderr(&out));
+    }
+
+    let id = submit_alert(&sandbox, &alpha).await;
+    let mut listed = args(&["--output", "json", "inbox"]);
+    listed.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    wait_listed(&listed, &id).await;
+    let mut ack = args(&["ack"]);
+    ack.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    ack.push(id.clone());
+    assert!(liaison(ack).await.status.success());
+
+    let out = liaison(unread).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "no unread messages (1 read)\n");
+    let out = liaison(inbox).await;
+    assert!(stdout(&out).contains(&id), "{}", stdout(&out));
+    sandbox.shutdown().await.unwrap();
+}
+
+/// Submits an alert from alpha's officer that the test governance delivers
+/// to bravo; returns its id.
+async fn submit_alert(sandbox: &Sandbox, alpha: &str) -> String {
+    let mut a = args(&["--output", "json", "submit"]);
+    a.extend(conn(sandbox, alpha, "alpha/officer-alice"));
+    a.extend(args(&[
+        "--kind",
+        "alert",
+        "--classification",
+        "RESTRICTED",
+        "--title",
+        "botnet takedown",
+        "--crime-area",
+        "cybercrime",
+        "--text",
+        "sinkhole these domains",
+    ]));
+    let out = liaison(a).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let submitted: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    submitted["message_id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until `inbox` (JSON lines) lists message `id`.
+async fn wait_listed(inbox: &[String], id: &str) {
+    wait_until("the inbox lists the message", SETTLE, || {
+        let inbox = inbox.to_vec();
+        async move {
+            let out = liaison(inbox).await;
+            stdout(&out)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| v["message_id"] == id)
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A server child that dies with the test, pass or fail.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's by-hand path: a second node from `dev node-config`, run as
+/// `liaison node`, whose officer reads and acknowledges what another body
+/// sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_written_by_dev_node_config_runs_and_its_officer_reads_and_acknowledges() {
+    let sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&["alpha"]))
+        .await
+        .unwrap();
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let dir = sandbox.dir().join("by-hand");
+    let file = dir.join("bravo.toml");
+    let data = dir.join("bravo-data");
+    let mut write = args(&["dev", "node-config", "bravo", "--hub"]);
+    write.push(sandbox.hub_url());
+    write.extend(args(&["--listen", "127.0.0.1:0", "--certs"]));
+    write.push(sandbox.certs().display().to_string());
+    write.push("--data-dir".into());
+    write.push(data.display().to_string());
+    let mut printed = write.clone();
+    write.push("--out".into());
+    write.push(file.display().to_string());
+
+    let out = liaison(write.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(" node --config {}", file.display())),
+        "{}",
+        stdout(&out)
+    );
+    let config = liaison_node::NodeConfig::load(&file).unwrap();
+    assert_eq!(config.body, "bravo");
+    assert_eq!(config.hub, sandbox.hub_url());
+    assert_eq!(config.listen.to_string(), "127.0.0.1:0");
+    assert_eq!(config.data_dir, data);
+    assert_eq!(config.tls.cert, sandbox.certs().join("bravo/node.pem"));
+    assert_eq!(config.tls.key, sandbox.certs().join("bravo/node.key.pem"));
+    assert_eq!(config.tls.ca, sandbox.certs().join("ca.pem"));
+
+    // Without --out it prints the same configuration.
+    let out = liaison(printed.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), std::fs::read_to_string(&file).unwrap());
+    // It never replaces a file unasked, and refuses a body without certificates.
+    let out = liaison(write).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("pass --force"), "{}", stderr(&out));
+    printed[2] = "delta".into();
+    let out = liaison(printed).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no node certificate for delta")
+            && stderr(&out).contains("alpha, bravo, charlie, obs"),
+        "{}",
+        stderr(&out)
+    );
+
+    let ready = dir.join("bravo.addr");
+    let log = std::fs::File::create(dir.join("bravo.log")).unwrap();
+    let _node = Server(
+        Command::new(EXE)
+            .arg("node")
+            .arg("--config")
+            .arg(&file)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--exit-with-parent", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let addr = wait_until("the node is listening", SETTLE, || {
+        let ready = ready.clone();
+        async move { std::fs::read_to_string(ready).ok() }
+    })
+    .await
+    .unwrap();
+    let bravo = format!("https://{addr}");
+
+    let id = submit_alert(&sandbox, &alpha).await;
+    let mut inbox = args(&["--output", "json", "inbox"]);
+    inbox.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    wait_listed(&inbox, &id).await;
+    let mut show = args(&["show"]);
+    show.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    show.push(id.clone());
+    let out = liaison(show).await;
+    assert!(
+        stdout(&out).contains("text: sinkhole these domains"),
+        "{}",
+        stdout(&out)
+    );
+    let mut ack = args(&["ack"]);
+    ack.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    ack.push(id);
+    let out = liaison(ack).await;
+    assert!(
+        stdout(&out).contains("read by spiffe://liaison.test/org/bravo/officer/bob at "),
+        "{}",
+        stdout(&out)
+    );
+    sandbox.shutdown().await.unwrap();
 }

@@ -8,7 +8,7 @@ use liaison_types::Role;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::message::format_time;
+use crate::message::{format_time, readable_times};
 use crate::{Connection, Failure, Output};
 
 /// `liaison admin ...`
@@ -35,11 +35,27 @@ pub struct SetStateArgs {
     pub conn: Connection,
     /// The body, for example aimc.
     pub body: String,
-    /// active (reinstate), suspended or revoked.
+    /// The state to put the body in.
+    #[arg(value_parser = state_parser())]
     pub state: String,
     /// Why, for the audit log.
     #[arg(long)]
     pub reason: String,
+}
+
+/// The states an admin can set, as the hub names them.
+fn state_parser() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    use liaison_policy::State;
+    [
+        PossibleValue::new(State::Active.as_str())
+            .help("reinstate it: its held queue is delivered"),
+        PossibleValue::new(State::Suspended.as_str())
+            .help("for now: it receives nothing new, its queue is held"),
+        PossibleValue::new(State::Revoked.as_str())
+            .help("cut off for good, as when suspended (an admin can still reinstate it)"),
+    ]
+    .into()
 }
 
 /// Arguments of the admin commands.
@@ -146,8 +162,10 @@ async fn show(a: AdminArgs, out: Output) -> Result<()> {
                 "bodies": p.bodies,
                 "federation": p.federation,
                 "hub_body": p.hub_body,
+                "loaded_at": format_time(p.loaded_at_ms),
                 "loaded_at_ms": p.loaded_at_ms,
                 "last_refusal": (!p.last_refusal.is_empty()).then_some(&p.last_refusal),
+                "last_refusal_at": (p.last_refusal_at_ms != 0).then(|| format_time(p.last_refusal_at_ms)),
                 "last_refusal_at_ms": (p.last_refusal_at_ms != 0).then_some(p.last_refusal_at_ms),
             })
         ),
@@ -165,7 +183,7 @@ async fn show(a: AdminArgs, out: Output) -> Result<()> {
                 say!(
                     "last reload REFUSED at {}: {}",
                     format_time(p.last_refusal_at_ms),
-                    p.last_refusal
+                    readable_times(&p.last_refusal)
                 );
             }
         }

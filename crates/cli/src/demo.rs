@@ -20,7 +20,7 @@ use liaison_types::audit::ChainVerifier;
 use prost::Message;
 use serde_json::json;
 
-use crate::message::MessageSpec;
+use crate::message::{readable_times, MessageSpec};
 use crate::officer::{decisions_json, outcome_name};
 use crate::{Failure, Output};
 
@@ -195,18 +195,17 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
         say!("{}", report.json);
     }
     if args.keep_running && report.problems.is_empty() {
-        say!("\nthe federation keeps running; try for example:");
-        say!(
-            "  cargo run -q --bin liaison -- inbox --server {} --certs {} --as interpol/officer-alice",
-            sandbox.node_url("interpol")?,
-            args.certs.display()
-        );
-        say!(
-            "  cargo run -q --bin liaison -- audit verify --server {} --certs {} --as interpol/auditor-audit",
-            sandbox.hub_url(),
-            args.certs.display()
-        );
-        say!("press Ctrl-C to stop");
+        // The commands run this very program, wherever it was built or
+        // installed; with --output json they go to standard error, so that
+        // standard output stays one JSON document.
+        let hints = keep_running_hints(&sandbox, &args)?;
+        for line in &hints {
+            if human {
+                say!("{line}");
+            } else {
+                eprintln!("{}", liaison_types::text::escape_text(line));
+            }
+        }
         crate::ops::shutdown_signal().await;
     }
     sandbox.shutdown().await?;
@@ -225,6 +224,26 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
         ))
         .into())
     }
+}
+
+/// What to try against the federation left running: commands that invoke
+/// the running executable.
+fn keep_running_hints(sandbox: &Sandbox, args: &DemoArgs) -> Result<Vec<String>> {
+    let me = crate::this_program();
+    let certs = crate::shell_word(&args.certs.display().to_string());
+    Ok(vec![
+        String::new(),
+        "the federation keeps running; try for example:".to_owned(),
+        format!(
+            "  {me} inbox --server {} --certs {certs} --as interpol/officer-alice",
+            sandbox.node_url("interpol")?
+        ),
+        format!(
+            "  {me} audit verify --server {} --certs {certs} --as interpol/auditor-audit",
+            sandbox.hub_url()
+        ),
+        "press Ctrl-C to stop".to_owned(),
+    ])
 }
 
 struct Report {
@@ -290,7 +309,11 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
     let spoof = spoof_attempt(sandbox).await?;
     if human {
         say!("\n== the europol node submits a message naming frontex as origin");
-        say!("   hub answered {:?}: {}", spoof.code(), spoof.message());
+        say!(
+            "   hub answered {:?}: {}",
+            spoof.code(),
+            readable_times(spoof.message())
+        );
     }
     if spoof.code() != tonic::Code::PermissionDenied {
         problems.push(format!(
@@ -682,7 +705,12 @@ fn print_matrix(sent: &[Sent], bodies: &[String]) -> Result<()> {
         say!("  #{} {} ({}{pd})", i + 1, s.title, s.classification);
         for d in &s.decisions {
             if outcome_name(d.outcome) != "deliver" {
-                say!("      {:<10} {}: {}", d.recipient, d.rule, d.reason);
+                say!(
+                    "      {:<10} {}: {}",
+                    d.recipient,
+                    d.rule,
+                    readable_times(&d.reason)
+                );
             }
         }
     }

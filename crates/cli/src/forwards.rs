@@ -8,7 +8,7 @@ use anyhow::Result;
 use liaison_proto::v1 as pb;
 use serde_json::json;
 
-use crate::message::format_time;
+use crate::message::{format_time, readable_times};
 use crate::officer::client;
 use crate::{Connection, Failure, Output};
 
@@ -126,13 +126,13 @@ pub async fn forward(args: ForwardArgs, out: Output) -> Result<()> {
                 "forwarded {} to {} (the originator allowed onward release): {}",
                 args.message_id,
                 args.to,
-                r.reason
+                readable_times(&r.reason)
             ),
             _ => say!(
                 "not forwarded to {}: the rules withhold it ({}: {})",
                 args.to,
                 r.rule,
-                r.reason
+                readable_times(&r.reason)
             ),
         },
     }
@@ -187,12 +187,12 @@ pub async fn forwards(args: ForwardsArgs, out: Output) -> Result<()> {
                         if e.decision_reason.is_empty() {
                             String::new()
                         } else {
-                            format!(" ({})", e.decision_reason)
+                            format!(" ({})", readable_times(&e.decision_reason))
                         },
                         if e.hub_outcome.is_empty() {
-                            "not answered yet"
+                            "not answered yet".into()
                         } else {
-                            e.hub_outcome.as_str()
+                            readable_times(&e.hub_outcome)
                         }
                     );
                 }

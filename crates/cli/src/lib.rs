@@ -3,8 +3,9 @@
 //! Officers talk to their own body's node (`submit`, `outbox`, `inbox`,
 //! `show`, `ack`, `explain`); auditors talk to the hub (`audit list`,
 //! `audit verify`); operators start services (`hub`, `node`), make the dev
-//! PKI (`pki init`) and check governance files (`policy check`); `demo` runs
-//! the whole federation on this machine. See `exit` for exit codes.
+//! PKI (`pki init`), write node configurations for it (`dev node-config`)
+//! and check governance files (`policy check`); `demo` runs the whole
+//! federation on this machine. See `exit` for exit codes.
 #![forbid(unsafe_code)]
 
 /// Prints a line to standard output; a closed pipe (`liaison audit list |
@@ -151,6 +152,10 @@ pub enum Command {
     /// Development PKI.
     #[command(subcommand)]
     Pki(ops::PkiCommand),
+    /// Try Liaison by hand on one machine: write a node configuration for
+    /// the dev PKI.
+    #[command(subcommand)]
+    Dev(ops::DevCommand),
     /// Governance files: check one, list the rules, or replay past traffic
     /// under a new one.
     #[command(subcommand)]
@@ -188,6 +193,27 @@ pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
     liaison_types::text::escape_line(s)
 }
 
+/// How to run this very program again from a shell, for the commands the
+/// CLI suggests: the path of the running executable, quoted for a POSIX
+/// shell where it needs it (`liaison` if the path cannot be found).
+pub(crate) fn this_program() -> String {
+    std::env::current_exe().map_or_else(
+        |_| "liaison".to_owned(),
+        |p| shell_word(&p.display().to_string()),
+    )
+}
+
+/// `s` as one word of a POSIX shell command line: as it is if that is safe,
+/// else in single quotes.
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b);
+    if !s.is_empty() && s.bytes().all(plain) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     let out = cli.output;
@@ -208,6 +234,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ForwardRefuse(a) => forwards::refuse(a, out).await,
         Command::Audit(c) => ops::audit(c, out).await,
         Command::Pki(c) => ops::pki(c, out),
+        Command::Dev(c) => ops::dev(c, out),
         Command::Policy(c) => ops::policy(c, out),
         Command::Admin(c) => admin::run(c, out).await,
         Command::Hub(a) => ops::hub(a).await,
@@ -235,8 +262,76 @@ pub fn main_entry() -> ExitCode {
         Err(e) if e.downcast_ref::<Failure>().is_some_and(Failure::is_quiet) => ExitCode::SUCCESS,
         Err(e) => {
             let message = format!("{e:#}");
+            let message = message::readable_times(&message);
             eprintln!("error: {}", liaison_types::text::escape_text(&message));
             exit::code_of(&e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use liaison_types::{Classification, HandlingCode, Kind, Priority, Tlp};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The message flags take the lenient forms a message file takes too
+    /// (`threat-assessment`, `tlp:amber`), so their values are listed in
+    /// their help by hand: this keeps each list complete.
+    #[test]
+    fn the_help_of_every_message_flag_lists_every_value_it_accepts() {
+        let cli = Cli::command();
+        let submit = cli.find_subcommand("submit").unwrap();
+        let help = |id: &str| {
+            submit
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_help())
+                .map(ToString::to_string)
+                .unwrap_or_else(|| panic!("submit has no documented --{id}"))
+        };
+        let lists: [(&str, Vec<&str>); 5] = [
+            ("kind", Kind::ALL.iter().map(|v| v.as_str()).collect()),
+            (
+                "classification",
+                Classification::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            (
+                "priority",
+                Priority::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+            ("tlp", Tlp::ALL.iter().map(|v| v.as_str()).collect()),
+            (
+                "handling_code",
+                HandlingCode::ALL.iter().map(|v| v.as_str()).collect(),
+            ),
+        ];
+        for (id, values) in lists {
+            let text = help(id);
+            for v in values {
+                assert!(text.contains(v), "--{id} help {text:?} does not list {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn suggested_commands_quote_only_what_a_shell_would_split() {
+        let cases = [
+            ("/usr/local/bin/liaison", "/usr/local/bin/liaison"),
+            ("certs-dev", "certs-dev"),
+            ("/home/a b/liaison", "'/home/a b/liaison'"),
+            ("it's", r"'it'\''s'"),
+            ("$HOME", "'$HOME'"),
+            ("", "''"),
+        ];
+        for (word, quoted) in cases {
+            assert_eq!(shell_word(word), quoted, "{word}");
         }
     }
 }

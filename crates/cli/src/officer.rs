@@ -9,7 +9,7 @@ use liaison_types::{Classification, HandlingCode, Kind, Priority, Role, Tlp};
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::message::{format_time, read_file, MessageSpec};
+use crate::message::{format_time, read_file, readable_times, MessageSpec};
 use crate::{Connection, Failure, Output};
 
 /// Arguments of `submit` and `explain`.
@@ -126,7 +126,7 @@ pub(crate) fn print_decisions(d: &[pb::RoutingDecision]) -> Result<()> {
             d.recipient,
             outcome_name(d.outcome),
             d.rule,
-            d.reason
+            readable_times(&d.reason)
         );
     }
     Ok(())
@@ -312,10 +312,14 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                             delivered.join(", ")
                         }
                     ),
-                    "rejected" => say!("    rejected: {}", e.last_error),
-                    "retracted" | "withdrawn" => say!("    {}", e.last_error),
+                    "rejected" => say!("    rejected: {}", readable_times(&e.last_error)),
+                    "retracted" | "withdrawn" => say!("    {}", readable_times(&e.last_error)),
                     _ if !e.last_error.is_empty() => {
-                        say!("    {} attempts; last error: {}", e.attempts, e.last_error)
+                        say!(
+                            "    {} attempts; last error: {}",
+                            e.attempts,
+                            readable_times(&e.last_error)
+                        )
                     }
                     _ => {}
                 }
@@ -375,11 +379,38 @@ pub async fn inbox(args: InboxArgs, out: Output) -> Result<()> {
                 );
             }
             if resp.entries.is_empty() {
-                say!("inbox is empty");
+                if args.unread {
+                    say!("{}", nothing_unread(&mut node).await?);
+                } else {
+                    say!("inbox is empty");
+                }
             }
         }
     }
     Ok(())
+}
+
+/// What `inbox --unread` says when it lists nothing: whether the inbox is
+/// empty, or how many messages in it have been read.
+async fn nothing_unread(node: &mut OfficerClient<Channel>) -> Result<String> {
+    // The node lists at most this many entries in one answer.
+    const MOST: u32 = 1000;
+    let all = node
+        .list_inbox(pb::ListInboxRequest {
+            unread_only: false,
+            limit: MOST,
+        })
+        .await
+        .map_err(|s| Failure::status("inbox", &s))?
+        .into_inner();
+    let read = all.entries.iter().filter(|s| s.read).count();
+    Ok(match read {
+        0 if all.entries.is_empty() => "inbox is empty".to_owned(),
+        n if all.entries.len() == MOST as usize => {
+            format!("no unread messages (at least {n} read)")
+        }
+        n => format!("no unread messages ({n} read)"),
+    })
 }
 
 /// `liaison show`.
@@ -441,7 +472,7 @@ pub async fn show(args: IdArgs, out: Output) -> Result<()> {
                 say!(
                     "  WITHDRAWN ({}): {} — its content has been erased",
                     s.withdrawn,
-                    s.withdrawn_reason
+                    readable_times(&s.withdrawn_reason)
                 );
             }
             say!("  id:             {}", s.message_id);

@@ -1,4 +1,4 @@
-//! Operator and auditor commands: audit, pki, policy, hub, node.
+//! Operator and auditor commands: audit, pki, dev, policy, hub, node.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -6,14 +6,14 @@ use std::pin::Pin;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
-use liaison_policy::{DecisionChange, Governance};
+use liaison_policy::{DecisionChange, Governance, Outcome};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::audit_client::AuditClient;
 use liaison_types::audit::{to_json, ChainVerifier};
 use liaison_types::{Labels, Role};
 use serde_json::{json, Value};
 
-use crate::message::{format_time, parse_time};
+use crate::message::{format_time, parse_time, readable_times};
 use crate::{Connection, Failure, Output};
 
 /// `liaison audit ...`
@@ -38,14 +38,15 @@ pub struct AuditListArgs {
     /// Only records naming this body as origin or recipient.
     #[arg(long)]
     pub body: Option<String>,
-    /// Only this rule (for example recipient.clearance).
+    /// Only this rule, for example recipient.clearance (`liaison policy
+    /// rules` lists the routing rules).
     #[arg(long)]
     pub rule: Option<String>,
-    /// Only this event: received, routed, delivered, acknowledged, refused, policy.
-    #[arg(long)]
+    /// Only this event.
+    #[arg(long, value_parser = audit_event_parser())]
     pub event: Option<String>,
-    /// Only this decision: deliver or withhold.
-    #[arg(long)]
+    /// Only this decision (routing and forwarding records).
+    #[arg(long, value_parser = decision_parser())]
     pub decision: Option<String>,
     /// Only records at or after this time (RFC 3339).
     #[arg(long)]
@@ -59,6 +60,87 @@ pub struct AuditListArgs {
     /// Export as CSV (header line first) instead of a table or JSON lines.
     #[arg(long)]
     pub csv: bool,
+}
+
+/// Every event the hub writes into its audit log, exactly as it writes it,
+/// and what a record of it means.
+///
+/// The hub writes these as string literals (crates/hub); the end-to-end test
+/// `audit_list_offers_every_event_the_hub_writes_and_refuses_any_other` reads
+/// the hub's source to keep this list complete.
+pub const AUDIT_EVENTS: [(&str, &str); 15] = [
+    ("received", "the hub accepted a message from its origin's node"),
+    (
+        "routed",
+        "one routing decision: deliver to or withhold from one body, with its rule",
+    ),
+    (
+        "delivered",
+        "a recipient's node took a message, retraction or forward request from its queue",
+    ),
+    ("acknowledged", "an officer of the recipient read the message"),
+    (
+        "refused",
+        "the hub refused a request: a spoofed origin, a retraction by another body, a forward request it cannot grant",
+    ),
+    (
+        "policy",
+        "the governance changed: a reload, a refused reload, or a body's state set by an admin",
+    ),
+    (
+        "released",
+        "an embargo ended and the message was queued for its recipient",
+    ),
+    (
+        "expired",
+        "the message expired: under embargo, or its content leaves the inboxes",
+    ),
+    (
+        "erased",
+        "the message's content was erased when its retention period ended",
+    ),
+    ("retraction", "the originator retracted the message"),
+    (
+        "retracted",
+        "a retracted message was withdrawn from one recipient",
+    ),
+    (
+        "forward_requested",
+        "a recipient asked to pass the message on to another body",
+    ),
+    (
+        "forward_refused",
+        "the originator refused to let the message be passed on",
+    ),
+    (
+        "forwarded",
+        "the message was passed on to another body with the originator's consent",
+    ),
+    (
+        "forward_withheld",
+        "the originator consented, but the rules withhold the message from that body",
+    ),
+];
+
+/// `--event`: one of [`AUDIT_EVENTS`]; clap lists them in `--help` and
+/// refuses any other.
+fn audit_event_parser() -> clap::builder::PossibleValuesParser {
+    AUDIT_EVENTS
+        .iter()
+        .map(|(name, what)| clap::builder::PossibleValue::new(*name).help(*what))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// `--decision`: a routing outcome.
+fn decision_parser() -> clap::builder::PossibleValuesParser {
+    [
+        clap::builder::PossibleValue::new(Outcome::Deliver.as_str())
+            .help("the rules let the recipient have it"),
+        clap::builder::PossibleValue::new(Outcome::Withhold.as_str())
+            .help("a rule kept it from the recipient"),
+    ]
+    .into()
 }
 
 /// Arguments of `audit verify`.
@@ -303,12 +385,40 @@ pub struct PkiInitArgs {
     /// Where to write the certificates.
     #[arg(long, default_value = "certs-dev")]
     pub dir: PathBuf,
-    /// The governance file naming the federation and its bodies.
-    #[arg(long, default_value = "deploy/federation.toml")]
+    /// The governance file naming the federation and its bodies (the
+    /// default is relative to the repository's root).
+    #[arg(long, default_value = DEFAULT_GOVERNANCE)]
     pub governance: PathBuf,
     /// Replace an existing PKI in --dir.
     #[arg(long)]
     pub force: bool,
+}
+
+/// Where `pki init` looks for the governance file by default: the shipped
+/// one, relative to the repository's root.
+pub const DEFAULT_GOVERNANCE: &str = "deploy/federation.toml";
+
+/// The governance file of `pki init`: one that does not exist is most often
+/// the default path, from outside the repository, so say what to pass.
+fn pki_governance(path: &Path) -> Result<Governance> {
+    if let Err(e) = std::fs::metadata(path) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            let from_here = if path == Path::new(DEFAULT_GOVERNANCE) {
+                " (the default, relative to the repository's root)"
+            } else {
+                ""
+            };
+            return Err(Failure {
+                code: 1,
+                message: format!(
+                    "governance file {}{from_here} does not exist; pass --governance <file> naming your federation's governance file (the shipped one is deploy/federation.toml in the repository)",
+                    path.display()
+                ),
+            }
+            .into());
+        }
+    }
+    load_governance(path)
 }
 
 /// Reads and validates a governance file.
@@ -324,7 +434,7 @@ pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
         PkiCommand::Init(a) => a,
         PkiCommand::Revoke(a) => return pki_revoke(&a, out),
     };
-    let gov = load_governance(&a.governance)?;
+    let gov = pki_governance(&a.governance)?;
     let spec = liaison_test_support::dev_spec(&gov);
     let generated = if a.force {
         liaison_pki::generate_dev_pki(&a.dir, &spec)?;
@@ -392,6 +502,229 @@ fn pki_revoke(a: &PkiRevokeArgs, out: Output) -> Result<()> {
             serials.len(),
             before
         ),
+    }
+    Ok(())
+}
+
+/// `liaison dev ...`: helpers for trying Liaison on one machine with the
+/// dev PKI.
+#[derive(Debug, clap::Subcommand)]
+pub enum DevCommand {
+    /// Write a ready-to-run node configuration for BODY against a running
+    /// hub, with the certificates of the dev PKI (`liaison pki init`); start
+    /// the node with `liaison node --config FILE`.
+    NodeConfig(NodeConfigArgs),
+}
+
+/// The hub's address in `deploy/hub.toml`.
+pub const DEV_HUB: &str = "https://127.0.0.1:7400";
+
+/// Arguments of `dev node-config`.
+#[derive(Debug, clap::Args)]
+pub struct NodeConfigArgs {
+    /// The body the node serves, for example interpol; --certs must hold
+    /// its node certificate (BODY/node.pem).
+    pub body: String,
+    /// The hub's address.
+    #[arg(long, default_value = DEV_HUB)]
+    pub hub: String,
+    /// Address of the node's officer API; port 0 takes any free port (start
+    /// the node with --ready-file to learn which). The default is clear of
+    /// the hub (7400) and the node of deploy/node.toml (7401).
+    #[arg(long, default_value = "127.0.0.1:7402")]
+    pub listen: std::net::SocketAddr,
+    /// Directory of the dev PKI.
+    #[arg(long, default_value = "certs-dev")]
+    pub certs: PathBuf,
+    /// The node's durable outbox and inbox (default: .data/BODY).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Write the configuration to this file (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long, requires = "out")]
+    pub force: bool,
+}
+
+/// Runs a dev command.
+pub fn dev(c: DevCommand, out: Output) -> Result<()> {
+    match c {
+        DevCommand::NodeConfig(a) => node_config(&a, out),
+    }
+}
+
+/// A bad value on the command line (exit code 2).
+fn usage(message: String) -> anyhow::Error {
+    Failure { code: 2, message }.into()
+}
+
+/// The bodies with a node certificate in a dev PKI directory, sorted.
+fn bodies_in(certs: &Path) -> Vec<String> {
+    let mut bodies: Vec<String> = std::fs::read_dir(certs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("node.pem").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    bodies.sort();
+    bodies
+}
+
+/// A TOML string holding `path`.
+fn toml_path(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// The text of a node configuration, with paths as given.
+fn node_config_text(
+    body: &liaison_types::BodyId,
+    a: &NodeConfigArgs,
+    data_dir: &Path,
+    files: &liaison_pki::TlsFiles,
+) -> String {
+    format!(
+        "# Liaison node configuration for {body}, written by `liaison dev node-config`\n\
+         # for the dev PKI. Start the node with `liaison node --config <this file>`;\n\
+         # deploy/node.toml explains every key.\n\
+         \n\
+         version = 1\n\
+         body = {}\n\
+         \n\
+         # The officer API (mutual TLS only): officers of {body} connect here.\n\
+         listen = {}\n\
+         hub = {}\n\
+         \n\
+         # Durable outbox and inbox (sled); created if absent.\n\
+         data_dir = {}\n\
+         \n\
+         [tls]\n\
+         ca = {}\n\
+         cert = {}\n\
+         key = {}\n",
+        toml::Value::String(body.to_string()),
+        toml::Value::String(a.listen.to_string()),
+        toml::Value::String(a.hub.clone()),
+        toml_path(data_dir),
+        toml_path(&files.ca),
+        toml_path(&files.cert),
+        toml_path(&files.key),
+    )
+}
+
+/// `liaison dev node-config BODY`.
+fn node_config(a: &NodeConfigArgs, out: Output) -> Result<()> {
+    let body = liaison_types::BodyId::parse(&a.body).map_err(|e| {
+        usage(format!(
+            "body '{}': {e}; name a body of the federation, for example interpol",
+            a.body.escape_debug()
+        ))
+    })?;
+    if !a.hub.starts_with("https://") {
+        return Err(usage(format!(
+            "--hub '{}' is not an https:// address; the hub only speaks TLS (for example {DEV_HUB})",
+            a.hub.escape_debug()
+        )));
+    }
+    // Absolute paths: the file works from any directory, and on standard
+    // output it has no directory to be relative to.
+    let absolute = |p: &Path| {
+        std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()))
+    };
+    let certs = absolute(&a.certs)?;
+    let files = liaison_pki::TlsFiles::in_dev_dir(&certs, &format!("{body}/node"));
+    if !files.ca.is_file() {
+        return Err(usage(format!(
+            "{} holds no dev pki ({} does not exist); make one with `liaison pki init`, or pass --certs <dir>",
+            a.certs.display(),
+            files.ca.display()
+        )));
+    }
+    for f in [&files.cert, &files.key] {
+        if !f.is_file() {
+            let known = bodies_in(&certs);
+            return Err(usage(format!(
+                "{} has no node certificate for {body} ({} does not exist); bodies it has one for: {}",
+                a.certs.display(),
+                f.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    let data_dir = match &a.data_dir {
+        Some(d) => absolute(d)?,
+        None => absolute(&Path::new(".data").join(body.as_str()))?,
+    };
+    let text = node_config_text(&body, a, &data_dir, &files);
+    let shown = a.out.clone().unwrap_or_else(|| PathBuf::from("(stdout)"));
+    // What the node will read: refuse to write anything it would refuse.
+    liaison_node::NodeConfig::parse(&shown, &text)
+        .context("the node configuration written here does not parse; this is a bug")?;
+    let Some(file) = &a.out else {
+        match out {
+            Output::Json => say!(
+                "{}",
+                json!({"body": body.as_str(), "listen": a.listen, "hub": a.hub, "data_dir": data_dir, "config": text})
+            ),
+            Output::Human => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                match stdout.write_all(text.as_bytes()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return Err(Failure::quiet().into())
+                    }
+                    other => other?,
+                }
+            }
+        }
+        return Ok(());
+    };
+    if file.exists() && !a.force {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "{} exists; pass --force to replace it, or choose another --out",
+                file.display()
+            ),
+        }
+        .into());
+    }
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(file, &text).with_context(|| format!("cannot write {}", file.display()))?;
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({"file": file, "body": body.as_str(), "listen": a.listen, "hub": a.hub, "data_dir": data_dir})
+        ),
+        Output::Human => {
+            let me = crate::this_program();
+            say!(
+                "wrote {}: the {body} node listens on {} for its officers and connects to the hub at {}",
+                file.display(),
+                a.listen,
+                a.hub
+            );
+            say!(
+                "start it with: {me} node --config {}",
+                crate::shell_word(&file.display().to_string())
+            );
+            if a.listen.port() == 0 {
+                say!("(port 0: add --ready-file <file> to learn the port the node takes)");
+            } else {
+                say!(
+                    "then, as one of its officers: {me} inbox --server https://{} --certs {} --as {body}/officer-alice",
+                    a.listen,
+                    crate::shell_word(&a.certs.display().to_string())
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -607,7 +940,7 @@ fn policy_diff(a: &PolicyDiffArgs, out: Output) -> Result<()> {
                         .collect();
                     json!({
                         "message_id": r.message_id, "origin": r.origin, "kind": r.kind,
-                        "classification": r.classification, "at_ms": r.at_ms,
+                        "classification": r.classification, "at": format_time(r.at_ms), "at_ms": r.at_ms,
                         "policy_version": r.policy_version, "recipients": recipients,
                     })
                 })
@@ -647,7 +980,7 @@ fn policy_diff(a: &PolicyDiffArgs, out: Output) -> Result<()> {
                     );
                     for (side, d) in [("was", &c.old), ("now", &c.new)] {
                         if let Some(d) = d {
-                            say!("  {:<12}   {side}: {}", "", d.reason);
+                            say!("  {:<12}   {side}: {}", "", readable_times(&d.reason));
                         }
                     }
                 }
@@ -813,4 +1146,35 @@ pub async fn node(a: ServeArgs) -> Result<()> {
     let listener = bind(config.listen, a.ready_file.as_deref()).await?;
     liaison_node::run_with_reload(config, listener, shutdown_signal(), reloads).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_node_configuration_keeps_awkward_paths_exactly() {
+        let body = liaison_types::BodyId::parse("interpol").unwrap();
+        let args = NodeConfigArgs {
+            body: "interpol".into(),
+            hub: DEV_HUB.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            certs: PathBuf::from("/tmp/certs"),
+            data_dir: None,
+            out: None,
+            force: false,
+        };
+        let certs = Path::new("/tmp/a \"quoted\" \\ dir\n# not = \"a key\"");
+        let files = liaison_pki::TlsFiles::in_dev_dir(certs, "interpol/node");
+        let data = Path::new("/tmp/data 'dir'");
+        let text = node_config_text(&body, &args, data, &files);
+        let config = liaison_node::NodeConfig::parse(Path::new("/etc/node.toml"), &text).unwrap();
+        assert_eq!(config.body, "interpol");
+        assert_eq!(config.hub, DEV_HUB);
+        assert_eq!(config.listen, args.listen);
+        assert_eq!(config.data_dir, data);
+        assert_eq!(config.tls.ca, files.ca);
+        assert_eq!(config.tls.cert, files.cert);
+        assert_eq!(config.tls.key, files.key);
+    }
 }
