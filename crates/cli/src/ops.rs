@@ -62,72 +62,13 @@ pub struct AuditListArgs {
     pub csv: bool,
 }
 
-/// Every event the hub writes into its audit log, exactly as it writes it,
-/// and what a record of it means.
-///
-/// The hub writes these as string literals (crates/hub); the end-to-end test
-/// `audit_list_offers_every_event_the_hub_writes_and_refuses_any_other` reads
-/// the hub's source to keep this list complete.
-pub const AUDIT_EVENTS: [(&str, &str); 15] = [
-    ("received", "the hub accepted a message from its origin's node"),
-    (
-        "routed",
-        "one routing decision: deliver to or withhold from one body, with its rule",
-    ),
-    (
-        "delivered",
-        "a recipient's node took a message, retraction or forward request from its queue",
-    ),
-    ("acknowledged", "an officer of the recipient read the message"),
-    (
-        "refused",
-        "the hub refused a request: a spoofed origin, a retraction by another body, a forward request it cannot grant",
-    ),
-    (
-        "policy",
-        "the governance changed: a reload, a refused reload, or a body's state set by an admin",
-    ),
-    (
-        "released",
-        "an embargo ended and the message was queued for its recipient",
-    ),
-    (
-        "expired",
-        "the message expired: under embargo, or its content leaves the inboxes",
-    ),
-    (
-        "erased",
-        "the message's content was erased when its retention period ended",
-    ),
-    ("retraction", "the originator retracted the message"),
-    (
-        "retracted",
-        "a retracted message was withdrawn from one recipient",
-    ),
-    (
-        "forward_requested",
-        "a recipient asked to pass the message on to another body",
-    ),
-    (
-        "forward_refused",
-        "the originator refused to let the message be passed on",
-    ),
-    (
-        "forwarded",
-        "the message was passed on to another body with the originator's consent",
-    ),
-    (
-        "forward_withheld",
-        "the originator consented, but the rules withhold the message from that body",
-    ),
-];
-
-/// `--event`: one of [`AUDIT_EVENTS`]; clap lists them in `--help` and
-/// refuses any other.
+/// `--event`: one of the events the hub writes
+/// ([`liaison_types::audit::Event`], the one list the hub writes from);
+/// clap lists them in `--help` and refuses any other.
 fn audit_event_parser() -> clap::builder::PossibleValuesParser {
-    AUDIT_EVENTS
+    liaison_types::audit::Event::ALL
         .iter()
-        .map(|(name, what)| clap::builder::PossibleValue::new(*name).help(*what))
+        .map(|e| clap::builder::PossibleValue::new(e.as_str()).help(e.describe()))
         .collect::<Vec<_>>()
         .into()
 }

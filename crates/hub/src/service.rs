@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::governance::{Change, GovernanceCell, InForce};
 use crate::store::{self, HubStore, Submitted};
 use crate::HubError;
+use liaison_types::audit::Event as AuditEvent;
 
 /// Deliveries read from the queue per round trip to the store.
 const DELIVERY_BATCH: usize = 64;
@@ -141,7 +142,7 @@ impl HubState {
         };
         let record = pb::AuditRecord {
             at_ms: now_ms(),
-            event: "policy".into(),
+            event: AuditEvent::Policy.into(),
             rule: "peer.state".into(),
             recipient: id.to_string(),
             reason: format!("{what}; version {previous} -> {version}; {reason}"),
@@ -302,7 +303,7 @@ impl HubState {
         let labels = envelope.labels.as_ref();
         let record = pb::AuditRecord {
             at_ms: now_ms(),
-            event: "refused".into(),
+            event: AuditEvent::Refused.into(),
             message_id: labels
                 .and_then(|l| normalise_message_id(&l.message_id))
                 .unwrap_or_default(),
@@ -499,7 +500,7 @@ impl HubState {
                 self.store
                     .audit(vec![pb::AuditRecord {
                         at_ms: now_ms(),
-                        event: "refused".into(),
+                        event: AuditEvent::Refused.into(),
                         message_id: message_id.clone(),
                         rule: "identity.not_originator".into(),
                         reason: format!("{body} tried to retract a message it did not originate"),
@@ -842,7 +843,7 @@ impl HubState {
                     cursor = seq;
                     records.push(pb::AuditRecord {
                         at_ms: now_ms(),
-                        event: "delivered".into(),
+                        event: AuditEvent::Delivered.into(),
                         reason: format!("forward request {}", notice.request_id),
                         message_id: entry.message_id,
                         origin: entry.origin,
@@ -907,7 +908,7 @@ impl HubState {
                     queue_seq: seq,
                     policy_version: gov.version().to_owned(),
                     reason: note.to_owned(),
-                    rule: if event == "expired" {
+                    rule: if event == AuditEvent::Expired {
                         "message.expired".into()
                     } else {
                         String::new()
@@ -933,18 +934,18 @@ impl HubState {
         entry: &store::QueueEntry,
         labels: &pb::Labels,
         now: i64,
-    ) -> Result<(Option<pb::Withdrawal>, &'static str, &'static str), HubError> {
+    ) -> Result<(Option<pb::Withdrawal>, AuditEvent, &'static str), HubError> {
         if let Some(r) = &entry.retraction {
             return Ok((
                 Some(r.to_proto(&entry.message_id, &entry.origin)),
-                "delivered",
+                AuditEvent::Delivered,
                 "retraction",
             ));
         }
         if let Some(r) = self.store.retraction(&entry.message_id)? {
             return Ok((
                 Some(r.to_proto(&entry.message_id, &entry.origin)),
-                "delivered",
+                AuditEvent::Delivered,
                 "withdrawn by its originator before delivery; content not sent",
             ));
         }
@@ -958,7 +959,7 @@ impl HubState {
             };
             return Ok((
                 Some(w),
-                "erased",
+                AuditEvent::Erased,
                 "content erased under retention before delivery",
             ));
         }
@@ -975,11 +976,11 @@ impl HubState {
             };
             return Ok((
                 Some(w),
-                "expired",
+                AuditEvent::Expired,
                 "expired before delivery; content not sent",
             ));
         }
-        Ok((None, "delivered", ""))
+        Ok((None, AuditEvent::Delivered, ""))
     }
 
     /// Audit records visible to the caller that match the query.

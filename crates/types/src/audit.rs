@@ -12,6 +12,130 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// The `prev_hash` of the first record.
+/// Every kind of audit record the hub writes: the `event` field of a record
+/// is one of these names, never a string made up at a call site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Event {
+    /// The hub accepted a message from its origin's node.
+    Received,
+    /// One routing decision: deliver to or withhold from one body.
+    Routed,
+    /// A recipient's node was sent a message, withdrawal or forward request.
+    Delivered,
+    /// A recipient's node stored a delivery and acknowledged it.
+    Acknowledged,
+    /// A recipient's node could not accept a delivery and keeps it in
+    /// quarantine: not delivered.
+    Quarantined,
+    /// The hub refused a request (a spoofed origin, a retraction by another
+    /// body, a forward request it cannot grant).
+    Refused,
+    /// The governance changed: a reload, a refused reload, a body's state.
+    Policy,
+    /// An embargo ended and the message was queued for its recipient.
+    Released,
+    /// The message expired (under embargo, in a queue, or everywhere).
+    Expired,
+    /// The message's content was erased when its retention period ended.
+    Erased,
+    /// The originator retracted the message.
+    Retraction,
+    /// A retracted message was withdrawn from one recipient.
+    Retracted,
+    /// A recipient asked to pass the message on to another body.
+    ForwardRequested,
+    /// The originator refused to let the message be passed on.
+    ForwardRefused,
+    /// The message was passed on with the originator's consent (or waiver).
+    Forwarded,
+    /// The originator consented, but the rules withhold it from that body.
+    ForwardWithheld,
+}
+
+impl Event {
+    /// Every event, in the order of the list above.
+    pub const ALL: [Event; 16] = [
+        Self::Received,
+        Self::Routed,
+        Self::Delivered,
+        Self::Acknowledged,
+        Self::Quarantined,
+        Self::Refused,
+        Self::Policy,
+        Self::Released,
+        Self::Expired,
+        Self::Erased,
+        Self::Retraction,
+        Self::Retracted,
+        Self::ForwardRequested,
+        Self::ForwardRefused,
+        Self::Forwarded,
+        Self::ForwardWithheld,
+    ];
+
+    /// The name written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Routed => "routed",
+            Self::Delivered => "delivered",
+            Self::Acknowledged => "acknowledged",
+            Self::Quarantined => "quarantined",
+            Self::Refused => "refused",
+            Self::Policy => "policy",
+            Self::Released => "released",
+            Self::Expired => "expired",
+            Self::Erased => "erased",
+            Self::Retraction => "retraction",
+            Self::Retracted => "retracted",
+            Self::ForwardRequested => "forward_requested",
+            Self::ForwardRefused => "forward_refused",
+            Self::Forwarded => "forwarded",
+            Self::ForwardWithheld => "forward_withheld",
+        }
+    }
+
+    /// What it records, in words (for `--help`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Received => "the hub accepted a message from its origin's node",
+            Self::Routed => "one routing decision: deliver to or withhold from one body, with its rule",
+            Self::Delivered => "a recipient's node was sent a message, withdrawal or forward request",
+            Self::Acknowledged => "a recipient's node stored a delivery and acknowledged it",
+            Self::Quarantined => "a recipient's node could not accept a delivery and keeps it in quarantine (not delivered)",
+            Self::Refused => "the hub refused a request: a spoofed origin, a retraction by another body, a forward request it cannot grant",
+            Self::Policy => "the governance changed: a reload, a refused reload, or a body's state set by an admin",
+            Self::Released => "an embargo ended and the message was queued for its recipient",
+            Self::Expired => "the message expired: under embargo, in a queue, or its content leaves the inboxes",
+            Self::Erased => "the message's content was erased when its retention period ended",
+            Self::Retraction => "the originator retracted the message",
+            Self::Retracted => "a retracted message was withdrawn from one recipient",
+            Self::ForwardRequested => "a recipient asked to pass the message on to another body",
+            Self::ForwardRefused => "the originator refused to let the message be passed on",
+            Self::Forwarded => "the message was passed on to another body with the originator's consent",
+            Self::ForwardWithheld => "the originator consented, but the rules withhold the message from that body",
+        }
+    }
+
+    /// The event named `name`, if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Event> for String {
+    fn from(e: Event) -> Self {
+        e.as_str().to_owned()
+    }
+}
+
+/// The `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The record as a JSON object, `hash` included.
@@ -173,6 +297,18 @@ impl ChainVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_has_one_name_that_parses_back() {
+        let names: std::collections::BTreeSet<&str> =
+            Event::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(names.len(), Event::ALL.len());
+        for e in Event::ALL {
+            assert_eq!(Event::parse(e.as_str()), Some(e));
+            assert!(!e.describe().is_empty());
+        }
+        assert_eq!(Event::parse("delivered!"), None);
+    }
 
     fn chain(n: u64) -> Vec<AuditRecord> {
         let mut prev = GENESIS_HASH.to_owned();

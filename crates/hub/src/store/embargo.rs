@@ -74,11 +74,11 @@ pub(super) async fn release_due(
                     ..Default::default()
                 };
                 if expired {
-                    rec.event = "expired".into();
+                    rec.event = AuditEvent::Expired.into();
                     rec.rule = "message.expired".into();
                     rec.reason = "expired while held under embargo; released to nobody".into();
                 } else {
-                    rec.event = "released".into();
+                    rec.event = AuditEvent::Released.into();
                     rec.reason = format!(
                         "embargo until {} ended",
                         liaison_types::rfc3339(held.not_before_ms)

@@ -264,7 +264,13 @@ fn settle_approved(
     record.decided_at_ms = now_ms;
     record.rule = decision.rule.as_str().to_owned();
     record.rule_reason = decision.reason.clone();
-    let mut rec = audit_base(env, "forwarded", policy_version, decided_by, now_ms);
+    let mut rec = audit_base(
+        env,
+        AuditEvent::Forwarded,
+        policy_version,
+        decided_by,
+        now_ms,
+    );
     rec.recipient = record.to.clone();
     rec.rule = record.rule.clone();
     if decision.outcome == Outcome::Deliver {
@@ -281,7 +287,7 @@ fn settle_approved(
         );
         record.state = ForwardState::Forwarded;
     } else {
-        rec.event = "forward_withheld".into();
+        rec.event = AuditEvent::ForwardWithheld.into();
         rec.decision = "withhold".into();
         rec.reason = format!(
             "request {} from {}: {why}, but the rules withhold it: {}",
@@ -311,7 +317,7 @@ pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward,
         let (to, requester) = (ask.to.as_str(), ask.requester.as_str());
         let mut refusal = audit_base(
             &ask.env,
-            "refused",
+            AuditEvent::Refused,
             &ask.policy_version,
             &ask.requested_by,
             ask.now_ms,
@@ -384,7 +390,7 @@ pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward,
         };
         let mut requested = audit_base(
             &ask.env,
-            "forward_requested",
+            AuditEvent::ForwardRequested,
             &ask.policy_version,
             &ask.requested_by,
             ask.now_ms,
@@ -529,7 +535,7 @@ pub(super) async fn decide_forward(db: &Db, v: ForwardVerdict) -> Result<Forward
                 record.decided_at_ms = v.now_ms;
                 let mut rec = audit_base(
                     &v.env,
-                    "forward_refused",
+                    AuditEvent::ForwardRefused,
                     &v.policy_version,
                     &v.decided_by,
                     v.now_ms,

@@ -9,7 +9,7 @@ use liaison_policy::{Decision, Outcome};
 use liaison_proto::v1 as pb;
 use liaison_store::{from_json as parse, to_json as json};
 use liaison_store::{keys, Db, StoreError, Txn};
-use liaison_types::audit::{self, GENESIS_HASH};
+use liaison_types::audit::{self, Event as AuditEvent, GENESIS_HASH};
 use liaison_types::{BodyId, DecisionRecord, Envelope};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -180,14 +180,14 @@ pub fn append_audit(txn: &mut Txn<'_>, mut record: pb::AuditRecord) -> Result<u6
 /// The labels' audit fields: message id, origin, kind, classification.
 pub fn audit_base(
     env: &Envelope,
-    event: &str,
+    event: AuditEvent,
     policy_version: &str,
     actor: &str,
     now_ms: i64,
 ) -> pb::AuditRecord {
     pb::AuditRecord {
         at_ms: now_ms,
-        event: event.to_owned(),
+        event: event.into(),
         message_id: env.labels.message_id.clone(),
         origin: env.labels.origin.to_string(),
         kind: env.labels.kind.as_str().to_owned(),
@@ -236,7 +236,7 @@ pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError
         };
         txn.put(env_key(&id), encoded);
         txn.put(outcome_key(&id), json(&outcome));
-        let mut received = audit_base(&env, "received", &policy_version, &actor, now_ms);
+        let mut received = audit_base(&env, AuditEvent::Received, &policy_version, &actor, now_ms);
         received.labels = serde_json::to_string(&env.labels).unwrap_or_default();
         if let Some(approver) = &approved_by {
             received.reason = format!("released by {approver} after four-eyes approval");
@@ -246,7 +246,7 @@ pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError
         let mut held = Vec::new();
         let embargo = env.labels.not_before_ms.filter(|t| *t > now_ms);
         for d in &decisions {
-            let mut rec = audit_base(&env, "routed", &policy_version, &actor, now_ms);
+            let mut rec = audit_base(&env, AuditEvent::Routed, &policy_version, &actor, now_ms);
             rec.recipient = d.recipient.to_string();
             rec.decision = if d.outcome == Outcome::Deliver {
                 "deliver"
@@ -456,15 +456,18 @@ pub(super) async fn acknowledge(
             let quarantine = quarantined.get(&qseq);
             let (event, reason) = if let Some(why) = quarantine {
                 (
-                    "quarantined",
+                    AuditEvent::Quarantined,
                     format!("quarantined by the recipient's node: {why}"),
                 )
             } else if entry.retraction.is_some() {
-                ("acknowledged", "retraction".to_owned())
+                (AuditEvent::Acknowledged, "retraction".to_owned())
             } else if let Some(n) = &entry.forward_request {
-                ("acknowledged", format!("forward request {}", n.request_id))
+                (
+                    AuditEvent::Acknowledged,
+                    format!("forward request {}", n.request_id),
+                )
             } else {
-                ("acknowledged", String::new())
+                (AuditEvent::Acknowledged, String::new())
             };
             done.audit_seq = append_audit(
                 txn,
@@ -561,7 +564,7 @@ pub(super) async fn audit_policy_change(
 ) -> Result<u64, HubError> {
     let record = pb::AuditRecord {
         at_ms: now_ms,
-        event: "policy".into(),
+        event: AuditEvent::Policy.into(),
         rule: rule.to_owned(),
         reason,
         policy_version,

@@ -100,7 +100,7 @@ pub(super) async fn erase_due(
                 txn,
                 pb::AuditRecord {
                     at_ms: now_ms,
-                    event: "expired".into(),
+                    event: AuditEvent::Expired.into(),
                     message_id: id,
                     origin: outcome.origin.clone(),
                     rule: "message.expired".into(),
@@ -143,7 +143,7 @@ pub(super) async fn erase_due(
                 txn,
                 pb::AuditRecord {
                     at_ms: now_ms,
-                    event: "erased".into(),
+                    event: AuditEvent::Erased.into(),
                     message_id: id,
                     origin: labels.origin,
                     classification: level.to_owned(),

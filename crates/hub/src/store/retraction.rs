@@ -109,7 +109,7 @@ pub(super) async fn retract(
             audit_seq: append_audit(
                 txn,
                 pb::AuditRecord {
-                    event: "retraction".into(),
+                    event: AuditEvent::Retraction.into(),
                     ..base.clone()
                 },
             )?,
@@ -131,7 +131,7 @@ pub(super) async fn retract(
                 continue;
             };
             let mut rec = pb::AuditRecord {
-                event: "retracted".into(),
+                event: AuditEvent::Retracted.into(),
                 recipient: recipient.clone(),
                 ..base.clone()
             };
