@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use liaison_federation::{Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
-use liaison_test_support::{Sandbox, SandboxOptions};
 use prost::Message;
 
 const GOVERNANCE: &str = r#"

@@ -4,8 +4,8 @@
 //! entry, no queue entry, and the message id stays free).
 
 use futures::StreamExt;
+use liaison_federation::{wait_until, Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
-use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
 use liaison_types::Role;
 use pb::{Classification as C, Kind as K};
 use prost::Message;

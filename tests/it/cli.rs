@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
+use liaison_federation::{wait_until, Sandbox, SandboxOptions};
 use serde_json::Value;
 
 use crate::common::{sandbox, GOVERNANCE, SETTLE};

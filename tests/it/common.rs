@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use liaison_federation::{Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
-use liaison_test_support::{Sandbox, SandboxOptions};
 use prost::Message;
 
 /// How long a test waits for routing or delivery before failing.

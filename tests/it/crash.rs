@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use liaison_federation::{wait_until, Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::federation_client::FederationClient;
-use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
 use pb::{Classification as C, Kind as K};
 use tonic::transport::Channel;
 

@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 
 use futures::future::join_all;
 use futures::StreamExt;
+use liaison_federation::{wait_until, Sandbox};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::federation_client::FederationClient;
 use liaison_proto::v1::officer_client::OfficerClient;
-use liaison_test_support::{wait_until, Sandbox};
 use pb::{Classification as C, Kind as K};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -592,8 +592,8 @@ async fn outbox_entry_when(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_the_node_cannot_accept_is_quarantined_reported_and_never_counted_delivered() {
-    let mut sandbox = liaison_test_support::Sandbox::start(
-        liaison_test_support::SandboxOptions::new(crate::common::GOVERNANCE)
+    let mut sandbox = liaison_federation::Sandbox::start(
+        liaison_federation::SandboxOptions::new(crate::common::GOVERNANCE)
             .nodes(&["alpha", "bravo"]),
     )
     .await

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use liaison_federation::{wait_until, Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
-use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
 use pb::{Classification as C, Kind as K};
 
 use crate::common::{alert, envelope, labels, GOVERNANCE};

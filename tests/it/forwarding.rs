@@ -6,9 +6,9 @@
 //! that waived the rule (`third_party_release`) is not asked. Every step is
 //! audited.
 
+use liaison_federation::{wait_until, Sandbox};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::officer_client::OfficerClient;
-use liaison_test_support::{wait_until, Sandbox};
 use pb::{Classification as C, Kind as K};
 use tonic::transport::Channel;
 use tonic::Code;

@@ -11,9 +11,9 @@
 
 use std::process::Output;
 
+use liaison_federation::{wait_until, Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::officer_client::OfficerClient;
-use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
 use pb::{Classification as C, Kind as K};
 use serde_json::Value;
 use tonic::transport::Channel;

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use liaison_federation::{wait_until, Sandbox};
 use liaison_proto::v1 as pb;
-use liaison_test_support::{wait_until, Sandbox};
 use pb::{Classification as C, Kind as K};
 use tonic::Code;
 

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
+use liaison_federation::{wait_until, Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
-use liaison_test_support::{wait_until, Sandbox, SandboxOptions};
 use pb::{Classification as C, Kind as K};
 use serde_json::Value;
 use tonic::Code;

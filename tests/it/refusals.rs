@@ -6,12 +6,12 @@
 use std::collections::BTreeSet;
 
 use futures::StreamExt;
+use liaison_federation::Sandbox;
 use liaison_pki::{CertificateAuthority, PkiError, TlsMaterial};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::audit_client::AuditClient;
 use liaison_proto::v1::federation_client::FederationClient;
 use liaison_proto::v1::officer_client::OfficerClient;
-use liaison_test_support::Sandbox;
 use liaison_types::{Identity, Role};
 use pb::{Classification as C, Kind as K};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -357,7 +357,7 @@ async fn an_officer_of_another_body_is_refused_on_every_officer_rpc() {
         .unwrap()
         .into_inner()
         .message_id;
-    liaison_test_support::wait_until(
+    liaison_federation::wait_until(
         "alpha's node stores the alert",
         crate::common::SETTLE,
         || {

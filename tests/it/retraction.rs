@@ -225,7 +225,7 @@ async fn a_message_that_expires_in_the_queue_is_withdrawn_not_delivered() {
     l.expires_at_ms = expires;
     let id = submit_as(&mut alpha, "alpha", l, &alert("short-lived")).await;
     // bravo's node was away until after the expiry.
-    liaison_test_support::wait_until("the message expires", SETTLE, || async {
+    liaison_federation::wait_until("the message expires", SETTLE, || async {
         (liaison_types::now_ms() > expires).then_some(())
     })
     .await
@@ -243,7 +243,7 @@ async fn a_message_that_expires_in_the_queue_is_withdrawn_not_delivered() {
     assert_eq!(w.message_id, id);
     // The records follow the stream (and the schedule's own tick): wait
     // for both rather than race them.
-    let expired = liaison_test_support::wait_until("both expiry records", SETTLE, || {
+    let expired = liaison_federation::wait_until("both expiry records", SETTLE, || {
         let sandbox = &sandbox;
         let id = id.clone();
         async move {
@@ -293,7 +293,7 @@ async fn an_officer_retracts_and_the_recipients_inbox_erases_the_content() {
         .into_inner()
         .message_id;
     let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
-    liaison_test_support::wait_until("bravo receives it", SETTLE, || {
+    liaison_federation::wait_until("bravo receives it", SETTLE, || {
         let sandbox = &sandbox;
         let id = id.clone();
         async move {
@@ -316,7 +316,7 @@ async fn an_officer_retracts_and_the_recipients_inbox_erases_the_content() {
         .into_inner()
         .status;
     assert_eq!(status, "retraction_queued");
-    let shown = liaison_test_support::wait_until("bravo's copy is withdrawn", SETTLE, || {
+    let shown = liaison_federation::wait_until("bravo's copy is withdrawn", SETTLE, || {
         let mut bob = bob.clone();
         let id = id.clone();
         async move {
@@ -351,7 +351,7 @@ async fn an_officer_retracts_and_the_recipients_inbox_erases_the_content() {
         .entries;
     assert_eq!(listed.iter().filter(|e| e.message_id == id).count(), 1);
     // The sender's outbox says it is retracted.
-    let entry = liaison_test_support::wait_until("the outbox says retracted", SETTLE, || {
+    let entry = liaison_federation::wait_until("the outbox says retracted", SETTLE, || {
         let mut alice = alice.clone();
         let id = id.clone();
         async move {
@@ -392,8 +392,8 @@ async fn content_is_erased_when_its_retention_ends_and_never_delivered_after() {
         "{}\n[retention]\nRESTRICTED = \"1s\"\n",
         crate::common::GOVERNANCE
     );
-    let sandbox = liaison_test_support::Sandbox::start(
-        liaison_test_support::SandboxOptions::new(&governance).nodes(&[]),
+    let sandbox = liaison_federation::Sandbox::start(
+        liaison_federation::SandboxOptions::new(&governance).nodes(&[]),
     )
     .await
     .unwrap();
@@ -424,7 +424,7 @@ async fn content_is_erased_when_its_retention_ends_and_never_delivered_after() {
         .await
         .unwrap();
     let erased =
-        liaison_test_support::wait_until("the retention rule erases the content", SETTLE, || {
+        liaison_federation::wait_until("the retention rule erases the content", SETTLE, || {
             let sandbox = &sandbox;
             async move {
                 let records = audit_records(
@@ -484,7 +484,7 @@ async fn an_expired_message_leaves_the_recipients_inbox() {
         .message_id;
     let bob = sandbox.officer("bravo", "bob").await.unwrap();
     // First it arrives with its content...
-    let first = liaison_test_support::wait_until("bravo receives it", SETTLE, || {
+    let first = liaison_federation::wait_until("bravo receives it", SETTLE, || {
         let mut bob = bob.clone();
         let id = id.clone();
         async move {
@@ -504,7 +504,7 @@ async fn an_expired_message_leaves_the_recipients_inbox() {
     }
     // ...then, once expired, its content is erased and a tombstone stays.
     let gone =
-        liaison_test_support::wait_until("the expired message leaves the inbox", SETTLE, || {
+        liaison_federation::wait_until("the expired message leaves the inbox", SETTLE, || {
             let mut bob = bob.clone();
             let id = id.clone();
             async move {
@@ -530,8 +530,8 @@ async fn a_recipients_node_erases_content_when_the_retention_period_ends() {
         "{}\n[retention]\nRESTRICTED = \"2s\"\n",
         crate::common::GOVERNANCE
     );
-    let sandbox = liaison_test_support::Sandbox::start(
-        liaison_test_support::SandboxOptions::new(&governance).nodes(&["alpha", "bravo"]),
+    let sandbox = liaison_federation::Sandbox::start(
+        liaison_federation::SandboxOptions::new(&governance).nodes(&["alpha", "bravo"]),
     )
     .await
     .unwrap();
@@ -546,7 +546,7 @@ async fn a_recipients_node_erases_content_when_the_retention_period_ends() {
         .into_inner()
         .message_id;
     let bob = sandbox.officer("bravo", "bob").await.unwrap();
-    let gone = liaison_test_support::wait_until("bravo's node erases the content", SETTLE, || {
+    let gone = liaison_federation::wait_until("bravo's node erases the content", SETTLE, || {
         let mut bob = bob.clone();
         let id = id.clone();
         async move {

@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use liaison_federation::{dev_spec, wait_until, Sandbox, SandboxOptions};
 use liaison_pki::CertificateAuthority;
 use liaison_proto::v1 as pb;
-use liaison_test_support::{dev_spec, wait_until, Sandbox, SandboxOptions};
 
 use crate::common::{admin, assert_refused, audit_log, GOVERNANCE, SETTLE};
 

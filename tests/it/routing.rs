@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
+use liaison_federation::wait_until;
 use liaison_proto::v1 as pb;
-use liaison_test_support::wait_until;
 use pb::{Classification as C, Kind as K};
 
 use crate::common::{alert, assessment, inbox_ids, labels, sandbox, SETTLE};

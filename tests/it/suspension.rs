@@ -17,7 +17,7 @@ fn bravo_suspended() -> String {
     GOVERNANCE.replace(active, &format!("{active}state = \"suspended\"\n"))
 }
 
-async fn reload(sandbox: &liaison_test_support::Sandbox) -> pb::ReloadPolicyResponse {
+async fn reload(sandbox: &liaison_federation::Sandbox) -> pb::ReloadPolicyResponse {
     admin(sandbox, "alpha/admin-admin")
         .await
         .reload_policy(pb::ReloadPolicyRequest {})
@@ -128,7 +128,7 @@ async fn a_suspended_peer_gets_nothing_new_and_its_queue_is_held_until_reinstate
 }
 
 async fn set_state(
-    sandbox: &liaison_test_support::Sandbox,
+    sandbox: &liaison_federation::Sandbox,
     stem: &str,
     body: &str,
     state: &str,

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
+use liaison_federation::{dev_spec, wait_until, Sandbox, SandboxOptions};
 use liaison_policy::{Governance, SHIPPED_FEDERATION_SOURCE, SHIPPED_FEDERATION_TOML};
 use liaison_proto::v1 as pb;
-use liaison_test_support::{dev_spec, wait_until, Sandbox, SandboxOptions};
 use liaison_types::audit::ChainVerifier;
 use prost::Message;
 use serde_json::json;

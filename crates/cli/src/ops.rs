@@ -376,7 +376,7 @@ pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
         PkiCommand::Revoke(a) => return pki_revoke(&a, out),
     };
     let gov = pki_governance(&a.governance)?;
-    let spec = liaison_test_support::dev_spec(&gov);
+    let spec = liaison_federation::dev_spec(&gov);
     let generated = if a.force {
         liaison_pki::generate_dev_pki(&a.dir, &spec)?;
         true

@@ -50,7 +50,29 @@ pub struct DevPkiSpec {
     pub admins: Vec<String>,
 }
 
+/// The sample officers the dev PKI issues in every body.
+pub const DEV_OFFICERS: [&str; 3] = ["alice", "bob", "carol"];
+/// The sample auditor the dev PKI issues in every body.
+pub const DEV_AUDITORS: [&str; 1] = ["audit"];
+/// The sample admin the dev PKI issues in every body.
+pub const DEV_ADMINS: [&str; 1] = ["admin"];
+
 impl DevPkiSpec {
+    /// The dev PKI of a federation: a node for each of `bodies`, and in each
+    /// body the sample officers [`DEV_OFFICERS`], auditor [`DEV_AUDITORS`]
+    /// and admin [`DEV_ADMINS`] that the demo, the tests and the README use.
+    pub fn standard(federation: &str, hub_body: &BodyId, bodies: Vec<BodyId>) -> Self {
+        let names = |list: &[&str]| list.iter().map(|n| (*n).to_owned()).collect();
+        Self {
+            federation: federation.to_owned(),
+            hub_body: hub_body.clone(),
+            bodies,
+            officers: names(&DEV_OFFICERS),
+            auditors: names(&DEV_AUDITORS),
+            admins: names(&DEV_ADMINS),
+        }
+    }
+
     /// Every leaf of the PKI: its path stem relative to the PKI directory
     /// (`hub`, `europol/node`, `europol/officer-alice`) and its identity.
     ///

@@ -31,7 +31,10 @@ pub use client::{connect, lazy_channel};
 pub use config::{
     client_config, server_config, server_config_with_crls, Crls, TlsFiles, TlsMaterial, SERVER_NAME,
 };
-pub use dev::{ensure_dev_pki, generate_dev_pki, DevPkiSpec, CA_CERT_FILE, CA_KEY_FILE};
+pub use dev::{
+    ensure_dev_pki, generate_dev_pki, DevPkiSpec, CA_CERT_FILE, CA_KEY_FILE, DEV_ADMINS,
+    DEV_AUDITORS, DEV_OFFICERS,
+};
 pub use error::PkiError;
 pub use identity::{authorize, caller, caller_from_extensions, identity_from_der};
 pub use incoming::{

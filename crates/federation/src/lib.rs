@@ -668,15 +668,12 @@ async fn report_exit<E: std::fmt::Display>(
     result
 }
 
-/// The dev PKI for a governance: every body, officers alice, bob and carol,
-/// auditor audit, admin admin.
+/// The dev PKI for a governance: a node for every body, and the pki crate's
+/// sample people in each ([`DevPkiSpec::standard`]).
 pub fn dev_spec(gov: &Governance) -> DevPkiSpec {
-    DevPkiSpec {
-        federation: gov.federation().to_owned(),
-        hub_body: gov.hub_body().clone(),
-        bodies: gov.bodies().map(|b| b.id.clone()).collect(),
-        officers: vec!["alice".into(), "bob".into(), "carol".into()],
-        auditors: vec!["audit".into()],
-        admins: vec!["admin".into()],
-    }
+    DevPkiSpec::standard(
+        gov.federation(),
+        gov.hub_body(),
+        gov.bodies().map(|b| b.id.clone()).collect(),
+    )
 }
