@@ -161,15 +161,87 @@ summary = "resin moves north through new corridors"
         stdout(&out)
     );
 
-    // The sender's outbox shows how it was routed.
+    // The sender's outbox shows bravo's node received it (once its receipt
+    // came back through the hub).
     let mut outbox = args(&["outbox"]);
     outbox.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
-    let out = liaison(outbox).await;
+    wait_until("alpha's outbox shows bravo's receipt", SETTLE, || {
+        let outbox = outbox.clone();
+        async move {
+            let out = liaison(outbox).await;
+            stdout(&out)
+                .contains("received by the nodes of: bravo")
+                .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    // And the node's status has no alarm.
+    let mut status = args(&["status"]);
+    status.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
+    let out = liaison(status).await;
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("delivered to: bravo"),
+        stdout(&out).contains("quarantine: empty"),
         "{}",
         stdout(&out)
     );
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_says_queued_at_the_hub_until_the_recipients_node_takes_it() {
+    let mut sandbox = liaison_federation::Sandbox::start(
+        liaison_federation::SandboxOptions::new(crate::common::GOVERNANCE).nodes(&["alpha"]),
+    )
+    .await
+    .unwrap();
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let mut submit = args(&[
+        "--output",
+        "json",
+        "submit",
+        "--kind",
+        "alert",
+        "--classification",
+        "OFFICIAL_USE",
+        "--crime-area",
+        "cybercrime",
+        "--title",
+        "for bravo",
+        "--text",
+        "sinkhole these",
+    ]);
+    submit.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    let out = liaison(submit).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut outbox = args(&["outbox"]);
+    outbox.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    // bravo's node is not running: routed to bravo means queued at the hub.
+    let shown = wait_until("alpha's message is routed", SETTLE, || {
+        let outbox = outbox.clone();
+        async move {
+            let text = stdout(&liaison(outbox).await);
+            text.contains("queued at the hub for: bravo")
+                .then_some(text)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!shown.contains("received by"), "{shown}");
+    // Once bravo's node runs and takes it, the outbox says so.
+    sandbox.start_node("bravo").await.unwrap();
+    let shown = wait_until("bravo's node takes it", SETTLE, || {
+        let outbox = outbox.clone();
+        async move {
+            let text = stdout(&liaison(outbox).await);
+            text.contains("received by the nodes of: bravo")
+                .then_some(text)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!shown.contains("queued at the hub for: bravo"), "{shown}");
     sandbox.shutdown().await.unwrap();
 }
 

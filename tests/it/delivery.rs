@@ -662,6 +662,21 @@ async fn a_delivery_the_node_cannot_accept_is_quarantined_reported_and_never_cou
     assert_eq!(q.message_id, id);
     assert_eq!(q.origin, "alpha");
     assert!(q.reason.contains("body.title"), "{q:?}");
+    // `liaison status` raises the alarm, with exit code 7 for scripts.
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"))
+        .arg("status")
+        .arg("--server")
+        .arg(sandbox.node_url("bravo").unwrap())
+        .arg("--certs")
+        .arg(sandbox.certs())
+        .args(["--as", "bravo/officer-bob"])
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&cli.stdout);
+    assert_eq!(cli.status.code(), Some(7), "{shown}");
+    assert!(shown.contains("ALARM: 1 deliveries"), "{shown}");
+    assert!(shown.contains("body.title"), "{shown}");
     // ...never in its inbox...
     assert!(!inbox_ids(&sandbox, "bravo").await.contains(&id));
     // ...the hub records it as quarantined, never as delivered to bravo...

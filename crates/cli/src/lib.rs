@@ -146,6 +146,9 @@ pub enum Command {
     /// Refuse a forward request for a message your body sent: it is never
     /// passed on.
     ForwardRefuse(forwards::RefuseForwardArgs),
+    /// Show your node's status: deliveries in quarantine (an alarm; exit
+    /// code 7), the outbox backlog.
+    Status(officer::StatusArgs),
     /// Read and verify the hub's audit log (auditor certificate).
     #[command(subcommand)]
     Audit(ops::AuditCommand),
@@ -232,6 +235,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Forwards(a) => forwards::forwards(a, out).await,
         Command::ForwardApprove(a) => forwards::approve(a, out).await,
         Command::ForwardRefuse(a) => forwards::refuse(a, out).await,
+        Command::Status(a) => officer::status(a, out).await,
         Command::Audit(c) => ops::audit(c, out).await,
         Command::Pki(c) => ops::pki(c, out),
         Command::Dev(c) => ops::dev(c, out),

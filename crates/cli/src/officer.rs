@@ -74,6 +74,72 @@ pub struct IdArgs {
     pub message_id: String,
 }
 
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Where and who.
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// `liaison status`: the node's alarms and backlog. Exits with code 7 when
+/// the node holds deliveries in quarantine (an alarm an operator must see).
+pub async fn status(args: StatusArgs, out: Output) -> Result<()> {
+    let mut node = client(&args.conn).await?;
+    let s = node
+        .status(pb::NodeStatusRequest {})
+        .await
+        .map_err(|e| Failure::status("status", &e))?
+        .into_inner();
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({
+                "body": s.body, "quarantined": s.quarantined, "outbox_pending": s.outbox_pending,
+                "hub_cursor": s.hub_cursor,
+                "quarantine": s.quarantine.iter().map(|q| json!({
+                    "hub_seq": q.hub_seq, "message_id": q.message_id, "origin": q.origin,
+                    "reason": q.reason, "at": format_time(q.at_ms),
+                })).collect::<Vec<_>>(),
+            })
+        ),
+        Output::Human => {
+            say!("node of {}", s.body);
+            say!("  outbox: {} waiting for the hub", s.outbox_pending);
+            say!("  hub queue stored up to position {}", s.hub_cursor);
+            if s.quarantined == 0 {
+                say!("  quarantine: empty");
+            } else {
+                say!(
+                    "  ALARM: {} deliveries this node could not accept are in quarantine (never in the inbox); the hub was told",
+                    s.quarantined
+                );
+                for q in &s.quarantine {
+                    say!(
+                        "    {}  position {}  from {}  message {}: {}",
+                        format_time(q.at_ms),
+                        q.hub_seq,
+                        crate::one_line(&q.origin),
+                        crate::one_line(&q.message_id),
+                        crate::one_line(&q.reason)
+                    );
+                }
+            }
+        }
+    }
+    if s.quarantined > 0 {
+        return Err(Failure {
+            code: crate::exit::CHECK_FAILED,
+            message: format!(
+                "{} deliveries are in quarantine on the node of {}",
+                s.quarantined, s.body
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Connects to the node named by `conn` as an officer.
 pub async fn client(conn: &Connection) -> Result<OfficerClient<Channel>> {
     let material = conn.material()?;
@@ -265,6 +331,8 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                         "approval_reason": e.approval_reason, "approved_by": e.approved_by,
                         "approved_at": format_time(e.approved_at_ms), "refused_by": e.refused_by,
                         "refused_at": format_time(e.refused_at_ms), "refusal_reason": e.refusal_reason,
+                        "received_by": e.received_by.iter().map(|r| json!({"body": r.body, "at": format_time(r.at_ms)})).collect::<Vec<_>>(),
+                        "quarantined_by": e.quarantined_by.iter().map(|r| json!({"body": r.body, "at": format_time(r.at_ms), "reason": r.reason})).collect::<Vec<_>>(),
                     })
                 );
             }
@@ -304,14 +372,39 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                     _ => {}
                 }
                 match e.status.as_str() {
-                    "routed" => say!(
-                        "    delivered to: {}",
-                        if delivered.is_empty() {
-                            "nobody".into()
-                        } else {
-                            delivered.join(", ")
+                    "routed" if delivered.is_empty() => {
+                        say!("    routed to nobody: every body's rules withhold it")
+                    }
+                    "routed" => {
+                        // Routed to a body is only queued at the hub until
+                        // that body's node takes it (a receipt comes back).
+                        let received: Vec<&str> =
+                            e.received_by.iter().map(|r| r.body.as_str()).collect();
+                        let quarantined: Vec<&str> =
+                            e.quarantined_by.iter().map(|r| r.body.as_str()).collect();
+                        let queued: Vec<&str> = delivered
+                            .iter()
+                            .copied()
+                            .filter(|b| !received.contains(b) && !quarantined.contains(b))
+                            .collect();
+                        if !received.is_empty() {
+                            say!("    received by the nodes of: {}", received.join(", "));
                         }
-                    ),
+                        if !queued.is_empty() {
+                            say!(
+                                "    queued at the hub for: {} (their nodes have not taken it yet)",
+                                queued.join(", ")
+                            );
+                        }
+                        for q in &e.quarantined_by {
+                            say!(
+                                "    quarantined by {}'s node at {} (not delivered): {}",
+                                q.body,
+                                format_time(q.at_ms),
+                                crate::one_line(&q.reason)
+                            );
+                        }
+                    }
                     "rejected" => say!("    rejected: {}", readable_times(&e.last_error)),
                     "retracted" | "withdrawn" => say!("    {}", readable_times(&e.last_error)),
                     _ if !e.last_error.is_empty() => {
