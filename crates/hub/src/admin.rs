@@ -30,7 +30,7 @@ use std::sync::Arc;
 use liaison_pki::{
     caller_from_extensions, server_config_with_crls, Crls, ServerConfig, TlsMaterial,
 };
-use liaison_policy::Governance;
+use liaison_policy::{Governance, Rule};
 use liaison_proto::v1 as pb;
 use liaison_types::{now_ms, Identity};
 use tokio::sync::{watch, Mutex};
@@ -41,10 +41,10 @@ use crate::{HubError, HubState};
 
 /// The actor of a reload asked for by a signal.
 pub const SIGNAL_ACTOR: &str = "signal:SIGHUP";
-/// Rule id of the audit record of a reload that put a new version in force.
-pub const RULE_RELOAD: &str = "policy.reload";
-/// Rule id of the audit record of a refused reload.
-pub const RULE_RELOAD_REFUSED: &str = "policy.reload_refused";
+/// Rule of the audit record of a reload that put a new version in force.
+pub const RULE_RELOAD: Rule = Rule::PolicyReload;
+/// Rule of the audit record of a refused reload.
+pub const RULE_RELOAD_REFUSED: Rule = Rule::PolicyReloadRefused;
 /// Longest reason written to the audit log for a refused reload, in
 /// characters (the full text goes to the caller and the hub's log).
 const MAX_AUDIT_REASON_CHARS: usize = 300;

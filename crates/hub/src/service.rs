@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use liaison_pki::caller_from_extensions;
-use liaison_policy::{decide, Governance};
+use liaison_policy::{decide, Governance, Rule};
 use liaison_proto::v1 as pb;
 use liaison_store::Db;
 use liaison_types::{
@@ -143,7 +143,7 @@ impl HubState {
         let record = pb::AuditRecord {
             at_ms: now_ms(),
             event: AuditEvent::Policy.into(),
-            rule: "peer.state".into(),
+            rule: Rule::PeerState.into(),
             recipient: id.to_string(),
             reason: format!("{what}; version {previous} -> {version}; {reason}"),
             policy_version: version.clone(),
@@ -310,7 +310,7 @@ impl HubState {
             origin: BodyId::parse(claimed)
                 .map(|b| b.to_string())
                 .unwrap_or_else(|_| "(not a body id)".into()),
-            rule: "identity.origin_mismatch".into(),
+            rule: Rule::IdentityOriginMismatch.into(),
             reason: format!(
                 "certificate is {} but labels.origin names another body",
                 caller.body
@@ -502,7 +502,7 @@ impl HubState {
                         at_ms: now_ms(),
                         event: AuditEvent::Refused.into(),
                         message_id: message_id.clone(),
-                        rule: "identity.not_originator".into(),
+                        rule: Rule::IdentityNotOriginator.into(),
                         reason: format!("{body} tried to retract a message it did not originate"),
                         policy_version: self.governance().version().to_owned(),
                         actor: caller.uri(),
@@ -909,7 +909,7 @@ impl HubState {
                     policy_version: gov.version().to_owned(),
                     reason: note.to_owned(),
                     rule: if event == AuditEvent::Expired {
-                        "message.expired".into()
+                        Rule::MessageExpired.into()
                     } else {
                         String::new()
                     },

@@ -53,10 +53,39 @@ pub enum Rule {
     AgreementPersonalData,
     /// Every rule allowed delivery.
     AllRulesPassed,
+    // Rules the hub records outside routing decisions (see
+    // [`Rule::RECORDED`]).
+    /// A forward request from a body the message was never delivered to.
+    ForwardNotARecipient,
+    /// A forward request the message's TLP or handling code forbids.
+    ForwardTlp,
+    /// A node named another body as a message's origin.
+    IdentityOriginMismatch,
+    /// A body tried to retract a message it did not originate.
+    IdentityNotOriginator,
+    /// A message's content was erased at the end of its retention period.
+    Retention,
+    /// A new governance version was put in force.
+    PolicyReload,
+    /// A governance reload was refused; the version in force stays.
+    PolicyReloadRefused,
 }
 
 impl Rule {
-    /// Every rule in evaluation order, then [`Rule::AllRulesPassed`].
+    /// The rules the hub records outside routing decisions: refusals of
+    /// identity and forwarding, erasure, governance changes.
+    pub const RECORDED: [Rule; 7] = [
+        Self::ForwardNotARecipient,
+        Self::ForwardTlp,
+        Self::IdentityOriginMismatch,
+        Self::IdentityNotOriginator,
+        Self::Retention,
+        Self::PolicyReload,
+        Self::PolicyReloadRefused,
+    ];
+
+    /// Every routing rule in evaluation order, then
+    /// [`Rule::AllRulesPassed`].
     pub const ALL: [Rule; 14] = [
         Self::OriginState,
         Self::PeerState,
@@ -91,7 +120,20 @@ impl Rule {
             Self::ObserverRestriction => "observer.restriction",
             Self::AgreementPersonalData => "agreement.personal_data",
             Self::AllRulesPassed => "deliver.all_rules_passed",
+            Self::ForwardNotARecipient => "forward.not_a_recipient",
+            Self::ForwardTlp => "forward.tlp",
+            Self::IdentityOriginMismatch => "identity.origin_mismatch",
+            Self::IdentityNotOriginator => "identity.not_originator",
+            Self::Retention => "retention",
+            Self::PolicyReload => "policy.reload",
+            Self::PolicyReloadRefused => "policy.reload_refused",
         }
+    }
+}
+
+impl From<Rule> for String {
+    fn from(rule: Rule) -> Self {
+        rule.as_str().to_owned()
     }
 }
 
@@ -107,6 +149,7 @@ impl FromStr for Rule {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
+            .chain(Self::RECORDED)
             .find(|r| r.as_str() == s.trim())
             .ok_or_else(|| {
                 format!(

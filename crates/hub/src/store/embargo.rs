@@ -75,7 +75,7 @@ pub(super) async fn release_due(
                 };
                 if expired {
                     rec.event = AuditEvent::Expired.into();
-                    rec.rule = "message.expired".into();
+                    rec.rule = Rule::MessageExpired.into();
                     rec.reason = "expired while held under embargo; released to nobody".into();
                 } else {
                     rec.event = AuditEvent::Released.into();

@@ -324,7 +324,7 @@ pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward,
         );
         refusal.recipient = to.to_owned();
         if !received(txn, &outcome, requester)? {
-            refusal.rule = "forward.not_a_recipient".into();
+            refusal.rule = Rule::ForwardNotARecipient.into();
             refusal.reason =
                 format!("{requester} asked to pass on to {to} a message it never received");
             return Ok(Forward::Refused {
@@ -350,7 +350,7 @@ pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward,
         if let Some(tlp @ (liaison_types::Tlp::AmberStrict | liaison_types::Tlp::Red)) =
             ask.env.labels.tlp
         {
-            refusal.rule = "forward.tlp".into();
+            refusal.rule = Rule::ForwardTlp.into();
             refusal.reason = format!(
                 "{requester} asked to pass on to {to} a message marked TLP:{tlp}, which never goes beyond the bodies the originator sent it to"
             );

@@ -5,7 +5,7 @@
 //! A submission writes the envelope, its outcome, its queue entries and its
 //! audit records in one atomic transaction, so a crash leaves all or none.
 
-use liaison_policy::{Decision, Outcome};
+use liaison_policy::{Decision, Outcome, Rule};
 use liaison_proto::v1 as pb;
 use liaison_store::{from_json as parse, to_json as json};
 use liaison_store::{keys, Db, StoreError, Txn};
@@ -556,7 +556,7 @@ pub(super) async fn set_body_states(
 /// Returns its audit position.
 pub(super) async fn audit_policy_change(
     db: &Db,
-    rule: &str,
+    rule: liaison_policy::Rule,
     reason: String,
     policy_version: String,
     actor: String,
@@ -565,7 +565,7 @@ pub(super) async fn audit_policy_change(
     let record = pb::AuditRecord {
         at_ms: now_ms,
         event: AuditEvent::Policy.into(),
-        rule: rule.to_owned(),
+        rule: rule.into(),
         reason,
         policy_version,
         actor,

@@ -198,7 +198,7 @@ impl HubStore {
     /// Appends the record of a governance change (event `policy`).
     pub async fn audit_policy_change(
         &self,
-        rule: &str,
+        rule: liaison_policy::Rule,
         reason: String,
         policy_version: String,
         actor: String,
