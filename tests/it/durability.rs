@@ -7,7 +7,7 @@
 //! Skipped, saying so on one line, where strace is missing or may not trace
 //! (ptrace refused); `.ci/run` installs strace.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,14 +90,129 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_hub_answers_a_submission_only_after_an_fdatasync_of_its_store() {
+/// Whether strace runs and may trace here.
+fn strace_works() -> bool {
     let probe = std::process::Command::new("strace")
         .args(["-f", "-o", "/dev/null", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    if !matches!(probe, Ok(s) if s.success()) {
+    matches!(probe, Ok(s) if s.success())
+}
+
+/// A `liaison` server process under strace.
+struct Traced {
+    strace: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Traced {
+    /// Starts `liaison <args> --ready-file <ready> --exit-with-parent <strace>`
+    /// under strace, logging to `log`, and waits until it listens; returns
+    /// the address it listens on.
+    async fn start(args: &str, log: &Path, ready: &Path) -> (Self, String) {
+        // `exec` keeps the shell's process id for strace, so the server
+        // (strace's child) can be told its parent's id and ends with it.
+        let script = format!(
+            "exec strace -f -ttt -yy -s 0 -e trace=pwrite64,pwritev,fdatasync,fsync,write,writev,sendmsg,sendto -o '{}' '{}' {args} --ready-file '{}' --exit-with-parent $$",
+            log.display(),
+            exe().display(),
+            ready.display()
+        );
+        let strace = tokio::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let addr = wait_until(
+            "the traced server to listen",
+            Duration::from_secs(30),
+            || async {
+                std::fs::read_to_string(ready)
+                    .ok()
+                    .filter(|a| !a.is_empty())
+            },
+        )
+        .await
+        .unwrap();
+        (
+            Self {
+                strace,
+                log: log.to_owned(),
+            },
+            addr,
+        )
+    }
+
+    /// Stops the server with SIGTERM (strace, with nothing left to trace,
+    /// writes out its log and exits) and returns its calls.
+    async fn stop(mut self) -> Vec<Call> {
+        let tracer = self.strace.id().unwrap();
+        let children =
+            std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children")).unwrap();
+        for child in children.split_whitespace() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", child])
+                .status();
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(20), self.strace.wait()).await;
+        assert!(ended.is_ok(), "the traced server did not stop on SIGTERM");
+        calls(&std::fs::read_to_string(&self.log).unwrap())
+    }
+}
+
+/// For each `(before, after)` window of one answered request: the server's
+/// first write to its store log (`…/db` under `data_dir`), then an
+/// `fdatasync` of that log that returned, then the answer on a connection
+/// of the server's socket `local` (`ip:port`).
+fn assert_synced_before_answers(
+    calls: &[Call],
+    windows: &[(f64, f64)],
+    data_dir: &Path,
+    local: &str,
+) {
+    let log_file = data_dir.join("db").display().to_string();
+    let socket = format!("{local}->");
+    let is_log = |c: &Call| c.fd == log_file;
+    for (before, after) in windows {
+        let in_window: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.start >= *before && c.start <= *after)
+            .collect();
+        // The store's write of this request.
+        let write = in_window
+            .iter()
+            .find(|c| c.name.starts_with("pwrite") && is_log(c))
+            .unwrap_or_else(|| panic!("no write to {log_file} in {in_window:#?}"));
+        // The answer: the first write on the caller's connection after it.
+        let answer = in_window
+            .iter()
+            .find(|c| {
+                c.start >= write.end
+                    && matches!(c.name.as_str(), "write" | "writev" | "sendmsg" | "sendto")
+                    && c.fd.contains(&socket)
+            })
+            .unwrap_or_else(|| {
+                panic!("no answer on {socket} after the store write in {in_window:#?}")
+            });
+        // Between them, a real sync of the log file that returned before the
+        // answer began.
+        let synced = in_window.iter().any(|c| {
+            c.name == "fdatasync" && is_log(c) && c.start >= write.end && c.end <= answer.start
+        });
+        assert!(
+            synced,
+            "the answer left before an fdatasync of the store log: write {write:?}, answer {answer:?}, calls {in_window:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_answers_a_submission_only_after_an_fdatasync_of_its_store() {
+    if !strace_works() {
         eprintln!("skipped: strace is missing or may not trace here (install strace)");
         return;
     }
@@ -112,33 +227,12 @@ async fn the_hub_answers_a_submission_only_after_an_fdatasync_of_its_store() {
     .unwrap();
     sandbox.kill_hub();
     let dir = sandbox.dir().to_owned();
-    let trace = dir.join("hub.strace");
-    let ready = dir.join("traced.ready");
-    // `exec` keeps the shell's process id for strace, so the hub (strace's
-    // child) can be told its parent's id and ends with it.
-    let script = format!(
-        "exec strace -f -ttt -yy -s 0 -e trace=pwrite64,pwritev,fdatasync,fsync,write,writev,sendmsg,sendto -o '{}' '{}' hub --config '{}' --ready-file '{}' --exit-with-parent $$",
-        trace.display(),
-        exe().display(),
-        dir.join("hub.toml").display(),
-        ready.display()
-    );
-    let mut strace = tokio::process::Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_until(
-        "the traced hub to listen",
-        Duration::from_secs(30),
-        || async { ready.exists().then_some(()) },
+    let (traced, addr) = Traced::start(
+        &format!("hub --config '{}'", dir.join("hub.toml").display()),
+        &dir.join("hub.strace"),
+        &dir.join("traced.ready"),
     )
-    .await
-    .unwrap();
-
+    .await;
     let alpha = sandbox.hub_as("alpha/node").await.unwrap();
     let submit = |title: &'static str| {
         let mut alpha = alpha.clone();
@@ -164,52 +258,85 @@ async fn the_hub_answers_a_submission_only_after_an_fdatasync_of_its_store() {
         submit(title).await;
         windows.push((before, now_secs()));
     }
-    // SIGTERM to the hub (strace's child): it shuts down, and strace, with
-    // nothing left to trace, writes out its log and exits.
-    let tracer = strace.id().unwrap();
-    let children =
-        std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children")).unwrap();
-    for hub in children.split_whitespace() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", hub])
-            .status();
+    let calls = traced.stop().await;
+    assert_synced_before_answers(&calls, &windows, &dir.join("hub-data"), addr.trim());
+    drop(sandbox);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_an_officer_only_after_an_fdatasync_of_its_outbox() {
+    if !strace_works() {
+        eprintln!("skipped: strace is missing or may not trace here (install strace)");
+        return;
     }
-    let ended = tokio::time::timeout(Duration::from_secs(20), strace.wait()).await;
-    assert!(ended.is_ok(), "the traced hub did not stop on SIGTERM");
-    let log = std::fs::read_to_string(&trace).unwrap();
-    let calls = calls(&log);
-    let hub_socket = format!("{}->", sandbox.hub_url().trim_start_matches("https://"));
-    let is_log = |c: &Call| c.fd.ends_with("/db");
-    for (before, after) in windows {
-        let in_window: Vec<&Call> = calls
-            .iter()
-            .filter(|c| c.start >= before && c.start <= after)
-            .collect();
-        // The store's write of this submission.
-        let write = in_window
-            .iter()
-            .find(|c| c.name.starts_with("pwrite") && is_log(c))
-            .unwrap_or_else(|| panic!("no write to the store log in {in_window:#?}"));
-        // The answer: the first write on the client's connection after it.
-        let answer = in_window
-            .iter()
-            .find(|c| {
-                c.start >= write.end
-                    && matches!(c.name.as_str(), "write" | "writev" | "sendmsg" | "sendto")
-                    && c.fd.contains(&hub_socket)
-            })
-            .unwrap_or_else(|| {
-                panic!("no answer on the socket after the store write in {in_window:#?}")
-            });
-        // Between them, a real sync of the log file that returned before the
-        // answer began.
-        let synced = in_window.iter().any(|c| {
-            c.name == "fdatasync" && is_log(c) && c.start >= write.end && c.end <= answer.start
-        });
-        assert!(
-            synced,
-            "the answer left before an fdatasync of the store log: write {write:?}, answer {answer:?}, calls {in_window:#?}"
-        );
+    // A hub in this process; alpha's node a traced child, configured by
+    // `liaison dev node-config` as an operator would.
+    let sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&[]))
+        .await
+        .unwrap();
+    let dir = sandbox.dir().to_owned();
+    let config = dir.join("traced-node.toml");
+    let data = dir.join("traced-node-data");
+    let wrote = std::process::Command::new(exe())
+        .args([
+            "dev",
+            "node-config",
+            "alpha",
+            "--listen",
+            "127.0.0.1:0",
+            "--hub",
+        ])
+        .arg(sandbox.hub_url())
+        .arg("--certs")
+        .arg(sandbox.certs())
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--out")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    let (traced, addr) = Traced::start(
+        &format!("node --config '{}'", config.display()),
+        &dir.join("node.strace"),
+        &dir.join("node.ready"),
+    )
+    .await;
+    let addr = addr.trim().to_owned();
+    let material = sandbox.material("alpha/officer-alice").unwrap();
+    let channel = liaison_pki::connect(
+        &format!("https://{addr}"),
+        &material,
+        Some(liaison_types::Role::Node),
+        sandbox.governance().federation(),
+    )
+    .await
+    .unwrap();
+    let alice = liaison_proto::v1::officer_client::OfficerClient::new(channel);
+    let submit = |title: &'static str| {
+        let mut alice = alice.clone();
+        async move {
+            alice
+                .submit(pb::OfficerSubmitRequest {
+                    labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
+                    body: Some(alert(title)),
+                })
+                .await
+                .unwrap()
+        }
+    };
+    submit("warm-up").await;
+    let mut windows = Vec::new();
+    for title in ["one", "two", "three"] {
+        let before = now_secs();
+        submit(title).await;
+        windows.push((before, now_secs()));
     }
+    let calls = traced.stop().await;
+    assert_synced_before_answers(&calls, &windows, &data, &addr);
     drop(sandbox);
 }
