@@ -20,11 +20,14 @@ use crate::HubError;
 mod embargo;
 mod forward;
 mod owner;
+mod plan;
 mod retention;
 mod retraction;
 mod schema;
 
 pub use owner::HubStore;
+use plan::apply;
+pub use plan::{Applied, Effects, Enqueue, Write};
 use schema::*;
 pub use schema::{env_key_name, forward_key_name};
 

@@ -1,0 +1,101 @@
+//! Effects planned by pure decisions, applied by the store.
+//!
+//! In the manner of raft-rs's `Ready`: a decision about a message (retract
+//! it, and later forward, release, expire, erase it) is a pure function of
+//! plain facts the store read, returning [`Effects`]: typed writes, queue
+//! appends and audit records, in order. It does no I/O and knows no key.
+//! [`apply`] is the one place that turns effects into keys, inside the same
+//! atomic transaction as the read of the facts, and numbers the queue
+//! positions and audit records. So the rule logic is tested without a store,
+//! and the store does no rule logic.
+
+use liaison_proto::v1 as pb;
+use liaison_store::{to_json as json, StoreError, Txn};
+use liaison_types::BodyId;
+
+use super::*;
+
+/// One typed write a decision asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Record the originator's retraction of a message.
+    Retraction {
+        /// The message.
+        message_id: String,
+        /// The retraction.
+        note: Retraction,
+    },
+    /// Drop the deliveries of a message held under embargo.
+    DropHeld {
+        /// The message.
+        message_id: String,
+        /// When its embargo would have ended.
+        not_before_ms: i64,
+    },
+}
+
+/// A queue append a decision asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueue {
+    /// Whose queue.
+    pub body: BodyId,
+    /// What the position carries.
+    pub entry: QueueEntry,
+    /// The index in [`Effects::audit`] of the record that names this
+    /// position (its `queue_seq` is filled in when applied), if any.
+    pub audit: Option<usize>,
+}
+
+/// Everything a decision asks the store to do, atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Typed writes, applied first.
+    pub writes: Vec<Write>,
+    /// Queue appends, in order.
+    pub enqueue: Vec<Enqueue>,
+    /// Audit records, in order (positions and hashes are assigned when
+    /// applied).
+    pub audit: Vec<pb::AuditRecord>,
+}
+
+/// What applying effects did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// `(body, queue position)` of each append, in order.
+    pub queued: Vec<(BodyId, u64)>,
+    /// The last audit position written (0 if none).
+    pub audit_seq: u64,
+}
+
+/// Applies `effects` inside a transaction: the one place their keys are
+/// built.
+pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, StoreError> {
+    let Effects {
+        writes,
+        enqueue,
+        mut audit,
+    } = effects;
+    for w in writes {
+        match w {
+            Write::Retraction { message_id, note } => {
+                txn.put(retracted_key(&message_id), json(&note));
+            }
+            Write::DropHeld {
+                message_id,
+                not_before_ms,
+            } => txn.delete(held_key(not_before_ms, &message_id)),
+        }
+    }
+    let mut applied = Applied::default();
+    for e in enqueue {
+        let seq = append_to_queue(txn, &e.body, &e.entry)?;
+        if let Some(rec) = e.audit.and_then(|i| audit.get_mut(i)) {
+            rec.queue_seq = seq;
+        }
+        applied.queued.push((e.body, seq));
+    }
+    for rec in audit {
+        applied.audit_seq = append_audit(txn, rec)?;
+    }
+    Ok(applied)
+}
