@@ -25,6 +25,15 @@ pub enum Write {
         /// The retraction.
         note: Retraction,
     },
+    /// Erase a message's content, keeping its labels, and record why.
+    Erase {
+        /// The message.
+        message_id: String,
+        /// Its labels, which stay.
+        labels: Box<pb::Labels>,
+        /// When and why.
+        note: Erased,
+    },
     /// Drop the deliveries of a message held under embargo.
     DropHeld {
         /// The message.
@@ -84,6 +93,18 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
                 message_id,
                 not_before_ms,
             } => txn.delete(held_key(not_before_ms, &message_id)),
+            Write::Erase {
+                message_id,
+                labels,
+                note,
+            } => {
+                txn.put(erased_key(&message_id), json(&note));
+                let kept = pb::Envelope {
+                    labels: Some(*labels),
+                    body: Vec::new(),
+                };
+                txn.put(env_key(&message_id), prost::Message::encode_to_vec(&kept));
+            }
         }
     }
     let mut applied = Applied::default();
