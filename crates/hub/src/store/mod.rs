@@ -201,100 +201,163 @@ pub fn audit_base(
     }
 }
 
-/// Stores and routes a submission atomically, or returns the original outcome
-/// of an earlier submission of the same message. `approved_by` is the
-/// officer who approved its release under the node's four-eyes rule, if any;
-/// the `received` record names them.
-pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
-    let Submission {
+/// What a submission comes to, decided purely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmissionPlan {
+    /// A retry of a message already routed: its original outcome, nothing
+    /// written.
+    Duplicate(RoutedOutcome),
+    /// A new message: what was decided, and the effects.
+    New {
+        /// The outcome stored with it.
+        outcome: RoutedOutcome,
+        /// Writes, queue appends and audit records.
+        effects: Effects,
+        /// Whether deliveries are held under embargo.
+        held: bool,
+    },
+}
+
+/// The pure plan of a submission, given the outcome already stored under
+/// its id (if any).
+///
+/// A retry (same id, same content, same origin) gets the original outcome
+/// and writes nothing; the same id for different content is
+/// [`HubError::IdReused`]. A new message is stored with its outcome, with a
+/// `received` record (naming a four-eyes approver if any, and its labels for
+/// replay) and one `routed` record per candidate recipient naming the rule;
+/// each delivery goes into the recipient's queue (the record names the
+/// position), or, under an embargo not yet ended, is held until it ends.
+/// Its erasure and expiry are scheduled.
+pub fn plan_submission(
+    s: &Submission,
+    encoded: Vec<u8>,
+    digest: String,
+    existing: Option<RoutedOutcome>,
+) -> Result<SubmissionPlan, HubError> {
+    let env = &s.env;
+    let id = env.labels.message_id.clone();
+    if let Some(original) = existing {
+        if original.digest != digest || original.origin != env.labels.origin.as_str() {
+            return Err(HubError::IdReused { message_id: id });
+        }
+        return Ok(SubmissionPlan::Duplicate(original));
+    }
+    let outcome = RoutedOutcome {
+        message_id: id.clone(),
+        origin: env.labels.origin.to_string(),
+        digest,
+        accepted_at_ms: s.now_ms,
+        policy_version: s.policy_version.clone(),
+        decisions: s
+            .decisions
+            .iter()
+            .map(|d| DecisionRecord::from(&pb::RoutingDecision::from(d)))
+            .collect(),
+    };
+    let mut effects = Effects {
+        writes: vec![Write::Message {
+            encoded,
+            outcome: Box::new(outcome.clone()),
+        }],
+        ..Effects::default()
+    };
+    let mut received = audit_base(
         env,
-        decisions,
-        policy_version,
-        actor,
-        approved_by,
-        now_ms,
-        retain_ms,
-    } = s;
-    let encoded = pb::Envelope::from(&env).encode_to_vec();
+        AuditEvent::Received,
+        &s.policy_version,
+        &s.actor,
+        s.now_ms,
+    );
+    received.labels = serde_json::to_string(&env.labels).unwrap_or_default();
+    if let Some(approver) = &s.approved_by {
+        received.reason = format!("released by {approver} after four-eyes approval");
+    }
+    effects.audit.push(received);
+    let embargo = env.labels.not_before_ms.filter(|t| *t > s.now_ms);
+    let mut held = Vec::new();
+    for d in &s.decisions {
+        let mut rec = audit_base(
+            env,
+            AuditEvent::Routed,
+            &s.policy_version,
+            &s.actor,
+            s.now_ms,
+        );
+        rec.recipient = d.recipient.to_string();
+        rec.decision = d.outcome.as_str().into();
+        rec.rule = d.rule.into();
+        rec.reason = d.reason.clone();
+        if d.outcome == Outcome::Deliver {
+            if embargo.is_some() {
+                held.push(d.recipient.to_string());
+            } else {
+                effects.enqueue.push(Enqueue {
+                    body: d.recipient.clone(),
+                    entry: QueueEntry::message(&id, env.labels.origin.as_str(), s.now_ms),
+                    audit: Some(effects.audit.len()),
+                });
+            }
+        }
+        effects.audit.push(rec);
+    }
+    if let Some(ms) = s.retain_ms {
+        effects.writes.push(Write::ScheduleErasure {
+            message_id: id.clone(),
+            at_ms: s.now_ms.saturating_add(ms),
+        });
+    }
+    if let Some(at_ms) = env.labels.expires_at_ms {
+        effects.writes.push(Write::ScheduleExpiry {
+            message_id: id.clone(),
+            at_ms,
+        });
+    }
+    let any_held = !held.is_empty();
+    if let (Some(not_before_ms), true) = (embargo, any_held) {
+        effects.writes.push(Write::Hold(Held {
+            message_id: id,
+            origin: env.labels.origin.to_string(),
+            recipients: held,
+            not_before_ms,
+            expires_at_ms: env.labels.expires_at_ms,
+        }));
+    }
+    Ok(SubmissionPlan::New {
+        outcome,
+        effects,
+        held: any_held,
+    })
+}
+
+/// Stores and routes a submission atomically ([`plan_submission`] decides),
+/// or returns the original outcome of an earlier submission of the same
+/// message.
+pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
+    let encoded = pb::Envelope::from(&s.env).encode_to_vec();
     let digest = digest(&encoded);
     db.write(move |txn| {
-        let id = env.labels.message_id.clone();
-        if let Some(bytes) = txn.get(&outcome_key(&id))? {
-            let original: RoutedOutcome = parse(&outcome_key(&id), &bytes)?;
-            if original.digest != digest || original.origin != env.labels.origin.as_str() {
-                return Err(HubError::IdReused { message_id: id });
-            }
-            return Ok(Submitted::Duplicate(original));
-        }
-        let outcome = RoutedOutcome {
-            message_id: id.clone(),
-            origin: env.labels.origin.to_string(),
-            digest,
-            accepted_at_ms: now_ms,
-            policy_version: policy_version.clone(),
-            decisions: decisions
-                .iter()
-                .map(|d| DecisionRecord::from(&pb::RoutingDecision::from(d)))
-                .collect(),
+        let okey = outcome_key(&s.env.labels.message_id);
+        let existing = match txn.get(&okey)? {
+            Some(bytes) => Some(parse::<RoutedOutcome>(&okey, &bytes)?),
+            None => None,
         };
-        txn.put(env_key(&id), encoded);
-        txn.put(outcome_key(&id), json(&outcome));
-        let mut received = audit_base(&env, AuditEvent::Received, &policy_version, &actor, now_ms);
-        received.labels = serde_json::to_string(&env.labels).unwrap_or_default();
-        if let Some(approver) = &approved_by {
-            received.reason = format!("released by {approver} after four-eyes approval");
-        }
-        let mut audit_seq = append_audit(txn, received)?;
-        let mut queued = Vec::new();
-        let mut held = Vec::new();
-        let embargo = env.labels.not_before_ms.filter(|t| *t > now_ms);
-        for d in &decisions {
-            let mut rec = audit_base(&env, AuditEvent::Routed, &policy_version, &actor, now_ms);
-            rec.recipient = d.recipient.to_string();
-            rec.decision = if d.outcome == Outcome::Deliver {
-                "deliver"
-            } else {
-                "withhold"
-            }
-            .into();
-            rec.rule = d.rule.as_str().to_owned();
-            rec.reason = d.reason.clone();
-            if d.outcome == Outcome::Deliver {
-                if embargo.is_some() {
-                    held.push(d.recipient.to_string());
-                } else {
-                    let seq = enqueue(txn, &d.recipient, &id, env.labels.origin.as_str(), now_ms)?;
-                    rec.queue_seq = seq;
-                    queued.push((d.recipient.clone(), seq));
-                }
-            }
-            audit_seq = append_audit(txn, rec)?;
-        }
-        if let Some(ms) = retain_ms {
-            retention::schedule(txn, now_ms.saturating_add(ms), &id)?;
-        }
-        if let Some(expires) = env.labels.expires_at_ms {
-            retention::schedule_expiry(txn, expires, &id)?;
-        }
-        let any_held = !held.is_empty();
-        if let Some(not_before_ms) = embargo {
-            if any_held {
-                let entry = Held {
-                    message_id: id.clone(),
-                    origin: env.labels.origin.to_string(),
-                    recipients: held,
-                    not_before_ms,
-                    expires_at_ms: env.labels.expires_at_ms,
-                };
-                txn.put(held_key(not_before_ms, &id), json(&entry));
+        match plan_submission(&s, encoded, digest, existing)? {
+            SubmissionPlan::Duplicate(original) => Ok(Submitted::Duplicate(original)),
+            SubmissionPlan::New {
+                outcome,
+                effects,
+                held,
+            } => {
+                let applied = apply(txn, effects)?;
+                Ok(Submitted::New {
+                    outcome,
+                    queued: applied.queued,
+                    audit_seq: applied.audit_seq,
+                    held,
+                })
             }
         }
-        Ok(Submitted::New {
-            outcome,
-            queued,
-            audit_seq,
-            held: any_held,
-        })
     })
     .await
 }
@@ -647,6 +710,81 @@ mod tests {
             .member("europol", Secret, &["drugs"])
             .build()
             .unwrap()
+    }
+
+    fn plan_of(env: Envelope, existing: Option<RoutedOutcome>) -> Result<SubmissionPlan, HubError> {
+        let gov = governance();
+        let submission = Submission {
+            decisions: decide(&gov, &env.labels, NOW),
+            env,
+            policy_version: "v1".into(),
+            actor: "test".into(),
+            approved_by: Some("spiffe://t/org/europol/officer/bob".into()),
+            now_ms: NOW,
+            retain_ms: Some(1_000),
+        };
+        let encoded = pb::Envelope::from(&submission.env).encode_to_vec();
+        let digest = digest(&encoded);
+        plan_submission(&submission, encoded, digest, existing)
+    }
+
+    #[test]
+    fn a_new_submission_is_stored_routed_queued_and_scheduled() {
+        let SubmissionPlan::New {
+            outcome,
+            effects,
+            held,
+        } = plan_of(held_alert(0, NOW + 5_000), None).unwrap()
+        else {
+            panic!("new")
+        };
+        assert!(!held);
+        let events: Vec<&str> = effects.audit.iter().map(|r| r.event.as_str()).collect();
+        assert_eq!(events, ["received", "routed"]);
+        assert!(effects.audit[0].reason.contains("four-eyes"));
+        assert_eq!(effects.audit[1].rule, "deliver.all_rules_passed");
+        // The delivery's record names its queue position once applied.
+        assert_eq!(effects.enqueue.len(), 1);
+        assert_eq!(effects.enqueue[0].body.as_str(), "interpol");
+        assert_eq!(effects.enqueue[0].audit, Some(1));
+        assert!(matches!(effects.writes[0], Write::Message { .. }));
+        assert!(effects.writes.contains(&Write::ScheduleErasure {
+            message_id: outcome.message_id.clone(),
+            at_ms: NOW + 1_000
+        }));
+        assert!(effects.writes.contains(&Write::ScheduleExpiry {
+            message_id: outcome.message_id,
+            at_ms: NOW + 5_000
+        }));
+    }
+
+    #[test]
+    fn under_an_embargo_deliveries_are_held_not_queued() {
+        let SubmissionPlan::New { effects, held, .. } =
+            plan_of(held_alert(NOW + 1, 0), None).unwrap()
+        else {
+            panic!("new")
+        };
+        assert!(held && effects.enqueue.is_empty());
+        assert!(effects
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::Hold(h) if h.recipients == ["interpol"])));
+    }
+
+    #[test]
+    fn a_retry_is_a_duplicate_and_a_reused_id_is_refused() {
+        let SubmissionPlan::New { outcome, .. } = plan_of(held_alert(0, 0), None).unwrap() else {
+            panic!("new")
+        };
+        assert_eq!(
+            plan_of(held_alert(0, 0), Some(outcome.clone())).unwrap(),
+            SubmissionPlan::Duplicate(outcome.clone())
+        );
+        let mut other = outcome;
+        other.digest = "something else".into();
+        let err = plan_of(held_alert(0, 0), Some(other)).unwrap_err();
+        assert!(matches!(err, HubError::IdReused { .. }), "{err}");
     }
 
     #[tokio::test]

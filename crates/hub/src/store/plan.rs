@@ -18,6 +18,29 @@ use super::*;
 /// One typed write a decision asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
+    /// Store a routed message: its envelope (encoded) and its outcome.
+    Message {
+        /// The encoded envelope.
+        encoded: Vec<u8>,
+        /// What was decided for it.
+        outcome: Box<RoutedOutcome>,
+    },
+    /// Hold deliveries under embargo until their release time.
+    Hold(Held),
+    /// Schedule the erasure of a message's content.
+    ScheduleErasure {
+        /// The message.
+        message_id: String,
+        /// When.
+        at_ms: i64,
+    },
+    /// Schedule the record of a message's expiry.
+    ScheduleExpiry {
+        /// The message.
+        message_id: String,
+        /// When.
+        at_ms: i64,
+    },
     /// Record the originator's retraction of a message.
     Retraction {
         /// The message.
@@ -86,6 +109,19 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
     } = effects;
     for w in writes {
         match w {
+            Write::Message { encoded, outcome } => {
+                txn.put(env_key(&outcome.message_id), encoded);
+                txn.put(outcome_key(&outcome.message_id), json(&*outcome));
+            }
+            Write::Hold(held) => {
+                txn.put(held_key(held.not_before_ms, &held.message_id), json(&held));
+            }
+            Write::ScheduleErasure { message_id, at_ms } => {
+                retention::schedule(txn, at_ms, &message_id)?;
+            }
+            Write::ScheduleExpiry { message_id, at_ms } => {
+                retention::schedule_expiry(txn, at_ms, &message_id)?;
+            }
             Write::Retraction { message_id, note } => {
                 txn.put(retracted_key(&message_id), json(&note));
             }
