@@ -483,93 +483,148 @@ pub(super) async fn acknowledge(
 ) -> Result<Acknowledged, HubError> {
     db.write(move |txn| {
         let next = keys::u64_value(txn.get(&counter_key(body.as_str(), "next"))?);
-        if seq > next {
-            return Err(HubError::AckBeyondQueue { seq, last: next });
-        }
-        let acked_key = counter_key(body.as_str(), "acked");
-        let acked = keys::u64_value(txn.get(&acked_key)?);
-        if let Some(q) = quarantined.keys().find(|q| **q <= acked || **q > seq) {
-            if seq > acked {
-                return Err(HubError::Invalid(liaison_types::ValidationError::new(
-                    "quarantined",
-                    format!(
-                        "position {q} is not among the positions acknowledged ({} to {seq})",
-                        acked + 1
-                    ),
-                )));
-            }
-        }
-        let mut done = Acknowledged {
-            acked,
-            ..Acknowledged::default()
-        };
-        if seq <= acked {
-            return Ok(done);
-        }
+        let acked = keys::u64_value(txn.get(&counter_key(body.as_str(), "acked"))?);
         let prefix = queue_prefix(body.as_str());
-        let entries = txn.scan(
-            &keys::seq_key(&prefix, acked + 1),
-            &keys::seq_key(&prefix, seq.saturating_add(1)),
-            usize::MAX,
-        )?;
-        for (k, v) in entries {
-            let entry: QueueEntry = parse(&k, &v)?;
-            let qseq = keys::seq_of(&k).unwrap_or_default();
-            txn.delete(k);
-            if entry.receipt.is_some() {
-                continue;
-            }
-            let quarantine = quarantined.get(&qseq);
-            let (event, reason) = if let Some(why) = quarantine {
-                (
-                    AuditEvent::Quarantined,
-                    format!("quarantined by the recipient's node: {why}"),
-                )
-            } else if entry.retraction.is_some() {
-                (AuditEvent::Acknowledged, "retraction".to_owned())
-            } else if let Some(n) = &entry.forward_request {
-                (
-                    AuditEvent::Acknowledged,
-                    format!("forward request {}", n.request_id),
-                )
-            } else {
-                (AuditEvent::Acknowledged, String::new())
-            };
-            done.audit_seq = append_audit(
-                txn,
-                pb::AuditRecord {
-                    at_ms: now_ms,
-                    event: event.into(),
-                    message_id: entry.message_id.clone(),
-                    origin: entry.origin.clone(),
-                    recipient: body.to_string(),
-                    actor: actor.clone(),
-                    queue_seq: qseq,
-                    policy_version: policy_version.clone(),
-                    reason,
-                    ..Default::default()
-                },
-            )?;
-            // The originator learns that the recipient's node took it.
-            let origin = BodyId::parse(&entry.origin).ok().filter(|o| *o != body);
-            if let (Some(origin), true) = (origin, entry.is_message()) {
-                let receipt = QueueEntry {
-                    receipt: Some(Receipt {
-                        recipient: body.to_string(),
-                        at_ms: now_ms,
-                        quarantined: quarantine.cloned(),
-                    }),
-                    ..QueueEntry::message(&entry.message_id, &entry.origin, now_ms)
-                };
-                let at = append_to_queue(txn, &origin, &receipt)?;
-                done.receipts.push((origin, at));
-            }
-        }
-        txn.put(acked_key, seq.to_be_bytes().to_vec());
-        done.acked = seq;
-        Ok(done)
+        let entries = if seq > acked && seq <= next {
+            txn.scan(
+                &keys::seq_key(&prefix, acked + 1),
+                &keys::seq_key(&prefix, seq.saturating_add(1)),
+                usize::MAX,
+            )?
+            .into_iter()
+            .map(|(k, v)| Ok((keys::seq_of(&k).unwrap_or_default(), parse(&k, &v)?)))
+            .collect::<Result<Vec<(u64, QueueEntry)>, StoreError>>()?
+        } else {
+            Vec::new()
+        };
+        let ask = AckAsk {
+            body: &body,
+            seq,
+            quarantined: &quarantined,
+            actor: &actor,
+            now_ms,
+            policy_version: &policy_version,
+        };
+        let (new_acked, effects) = plan_acknowledgement(&ask, acked, next, &entries)?;
+        // Every queue append of an acknowledgement is a receipt.
+        let applied = apply(txn, effects)?;
+        Ok(Acknowledged {
+            acked: new_acked,
+            audit_seq: applied.audit_seq,
+            receipts: applied.queued,
+        })
     })
     .await
+}
+
+/// An acknowledgement asked for by a body's node.
+#[derive(Debug, Clone, Copy)]
+pub struct AckAsk<'a> {
+    /// The body (from its certificate).
+    pub body: &'a BodyId,
+    /// Everything up to this position is acknowledged.
+    pub seq: u64,
+    /// Positions among them the node keeps in quarantine, with its reason.
+    pub quarantined: &'a std::collections::BTreeMap<u64, String>,
+    /// The node's identity.
+    pub actor: &'a str,
+    /// When.
+    pub now_ms: i64,
+    /// The policy version in force.
+    pub policy_version: &'a str,
+}
+
+/// The pure decision of an acknowledgement of `entries` (the positions
+/// after `acked` up to the asked position, in a queue that ends at `next`).
+///
+/// Beyond the end of the queue is [`HubError::AckBeyondQueue`]; a
+/// quarantined position outside those acknowledged is invalid; an old
+/// position changes nothing. Each acknowledged message gets an
+/// `acknowledged` record, or `quarantined` (never delivered) when the node
+/// quarantined it, and its originator a receipt in its queue; withdrawals
+/// and forward requests get their record; receipts themselves none. Returns
+/// the new acknowledged position and the effects.
+pub fn plan_acknowledgement(
+    ask: &AckAsk<'_>,
+    acked: u64,
+    next: u64,
+    entries: &[(u64, QueueEntry)],
+) -> Result<(u64, Effects), HubError> {
+    let seq = ask.seq;
+    if seq > next {
+        return Err(HubError::AckBeyondQueue { seq, last: next });
+    }
+    if seq <= acked {
+        return Ok((acked, Effects::default()));
+    }
+    if let Some(q) = ask.quarantined.keys().find(|q| **q <= acked || **q > seq) {
+        return Err(HubError::Invalid(liaison_types::ValidationError::new(
+            "quarantined",
+            format!(
+                "position {q} is not among the positions acknowledged ({} to {seq})",
+                acked + 1
+            ),
+        )));
+    }
+    let body = ask.body;
+    let mut effects = Effects {
+        writes: vec![Write::Acknowledge {
+            body: body.clone(),
+            positions: entries.iter().map(|(p, _)| *p).collect(),
+            acked: seq,
+        }],
+        ..Effects::default()
+    };
+    for (qseq, entry) in entries {
+        if entry.receipt.is_some() {
+            continue;
+        }
+        let quarantine = ask.quarantined.get(qseq);
+        let (event, reason) = if let Some(why) = quarantine {
+            (
+                AuditEvent::Quarantined,
+                format!("quarantined by the recipient's node: {why}"),
+            )
+        } else if entry.retraction.is_some() {
+            (AuditEvent::Acknowledged, "retraction".to_owned())
+        } else if let Some(n) = &entry.forward_request {
+            (
+                AuditEvent::Acknowledged,
+                format!("forward request {}", n.request_id),
+            )
+        } else {
+            (AuditEvent::Acknowledged, String::new())
+        };
+        effects.audit.push(pb::AuditRecord {
+            at_ms: ask.now_ms,
+            event: event.into(),
+            message_id: entry.message_id.clone(),
+            origin: entry.origin.clone(),
+            recipient: body.to_string(),
+            actor: ask.actor.to_owned(),
+            queue_seq: *qseq,
+            policy_version: ask.policy_version.to_owned(),
+            reason,
+            ..Default::default()
+        });
+        // The originator learns that the recipient's node took it.
+        let origin = BodyId::parse(&entry.origin).ok().filter(|o| o != body);
+        if let (Some(origin), true) = (origin, entry.is_message()) {
+            effects.enqueue.push(Enqueue {
+                body: origin,
+                entry: QueueEntry {
+                    receipt: Some(Receipt {
+                        recipient: body.to_string(),
+                        at_ms: ask.now_ms,
+                        quarantined: quarantine.cloned(),
+                    }),
+                    ..QueueEntry::message(&entry.message_id, &entry.origin, ask.now_ms)
+                },
+                audit: None,
+            });
+        }
+    }
+    Ok((seq, effects))
 }
 
 /// Up to `limit` audit records with positions in `(after, upto]`.
@@ -785,6 +840,81 @@ mod tests {
         other.digest = "something else".into();
         let err = plan_of(held_alert(0, 0), Some(other)).unwrap_err();
         assert!(matches!(err, HubError::IdReused { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_acknowledgement_records_each_message_and_sends_its_originator_a_receipt() {
+        let bravo = BodyId::parse("bravo").unwrap();
+        let message = |id: &str| QueueEntry::message(id, "alpha", NOW);
+        let receipt = QueueEntry {
+            receipt: Some(Receipt {
+                recipient: "charlie".into(),
+                at_ms: NOW,
+                quarantined: None,
+            }),
+            ..QueueEntry::message("r", "bravo", NOW)
+        };
+        let entries = vec![(3, message("a")), (4, message("b")), (5, receipt)];
+        let quarantined = std::collections::BTreeMap::from([(4, "body.title: empty".to_owned())]);
+        let ask = AckAsk {
+            body: &bravo,
+            seq: 5,
+            quarantined: &quarantined,
+            actor: "node",
+            now_ms: NOW,
+            policy_version: "v1",
+        };
+        let (acked, e) = plan_acknowledgement(&ask, 2, 5, &entries).unwrap();
+        assert_eq!(acked, 5);
+        let events: Vec<(&str, u64)> = e
+            .audit
+            .iter()
+            .map(|r| (r.event.as_str(), r.queue_seq))
+            .collect();
+        assert_eq!(
+            events,
+            [("acknowledged", 3), ("quarantined", 4)],
+            "a receipt gets no record"
+        );
+        let receipts: Vec<(&str, Option<&String>)> = e
+            .enqueue
+            .iter()
+            .map(|q| {
+                let r = q.entry.receipt.as_ref().unwrap();
+                (q.body.as_str(), r.quarantined.as_ref())
+            })
+            .collect();
+        assert_eq!(receipts.len(), 2);
+        assert!(receipts.iter().all(|(b, _)| *b == "alpha"));
+        assert_eq!(receipts[1].1.map(String::as_str), Some("body.title: empty"));
+        assert_eq!(
+            e.writes,
+            [Write::Acknowledge {
+                body: bravo.clone(),
+                positions: vec![3, 4, 5],
+                acked: 5
+            }]
+        );
+        // Beyond the queue, a stray quarantine, an old position.
+        let beyond = AckAsk { seq: 6, ..ask };
+        assert!(matches!(
+            plan_acknowledgement(&beyond, 2, 5, &entries),
+            Err(HubError::AckBeyondQueue { .. })
+        ));
+        let stray = std::collections::BTreeMap::from([(9, "x".to_owned())]);
+        let wrong = AckAsk {
+            quarantined: &stray,
+            ..ask
+        };
+        assert!(matches!(
+            plan_acknowledgement(&wrong, 2, 5, &entries),
+            Err(HubError::Invalid(_))
+        ));
+        let old = AckAsk { seq: 2, ..ask };
+        assert_eq!(
+            plan_acknowledgement(&old, 2, 5, &[]).unwrap(),
+            (2, Effects::default())
+        );
     }
 
     #[tokio::test]

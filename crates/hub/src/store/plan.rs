@@ -10,7 +10,7 @@
 //! and the store does no rule logic.
 
 use liaison_proto::v1 as pb;
-use liaison_store::{to_json as json, StoreError, Txn};
+use liaison_store::{keys, to_json as json, StoreError, Txn};
 use liaison_types::BodyId;
 
 use super::*;
@@ -18,6 +18,16 @@ use super::*;
 /// One typed write a decision asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
+    /// Remove acknowledged positions from a body's queue and move its
+    /// acknowledged position.
+    Acknowledge {
+        /// Whose queue.
+        body: BodyId,
+        /// The positions removed.
+        positions: Vec<u64>,
+        /// The new acknowledged position.
+        acked: u64,
+    },
     /// Store a routed message: its envelope (encoded) and its outcome.
     Message {
         /// The encoded envelope.
@@ -109,6 +119,20 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
     } = effects;
     for w in writes {
         match w {
+            Write::Acknowledge {
+                body,
+                positions,
+                acked,
+            } => {
+                let prefix = queue_prefix(body.as_str());
+                for p in positions {
+                    txn.delete(keys::seq_key(&prefix, p));
+                }
+                txn.put(
+                    counter_key(body.as_str(), "acked"),
+                    acked.to_be_bytes().to_vec(),
+                );
+            }
             Write::Message { encoded, outcome } => {
                 txn.put(env_key(&outcome.message_id), encoded);
                 txn.put(outcome_key(&outcome.message_id), json(&*outcome));
