@@ -2,7 +2,7 @@
 //! delivery under the same policy checks as a first delivery.
 
 use liaison_proto::v1 as pb;
-use liaison_store::{from_json as parse, keys, to_json as json, Db, StoreError, Txn};
+use liaison_store::{from_json as parse, keys, Db, StoreError, Txn};
 use liaison_types::BodyId;
 use serde::{Deserialize, Serialize};
 
@@ -245,12 +245,10 @@ fn body_of(value: &str, key: &str) -> Result<BodyId, StoreError> {
     })
 }
 
-/// Approves a forward: records the policy's decision, queues the message
-/// for `record.to` if it delivers, and audits `forwarded` or
-/// `forward_withheld`. Returns the audit position.
-#[allow(clippy::too_many_arguments)]
+/// Approves a forward, purely: records the policy's decision in `record`,
+/// and returns the queue append for `record.to` if the rules deliver it, and
+/// the `forwarded` (or `forward_withheld`) record.
 fn settle_approved(
-    txn: &mut Txn<'_>,
     env: &Envelope,
     record: &mut ForwardRecord,
     decision: &Decision,
@@ -258,8 +256,7 @@ fn settle_approved(
     why: &str,
     policy_version: &str,
     now_ms: i64,
-    queued: &mut Vec<(BodyId, u64)>,
-) -> Result<u64, StoreError> {
+) -> Result<(Option<Enqueue>, pb::AuditRecord), StoreError> {
     record.decided_by = decided_by.to_owned();
     record.decided_at_ms = now_ms;
     record.rule = decision.rule.as_str().to_owned();
@@ -273,151 +270,208 @@ fn settle_approved(
     );
     rec.recipient = record.to.clone();
     rec.rule = record.rule.clone();
+    rec.decision = decision.outcome.as_str().into();
     if decision.outcome == Outcome::Deliver {
-        let to = body_of(
-            &record.to,
-            &String::from_utf8_lossy(&forward_key(&record.id)),
-        )?;
-        rec.decision = "deliver".into();
-        rec.queue_seq = enqueue(txn, &to, &record.message_id, &record.origin, now_ms)?;
-        queued.push((to, rec.queue_seq));
+        let to = body_of(&record.to, &forward_key_name(&record.id))?;
         rec.reason = format!(
             "request {} from {}: {why}; {}",
             record.id, record.requester, decision.reason
         );
         record.state = ForwardState::Forwarded;
+        let entry = QueueEntry::message(&record.message_id, &record.origin, now_ms);
+        // The record that names the position is the one returned.
+        Ok((
+            Some(Enqueue {
+                body: to,
+                entry,
+                audit: None,
+            }),
+            rec,
+        ))
     } else {
         rec.event = AuditEvent::ForwardWithheld.into();
-        rec.decision = "withhold".into();
         rec.reason = format!(
             "request {} from {}: {why}, but the rules withhold it: {}",
             record.id, record.requester, decision.reason
         );
         record.state = ForwardState::Withheld;
+        Ok((None, rec))
     }
-    append_audit(txn, rec)
 }
 
-/// Files a recipient's forward request, atomically: refuses (and audits) a
-/// requester that never received the message and a message whose TLP
-/// marking forbids passing it on; refuses a retracted message, one under
-/// embargo and a body that already received it. Otherwise records the
-/// request and audits `forward_requested`; then, if the originator waived
-/// the third-party rule, decides at once with `ask.decision`, else queues a
-/// notice for the originator. Asking again while a request for the same
-/// message and body is pending returns that request.
-pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward, HubError> {
-    db.write(move |txn| {
-        let id = ask.env.labels.message_id.clone();
-        let out_key = outcome_key(&id);
-        let Some(out) = txn.get(&out_key)? else {
-            return Err(HubError::UnknownMessage(id));
-        };
-        let outcome: RoutedOutcome = parse(&out_key, &out)?;
-        let (to, requester) = (ask.to.as_str(), ask.requester.as_str());
-        let mut refusal = audit_base(
-            &ask.env,
-            AuditEvent::Refused,
-            &ask.policy_version,
-            &ask.requested_by,
-            ask.now_ms,
+/// What the store knows when a recipient asks to pass a message on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardFacts {
+    /// How the message was routed.
+    pub outcome: RoutedOutcome,
+    /// Whether the requester received it (routed there, or passed on there).
+    pub requester_received: bool,
+    /// Whether the body asked for received it.
+    pub to_received: bool,
+    /// Whether its originator retracted it.
+    pub retracted: bool,
+    /// The latest request for the same message and body, if any.
+    pub latest: Option<ForwardRecord>,
+}
+
+/// What a forward request or decision comes to, decided purely.
+#[derive(Debug)]
+pub enum ForwardPlan {
+    /// Refused: `error` to answer, and the refusal's audit record.
+    Refused {
+        /// What to answer.
+        error: HubError,
+        /// Its record.
+        effects: Effects,
+    },
+    /// Nothing changes: the request as it is.
+    Unchanged(Box<ForwardRecord>),
+    /// The request filed or decided, and the effects.
+    Done {
+        /// The request now.
+        record: Box<ForwardRecord>,
+        /// Writes, queue appends and records.
+        effects: Effects,
+    },
+}
+
+/// Appends a settled approval to `effects`: its record names the queue
+/// position of the delivery, if any.
+fn push_settled(effects: &mut Effects, settled: (Option<Enqueue>, pb::AuditRecord)) {
+    let (enqueue, rec) = settled;
+    if let Some(mut e) = enqueue {
+        e.audit = Some(effects.audit.len());
+        effects.enqueue.push(e);
+    }
+    effects.audit.push(rec);
+}
+
+/// The pure decision of a recipient's forward request.
+///
+/// Refused and audited: a requester that never received the message, a
+/// message whose TLP marking forbids passing it on. Refused: a retracted
+/// message, one under embargo, a body that already received it. A pending
+/// request for the same message and body is returned unchanged. Otherwise
+/// the request is recorded with a `forward_requested` record; if the
+/// originator waived the third-party rule it is decided at once with
+/// `ask.decision`, else a notice goes to the originator's queue.
+pub fn plan_forward_request(
+    facts: &ForwardFacts,
+    ask: &ForwardAsk,
+) -> Result<ForwardPlan, HubError> {
+    let id = ask.env.labels.message_id.clone();
+    let outcome = &facts.outcome;
+    let (to, requester) = (ask.to.as_str(), ask.requester.as_str());
+    let mut refusal = audit_base(
+        &ask.env,
+        AuditEvent::Refused,
+        &ask.policy_version,
+        &ask.requested_by,
+        ask.now_ms,
+    );
+    refusal.recipient = to.to_owned();
+    if !facts.requester_received {
+        refusal.rule = Rule::ForwardNotARecipient.into();
+        refusal.reason =
+            format!("{requester} asked to pass on to {to} a message it never received");
+        return Ok(ForwardPlan::Refused {
+            error: HubError::NotARecipient {
+                caller: requester.to_owned(),
+                message_id: id,
+            },
+            effects: Effects {
+                audit: vec![refusal],
+                ..Effects::default()
+            },
+        });
+    }
+    if facts.retracted {
+        return Err(not_allowed(&id, "its originator retracted it"));
+    }
+    if let Some(t) = ask.env.labels.not_before_ms.filter(|t| *t > ask.now_ms) {
+        return Err(not_allowed(
+            &id,
+            format!(
+                "it is under embargo until {}; ask again once the embargo ends",
+                liaison_types::rfc3339(t)
+            ),
+        ));
+    }
+    if to == outcome.origin || facts.to_received {
+        return Err(not_allowed(&id, format!("{to} already received it")));
+    }
+    if let Some(tlp @ (liaison_types::Tlp::AmberStrict | liaison_types::Tlp::Red)) =
+        ask.env.labels.tlp
+    {
+        refusal.rule = Rule::ForwardTlp.into();
+        refusal.reason = format!(
+            "{requester} asked to pass on to {to} a message marked TLP:{tlp}, which never goes beyond the bodies the originator sent it to"
         );
-        refusal.recipient = to.to_owned();
-        if !received(txn, &outcome, requester)? {
-            refusal.rule = Rule::ForwardNotARecipient.into();
-            refusal.reason =
-                format!("{requester} asked to pass on to {to} a message it never received");
-            return Ok(Forward::Refused {
-                error: HubError::NotARecipient {
-                    caller: requester.to_owned(),
-                    message_id: id,
-                },
-                audit_seq: append_audit(txn, refusal)?,
-            });
-        }
-        if txn.get(&retracted_key(&id))?.is_some() {
-            return Err(not_allowed(&id, "its originator retracted it"));
-        }
-        if let Some(t) = ask.env.labels.not_before_ms.filter(|t| *t > ask.now_ms) {
-            return Err(not_allowed(
+        return Ok(ForwardPlan::Refused {
+            error: not_allowed(
                 &id,
-                format!("it is under embargo until {}; ask again once the embargo ends", liaison_types::rfc3339(t)),
-            ));
+                format!("it is marked TLP:{tlp}, which never goes beyond the bodies the originator sent it to"),
+            ),
+            effects: Effects {
+                audit: vec![refusal],
+                ..Effects::default()
+            },
+        });
+    }
+    if let Some(existing) = &facts.latest {
+        if existing.state == ForwardState::Pending {
+            return Ok(ForwardPlan::Unchanged(Box::new(existing.clone())));
         }
-        if to == outcome.origin || received(txn, &outcome, to)? {
-            return Err(not_allowed(&id, format!("{to} already received it")));
-        }
-        if let Some(tlp @ (liaison_types::Tlp::AmberStrict | liaison_types::Tlp::Red)) =
-            ask.env.labels.tlp
-        {
-            refusal.rule = Rule::ForwardTlp.into();
-            refusal.reason = format!(
-                "{requester} asked to pass on to {to} a message marked TLP:{tlp}, which never goes beyond the bodies the originator sent it to"
-            );
-            return Ok(Forward::Refused {
-                error: not_allowed(
-                    &id,
-                    format!("it is marked TLP:{tlp}, which never goes beyond the bodies the originator sent it to"),
-                ),
-                audit_seq: append_audit(txn, refusal)?,
-            });
-        }
-        if let Some(existing) = latest_forward(txn, &id, to)? {
-            if existing.state == ForwardState::Pending {
-                return Ok(Forward::Done {
-                    record: Box::new(existing),
-                    duplicate: true,
-                    queued: Vec::new(),
-                    audit_seq: 0,
-                });
-            }
-        }
-        let mut record = ForwardRecord {
-            id: ask.request_id.clone(),
-            message_id: id.clone(),
-            origin: outcome.origin.clone(),
-            requester: requester.to_owned(),
-            requested_by: ask.requested_by.clone(),
-            to: to.to_owned(),
-            reason: ask.reason.clone(),
-            state: ForwardState::Pending,
-            requested_at_ms: ask.now_ms,
-            decided_by: String::new(),
-            decided_at_ms: 0,
-            decision_reason: String::new(),
-            rule: String::new(),
-            rule_reason: String::new(),
-        };
-        let mut requested = audit_base(
+    }
+    let mut record = ForwardRecord {
+        id: ask.request_id.clone(),
+        message_id: id.clone(),
+        origin: outcome.origin.clone(),
+        requester: requester.to_owned(),
+        requested_by: ask.requested_by.clone(),
+        to: to.to_owned(),
+        reason: ask.reason.clone(),
+        state: ForwardState::Pending,
+        requested_at_ms: ask.now_ms,
+        decided_by: String::new(),
+        decided_at_ms: 0,
+        decision_reason: String::new(),
+        rule: String::new(),
+        rule_reason: String::new(),
+    };
+    let mut requested = audit_base(
+        &ask.env,
+        AuditEvent::ForwardRequested,
+        &ask.policy_version,
+        &ask.requested_by,
+        ask.now_ms,
+    );
+    requested.recipient = to.to_owned();
+    requested.reason = format!(
+        "request {}: {requester} asks to pass it on to {to}: {}",
+        record.id, record.reason
+    );
+    let mut effects = Effects {
+        audit: vec![requested],
+        ..Effects::default()
+    };
+    if ask.env.labels.onward_release_allowed() {
+        record.decision_reason = "the originator allowed onward release".into();
+        let settled = settle_approved(
             &ask.env,
-            AuditEvent::ForwardRequested,
+            &mut record,
+            &ask.decision,
+            WAIVER_ACTOR,
+            "the originator allowed onward release without consent (third_party_release)",
             &ask.policy_version,
-            &ask.requested_by,
             ask.now_ms,
-        );
-        requested.recipient = to.to_owned();
-        requested.reason = format!(
-            "request {}: {requester} asks to pass it on to {to}: {}",
-            record.id, record.reason
-        );
-        let mut audit_seq = append_audit(txn, requested)?;
-        let mut queued = Vec::new();
-        if ask.env.labels.onward_release_allowed() {
-            record.decision_reason = "the originator allowed onward release".into();
-            audit_seq = settle_approved(
-                txn,
-                &ask.env,
-                &mut record,
-                &ask.decision,
-                WAIVER_ACTOR,
-                "the originator allowed onward release without consent (third_party_release)",
-                &ask.policy_version,
-                ask.now_ms,
-                &mut queued,
-            )?;
-        } else {
-            let origin = body_of(&outcome.origin, &String::from_utf8_lossy(&out_key))?;
-            let entry = QueueEntry {
+        )?;
+        push_settled(&mut effects, settled);
+    } else {
+        let origin = body_of(&outcome.origin, &String::from_utf8_lossy(&outcome_key(&id)))?;
+        effects.enqueue.push(Enqueue {
+            body: origin,
+            entry: QueueEntry {
                 forward_request: Some(ForwardNotice {
                     request_id: record.id.clone(),
                     requester: record.requester.clone(),
@@ -427,18 +481,64 @@ pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward,
                     requested_at_ms: record.requested_at_ms,
                 }),
                 ..QueueEntry::message(&id, &outcome.origin, ask.now_ms)
-            };
-            let seq = append_to_queue(txn, &origin, &entry)?;
-            queued.push((origin, seq));
+            },
+            audit: None,
+        });
+    }
+    effects.writes.push(Write::Forward {
+        record: Box::new(record.clone()),
+        latest: true,
+    });
+    Ok(ForwardPlan::Done {
+        record: Box::new(record),
+        effects,
+    })
+}
+
+/// Applies a forward plan inside a transaction.
+fn apply_forward(txn: &mut Txn<'_>, plan: ForwardPlan) -> Result<Forward, HubError> {
+    Ok(match plan {
+        ForwardPlan::Refused { error, effects } => Forward::Refused {
+            error,
+            audit_seq: apply(txn, effects)?.audit_seq,
+        },
+        ForwardPlan::Unchanged(record) => Forward::Done {
+            record,
+            duplicate: true,
+            queued: Vec::new(),
+            audit_seq: 0,
+        },
+        ForwardPlan::Done { record, effects } => {
+            let applied = apply(txn, effects)?;
+            Forward::Done {
+                record,
+                duplicate: false,
+                queued: applied.queued,
+                audit_seq: applied.audit_seq,
+            }
         }
-        txn.put(forward_pair_key(&id, to), record.id.clone().into_bytes());
-        txn.put(forward_key(&record.id), json(&record));
-        Ok(Forward::Done {
-            record: Box::new(record),
-            duplicate: false,
-            queued,
-            audit_seq,
-        })
+    })
+}
+
+/// Files a recipient's forward request, atomically
+/// ([`plan_forward_request`] decides).
+pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward, HubError> {
+    db.write(move |txn| {
+        let id = ask.env.labels.message_id.clone();
+        let out_key = outcome_key(&id);
+        let Some(out) = txn.get(&out_key)? else {
+            return Err(HubError::UnknownMessage(id));
+        };
+        let outcome: RoutedOutcome = parse(&out_key, &out)?;
+        let facts = ForwardFacts {
+            requester_received: received(txn, &outcome, ask.requester.as_str())?,
+            to_received: received(txn, &outcome, ask.to.as_str())?,
+            retracted: txn.get(&retracted_key(&id))?.is_some(),
+            latest: latest_forward(txn, &id, ask.to.as_str())?,
+            outcome,
+        };
+        let plan = plan_forward_request(&facts, &ask)?;
+        apply_forward(txn, plan)
     })
     .await
 }
@@ -465,96 +565,107 @@ pub struct ForwardVerdict {
     pub now_ms: i64,
 }
 
-/// Applies the originator's decision to a pending forward request,
-/// atomically: a consent is decided by the rules (`forwarded`, queued for
-/// the body, or `forward_withheld`), a refusal is audited
-/// (`forward_refused`). Deciding again the same way returns the request
-/// unchanged; the other way is refused.
+/// The pure decision of the originator's verdict on a forward request
+/// `record` (`retracted`: whether the message was retracted since).
+///
+/// Only the originator decides. A consent is decided by the rules
+/// (`forwarded`, queued for the body, or `forward_withheld`); a refusal is
+/// recorded (`forward_refused`). Deciding again the same way changes
+/// nothing; the other way is refused, and so is consenting to a message
+/// retracted since.
+pub fn plan_forward_decision(
+    record: &ForwardRecord,
+    retracted: bool,
+    v: &ForwardVerdict,
+) -> Result<ForwardPlan, HubError> {
+    if record.origin != v.caller.as_str() {
+        return Err(HubError::NotForwardOrigin {
+            caller: v.caller.to_string(),
+            message_id: record.message_id.clone(),
+            request_id: record.id.clone(),
+        });
+    }
+    let approve = v.approve.is_some();
+    match (record.state, approve) {
+        (ForwardState::Pending, _) => {}
+        (ForwardState::Forwarded | ForwardState::Withheld, true)
+        | (ForwardState::Refused, false) => {
+            return Ok(ForwardPlan::Unchanged(Box::new(record.clone())))
+        }
+        (state, _) => {
+            return Err(HubError::ForwardDecided {
+                request_id: record.id.clone(),
+                state: state.as_str(),
+                by: record.decided_by.clone(),
+            })
+        }
+    }
+    let mut record = record.clone();
+    record.decision_reason = v.reason.clone();
+    let mut effects = Effects::default();
+    match &v.approve {
+        Some(decision) => {
+            if retracted {
+                return Err(not_allowed(
+                    &record.message_id,
+                    "its originator retracted it; refuse the request instead",
+                ));
+            }
+            let why = if v.reason.is_empty() {
+                format!("approved by {}", v.decided_by)
+            } else {
+                format!("approved by {}: {}", v.decided_by, v.reason)
+            };
+            let settled = settle_approved(
+                &v.env,
+                &mut record,
+                decision,
+                &v.decided_by,
+                &why,
+                &v.policy_version,
+                v.now_ms,
+            )?;
+            push_settled(&mut effects, settled);
+        }
+        None => {
+            record.state = ForwardState::Refused;
+            record.decided_by = v.decided_by.clone();
+            record.decided_at_ms = v.now_ms;
+            let mut rec = audit_base(
+                &v.env,
+                AuditEvent::ForwardRefused,
+                &v.policy_version,
+                &v.decided_by,
+                v.now_ms,
+            );
+            rec.recipient = record.to.clone();
+            rec.reason = format!(
+                "request {} from {}: refused by {}: {}",
+                record.id, record.requester, v.decided_by, v.reason
+            );
+            effects.audit.push(rec);
+        }
+    }
+    effects.writes.push(Write::Forward {
+        record: Box::new(record.clone()),
+        latest: false,
+    });
+    Ok(ForwardPlan::Done {
+        record: Box::new(record),
+        effects,
+    })
+}
+
+/// Applies the originator's decision to a forward request, atomically
+/// ([`plan_forward_decision`] decides).
 pub(super) async fn decide_forward(db: &Db, v: ForwardVerdict) -> Result<Forward, HubError> {
     db.write(move |txn| {
-        let Some(mut record) = forward_record(txn, &v.request_id)? else {
+        let Some(record) = forward_record(txn, &v.request_id)? else {
             return Err(HubError::UnknownForward(v.request_id));
         };
-        if record.origin != v.caller.as_str() {
-            return Err(HubError::NotForwardOrigin {
-                caller: v.caller.to_string(),
-                message_id: record.message_id,
-                request_id: record.id,
-            });
-        }
-        let approve = v.approve.is_some();
-        match (record.state, approve) {
-            (ForwardState::Pending, _) => {}
-            (ForwardState::Forwarded | ForwardState::Withheld, true)
-            | (ForwardState::Refused, false) => {
-                return Ok(Forward::Done {
-                    record: Box::new(record),
-                    duplicate: true,
-                    queued: Vec::new(),
-                    audit_seq: 0,
-                })
-            }
-            (state, _) => {
-                return Err(HubError::ForwardDecided {
-                    request_id: record.id,
-                    state: state.as_str(),
-                    by: record.decided_by,
-                })
-            }
-        }
-        record.decision_reason = v.reason.clone();
-        let mut queued = Vec::new();
-        let audit_seq = match &v.approve {
-            Some(decision) => {
-                if txn.get(&retracted_key(&record.message_id))?.is_some() {
-                    return Err(not_allowed(
-                        &record.message_id,
-                        "its originator retracted it; refuse the request instead",
-                    ));
-                }
-                let why = if v.reason.is_empty() {
-                    format!("approved by {}", v.decided_by)
-                } else {
-                    format!("approved by {}: {}", v.decided_by, v.reason)
-                };
-                settle_approved(
-                    txn,
-                    &v.env,
-                    &mut record,
-                    decision,
-                    &v.decided_by,
-                    &why,
-                    &v.policy_version,
-                    v.now_ms,
-                    &mut queued,
-                )?
-            }
-            None => {
-                record.state = ForwardState::Refused;
-                record.decided_by = v.decided_by.clone();
-                record.decided_at_ms = v.now_ms;
-                let mut rec = audit_base(
-                    &v.env,
-                    AuditEvent::ForwardRefused,
-                    &v.policy_version,
-                    &v.decided_by,
-                    v.now_ms,
-                );
-                rec.recipient = record.to.clone();
-                rec.reason = format!(
-                    "request {} from {}: refused by {}: {}",
-                    record.id, record.requester, v.decided_by, v.reason
-                );
-                append_audit(txn, rec)?
-            }
-        };
-        txn.put(forward_key(&record.id), json(&record));
-        Ok(Forward::Done {
-            record: Box::new(record),
-            duplicate: false,
-            queued,
-            audit_seq,
-        })
+        let retracted = txn.get(&retracted_key(&record.message_id))?.is_some();
+        let plan = plan_forward_decision(&record, retracted, &v)?;
+        apply_forward(txn, plan)
     })
     .await
 }

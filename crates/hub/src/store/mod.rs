@@ -362,17 +362,6 @@ pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError
     .await
 }
 
-/// Appends a message to a body's queue; returns its position.
-pub(super) fn enqueue(
-    txn: &mut Txn<'_>,
-    body: &BodyId,
-    id: &str,
-    origin: &str,
-    now_ms: i64,
-) -> Result<u64, StoreError> {
-    append_to_queue(txn, body, &QueueEntry::message(id, origin, now_ms))
-}
-
 /// Appends `entry` to `body`'s queue; returns its position. The one place a
 /// queue grows: submission, embargo release, forwarding, retraction and
 /// receipts all come here.

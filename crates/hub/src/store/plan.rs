@@ -18,6 +18,14 @@ use super::*;
 /// One typed write a decision asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
+    /// Store a forward request as it now is; `latest` also makes it the
+    /// latest request of its message to its body.
+    Forward {
+        /// The request.
+        record: Box<ForwardRecord>,
+        /// Whether it is new (the latest for its message and body).
+        latest: bool,
+    },
     /// Remove acknowledged positions from a body's queue and move its
     /// acknowledged position.
     Acknowledge {
@@ -119,6 +127,15 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
     } = effects;
     for w in writes {
         match w {
+            Write::Forward { record, latest } => {
+                if latest {
+                    txn.put(
+                        forward_pair_key(&record.message_id, &record.to),
+                        record.id.clone().into_bytes(),
+                    );
+                }
+                txn.put(forward_key(&record.id), json(&*record));
+            }
             Write::Acknowledge {
                 body,
                 positions,
