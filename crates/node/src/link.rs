@@ -74,6 +74,17 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
+        // What was read may include a write not flushed yet (an officer
+        // not yet answered): send nothing before it is durable, or a crash
+        // could leave the hub holding a message this node forgot.
+        if let Err(e) = state.db.barrier().await {
+            tracing::error!(error = %e, "cannot make the outbox durable");
+            failures += 1;
+            if !pause(retry.backoff(failures), &mut stopping).await {
+                return;
+            }
+            continue;
+        }
         for store::Pending {
             push_seq,
             id,
@@ -189,6 +200,11 @@ async fn push_retractions(
     if pending.is_empty() {
         return Progress::Idle;
     }
+    // Send only what is durable (see push_outbox).
+    if let Err(e) = state.db.barrier().await {
+        tracing::error!(error = %e, "cannot make the outbox durable");
+        return wait_out(retry, failures, stopping).await;
+    }
     for p in pending {
         let mut hub = state.hub.clone();
         let result = hub
@@ -232,6 +248,11 @@ async fn push_forward_decisions(
     };
     if pending.is_empty() {
         return Progress::Idle;
+    }
+    // Send only what is durable (see push_outbox).
+    if let Err(e) = state.db.barrier().await {
+        tracing::error!(error = %e, "cannot make the outbox durable");
+        return wait_out(retry, failures, stopping).await;
     }
     for p in pending {
         let mut hub = state.hub.clone();

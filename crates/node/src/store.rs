@@ -6,7 +6,8 @@
 //!   (only messages released: `queued`), `oa/<n>`: awaiting a second
 //!   officer's approval (four-eyes release), never pushed until approved;
 //! - `i/<id>`: inbox record (JSON), `ie/<id>`: its envelope;
-//! - `il/<n>`: inbox order (newest last);
+//! - `il/<n>`: inbox order (newest last); `ix/<at>/<id>`: inbox content due
+//!   to be erased (expiry or end of retention), by time;
 //! - `or/<id>`: a retraction still to send to the hub;
 //! - `fw/<request id>`: another body's request to pass on a message this
 //!   body originated (third-party rule), `fd/<request id>`: an officer's

@@ -195,6 +195,15 @@ impl Db {
         rx.await.map_err(|_| E::from(StoreError::Closed))?
     }
 
+    /// Waits until every write applied so far is durable: a write of
+    /// nothing, queued behind them, completes only after the flush that
+    /// covers them. Readers of committed data (which includes applied but
+    /// unflushed writes) call it before they let what they read leave the
+    /// process.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok::<(), StoreError>(())).await
+    }
+
     /// Reads one key (committed data).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.engine.get(key)
@@ -316,6 +325,73 @@ mod tests {
     async fn sled_db_conforms() {
         let dir = tempfile::tempdir().unwrap();
         conformance::db_suite(Db::open(dir.path()).unwrap()).await;
+    }
+
+    /// An in-memory engine that records the order of applies and flushes.
+    #[derive(Debug, Default)]
+    struct Recording {
+        inner: MemoryEngine,
+        events: std::sync::Mutex<Vec<&'static str>>,
+    }
+
+    impl Recording {
+        fn events(&self) -> Vec<&'static str> {
+            self.events.lock().unwrap().clone()
+        }
+    }
+
+    impl Engine for Recording {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(
+            &self,
+            start: &[u8],
+            end: &[u8],
+            limit: usize,
+            reverse: bool,
+        ) -> Result<Vec<Entry>, StoreError> {
+            self.inner.scan(start, end, limit, reverse)
+        }
+        fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+            if !writes.is_empty() {
+                self.events.lock().unwrap().push("apply");
+            }
+            self.inner.apply(writes)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.events.lock().unwrap().push("flush");
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_barrier_returns_only_after_a_flush_that_covers_every_earlier_write() {
+        let engine = Arc::new(Recording::default());
+        let db = Db::with_engine(Arc::clone(&engine) as Arc<dyn Engine>);
+        for i in 0..20u8 {
+            let writer = db.clone();
+            let write = tokio::spawn(async move {
+                writer
+                    .write(move |t| {
+                        t.put(vec![i], vec![i]);
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+            });
+            // Wait until the write is applied (visible), then the barrier.
+            while db.get(&[i]).unwrap().is_none() {
+                tokio::task::yield_now().await;
+            }
+            db.barrier().await.unwrap();
+            let events = engine.events();
+            let last_apply = events.iter().rposition(|e| *e == "apply").unwrap();
+            assert!(
+                events[last_apply..].contains(&"flush"),
+                "the barrier returned before the write was flushed: {events:?}"
+            );
+            write.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
