@@ -165,17 +165,7 @@ summary = "resin moves north through new corridors"
     // came back through the hub).
     let mut outbox = args(&["outbox"]);
     outbox.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
-    wait_until("alpha's outbox shows bravo's receipt", SETTLE, || {
-        let outbox = outbox.clone();
-        async move {
-            let out = liaison(outbox).await;
-            stdout(&out)
-                .contains("received by the nodes of: bravo")
-                .then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    output_once(&outbox, "received by the nodes of: bravo").await;
     // And the node's status has no alarm.
     let mut status = args(&["status"]);
     status.extend(conn(&sandbox, &bravo, "bravo/officer-bob"));
@@ -187,6 +177,16 @@ summary = "resin moves north through new corridors"
         stdout(&out)
     );
     sandbox.shutdown().await.unwrap();
+}
+
+/// Runs `liaison` with `args` until its output holds `needle`; returns it.
+async fn output_once(args: &[String], needle: &str) -> String {
+    wait_until(&format!("the output to say {needle:?}"), SETTLE, || async {
+        let text = stdout(&liaison(args.to_vec()).await);
+        text.contains(needle).then_some(text)
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,29 +218,11 @@ async fn the_outbox_says_queued_at_the_hub_until_the_recipients_node_takes_it() 
     let mut outbox = args(&["outbox"]);
     outbox.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
     // bravo's node is not running: routed to bravo means queued at the hub.
-    let shown = wait_until("alpha's message is routed", SETTLE, || {
-        let outbox = outbox.clone();
-        async move {
-            let text = stdout(&liaison(outbox).await);
-            text.contains("queued at the hub for: bravo")
-                .then_some(text)
-        }
-    })
-    .await
-    .unwrap();
+    let shown = output_once(&outbox, "queued at the hub for: bravo").await;
     assert!(!shown.contains("received by"), "{shown}");
     // Once bravo's node runs and takes it, the outbox says so.
     sandbox.start_node("bravo").await.unwrap();
-    let shown = wait_until("bravo's node takes it", SETTLE, || {
-        let outbox = outbox.clone();
-        async move {
-            let text = stdout(&liaison(outbox).await);
-            text.contains("received by the nodes of: bravo")
-                .then_some(text)
-        }
-    })
-    .await
-    .unwrap();
+    let shown = output_once(&outbox, "received by the nodes of: bravo").await;
     assert!(!shown.contains("queued at the hub for: bravo"), "{shown}");
     sandbox.shutdown().await.unwrap();
 }

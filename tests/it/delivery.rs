@@ -564,6 +564,20 @@ async fn the_hub_and_a_node_restart_at_once_on_the_same_store() {
     sandbox.shutdown().await.unwrap();
 }
 
+/// An officer's alert for bravo only; returns its id.
+async fn submit_to_bravo(officer: &mut OfficerClient<Channel>, title: &str) -> String {
+    let (l, b) = to_bravo(title);
+    officer
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(l),
+            body: Some(b),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id
+}
+
 /// alpha's outbox entry for `id`, once `done` holds for it.
 async fn outbox_entry_when(
     sandbox: &Sandbox,
@@ -600,16 +614,7 @@ async fn a_delivery_the_node_cannot_accept_is_quarantined_reported_and_never_cou
     .unwrap();
     sandbox.stop_node("bravo").await.unwrap();
     let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
-    let (l, b) = to_bravo("damaged on the way");
-    let id = alice
-        .submit(pb::OfficerSubmitRequest {
-            labels: Some(l),
-            body: Some(b),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .message_id;
+    let id = submit_to_bravo(&mut alice, "damaged on the way").await;
     // Routed to bravo, whose node is down: queued at the hub, not received.
     let routed = outbox_entry_when(&sandbox, &id, "alpha's message is routed", |e| {
         e.status == "routed"
@@ -716,16 +721,7 @@ async fn a_delivery_the_node_cannot_accept_is_quarantined_reported_and_never_cou
 
     // The queue goes on: the next message is received, and alpha's outbox
     // shows bravo's node received it.
-    let (l, b) = to_bravo("intact");
-    let next = alice
-        .submit(pb::OfficerSubmitRequest {
-            labels: Some(l),
-            body: Some(b),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .message_id;
+    let next = submit_to_bravo(&mut alice, "intact").await;
     let entry = outbox_entry_when(&sandbox, &next, "bravo's node receives the next", |e| {
         !e.received_by.is_empty()
     })

@@ -210,6 +210,23 @@ fn assert_synced_before_answers(
     }
 }
 
+/// One request to warm the connection up, then three, each timed: the
+/// `(before, after)` windows of their answers.
+async fn timed_requests<F, Fut, T>(request: F) -> Vec<(f64, f64)>
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    request("warm-up").await;
+    let mut windows = Vec::new();
+    for title in ["one", "two", "three"] {
+        let before = now_secs();
+        request(title).await;
+        windows.push((before, now_secs()));
+    }
+    windows
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_answers_a_submission_only_after_an_fdatasync_of_its_store() {
     if !strace_works() {
@@ -250,14 +267,7 @@ async fn the_hub_answers_a_submission_only_after_an_fdatasync_of_its_store() {
                 .unwrap()
         }
     };
-    // A first submission opens the connection and warms everything up.
-    submit("warm-up").await;
-    let mut windows = Vec::new();
-    for title in ["one", "two", "three"] {
-        let before = now_secs();
-        submit(title).await;
-        windows.push((before, now_secs()));
-    }
+    let windows = timed_requests(submit).await;
     let calls = traced.stop().await;
     assert_synced_before_answers(&calls, &windows, &dir.join("hub-data"), addr.trim());
     drop(sandbox);
@@ -329,13 +339,7 @@ async fn a_node_answers_an_officer_only_after_an_fdatasync_of_its_outbox() {
                 .unwrap()
         }
     };
-    submit("warm-up").await;
-    let mut windows = Vec::new();
-    for title in ["one", "two", "three"] {
-        let before = now_secs();
-        submit(title).await;
-        windows.push((before, now_secs()));
-    }
+    let windows = timed_requests(submit).await;
     let calls = traced.stop().await;
     assert_synced_before_answers(&calls, &windows, &data, &addr);
     drop(sandbox);
