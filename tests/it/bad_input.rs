@@ -435,20 +435,8 @@ async fn a_corrupt_stored_record_is_internal_naming_its_key_not_unavailable() {
     node.submit(submit(env.clone())).await.unwrap();
     sandbox.stop_hub().await.unwrap();
     // Damage the stored outcome of the message behind the hub's back.
-    {
-        let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
-        let key = format!("m/{id}/out").into_bytes();
-        assert!(db.get(&key).unwrap().is_some(), "the key schema changed");
-        db.write(move |t| {
-            t.put(key, b"{not json".to_vec());
-            Ok::<_, liaison_store::StoreError>(())
-        })
-        .await
-        .unwrap();
-        tokio::task::spawn_blocking(move || db.close().unwrap())
-            .await
-            .unwrap();
-    }
+    crate::common::damage_hub_record(&sandbox, &format!("m/{id}/out"), |_| b"{not json".to_vec())
+        .await;
     sandbox.start_hub().await.unwrap();
     sandbox.wait_ready().await.unwrap();
     let mut node = sandbox.hub_as("alpha/node").await.unwrap();

@@ -250,3 +250,30 @@ pub async fn submit_as(
     .unwrap();
     id
 }
+
+/// Rewrites the value at `key` in the stopped hub's store with `damage`
+/// (as a hub bug or a bad disk would), then closes the store. The key must
+/// exist: a test that damages nothing proves nothing.
+pub async fn damage_hub_record(
+    sandbox: &Sandbox,
+    key: &str,
+    damage: impl FnOnce(Vec<u8>) -> Vec<u8> + Send + 'static,
+) {
+    let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
+    let key = key.as_bytes().to_vec();
+    let value = db.get(&key).unwrap().unwrap_or_else(|| {
+        panic!(
+            "no {} in the hub's store: the key schema changed",
+            String::from_utf8_lossy(&key)
+        )
+    });
+    db.write(move |t| {
+        t.put(key, damage(value));
+        Ok::<_, liaison_store::StoreError>(())
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || db.close().unwrap())
+        .await
+        .unwrap();
+}

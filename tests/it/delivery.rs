@@ -625,25 +625,14 @@ async fn a_delivery_the_node_cannot_accept_is_quarantined_reported_and_never_cou
     // The stored envelope is damaged behind the hub's back (as a hub bug or
     // a bad disk would): its title becomes empty, which no node accepts.
     sandbox.stop_hub().await.unwrap();
-    {
-        let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
-        let key = format!("m/{id}/env").into_bytes();
-        let mut env = prost::Message::decode(db.get(&key).unwrap().unwrap().as_slice())
-            .map(|e: pb::Envelope| e)
-            .unwrap();
+    crate::common::damage_hub_record(&sandbox, &format!("m/{id}/env"), |bytes| {
+        let mut env: pb::Envelope = prost::Message::decode(bytes.as_slice()).unwrap();
         let mut body: pb::Body = prost::Message::decode(env.body.as_slice()).unwrap();
         body.title.clear();
         env.body = prost::Message::encode_to_vec(&body);
-        db.write(move |t| {
-            t.put(key, prost::Message::encode_to_vec(&env));
-            Ok::<_, liaison_store::StoreError>(())
-        })
-        .await
-        .unwrap();
-        tokio::task::spawn_blocking(move || db.close().unwrap())
-            .await
-            .unwrap();
-    }
+        prost::Message::encode_to_vec(&env)
+    })
+    .await;
     sandbox.start_hub().await.unwrap();
     sandbox.start_node("bravo").await.unwrap();
 

@@ -582,14 +582,7 @@ impl Sandbox {
     /// A raw federation client to the hub with any dev certificate, for
     /// example `europol/node`.
     pub async fn hub_as(&self, stem: &str) -> Result<FederationClient<Channel>, SandboxError> {
-        let ch = liaison_pki::connect(
-            &self.hub_url(),
-            &self.material(stem)?,
-            Some(Role::Hub),
-            self.governance.federation(),
-        )
-        .await?;
-        Ok(FederationClient::new(ch))
+        Ok(FederationClient::new(self.hub_channel(stem).await?))
     }
 
     /// Waits until `origin`'s outbox entry for `message_id` has left the
@@ -617,32 +610,30 @@ impl Sandbox {
         .await
     }
 
+    /// A channel to the hub with the dev certificate `stem`.
+    async fn hub_channel(&self, stem: &str) -> Result<Channel, SandboxError> {
+        let m = self.material(stem)?;
+        Ok(liaison_pki::connect(
+            &self.hub_url(),
+            &m,
+            Some(Role::Hub),
+            self.governance.federation(),
+        )
+        .await?)
+    }
+
     /// An admin's client to the hub's Admin API: `admin("interpol")`.
     pub async fn admin(
         &self,
         body: &str,
     ) -> Result<liaison_proto::v1::admin_client::AdminClient<Channel>, SandboxError> {
-        let m = self.material(&format!("{body}/admin-admin"))?;
-        let ch = liaison_pki::connect(
-            &self.hub_url(),
-            &m,
-            Some(Role::Hub),
-            self.governance.federation(),
-        )
-        .await?;
+        let ch = self.hub_channel(&format!("{body}/admin-admin")).await?;
         Ok(liaison_proto::v1::admin_client::AdminClient::new(ch))
     }
 
     /// An auditor's client to the hub: `auditor("interpol")`.
     pub async fn auditor(&self, body: &str) -> Result<AuditClient<Channel>, SandboxError> {
-        let m = self.material(&format!("{body}/auditor-audit"))?;
-        let ch = liaison_pki::connect(
-            &self.hub_url(),
-            &m,
-            Some(Role::Hub),
-            self.governance.federation(),
-        )
-        .await?;
+        let ch = self.hub_channel(&format!("{body}/auditor-audit")).await?;
         Ok(AuditClient::new(ch))
     }
 }
