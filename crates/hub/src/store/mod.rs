@@ -330,36 +330,63 @@ pub fn plan_submission(
     })
 }
 
-/// Stores and routes a submission atomically ([`plan_submission`] decides),
-/// or returns the original outcome of an earlier submission of the same
-/// message.
-pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
-    let encoded = pb::Envelope::from(&s.env).encode_to_vec();
-    let digest = digest(&encoded);
+/// Stores and routes a batch of submissions in one atomic transaction,
+/// in order ([`plan_submission`] decides each, seeing the ones before it in
+/// the batch: the same message twice is stored once). A submission the plan
+/// refuses (an id reused for other content) is refused alone, writing
+/// nothing; a storage failure fails the whole batch.
+pub(super) async fn submit_all(
+    db: &Db,
+    batch: Vec<Submission>,
+) -> Result<Vec<Result<Submitted, HubError>>, HubError> {
+    let batch: Vec<(Submission, Vec<u8>, String)> = batch
+        .into_iter()
+        .map(|s| {
+            let encoded = pb::Envelope::from(&s.env).encode_to_vec();
+            let digest = digest(&encoded);
+            (s, encoded, digest)
+        })
+        .collect();
     db.write(move |txn| {
-        let okey = outcome_key(&s.env.labels.message_id);
-        let existing = match txn.get(&okey)? {
-            Some(bytes) => Some(parse::<RoutedOutcome>(&okey, &bytes)?),
-            None => None,
-        };
-        match plan_submission(&s, encoded, digest, existing)? {
-            SubmissionPlan::Duplicate(original) => Ok(Submitted::Duplicate(original)),
-            SubmissionPlan::New {
-                outcome,
-                effects,
-                held,
-            } => {
-                let applied = apply(txn, effects)?;
-                Ok(Submitted::New {
+        let mut results = Vec::with_capacity(batch.len());
+        for (s, encoded, digest) in batch {
+            let okey = outcome_key(&s.env.labels.message_id);
+            let existing = match txn.get(&okey)? {
+                Some(bytes) => Some(parse::<RoutedOutcome>(&okey, &bytes)?),
+                None => None,
+            };
+            results.push(match plan_submission(&s, encoded, digest, existing) {
+                Err(refused) => Err(refused),
+                Ok(SubmissionPlan::Duplicate(original)) => Ok(Submitted::Duplicate(original)),
+                Ok(SubmissionPlan::New {
                     outcome,
-                    queued: applied.queued,
-                    audit_seq: applied.audit_seq,
+                    effects,
                     held,
-                })
-            }
+                }) => {
+                    let applied = apply(txn, effects)?;
+                    Ok(Submitted::New {
+                        outcome,
+                        queued: applied.queued,
+                        audit_seq: applied.audit_seq,
+                        held,
+                    })
+                }
+            });
         }
+        Ok::<_, HubError>(results)
     })
     .await
+}
+
+/// Stores and routes one submission: a batch of one (see [`submit_all`]).
+#[cfg(test)]
+pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
+    submit_all(db, vec![s]).await?.pop().unwrap_or_else(|| {
+        Err(HubError::Task {
+            what: "submission",
+            problem: "the store answered an empty batch".into(),
+        })
+    })
 }
 
 /// Appends `entry` to `body`'s queue; returns its position. The one place a
@@ -829,6 +856,37 @@ mod tests {
         other.digest = "something else".into();
         let err = plan_of(held_alert(0, 0), Some(other)).unwrap_err();
         assert!(matches!(err, HubError::IdReused { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_transaction_with_a_result_each() {
+        let db = Db::in_memory();
+        let gov = governance();
+        let sub = |env: Envelope| Submission {
+            decisions: decide(&gov, &env.labels, NOW),
+            env,
+            policy_version: "v1".into(),
+            actor: "test".into(),
+            approved_by: None,
+            now_ms: NOW,
+            retain_ms: None,
+        };
+        let a = held_alert(0, 0);
+        let b = held_alert(1, 0);
+        let mut reused = held_alert(0, 0);
+        reused.labels.priority = liaison_types::Priority::Flash;
+        let results = submit_all(&db, vec![sub(a.clone()), sub(b), sub(a), sub(reused)])
+            .await
+            .unwrap();
+        assert!(matches!(&results[0], Ok(Submitted::New { queued, .. }) if queued.len() == 1));
+        assert!(matches!(&results[1], Ok(Submitted::New { queued, .. }) if queued[0].1 == 2));
+        assert!(
+            matches!(&results[2], Ok(Submitted::Duplicate(_))),
+            "the same message twice in a batch is stored once"
+        );
+        assert!(matches!(&results[3], Err(HubError::IdReused { .. })));
+        // Two messages routed: one received and one routed record each.
+        assert_eq!(audit_after(&db, 0, u64::MAX, 100).unwrap().len(), 4);
     }
 
     #[test]

@@ -117,14 +117,32 @@ impl HubStore {
     /// Stores and routes a submission atomically, or returns the original
     /// outcome of an earlier submission of the same message.
     pub async fn submit(&self, s: Submission) -> Result<Submitted, HubError> {
-        let done = submit(&self.db, s).await?;
-        if let Submitted::New {
-            queued, audit_seq, ..
-        } = &done
-        {
-            self.publish(queued, *audit_seq);
+        let mut results = self.submit_batch(vec![s]).await?;
+        results.pop().unwrap_or_else(|| {
+            Err(HubError::Task {
+                what: "submission",
+                problem: "the store answered an empty batch".into(),
+            })
+        })
+    }
+
+    /// Stores and routes a batch of submissions in one transaction and one
+    /// flush, in order; each gets its own result (one refused does not
+    /// refuse the others).
+    pub async fn submit_batch(
+        &self,
+        batch: Vec<Submission>,
+    ) -> Result<Vec<Result<Submitted, HubError>>, HubError> {
+        let results = submit_all(&self.db, batch).await?;
+        for r in &results {
+            if let Ok(Submitted::New {
+                queued, audit_seq, ..
+            }) = r
+            {
+                self.publish(queued, *audit_seq);
+            }
         }
-        Ok(done)
+        Ok(results)
     }
 
     /// Withdraws a message its originator retracts.
