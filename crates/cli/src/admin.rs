@@ -8,7 +8,7 @@ use liaison_types::Role;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::message::{format_time, readable_times};
+use crate::message::format_time;
 use crate::{Connection, Failure, Output};
 
 /// `liaison admin ...`
@@ -183,7 +183,7 @@ async fn show(a: AdminArgs, out: Output) -> Result<()> {
                 say!(
                     "last reload REFUSED at {}: {}",
                     format_time(p.last_refusal_at_ms),
-                    readable_times(&p.last_refusal)
+                    &p.last_refusal
                 );
             }
         }

@@ -20,7 +20,7 @@ use liaison_types::audit::ChainVerifier;
 use prost::Message;
 use serde_json::json;
 
-use crate::message::{readable_times, MessageSpec};
+use crate::message::MessageSpec;
 use crate::officer::{decisions_json, outcome_name};
 use crate::{Failure, Output};
 
@@ -309,11 +309,7 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
     let spoof = spoof_attempt(sandbox).await?;
     if human {
         say!("\n== the europol node submits a message naming frontex as origin");
-        say!(
-            "   hub answered {:?}: {}",
-            spoof.code(),
-            readable_times(spoof.message())
-        );
+        say!("   hub answered {:?}: {}", spoof.code(), spoof.message());
     }
     if spoof.code() != tonic::Code::PermissionDenied {
         problems.push(format!(
@@ -705,12 +701,7 @@ fn print_matrix(sent: &[Sent], bodies: &[String]) -> Result<()> {
         say!("  #{} {} ({}{pd})", i + 1, s.title, s.classification);
         for d in &s.decisions {
             if outcome_name(d.outcome) != "deliver" {
-                say!(
-                    "      {:<10} {}: {}",
-                    d.recipient,
-                    d.rule,
-                    readable_times(&d.reason)
-                );
+                say!("      {:<10} {}: {}", d.recipient, d.rule, &d.reason);
             }
         }
     }

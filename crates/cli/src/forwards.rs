@@ -8,7 +8,7 @@ use anyhow::Result;
 use liaison_proto::v1 as pb;
 use serde_json::json;
 
-use crate::message::{format_time, readable_times};
+use crate::message::format_time;
 use crate::officer::client;
 use crate::{Connection, Failure, Output};
 
@@ -126,13 +126,13 @@ pub async fn forward(args: ForwardArgs, out: Output) -> Result<()> {
                 "forwarded {} to {} (the originator allowed onward release): {}",
                 args.message_id,
                 args.to,
-                readable_times(&r.reason)
+                &r.reason
             ),
             _ => say!(
                 "not forwarded to {}: the rules withhold it ({}: {})",
                 args.to,
                 r.rule,
-                readable_times(&r.reason)
+                &r.reason
             ),
         },
     }
@@ -187,12 +187,12 @@ pub async fn forwards(args: ForwardsArgs, out: Output) -> Result<()> {
                         if e.decision_reason.is_empty() {
                             String::new()
                         } else {
-                            format!(" ({})", readable_times(&e.decision_reason))
+                            format!(" ({})", e.decision_reason)
                         },
                         if e.hub_outcome.is_empty() {
-                            "not answered yet".into()
+                            "not answered yet"
                         } else {
-                            readable_times(&e.hub_outcome)
+                            &e.hub_outcome
                         }
                     );
                 }

@@ -266,7 +266,6 @@ pub fn main_entry() -> ExitCode {
         Err(e) if e.downcast_ref::<Failure>().is_some_and(Failure::is_quiet) => ExitCode::SUCCESS,
         Err(e) => {
             let message = format!("{e:#}");
-            let message = message::readable_times(&message);
             eprintln!("error: {}", liaison_types::text::escape_text(&message));
             exit::code_of(&e)
         }

@@ -222,62 +222,11 @@ pub fn parse_time(field: &str, s: &str) -> Result<i64> {
     i64::try_from(ms).map_err(|_| anyhow!("{field}: '{s}' is too far in the future"))
 }
 
-/// Formats milliseconds since the epoch as RFC 3339 (seconds precision).
+/// Formats milliseconds since the epoch as RFC 3339 with milliseconds, as
+/// the hub's and nodes' own texts do ([`liaison_types::rfc3339`]); `-` for
+/// none.
 pub fn format_time(ms: i64) -> String {
-    if ms <= 0 {
-        return "-".into();
-    }
-    let t = UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// Digits in a millisecond timestamp written as "<ms> ms" by a server: 12
-/// digits is 1973, 16 is beyond the year 2200. Shorter runs are durations
-/// ("no handshake within 5000 ms") and stay as they are.
-const TIMESTAMP_DIGITS: std::ops::RangeInclusive<usize> = 12..=16;
-
-/// `text` with every "<milliseconds since the epoch> ms" in it shown as RFC
-/// 3339, for people.
-///
-/// The hub, the nodes and the policy write reasons such as "expired at
-/// 1796112349155 ms, now 1796112350001 ms"; human output shows times in
-/// RFC 3339 like every other time it prints ("expired at
-/// 2026-12-01T08:05:49Z, now ..."). JSON output keeps the reason as the
-/// server wrote it.
-pub fn readable_times(text: &str) -> std::borrow::Cow<'_, str> {
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    let mut copied = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let starts_number = bytes[i].is_ascii_digit()
-            && (i == 0
-                || !(bytes[i - 1].is_ascii_alphanumeric() || b"._-:".contains(&bytes[i - 1])));
-        if !starts_number {
-            i += 1;
-            continue;
-        }
-        let end = i + bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-        let unit_end = end + " ms".len();
-        let is_timestamp = TIMESTAMP_DIGITS.contains(&(end - i))
-            && text[end..].starts_with(" ms")
-            && bytes
-                .get(unit_end)
-                .is_none_or(|b| !b.is_ascii_alphanumeric());
-        if let (true, Ok(ms)) = (is_timestamp, text[i..end].parse::<i64>()) {
-            out.push_str(&text[copied..i]);
-            out.push_str(&format_time(ms));
-            copied = unit_end;
-            i = unit_end;
-        } else {
-            i = end;
-        }
-    }
-    if copied == 0 {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    out.push_str(&text[copied..]);
-    std::borrow::Cow::Owned(out)
+    liaison_types::rfc3339(ms)
 }
 
 fn parse_enum<T: std::str::FromStr<Err = String>>(
@@ -506,37 +455,6 @@ text = "x"
         assert_eq!(l.kind, pb::Kind::Alert as i32);
         assert!(l.expires_at_ms > now_ms());
         assert!(matches!(b.content, Some(pb::body::Content::Alert(_))));
-    }
-
-    #[test]
-    fn server_reasons_show_timestamps_in_rfc_3339() {
-        let cases = [
-            (
-                "expired at 1796112349155 ms, now 1796112350001 ms",
-                "expired at 2026-12-01T08:05:49Z, now 2026-12-01T08:05:50Z",
-            ),
-            (
-                "embargo until 1796112349155 ms ended",
-                "embargo until 2026-12-01T08:05:49Z ended",
-            ),
-            (
-                "the retention period of its classification ended at 1796112349155 ms; its content was erased",
-                "the retention period of its classification ended at 2026-12-01T08:05:49Z; its content was erased",
-            ),
-            // Durations, ids and numbers without the unit stay.
-            ("no handshake within 5000 ms", "no handshake within 5000 ms"),
-            ("record 1796112349155", "record 1796112349155"),
-            ("v1796112349155 ms", "v1796112349155 ms"),
-            ("1796112349155 msg", "1796112349155 msg"),
-            ("", ""),
-        ];
-        for (server, shown) in cases {
-            assert_eq!(readable_times(server), shown, "{server}");
-        }
-        assert!(matches!(
-            readable_times("nothing to change"),
-            std::borrow::Cow::Borrowed(_)
-        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use liaison_types::{Classification, HandlingCode, Kind, Priority, Role, Tlp};
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::message::{format_time, read_file, readable_times, MessageSpec};
+use crate::message::{format_time, read_file, MessageSpec};
 use crate::{Connection, Failure, Output};
 
 /// Arguments of `submit` and `explain`.
@@ -192,7 +192,7 @@ pub(crate) fn print_decisions(d: &[pb::RoutingDecision]) -> Result<()> {
             d.recipient,
             outcome_name(d.outcome),
             d.rule,
-            readable_times(&d.reason)
+            &d.reason
         );
     }
     Ok(())
@@ -405,14 +405,10 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                             );
                         }
                     }
-                    "rejected" => say!("    rejected: {}", readable_times(&e.last_error)),
-                    "retracted" | "withdrawn" => say!("    {}", readable_times(&e.last_error)),
+                    "rejected" => say!("    rejected: {}", &e.last_error),
+                    "retracted" | "withdrawn" => say!("    {}", &e.last_error),
                     _ if !e.last_error.is_empty() => {
-                        say!(
-                            "    {} attempts; last error: {}",
-                            e.attempts,
-                            readable_times(&e.last_error)
-                        )
+                        say!("    {} attempts; last error: {}", e.attempts, &e.last_error)
                     }
                     _ => {}
                 }
@@ -565,7 +561,7 @@ pub async fn show(args: IdArgs, out: Output) -> Result<()> {
                 say!(
                     "  WITHDRAWN ({}): {} — its content has been erased",
                     s.withdrawn,
-                    readable_times(&s.withdrawn_reason)
+                    &s.withdrawn_reason
                 );
             }
             say!("  id:             {}", s.message_id);

@@ -13,7 +13,7 @@ use liaison_types::audit::{to_json, ChainVerifier};
 use liaison_types::{Labels, Role};
 use serde_json::{json, Value};
 
-use crate::message::{format_time, parse_time, readable_times};
+use crate::message::{format_time, parse_time};
 use crate::{Connection, Failure, Output};
 
 /// `liaison audit ...`
@@ -921,7 +921,7 @@ fn policy_diff(a: &PolicyDiffArgs, out: Output) -> Result<()> {
                     );
                     for (side, d) in [("was", &c.old), ("now", &c.new)] {
                         if let Some(d) = d {
-                            say!("  {:<12}   {side}: {}", "", readable_times(&d.reason));
+                            say!("  {:<12}   {side}: {}", "", &d.reason);
                         }
                     }
                 }

@@ -790,16 +790,16 @@ impl HubState {
         let mut stopping = self.stopping.clone();
         tracing::info!(caller = %caller, after = cursor, "subscription opened");
         loop {
-            // Read the mark (and mark it seen) before reading the queue, so
-            // an entry made durable after the read still wakes us.
-            let mark = *durable.borrow_and_update();
+            // Mark the durable position seen before reading the queue, so an
+            // entry made durable after the read still wakes us; the store
+            // returns durable entries only.
+            durable.borrow_and_update();
             // A body suspended (or revoked) while subscribed: its queue is
             // held from now on.
             Self::active_body(&self.governance(), &caller.body)?;
-            let mut entries = self
+            let entries = self
                 .store
                 .queue_after(&caller.body, cursor, DELIVERY_BATCH)?;
-            entries.retain(|(seq, _)| *seq <= mark);
             if entries.is_empty() {
                 tokio::select! {
                     changed = durable.changed() => if changed.is_err() { return Ok(()) },

@@ -378,15 +378,20 @@ pub(super) async fn submit_all(
     .await
 }
 
-/// Stores and routes one submission: a batch of one (see [`submit_all`]).
-#[cfg(test)]
-pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
-    submit_all(db, vec![s]).await?.pop().unwrap_or_else(|| {
+/// The one result of a batch of one submission.
+pub(super) fn only(mut results: Vec<Result<Submitted, HubError>>) -> Result<Submitted, HubError> {
+    results.pop().unwrap_or_else(|| {
         Err(HubError::Task {
             what: "submission",
             problem: "the store answered an empty batch".into(),
         })
     })
+}
+
+/// Stores and routes one submission: a batch of one (see [`submit_all`]).
+#[cfg(test)]
+pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
+    only(submit_all(db, vec![s]).await?)
 }
 
 /// Appends `entry` to `body`'s queue; returns its position. The one place a

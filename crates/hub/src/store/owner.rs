@@ -117,13 +117,7 @@ impl HubStore {
     /// Stores and routes a submission atomically, or returns the original
     /// outcome of an earlier submission of the same message.
     pub async fn submit(&self, s: Submission) -> Result<Submitted, HubError> {
-        let mut results = self.submit_batch(vec![s]).await?;
-        results.pop().unwrap_or_else(|| {
-            Err(HubError::Task {
-                what: "submission",
-                problem: "the store answered an empty batch".into(),
-            })
-        })
+        only(self.submit_batch(vec![s]).await?)
     }
 
     /// Stores and routes a batch of submissions in one transaction and one
