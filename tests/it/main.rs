@@ -6,6 +6,7 @@
 mod common;
 
 mod bad_input;
+mod batch;
 mod cli;
 mod crash;
 mod delivery;

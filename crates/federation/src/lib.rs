@@ -103,6 +103,30 @@ enum HubProcess {
     Stopped,
 }
 
+/// How a node runs.
+#[derive(Debug)]
+enum NodeProcess {
+    InProcess(Running<liaison_node::NodeError>),
+    Child { addr: SocketAddr, child: Child },
+}
+
+impl NodeProcess {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Self::InProcess(r) => r.addr,
+            Self::Child { addr, .. } => *addr,
+        }
+    }
+
+    /// Whether it has stopped by itself.
+    fn finished(&mut self) -> bool {
+        match self {
+            Self::InProcess(r) => r.task.is_finished(),
+            Self::Child { child, .. } => matches!(child.try_wait(), Ok(Some(_))),
+        }
+    }
+}
+
 /// Options for [`Sandbox::start`].
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
@@ -131,6 +155,12 @@ pub struct SandboxOptions {
     pub hub_tls: Vec<String>,
     /// See [`SandboxOptions::hub_tls`].
     pub hub_limits: Vec<String>,
+    /// TOML appended to every node's configuration (whole tables, for
+    /// example `[link]\npush_batch = 1`).
+    pub node_toml: String,
+    /// Run the nodes as child processes of this `liaison` binary too (see
+    /// [`SandboxOptions::processes`]).
+    pub node_process: Option<PathBuf>,
 }
 
 impl SandboxOptions {
@@ -146,7 +176,25 @@ impl SandboxOptions {
             release: BTreeMap::new(),
             hub_tls: Vec::new(),
             hub_limits: Vec::new(),
+            node_toml: String::new(),
+            node_process: None,
         }
+    }
+
+    /// Appends `toml` (whole tables) to every node's configuration.
+    pub fn node_toml(mut self, toml: &str) -> Self {
+        self.node_toml.push_str(toml);
+        self.node_toml.push('\n');
+        self
+    }
+
+    /// Run the hub and every node as child processes of `exe` (the
+    /// `liaison` binary), so that each has its own CPU and memory figures
+    /// and can be killed.
+    pub fn processes(mut self, exe: &Path) -> Self {
+        self.hub_process = Some(exe.to_path_buf());
+        self.node_process = Some(exe.to_path_buf());
+        self
     }
 
     /// Adds `line` (TOML, for example `crl = "/path/crl.pem"`) to the hub's
@@ -193,11 +241,13 @@ pub struct Sandbox {
     governance: Governance,
     hub_addr: Option<SocketAddr>,
     hub: HubProcess,
-    nodes: BTreeMap<String, Running<liaison_node::NodeError>>,
+    nodes: BTreeMap<String, NodeProcess>,
     retry_ms: (u64, u64),
     release: BTreeMap<String, String>,
     hub_tls: Vec<String>,
     hub_limits: Vec<String>,
+    node_toml: String,
+    node_process: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -234,6 +284,8 @@ impl Sandbox {
             release: opts.release.clone(),
             hub_tls: opts.hub_tls.clone(),
             hub_limits: opts.hub_limits.clone(),
+            node_toml: opts.node_toml.clone(),
+            node_process: opts.node_process.clone(),
         };
         match &opts.hub_process {
             Some(exe) => sandbox.start_hub_process(exe).await?,
@@ -274,7 +326,7 @@ impl Sandbox {
             loop {
                 let finished = match &body {
                     None => matches!(&self.hub, HubProcess::InProcess(r) if r.task.is_finished()),
-                    Some(b) => self.nodes.get(b).is_some_and(|n| n.task.is_finished()),
+                    Some(b) => self.nodes.get_mut(b).is_some_and(NodeProcess::finished),
                 };
                 if finished {
                     return Err(match body {
@@ -331,7 +383,7 @@ impl Sandbox {
             .nodes
             .get(body)
             .ok_or_else(|| SandboxError::UnknownBody(format!("{body} (no node running)")))?;
-        Ok(format!("https://{}", node.addr))
+        Ok(format!("https://{}", node.addr()))
     }
 
     /// Bodies with a running node.
@@ -489,21 +541,15 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Starts (or restarts, with the same store) a node in this process.
-    pub async fn start_node(&mut self, body: &str) -> Result<(), SandboxError> {
+    /// Writes `body`'s node configuration, listening on `listen`.
+    fn write_node_config(&self, body: &str, listen: &str) -> Result<PathBuf, SandboxError> {
         let id = BodyId::parse(body).map_err(|_| SandboxError::UnknownBody(body.to_owned()))?;
         if self.governance.body(&id).is_none() {
             return Err(SandboxError::UnknownBody(body.to_owned()));
         }
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(io("binding a node listener"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(io("reading a node address"))?;
         let c = &self.certs;
         let mut text = format!(
-            "version = 1\nbody = \"{body}\"\nlisten = \"{addr}\"\nhub = \"{}\"\ndata_dir = \"nodes/{body}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\n",
+            "version = 1\nbody = \"{body}\"\nlisten = \"{listen}\"\nhub = \"{}\"\ndata_dir = \"nodes/{body}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\n",
             self.hub_url(),
             c.join("ca.pem").display(),
             c.join(body).join("node.pem").display(),
@@ -514,8 +560,28 @@ impl Sandbox {
         if let Some(table) = self.release.get(body) {
             text.push_str(&format!("\n[release]\n{table}\n"));
         }
+        if !self.node_toml.is_empty() {
+            text.push('\n');
+            text.push_str(&self.node_toml);
+        }
         let path = self.dir.join(format!("node-{body}.toml"));
         std::fs::write(&path, text).map_err(io("writing a node config"))?;
+        Ok(path)
+    }
+
+    /// Starts (or restarts, with the same store) a node: in this process,
+    /// or as a child process if the sandbox runs its nodes so.
+    pub async fn start_node(&mut self, body: &str) -> Result<(), SandboxError> {
+        if let Some(exe) = self.node_process.clone() {
+            return self.start_node_process(body, &exe).await;
+        }
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(io("binding a node listener"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("reading a node address"))?;
+        let path = self.write_node_config(body, &addr.to_string())?;
         let config = liaison_node::NodeConfig::load(&path)?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(report_exit(
@@ -526,19 +592,76 @@ impl Sandbox {
         ));
         self.nodes.insert(
             body.to_owned(),
-            Running {
+            NodeProcess::InProcess(Running {
                 addr,
                 stop: Some(stop),
                 task,
-            },
+            }),
         );
         Ok(())
     }
 
+    /// Starts a node as a child process of `exe` on a port of its own
+    /// choosing (port 0; it writes the one it bound to its ready file).
+    async fn start_node_process(&mut self, body: &str, exe: &Path) -> Result<(), SandboxError> {
+        let config = self.write_node_config(body, "127.0.0.1:0")?;
+        let ready = self.dir.join(format!("node-{body}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        let log_path = self.dir.join(format!("node-{body}.log"));
+        let log = std::fs::File::create(&log_path).map_err(io("creating a node log"))?;
+        let mut child = Command::new(exe)
+            .args(["node", "--config"])
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--exit-with-parent")
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io("spawning a node process"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                if let Ok(addr) = text.trim().parse::<SocketAddr>() {
+                    break addr;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(SandboxError::Io(format!(
+                    "{body} node process exited with {status}: {log}"
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SandboxError::Io(format!(
+                    "{body} node process did not start listening within 30s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.nodes
+            .insert(body.to_owned(), NodeProcess::Child { addr, child });
+        Ok(())
+    }
+
+    /// The process id of `body`'s node when it runs as a child process.
+    pub fn node_pid(&self, body: &str) -> Option<u32> {
+        match self.nodes.get(body) {
+            Some(NodeProcess::Child { child, .. }) => Some(child.id()),
+            _ => None,
+        }
+    }
+
     /// Stops a node gracefully; its store stays for a restart.
     pub async fn stop_node(&mut self, body: &str) -> Result<(), SandboxError> {
-        if let Some(n) = self.nodes.remove(body) {
-            n.stop().await?;
+        match self.nodes.remove(body) {
+            Some(NodeProcess::InProcess(n)) => n.stop().await?,
+            Some(NodeProcess::Child { mut child, .. }) => stop_child(&mut child).await,
+            None => {}
         }
         Ok(())
     }
@@ -644,7 +767,32 @@ impl Drop for Sandbox {
             let _ = child.kill();
             let _ = child.wait();
         }
+        for node in self.nodes.values_mut() {
+            if let NodeProcess::Child { child, .. } = node {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
+}
+
+/// Asks a child process to stop (SIGTERM) and waits up to 10 s, then kills it.
+async fn stop_child(child: &mut Child) {
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Runs a service to its end and logs why it stopped, if it failed.

@@ -23,6 +23,8 @@ use liaison_types::audit::Event as AuditEvent;
 
 /// Deliveries read from the queue per round trip to the store.
 const DELIVERY_BATCH: usize = 64;
+/// Most submissions in one `SubmitBatch` request.
+pub const MAX_BATCH: usize = 4096;
 /// Audit records read per round trip when listing or verifying.
 const AUDIT_BATCH: usize = 1024;
 
@@ -379,16 +381,129 @@ impl HubState {
         envelope: Option<pb::Envelope>,
         approved_by: &str,
     ) -> Result<pb::SubmitResponse, HubError> {
+        let mut results = self
+            .submit_batch(
+                caller,
+                vec![pb::SubmitRequest {
+                    envelope,
+                    approved_by: approved_by.to_owned(),
+                }],
+            )
+            .await?;
+        results.pop().unwrap_or_else(|| {
+            Err(HubError::Task {
+                what: "routing a submission",
+                problem: "a batch of one gave no result".into(),
+            })
+        })
+    }
+
+    /// Validates, routes, stores and audits a batch of submissions in order,
+    /// in one store transaction and one flush; each gets its own result. The
+    /// whole batch fails only when nothing could be stored.
+    pub async fn submit_batch(
+        &self,
+        caller: &Identity,
+        requests: Vec<pb::SubmitRequest>,
+    ) -> Result<Vec<Result<pb::SubmitResponse, HubError>>, HubError> {
         let gov = self.known_caller(caller)?;
-        let envelope = envelope.ok_or_else(|| {
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            return Err(ValidationError::new(
+                "submissions",
+                format!(
+                    "{} submissions in one batch; send 1 to {MAX_BATCH}",
+                    requests.len()
+                ),
+            )
+            .into());
+        }
+        let now = now_ms();
+        // Refused submissions keep their place; the valid ones go to the
+        // store together, in order.
+        let mut results: Vec<Option<Result<pb::SubmitResponse, HubError>>> =
+            Vec::with_capacity(requests.len());
+        let mut valid = Vec::with_capacity(requests.len());
+        let mut places = Vec::with_capacity(requests.len());
+        let mut wake = false;
+        for req in requests {
+            match self.prepare(caller, &gov, req, now).await {
+                Ok(submission) => {
+                    wake |= submission.retain_ms.is_some()
+                        || submission.env.labels.expires_at_ms.is_some();
+                    places.push(results.len());
+                    results.push(None);
+                    valid.push(submission);
+                }
+                // A store failure (auditing a refusal) is not this
+                // message's fault: no message of the batch is routed, and
+                // the node retries it all, in order.
+                Err(e @ HubError::Store(_)) => return Err(e),
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !valid.is_empty() {
+            let stored = self.store.submit_batch(valid).await?;
+            for (place, submitted) in places.into_iter().zip(stored) {
+                results[place] = Some(submitted.map(|submitted| {
+                    let (outcome, duplicate) = match submitted {
+                        Submitted::New { outcome, held, .. } => {
+                            wake |= held;
+                            (outcome, false)
+                        }
+                        Submitted::Duplicate(outcome) => (outcome, true),
+                    };
+                    let delivered = outcome.decisions.iter().filter(|d| d.deliver).count();
+                    tracing::info!(message_id = %outcome.message_id, origin = %outcome.origin, duplicate, delivered, "routed");
+                    pb::SubmitResponse {
+                        message_id: outcome.message_id.clone(),
+                        duplicate,
+                        decisions: outcome
+                            .decisions
+                            .iter()
+                            .map(pb::RoutingDecision::from)
+                            .collect(),
+                        policy_version: outcome.policy_version.clone(),
+                        accepted_at_ms: outcome.accepted_at_ms,
+                    }
+                }));
+            }
+        }
+        // A new embargo or erasure may be due before the schedule's current
+        // wake-up.
+        if wake {
+            self.embargo_changed.notify_one();
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(HubError::Task {
+                        what: "routing a batch",
+                        problem: "the store gave fewer results than submissions".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Checks one submission and decides its routing: everything but the
+    /// store write.
+    async fn prepare(
+        &self,
+        caller: &Identity,
+        gov: &Governance,
+        req: pb::SubmitRequest,
+        now: i64,
+    ) -> Result<store::Submission, HubError> {
+        let envelope = req.envelope.ok_or_else(|| {
             ValidationError::new("envelope", "missing; send the message to route")
         })?;
-        self.check_origin(caller, &envelope, &gov).await?;
-        let env = self.validate(envelope, &gov)?;
+        self.check_origin(caller, &envelope, gov).await?;
+        let env = self.validate(envelope, gov)?;
         // The node's four-eyes approval happened on the node: the hub cannot
         // verify it, only that it names an officer of the caller's body, and
         // records it.
-        let approved_by = match approved_by {
+        let approved_by = match req.approved_by.as_str() {
             "" => None,
             uri => {
                 let approver: Identity =
@@ -411,45 +526,16 @@ impl HubState {
                 Some(approver.uri())
             }
         };
-        let now = now_ms();
-        let decisions = decide(&gov, &env.labels, now);
+        let decisions = decide(gov, &env.labels, now);
         let retain_ms = gov.retention_ms(env.labels.classification);
-        let expires = env.labels.expires_at_ms.is_some();
-        let submitted = self
-            .store
-            .submit(store::Submission {
-                env,
-                decisions,
-                policy_version: gov.version().to_owned(),
-                actor: caller.uri(),
-                approved_by,
-                now_ms: now,
-                retain_ms,
-            })
-            .await?;
-        let (outcome, duplicate) = match submitted {
-            Submitted::New { outcome, held, .. } => {
-                // A new embargo or erasure may be due before the schedule's
-                // current wake-up.
-                if held || retain_ms.is_some() || expires {
-                    self.embargo_changed.notify_one();
-                }
-                (outcome, false)
-            }
-            Submitted::Duplicate(outcome) => (outcome, true),
-        };
-        let delivered = outcome.decisions.iter().filter(|d| d.deliver).count();
-        tracing::info!(message_id = %outcome.message_id, origin = %outcome.origin, duplicate, delivered, "routed");
-        Ok(pb::SubmitResponse {
-            message_id: outcome.message_id.clone(),
-            duplicate,
-            decisions: outcome
-                .decisions
-                .iter()
-                .map(pb::RoutingDecision::from)
-                .collect(),
-            policy_version: outcome.policy_version.clone(),
-            accepted_at_ms: outcome.accepted_at_ms,
+        Ok(store::Submission {
+            env,
+            decisions,
+            policy_version: gov.version().to_owned(),
+            actor: caller.uri(),
+            approved_by,
+            now_ms: now,
+            retain_ms,
         })
     }
 
@@ -1112,6 +1198,46 @@ impl pb::federation_server::Federation for FederationService {
         let caller = caller_from_extensions(&req)?.clone();
         let resp = self.0.retract(&caller, req.into_inner()).await?;
         Ok(Response::new(resp))
+    }
+
+    async fn submit_batch(
+        &self,
+        req: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        let submissions = req.into_inner().submissions;
+        let ids: Vec<String> = submissions
+            .iter()
+            .map(|s| {
+                let id = s
+                    .envelope
+                    .as_ref()
+                    .and_then(|e| e.labels.as_ref())
+                    .map(|l| l.message_id.as_str())
+                    .unwrap_or_default();
+                liaison_types::text::escape_line(&id.chars().take(64).collect::<String>())
+                    .into_owned()
+            })
+            .collect();
+        let results = self.0.submit_batch(&caller, submissions).await?;
+        let results = results
+            .into_iter()
+            .zip(ids)
+            .map(|(r, message_id)| pb::SubmitResult {
+                result: Some(match r {
+                    Ok(resp) => pb::submit_result::Result::Accepted(resp),
+                    Err(e) => {
+                        let status = Status::from(e);
+                        pb::submit_result::Result::Refused(pb::RefusedSubmission {
+                            message_id,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        })
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::SubmitBatchResponse { results }))
     }
 
     async fn submit(

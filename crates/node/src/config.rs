@@ -33,6 +33,9 @@ pub struct NodeConfig {
     /// Retry timing for pushing to and subscribing from the hub.
     #[serde(default)]
     pub retry: Retry,
+    /// How the outbox is pushed to the hub (`[link]`).
+    #[serde(default)]
+    pub link: Link,
     /// The durable store (`[store] cache_bytes`).
     #[serde(default)]
     pub store: liaison_store::StoreOptions,
@@ -178,6 +181,37 @@ impl RawRelease {
     }
 }
 
+/// How the node pushes its outbox to the hub (the `[link]` table).
+///
+/// ```toml
+/// [link]
+/// push_batch = 256          # messages per request; 1 = one `Submit` each
+/// push_batch_bytes = 262144 # and at most this many bytes of envelopes
+/// ```
+///
+/// A batch goes in one `SubmitBatch` request, which the hub routes in one
+/// store transaction and one flush. Keep `push_batch_bytes` below the hub's
+/// `[limits] max_request_bytes` (512 KiB by default); a message larger than
+/// it goes alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Link {
+    /// Most messages per push request, 1 to 4096.
+    pub push_batch: usize,
+    /// Most bytes of encoded envelopes per push request (a single larger
+    /// message is sent alone).
+    pub push_batch_bytes: usize,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            push_batch: 256,
+            push_batch_bytes: 256 * 1024,
+        }
+    }
+}
+
 /// Bounded exponential backoff.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -282,6 +316,18 @@ impl NodeConfig {
                 "retry: initial_backoff_ms must be positive and no larger than max_backoff_ms"
                     .into(),
             ));
+        }
+        if !(1..=4096).contains(&config.link.push_batch) {
+            return Err(bad(format!(
+                "link.push_batch = {} is out of range; use 1 (one message per request) to 4096",
+                config.link.push_batch
+            )));
+        }
+        if config.link.push_batch_bytes < 1024 {
+            return Err(bad(format!(
+                "link.push_batch_bytes = {} is too small; use at least 1024",
+                config.link.push_batch_bytes
+            )));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
@@ -501,6 +547,39 @@ key = "node.key.pem"
             for n in *needles {
                 assert!(err.contains(n), "{table:?}: {err} lacks {n:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_link_table_sets_the_push_batch_within_bounds() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.link.push_batch, 256);
+        assert_eq!(c.link.push_batch_bytes, 256 * 1024);
+        let c = parse(&format!(
+            "{GOOD}\n[link]\npush_batch = 1\npush_batch_bytes = 2048\n"
+        ))
+        .unwrap();
+        assert_eq!((c.link.push_batch, c.link.push_batch_bytes), (1, 2048));
+        for (table, needle) in [
+            (
+                "push_batch = 0",
+                "link.push_batch = 0 is out of range; use 1",
+            ),
+            (
+                "push_batch = 4097",
+                "link.push_batch = 4097 is out of range",
+            ),
+            (
+                "push_batch_bytes = 10",
+                "link.push_batch_bytes = 10 is too small",
+            ),
+            ("batch = 3", "unknown field"),
+        ] {
+            let err = parse(&format!("{GOOD}\n[link]\n{table}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{table}: {err}");
+            assert!(err.contains("/etc/liaison/node.toml"), "{table}: {err}");
         }
     }
 

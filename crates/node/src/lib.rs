@@ -43,6 +43,10 @@ use service::{NodeState, OfficerService};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio_stream::{Stream, StreamExt};
+
+/// New inbox messages buffered for `Officer.WatchInbox` watchers; one that
+/// falls further behind is ended (it lists the inbox and watches again).
+const INBOX_FEED: usize = 16_384;
 use tonic::service::interceptor::InterceptedService;
 
 /// Runs the node on `listener` until `shutdown` completes.
@@ -91,16 +95,21 @@ pub async fn run_with_reload(
     })?;
     let db = Db::open_with(&config.data_dir, config.store)?;
     let channel = lazy_channel(&config.hub, &material, Some(Role::Hub), &federation)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(NodeState {
         body,
         db,
         hub: FederationClient::new(channel)
-            .max_decoding_message_size(config.limits.max_request_bytes * 2),
+            // Deliveries are bounded by the hub's request limit; a batch's
+            // answers (decisions for every message) can be larger.
+            .max_decoding_message_size((config.limits.max_request_bytes * 2).max(16 << 20)),
         outbox_ready: Notify::new(),
         inbox_changed: Notify::new(),
         release: config.release.clone(),
         handshake_failures: liaison_pki::HandshakeFailures::default(),
         governance: std::sync::RwLock::new(None),
+        inbox_feed: tokio::sync::broadcast::channel(INBOX_FEED).0,
+        stopping: stop_rx.clone(),
         governance_stale: Notify::new(),
     });
     let release = &state.release;
@@ -118,7 +127,6 @@ pub async fn run_with_reload(
             );
         }
     }
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (tls_tx, tls_rx) = watch::channel(tls);
     let crl_reloader = tokio::spawn(reload_crl(
         material.clone(),
@@ -130,6 +138,7 @@ pub async fn run_with_reload(
     let pusher = tokio::spawn(link::push_outbox(
         Arc::clone(&state),
         config.retry.clone(),
+        config.link.clone(),
         stop_rx.clone(),
     ));
     let receiver = tokio::spawn(link::receive(
@@ -157,9 +166,15 @@ pub async fn run_with_reload(
             officer,
             authorize(federation, &[Role::Officer]),
         ))
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            tracing::info!("node shutting down");
+        .serve_with_incoming_shutdown(incoming, {
+            let stop_tx = stop_tx.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("node shutting down");
+                // Ends the inbox watch streams, which would otherwise hold
+                // their connections open.
+                let _ = stop_tx.send(true);
+            }
         })
         .await;
     let _ = stop_tx.send(true);

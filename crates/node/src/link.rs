@@ -15,7 +15,7 @@ use liaison_types::{now_ms, Envelope};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::config::Retry;
+use crate::config::{Link, Retry};
 use crate::service::NodeState;
 use crate::store::{self, Arrival, InboxRecord};
 
@@ -38,14 +38,24 @@ async fn pause(delay: std::time::Duration, stopping: &mut watch::Receiver<bool>)
     }
 }
 
-/// Pushes the outbox to the hub, oldest first, until the node stops.
-pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watch::Receiver<bool>) {
+/// Pushes the outbox to the hub, oldest first, until the node stops: up to
+/// `link.push_batch` messages per request (`SubmitBatch`), or one `Submit`
+/// per message when it is 1.
+pub async fn push_outbox(
+    state: Arc<NodeState>,
+    retry: Retry,
+    link: Link,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut failures = 0u32;
+    // Lowered when the hub refuses a batch as too large, so that the next
+    // attempt sends fewer messages; a single message always goes.
+    let mut bytes_budget = link.push_batch_bytes;
     loop {
         if *stopping.borrow() {
             return;
         }
-        let pending = match store::pending(&state.db, PUSH_BATCH) {
+        let pending = match store::pending(&state.db, link.push_batch) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
@@ -85,78 +95,196 @@ pub async fn push_outbox(state: Arc<NodeState>, retry: Retry, mut stopping: watc
             }
             continue;
         }
-        for store::Pending {
-            push_seq,
-            id,
-            envelope,
-            approved_by,
-            releasable,
-        } in pending
-        {
-            if !releasable {
-                // Only released messages are ever queued for the hub; never
-                // send anything else, whatever the store says.
-                tracing::error!(message_id = %id, "push queue held a message that is not released; dropped unsent");
-                if let Err(e) = store::drop_push(&state.db, push_seq).await {
-                    tracing::error!(error = %e, "cannot drop a push queue entry");
-                    failures += 1;
-                    if !pause(retry.backoff(failures), &mut stopping).await {
-                        return;
-                    }
-                    break;
-                }
-                continue;
-            }
-            let mut hub = state.hub.clone();
-            let result = hub
-                .submit(pb::SubmitRequest {
-                    envelope: Some(envelope),
-                    approved_by,
-                })
-                .await;
-            let finished = match result {
-                Ok(resp) => {
-                    failures = 0;
-                    let resp = resp.into_inner();
-                    tracing::info!(message_id = %id, duplicate = resp.duplicate, "hub accepted");
-                    state.saw_policy_version(&resp.policy_version);
-                    store::finish_push(&state.db, push_seq, id, Ok(resp)).await
-                }
-                Err(status) if is_final(&status) => {
-                    tracing::warn!(message_id = %id, code = %status.code(), error = status.message(), "hub refused for good");
-                    store::finish_push(
-                        &state.db,
-                        push_seq,
-                        id,
-                        Err(format!("{:?}: {}", status.code(), status.message())),
-                    )
-                    .await
-                }
-                Err(status) => {
-                    failures += 1;
-                    let delay = retry.backoff(failures);
-                    tracing::warn!(message_id = %id, error = %status.message(), retry_in_ms = delay.as_millis(), "push failed; will retry");
-                    if let Err(e) =
-                        store::note_attempt(&state.db, id, status.message().to_owned()).await
-                    {
-                        tracing::error!(error = %e, "cannot record push attempt");
-                    }
-                    if !pause(delay, &mut stopping).await {
-                        return;
-                    }
-                    break;
-                }
-            };
-            if let Err(e) = finished {
-                tracing::error!(error = %e, "cannot record push outcome");
+        let batch = match take_batch(&state, pending, bytes_budget).await {
+            Ok(b) if b.is_empty() => continue,
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot drop a push queue entry");
                 failures += 1;
                 if !pause(retry.backoff(failures), &mut stopping).await {
                     return;
                 }
-                break;
+                continue;
+            }
+        };
+        let sent = batch.len();
+        let answer = if link.push_batch == 1 {
+            submit_one(&state, &batch[0]).await
+        } else {
+            submit_many(&state, &batch).await
+        };
+        let finished = match answer {
+            Ok(results) => {
+                failures = 0;
+                bytes_budget = link.push_batch_bytes;
+                let mut finished = Vec::with_capacity(sent);
+                for (p, result) in batch.into_iter().zip(results) {
+                    match &result {
+                        Ok(resp) => {
+                            tracing::debug!(message_id = %p.id, duplicate = resp.duplicate, "hub accepted");
+                            state.saw_policy_version(&resp.policy_version);
+                        }
+                        Err(why) => {
+                            tracing::warn!(message_id = %p.id, error = %why, "hub refused for good");
+                        }
+                    }
+                    finished.push(store::Finished {
+                        push_seq: p.push_seq,
+                        id: p.id,
+                        outcome: result,
+                    });
+                }
+                tracing::info!(messages = sent, "pushed to the hub");
+                store::finish_pushes(&state.db, finished).await
+            }
+            Err(status) if sent > 1 && is_too_large(&status) => {
+                // Nothing was stored: send fewer at a time.
+                bytes_budget = (bytes_budget / 2).max(1);
+                tracing::warn!(messages = sent, error = %status.message(), "hub refused a push batch as too large; sending smaller batches");
+                continue;
+            }
+            Err(status) if is_final(&status) => {
+                // The request as a whole is refused for good (for example
+                // this body is not in the federation): as it would be for
+                // each message alone.
+                tracing::warn!(messages = sent, code = %status.code(), error = status.message(), "hub refused for good");
+                let why = format!("{:?}: {}", status.code(), status.message());
+                let finished = batch
+                    .into_iter()
+                    .map(|p| store::Finished {
+                        push_seq: p.push_seq,
+                        id: p.id,
+                        outcome: Err(why.clone()),
+                    })
+                    .collect();
+                store::finish_pushes(&state.db, finished).await
+            }
+            Err(status) => {
+                failures += 1;
+                let delay = retry.backoff(failures);
+                tracing::warn!(messages = sent, error = %status.message(), retry_in_ms = delay.as_millis(), "push failed; will retry");
+                let ids = batch.into_iter().map(|p| p.id).collect();
+                if let Err(e) =
+                    store::note_attempts(&state.db, ids, status.message().to_owned()).await
+                {
+                    tracing::error!(error = %e, "cannot record push attempt");
+                }
+                if !pause(delay, &mut stopping).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = finished {
+            tracing::error!(error = %e, "cannot record push outcome");
+            failures += 1;
+            if !pause(retry.backoff(failures), &mut stopping).await {
+                return;
             }
         }
     }
+}
+
+/// Whether the hub refused a request for its size.
+fn is_too_large(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::ResourceExhausted && is_final(status)
+}
+
+/// The oldest pending messages that fit in `bytes` (at least one), after
+/// dropping any entry that is not released (it is never sent).
+async fn take_batch(
+    state: &NodeState,
+    pending: Vec<store::Pending>,
+    bytes: usize,
+) -> Result<Vec<store::Pending>, crate::NodeError> {
+    let mut batch = Vec::with_capacity(pending.len());
+    let mut size = 0usize;
+    for p in pending {
+        if !p.releasable {
+            // Only released messages are ever queued for the hub; never
+            // send anything else, whatever the store says.
+            tracing::error!(message_id = %p.id, "push queue held a message that is not released; dropped unsent");
+            store::drop_push(&state.db, p.push_seq).await?;
+            // Keep the order: what follows goes in the next round.
+            break;
+        }
+        let len = p.envelope.encoded_len() + p.approved_by.len() + 16;
+        if !batch.is_empty() && size + len > bytes {
+            break;
+        }
+        size += len;
+        batch.push(p);
+    }
+    Ok(batch)
+}
+
+/// One message, one `Submit`.
+async fn submit_one(
+    state: &NodeState,
+    p: &store::Pending,
+) -> Result<Vec<Result<pb::SubmitResponse, String>>, tonic::Status> {
+    let mut hub = state.hub.clone();
+    let result = hub
+        .submit(pb::SubmitRequest {
+            envelope: Some(p.envelope.clone()),
+            approved_by: p.approved_by.clone(),
+        })
+        .await;
+    match result {
+        Ok(resp) => Ok(vec![Ok(resp.into_inner())]),
+        Err(status) if is_final(&status) && !is_too_large(&status) => Ok(vec![Err(format!(
+            "{:?}: {}",
+            status.code(),
+            status.message()
+        ))]),
+        Err(status) => Err(status),
+    }
+}
+
+/// A batch in one `SubmitBatch`: one result per message, in order.
+async fn submit_many(
+    state: &NodeState,
+    batch: &[store::Pending],
+) -> Result<Vec<Result<pb::SubmitResponse, String>>, tonic::Status> {
+    let mut hub = state.hub.clone();
+    let submissions = batch
+        .iter()
+        .map(|p| pb::SubmitRequest {
+            envelope: Some(p.envelope.clone()),
+            approved_by: p.approved_by.clone(),
+        })
+        .collect();
+    let resp = hub
+        .submit_batch(pb::SubmitBatchRequest { submissions })
+        .await?
+        .into_inner();
+    if resp.results.len() != batch.len() {
+        return Err(tonic::Status::internal(format!(
+            "the hub answered {} results for {} submissions",
+            resp.results.len(),
+            batch.len()
+        )));
+    }
+    resp.results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(pb::submit_result::Result::Accepted(resp)) => Ok(Ok(resp)),
+            Some(pb::submit_result::Result::Refused(refused)) => {
+                let code = tonic::Code::from_i32(refused.code);
+                let status = tonic::Status::new(code, refused.message);
+                if is_final(&status) {
+                    Ok(Err(format!("{:?}: {}", status.code(), status.message())))
+                } else {
+                    // The hub refuses per message only for the caller's
+                    // input; anything else fails the whole batch.
+                    Err(status)
+                }
+            }
+            None => Err(tonic::Status::internal(
+                "the hub answered a submission with no result",
+            )),
+        })
+        .collect()
 }
 
 /// What a round of retractions did.
@@ -378,12 +506,36 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
             }
             _ => false,
         });
+        // Summaries for the inbox watchers, if any: made before the write
+        // takes the arrivals, sent after it for those that were new.
+        let mut watched: std::collections::HashMap<String, pb::InboxSummary> =
+            if state.inbox_feed.receiver_count() > 0 {
+                arrivals
+                    .iter()
+                    .filter_map(|a| match a {
+                        Arrival::Message { envelope, record } => Some((
+                            record.message_id.clone(),
+                            crate::service::summary(record, envelope),
+                        )),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                std::collections::HashMap::new()
+            };
         let new = store::store_arrivals(&state.db, arrivals, last)
             .await
             .map_err(|e| e.to_string())?;
         if expiring {
             state.inbox_changed.notify_one();
         }
+        for id in &new {
+            if let Some(summary) = watched.remove(id) {
+                // No watcher left is no error.
+                let _ = state.inbox_feed.send(summary);
+            }
+        }
+        let new = new.len();
         hub.acknowledge(pb::AcknowledgeRequest {
             seq: last,
             quarantined,

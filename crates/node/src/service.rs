@@ -44,6 +44,11 @@ pub struct NodeState {
     pub governance: std::sync::RwLock<Option<Arc<liaison_policy::Governance>>>,
     /// Woken when the hub stamped a version other than the one held.
     pub governance_stale: Notify,
+    /// Each message newly stored in the inbox, once durable, for
+    /// `Officer.WatchInbox`.
+    pub inbox_feed: tokio::sync::broadcast::Sender<pb::InboxSummary>,
+    /// Set when the node begins to stop: watch streams end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl NodeState {
@@ -438,7 +443,7 @@ impl NodeState {
     }
 }
 
-fn summary(rec: &store::InboxRecord, env: &pb::Envelope) -> pb::InboxSummary {
+pub(crate) fn summary(rec: &store::InboxRecord, env: &pb::Envelope) -> pb::InboxSummary {
     let l = env.labels.clone().unwrap_or_default();
     pb::InboxSummary {
         message_id: rec.message_id.clone(),
@@ -599,6 +604,48 @@ impl pb::officer_server::Officer for OfficerService {
         Ok(Response::new(pb::ListInboxResponse {
             entries: items.iter().map(|(rec, env)| summary(rec, env)).collect(),
         }))
+    }
+
+    type WatchInboxStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::InboxSummary, Status>>;
+
+    async fn watch_inbox(
+        &self,
+        req: Request<pb::WatchInboxRequest>,
+    ) -> Result<Response<Self::WatchInboxStream>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let mut feed = self.0.inbox_feed.subscribe();
+        let mut stopping = self.0.stopping.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let item = tokio::select! {
+                    item = feed.recv() => item,
+                    () = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
+                };
+                let sent = match item {
+                    Ok(summary) => tx.send(Ok(summary)).await,
+                    Err(RecvError::Lagged(missed)) => {
+                        let _ = tx
+                            .send(Err(Status::resource_exhausted(format!(
+                                "this watcher fell {missed} messages behind the inbox and was ended; list the inbox, then watch again"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn show(

@@ -452,49 +452,65 @@ pub fn outbox_message(
     Ok(Some((rec, decode_env(&ekey, &env)?)))
 }
 
-/// Records the end of pushing one message: routed (with the hub's answer)
-/// or rejected for good (with the reason). Removes it from the push queue.
-pub async fn finish_push(
-    db: &Db,
-    push_seq: u64,
-    id: String,
-    outcome: Result<pb::SubmitResponse, String>,
-) -> Result<(), NodeError> {
+/// Records the hub's answers to pushed messages in one write: each is
+/// `routed` (with the hub's decisions) or, after a final refusal,
+/// `rejected` with the reason, and leaves the push queue.
+pub async fn finish_pushes(db: &Db, finished: Vec<Finished>) -> Result<(), NodeError> {
     db.write(move |txn| {
-        let key = k("o", &id);
-        let mut rec: OutboxRecord = match txn.get(&key)? {
-            Some(b) => parse(&key, &b)?,
-            None => return Ok(()),
-        };
-        rec.attempts += 1;
-        match outcome {
-            Ok(resp) => {
-                rec.status = OutboxStatus::Routed;
-                rec.decisions = resp.decisions.iter().map(DecisionRecord::from).collect();
-                rec.policy_version = resp.policy_version;
-                rec.last_error.clear();
+        for Finished {
+            push_seq,
+            id,
+            outcome,
+        } in finished
+        {
+            txn.delete(keys::seq_key(b"op/", push_seq));
+            let key = k("o", &id);
+            let mut rec: OutboxRecord = match txn.get(&key)? {
+                Some(b) => parse(&key, &b)?,
+                None => continue,
+            };
+            rec.attempts += 1;
+            match outcome {
+                Ok(resp) => {
+                    rec.status = OutboxStatus::Routed;
+                    rec.decisions = resp.decisions.iter().map(DecisionRecord::from).collect();
+                    rec.policy_version = resp.policy_version;
+                    rec.last_error.clear();
+                }
+                Err(why) => {
+                    rec.status = OutboxStatus::Rejected;
+                    rec.last_error = why;
+                }
             }
-            Err(why) => {
-                rec.status = OutboxStatus::Rejected;
-                rec.last_error = why;
-            }
+            txn.put(key, json(&rec));
         }
-        txn.put(key, json(&rec));
-        txn.delete(keys::seq_key(b"op/", push_seq));
         Ok(())
     })
     .await
 }
 
-/// Records a failed push attempt that will be retried.
-pub async fn note_attempt(db: &Db, id: String, error: String) -> Result<(), NodeError> {
+/// The hub's answer to one pushed message (see [`finish_pushes`]).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Its push position.
+    pub push_seq: u64,
+    /// Message id.
+    pub id: String,
+    /// The hub's outcome, or why it refused the message for good.
+    pub outcome: Result<pb::SubmitResponse, String>,
+}
+
+/// Records a failed push attempt of these messages, which will be retried.
+pub async fn note_attempts(db: &Db, ids: Vec<String>, error: String) -> Result<(), NodeError> {
     db.write(move |txn| {
-        let key = k("o", &id);
-        if let Some(b) = txn.get(&key)? {
-            let mut rec: OutboxRecord = parse(&key, &b)?;
-            rec.attempts += 1;
-            rec.last_error = error;
-            txn.put(key, json(&rec));
+        for id in ids {
+            let key = k("o", &id);
+            if let Some(b) = txn.get(&key)? {
+                let mut rec: OutboxRecord = parse(&key, &b)?;
+                rec.attempts += 1;
+                rec.last_error.clone_from(&error);
+                txn.put(key, json(&rec));
+            }
         }
         Ok(())
     })
@@ -607,9 +623,9 @@ pub async fn store_arrivals(
     db: &Db,
     arrivals: Vec<Arrival>,
     cursor: u64,
-) -> Result<usize, NodeError> {
+) -> Result<Vec<String>, NodeError> {
     db.write(move |txn| {
-        let mut new = 0;
+        let mut new = Vec::new();
         for a in arrivals {
             match a {
                 Arrival::Message { envelope, record } => {
@@ -618,7 +634,7 @@ pub async fn store_arrivals(
                         continue;
                     }
                     append_inbox(txn, &record.message_id, &envelope, &record)?;
-                    new += 1;
+                    new.push(record.message_id);
                 }
                 Arrival::Withdrawal {
                     seq,
@@ -1324,11 +1340,13 @@ mod tests {
         );
         assert!(err.to_string().contains("already approved by"), "{err}");
         let push_seq = p[1].push_seq;
-        finish_push(
+        finish_pushes(
             &db,
-            push_seq,
-            held.clone(),
-            Ok(pb::SubmitResponse::default()),
+            vec![Finished {
+                push_seq,
+                id: held.clone(),
+                outcome: Ok(pb::SubmitResponse::default()),
+            }],
         )
         .await
         .unwrap();

@@ -1,0 +1,334 @@
+//! The batched pipe: `Federation.SubmitBatch` at the hub, the node's batched
+//! push, and `Officer.WatchInbox`.
+
+use futures::StreamExt;
+use liaison_federation::{wait_until, SandboxOptions};
+use liaison_proto::v1 as pb;
+use tonic::Code;
+
+use crate::common::{
+    alert, assert_refused, audit_log, envelope, hub_only, inbox_ids, labels, GOVERNANCE, SETTLE,
+};
+
+fn restricted_alert(origin: &str, title: &str) -> pb::Envelope {
+    envelope(
+        origin,
+        labels(pb::Kind::Alert, pb::Classification::Restricted, &["drugs"]),
+        &alert(title),
+    )
+}
+
+fn id_of(env: &pb::Envelope) -> String {
+    env.labels.as_ref().unwrap().message_id.clone()
+}
+
+fn one(env: pb::Envelope) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        envelope: Some(env),
+        approved_by: String::new(),
+    }
+}
+
+fn accepted(r: &pb::SubmitResult) -> &pb::SubmitResponse {
+    match &r.result {
+        Some(pb::submit_result::Result::Accepted(a)) => a,
+        other => panic!("expected accepted, got {other:?}"),
+    }
+}
+
+fn refused(r: &pb::SubmitResult) -> &pb::RefusedSubmission {
+    match &r.result {
+        Some(pb::submit_result::Result::Refused(f)) => f,
+        other => panic!("expected refused, got {other:?}"),
+    }
+}
+
+/// Each submission of a batch gets its own answer in its own place: the
+/// valid ones are routed in order, a refused one writes nothing and stops
+/// nothing, a repeat gets its original outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_gets_one_result_per_submission_in_order() {
+    let sandbox = hub_only().await;
+    let mut node = sandbox.hub_as("alpha/node").await.unwrap();
+    let first = restricted_alert("alpha", "first");
+    let second = restricted_alert("alpha", "second");
+    let mut malformed = restricted_alert("alpha", "malformed");
+    malformed.labels.as_mut().unwrap().crime_areas.clear();
+    let mut reused = restricted_alert("alpha", "reused id, other content");
+    reused.labels.as_mut().unwrap().message_id = id_of(&first);
+    let forged = restricted_alert("bravo", "forged origin");
+
+    let batch = vec![
+        one(first.clone()),
+        one(malformed.clone()),
+        one(second.clone()),
+        one(first.clone()),
+        one(reused),
+        one(forged.clone()),
+        pb::SubmitRequest::default(),
+    ];
+    let results = node
+        .submit_batch(pb::SubmitBatchRequest { submissions: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 7, "{results:?}");
+
+    let a = accepted(&results[0]);
+    assert_eq!(a.message_id, id_of(&first));
+    assert!(!a.duplicate);
+    assert!(a
+        .decisions
+        .iter()
+        .any(|d| d.recipient == "bravo" && d.outcome == pb::Outcome::Deliver as i32));
+
+    let bad = refused(&results[1]);
+    assert_eq!(bad.code, Code::InvalidArgument as i32);
+    assert_eq!(bad.message_id, id_of(&malformed));
+    assert!(bad.message.contains("crime_areas"), "{bad:?}");
+
+    assert_eq!(accepted(&results[2]).message_id, id_of(&second));
+    let again = accepted(&results[3]);
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(again.decisions, a.decisions);
+    assert_eq!(refused(&results[4]).code, Code::AlreadyExists as i32);
+    let forged_answer = refused(&results[5]);
+    assert_eq!(forged_answer.code, Code::PermissionDenied as i32);
+    assert!(
+        forged_answer.message.contains("origin"),
+        "{forged_answer:?}"
+    );
+    let empty = refused(&results[6]);
+    assert_eq!(empty.code, Code::InvalidArgument as i32);
+    assert!(empty.message.contains("envelope"), "{empty:?}");
+
+    // The audit log: the two routed messages in batch order, each received
+    // once; the malformed one never reached it; the forged one is a refusal.
+    let log = audit_log(&sandbox).await;
+    let received: Vec<&str> = log
+        .iter()
+        .filter(|r| r.event == "received")
+        .map(|r| r.message_id.as_str())
+        .collect();
+    assert_eq!(received, [id_of(&first), id_of(&second)]);
+    assert!(log.iter().all(|r| r.message_id != id_of(&malformed)));
+    assert!(log
+        .iter()
+        .any(|r| r.event == "refused" && r.message_id == id_of(&forged)));
+    sandbox.shutdown().await.unwrap();
+}
+
+/// A batch that is empty, too long or too large is refused as a whole,
+/// naming the limit, and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_too_long_or_too_large_batch_is_refused_whole() {
+    let sandbox = hub_only().await;
+    let mut node = sandbox.hub_as("alpha/node").await.unwrap();
+    assert_refused(
+        node.submit_batch(pb::SubmitBatchRequest::default()).await,
+        Code::InvalidArgument,
+        &["submissions", "0 submissions in one batch; send 1 to 4096"],
+    );
+    // Three messages each within the 256 KiB body limit, together over the
+    // hub's 512 KiB request limit.
+    let too_large: Vec<pb::SubmitRequest> = (0..3)
+        .map(|i| {
+            let mut env = restricted_alert("alpha", &format!("large {i}"));
+            env.body = prost::Message::encode_to_vec(&pb::Body {
+                title: format!("large {i}"),
+                content: Some(pb::body::Content::Alert(pb::Alert {
+                    text: "x".repeat(200 * 1024),
+                    ..Default::default()
+                })),
+            });
+            one(env)
+        })
+        .collect();
+    let count_only: Vec<pb::SubmitRequest> =
+        (0..4097).map(|_| pb::SubmitRequest::default()).collect();
+    assert_refused(
+        node.submit_batch(pb::SubmitBatchRequest {
+            submissions: count_only,
+        })
+        .await,
+        Code::InvalidArgument,
+        &["4097 submissions in one batch; send 1 to 4096"],
+    );
+    assert_refused(
+        node.submit_batch(pb::SubmitBatchRequest {
+            submissions: too_large,
+        })
+        .await,
+        Code::ResourceExhausted,
+        &["limit"],
+    );
+    assert!(audit_log(&sandbox).await.is_empty());
+    sandbox.shutdown().await.unwrap();
+}
+
+/// A backlog built while the hub is away reaches the recipient complete and
+/// in submission order, whether the node pushes it in batches (the default)
+/// or one message per request (`[link] push_batch = 1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_pushed_complete_and_in_order_batched_or_not() {
+    for link in ["", "[link]\npush_batch = 1"] {
+        let mut sandbox = liaison_federation::Sandbox::start(
+            SandboxOptions::new(GOVERNANCE)
+                .nodes(&["alpha", "bravo"])
+                .node_toml(link),
+        )
+        .await
+        .unwrap();
+        sandbox.stop_hub().await.unwrap();
+        let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+        let mut sent = Vec::new();
+        for i in 0..120 {
+            let resp = officer
+                .submit(pb::OfficerSubmitRequest {
+                    labels: Some(labels(
+                        pb::Kind::Alert,
+                        pb::Classification::Restricted,
+                        &["drugs"],
+                    )),
+                    body: Some(alert(&format!("backlog {i}"))),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            sent.push(resp.message_id);
+        }
+        sandbox.start_hub().await.unwrap();
+        let got = wait_until("bravo's inbox holds the backlog", SETTLE, || async {
+            let ids = inbox_ids(&sandbox, "bravo").await;
+            (ids.len() >= sent.len()).then_some(ids)
+        })
+        .await
+        .unwrap();
+        // The inbox lists newest first.
+        let mut oldest_first = got;
+        oldest_first.reverse();
+        assert_eq!(oldest_first, sent, "order with {link:?}");
+        let received: Vec<String> = audit_log(&sandbox)
+            .await
+            .into_iter()
+            .filter(|r| r.event == "received")
+            .map(|r| r.message_id)
+            .collect();
+        assert_eq!(received, sent, "audit order with {link:?}");
+        sandbox.shutdown().await.unwrap();
+    }
+}
+
+/// `WatchInbox` streams each new message once it is stored, to officers of
+/// the node's own body only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_inbox_streams_new_messages_to_the_bodys_own_officers() {
+    let sandbox = liaison_federation::Sandbox::start(
+        SandboxOptions::new(GOVERNANCE).nodes(&["alpha", "bravo"]),
+    )
+    .await
+    .unwrap();
+    let mut stranger = sandbox
+        .officer_at("bravo", "alpha/officer-alice")
+        .await
+        .unwrap();
+    assert_refused(
+        stranger.watch_inbox(pb::WatchInboxRequest {}).await,
+        Code::PermissionDenied,
+        &["bravo"],
+    );
+    let mut watcher = sandbox.officer("bravo", "bob").await.unwrap();
+    let mut stream = watcher
+        .watch_inbox(pb::WatchInboxRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let resp = officer
+            .submit(pb::OfficerSubmitRequest {
+                labels: Some(labels(
+                    pb::Kind::Alert,
+                    pb::Classification::Restricted,
+                    &["drugs"],
+                )),
+                body: Some(alert(&format!("watched {i}"))),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sent.push(resp.message_id);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < sent.len() {
+        let next = tokio::time::timeout(SETTLE, stream.next())
+            .await
+            .expect("a watched message in time")
+            .expect("the stream stays open")
+            .unwrap();
+        assert_eq!(next.origin, "alpha");
+        assert!(next.title.starts_with("watched "), "{next:?}");
+        assert!(next.received_at_ms > 0);
+        seen.push(next.message_id);
+    }
+    assert_eq!(seen, sent);
+    // Each is in the inbox: the watcher was told only once it was stored.
+    let mut stored = inbox_ids(&sandbox, "bravo").await;
+    stored.reverse();
+    assert_eq!(stored, sent);
+    sandbox.shutdown().await.unwrap();
+}
+
+/// A node configured to batch more bytes than the hub accepts splits the
+/// batch the hub refused as too large, and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_hub_finds_too_large_is_split_not_lost() {
+    let mut sandbox = liaison_federation::Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .nodes(&["alpha", "bravo"])
+            .hub_limits("max_request_bytes = 131072")
+            .node_toml("[link]\npush_batch_bytes = 4194304"),
+    )
+    .await
+    .unwrap();
+    sandbox.stop_hub().await.unwrap();
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let resp = officer
+            .submit(pb::OfficerSubmitRequest {
+                labels: Some(labels(
+                    pb::Kind::Alert,
+                    pb::Classification::Restricted,
+                    &["drugs"],
+                )),
+                body: Some(pb::Body {
+                    title: format!("large {i}"),
+                    content: Some(pb::body::Content::Alert(pb::Alert {
+                        text: "x".repeat(60 * 1024),
+                        ..Default::default()
+                    })),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sent.push(resp.message_id);
+    }
+    sandbox.start_hub().await.unwrap();
+    let mut got = wait_until("bravo's inbox holds the five", SETTLE, || async {
+        let ids = inbox_ids(&sandbox, "bravo").await;
+        (ids.len() >= sent.len()).then_some(ids)
+    })
+    .await
+    .unwrap();
+    got.reverse();
+    assert_eq!(got, sent);
+    for id in &sent {
+        let entry = sandbox.settled("alpha", id, SETTLE).await.unwrap();
+        assert_eq!(entry.status, "routed", "{entry:?}");
+    }
+    sandbox.shutdown().await.unwrap();
+}
