@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod batch;
+mod bench;
 mod cli;
 mod crash;
 mod delivery;

@@ -17,6 +17,7 @@ macro_rules! say {
 
 mod admin;
 mod approvals;
+mod bench;
 pub mod demo;
 pub mod exit;
 mod forwards;
@@ -174,6 +175,12 @@ pub enum Command {
     /// Run the whole federation on this machine, route a realistic set of
     /// messages and check every inbox against the routing matrix.
     Demo(demo::DemoArgs),
+    /// Measure the federation (a hub and eleven nodes as child processes)
+    /// against a bare tonic mutual-TLS echo of the same run.
+    Bench(bench::BenchArgs),
+    /// The bare echo server that `bench` measures (started by it).
+    #[command(hide = true)]
+    BenchEchoServer(bench::EchoServerArgs),
 }
 
 /// Writes one line to standard output. Whatever it holds, no control
@@ -244,6 +251,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Hub(a) => ops::hub(a).await,
         Command::Node(a) => ops::node(a).await,
         Command::Demo(a) => demo::run(a, out).await,
+        Command::Bench(a) => bench::run(a, out).await,
+        Command::BenchEchoServer(a) => bench::echo_server(a).await,
     }
 }
 

@@ -978,7 +978,7 @@ pub struct ServeArgs {
 
 /// Ends the process when `parent` is no longer its parent: the parent died
 /// (even by SIGKILL), so the process was handed to another.
-fn exit_with_parent(parent: Option<u32>) {
+pub(crate) fn exit_with_parent(parent: Option<u32>) {
     let Some(parent) = parent else { return };
     #[cfg(unix)]
     {
@@ -999,7 +999,7 @@ fn exit_with_parent(parent: Option<u32>) {
     }
 }
 
-async fn bind(
+pub(crate) async fn bind(
     addr: std::net::SocketAddr,
     ready_file: Option<&Path>,
 ) -> Result<tokio::net::TcpListener> {

@@ -1,0 +1,914 @@
+//! `liaison bench`: how fast the federation routes, measured honestly.
+//!
+//! A real hub and eleven real nodes run as child processes of the `liaison`
+//! binary (so that the kernel counts each one's CPU time and memory apart
+//! from the driver's), over mutual TLS on loopback, with real sled stores
+//! and every `fdatasync`. The driver plays officers: it submits to one
+//! node, and watches the recipients' inboxes (`Officer.WatchInbox`), so
+//! that a latency is officer submit → recipient inbox, durable at each hop.
+//!
+//! In the same run it measures a bare tonic unary echo (1 KiB, the same
+//! certificates, accept path and limits, no storage, policy or audit) at
+//! the same concurrencies, and states every throughput as a ratio to it:
+//! machines are noisy, ratios of one run are not.
+#![forbid(unsafe_code)]
+
+pub mod echo;
+mod proc;
+pub mod report;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use liaison_federation::{Sandbox, SandboxOptions};
+use liaison_proto::v1 as pb;
+use liaison_proto::v1::officer_client::OfficerClient;
+use liaison_types::Role;
+use prost::Message;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use tonic::transport::Channel;
+
+pub use report::{svg, table};
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The federation could not start or stop.
+    #[error(transparent)]
+    Sandbox(#[from] liaison_federation::SandboxError),
+    /// Certificates.
+    #[error(transparent)]
+    Pki(#[from] liaison_pki::PkiError),
+    /// A call failed: a benchmark refuses to report figures for a run that
+    /// lost or refused messages.
+    #[error("{0}")]
+    Rpc(String),
+    /// Files, processes, tasks.
+    #[error("{0}")]
+    Io(String),
+    /// Deliveries did not all arrive in time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// The federation's name in the benchmark's governance.
+pub const FEDERATION: &str = "liaison.bench";
+/// Bodies of the benchmark federation: one sender and ten peers.
+pub const BODIES: usize = 11;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `liaison` binary to start the hub, nodes and echo server from.
+    pub exe: PathBuf,
+    /// Seconds instead of minutes: checks that everything works, proves
+    /// nothing about speed.
+    pub quick: bool,
+    /// Also sweep the offered load, for [`svg`].
+    pub sweep: bool,
+    /// Keep the configurations, stores and logs here (default: a temporary
+    /// directory, removed at the end).
+    pub dir: Option<PathBuf>,
+}
+
+impl Options {
+    fn window(&self) -> Duration {
+        if self.quick {
+            Duration::from_millis(400)
+        } else {
+            Duration::from_secs(4)
+        }
+    }
+}
+
+/// Latencies, for percentiles.
+#[derive(Debug, Default, Clone)]
+pub struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    /// Adds these.
+    pub fn extend(&mut self, more: impl IntoIterator<Item = Duration>) {
+        self.0.extend(more);
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `q` quantile (0 < q ≤ 1) in microseconds, nearest rank; 0 if empty.
+    pub fn quantile_us(&mut self, q: f64) -> u64 {
+        if self.0.is_empty() {
+            return 0;
+        }
+        self.0.sort_unstable();
+        let rank = (q * self.0.len() as f64).ceil() as usize;
+        let at = rank.clamp(1, self.0.len()) - 1;
+        u64::try_from(self.0[at].as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The echo at one concurrency.
+#[derive(Debug, Clone, Serialize)]
+pub struct EchoFigure {
+    /// Calls in flight.
+    pub concurrency: usize,
+    /// Calls per second.
+    pub rps: f64,
+    /// Median latency.
+    pub p50_us: u64,
+    /// 99th percentile latency.
+    pub p99_us: u64,
+}
+
+/// One scenario's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioFigure {
+    /// What it is, for example `saturation c64 fan-out 10`.
+    pub name: String,
+    /// Officer submissions in flight (closed loop); `None` at a fixed
+    /// offered rate.
+    pub concurrency: Option<usize>,
+    /// Offered messages per second (open loop); `None` at saturation.
+    pub offered_per_s: Option<f64>,
+    /// Recipients of each message.
+    pub recipients: usize,
+    /// Whether the sending node pushed in batches (`SubmitBatch`) or one
+    /// `Submit` per message.
+    pub batched: bool,
+    /// Messages submitted (every one was delivered to every recipient).
+    pub messages: u64,
+    /// Messages delivered to all their recipients per second, from the
+    /// first submission to the last arrival.
+    pub msgs_per_s: f64,
+    /// Deliveries (message × recipient) per second.
+    pub deliveries_per_s: f64,
+    /// Officer submit → recipient inbox, per delivery.
+    pub p50_us: u64,
+    /// See `p50_us`.
+    pub p99_us: u64,
+    /// See `p50_us`.
+    pub p999_us: u64,
+    /// Hub CPU (user + system) per message.
+    pub hub_cpu_s_per_msg: f64,
+    /// All nodes' CPU per message.
+    pub nodes_cpu_s_per_msg: f64,
+    /// The hub's peak RSS during the scenario.
+    pub hub_peak_rss_bytes: u64,
+    /// The largest node's peak RSS during the scenario.
+    pub nodes_peak_rss_bytes: u64,
+    /// Bytes the hub wrote to storage per message (the kernel's
+    /// `write_bytes`; 0 where the filesystem does not count them).
+    pub hub_write_bytes_per_msg: f64,
+    /// Growth of the hub's data directory per message.
+    pub hub_disk_bytes_per_msg: f64,
+    /// `msgs_per_s` over the echo's calls per second at the same
+    /// concurrency; `None` for a fixed offered rate.
+    pub ratio_to_echo: Option<f64>,
+    /// `p50_us` over the echo's p50 at the same concurrency.
+    pub p50_ratio_to_echo: Option<f64>,
+}
+
+/// One point of the offered-load sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    /// Offered messages per second.
+    pub offered_per_s: f64,
+    /// Achieved messages per second.
+    pub msgs_per_s: f64,
+    /// Median submit → inbox.
+    pub p50_us: u64,
+    /// 99th percentile submit → inbox.
+    pub p99_us: u64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// CPUs this machine has (client and servers share them).
+    pub cpus: usize,
+    /// Whether it was the seconds-long check (`--quick`): its figures mean
+    /// nothing.
+    pub quick: bool,
+    /// Payload of each message and echo, bytes.
+    pub payload_bytes: usize,
+    /// The baseline.
+    pub echo: Vec<EchoFigure>,
+    /// The federation.
+    pub scenarios: Vec<ScenarioFigure>,
+    /// Throughput and p99 against offered load (with `--plot`).
+    pub sweep: Vec<SweepPoint>,
+}
+
+/// The payload each message and echo carries.
+pub const PAYLOAD: usize = 1024;
+
+/// The governance of the benchmark: `BODIES` members that may all receive
+/// everything, so that `releasable_to` alone chooses the recipients.
+pub fn governance(bodies: usize) -> String {
+    let mut text = format!(
+        "version = 1\nfederation = \"{FEDERATION}\"\nhub_body = \"{}\"\n\n[observers]\nkinds = [\"threat_assessment\"]\nmax_classification = \"OFFICIAL_USE\"\n",
+        body(0)
+    );
+    for i in 0..bodies {
+        text.push_str(&format!(
+            "\n[[body]]\nid = \"{}\"\nname = \"Bench body {i}\"\nstatus = \"member\"\nclearance = \"SECRET\"\nkinds = [\"threat_assessment\", \"operational_plan\", \"alert\"]\nmandate = [\"drugs\"]\n",
+            body(i)
+        ));
+    }
+    text
+}
+
+/// The id of benchmark body `i`.
+pub fn body(i: usize) -> String {
+    format!("body{i:02}")
+}
+
+/// Runs the whole benchmark. `progress` hears what is being measured.
+pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Report, BenchError> {
+    let (_temp, dir) = match &opts.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| io_err("creating the bench directory", &e))?;
+            (None, d.clone())
+        }
+        None => {
+            let t = tempfile_dir()?;
+            let d = t.path().to_path_buf();
+            (Some(t), d)
+        }
+    };
+    let text = governance(BODIES);
+    let window = opts.window();
+    let mut report = Report {
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        quick: opts.quick,
+        payload_bytes: PAYLOAD,
+        echo: Vec::new(),
+        scenarios: Vec::new(),
+        sweep: Vec::new(),
+    };
+
+    // The batched federation (the default node configuration).
+    let sandbox = start(opts, &dir.join("batched"), &text, "").await?;
+    progress("bare tonic mTLS echo, 1 KiB");
+    report.echo = measure_echo(opts, &sandbox, window).await?;
+    let fed = Fed::connect(sandbox, true).await?;
+    fed.warm_up().await?;
+    let mut specs: Vec<(usize, usize)> = vec![(1, 1), (16, 1), (64, 1), (64, 4), (64, 10)];
+    if opts.quick {
+        specs = vec![(1, 1), (16, 4), (64, 10)];
+    }
+    for (c, k) in specs {
+        progress(&format!("batched pipe, saturation, c{c}, fan-out {k}"));
+        report
+            .scenarios
+            .push(fed.saturate(c, k, window, &report.echo).await?);
+    }
+    progress("batched pipe, 100 messages/s offered, fan-out 1");
+    report.scenarios.push(
+        fed.fixed_rate(100.0, 1, window.max(Duration::from_secs(1)))
+            .await?,
+    );
+    if opts.sweep {
+        report.sweep = fed.sweep(window, progress).await?;
+    }
+    fed.shutdown().await?;
+
+    // One message per request from node to hub.
+    let sandbox = start(
+        opts,
+        &dir.join("unbatched"),
+        &text,
+        "[link]\npush_batch = 1",
+    )
+    .await?;
+    let fed = Fed::connect(sandbox, false).await?;
+    fed.warm_up().await?;
+    for c in [1, 64] {
+        progress(&format!(
+            "one message per request, saturation, c{c}, fan-out 1"
+        ));
+        report
+            .scenarios
+            .push(fed.saturate(c, 1, window, &report.echo).await?);
+    }
+    fed.shutdown().await?;
+    Ok(report)
+}
+
+fn io_err(context: &str, e: &std::io::Error) -> BenchError {
+    BenchError::Io(format!("{context}: {e}"))
+}
+
+fn tempfile_dir() -> Result<TempDir, BenchError> {
+    let base = std::env::temp_dir().join(format!(
+        "liaison-bench-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&base).map_err(|e| io_err("creating a temporary directory", &e))?;
+    Ok(TempDir(base))
+}
+
+/// A directory removed when dropped.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start(
+    opts: &Options,
+    dir: &Path,
+    governance: &str,
+    node_toml: &str,
+) -> Result<Sandbox, BenchError> {
+    let mut o = SandboxOptions::new(governance)
+        .processes(&opts.exe)
+        .node_toml(node_toml);
+    o.dir = Some(dir.to_path_buf());
+    o.certs = Some(dir.parent().unwrap_or(dir).join("certs"));
+    Ok(Sandbox::start(o).await?)
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the echo server as a child process with the hub's certificate and
+/// measures it at c1, c16 and c64.
+async fn measure_echo(
+    opts: &Options,
+    sandbox: &Sandbox,
+    window: Duration,
+) -> Result<Vec<EchoFigure>, BenchError> {
+    let ready = sandbox.dir().join("echo.ready");
+    let _ = std::fs::remove_file(&ready);
+    let log = std::fs::File::create(sandbox.dir().join("echo.log"))
+        .map_err(|e| io_err("creating echo.log", &e))?;
+    let child = Command::new(&opts.exe)
+        .arg("bench-echo-server")
+        .arg("--certs")
+        .arg(sandbox.certs())
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--exit-with-parent")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| io_err("starting the echo server", &e))?;
+    let mut guard = ChildGuard(child);
+    let addr =
+        liaison_federation::wait_until("the echo server listens", Duration::from_secs(30), || {
+            let ready = ready.clone();
+            async move {
+                std::fs::read_to_string(&ready)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok())
+            }
+        })
+        .await?;
+    if let Ok(Some(status)) = guard.0.try_wait() {
+        return Err(BenchError::Io(format!(
+            "the echo server exited with {status}"
+        )));
+    }
+    let material = sandbox.material(&format!("{}/node", body(0)))?;
+    let channel = liaison_pki::connect(
+        &format!("https://{addr}"),
+        &material,
+        Some(Role::Hub),
+        FEDERATION,
+    )
+    .await?;
+    echo::measure(&channel, 4, window / 4).await?;
+    let mut figures = Vec::new();
+    for c in [1, 16, 64] {
+        let (calls, mut lat) = echo::measure(&channel, c, window).await?;
+        figures.push(EchoFigure {
+            concurrency: c,
+            rps: calls as f64 / window.as_secs_f64(),
+            p50_us: lat.quantile_us(0.5),
+            p99_us: lat.quantile_us(0.99),
+        });
+    }
+    drop(guard);
+    Ok(figures)
+}
+
+/// Submit times and arrivals of the messages in flight.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// Message id → (submitted at, recipients still to receive it).
+    open: HashMap<String, (Instant, usize)>,
+    latencies: Latencies,
+    completed: u64,
+    last_arrival: Option<Instant>,
+    /// Arrivals of messages this tracker did not send (a bug, or a
+    /// previous scenario's leftovers).
+    unexpected: u64,
+}
+
+/// A running benchmark federation and the driver's clients.
+#[derive(Debug)]
+struct Fed {
+    sandbox: Sandbox,
+    batched: bool,
+    sender: OfficerClient<Channel>,
+    tracker: Arc<Mutex<Tracker>>,
+    arrived: Arc<Notify>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fed {
+    async fn connect(sandbox: Sandbox, batched: bool) -> Result<Self, BenchError> {
+        let sender = sandbox.officer(&body(0), "alice").await?;
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let arrived = Arc::new(Notify::new());
+        let mut watchers = Vec::new();
+        for i in 1..BODIES {
+            let mut officer = sandbox.officer(&body(i), "bob").await?;
+            let mut stream = officer
+                .watch_inbox(pb::WatchInboxRequest {})
+                .await
+                .map_err(|s| BenchError::Rpc(format!("watching {}: {}", body(i), s.message())))?
+                .into_inner();
+            let tracker = Arc::clone(&tracker);
+            let arrived = Arc::clone(&arrived);
+            watchers.push(tokio::spawn(async move {
+                while let Some(Ok(summary)) = stream.next().await {
+                    let now = Instant::now();
+                    let mut guard = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    let t = &mut *guard;
+                    let done = match t.open.get_mut(&summary.message_id) {
+                        Some((at, left)) => {
+                            *left -= 1;
+                            t.latencies.extend([now - *at]);
+                            t.last_arrival = Some(now);
+                            *left == 0
+                        }
+                        None => {
+                            t.unexpected += 1;
+                            false
+                        }
+                    };
+                    if done {
+                        let t = &mut *guard;
+                        t.open.remove(&summary.message_id);
+                        t.completed += 1;
+                        arrived.notify_waiters();
+                    }
+                }
+            }));
+        }
+        Ok(Self {
+            sandbox,
+            batched,
+            sender,
+            tracker,
+            arrived,
+            watchers,
+        })
+    }
+
+    async fn shutdown(self) -> Result<(), BenchError> {
+        for w in &self.watchers {
+            w.abort();
+        }
+        self.sandbox.shutdown().await?;
+        Ok(())
+    }
+
+    fn pids(&self) -> (Option<u32>, Vec<u32>) {
+        let nodes = (0..BODIES)
+            .filter_map(|i| self.sandbox.node_pid(&body(i)))
+            .collect();
+        (self.sandbox.hub_pid(), nodes)
+    }
+
+    /// Some traffic first, so that connections, caches and files exist.
+    async fn warm_up(&self) -> Result<(), BenchError> {
+        self.reset();
+        let submitted = self
+            .closed_loop(4, BODIES - 1, Duration::from_millis(300))
+            .await?;
+        self.wait_all(submitted).await?;
+        Ok(())
+    }
+
+    fn reset(&self) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        *t = Tracker::default();
+    }
+
+    /// The labels of a benchmark message to the first `recipients` peers.
+    fn message_labels(recipients: usize) -> pb::Labels {
+        pb::Labels {
+            kind: pb::Kind::Alert as i32,
+            classification: pb::Classification::Restricted as i32,
+            crime_areas: vec!["drugs".into()],
+            priority: pb::Priority::Immediate as i32,
+            releasable_to: (1..=recipients).map(body).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn message(&self, recipients: usize) -> (String, pb::OfficerSubmitRequest) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut labels = Self::message_labels(recipients);
+        labels.message_id.clone_from(&id);
+        let body = pb::Body {
+            title: "bench".into(),
+            content: Some(pb::body::Content::Alert(pb::Alert {
+                text: "x".repeat(PAYLOAD),
+                ..Default::default()
+            })),
+        };
+        (
+            id,
+            pb::OfficerSubmitRequest {
+                labels: Some(labels),
+                body: Some(body),
+            },
+        )
+    }
+
+    /// Submits one message and starts its clock.
+    async fn submit_one(
+        sender: &mut OfficerClient<Channel>,
+        tracker: &Mutex<Tracker>,
+        id: String,
+        req: pb::OfficerSubmitRequest,
+        recipients: usize,
+    ) -> Result<(), BenchError> {
+        tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open
+            .insert(id, (Instant::now(), recipients));
+        let resp = sender
+            .submit(req)
+            .await
+            .map_err(|s| {
+                BenchError::Rpc(format!("officer submit: {:?}: {}", s.code(), s.message()))
+            })?
+            .into_inner();
+        if resp.status != "queued" {
+            return Err(BenchError::Rpc(format!(
+                "officer submit: the node answered status {:?}, not queued",
+                resp.status
+            )));
+        }
+        Ok(())
+    }
+
+    /// `concurrency` officers submit back to back for `window`; returns how
+    /// many messages they submitted.
+    async fn closed_loop(
+        &self,
+        concurrency: usize,
+        recipients: usize,
+        window: Duration,
+    ) -> Result<u64, BenchError> {
+        let end = Instant::now() + window;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let mut sender = self.sender.clone();
+                let tracker = Arc::clone(&self.tracker);
+                let (_, template) = self.message(recipients);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < end {
+                        let mut req = template.clone();
+                        let id = uuid::Uuid::new_v4().to_string();
+                        if let Some(l) = req.labels.as_mut() {
+                            l.message_id.clone_from(&id);
+                        }
+                        Self::submit_one(&mut sender, &tracker, id, req, recipients).await?;
+                        n += 1;
+                    }
+                    Ok::<_, BenchError>(n)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t
+                .await
+                .map_err(|e| BenchError::Io(format!("submit task: {e}")))??;
+        }
+        Ok(total)
+    }
+
+    /// Waits until `submitted` messages have reached all their recipients.
+    async fn wait_all(&self, submitted: u64) -> Result<(), BenchError> {
+        let limit = Duration::from_secs(120);
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.arrived.notified();
+            {
+                let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                if t.completed >= submitted {
+                    return Ok(());
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                return Err(BenchError::Timeout(format!(
+                    "only {} of {submitted} messages reached all their recipients within {}s; see the logs in {}",
+                    t.completed,
+                    limit.as_secs(),
+                    self.sandbox.dir().display()
+                )));
+            }
+            let _ =
+                tokio::time::timeout((deadline - now).min(Duration::from_millis(200)), notified)
+                    .await;
+        }
+    }
+
+    /// Measures one closed-loop scenario.
+    async fn saturate(
+        &self,
+        concurrency: usize,
+        recipients: usize,
+        window: Duration,
+        echo: &[EchoFigure],
+    ) -> Result<ScenarioFigure, BenchError> {
+        let before = self.counters();
+        self.reset();
+        let start = Instant::now();
+        let submitted = self.closed_loop(concurrency, recipients, window).await?;
+        self.wait_all(submitted).await?;
+        let mut fig = self.figure(
+            format!("saturation c{concurrency} fan-out {recipients}"),
+            start,
+            submitted,
+            recipients,
+            &before,
+        )?;
+        fig.concurrency = Some(concurrency);
+        if let Some(e) = echo.iter().find(|e| e.concurrency == concurrency) {
+            fig.ratio_to_echo = Some(fig.msgs_per_s / e.rps);
+            fig.p50_ratio_to_echo = Some(fig.p50_us as f64 / e.p50_us.max(1) as f64);
+        }
+        Ok(fig)
+    }
+
+    /// Measures `rate` messages per second offered for `window`, open loop.
+    async fn fixed_rate(
+        &self,
+        rate: f64,
+        recipients: usize,
+        window: Duration,
+    ) -> Result<ScenarioFigure, BenchError> {
+        let before = self.counters();
+        self.reset();
+        let start = Instant::now();
+        let total = (rate * window.as_secs_f64()).ceil().max(1.0) as u64;
+        let in_flight = Arc::new(Semaphore::new(4096));
+        let mut tasks = Vec::new();
+        for n in 0..total {
+            let due = start + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            let permit = Arc::clone(&in_flight)
+                .acquire_owned()
+                .await
+                .map_err(|e| BenchError::Io(e.to_string()))?;
+            let mut sender = self.sender.clone();
+            let tracker = Arc::clone(&self.tracker);
+            let (id, req) = self.message(recipients);
+            tasks.push(tokio::spawn(async move {
+                let r = Self::submit_one(&mut sender, &tracker, id, req, recipients).await;
+                drop(permit);
+                r
+            }));
+        }
+        for t in tasks {
+            t.await
+                .map_err(|e| BenchError::Io(format!("submit task: {e}")))??;
+        }
+        self.wait_all(total).await?;
+        let mut fig = self.figure(
+            format!("{rate:.0} msgs/s offered, fan-out {recipients}"),
+            start,
+            total,
+            recipients,
+            &before,
+        )?;
+        fig.offered_per_s = Some(rate);
+        Ok(fig)
+    }
+
+    /// Offered load doubling from 100 messages/s until the federation no
+    /// longer keeps up (or p99 passes 2 s).
+    async fn sweep(
+        &self,
+        window: Duration,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Vec<SweepPoint>, BenchError> {
+        let mut points = Vec::new();
+        let mut rate = 100.0;
+        while rate <= 51_200.0 {
+            progress(&format!("sweep: {rate:.0} messages/s offered, fan-out 1"));
+            let f = self.fixed_rate(rate, 1, window).await?;
+            let keeping_up = f.msgs_per_s >= 0.8 * rate && f.p99_us < 2_000_000;
+            points.push(SweepPoint {
+                offered_per_s: rate,
+                msgs_per_s: f.msgs_per_s,
+                p50_us: f.p50_us,
+                p99_us: f.p99_us,
+            });
+            if !keeping_up {
+                break;
+            }
+            rate *= 2.0;
+        }
+        Ok(points)
+    }
+
+    fn counters(&self) -> Counters {
+        let (hub, nodes) = self.pids();
+        if let Some(h) = hub {
+            proc::reset_peak_rss(h);
+        }
+        for &n in &nodes {
+            proc::reset_peak_rss(n);
+        }
+        Counters {
+            hub: hub.and_then(proc::sample).unwrap_or_default(),
+            nodes: nodes.iter().filter_map(|&n| proc::sample(n)).collect(),
+            hub_disk: proc::dir_bytes(&self.sandbox.dir().join("hub-data")),
+        }
+    }
+
+    fn figure(
+        &self,
+        name: String,
+        start: Instant,
+        messages: u64,
+        recipients: usize,
+        before: &Counters,
+    ) -> Result<ScenarioFigure, BenchError> {
+        let after = self.counters_now();
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        if t.unexpected > 0 {
+            return Err(BenchError::Rpc(format!(
+                "{} deliveries arrived that this scenario did not send",
+                t.unexpected
+            )));
+        }
+        let elapsed = t
+            .last_arrival
+            .map_or_else(|| start.elapsed(), |l| l - start)
+            .as_secs_f64()
+            .max(1e-9);
+        let per = |x: f64| x / messages.max(1) as f64;
+        let (hub, nodes) = self.pids();
+        Ok(ScenarioFigure {
+            name,
+            concurrency: None,
+            offered_per_s: None,
+            recipients,
+            batched: self.batched,
+            messages,
+            msgs_per_s: messages as f64 / elapsed,
+            deliveries_per_s: (messages as f64 * recipients as f64) / elapsed,
+            p50_us: t.latencies.quantile_us(0.5),
+            p99_us: t.latencies.quantile_us(0.99),
+            p999_us: t.latencies.quantile_us(0.999),
+            hub_cpu_s_per_msg: per(after.hub.cpu_s - before.hub.cpu_s),
+            nodes_cpu_s_per_msg: per(after.nodes.iter().map(|s| s.cpu_s).sum::<f64>()
+                - before.nodes.iter().map(|s| s.cpu_s).sum::<f64>()),
+            hub_peak_rss_bytes: hub.and_then(proc::peak_rss).unwrap_or(0),
+            nodes_peak_rss_bytes: nodes
+                .iter()
+                .filter_map(|&n| proc::peak_rss(n))
+                .max()
+                .unwrap_or(0),
+            hub_write_bytes_per_msg: per(after
+                .hub
+                .write_bytes
+                .saturating_sub(before.hub.write_bytes)
+                as f64),
+            hub_disk_bytes_per_msg: per(after.hub_disk.saturating_sub(before.hub_disk) as f64),
+            ratio_to_echo: None,
+            p50_ratio_to_echo: None,
+        })
+    }
+
+    fn counters_now(&self) -> Counters {
+        let (hub, nodes) = self.pids();
+        Counters {
+            hub: hub.and_then(proc::sample).unwrap_or_default(),
+            nodes: nodes.iter().filter_map(|&n| proc::sample(n)).collect(),
+            hub_disk: proc::dir_bytes(&self.sandbox.dir().join("hub-data")),
+        }
+    }
+}
+
+/// Process counters at the start or end of a scenario.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    hub: proc::Sample,
+    nodes: Vec<proc::Sample>,
+    hub_disk: u64,
+}
+
+/// The encoded size of a benchmark envelope's body, for the README.
+pub fn body_bytes() -> usize {
+    pb::Body {
+        title: "bench".into(),
+        content: Some(pb::body::Content::Alert(pb::Alert {
+            text: "x".repeat(PAYLOAD),
+            ..Default::default()
+        })),
+    }
+    .encoded_len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let mut l = Latencies::default();
+        assert_eq!(l.quantile_us(0.5), 0);
+        l.extend((1..=100).map(Duration::from_micros));
+        assert_eq!(l.quantile_us(0.5), 50);
+        assert_eq!(l.quantile_us(0.99), 99);
+        assert_eq!(l.quantile_us(0.999), 100);
+        assert_eq!(l.quantile_us(1.0), 100);
+    }
+
+    /// `releasable_to` alone chooses the recipients: a message to the
+    /// first k peers goes to exactly those k.
+    #[test]
+    fn the_governance_delivers_to_exactly_the_named_peers() {
+        let gov = liaison_policy::Governance::from_toml("bench.toml", &governance(BODIES)).unwrap();
+        assert_eq!(gov.bodies().count(), BODIES);
+        let fed = Fed::message_labels;
+        for k in [1, 4, BODIES - 1] {
+            let mut labels = fed(k);
+            labels.origin = body(0);
+            labels.created_at_ms = 1;
+            labels.message_id = uuid::Uuid::new_v4().to_string();
+            let env = pb::Envelope {
+                labels: Some(labels),
+                body: Vec::new(),
+            };
+            let (env, _) = liaison_types::Envelope::parse(pb::Envelope {
+                body: pb::Body {
+                    title: "bench".into(),
+                    content: Some(pb::body::Content::Alert(pb::Alert {
+                        text: "x".into(),
+                        ..Default::default()
+                    })),
+                }
+                .encode_to_vec(),
+                ..env
+            })
+            .unwrap();
+            let delivered: Vec<String> = liaison_policy::decide(&gov, &env.labels, 2)
+                .into_iter()
+                .filter(|d| d.outcome == liaison_policy::Outcome::Deliver)
+                .map(|d| d.recipient.to_string())
+                .collect();
+            assert_eq!(
+                delivered,
+                (1..=k).map(body).collect::<Vec<_>>(),
+                "fan-out {k}"
+            );
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! `liaison bench` and the echo server it starts (`bench-echo-server`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::Output;
+
+/// Arguments of `liaison bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Run for seconds, not minutes: checks that the benchmark works (CI);
+    /// its figures mean nothing.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also sweep the offered load and write a plot of throughput and p99
+    /// against it to this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Keep configurations, stores and process logs in this directory
+    /// (default: a temporary one, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(a: BenchArgs, out: Output) -> Result<()> {
+    liaison_telemetry::init("error", liaison_telemetry::Format::Text);
+    let exe = std::env::current_exe().context("cannot find this program to start the servers")?;
+    let opts = liaison_bench::Options {
+        exe,
+        quick: a.quick,
+        sweep: a.plot.is_some(),
+        dir: a.dir,
+    };
+    let human = out == Output::Human;
+    let progress = move |what: &str| {
+        if human {
+            eprintln!("measuring: {what}");
+        }
+    };
+    let report = liaison_bench::run(&opts, &progress).await?;
+    if let Some(path) = &a.plot {
+        let svg = liaison_bench::svg(&report)
+            .context("the sweep measured nothing; there is nothing to plot")?;
+        std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    match out {
+        Output::Json => say!("{}", serde_json::to_string(&report)?),
+        Output::Human => {
+            for line in liaison_bench::table(&report) {
+                say!("{line}");
+            }
+            if let Some(path) = &a.plot {
+                say!("plot written to {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Arguments of the echo server that `liaison bench` starts.
+#[derive(Debug, clap::Args)]
+pub struct EchoServerArgs {
+    /// The dev PKI directory; the server presents the hub's certificate.
+    #[arg(long)]
+    pub certs: PathBuf,
+    /// Listen here (port 0: any free port, written to --ready-file).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Write the bound address here once listening.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Exit when this process stops being the parent.
+    #[arg(long, value_name = "PID")]
+    pub exit_with_parent: Option<u32>,
+}
+
+/// Serves the bare echo until SIGTERM or Ctrl-C.
+pub async fn echo_server(a: EchoServerArgs) -> Result<()> {
+    liaison_telemetry::init("warn", liaison_telemetry::Format::Text);
+    crate::ops::exit_with_parent(a.exit_with_parent);
+    let material =
+        liaison_pki::TlsMaterial::load(&liaison_pki::TlsFiles::in_dev_dir(&a.certs, "hub"))?;
+    let listener = crate::ops::bind(a.listen, a.ready_file.as_deref()).await?;
+    liaison_bench::echo::serve(
+        listener,
+        &material,
+        liaison_bench::FEDERATION,
+        crate::ops::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}

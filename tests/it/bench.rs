@@ -1,0 +1,98 @@
+//! `liaison bench --quick`: the benchmark runs end to end (a hub and eleven
+//! nodes as child processes, the echo baseline) and reports every figure
+//! the README promises. It checks that the benchmark works, never that the
+//! federation is fast.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_liaison-child");
+
+#[test]
+fn the_quick_benchmark_reports_every_figure_against_the_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("load.svg");
+    let out = Command::new(EXE)
+        .args(["--output", "json", "bench", "--quick", "--plot"])
+        .arg(&plot)
+        .arg("--dir")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON document");
+    assert_eq!(report["quick"], true);
+
+    let echo = report["echo"].as_array().unwrap();
+    let concurrencies: Vec<u64> = echo
+        .iter()
+        .map(|e| e["concurrency"].as_u64().unwrap())
+        .collect();
+    assert_eq!(concurrencies, [1, 16, 64]);
+    for e in echo {
+        assert!(e["rps"].as_f64().unwrap() > 0.0, "{e}");
+        assert!(e["p50_us"].as_u64().unwrap() > 0, "{e}");
+        assert!(
+            e["p99_us"].as_u64().unwrap() >= e["p50_us"].as_u64().unwrap(),
+            "{e}"
+        );
+    }
+
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert!(scenarios.iter().any(|s| s["batched"] == true));
+    assert!(scenarios.iter().any(|s| s["batched"] == false));
+    let fan_outs: std::collections::BTreeSet<u64> = scenarios
+        .iter()
+        .map(|s| s["recipients"].as_u64().unwrap())
+        .collect();
+    assert!(
+        fan_outs.contains(&1) && fan_outs.contains(&10),
+        "{fan_outs:?}"
+    );
+    for s in scenarios {
+        for key in [
+            "name",
+            "concurrency",
+            "recipients",
+            "batched",
+            "msgs_per_s",
+            "p50_us",
+            "p99_us",
+            "p999_us",
+            "hub_cpu_s_per_msg",
+            "hub_peak_rss_bytes",
+            "ratio_to_echo",
+        ] {
+            assert!(s.get(key).is_some(), "{key} missing in {s}");
+        }
+        assert!(s["messages"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["msgs_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(
+            s["p999_us"].as_u64().unwrap() >= s["p50_us"].as_u64().unwrap(),
+            "{s}"
+        );
+        // The kernel counted the child processes' own CPU and memory.
+        assert!(s["hub_cpu_s_per_msg"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["nodes_cpu_s_per_msg"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["hub_peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+        match s["concurrency"].as_u64() {
+            Some(_) => assert!(s["ratio_to_echo"].as_f64().unwrap() > 0.0, "{s}"),
+            None => {
+                assert!(s["offered_per_s"].as_f64().unwrap() > 0.0, "{s}");
+                assert!(s["ratio_to_echo"].is_null(), "{s}");
+            }
+        }
+    }
+
+    assert!(!report["sweep"].as_array().unwrap().is_empty());
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg ") && svg.contains("<polyline"),
+        "{svg}"
+    );
+    // The bench stopped every process it started (each would also end by
+    // itself with its parent: --exit-with-parent).
+}
