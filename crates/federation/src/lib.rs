@@ -531,11 +531,12 @@ impl Sandbox {
         }
     }
 
-    /// Stops an in-process hub gracefully.
+    /// Stops the hub gracefully (a child process gets SIGTERM, and SIGKILL
+    /// if it has not ended within 10 s).
     pub async fn stop_hub(&mut self) -> Result<(), SandboxError> {
         match std::mem::replace(&mut self.hub, HubProcess::Stopped) {
             HubProcess::InProcess(r) => r.stop().await?,
-            HubProcess::Child(_) => self.kill_hub(),
+            HubProcess::Child(mut child) => stop_child(&mut child).await,
             HubProcess::Stopped => {}
         }
         Ok(())

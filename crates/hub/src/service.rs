@@ -899,11 +899,19 @@ impl HubState {
             for (seq, entry) in entries {
                 // A receipt for the originator travels alone, unaudited (the
                 // acknowledgement it reports is in the log).
-                if let Some(receipt) = &entry.receipt {
+                if entry.receipt.is_some() || !entry.receipts.is_empty() {
                     let delivery = pb::Delivery {
                         seq,
                         routed_at_ms: entry.routed_at_ms,
-                        receipt: Some(receipt.to_proto(&entry.message_id)),
+                        receipt: entry
+                            .receipt
+                            .as_ref()
+                            .map(|r| r.to_proto(&entry.message_id)),
+                        receipts: entry
+                            .receipts
+                            .iter()
+                            .map(|r| r.to_proto(&r.message_id))
+                            .collect(),
                         ..Default::default()
                     };
                     tokio::select! {

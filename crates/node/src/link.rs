@@ -557,7 +557,7 @@ fn delivery_ids(d: &pb::Delivery) -> (u64, String, String) {
         (w.message_id.as_str(), w.origin.as_str())
     } else if let Some(f) = &d.forward_request {
         (f.message_id.as_str(), "")
-    } else if let Some(r) = &d.receipt {
+    } else if let Some(r) = d.receipt.as_ref().or(d.receipts.first()) {
         (r.message_id.as_str(), r.recipient.as_str())
     } else {
         ("", "")
@@ -572,15 +572,25 @@ fn delivery_ids(d: &pb::Delivery) -> (u64, String, String) {
 }
 
 fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
-    if let Some(r) = d.receipt {
-        let message_id = liaison_types::normalise_message_id(&r.message_id)
-            .ok_or_else(|| format!("receipt for an invalid message id {:?}", r.message_id))?;
-        return Ok(Arrival::Receipt {
-            message_id,
-            recipient: r.recipient,
-            at_ms: r.received_at_ms,
-            quarantined: r.quarantined.then_some(r.reason),
-        });
+    if d.receipt.is_some() || !d.receipts.is_empty() {
+        return d
+            .receipt
+            .into_iter()
+            .chain(d.receipts)
+            .map(|r| {
+                let message_id =
+                    liaison_types::normalise_message_id(&r.message_id).ok_or_else(|| {
+                        format!("receipt for an invalid message id {:?}", r.message_id)
+                    })?;
+                Ok(store::ReceiptArrival {
+                    message_id,
+                    recipient: r.recipient,
+                    at_ms: r.received_at_ms,
+                    quarantined: r.quarantined.then_some(r.reason),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(Arrival::Receipts);
     }
     if let Some(f) = d.forward_request {
         let valid = |id: &str, what: &str| {

@@ -161,6 +161,19 @@ pub struct WithdrawalNote {
     pub at_ms: i64,
 }
 
+/// A recipient's node took a message this body originated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptArrival {
+    /// The message.
+    pub message_id: String,
+    /// The recipient body.
+    pub recipient: String,
+    /// When the hub learnt of it.
+    pub at_ms: i64,
+    /// Why the recipient quarantined it; `None` when it was received.
+    pub quarantined: Option<String>,
+}
+
 /// A retraction to send to the hub.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PendingRetraction {
@@ -580,17 +593,8 @@ pub enum Arrival {
     },
     /// Another body asks to pass on a message this body originated.
     ForwardRequest(Box<ForwardRequestRecord>),
-    /// A recipient's node took a message this body originated.
-    Receipt {
-        /// The message.
-        message_id: String,
-        /// The recipient body.
-        recipient: String,
-        /// When the hub learnt of it.
-        at_ms: i64,
-        /// Why the recipient quarantined it; `None` when it was received.
-        quarantined: Option<String>,
-    },
+    /// Recipients' nodes took messages this body originated.
+    Receipts(Vec<ReceiptArrival>),
     /// A delivery this node cannot accept: kept in quarantine, never in the
     /// inbox.
     Quarantine {
@@ -650,28 +654,31 @@ pub async fn store_arrivals(
                         txn.put(key, json(&*record));
                     }
                 }
-                Arrival::Receipt {
-                    message_id,
-                    recipient,
-                    at_ms,
-                    quarantined,
-                } => {
-                    let key = k("o", &message_id);
-                    // A receipt for a message this node no longer knows
-                    // (its store was replaced) has nowhere to go.
-                    if let Some(bytes) = txn.get(&key)? {
-                        let mut rec: OutboxRecord = parse(&key, &bytes)?;
-                        match quarantined {
-                            None => {
-                                rec.received_by.entry(recipient).or_insert(at_ms);
+                Arrival::Receipts(receipts) => {
+                    for ReceiptArrival {
+                        message_id,
+                        recipient,
+                        at_ms,
+                        quarantined,
+                    } in receipts
+                    {
+                        let key = k("o", &message_id);
+                        // A receipt for a message this node no longer knows
+                        // (its store was replaced) has nowhere to go.
+                        if let Some(bytes) = txn.get(&key)? {
+                            let mut rec: OutboxRecord = parse(&key, &bytes)?;
+                            match quarantined {
+                                None => {
+                                    rec.received_by.entry(recipient).or_insert(at_ms);
+                                }
+                                Some(reason) => {
+                                    rec.quarantined_by
+                                        .entry(recipient)
+                                        .or_insert((at_ms, reason));
+                                }
                             }
-                            Some(reason) => {
-                                rec.quarantined_by
-                                    .entry(recipient)
-                                    .or_insert((at_ms, reason));
-                            }
+                            txn.put(key, json(&rec));
                         }
-                        txn.put(key, json(&rec));
                     }
                 }
                 Arrival::Quarantine { record, raw } => {

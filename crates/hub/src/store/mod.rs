@@ -91,14 +91,23 @@ pub struct QueueEntry {
     #[serde(default)]
     pub forward_request: Option<ForwardNotice>,
     /// Set when this position carries, for the originator of the message, a
-    /// recipient node's receipt of it, not the message.
-    #[serde(default)]
+    /// recipient node's receipt of it, not the message (written by earlier
+    /// versions; receipts now travel in `receipts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Receipt>,
+    /// When non-empty, this position carries, for their originator, one
+    /// recipient node's receipts of many messages (one acknowledgement),
+    /// not a message; each names its message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<Receipt>,
 }
 
 /// A recipient node's receipt of a message, queued for its originator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Receipt {
+    /// The message; empty in a single `receipt` (the entry names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message_id: String,
     /// The body whose node took the message.
     pub recipient: String,
     /// When the hub learnt of it.
@@ -131,13 +140,17 @@ impl QueueEntry {
             retraction: None,
             forward_request: None,
             receipt: None,
+            receipts: Vec::new(),
         }
     }
 
     /// Whether this position carries the message itself (not a withdrawal,
     /// a forward request or a receipt).
     pub fn is_message(&self) -> bool {
-        self.retraction.is_none() && self.forward_request.is_none() && self.receipt.is_none()
+        self.retraction.is_none()
+            && self.forward_request.is_none()
+            && self.receipt.is_none()
+            && self.receipts.is_empty()
     }
 }
 
@@ -596,8 +609,11 @@ pub fn plan_acknowledgement(
         }],
         ..Effects::default()
     };
+    // One receipt position per originator for the whole acknowledgement.
+    let mut receipts: std::collections::BTreeMap<BodyId, Vec<Receipt>> =
+        std::collections::BTreeMap::new();
     for (qseq, entry) in entries {
-        if entry.receipt.is_some() {
+        if entry.receipt.is_some() || !entry.receipts.is_empty() {
             continue;
         }
         let quarantine = ask.quarantined.get(qseq);
@@ -631,19 +647,23 @@ pub fn plan_acknowledgement(
         // The originator learns that the recipient's node took it.
         let origin = BodyId::parse(&entry.origin).ok().filter(|o| o != body);
         if let (Some(origin), true) = (origin, entry.is_message()) {
-            effects.enqueue.push(Enqueue {
-                body: origin,
-                entry: QueueEntry {
-                    receipt: Some(Receipt {
-                        recipient: body.to_string(),
-                        at_ms: ask.now_ms,
-                        quarantined: quarantine.cloned(),
-                    }),
-                    ..QueueEntry::message(&entry.message_id, &entry.origin, ask.now_ms)
-                },
-                audit: None,
+            receipts.entry(origin).or_default().push(Receipt {
+                message_id: entry.message_id.clone(),
+                recipient: body.to_string(),
+                at_ms: ask.now_ms,
+                quarantined: quarantine.cloned(),
             });
         }
+    }
+    for (origin, receipts) in receipts {
+        effects.enqueue.push(Enqueue {
+            entry: QueueEntry {
+                receipts,
+                ..QueueEntry::message("", origin.as_str(), ask.now_ms)
+            },
+            body: origin,
+            audit: None,
+        });
     }
     Ok((seq, effects))
 }
@@ -900,13 +920,30 @@ mod tests {
         let message = |id: &str| QueueEntry::message(id, "alpha", NOW);
         let receipt = QueueEntry {
             receipt: Some(Receipt {
+                message_id: String::new(),
                 recipient: "charlie".into(),
                 at_ms: NOW,
                 quarantined: None,
             }),
             ..QueueEntry::message("r", "bravo", NOW)
         };
-        let entries = vec![(3, message("a")), (4, message("b")), (5, receipt)];
+        let receipts = QueueEntry {
+            receipts: vec![Receipt {
+                message_id: "s".into(),
+                recipient: "charlie".into(),
+                at_ms: NOW,
+                quarantined: None,
+            }],
+            ..QueueEntry::message("", "charlie", NOW)
+        };
+        let from_charlie = |id: &str| QueueEntry::message(id, "charlie", NOW);
+        let entries = vec![
+            (3, message("a")),
+            (4, message("b")),
+            (5, receipt),
+            (6, from_charlie("c")),
+            (7, receipts),
+        ];
         let quarantined = std::collections::BTreeMap::from([(4, "body.title: empty".to_owned())]);
         let ask = AckAsk {
             body: &bravo,
@@ -916,8 +953,9 @@ mod tests {
             now_ms: NOW,
             policy_version: "v1",
         };
-        let (acked, e) = plan_acknowledgement(&ask, 2, 5, &entries).unwrap();
-        assert_eq!(acked, 5);
+        let ask = AckAsk { seq: 7, ..ask };
+        let (acked, e) = plan_acknowledgement(&ask, 2, 7, &entries).unwrap();
+        assert_eq!(acked, 7);
         let events: Vec<(&str, u64)> = e
             .audit
             .iter()
@@ -925,28 +963,45 @@ mod tests {
             .collect();
         assert_eq!(
             events,
-            [("acknowledged", 3), ("quarantined", 4)],
+            [("acknowledged", 3), ("quarantined", 4), ("acknowledged", 6)],
             "a receipt gets no record"
         );
-        let receipts: Vec<(&str, Option<&String>)> = e
+        // One receipt position per originator, in originator order, each
+        // naming its messages; receipts are not receipted.
+        let receipts: Vec<(&str, Vec<(&str, Option<&str>)>)> = e
             .enqueue
             .iter()
             .map(|q| {
-                let r = q.entry.receipt.as_ref().unwrap();
-                (q.body.as_str(), r.quarantined.as_ref())
+                assert!(q.entry.receipt.is_none() && !q.entry.is_message());
+                (
+                    q.body.as_str(),
+                    q.entry
+                        .receipts
+                        .iter()
+                        .map(|r| {
+                            assert_eq!(r.recipient, "bravo");
+                            (r.message_id.as_str(), r.quarantined.as_deref())
+                        })
+                        .collect(),
+                )
             })
             .collect();
-        assert_eq!(receipts.len(), 2);
-        assert!(receipts.iter().all(|(b, _)| *b == "alpha"));
-        assert_eq!(receipts[1].1.map(String::as_str), Some("body.title: empty"));
+        assert_eq!(
+            receipts,
+            [
+                ("alpha", vec![("a", None), ("b", Some("body.title: empty"))]),
+                ("charlie", vec![("c", None)]),
+            ]
+        );
         assert_eq!(
             e.writes,
             [Write::Acknowledge {
                 body: bravo.clone(),
-                positions: vec![3, 4, 5],
-                acked: 5
+                positions: vec![3, 4, 5, 6, 7],
+                acked: 7
             }]
         );
+        let ask = AckAsk { seq: 5, ..ask };
         // Beyond the queue, a stray quarantine, an old position.
         let beyond = AckAsk { seq: 6, ..ask };
         assert!(matches!(
