@@ -968,7 +968,8 @@ mod tests {
         );
         // One receipt position per originator, in originator order, each
         // naming its messages; receipts are not receipted.
-        let receipts: Vec<(&str, Vec<(&str, Option<&str>)>)> = e
+        type Receipted<'a> = (&'a str, Vec<(&'a str, Option<&'a str>)>);
+        let receipts: Vec<Receipted<'_>> = e
             .enqueue
             .iter()
             .map(|q| {
