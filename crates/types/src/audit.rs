@@ -204,9 +204,70 @@ pub fn from_json(text: &[u8]) -> Result<AuditRecord, String> {
     })
 }
 
-/// The canonical text the hash covers.
+/// The canonical text the hash covers: the record without `hash` as one
+/// JSON object, keys sorted, no spaces (what `serde_json` makes of
+/// [`to_json`] minus `hash`, and what `deploy/verify_audit.py` recomputes).
+///
+/// Written directly rather than through a JSON map: this runs for every
+/// record the hub appends.
 pub fn canonical(r: &AuditRecord) -> String {
-    Value::Object(canonical_map(r)).to_string()
+    let mut out = String::with_capacity(256 + r.labels.len() + r.reason.len());
+    let mut field = |key: &str, value: Scalar<'_>| {
+        out.push(if out.is_empty() { '{' } else { ',' });
+        push_json_str(&mut out, key);
+        out.push(':');
+        match value {
+            Scalar::Str(v) => push_json_str(&mut out, v),
+            Scalar::U64(v) => out.push_str(&v.to_string()),
+            Scalar::I64(v) => out.push_str(&v.to_string()),
+        }
+    };
+    // In key order.
+    field("actor", Scalar::Str(&r.actor));
+    field("at_ms", Scalar::I64(r.at_ms));
+    field("classification", Scalar::Str(&r.classification));
+    field("decision", Scalar::Str(&r.decision));
+    field("event", Scalar::Str(&r.event));
+    field("kind", Scalar::Str(&r.kind));
+    field("labels", Scalar::Str(&r.labels));
+    field("message_id", Scalar::Str(&r.message_id));
+    field("origin", Scalar::Str(&r.origin));
+    field("policy_version", Scalar::Str(&r.policy_version));
+    field("prev_hash", Scalar::Str(&r.prev_hash));
+    field("queue_seq", Scalar::U64(r.queue_seq));
+    field("reason", Scalar::Str(&r.reason));
+    field("recipient", Scalar::Str(&r.recipient));
+    field("rule", Scalar::Str(&r.rule));
+    field("seq", Scalar::U64(r.seq));
+    out.push('}');
+    out
+}
+
+/// A canonical field's value.
+#[derive(Debug, Clone, Copy)]
+enum Scalar<'a> {
+    Str(&'a str),
+    U64(u64),
+    I64(i64),
+}
+
+/// Appends `s` as a JSON string, escaped as `serde_json` escapes it.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Computes the record's hash from its `prev_hash` and canonical form.
@@ -216,6 +277,21 @@ pub fn record_hash(r: &AuditRecord) -> String {
     h.update(b"\n");
     h.update(canonical(r).as_bytes());
     hex::encode(h.finalize())
+}
+
+/// A record in its stored form: the encoded proto, `hash` included (JSON is
+/// for export; the hash covers [`canonical`] whatever the stored form).
+pub fn encode_stored(r: &AuditRecord) -> Vec<u8> {
+    prost::Message::encode_to_vec(r)
+}
+
+/// Reads a stored record: the encoded proto, or the JSON object that
+/// earlier versions stored (a proto encoding never begins with `{`).
+pub fn decode_stored(bytes: &[u8]) -> Result<AuditRecord, String> {
+    if bytes.first() == Some(&b'{') {
+        return from_json(bytes);
+    }
+    <AuditRecord as prost::Message>::decode(bytes).map_err(|e| format!("not an audit record: {e}"))
 }
 
 /// The result of checking a chain.
@@ -348,6 +424,48 @@ mod tests {
             let text = Value::Object(to_json(r)).to_string();
             assert_eq!(&from_json(text.as_bytes()).unwrap(), r);
         }
+    }
+
+    /// The direct writer makes exactly the text the JSON map made (so the
+    /// hashes of existing logs, and `deploy/verify_audit.py`, still agree).
+    #[test]
+    fn the_canonical_text_is_the_sorted_json_object_without_the_hash() {
+        let awkward = "quote \" backslash \\ newline \n tab \t cr \r bell \u{7} nul \u{0} del \u{7f} é 中 \u{2028} \u{8} \u{c}";
+        let mut records = chain(3);
+        records[1].reason = awkward.into();
+        records[1].labels = r#"{"crime_areas":["drugs"],"origin":"europol"}"#.into();
+        records[2].at_ms = -5;
+        records[2].queue_seq = u64::MAX;
+        records.push(AuditRecord::default());
+        for r in &records {
+            let reference = Value::Object(canonical_map(r)).to_string();
+            assert_eq!(canonical(r), reference);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_canonical_text_matches_the_json_map_for_any_text(
+            reason in "\\PC*|[\\x00-\\x7f]*",
+            labels in proptest::prelude::any::<String>(),
+            at_ms in proptest::prelude::any::<i64>(),
+            queue_seq in proptest::prelude::any::<u64>(),
+        ) {
+            let r = AuditRecord { reason, labels, at_ms, queue_seq, ..Default::default() };
+            proptest::prop_assert_eq!(canonical(&r), Value::Object(canonical_map(&r)).to_string());
+        }
+    }
+
+    #[test]
+    fn the_stored_form_is_binary_and_old_json_records_still_read() {
+        for r in chain(3) {
+            let stored = encode_stored(&r);
+            assert_ne!(stored.first(), Some(&b'{'));
+            assert_eq!(decode_stored(&stored).unwrap(), r);
+            let old = Value::Object(to_json(&r)).to_string();
+            assert_eq!(decode_stored(old.as_bytes()).unwrap(), r);
+        }
+        assert!(decode_stored(b"\xff\xff").is_err());
     }
 
     #[test]

@@ -181,16 +181,46 @@ pub fn digest(encoded: &[u8]) -> String {
 /// links it to the previous record and computes its hash.
 pub fn append_audit(txn: &mut Txn<'_>, mut record: pb::AuditRecord) -> Result<u64, StoreError> {
     let (last_seq, last_hash) = match txn.get(AUDIT_HEAD)? {
-        Some(bytes) => parse::<(u64, String)>(AUDIT_HEAD, &bytes)?,
+        Some(bytes) => decode_audit_head(&bytes)?,
         None => (0, GENESIS_HASH.to_owned()),
     };
     record.seq = last_seq + 1;
     record.prev_hash = last_hash;
     record.hash = audit::record_hash(&record);
-    let text = serde_json::Value::Object(audit::to_json(&record)).to_string();
-    txn.put(keys::seq_key(AUDIT_PREFIX, record.seq), text.into_bytes());
-    txn.put(AUDIT_HEAD, json(&(record.seq, &record.hash)));
+    txn.put(
+        keys::seq_key(AUDIT_PREFIX, record.seq),
+        audit::encode_stored(&record),
+    );
+    txn.put(AUDIT_HEAD, encode_audit_head(record.seq, &record.hash));
     Ok(record.seq)
+}
+
+/// The audit head as stored: the last position (big-endian) and its hash
+/// (hex).
+fn encode_audit_head(seq: u64, hash: &str) -> Vec<u8> {
+    let mut v = seq.to_be_bytes().to_vec();
+    v.extend_from_slice(hash.as_bytes());
+    v
+}
+
+/// Reads the audit head: binary, or the JSON `[seq, hash]` of earlier
+/// versions.
+fn decode_audit_head(bytes: &[u8]) -> Result<(u64, String), StoreError> {
+    if bytes.first() == Some(&b'[') {
+        return parse::<(u64, String)>(AUDIT_HEAD, bytes);
+    }
+    let corrupt = |problem: &str| StoreError::Corrupt {
+        key: String::from_utf8_lossy(AUDIT_HEAD).into_owned(),
+        problem: problem.to_owned(),
+    };
+    let (seq, hash) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("shorter than a position"))?;
+    let hash = std::str::from_utf8(hash).map_err(|_| corrupt("hash is not text"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(corrupt("hash is not 64 hex digits"));
+    }
+    Ok((u64::from_be_bytes(*seq), hash.to_owned()))
 }
 
 /// The labels' audit fields: message id, origin, kind, classification.
@@ -449,7 +479,7 @@ pub(super) fn queue_end(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
 /// The last audit position, durable or not (read at start-up).
 pub(super) fn audit_end(db: &Db) -> Result<u64, StoreError> {
     Ok(match db.get(AUDIT_HEAD)? {
-        Some(bytes) => parse::<(u64, String)>(AUDIT_HEAD, &bytes)?.0,
+        Some(bytes) => decode_audit_head(&bytes)?.0,
         None => 0,
     })
 }
@@ -680,7 +710,7 @@ pub(super) fn audit_after(
     db.scan(&start, &end, limit)?
         .into_iter()
         .map(|(k, v)| {
-            audit::from_json(&v).map_err(|problem| StoreError::Corrupt {
+            audit::decode_stored(&v).map_err(|problem| StoreError::Corrupt {
                 key: audit_key_name(keys::seq_of(&k).unwrap_or_default()),
                 problem,
             })
