@@ -19,7 +19,7 @@ pub mod report;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -372,19 +372,17 @@ async fn measure_echo(
     let _ = std::fs::remove_file(&ready);
     let log = std::fs::File::create(sandbox.dir().join("echo.log"))
         .map_err(|e| io_err("creating echo.log", &e))?;
-    let child = Command::new(&opts.exe)
-        .arg("bench-echo-server")
-        .arg("--certs")
-        .arg(sandbox.certs())
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--exit-with-parent")
-        .arg(std::process::id().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| io_err("starting the echo server", &e))?;
+    let child = liaison_federation::spawn_server(
+        &opts.exe,
+        &[
+            "bench-echo-server".as_ref(),
+            "--certs".as_ref(),
+            sandbox.certs().as_os_str(),
+        ],
+        &ready,
+        log,
+    )
+    .map_err(|e| io_err("starting the echo server", &e))?;
     let mut guard = ChildGuard(child);
     let addr =
         liaison_federation::wait_until("the echo server listens", Duration::from_secs(30), || {
@@ -756,6 +754,7 @@ impl Fed {
         Ok(points)
     }
 
+    /// Restarts the peak RSS counts and reads the counters.
     fn counters(&self) -> Counters {
         let (hub, nodes) = self.pids();
         if let Some(h) = hub {
@@ -764,11 +763,7 @@ impl Fed {
         for &n in &nodes {
             proc::reset_peak_rss(n);
         }
-        Counters {
-            hub: hub.and_then(proc::sample).unwrap_or_default(),
-            nodes: nodes.iter().filter_map(|&n| proc::sample(n)).collect(),
-            hub_disk: proc::dir_bytes(&self.sandbox.dir().join("hub-data")),
-        }
+        self.counters_now()
     }
 
     fn figure(

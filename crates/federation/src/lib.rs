@@ -477,20 +477,13 @@ impl Sandbox {
         let _ = std::fs::remove_file(&ready);
         let log =
             std::fs::File::create(self.dir.join("hub.log")).map_err(io("creating hub.log"))?;
-        let child = Command::new(exe)
-            .args(["hub", "--config"])
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            // The hub ends with this process, however this one ends (a
-            // panic that aborts, a SIGKILL of the test run).
-            .arg("--exit-with-parent")
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(io("spawning the hub process"))?;
+        let child = spawn_server(
+            exe,
+            &["hub".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &ready,
+            log,
+        )
+        .map_err(io("spawning the hub process"))?;
         self.hub = HubProcess::Child(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
@@ -610,18 +603,13 @@ impl Sandbox {
         let _ = std::fs::remove_file(&ready);
         let log_path = self.dir.join(format!("node-{body}.log"));
         let log = std::fs::File::create(&log_path).map_err(io("creating a node log"))?;
-        let mut child = Command::new(exe)
-            .args(["node", "--config"])
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--exit-with-parent")
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(io("spawning a node process"))?;
+        let mut child = spawn_server(
+            exe,
+            &["node".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &ready,
+            log,
+        )
+        .map_err(io("spawning a node process"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
@@ -775,6 +763,28 @@ impl Drop for Sandbox {
             }
         }
     }
+}
+
+/// Starts `exe args… --ready-file ready --exit-with-parent <this process>`
+/// (a `liaison` server command) with its standard error to `log`. The
+/// server writes its bound address to `ready` once it listens, and ends with
+/// this process however this one ends (a panic that aborts, a SIGKILL).
+pub fn spawn_server(
+    exe: &Path,
+    args: &[&std::ffi::OsStr],
+    ready: &Path,
+    log: std::fs::File,
+) -> std::io::Result<Child> {
+    Command::new(exe)
+        .args(args)
+        .arg("--ready-file")
+        .arg(ready)
+        .arg("--exit-with-parent")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
 }
 
 /// Asks a child process to stop (SIGTERM) and waits up to 10 s, then kills it.
