@@ -82,13 +82,8 @@ pub async fn echo_server(a: EchoServerArgs) -> Result<()> {
     crate::ops::exit_with_parent(a.exit_with_parent);
     let material =
         liaison_pki::TlsMaterial::load(&liaison_pki::TlsFiles::in_dev_dir(&a.certs, "hub"))?;
+    let stop = crate::ops::shutdown_signal();
     let listener = crate::ops::bind(a.listen, a.ready_file.as_deref()).await?;
-    liaison_bench::echo::serve(
-        listener,
-        &material,
-        liaison_bench::FEDERATION,
-        crate::ops::shutdown_signal(),
-    )
-    .await?;
+    liaison_bench::echo::serve(listener, &material, liaison_bench::FEDERATION, stop).await?;
     Ok(())
 }

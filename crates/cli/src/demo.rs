@@ -199,6 +199,8 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
         // installed; with --output json they go to standard error, so that
         // standard output stays one JSON document.
         let hints = keep_running_hints(&sandbox, &args)?;
+        // Listen before saying "press Ctrl-C".
+        let stop = crate::ops::shutdown_signal();
         for line in &hints {
             if human {
                 say!("{line}");
@@ -206,7 +208,7 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
                 eprintln!("{}", liaison_types::text::escape_text(line));
             }
         }
-        crate::ops::shutdown_signal().await;
+        stop.await;
     }
     sandbox.shutdown().await?;
     if report.problems.is_empty() {

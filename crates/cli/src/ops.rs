@@ -1016,25 +1016,34 @@ pub(crate) async fn bind(
     Ok(listener)
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives
+/// between the two (after a "press Ctrl-C" line, say) is not lost, and does
+/// not end the process by its default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {},
+                () = wait(terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -1054,8 +1063,10 @@ pub async fn hub(a: ServeArgs) -> Result<()> {
     // Catch SIGHUP before announcing readiness: by default it would end the
     // process.
     let reloads = reload_signal()?;
+    // Listen for SIGTERM before announcing readiness, too.
+    let stop = shutdown_signal();
     let listener = bind(config.listen, a.ready_file.as_deref()).await?;
-    liaison_hub::run_with_reload(config, listener, shutdown_signal(), reloads).await?;
+    liaison_hub::run_with_reload(config, listener, stop, reloads).await?;
     Ok(())
 }
 
@@ -1084,8 +1095,10 @@ pub async fn node(a: ServeArgs) -> Result<()> {
     // SIGHUP re-reads the `[tls] crl` file; catch it before announcing
     // readiness, by default it would end the process.
     let reloads = reload_signal()?;
+    // Listen for SIGTERM before announcing readiness, too.
+    let stop = shutdown_signal();
     let listener = bind(config.listen, a.ready_file.as_deref()).await?;
-    liaison_node::run_with_reload(config, listener, shutdown_signal(), reloads).await?;
+    liaison_node::run_with_reload(config, listener, stop, reloads).await?;
     Ok(())
 }
 
