@@ -626,19 +626,23 @@ impl pb::officer_server::Officer for OfficerService {
                     () = tx.closed() => return,
                     _ = stopping.wait_for(|s| *s) => return,
                 };
-                let sent = match item {
-                    Ok(summary) => tx.send(Ok(summary)).await,
-                    Err(RecvError::Lagged(missed)) => {
-                        let _ = tx
-                            .send(Err(Status::resource_exhausted(format!(
-                                "this watcher fell {missed} messages behind the inbox and was ended; list the inbox, then watch again"
-                            ))))
-                            .await;
-                        return;
-                    }
+                let (next, last) = match item {
+                    Ok(summary) => (Ok(summary), false),
+                    Err(RecvError::Lagged(missed)) => (
+                        Err(Status::resource_exhausted(format!(
+                            "this watcher fell {missed} messages behind the inbox and was ended; list the inbox, then watch again"
+                        ))),
+                        true,
+                    ),
                     Err(RecvError::Closed) => return,
                 };
-                if sent.is_err() {
+                // A watcher that stops reading must not keep the node from
+                // stopping.
+                let sent = tokio::select! {
+                    sent = tx.send(next) => sent.is_ok(),
+                    _ = stopping.wait_for(|s| *s) => false,
+                };
+                if !sent || last {
                     return;
                 }
             }
