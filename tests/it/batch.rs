@@ -18,6 +18,32 @@ fn restricted_alert(origin: &str, title: &str) -> pb::Envelope {
     )
 }
 
+/// Officer alice of alpha submits `bodies` as RESTRICTED drugs alerts, in
+/// order; returns their ids.
+async fn submit_alerts(
+    sandbox: &liaison_federation::Sandbox,
+    bodies: impl IntoIterator<Item = pb::Body>,
+) -> Vec<String> {
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut sent = Vec::new();
+    for body in bodies {
+        let resp = officer
+            .submit(pb::OfficerSubmitRequest {
+                labels: Some(labels(
+                    pb::Kind::Alert,
+                    pb::Classification::Restricted,
+                    &["drugs"],
+                )),
+                body: Some(body),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sent.push(resp.message_id);
+    }
+    sent
+}
+
 fn id_of(env: &pb::Envelope) -> String {
     env.labels.as_ref().unwrap().message_id.clone()
 }
@@ -181,23 +207,7 @@ async fn a_backlog_is_pushed_complete_and_in_order_batched_or_not() {
         .await
         .unwrap();
         sandbox.stop_hub().await.unwrap();
-        let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
-        let mut sent = Vec::new();
-        for i in 0..120 {
-            let resp = officer
-                .submit(pb::OfficerSubmitRequest {
-                    labels: Some(labels(
-                        pb::Kind::Alert,
-                        pb::Classification::Restricted,
-                        &["drugs"],
-                    )),
-                    body: Some(alert(&format!("backlog {i}"))),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            sent.push(resp.message_id);
-        }
+        let sent = submit_alerts(&sandbox, (0..120).map(|i| alert(&format!("backlog {i}")))).await;
         sandbox.start_hub().await.unwrap();
         let got = wait_until("bravo's inbox holds the backlog", SETTLE, || async {
             let ids = inbox_ids(&sandbox, "bravo").await;
@@ -244,23 +254,7 @@ async fn watch_inbox_streams_new_messages_to_the_bodys_own_officers() {
         .await
         .unwrap()
         .into_inner();
-    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
-    let mut sent = Vec::new();
-    for i in 0..3 {
-        let resp = officer
-            .submit(pb::OfficerSubmitRequest {
-                labels: Some(labels(
-                    pb::Kind::Alert,
-                    pb::Classification::Restricted,
-                    &["drugs"],
-                )),
-                body: Some(alert(&format!("watched {i}"))),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        sent.push(resp.message_id);
-    }
+    let sent = submit_alerts(&sandbox, (0..3).map(|i| alert(&format!("watched {i}")))).await;
     let mut seen = Vec::new();
     while seen.len() < sent.len() {
         let next = tokio::time::timeout(SETTLE, stream.next())
@@ -294,29 +288,14 @@ async fn a_batch_the_hub_finds_too_large_is_split_not_lost() {
     .await
     .unwrap();
     sandbox.stop_hub().await.unwrap();
-    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
-    let mut sent = Vec::new();
-    for i in 0..5 {
-        let resp = officer
-            .submit(pb::OfficerSubmitRequest {
-                labels: Some(labels(
-                    pb::Kind::Alert,
-                    pb::Classification::Restricted,
-                    &["drugs"],
-                )),
-                body: Some(pb::Body {
-                    title: format!("large {i}"),
-                    content: Some(pb::body::Content::Alert(pb::Alert {
-                        text: "x".repeat(60 * 1024),
-                        ..Default::default()
-                    })),
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        sent.push(resp.message_id);
-    }
+    let large = (0..5).map(|i| pb::Body {
+        title: format!("large {i}"),
+        content: Some(pb::body::Content::Alert(pb::Alert {
+            text: "x".repeat(60 * 1024),
+            ..Default::default()
+        })),
+    });
+    let sent = submit_alerts(&sandbox, large).await;
     sandbox.start_hub().await.unwrap();
     let mut got = wait_until("bravo's inbox holds the five", SETTLE, || async {
         let ids = inbox_ids(&sandbox, "bravo").await;
