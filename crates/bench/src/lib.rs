@@ -28,7 +28,6 @@ use liaison_federation::{Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
 use liaison_proto::v1::officer_client::OfficerClient;
 use liaison_types::Role;
-use prost::Message;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 use tonic::transport::Channel;
@@ -242,7 +241,10 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
             (None, d.clone())
         }
         None => {
-            let t = tempfile_dir()?;
+            let t = tempfile::Builder::new()
+                .prefix("liaison-bench-")
+                .tempdir()
+                .map_err(|e| io_err("creating a temporary directory", &e))?;
             let d = t.path().to_path_buf();
             (Some(t), d)
         }
@@ -310,32 +312,6 @@ fn io_err(context: &str, e: &std::io::Error) -> BenchError {
     BenchError::Io(format!("{context}: {e}"))
 }
 
-fn tempfile_dir() -> Result<TempDir, BenchError> {
-    let base = std::env::temp_dir().join(format!(
-        "liaison-bench-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&base).map_err(|e| io_err("creating a temporary directory", &e))?;
-    Ok(TempDir(base))
-}
-
-/// A directory removed when dropped.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn start(
     opts: &Options,
     dir: &Path,
@@ -368,37 +344,18 @@ async fn measure_echo(
     sandbox: &Sandbox,
     window: Duration,
 ) -> Result<Vec<EchoFigure>, BenchError> {
-    let ready = sandbox.dir().join("echo.ready");
-    let _ = std::fs::remove_file(&ready);
-    let log = std::fs::File::create(sandbox.dir().join("echo.log"))
-        .map_err(|e| io_err("creating echo.log", &e))?;
-    let child = liaison_federation::spawn_server(
+    let (child, addr) = liaison_federation::start_server(
         &opts.exe,
         &[
             "bench-echo-server".as_ref(),
             "--certs".as_ref(),
             sandbox.certs().as_os_str(),
         ],
-        &ready,
-        log,
+        sandbox.dir(),
+        "echo",
     )
-    .map_err(|e| io_err("starting the echo server", &e))?;
-    let mut guard = ChildGuard(child);
-    let addr =
-        liaison_federation::wait_until("the echo server listens", Duration::from_secs(30), || {
-            let ready = ready.clone();
-            async move {
-                std::fs::read_to_string(&ready)
-                    .ok()
-                    .and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok())
-            }
-        })
-        .await?;
-    if let Ok(Some(status)) = guard.0.try_wait() {
-        return Err(BenchError::Io(format!(
-            "the echo server exited with {status}"
-        )));
-    }
+    .await?;
+    let guard = ChildGuard(child);
     let material = sandbox.material(&format!("{}/node", body(0)))?;
     let channel = liaison_pki::connect(
         &format!("https://{addr}"),
@@ -410,10 +367,10 @@ async fn measure_echo(
     echo::measure(&channel, 4, window / 4).await?;
     let mut figures = Vec::new();
     for c in [1, 16, 64] {
-        let (calls, mut lat) = echo::measure(&channel, c, window).await?;
+        let mut lat = echo::measure(&channel, c, window).await?;
         figures.push(EchoFigure {
             concurrency: c,
-            rps: calls as f64 / window.as_secs_f64(),
+            rps: lat.len() as f64 / window.as_secs_f64(),
             p50_us: lat.quantile_us(0.5),
             p99_us: lat.quantile_us(0.99),
         });
@@ -839,20 +796,10 @@ struct Counters {
     hub_disk: u64,
 }
 
-/// The encoded size of a benchmark envelope's body, for the README.
-pub fn body_bytes() -> usize {
-    pb::Body {
-        title: "bench".into(),
-        content: Some(pb::body::Content::Alert(pb::Alert {
-            text: "x".repeat(PAYLOAD),
-            ..Default::default()
-        })),
-    }
-    .encoded_len()
-}
-
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     #[test]

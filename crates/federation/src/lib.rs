@@ -473,35 +473,14 @@ impl Sandbox {
         };
         self.hub_addr = Some(addr);
         let config = self.write_hub_config(addr)?;
-        let ready = self.dir.join("hub.ready");
-        let _ = std::fs::remove_file(&ready);
-        let log =
-            std::fs::File::create(self.dir.join("hub.log")).map_err(io("creating hub.log"))?;
-        let child = spawn_server(
+        let (child, _) = start_server(
             exe,
             &["hub".as_ref(), "--config".as_ref(), config.as_os_str()],
-            &ready,
-            log,
+            &self.dir,
+            "hub",
         )
-        .map_err(io("spawning the hub process"))?;
+        .await?;
         self.hub = HubProcess::Child(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready.exists() {
-            if let HubProcess::Child(child) = &mut self.hub {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(self.dir.join("hub.log")).unwrap_or_default();
-                    return Err(SandboxError::Io(format!(
-                        "hub process exited with {status}: {log}"
-                    )));
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(SandboxError::Io(
-                    "hub process did not start listening within 30s".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         Ok(())
     }
 
@@ -599,39 +578,13 @@ impl Sandbox {
     /// choosing (port 0; it writes the one it bound to its ready file).
     async fn start_node_process(&mut self, body: &str, exe: &Path) -> Result<(), SandboxError> {
         let config = self.write_node_config(body, "127.0.0.1:0")?;
-        let ready = self.dir.join(format!("node-{body}.ready"));
-        let _ = std::fs::remove_file(&ready);
-        let log_path = self.dir.join(format!("node-{body}.log"));
-        let log = std::fs::File::create(&log_path).map_err(io("creating a node log"))?;
-        let mut child = spawn_server(
+        let (child, addr) = start_server(
             exe,
             &["node".as_ref(), "--config".as_ref(), config.as_os_str()],
-            &ready,
-            log,
+            &self.dir,
+            &format!("node-{body}"),
         )
-        .map_err(io("spawning a node process"))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                if let Ok(addr) = text.trim().parse::<SocketAddr>() {
-                    break addr;
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(SandboxError::Io(format!(
-                    "{body} node process exited with {status}: {log}"
-                )));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(SandboxError::Io(format!(
-                    "{body} node process did not start listening within 30s"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        .await?;
         self.nodes
             .insert(body.to_owned(), NodeProcess::Child { addr, child });
         Ok(())
@@ -765,26 +718,56 @@ impl Drop for Sandbox {
     }
 }
 
-/// Starts `exe args… --ready-file ready --exit-with-parent <this process>`
-/// (a `liaison` server command) with its standard error to `log`. The
-/// server writes its bound address to `ready` once it listens, and ends with
-/// this process however this one ends (a panic that aborts, a SIGKILL).
-pub fn spawn_server(
+/// Starts `exe args… --ready-file <dir>/<name>.ready --exit-with-parent
+/// <this process>` (a `liaison` server command) with its standard error in
+/// `<dir>/<name>.log`, and waits up to 30 s for the address it writes to the
+/// ready file once it listens. The server ends with this process however
+/// this one ends (a panic that aborts, a SIGKILL); if it exits or does not
+/// listen in time, the error holds its log.
+pub async fn start_server(
     exe: &Path,
     args: &[&std::ffi::OsStr],
-    ready: &Path,
-    log: std::fs::File,
-) -> std::io::Result<Child> {
-    Command::new(exe)
+    dir: &Path,
+    name: &str,
+) -> Result<(Child, SocketAddr), SandboxError> {
+    let ready = dir.join(format!("{name}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| SandboxError::Io(format!("creating {}: {e}", log_path.display())))?;
+    let mut child = Command::new(exe)
         .args(args)
         .arg("--ready-file")
-        .arg(ready)
+        .arg(&ready)
         .arg("--exit-with-parent")
         .arg(std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map_err(|e| SandboxError::Io(format!("spawning the {name} process: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            if let Ok(addr) = text.trim().parse::<SocketAddr>() {
+                return Ok((child, addr));
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(SandboxError::Io(format!(
+                "{name} process exited with {status}: {log}"
+            )));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SandboxError::Io(format!(
+                "{name} process did not start listening within 30s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Asks a child process to stop (SIGTERM) and waits up to 10 s, then kills it.

@@ -30,6 +30,11 @@ fn is_final(status: &tonic::Status) -> bool {
     !liaison_proto::status::is_retryable(status)
 }
 
+/// A hub status as the outbox records it: code and message.
+fn described(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
 /// Sleeps for `delay` unless the node is stopping; returns false if stopping.
 async fn pause(delay: std::time::Duration, stopping: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
@@ -148,7 +153,7 @@ pub async fn push_outbox(
                 // this body is not in the federation): as it would be for
                 // each message alone.
                 tracing::warn!(messages = sent, code = %status.code(), error = status.message(), "hub refused for good");
-                let why = format!("{:?}: {}", status.code(), status.message());
+                let why = described(&status);
                 let finished = batch
                     .into_iter()
                     .map(|p| store::Finished {
@@ -232,11 +237,9 @@ async fn submit_one(
         .await;
     match result {
         Ok(resp) => Ok(vec![Ok(resp.into_inner())]),
-        Err(status) if is_final(&status) && !is_too_large(&status) => Ok(vec![Err(format!(
-            "{:?}: {}",
-            status.code(),
-            status.message()
-        ))]),
+        Err(status) if is_final(&status) && !is_too_large(&status) => {
+            Ok(vec![Err(described(&status))])
+        }
         Err(status) => Err(status),
     }
 }
@@ -273,7 +276,7 @@ async fn submit_many(
                 let code = tonic::Code::from_i32(refused.code);
                 let status = tonic::Status::new(code, refused.message);
                 if is_final(&status) {
-                    Ok(Err(format!("{:?}: {}", status.code(), status.message())))
+                    Ok(Err(described(&status)))
                 } else {
                     // The hub refuses per message only for the caller's
                     // input; anything else fails the whole batch.
@@ -343,9 +346,7 @@ async fn push_retractions(
             .await;
         let outcome = match result {
             Ok(_) => Ok(()),
-            Err(status) if is_final(&status) => {
-                Err(format!("{:?}: {}", status.code(), status.message()))
-            }
+            Err(status) if is_final(&status) => Err(described(&status)),
             Err(status) => {
                 tracing::warn!(message_id = %p.message_id, error = %status.message(), "retraction failed; will retry");
                 return wait_out(retry, failures, stopping).await;
@@ -404,9 +405,7 @@ async fn push_forward_decisions(
                     _ => format!("state {}", r.state),
                 })
             }
-            Err(status) if is_final(&status) => {
-                Err(format!("{:?}: {}", status.code(), status.message()))
-            }
+            Err(status) if is_final(&status) => Err(described(&status)),
             Err(status) => {
                 tracing::warn!(request_id = %p.request_id, error = %status.message(), "forward decision failed; will retry");
                 return wait_out(retry, failures, stopping).await;
@@ -451,7 +450,7 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
     let stream = hub
         .subscribe(pb::SubscribeRequest { after_seq: cursor })
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| described(&s))?
         .into_inner();
     tracing::info!(after = cursor, "subscribed to the hub");
     *failures = 0;
@@ -461,7 +460,7 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
         let mut quarantined = Vec::new();
         let mut last = 0;
         for item in batch {
-            let delivery = item.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            let delivery = item.map_err(|s| described(&s))?;
             last = delivery.seq;
             let raw = delivery.encode_to_vec();
             let (seq, message_id, origin) = delivery_ids(&delivery);
