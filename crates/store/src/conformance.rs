@@ -81,6 +81,27 @@ pub async fn db_suite(db: Db) {
     .unwrap();
     assert_eq!(db.get(b"x").unwrap(), None);
 
+    // Only a value staged by the same transaction can be extended in place.
+    db.write(|t| {
+        t.put(b"run".to_vec(), b"a".to_vec());
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    let extended = db
+        .write(|t| {
+            let committed = t.staged_mut(b"run").is_some();
+            t.put(b"run2".to_vec(), b"b".to_vec());
+            t.staged_mut(b"run2").unwrap().extend_from_slice(b"c");
+            t.delete(b"gone".to_vec());
+            let deleted = t.staged_mut(b"gone").is_some();
+            Ok::<_, StoreError>((committed, deleted))
+        })
+        .await
+        .unwrap();
+    assert_eq!(extended, (false, false));
+    assert_eq!(db.get(b"run2").unwrap(), Some(b"bc".to_vec()));
+
     // Concurrent counter increments never lose an update.
     let tasks: Vec<_> = (0..64)
         .map(|i| {

@@ -291,6 +291,14 @@ impl Txn<'_> {
     }
 
     /// Stages a deletion.
+    /// The value this transaction has staged under `key`, to extend in
+    /// place: `None` if it staged nothing there, or a delete. A value the
+    /// engine already holds is never returned, so extending one is always
+    /// part of this transaction's atomic batch.
+    pub fn staged_mut(&mut self, key: &[u8]) -> Option<&mut Vec<u8>> {
+        self.writes.get_mut(key).and_then(Option::as_mut)
+    }
+
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
         self.writes.insert(key.into(), None);
     }

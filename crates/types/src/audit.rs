@@ -305,6 +305,27 @@ pub fn decode_stored(bytes: &[u8]) -> Result<AuditRecord, String> {
     <AuditRecord as prost::Message>::decode(bytes).map_err(|e| format!("not an audit record: {e}"))
 }
 
+/// Appends `r` to a stored run ([`liaison_proto::v1::AuditRun`]): the
+/// encoding of a repeated field is the concatenation of its elements, so a
+/// run grows without being decoded. An empty `run` becomes a run of one.
+pub fn extend_run(run: &mut Vec<u8>, r: &AuditRecord) {
+    prost::encoding::message::encode(1, r, run);
+}
+
+/// Reads a stored run of records, in order. Also reads what earlier
+/// versions stored under one key, a single record: as JSON (it begins with
+/// `{`) or as an encoded `AuditRecord` (it begins with the tag of `seq`,
+/// field 1 as a varint, never the tag of a run's field 1, length-delimited).
+pub fn decode_run(bytes: &[u8]) -> Result<Vec<AuditRecord>, String> {
+    const SEQ_TAG: u8 = 0x08;
+    match bytes.first() {
+        Some(&b'{') | Some(&SEQ_TAG) => Ok(vec![decode_stored(bytes)?]),
+        _ => <liaison_proto::v1::AuditRun as prost::Message>::decode(bytes)
+            .map(|run| run.records)
+            .map_err(|e| format!("not a run of audit records: {e}")),
+    }
+}
+
 /// The result of checking a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReport {
@@ -477,6 +498,26 @@ mod tests {
             assert_eq!(decode_stored(old.as_bytes()).unwrap(), r);
         }
         assert!(decode_stored(b"\xff\xff").is_err());
+    }
+
+    #[test]
+    fn a_run_reads_back_in_order_and_old_single_records_read_as_runs_of_one() {
+        let records = chain(5);
+        let mut run = Vec::new();
+        for r in &records {
+            extend_run(&mut run, r);
+        }
+        assert_eq!(decode_run(&run).unwrap(), records);
+        let mut one = Vec::new();
+        extend_run(&mut one, &records[0]);
+        assert_eq!(decode_run(&one).unwrap(), records[..1]);
+        assert_eq!(
+            decode_run(&encode_stored(&records[3])).unwrap(),
+            records[3..4]
+        );
+        let old = Value::Object(to_json(&records[2])).to_string();
+        assert_eq!(decode_run(old.as_bytes()).unwrap(), records[2..3]);
+        assert!(decode_run(&run[..run.len() - 1]).is_err());
     }
 
     #[test]

@@ -177,50 +177,116 @@ pub fn digest(encoded: &[u8]) -> String {
     hex::encode(Sha256::digest(encoded))
 }
 
+/// A run of audit records stops growing at this many bytes, so that one
+/// stays well inside a sled node and is never written as a blob file.
+const AUDIT_RUN_BYTES: usize = 16 * 1024;
+
 /// Appends one audit record inside a transaction: assigns its position,
-/// links it to the previous record and computes its hash.
+/// links it to the previous record and computes its hash. Consecutive
+/// records of one transaction share one stored value (a run, keyed by its
+/// first position, up to [`AUDIT_RUN_BYTES`]); a run is never extended by a
+/// later transaction.
 pub fn append_audit(txn: &mut Txn<'_>, mut record: pb::AuditRecord) -> Result<u64, StoreError> {
-    let (last_seq, last_hash) = match txn.get(AUDIT_HEAD)? {
+    let head = match txn.get(AUDIT_HEAD)? {
         Some(bytes) => decode_audit_head(&bytes)?,
-        None => (0, GENESIS_HASH.to_owned()),
+        None => AuditHead::default(),
     };
-    record.seq = last_seq + 1;
-    record.prev_hash = last_hash;
+    record.seq = head.seq + 1;
+    record.prev_hash = head.hash;
     record.hash = audit::record_hash(&record);
-    txn.put(
-        keys::seq_key(AUDIT_PREFIX, record.seq),
-        audit::encode_stored(&record),
-    );
-    txn.put(AUDIT_HEAD, encode_audit_head(record.seq, &record.hash));
-    Ok(record.seq)
+    let open = txn
+        .staged_mut(&keys::seq_key(AUDIT_PREFIX, head.run_start))
+        .filter(|run| run.len() < AUDIT_RUN_BYTES);
+    let run_start = match open {
+        Some(run) => {
+            audit::extend_run(run, &record);
+            head.run_start
+        }
+        None => {
+            let mut run = Vec::new();
+            audit::extend_run(&mut run, &record);
+            txn.put(keys::seq_key(AUDIT_PREFIX, record.seq), run);
+            record.seq
+        }
+    };
+    let head = AuditHead {
+        seq: record.seq,
+        hash: record.hash,
+        run_start,
+    };
+    txn.put(AUDIT_HEAD, encode_audit_head(&head));
+    Ok(head.seq)
 }
 
-/// The audit head as stored: the last position (big-endian) and its hash
-/// (hex).
-fn encode_audit_head(seq: u64, hash: &str) -> Vec<u8> {
-    let mut v = seq.to_be_bytes().to_vec();
-    v.extend_from_slice(hash.as_bytes());
+/// The audit head: the last position, its hash, and the position of the
+/// run that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AuditHead {
+    seq: u64,
+    hash: String,
+    run_start: u64,
+}
+
+impl Default for AuditHead {
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+            run_start: 0,
+        }
+    }
+}
+
+/// The audit head as stored: the last position (big-endian), its hash
+/// (hex), and the first position of its run (big-endian).
+fn encode_audit_head(head: &AuditHead) -> Vec<u8> {
+    let mut v = head.seq.to_be_bytes().to_vec();
+    v.extend_from_slice(head.hash.as_bytes());
+    v.extend_from_slice(&head.run_start.to_be_bytes());
     v
 }
 
-/// Reads the audit head: binary, or the JSON `[seq, hash]` of earlier
-/// versions.
-fn decode_audit_head(bytes: &[u8]) -> Result<(u64, String), StoreError> {
+/// Reads the audit head: binary (without the run's position in stores of
+/// earlier versions, which kept one record per key), or the JSON
+/// `[seq, hash]` of older ones.
+fn decode_audit_head(bytes: &[u8]) -> Result<AuditHead, StoreError> {
     if bytes.first() == Some(&b'[') {
-        return parse::<(u64, String)>(AUDIT_HEAD, bytes);
+        let (seq, hash) = parse::<(u64, String)>(AUDIT_HEAD, bytes)?;
+        return Ok(AuditHead {
+            seq,
+            hash,
+            run_start: seq,
+        });
     }
     let corrupt = |problem: &str| StoreError::Corrupt {
         key: String::from_utf8_lossy(AUDIT_HEAD).into_owned(),
         problem: problem.to_owned(),
     };
-    let (seq, hash) = bytes
+    let (seq, rest) = bytes
         .split_first_chunk::<8>()
         .ok_or_else(|| corrupt("shorter than a position"))?;
+    let seq = u64::from_be_bytes(*seq);
+    let (hash, run_start) = match rest.len() {
+        64 => (rest, seq),
+        72 => {
+            let (hash, run) = rest.split_at(64);
+            let run = u64::from_be_bytes(run.try_into().expect("eight bytes"));
+            (hash, run)
+        }
+        _ => return Err(corrupt("not a position, a hash and a run's position")),
+    };
     let hash = std::str::from_utf8(hash).map_err(|_| corrupt("hash is not text"))?;
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(corrupt("hash is not 64 hex digits"));
     }
-    Ok((u64::from_be_bytes(*seq), hash.to_owned()))
+    if run_start > seq {
+        return Err(corrupt("its run begins after its last position"));
+    }
+    Ok(AuditHead {
+        seq,
+        hash: hash.to_owned(),
+        run_start,
+    })
 }
 
 /// The labels' audit fields: message id, origin, kind, classification.
@@ -479,7 +545,7 @@ pub(super) fn queue_end(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
 /// The last audit position, durable or not (read at start-up).
 pub(super) fn audit_end(db: &Db) -> Result<u64, StoreError> {
     Ok(match db.get(AUDIT_HEAD)? {
-        Some(bytes) => decode_audit_head(&bytes)?.0,
+        Some(bytes) => decode_audit_head(&bytes)?.seq,
         None => 0,
     })
 }
@@ -698,25 +764,57 @@ pub fn plan_acknowledgement(
     Ok((seq, effects))
 }
 
-/// Up to `limit` audit records with positions in `(after, upto]`.
+/// Up to `limit` audit records with positions in `(after, upto]`, in order.
+/// The first is read from the run that holds it, the last one keyed at or
+/// before `after + 1`.
 pub(super) fn audit_after(
     db: &Db,
     after: u64,
     upto: u64,
     limit: usize,
 ) -> Result<Vec<pb::AuditRecord>, StoreError> {
-    let start = keys::seq_key(AUDIT_PREFIX, after.saturating_add(1));
+    let first = after.saturating_add(1);
     let end = keys::seq_key(AUDIT_PREFIX, upto.saturating_add(1));
-    db.scan(&start, &end, limit)?
-        .into_iter()
-        .map(|(k, v)| {
-            audit::decode_stored(&v).map_err(|problem| StoreError::Corrupt {
+    let holding = db.scan_rev(
+        AUDIT_PREFIX,
+        &keys::seq_key(AUDIT_PREFIX, first.saturating_add(1)),
+        1,
+    )?;
+    let start = match holding.first() {
+        Some((k, _)) => k.clone(),
+        None => keys::seq_key(AUDIT_PREFIX, first),
+    };
+    let mut out = Vec::new();
+    let mut next = start;
+    while out.len() < limit {
+        let runs = db.scan(&next, &end, AUDIT_RUNS_PER_READ)?;
+        let Some((last_key, _)) = runs.last() else {
+            break;
+        };
+        next = last_key.clone();
+        next.push(0); // the key right after it
+        let done = runs.len() < AUDIT_RUNS_PER_READ;
+        for (k, v) in runs {
+            let records = audit::decode_run(&v).map_err(|problem| StoreError::Corrupt {
                 key: audit_key_name(keys::seq_of(&k).unwrap_or_default()),
                 problem,
-            })
-        })
-        .collect()
+            })?;
+            out.extend(
+                records
+                    .into_iter()
+                    .filter(|r| r.seq >= first && r.seq <= upto),
+            );
+        }
+        if done {
+            break;
+        }
+    }
+    out.truncate(limit);
+    Ok(out)
 }
+
+/// How many runs [`audit_after`] reads at a time.
+const AUDIT_RUNS_PER_READ: usize = 16;
 
 /// The bodies' states set by administrators on top of the governance file.
 pub(super) fn body_states(
@@ -828,6 +926,121 @@ mod tests {
             }
             Submitted::Duplicate(_) => panic!("new message"),
         }
+    }
+
+    fn policy_record(reason: String) -> pb::AuditRecord {
+        pb::AuditRecord {
+            at_ms: NOW,
+            event: AuditEvent::Policy.into(),
+            reason,
+            ..Default::default()
+        }
+    }
+
+    /// Writes `counts[i]` records in transaction `i`; returns every record
+    /// as read back.
+    async fn write_runs(db: &Db, counts: &[usize], reason_len: usize) -> Vec<pb::AuditRecord> {
+        for (t, n) in counts.iter().copied().enumerate() {
+            db.write(move |txn| {
+                for i in 0..n {
+                    append_audit(
+                        txn,
+                        policy_record(format!("{t}.{i} {}", "x".repeat(reason_len))),
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        }
+        audit_after(db, 0, u64::MAX, usize::MAX).unwrap()
+    }
+
+    #[tokio::test]
+    async fn audit_runs_read_back_from_any_position_and_stop_at_the_bound() {
+        let db = Db::in_memory();
+        // Runs of one, of many, and one transaction spilling over several
+        // runs (each record is about 1 KiB).
+        let counts = [1, 3, 40, 1, 0, 2];
+        let all = write_runs(&db, &counts, 1000).await;
+        let total: usize = counts.iter().sum();
+        assert_eq!(all.len(), total);
+        let runs = db.scan_prefix(AUDIT_PREFIX, usize::MAX).unwrap();
+        assert!(runs.len() > 5, "the long transaction spans several runs");
+        assert!(runs.len() < total, "records of one transaction share runs");
+        assert!(runs.iter().all(|(_, v)| v.len() < AUDIT_RUN_BYTES + 2048));
+        let report = {
+            let mut v = audit::ChainVerifier::default();
+            all.iter().for_each(|r| v.push(r));
+            v.finish()
+        };
+        assert!(report.ok(), "{:?}", report.first_error);
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.seq, i as u64 + 1);
+        }
+        for after in 0..=total as u64 {
+            for upto in after..=total as u64 + 1 {
+                for limit in [1, 2, 7, usize::MAX] {
+                    let got: Vec<u64> = audit_after(&db, after, upto, limit)
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.seq)
+                        .collect();
+                    let want: Vec<u64> = (after + 1..=upto.min(total as u64)).take(limit).collect();
+                    assert_eq!(got, want, "after {after}, upto {upto}, limit {limit}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_of_single_records_from_an_earlier_version_grows_in_runs() {
+        let db = Db::in_memory();
+        let old = write_runs(&db, &[1, 1, 1], 10).await;
+        // Rewrite it as earlier versions stored it: one record per key, and
+        // a head without the run's position.
+        db.write(move |txn| {
+            for r in &old {
+                txn.put(keys::seq_key(AUDIT_PREFIX, r.seq), audit::encode_stored(r));
+            }
+            let last = old.last().unwrap();
+            let mut head = last.seq.to_be_bytes().to_vec();
+            head.extend_from_slice(last.hash.as_bytes());
+            txn.put(AUDIT_HEAD, head);
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+        let all = write_runs(&db, &[4, 2], 10).await;
+        assert_eq!(
+            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=9).collect::<Vec<_>>()
+        );
+        let mut v = audit::ChainVerifier::default();
+        all.iter().for_each(|r| v.push(r));
+        assert!(v.finish().ok());
+        assert_eq!(db.scan_prefix(AUDIT_PREFIX, usize::MAX).unwrap().len(), 5);
+        assert_eq!(audit_end(&db).unwrap(), 9);
+    }
+
+    #[test]
+    fn a_damaged_audit_head_is_named() {
+        let head = AuditHead {
+            seq: 9,
+            hash: "ab".repeat(32),
+            run_start: 7,
+        };
+        let bytes = encode_audit_head(&head);
+        assert_eq!(decode_audit_head(&bytes).unwrap(), head);
+        for bad in [&bytes[..5], &bytes[..70], &[&bytes[..], b"x"].concat()[..]] {
+            let e = decode_audit_head(bad).unwrap_err().to_string();
+            assert!(e.contains("meta/audit_head"), "{e}");
+        }
+        let later = AuditHead {
+            run_start: 10,
+            ..head
+        };
+        assert!(decode_audit_head(&encode_audit_head(&later)).is_err());
     }
 
     fn governance() -> Governance {

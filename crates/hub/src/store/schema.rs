@@ -16,8 +16,8 @@
 //! | held | `h/<not before>/<id>` | deliveries held under embargo (JSON), by release time | submission, embargo release |
 //! | retention | `r/<erase at>/<id>` | a content erasure due, by time | submission, retention |
 //! | expiry | `x/<expires at>/<id>` | an expiry due to be recorded, by time | submission, retention |
-//! | audit | `a/<seq>` | one audit record (encoded proto; JSON in stores of earlier versions), chained by hash | every write that decides something |
-//! | audit head | `meta/audit_head` | the last audit position (big-endian) and hash (hex) | audit appends |
+//! | audit | `a/<seq>` | a run of consecutive audit records of one transaction, from position `seq`, up to 16 KiB (`AuditRun`, encoded proto; one record, proto or JSON, in stores of earlier versions), chained by hash | every write that decides something |
+//! | audit head | `meta/audit_head` | the last audit position (big-endian), its hash (hex) and the position of its run (big-endian) | audit appends |
 //! | body states | `meta/body_states` | administrators' state overrides (JSON) | `Admin.SetBodyState` |
 //!
 //! Times and positions in keys are big-endian `u64`, so keys sort by them.
