@@ -410,7 +410,11 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
             let mut auditor = auditor.clone();
             async move {
                 let records = collect_audit(&mut auditor).await.ok()?;
-                let acks = records.iter().filter(|r| r.event == "acknowledged").count();
+                let acks: usize = records
+                    .iter()
+                    .filter(|r| r.event == "acknowledged")
+                    .map(|r| liaison_types::audit::messages(r).count())
+                    .sum();
                 (acks >= delivered_total).then_some(records)
             }
         },

@@ -100,7 +100,7 @@ async fn audit_client(conn: &Connection) -> Result<AuditClient<tonic::transport:
     Ok(AuditClient::new(channel).max_decoding_message_size(16 * 1024 * 1024))
 }
 
-const CSV_FIELDS: [&str; 17] = [
+const CSV_FIELDS: [&str; 18] = [
     "seq",
     "at",
     "event",
@@ -118,6 +118,7 @@ const CSV_FIELDS: [&str; 17] = [
     "prev_hash",
     "hash",
     "labels",
+    "items",
 ];
 
 fn csv_field(s: &str) -> String {
@@ -177,6 +178,13 @@ async fn audit_list(a: AuditListArgs, out: Output) -> Result<()> {
             let seq = r.seq.to_string();
             let qseq = r.queue_seq.to_string();
             let at = format_time(r.at_ms);
+            // A batch record's messages, as `id:queue position`, space-separated.
+            let items = r
+                .items
+                .iter()
+                .map(|i| format!("{}:{}", i.message_id, i.queue_seq))
+                .collect::<Vec<_>>()
+                .join(" ");
             let fields = [
                 &seq,
                 &at,
@@ -195,22 +203,31 @@ async fn audit_list(a: AuditListArgs, out: Output) -> Result<()> {
                 &r.prev_hash,
                 &r.hash,
                 &r.labels,
+                &items,
             ];
             say!("{}", fields.map(|f| csv_field(f)).join(","));
         } else if out == Output::Json {
             say!("{}", serde_json::Value::Object(to_json(&r)));
         } else {
+            let message = match r.items.len() {
+                0 => r.message_id.clone(),
+                n => format!("({n} messages)"),
+            };
             say!(
                 "{:>6} {:<20} {:<12} {:<36} {:<9} {:<9} {:<8} {}",
                 r.seq,
                 format_time(r.at_ms),
                 r.event,
-                r.message_id,
+                message,
                 r.origin,
                 r.recipient,
                 r.decision,
                 r.rule
             );
+            // A batch record's messages, one line each under it.
+            for i in &r.items {
+                say!("{:>6} {:<20} {:<12} {}", "", "", "", i.message_id);
+            }
         }
     }
     Ok(())

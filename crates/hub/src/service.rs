@@ -1011,7 +1011,7 @@ impl HubState {
                 });
             }
             if !records.is_empty() {
-                self.store.audit(records).await?;
+                self.store.audit(store::batch_records(records)).await?;
             }
             if tx.is_closed() {
                 return Ok(());
@@ -1097,7 +1097,7 @@ impl HubState {
                 .is_ok_and(|a| a.body == caller.body);
         let eq = |filter: &str, value: &str| filter.is_empty() || filter == value;
         scope_ok
-            && eq(&q.message_id, &r.message_id)
+            && (q.message_id.is_empty() || liaison_types::audit::names_message(r, &q.message_id))
             && (q.body.is_empty() || q.body == r.origin || q.body == r.recipient)
             && eq(&q.rule, &r.rule)
             && eq(&q.event, &r.event)

@@ -100,8 +100,8 @@ impl Event {
         match self {
             Self::Received => "the hub accepted a message from its origin's node",
             Self::Routed => "one routing decision: deliver to or withhold from one body, with its rule",
-            Self::Delivered => "a recipient's node was sent a message, withdrawal or forward request",
-            Self::Acknowledged => "a recipient's node stored a delivery and acknowledged it",
+            Self::Delivered => "a recipient's node was sent messages (one record per delivery batch and originator), a withdrawal or a forward request",
+            Self::Acknowledged => "a recipient's node stored deliveries and acknowledged them (one record per acknowledgement and originator)",
             Self::Quarantined => "a recipient's node could not accept a delivery and keeps it in quarantine (not delivered)",
             Self::Refused => "the hub refused a request: a spoofed origin, a retraction by another body, a forward request it cannot grant",
             Self::Policy => "the governance changed: a reload, a refused reload, or a body's state set by an admin",
@@ -169,7 +169,42 @@ fn canonical_map(r: &AuditRecord) -> Map<String, Value> {
     m.insert("queue_seq".into(), Value::from(r.queue_seq));
     m.insert("prev_hash".into(), Value::from(r.prev_hash.clone()));
     m.insert("labels".into(), Value::from(r.labels.clone()));
+    // Absent when empty, so that records written before batch records
+    // existed keep their hash.
+    if !r.items.is_empty() {
+        let items = r
+            .items
+            .iter()
+            .map(|i| {
+                let mut o = Map::new();
+                o.insert("message_id".into(), Value::from(i.message_id.clone()));
+                o.insert("queue_seq".into(), Value::from(i.queue_seq));
+                o.insert("kind".into(), Value::from(i.kind.clone()));
+                o.insert(
+                    "classification".into(),
+                    Value::from(i.classification.clone()),
+                );
+                Value::Object(o)
+            })
+            .collect();
+        m.insert("items".into(), Value::Array(items));
+    }
     m
+}
+
+/// The messages a record is about: its `message_id`, or each of its
+/// `items` (a batch record), with their queue positions.
+pub fn messages(r: &AuditRecord) -> impl Iterator<Item = (&str, u64)> {
+    let single = (r.items.is_empty() && !r.message_id.is_empty())
+        .then_some((r.message_id.as_str(), r.queue_seq));
+    single
+        .into_iter()
+        .chain(r.items.iter().map(|i| (i.message_id.as_str(), i.queue_seq)))
+}
+
+/// Whether the record is about message `id`.
+pub fn names_message(r: &AuditRecord, id: &str) -> bool {
+    messages(r).any(|(m, _)| m == id)
 }
 
 /// Parses a record from its JSON object (as stored and exported).
@@ -201,6 +236,31 @@ pub fn from_json(text: &[u8]) -> Result<AuditRecord, String> {
         prev_hash: s("prev_hash"),
         hash: s("hash"),
         labels: s("labels"),
+        items: match v.get("items") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| {
+                    let o = i.as_object().ok_or("items: an item is not an object")?;
+                    let s = |k: &str| {
+                        o.get(k)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    Ok(liaison_proto::v1::AuditItem {
+                        message_id: s("message_id"),
+                        queue_seq: o
+                            .get("queue_seq")
+                            .and_then(Value::as_u64)
+                            .unwrap_or_default(),
+                        kind: s("kind"),
+                        classification: s("classification"),
+                    })
+                })
+                .collect::<Result<_, &str>>()?,
+            Some(_) => return Err("items: not an array".into()),
+        },
     })
 }
 
@@ -211,36 +271,57 @@ pub fn from_json(text: &[u8]) -> Result<AuditRecord, String> {
 /// Written directly rather than through a JSON map: this runs for every
 /// record the hub appends.
 pub fn canonical(r: &AuditRecord) -> String {
-    let mut out = String::with_capacity(256 + r.labels.len() + r.reason.len());
-    let mut field = |key: &str, value: Scalar<'_>| {
-        out.push(if out.is_empty() { '{' } else { ',' });
-        push_json_str(&mut out, key);
-        out.push(':');
-        match value {
-            Scalar::Str(v) => push_json_str(&mut out, v),
-            Scalar::U64(v) => out.push_str(&v.to_string()),
-            Scalar::I64(v) => out.push_str(&v.to_string()),
+    let mut out = String::with_capacity(256 + r.labels.len() + r.reason.len() + 96 * r.items.len());
+    out.push('{');
+    // In key order; `items` only when there are some (see `canonical_map`).
+    push_field(&mut out, "actor", Scalar::Str(&r.actor));
+    push_field(&mut out, "at_ms", Scalar::I64(r.at_ms));
+    push_field(&mut out, "classification", Scalar::Str(&r.classification));
+    push_field(&mut out, "decision", Scalar::Str(&r.decision));
+    push_field(&mut out, "event", Scalar::Str(&r.event));
+    if !r.items.is_empty() {
+        out.push_str(",\"items\":[");
+        for (n, i) in r.items.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push('{');
+            push_field(&mut out, "classification", Scalar::Str(&i.classification));
+            push_field(&mut out, "kind", Scalar::Str(&i.kind));
+            push_field(&mut out, "message_id", Scalar::Str(&i.message_id));
+            push_field(&mut out, "queue_seq", Scalar::U64(i.queue_seq));
+            out.push('}');
         }
-    };
-    // In key order.
-    field("actor", Scalar::Str(&r.actor));
-    field("at_ms", Scalar::I64(r.at_ms));
-    field("classification", Scalar::Str(&r.classification));
-    field("decision", Scalar::Str(&r.decision));
-    field("event", Scalar::Str(&r.event));
-    field("kind", Scalar::Str(&r.kind));
-    field("labels", Scalar::Str(&r.labels));
-    field("message_id", Scalar::Str(&r.message_id));
-    field("origin", Scalar::Str(&r.origin));
-    field("policy_version", Scalar::Str(&r.policy_version));
-    field("prev_hash", Scalar::Str(&r.prev_hash));
-    field("queue_seq", Scalar::U64(r.queue_seq));
-    field("reason", Scalar::Str(&r.reason));
-    field("recipient", Scalar::Str(&r.recipient));
-    field("rule", Scalar::Str(&r.rule));
-    field("seq", Scalar::U64(r.seq));
+        out.push(']');
+    }
+    push_field(&mut out, "kind", Scalar::Str(&r.kind));
+    push_field(&mut out, "labels", Scalar::Str(&r.labels));
+    push_field(&mut out, "message_id", Scalar::Str(&r.message_id));
+    push_field(&mut out, "origin", Scalar::Str(&r.origin));
+    push_field(&mut out, "policy_version", Scalar::Str(&r.policy_version));
+    push_field(&mut out, "prev_hash", Scalar::Str(&r.prev_hash));
+    push_field(&mut out, "queue_seq", Scalar::U64(r.queue_seq));
+    push_field(&mut out, "reason", Scalar::Str(&r.reason));
+    push_field(&mut out, "recipient", Scalar::Str(&r.recipient));
+    push_field(&mut out, "rule", Scalar::Str(&r.rule));
+    push_field(&mut out, "seq", Scalar::U64(r.seq));
     out.push('}');
     out
+}
+
+/// Appends `"key":value` to an object begun in `out`, after a comma unless
+/// it is the object's first member.
+fn push_field(out: &mut String, key: &str, value: Scalar<'_>) {
+    if !out.ends_with('{') {
+        out.push(',');
+    }
+    push_json_str(out, key);
+    out.push(':');
+    match value {
+        Scalar::Str(v) => push_json_str(out, v),
+        Scalar::U64(v) => out.push_str(&v.to_string()),
+        Scalar::I64(v) => out.push_str(&v.to_string()),
+    }
 }
 
 /// A canonical field's value.
@@ -468,11 +549,51 @@ mod tests {
         records[1].labels = r#"{"crime_areas":["drugs"],"origin":"europol"}"#.into();
         records[2].at_ms = -5;
         records[2].queue_seq = u64::MAX;
+        records[2].items = vec![item(awkward, 7), item("b", u64::MAX)];
         records.push(AuditRecord::default());
         for r in &records {
             let reference = Value::Object(canonical_map(r)).to_string();
             assert_eq!(canonical(r), reference);
         }
+    }
+
+    fn item(id: &str, queue_seq: u64) -> liaison_proto::v1::AuditItem {
+        liaison_proto::v1::AuditItem {
+            message_id: id.into(),
+            queue_seq,
+            kind: "ALERT".into(),
+            classification: "RESTRICTED".into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_record_names_its_messages_and_round_trips_through_its_export() {
+        let mut records = chain(2);
+        records[1].message_id.clear();
+        records[1].items = vec![item("m1", 4), item("m2", 9)];
+        records[1].hash = record_hash(&records[1]);
+        let single = &records[0];
+        assert!(!to_json(single).contains_key("items"), "absent when empty");
+        assert_eq!(
+            messages(single).collect::<Vec<_>>(),
+            [(single.message_id.as_str(), single.queue_seq)]
+        );
+        assert_eq!(
+            messages(&records[1]).collect::<Vec<_>>(),
+            [("m1", 4), ("m2", 9)]
+        );
+        assert!(names_message(&records[1], "m2") && !names_message(&records[1], "m3"));
+        assert!(messages(&AuditRecord::default()).next().is_none());
+        for r in &records {
+            let export = Value::Object(to_json(r)).to_string();
+            assert_eq!(&from_json(export.as_bytes()).unwrap(), r);
+        }
+        assert!(verify(&records).ok());
+        let mut tampered = records.clone();
+        tampered[1].items[1].queue_seq = 10;
+        assert_eq!(verify(&tampered).first_error.unwrap().0, 2);
+        assert!(from_json(br#"{"items":{}}"#).is_err());
+        assert!(from_json(br#"{"items":[1]}"#).is_err());
     }
 
     proptest::proptest! {
@@ -482,8 +603,10 @@ mod tests {
             labels in proptest::prelude::any::<String>(),
             at_ms in proptest::prelude::any::<i64>(),
             queue_seq in proptest::prelude::any::<u64>(),
+            items in proptest::collection::vec(("\\PC*", proptest::prelude::any::<u64>()), 0..3),
         ) {
-            let r = AuditRecord { reason, labels, at_ms, queue_seq, ..Default::default() };
+            let items = items.into_iter().map(|(id, q)| item(&id, q)).collect();
+            let r = AuditRecord { reason, labels, at_ms, queue_seq, items, ..Default::default() };
             proptest::prop_assert_eq!(canonical(&r), Value::Object(canonical_map(&r)).to_string());
         }
     }

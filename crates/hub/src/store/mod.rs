@@ -289,6 +289,54 @@ fn decode_audit_head(bytes: &[u8]) -> Result<AuditHead, StoreError> {
     })
 }
 
+/// Folds the plain `delivered` and `acknowledged` records of one delivery
+/// batch or acknowledgement into one record per event, originator and
+/// recipient, listing its messages in `items` (a message's kind and
+/// classification go with it). Records with a reason or a rule
+/// (withdrawals, expiries, forward requests, quarantines) stay as they
+/// are. Each folded record takes the place and time of its first message.
+pub fn batch_records(records: Vec<pb::AuditRecord>) -> Vec<pb::AuditRecord> {
+    let plain = |r: &pb::AuditRecord| {
+        (r.event == AuditEvent::Delivered.as_str() || r.event == AuditEvent::Acknowledged.as_str())
+            && r.reason.is_empty()
+            && r.rule.is_empty()
+            && r.items.is_empty()
+            && !r.message_id.is_empty()
+    };
+    let mut out: Vec<pb::AuditRecord> = Vec::with_capacity(records.len());
+    // The folded record of each (event, origin, recipient, actor, policy).
+    let mut open: std::collections::HashMap<(String, String, String, String, String), usize> =
+        std::collections::HashMap::new();
+    for mut r in records {
+        if !plain(&r) {
+            out.push(r);
+            continue;
+        }
+        let item = pb::AuditItem {
+            message_id: std::mem::take(&mut r.message_id),
+            queue_seq: std::mem::take(&mut r.queue_seq),
+            kind: std::mem::take(&mut r.kind),
+            classification: std::mem::take(&mut r.classification),
+        };
+        let key = (
+            r.event.clone(),
+            r.origin.clone(),
+            r.recipient.clone(),
+            r.actor.clone(),
+            r.policy_version.clone(),
+        );
+        match open.get(&key) {
+            Some(&i) => out[i].items.push(item),
+            None => {
+                open.insert(key, out.len());
+                r.items.push(item);
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
 /// The labels' audit fields: message id, origin, kind, classification.
 pub fn audit_base(
     env: &Envelope,
@@ -311,7 +359,7 @@ pub fn audit_base(
 }
 
 /// What a submission comes to, decided purely.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SubmissionPlan {
     /// A retry of a message already routed: its original outcome, nothing
     /// written.
@@ -761,6 +809,7 @@ pub fn plan_acknowledgement(
             audit: None,
         });
     }
+    effects.audit = batch_records(std::mem::take(&mut effects.audit));
     Ok((seq, effects))
 }
 
@@ -1158,6 +1207,84 @@ mod tests {
     }
 
     #[test]
+    fn plain_delivery_records_fold_into_one_per_originator_and_the_rest_stay() {
+        let rec =
+            |event: AuditEvent, id: &str, origin: &str, q: u64, reason: &str| pb::AuditRecord {
+                at_ms: NOW + q as i64,
+                event: event.into(),
+                message_id: id.into(),
+                origin: origin.into(),
+                recipient: "bravo".into(),
+                actor: "node".into(),
+                kind: "ALERT".into(),
+                classification: format!("C{q}"),
+                queue_seq: q,
+                policy_version: "v1".into(),
+                reason: reason.into(),
+                ..Default::default()
+            };
+        let records = vec![
+            rec(AuditEvent::Delivered, "a", "alpha", 1, ""),
+            rec(AuditEvent::Delivered, "c", "charlie", 2, ""),
+            rec(AuditEvent::Delivered, "r", "alpha", 3, "retraction"),
+            rec(
+                AuditEvent::Expired,
+                "x",
+                "alpha",
+                4,
+                "expired before delivery",
+            ),
+            rec(AuditEvent::Delivered, "b", "alpha", 5, ""),
+            rec(AuditEvent::Acknowledged, "z", "alpha", 6, ""),
+            pb::AuditRecord {
+                actor: "other".into(),
+                ..rec(AuditEvent::Delivered, "e", "alpha", 7, "")
+            },
+        ];
+        let folded = batch_records(records.clone());
+        type Shape<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, u64)>);
+        let shape: Vec<Shape<'_>> = folded
+            .iter()
+            .map(|r| {
+                (
+                    r.event.as_str(),
+                    r.origin.as_str(),
+                    r.actor.as_str(),
+                    liaison_types::audit::messages(r).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("delivered", "alpha", "node", vec![("a", 1), ("b", 5)]),
+                ("delivered", "charlie", "node", vec![("c", 2)]),
+                ("delivered", "alpha", "node", vec![("r", 3)]),
+                ("expired", "alpha", "node", vec![("x", 4)]),
+                ("acknowledged", "alpha", "node", vec![("z", 6)]),
+                ("delivered", "alpha", "other", vec![("e", 7)]),
+            ]
+        );
+        let first = &folded[0];
+        assert!(first.message_id.is_empty() && first.queue_seq == 0 && first.kind.is_empty());
+        assert_eq!(first.at_ms, NOW + 1, "the time of its first message");
+        assert_eq!(
+            first.items[1].classification, "C5",
+            "each item keeps its labels"
+        );
+        assert_eq!(
+            folded[2], records[2],
+            "a record with a reason is kept whole"
+        );
+        assert!(batch_records(Vec::new()).is_empty());
+        assert_eq!(
+            batch_records(folded.clone()),
+            folded,
+            "folding is idempotent"
+        );
+    }
+
+    #[test]
     fn an_acknowledgement_records_each_message_and_sends_its_originator_a_receipt() {
         let bravo = BodyId::parse("bravo").unwrap();
         let message = |id: &str| QueueEntry::message(id, "alpha", NOW);
@@ -1186,6 +1313,7 @@ mod tests {
             (5, receipt),
             (6, from_charlie("c")),
             (7, receipts),
+            (8, message("d")),
         ];
         let quarantined = std::collections::BTreeMap::from([(4, "body.title: empty".to_owned())]);
         let ask = AckAsk {
@@ -1196,18 +1324,30 @@ mod tests {
             now_ms: NOW,
             policy_version: "v1",
         };
-        let ask = AckAsk { seq: 7, ..ask };
-        let (acked, e) = plan_acknowledgement(&ask, 2, 7, &entries).unwrap();
-        assert_eq!(acked, 7);
-        let events: Vec<(&str, u64)> = e
+        let ask = AckAsk { seq: 8, ..ask };
+        let (acked, e) = plan_acknowledgement(&ask, 2, 8, &entries).unwrap();
+        assert_eq!(acked, 8);
+        type Recorded<'a> = (&'a str, &'a str, Vec<(&'a str, u64)>);
+        let events: Vec<Recorded<'_>> = e
             .audit
             .iter()
-            .map(|r| (r.event.as_str(), r.queue_seq))
+            .map(|r| {
+                assert_eq!(r.recipient, "bravo");
+                (
+                    r.event.as_str(),
+                    r.origin.as_str(),
+                    liaison_types::audit::messages(r).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             events,
-            [("acknowledged", 3), ("quarantined", 4), ("acknowledged", 6)],
-            "a receipt gets no record"
+            [
+                ("acknowledged", "alpha", vec![("a", 3), ("d", 8)]),
+                ("quarantined", "alpha", vec![("b", 4)]),
+                ("acknowledged", "charlie", vec![("c", 6)]),
+            ],
+            "one record per originator; a quarantine apart; a receipt gets no record"
         );
         // One receipt position per originator, in originator order, each
         // naming its messages; receipts are not receipted.
@@ -1233,7 +1373,10 @@ mod tests {
         assert_eq!(
             receipts,
             [
-                ("alpha", vec![("a", None), ("b", Some("body.title: empty"))]),
+                (
+                    "alpha",
+                    vec![("a", None), ("b", Some("body.title: empty")), ("d", None)]
+                ),
                 ("charlie", vec![("c", None)]),
             ]
         );
@@ -1241,8 +1384,8 @@ mod tests {
             e.writes,
             [Write::Acknowledge {
                 body: bravo.clone(),
-                positions: vec![3, 4, 5, 6, 7],
-                acked: 7
+                positions: vec![3, 4, 5, 6, 7, 8],
+                acked: 8
             }]
         );
         let ask = AckAsk { seq: 5, ..ask };

@@ -97,7 +97,7 @@ pub struct Enqueue {
 }
 
 /// Everything a decision asks the store to do, atomically.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {
     /// Typed writes, applied first.
     pub writes: Vec<Write>,
