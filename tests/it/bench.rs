@@ -87,6 +87,27 @@ fn the_quick_benchmark_reports_every_figure_against_the_echo() {
         }
     }
 
+    // The quick backlog: queued for a stopped peer, drained on its return.
+    let backlog = &report["backlog"];
+    assert_eq!(backlog["messages"], 200, "{backlog}");
+    for key in [
+        "fill_msgs_per_s",
+        "drain_msgs_per_s",
+        "drain_s",
+        "hub_disk_bytes_per_msg",
+    ] {
+        assert!(backlog[key].as_f64().unwrap() > 0.0, "{key} in {backlog}");
+    }
+    assert!(
+        backlog["hub_peak_rss_bytes"].as_u64().unwrap()
+            >= backlog["hub_rss_queued_bytes"].as_u64().unwrap(),
+        "{backlog}"
+    );
+    assert!(
+        backlog["hub_rss_queued_bytes"].as_u64().unwrap() > 1 << 20,
+        "{backlog}"
+    );
+
     assert!(!report["sweep"].as_array().unwrap().is_empty());
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(

@@ -51,15 +51,16 @@ pub async fn serve(
         .map_err(|e| BenchError::Io(format!("echo server: {e}")))
 }
 
-/// Sends 1 KiB echoes from `concurrency` tasks over one connection for
-/// `duration`; returns the latency of every call completed.
+/// Sends echoes of `payload` bytes from `concurrency` tasks over one
+/// connection for `duration`; returns the latency of every call completed.
 pub async fn measure(
     channel: &Channel,
     concurrency: usize,
     duration: Duration,
+    payload: usize,
 ) -> Result<Latencies, BenchError> {
     let client = EchoClient::new(channel.clone());
-    let payload = vec![0x5a_u8; 1024];
+    let payload = vec![0x5a_u8; payload];
     let end = Instant::now() + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {

@@ -73,7 +73,22 @@ pub struct Options {
     /// Keep the configurations, stores and logs here (default: a temporary
     /// directory, removed at the end).
     pub dir: Option<PathBuf>,
+    /// Messages to queue for a stopped peer before it comes back (0: no
+    /// backlog scenario).
+    pub backlog: u64,
+    /// Bytes of alert text in each message, and of each echo (1 to
+    /// [`MAX_PAYLOAD`]; [`PAYLOAD`] by default).
+    pub payload: usize,
 }
+
+/// The largest payload: an alert's text holds at most 64 KiB, and a
+/// message has no attachments, so larger messages cannot be expressed.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// The backlog of the full run, and of `--quick`.
+pub const DEFAULT_BACKLOG: u64 = 100_000;
+/// See [`DEFAULT_BACKLOG`].
+pub const QUICK_BACKLOG: u64 = 200;
 
 impl Options {
     fn window(&self) -> Duration {
@@ -191,6 +206,29 @@ pub struct SweepPoint {
     pub p99_us: u64,
 }
 
+/// A backlog queued at the hub for a stopped peer, then drained.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogFigure {
+    /// Messages queued (fan-out 1, to the stopped peer only).
+    pub messages: u64,
+    /// Messages per second routed into the queue while the peer was down
+    /// (officer submit to the hub's answer to the sending node).
+    pub fill_msgs_per_s: f64,
+    /// The hub's peak RSS while the backlog grew and drained.
+    pub hub_peak_rss_bytes: u64,
+    /// The hub's RSS with the whole backlog queued.
+    pub hub_rss_queued_bytes: u64,
+    /// Growth of the hub's data directory per queued message.
+    pub hub_disk_bytes_per_msg: f64,
+    /// Bytes the hub wrote to storage per message while filling.
+    pub hub_write_bytes_per_msg: f64,
+    /// Messages per second from the peer's restart to the last arrival in
+    /// its inbox.
+    pub drain_msgs_per_s: f64,
+    /// Seconds from the peer's restart to the last arrival.
+    pub drain_s: f64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -207,9 +245,11 @@ pub struct Report {
     pub scenarios: Vec<ScenarioFigure>,
     /// Throughput and p99 against offered load (with `--plot`).
     pub sweep: Vec<SweepPoint>,
+    /// A backlog for a stopped peer (with a non-zero `--backlog`).
+    pub backlog: Option<BacklogFigure>,
 }
 
-/// The payload each message and echo carries.
+/// The payload each message and echo carries unless `--payload` says otherwise.
 pub const PAYLOAD: usize = 1024;
 
 /// The governance of the benchmark: `BODIES` members that may all receive
@@ -254,17 +294,18 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
     let mut report = Report {
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         quick: opts.quick,
-        payload_bytes: PAYLOAD,
+        payload_bytes: opts.payload,
         echo: Vec::new(),
         scenarios: Vec::new(),
         sweep: Vec::new(),
+        backlog: None,
     };
 
     // The batched federation (the default node configuration).
     let sandbox = start(opts, &dir.join("batched"), &text, "").await?;
-    progress("bare tonic mTLS echo, 1 KiB");
+    progress(&format!("bare tonic mTLS echo, {} B", opts.payload));
     report.echo = measure_echo(opts, &sandbox, window).await?;
-    let fed = Fed::connect(sandbox, true).await?;
+    let fed = Fed::connect(sandbox, true, opts.payload).await?;
     fed.warm_up().await?;
     let mut specs: Vec<(usize, usize)> = vec![(1, 1), (16, 1), (64, 1), (64, 4), (64, 10)];
     if opts.quick {
@@ -284,6 +325,10 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
     if opts.sweep {
         report.sweep = fed.sweep(window, progress).await?;
     }
+    let mut fed = fed;
+    if opts.backlog > 0 {
+        report.backlog = Some(fed.backlog(opts.backlog, progress).await?);
+    }
     fed.shutdown().await?;
 
     // One message per request from node to hub.
@@ -294,7 +339,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         "[link]\npush_batch = 1",
     )
     .await?;
-    let fed = Fed::connect(sandbox, false).await?;
+    let fed = Fed::connect(sandbox, false, opts.payload).await?;
     fed.warm_up().await?;
     for c in [1, 64] {
         progress(&format!(
@@ -364,10 +409,10 @@ async fn measure_echo(
         FEDERATION,
     )
     .await?;
-    echo::measure(&channel, 4, window / 4).await?;
+    echo::measure(&channel, 4, window / 4, opts.payload).await?;
     let mut figures = Vec::new();
     for c in [1, 16, 64] {
-        let mut lat = echo::measure(&channel, c, window).await?;
+        let mut lat = echo::measure(&channel, c, window, opts.payload).await?;
         figures.push(EchoFigure {
             concurrency: c,
             rps: lat.len() as f64 / window.as_secs_f64(),
@@ -397,6 +442,7 @@ struct Tracker {
 struct Fed {
     sandbox: Sandbox,
     batched: bool,
+    payload: usize,
     sender: OfficerClient<Channel>,
     tracker: Arc<Mutex<Tracker>>,
     arrived: Arc<Notify>,
@@ -404,54 +450,65 @@ struct Fed {
 }
 
 impl Fed {
-    async fn connect(sandbox: Sandbox, batched: bool) -> Result<Self, BenchError> {
+    async fn connect(sandbox: Sandbox, batched: bool, payload: usize) -> Result<Self, BenchError> {
         let sender = sandbox.officer(&body(0), "alice").await?;
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let arrived = Arc::new(Notify::new());
         let mut watchers = Vec::new();
         for i in 1..BODIES {
-            let mut officer = sandbox.officer(&body(i), "bob").await?;
-            let mut stream = officer
-                .watch_inbox(pb::WatchInboxRequest {})
-                .await
-                .map_err(|s| BenchError::Rpc(format!("watching {}: {}", body(i), s.message())))?
-                .into_inner();
-            let tracker = Arc::clone(&tracker);
-            let arrived = Arc::clone(&arrived);
-            watchers.push(tokio::spawn(async move {
-                while let Some(Ok(summary)) = stream.next().await {
-                    let now = Instant::now();
-                    let mut guard = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                    let t = &mut *guard;
-                    let done = match t.open.get_mut(&summary.message_id) {
-                        Some((at, left)) => {
-                            *left -= 1;
-                            t.latencies.extend([now - *at]);
-                            t.last_arrival = Some(now);
-                            *left == 0
-                        }
-                        None => {
-                            t.unexpected += 1;
-                            false
-                        }
-                    };
-                    if done {
-                        let t = &mut *guard;
-                        t.open.remove(&summary.message_id);
-                        t.completed += 1;
-                        arrived.notify_waiters();
-                    }
-                }
-            }));
+            watchers.push(Self::watch(&sandbox, i, &tracker, &arrived).await?);
         }
         Ok(Self {
             sandbox,
             batched,
+            payload,
             sender,
             tracker,
             arrived,
             watchers,
         })
+    }
+
+    /// Watches body `i`'s inbox for the tracker's messages.
+    async fn watch(
+        sandbox: &Sandbox,
+        i: usize,
+        tracker: &Arc<Mutex<Tracker>>,
+        arrived: &Arc<Notify>,
+    ) -> Result<tokio::task::JoinHandle<()>, BenchError> {
+        let mut officer = sandbox.officer(&body(i), "bob").await?;
+        let mut stream = officer
+            .watch_inbox(pb::WatchInboxRequest {})
+            .await
+            .map_err(|s| BenchError::Rpc(format!("watching {}: {}", body(i), s.message())))?
+            .into_inner();
+        let tracker = Arc::clone(tracker);
+        let arrived = Arc::clone(arrived);
+        Ok(tokio::spawn(async move {
+            while let Some(Ok(summary)) = stream.next().await {
+                let now = Instant::now();
+                let mut guard = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                let t = &mut *guard;
+                let done = match t.open.get_mut(&summary.message_id) {
+                    Some((at, left)) => {
+                        *left -= 1;
+                        t.latencies.extend([now - *at]);
+                        t.last_arrival = Some(now);
+                        *left == 0
+                    }
+                    None => {
+                        t.unexpected += 1;
+                        false
+                    }
+                };
+                if done {
+                    let t = &mut *guard;
+                    t.open.remove(&summary.message_id);
+                    t.completed += 1;
+                    arrived.notify_waiters();
+                }
+            }
+        }))
     }
 
     async fn shutdown(self) -> Result<(), BenchError> {
@@ -484,26 +541,34 @@ impl Fed {
         *t = Tracker::default();
     }
 
-    /// The labels of a benchmark message to the first `recipients` peers.
-    fn message_labels(recipients: usize) -> pb::Labels {
+    /// The labels of a benchmark message to these peers.
+    fn message_labels(to: impl IntoIterator<Item = usize>) -> pb::Labels {
         pb::Labels {
             kind: pb::Kind::Alert as i32,
             classification: pb::Classification::Restricted as i32,
             crime_areas: vec!["drugs".into()],
             priority: pb::Priority::Immediate as i32,
-            releasable_to: (1..=recipients).map(body).collect(),
+            releasable_to: to.into_iter().map(body).collect(),
             ..Default::default()
         }
     }
 
+    /// A message to the first `recipients` peers.
     fn message(&self, recipients: usize) -> (String, pb::OfficerSubmitRequest) {
+        self.message_to(1..=recipients)
+    }
+
+    fn message_to(
+        &self,
+        to: impl IntoIterator<Item = usize>,
+    ) -> (String, pb::OfficerSubmitRequest) {
         let id = uuid::Uuid::new_v4().to_string();
-        let mut labels = Self::message_labels(recipients);
+        let mut labels = Self::message_labels(to);
         labels.message_id.clone_from(&id);
         let body = pb::Body {
             title: "bench".into(),
             content: Some(pb::body::Content::Alert(pb::Alert {
-                text: "x".repeat(PAYLOAD),
+                text: "x".repeat(self.payload),
                 ..Default::default()
             })),
         };
@@ -711,6 +776,139 @@ impl Fed {
         Ok(points)
     }
 
+    /// Queues `n` messages at the hub for a stopped peer (fan-out 1, 64
+    /// officers), then restarts the peer and times the drain: from its
+    /// restart until its hub cursor has moved past all `n` positions (the
+    /// node stores deliveries and the cursor in one write). It is the last
+    /// scenario of a federation: the peer's inbox watcher is not restarted.
+    async fn backlog(
+        &mut self,
+        n: u64,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<BacklogFigure, BenchError> {
+        let peer = BODIES - 1;
+        let name = body(peer);
+        progress(&format!(
+            "backlog: {n} messages for a stopped peer, then its return"
+        ));
+        let cursor = Self::status(&self.sandbox, &name).await?.hub_cursor;
+        self.watchers[peer - 1].abort();
+        self.sandbox.stop_node(&name).await?;
+        let before = self.counters();
+        let start = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let mut sender = self.sender.clone();
+                let (_, template) = self.message_to([peer]);
+                let next = Arc::clone(&next);
+                tokio::spawn(async move {
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                        let mut req = template.clone();
+                        if let Some(l) = req.labels.as_mut() {
+                            l.message_id = uuid::Uuid::new_v4().to_string();
+                        }
+                        let resp = sender
+                            .submit(req)
+                            .await
+                            .map_err(|s| {
+                                BenchError::Rpc(format!(
+                                    "officer submit: {:?}: {}",
+                                    s.code(),
+                                    s.message()
+                                ))
+                            })?
+                            .into_inner();
+                        if resp.status != "queued" {
+                            return Err(BenchError::Rpc(format!(
+                                "officer submit: the node answered status {:?}, not queued",
+                                resp.status
+                            )));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await
+                .map_err(|e| BenchError::Io(format!("submit task: {e}")))??;
+        }
+        let sender = body(0);
+        let limit = Duration::from_secs(60) + Duration::from_millis(n.saturating_mul(10));
+        self.poll(&sender, limit, "the sender's outbox to empty", |s| {
+            s.outbox_pending == 0
+        })
+        .await?;
+        let filled = start.elapsed().as_secs_f64().max(1e-9);
+        let queued = self.counters_now();
+        let hub = self.sandbox.hub_pid();
+        let rss_queued = hub.and_then(proc::rss).unwrap_or(0);
+        self.sandbox.start_node(&name).await?;
+        let restarted = Instant::now();
+        self.poll(&name, limit, "the peer to drain its backlog", |s| {
+            s.hub_cursor >= cursor + n
+        })
+        .await?;
+        let drain = restarted.elapsed().as_secs_f64().max(1e-9);
+        let per = |x: u64| x as f64 / n as f64;
+        Ok(BacklogFigure {
+            messages: n,
+            fill_msgs_per_s: n as f64 / filled,
+            hub_peak_rss_bytes: hub.and_then(proc::peak_rss).unwrap_or(0),
+            hub_rss_queued_bytes: rss_queued,
+            hub_disk_bytes_per_msg: per(queued.hub_disk.saturating_sub(before.hub_disk)),
+            hub_write_bytes_per_msg: per(queued
+                .hub
+                .write_bytes
+                .saturating_sub(before.hub.write_bytes)),
+            drain_msgs_per_s: n as f64 / drain,
+            drain_s: drain,
+        })
+    }
+
+    /// A node's status, asked by one of its officers.
+    async fn status(sandbox: &Sandbox, name: &str) -> Result<pb::NodeStatus, BenchError> {
+        let mut officer = sandbox.officer(name, "bob").await?;
+        Ok(officer
+            .status(pb::NodeStatusRequest {})
+            .await
+            .map_err(|s| BenchError::Rpc(format!("status of {name}: {}", s.message())))?
+            .into_inner())
+    }
+
+    /// Asks `name`'s status every 50 ms until `done`, for at most `limit`.
+    async fn poll(
+        &self,
+        name: &str,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&pb::NodeStatus) -> bool,
+    ) -> Result<(), BenchError> {
+        let deadline = Instant::now() + limit;
+        let mut officer = self.sandbox.officer(name, "bob").await?;
+        loop {
+            let status = officer
+                .status(pb::NodeStatusRequest {})
+                .await
+                .map_err(|s| BenchError::Rpc(format!("status of {name}: {}", s.message())))?
+                .into_inner();
+            if done(&status) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(BenchError::Timeout(format!(
+                    "waited {}s for {what} ({name}: {} in the outbox, hub cursor {}); see the logs in {}",
+                    limit.as_secs(),
+                    status.outbox_pending,
+                    status.hub_cursor,
+                    self.sandbox.dir().display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Restarts the peak RSS counts and reads the counters.
     fn counters(&self) -> Counters {
         let (hub, nodes) = self.pids();
@@ -819,9 +1017,15 @@ mod tests {
     fn the_governance_delivers_to_exactly_the_named_peers() {
         let gov = liaison_policy::Governance::from_toml("bench.toml", &governance(BODIES)).unwrap();
         assert_eq!(gov.bodies().count(), BODIES);
-        let fed = Fed::message_labels;
-        for k in [1, 4, BODIES - 1] {
-            let mut labels = fed(k);
+        // Fan-out 1, 4 and 10, and the backlog's one stopped peer.
+        let sets: [Vec<usize>; 4] = [
+            vec![1],
+            (1..=4).collect(),
+            (1..BODIES).collect(),
+            vec![BODIES - 1],
+        ];
+        for to in sets {
+            let mut labels = Fed::message_labels(to.clone());
             labels.origin = body(0);
             labels.created_at_ms = 1;
             labels.message_id = uuid::Uuid::new_v4().to_string();
@@ -848,8 +1052,8 @@ mod tests {
                 .collect();
             assert_eq!(
                 delivered,
-                (1..=k).map(body).collect::<Vec<_>>(),
-                "fan-out {k}"
+                to.iter().copied().map(body).collect::<Vec<_>>(),
+                "to {to:?}"
             );
         }
     }

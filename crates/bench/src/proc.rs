@@ -52,6 +52,12 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
     field(&status, "VmHWM:").map(|kb| kb * 1024)
 }
 
+/// The resident set size of `pid` now, in bytes.
+pub fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    field(&status, "VmRSS:").map(|kb| kb * 1024)
+}
+
 /// Restarts the peak RSS count of `pid` from its current RSS (Linux: `5` to
 /// `clear_refs`). False if the kernel refused.
 pub fn reset_peak_rss(pid: u32) -> bool {

@@ -85,6 +85,25 @@ pub fn table(r: &Report) -> Vec<String> {
             s.hub_write_bytes_per_msg,
         ));
     }
+    if let Some(b) = &r.backlog {
+        out.push(String::new());
+        out.push(format!(
+            "backlog: {} messages queued at the hub for a stopped peer, then drained",
+            b.messages
+        ));
+        out.push(format!(
+            "  filled at {:.0} msgs/s; hub RSS {} with all queued ({} peak); hub disk {:.0} B and writes {:.0} B per queued message",
+            b.fill_msgs_per_s,
+            bytes(b.hub_rss_queued_bytes),
+            bytes(b.hub_peak_rss_bytes),
+            b.hub_disk_bytes_per_msg,
+            b.hub_write_bytes_per_msg
+        ));
+        out.push(format!(
+            "  drained at {:.0} msgs/s ({:.1} s from the peer's restart)",
+            b.drain_msgs_per_s, b.drain_s
+        ));
+    }
     if !r.sweep.is_empty() {
         out.push(String::new());
         out.push("offered load sweep, fan-out 1".to_owned());
@@ -248,6 +267,7 @@ mod tests {
                 p99_us: 400,
             }],
             scenarios: Vec::new(),
+            backlog: None,
             sweep: vec![
                 SweepPoint {
                     offered_per_s: 100.0,

@@ -21,6 +21,16 @@ pub struct BenchArgs {
     /// (default: a temporary one, removed at the end).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Queue this many messages at the hub for a stopped peer, then time
+    /// its drain when it returns (0: skip; default 100000, 200 with
+    /// --quick).
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u64>,
+    /// Bytes of alert text in each message, and of each echo call (1 to
+    /// 65536: an alert's text holds at most 64 KiB).
+    #[arg(long, value_name = "BYTES", default_value_t = liaison_bench::PAYLOAD as u32,
+          value_parser = clap::value_parser!(u32).range(1..=liaison_bench::MAX_PAYLOAD as i64))]
+    pub payload: u32,
 }
 
 /// Runs the benchmark and prints its report.
@@ -32,6 +42,12 @@ pub async fn run(a: BenchArgs, out: Output) -> Result<()> {
         quick: a.quick,
         sweep: a.plot.is_some(),
         dir: a.dir,
+        payload: a.payload as usize,
+        backlog: a.backlog.unwrap_or(if a.quick {
+            liaison_bench::QUICK_BACKLOG
+        } else {
+            liaison_bench::DEFAULT_BACKLOG
+        }),
     };
     let human = out == Output::Human;
     let progress = move |what: &str| {
