@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "liaison/v1/audit.proto",
         "liaison/v1/admin.proto",
         "liaison/v1/bench.proto",
+        "liaison/v1/store.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     // With the `services` feature, tonic clients and servers too; without

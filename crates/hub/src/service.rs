@@ -442,7 +442,11 @@ impl HubState {
             }
         }
         if !valid.is_empty() {
+            let count = valid.len();
             let stored = self.store.submit_batch(valid).await?;
+            // One line per batch at info; one per message at debug (the
+            // audit log has every message anyway).
+            tracing::info!(caller = %caller, messages = count, "routed a batch");
             for (place, submitted) in places.into_iter().zip(stored) {
                 results[place] = Some(submitted.map(|submitted| {
                     let (outcome, duplicate) = match submitted {
@@ -453,7 +457,7 @@ impl HubState {
                         Submitted::Duplicate(outcome) => (outcome, true),
                     };
                     let delivered = outcome.decisions.iter().filter(|d| d.deliver).count();
-                    tracing::info!(message_id = %outcome.message_id, origin = %outcome.origin, duplicate, delivered, "routed");
+                    tracing::debug!(message_id = %outcome.message_id, origin = %outcome.origin, duplicate, delivered, "routed");
                     pb::SubmitResponse {
                         message_id: outcome.message_id.clone(),
                         duplicate,

@@ -529,7 +529,7 @@ pub(super) async fn request_forward(db: &Db, ask: ForwardAsk) -> Result<Forward,
         let Some(out) = txn.get(&out_key)? else {
             return Err(HubError::UnknownMessage(id));
         };
-        let outcome: RoutedOutcome = parse(&out_key, &out)?;
+        let outcome = RoutedOutcome::decode(&out_key, &out)?;
         let facts = ForwardFacts {
             requester_received: received(txn, &outcome, ask.requester.as_str())?,
             to_received: received(txn, &outcome, ask.to.as_str())?,

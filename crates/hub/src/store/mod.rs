@@ -102,6 +102,103 @@ pub struct QueueEntry {
     pub receipts: Vec<Receipt>,
 }
 
+impl RoutedOutcome {
+    /// The stored form: an encoded [`pb::StoredOutcome`].
+    pub fn encode(&self) -> Vec<u8> {
+        pb::StoredOutcome {
+            message_id: self.message_id.clone(),
+            origin: self.origin.clone(),
+            digest: self.digest.clone(),
+            accepted_at_ms: self.accepted_at_ms,
+            policy_version: self.policy_version.clone(),
+            decisions: self
+                .decisions
+                .iter()
+                .map(pb::RoutingDecision::from)
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Reads the stored form under `key`: the encoded proto, or the JSON
+    /// of earlier versions (a proto encoding never begins with `{`).
+    pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        if bytes.first() == Some(&b'{') {
+            return parse(key, bytes);
+        }
+        let o = pb::StoredOutcome::decode(bytes).map_err(|e| corrupt(key, &e))?;
+        Ok(Self {
+            message_id: o.message_id,
+            origin: o.origin,
+            digest: o.digest,
+            accepted_at_ms: o.accepted_at_ms,
+            policy_version: o.policy_version,
+            decisions: o.decisions.iter().map(DecisionRecord::from).collect(),
+        })
+    }
+}
+
+impl QueueEntry {
+    /// The stored form: an encoded [`pb::StoredQueueEntry`] for a message or
+    /// receipts (the hot path), JSON for the rare retraction and forward
+    /// request positions (and an old single receipt).
+    pub fn encode(&self) -> Vec<u8> {
+        if self.retraction.is_some() || self.forward_request.is_some() || self.receipt.is_some() {
+            return json(self);
+        }
+        pb::StoredQueueEntry {
+            message_id: self.message_id.clone(),
+            origin: self.origin.clone(),
+            routed_at_ms: self.routed_at_ms,
+            receipts: self
+                .receipts
+                .iter()
+                .map(|r| pb::StoredReceipt {
+                    message_id: r.message_id.clone(),
+                    recipient: r.recipient.clone(),
+                    at_ms: r.at_ms,
+                    quarantined: r.quarantined.clone(),
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Reads the stored form under `key` (see [`QueueEntry::encode`]).
+    pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        if bytes.first() == Some(&b'{') {
+            return parse(key, bytes);
+        }
+        let e = pb::StoredQueueEntry::decode(bytes).map_err(|e| corrupt(key, &e))?;
+        Ok(Self {
+            message_id: e.message_id,
+            origin: e.origin,
+            routed_at_ms: e.routed_at_ms,
+            retraction: None,
+            forward_request: None,
+            receipt: None,
+            receipts: e
+                .receipts
+                .into_iter()
+                .map(|r| Receipt {
+                    message_id: r.message_id,
+                    recipient: r.recipient,
+                    at_ms: r.at_ms,
+                    quarantined: r.quarantined,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A stored record under `key` that does not decode.
+fn corrupt(key: &[u8], e: &prost::DecodeError) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        problem: e.to_string(),
+    }
+}
+
 /// A recipient node's receipt of a message, queued for its originator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Receipt {
@@ -509,7 +606,7 @@ pub(super) async fn submit_all(
         for (s, encoded, digest) in batch {
             let okey = outcome_key(&s.env.labels.message_id);
             let existing = match txn.get(&okey)? {
-                Some(bytes) => Some(parse::<RoutedOutcome>(&okey, &bytes)?),
+                Some(bytes) => Some(RoutedOutcome::decode(&okey, &bytes)?),
                 None => None,
             };
             results.push(match plan_submission(&s, encoded, digest, existing) {
@@ -564,7 +661,7 @@ pub(super) fn append_to_queue(
     txn.put(next_key, seq.to_be_bytes().to_vec());
     txn.put(
         keys::seq_key(&queue_prefix(body.as_str()), seq),
-        json(entry),
+        entry.encode(),
     );
     Ok(seq)
 }
@@ -616,7 +713,12 @@ pub(super) fn queue_after(
     let start = keys::seq_key(&prefix, after.saturating_add(1));
     db.scan(&start, &keys::prefix_end(&prefix), limit)?
         .into_iter()
-        .map(|(k, v)| Ok((keys::seq_of(&k).unwrap_or_default(), parse(&k, &v)?)))
+        .map(|(k, v)| {
+            Ok((
+                keys::seq_of(&k).unwrap_or_default(),
+                QueueEntry::decode(&k, &v)?,
+            ))
+        })
         .collect()
 }
 
@@ -670,7 +772,12 @@ pub(super) async fn acknowledge(
                 usize::MAX,
             )?
             .into_iter()
-            .map(|(k, v)| Ok((keys::seq_of(&k).unwrap_or_default(), parse(&k, &v)?)))
+            .map(|(k, v)| {
+                Ok((
+                    keys::seq_of(&k).unwrap_or_default(),
+                    QueueEntry::decode(&k, &v)?,
+                ))
+            })
             .collect::<Result<Vec<(u64, QueueEntry)>, StoreError>>()?
         } else {
             Vec::new()
@@ -1204,6 +1311,88 @@ mod tests {
         assert!(matches!(&results[3], Err(HubError::IdReused { .. })));
         // Two messages routed: one received and one routed record each.
         assert_eq!(audit_after(&db, 0, u64::MAX, 100).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn hot_path_records_are_binary_and_json_ones_of_earlier_versions_still_read() {
+        let outcome = RoutedOutcome {
+            message_id: uuid_for(1),
+            origin: "alpha".into(),
+            digest: "ab".repeat(32),
+            accepted_at_ms: NOW,
+            policy_version: "v1+x".into(),
+            decisions: vec![
+                DecisionRecord {
+                    recipient: "bravo".into(),
+                    deliver: true,
+                    rule: "deliver.all_rules_passed".into(),
+                    reason: String::new(),
+                },
+                DecisionRecord {
+                    recipient: "charlie".into(),
+                    deliver: false,
+                    rule: "recipient.clearance".into(),
+                    reason: "clearance RESTRICTED below SECRET".into(),
+                },
+            ],
+        };
+        let key = outcome_key(&outcome.message_id);
+        let stored = outcome.encode();
+        assert_ne!(stored.first(), Some(&b'{'));
+        assert!(stored.len() < json(&outcome).len());
+        assert_eq!(RoutedOutcome::decode(&key, &stored).unwrap(), outcome);
+        assert_eq!(
+            RoutedOutcome::decode(&key, &json(&outcome)).unwrap(),
+            outcome
+        );
+        let e = RoutedOutcome::decode(&key, b"\xff\xff")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/out"), "{e}");
+
+        let receipt = |id: &str, q: Option<&str>| Receipt {
+            message_id: id.into(),
+            recipient: "bravo".into(),
+            at_ms: NOW,
+            quarantined: q.map(str::to_owned),
+        };
+        let binary = [
+            QueueEntry::message("m", "alpha", NOW),
+            QueueEntry {
+                receipts: vec![
+                    receipt("a", None),
+                    receipt("b", Some("body.title: empty")),
+                    receipt("c", Some("")),
+                ],
+                ..QueueEntry::message("", "alpha", NOW)
+            },
+        ];
+        let as_json = [
+            QueueEntry {
+                retraction: Some(Retraction {
+                    reason: "wrong".into(),
+                    retracted_at_ms: NOW,
+                }),
+                ..QueueEntry::message("m", "alpha", NOW)
+            },
+            QueueEntry {
+                receipt: Some(receipt("", None)),
+                ..QueueEntry::message("m", "alpha", NOW)
+            },
+        ];
+        let qkey = keys::seq_key(&queue_prefix("bravo"), 1);
+        for e in binary {
+            let stored = e.encode();
+            assert_ne!(stored.first(), Some(&b'{'), "{e:?}");
+            assert_eq!(QueueEntry::decode(&qkey, &stored).unwrap(), e);
+            assert_eq!(QueueEntry::decode(&qkey, &json(&e)).unwrap(), e, "old JSON");
+        }
+        for e in as_json {
+            let stored = e.encode();
+            assert_eq!(stored.first(), Some(&b'{'), "{e:?}");
+            assert_eq!(QueueEntry::decode(&qkey, &stored).unwrap(), e);
+        }
+        assert!(QueueEntry::decode(&qkey, b"\x0a\xff").is_err());
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
             }
             Write::Message { encoded, outcome } => {
                 txn.put(env_key(&outcome.message_id), encoded);
-                txn.put(outcome_key(&outcome.message_id), json(&*outcome));
+                txn.put(outcome_key(&outcome.message_id), outcome.encode());
             }
             Write::Hold(held) => {
                 txn.put(held_key(held.not_before_ms, &held.message_id), json(&held));

@@ -163,7 +163,7 @@ pub(super) async fn erase_due(
             let id = String::from_utf8_lossy(&value).into_owned();
             let okey = outcome_key(&id);
             let Some(out) = txn.get(&okey)? else { continue };
-            let outcome: RoutedOutcome = parse(&okey, &out)?;
+            let outcome = RoutedOutcome::decode(&okey, &out)?;
             let applied = apply(txn, plan_expiry(&id, &outcome, now_ms, &policy_version))?;
             audit_seq = audit_seq.max(applied.audit_seq);
         }

@@ -178,7 +178,7 @@ pub(super) async fn retract(
         let Some(out) = txn.get(&out_key)? else {
             return Err(HubError::UnknownMessage(message_id));
         };
-        let outcome: RoutedOutcome = parse(&out_key, &out)?;
+        let outcome = RoutedOutcome::decode(&out_key, &out)?;
         let env_bytes = txn.get(&env_key(&message_id))?.unwrap_or_default();
         let not_before = pb::Envelope::decode(env_bytes.as_slice())
             .ok()

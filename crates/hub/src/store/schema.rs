@@ -5,13 +5,13 @@
 //! | family | key | value | written by |
 //! |--------|-----|-------|------------|
 //! | envelope | `m/<id>/env` | the envelope as received (encoded proto); after retention erasure, the labels only | submission, retention |
-//! | outcome | `m/<id>/out` | the routing outcome (JSON): digest, decisions, policy version | submission |
+//! | outcome | `m/<id>/out` | the routing outcome (`StoredOutcome`, encoded proto; JSON in stores of earlier versions): digest, decisions, policy version | submission |
 //! | retraction | `m/<id>/retracted` | the originator's retraction (JSON) | retraction |
 //! | erased | `m/<id>/erased` | when and why its content was erased (JSON) | retention |
 //! | erase at | `m/<id>/erase_at` | when its content is to be erased (ms, big-endian) | submission |
 //! | forward pair | `m/<id>/fwd/<body>` | the latest forward request of the message to that body (request id) | forwarding |
 //! | forward | `f/<request id>` | a forward request and its decision (JSON) | forwarding |
-//! | queue | `q/<body>/<seq>` | one position of a body's delivery queue (JSON `QueueEntry`) | submission, embargo release, forwarding, retraction, receipts |
+//! | queue | `q/<body>/<seq>` | one position of a body's delivery queue (`QueueEntry`: a message or the receipts of one acknowledgement as an encoded `StoredQueueEntry`; a withdrawal or a forward request as JSON, as every position in stores of earlier versions) | submission, embargo release, forwarding, retraction, receipts |
 //! | counters | `c/<body>/next`, `c/<body>/acked` | the body's last queue position and acknowledged position (big-endian) | queue appends, acknowledgement |
 //! | held | `h/<not before>/<id>` | deliveries held under embargo (JSON), by release time | submission, embargo release |
 //! | retention | `r/<erase at>/<id>` | a content erasure due, by time | submission, retention |
