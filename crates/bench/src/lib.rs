@@ -855,7 +855,7 @@ impl Fed {
         Ok(BacklogFigure {
             messages: n,
             fill_msgs_per_s: n as f64 / filled,
-            hub_peak_rss_bytes: hub.and_then(proc::peak_rss).unwrap_or(0),
+            hub_peak_rss_bytes: hub.and_then(proc::peak_rss).unwrap_or(0).max(rss_queued),
             hub_rss_queued_bytes: rss_queued,
             hub_disk_bytes_per_msg: per(queued.hub_disk.saturating_sub(before.hub_disk)),
             hub_write_bytes_per_msg: per(queued

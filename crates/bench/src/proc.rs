@@ -46,10 +46,13 @@ fn field(text: &str, name: &str) -> Option<u64> {
 }
 
 /// The peak resident set size of `pid` since it started or since the last
-/// [`reset_peak_rss`], in bytes.
+/// [`reset_peak_rss`], in bytes: the kernel's high-water mark, or the RSS
+/// now if that is higher (the kernel raises the mark only at some events,
+/// so it can trail the current RSS).
 pub fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    field(&status, "VmHWM:").map(|kb| kb * 1024)
+    let hwm = field(&status, "VmHWM:")?;
+    Some(hwm.max(field(&status, "VmRSS:").unwrap_or(0)) * 1024)
 }
 
 /// The resident set size of `pid` now, in bytes.
