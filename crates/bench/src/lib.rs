@@ -435,6 +435,8 @@ struct Tracker {
     /// Arrivals of messages this tracker did not send (a bug, or a
     /// previous scenario's leftovers).
     unexpected: u64,
+    /// Inbox watches that ended while the federation ran, and why.
+    ended: Vec<String>,
 }
 
 /// A running benchmark federation and the driver's clients.
@@ -485,7 +487,13 @@ impl Fed {
         let tracker = Arc::clone(tracker);
         let arrived = Arc::clone(arrived);
         Ok(tokio::spawn(async move {
-            while let Some(Ok(summary)) = stream.next().await {
+            let name = body(i);
+            let why = loop {
+                let summary = match stream.next().await {
+                    Some(Ok(summary)) => summary,
+                    Some(Err(s)) => break format!("{name}: {:?}: {}", s.code(), s.message()),
+                    None => break format!("{name}: the node ended the stream"),
+                };
                 let now = Instant::now();
                 let mut guard = tracker.lock().unwrap_or_else(|p| p.into_inner());
                 let t = &mut *guard;
@@ -507,7 +515,9 @@ impl Fed {
                     t.completed += 1;
                     arrived.notify_waiters();
                 }
-            }
+            };
+            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+            t.ended.push(why);
         }))
     }
 
@@ -538,7 +548,12 @@ impl Fed {
 
     fn reset(&self) {
         let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-        *t = Tracker::default();
+        // A watch that ended stays ended: later scenarios cannot be timed.
+        let ended = std::mem::take(&mut t.ended);
+        *t = Tracker {
+            ended,
+            ..Tracker::default()
+        };
     }
 
     /// The labels of a benchmark message to these peers.
@@ -663,8 +678,13 @@ impl Fed {
             let now = Instant::now();
             if now >= deadline {
                 let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                let ended = if t.ended.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (inbox watches ended: {})", t.ended.join("; "))
+                };
                 return Err(BenchError::Timeout(format!(
-                    "only {} of {submitted} messages reached all their recipients within {}s; see the logs in {}",
+                    "only {} of {submitted} messages reached all their recipients within {}s{ended}; see the logs in {}",
                     t.completed,
                     limit.as_secs(),
                     self.sandbox.dir().display()
@@ -931,6 +951,12 @@ impl Fed {
     ) -> Result<ScenarioFigure, BenchError> {
         let after = self.counters_now();
         let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        if !t.ended.is_empty() {
+            return Err(BenchError::Rpc(format!(
+                "inbox watches ended: {}",
+                t.ended.join("; ")
+            )));
+        }
         if t.unexpected > 0 {
             return Err(BenchError::Rpc(format!(
                 "{} deliveries arrived that this scenario did not send",

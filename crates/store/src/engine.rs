@@ -119,9 +119,13 @@ impl SledEngine {
             let name = entry.file_name();
             if !synced.contains(&name) {
                 let path = entry.path();
-                File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| io_error(&path, &e))?;
+                match File::open(&path).and_then(|f| f.sync_all()) {
+                    Ok(()) => {}
+                    // sled removed it (its page was rewritten) between the
+                    // listing and the sync: nothing refers to it any more.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error(&path, &e)),
+                }
                 gained = true;
             }
             present.insert(name);
