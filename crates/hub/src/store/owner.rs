@@ -9,7 +9,9 @@
 //! and the highest flushed audit position, and every write method raises
 //! them itself once its flush has returned. Readers of queues and of the
 //! audit log see nothing beyond the marks. No caller can forget to publish
-//! a write, and no reader can see one that is not on disk.
+//! a write, and no reader can see one that is not on disk. Each write and
+//! its publication run in a task of their own, so a caller that stops
+//! waiting (a cancelled request) cannot leave a committed write unpublished.
 //!
 //! The write methods take whole batches where the caller has them (a
 //! message and all its recipients; several audit records), so that the
@@ -17,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use liaison_proto::v1 as pb;
 use liaison_store::{Db, StoreError};
@@ -31,48 +33,19 @@ use crate::HubError;
 #[derive(Debug)]
 pub struct HubStore {
     db: Db,
+    marks: Arc<Marks>,
+}
+
+/// The durability marks, shared with the tasks that raise them.
+#[derive(Debug)]
+struct Marks {
     /// Per body, the highest durable queue position; subscriptions wait on it.
     queues: Mutex<HashMap<BodyId, watch::Sender<u64>>>,
     /// The highest durable audit position.
     audit: AtomicU64,
 }
 
-impl HubStore {
-    /// The store over a database just opened, for these bodies: everything
-    /// on disk is durable, so every mark starts at the end of what is there.
-    pub fn open<'a>(
-        db: Db,
-        bodies: impl IntoIterator<Item = &'a BodyId>,
-    ) -> Result<Self, StoreError> {
-        let mut queues = HashMap::new();
-        for body in bodies {
-            queues.insert(body.clone(), watch::channel(queue_end(&db, body)?).0);
-        }
-        Ok(Self {
-            audit: AtomicU64::new(audit_end(&db)?),
-            queues: Mutex::new(queues),
-            db,
-        })
-    }
-
-    /// Gives the database back, to close it at shutdown.
-    pub fn into_db(self) -> Db {
-        self.db
-    }
-
-    /// Starts keeping a mark for a body a new governance adds, at the end of
-    /// whatever queue it has on disk: no write can be in flight to a body the
-    /// previous governance did not know, so all of it is durable. A body
-    /// already known is left alone (it may have writes in flight).
-    pub fn track(&self, body: &BodyId) -> Result<(), StoreError> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        if !queues.contains_key(body) {
-            let end = queue_end(&self.db, body)?;
-            queues.insert(body.clone(), watch::channel(end).0);
-        }
-        Ok(())
-    }
-
+impl Marks {
     fn queue_mark(&self, body: &BodyId) -> watch::Sender<u64> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         // A body unknown at start-up has nothing durable yet: its mark
@@ -96,6 +69,76 @@ impl HubStore {
         }
     }
 
+    fn publish_forward(&self, done: &Forward) {
+        match done {
+            Forward::Refused { audit_seq, .. } => self.publish(&[], *audit_seq),
+            Forward::Done {
+                queued, audit_seq, ..
+            } => self.publish(queued, *audit_seq),
+        }
+    }
+}
+
+/// Runs a write and the raising of its marks in a task of its own, to the
+/// end even if the caller stops waiting (a request cancelled, a connection
+/// lost): a write already queued commits all the same, and marks left low
+/// would hide its queue positions from every subscription until some later
+/// write to the same body raised them.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, HubError>> + Send + 'static,
+) -> Result<T, HubError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| HubError::Store(StoreError::Engine(format!("a store task ended: {e}"))))?
+}
+
+impl HubStore {
+    /// The store over a database just opened, for these bodies: everything
+    /// on disk is durable, so every mark starts at the end of what is there.
+    pub fn open<'a>(
+        db: Db,
+        bodies: impl IntoIterator<Item = &'a BodyId>,
+    ) -> Result<Self, StoreError> {
+        let mut queues = HashMap::new();
+        for body in bodies {
+            queues.insert(body.clone(), watch::channel(queue_end(&db, body)?).0);
+        }
+        Ok(Self {
+            marks: Arc::new(Marks {
+                audit: AtomicU64::new(audit_end(&db)?),
+                queues: Mutex::new(queues),
+            }),
+            db,
+        })
+    }
+
+    /// Gives the database back, to close it at shutdown.
+    pub fn into_db(self) -> Db {
+        self.db
+    }
+
+    /// Starts keeping a mark for a body a new governance adds, at the end of
+    /// whatever queue it has on disk: no write can be in flight to a body the
+    /// previous governance did not know, so all of it is durable. A body
+    /// already known is left alone (it may have writes in flight).
+    pub fn track(&self, body: &BodyId) -> Result<(), StoreError> {
+        let mut queues = self.marks.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if !queues.contains_key(body) {
+            let end = queue_end(&self.db, body)?;
+            queues.insert(body.clone(), watch::channel(end).0);
+        }
+        Ok(())
+    }
+
+    fn queue_mark(&self, body: &BodyId) -> watch::Sender<u64> {
+        self.marks.queue_mark(body)
+    }
+
+    /// The database and the marks, for a detached write.
+    fn parts(&self) -> (Db, Arc<Marks>) {
+        (self.db.clone(), Arc::clone(&self.marks))
+    }
+
     /// The body's durable queue position, to wait on.
     pub fn watch_queue(&self, body: &BodyId) -> watch::Receiver<u64> {
         self.queue_mark(body).subscribe()
@@ -109,7 +152,7 @@ impl HubStore {
 
     /// The highest durable audit position.
     pub fn durable_audit(&self) -> u64 {
-        self.audit.load(Ordering::Acquire)
+        self.marks.audit.load(Ordering::Acquire)
     }
 
     // Writes. Each publishes what it made durable.
@@ -127,16 +170,20 @@ impl HubStore {
         &self,
         batch: Vec<Submission>,
     ) -> Result<Vec<Result<Submitted, HubError>>, HubError> {
-        let results = submit_all(&self.db, batch).await?;
-        for r in &results {
-            if let Ok(Submitted::New {
-                queued, audit_seq, ..
-            }) = r
-            {
-                self.publish(queued, *audit_seq);
+        let (db, marks) = self.parts();
+        detached(async move {
+            let results = submit_all(&db, batch).await?;
+            for r in &results {
+                if let Ok(Submitted::New {
+                    queued, audit_seq, ..
+                }) = r
+                {
+                    marks.publish(queued, *audit_seq);
+                }
             }
-        }
-        Ok(results)
+            Ok(results)
+        })
+        .await
     }
 
     /// Withdraws a message its originator retracts.
@@ -148,32 +195,35 @@ impl HubStore {
         actor: String,
         now_ms: i64,
     ) -> Result<Retracted, HubError> {
-        let done = retract(&self.db, caller, message_id, reason, actor, now_ms).await?;
-        self.publish(&done.queued, done.audit_seq);
-        Ok(done)
+        let (db, marks) = self.parts();
+        detached(async move {
+            let done = retract(&db, caller, message_id, reason, actor, now_ms).await?;
+            marks.publish(&done.queued, done.audit_seq);
+            Ok(done)
+        })
+        .await
     }
 
     /// Files a forward request (third-party rule).
     pub async fn request_forward(&self, ask: ForwardAsk) -> Result<Forward, HubError> {
-        let done = request_forward(&self.db, ask).await?;
-        self.publish_forward(&done);
-        Ok(done)
+        let (db, marks) = self.parts();
+        detached(async move {
+            let done = request_forward(&db, ask).await?;
+            marks.publish_forward(&done);
+            Ok(done)
+        })
+        .await
     }
 
     /// Records the originator's verdict on a forward request.
     pub async fn decide_forward(&self, verdict: ForwardVerdict) -> Result<Forward, HubError> {
-        let done = decide_forward(&self.db, verdict).await?;
-        self.publish_forward(&done);
-        Ok(done)
-    }
-
-    fn publish_forward(&self, done: &Forward) {
-        match done {
-            Forward::Refused { audit_seq, .. } => self.publish(&[], *audit_seq),
-            Forward::Done {
-                queued, audit_seq, ..
-            } => self.publish(queued, *audit_seq),
-        }
+        let (db, marks) = self.parts();
+        detached(async move {
+            let done = decide_forward(&db, verdict).await?;
+            marks.publish_forward(&done);
+            Ok(done)
+        })
+        .await
     }
 
     /// Acknowledges a body's queue up to `seq` (see [`acknowledge`]).
@@ -186,25 +236,25 @@ impl HubStore {
         now_ms: i64,
         policy_version: String,
     ) -> Result<Acknowledged, HubError> {
-        let done = acknowledge(
-            &self.db,
-            body,
-            seq,
-            quarantined,
-            actor,
-            now_ms,
-            policy_version,
-        )
-        .await?;
-        self.publish(&done.receipts, done.audit_seq);
-        Ok(done)
+        let (db, marks) = self.parts();
+        detached(async move {
+            let done =
+                acknowledge(&db, body, seq, quarantined, actor, now_ms, policy_version).await?;
+            marks.publish(&done.receipts, done.audit_seq);
+            Ok(done)
+        })
+        .await
     }
 
     /// Appends audit records in one transaction; returns the last position.
     pub async fn audit(&self, records: Vec<pb::AuditRecord>) -> Result<u64, HubError> {
-        let seq = audit_many(&self.db, records).await?;
-        self.publish(&[], seq);
-        Ok(seq)
+        let (db, marks) = self.parts();
+        detached(async move {
+            let seq = audit_many(&db, records).await?;
+            marks.publish(&[], seq);
+            Ok(seq)
+        })
+        .await
     }
 
     /// Appends the record of a governance change (event `policy`).
@@ -216,10 +266,13 @@ impl HubStore {
         actor: String,
         now_ms: i64,
     ) -> Result<u64, HubError> {
-        let seq =
-            audit_policy_change(&self.db, rule, reason, policy_version, actor, now_ms).await?;
-        self.publish(&[], seq);
-        Ok(seq)
+        let (db, marks) = self.parts();
+        detached(async move {
+            let seq = audit_policy_change(&db, rule, reason, policy_version, actor, now_ms).await?;
+            marks.publish(&[], seq);
+            Ok(seq)
+        })
+        .await
     }
 
     /// Stores the administrators' state overrides with the record of the
@@ -229,9 +282,13 @@ impl HubStore {
         states: BTreeMap<BodyId, liaison_policy::State>,
         record: pb::AuditRecord,
     ) -> Result<u64, HubError> {
-        let seq = set_body_states(&self.db, states, record).await?;
-        self.publish(&[], seq);
-        Ok(seq)
+        let (db, marks) = self.parts();
+        detached(async move {
+            let seq = set_body_states(&db, states, record).await?;
+            marks.publish(&[], seq);
+            Ok(seq)
+        })
+        .await
     }
 
     /// Queues every held delivery whose time has come.
@@ -240,17 +297,25 @@ impl HubStore {
         now_ms: i64,
         policy_version: String,
     ) -> Result<Released, HubError> {
-        let done = release_due(&self.db, now_ms, policy_version).await?;
-        self.publish(&done.queued, done.audit_seq);
-        Ok(done)
+        let (db, marks) = self.parts();
+        detached(async move {
+            let done = release_due(&db, now_ms, policy_version).await?;
+            marks.publish(&done.queued, done.audit_seq);
+            Ok(done)
+        })
+        .await
     }
 
     /// Erases the content whose retention period has ended, and records the
     /// expiries that have come.
     pub async fn erase_due(&self, now_ms: i64, policy_version: String) -> Result<u64, HubError> {
-        let seq = erase_due(&self.db, now_ms, policy_version).await?;
-        self.publish(&[], seq);
-        Ok(seq)
+        let (db, marks) = self.parts();
+        detached(async move {
+            let seq = erase_due(&db, now_ms, policy_version).await?;
+            marks.publish(&[], seq);
+            Ok(seq)
+        })
+        .await
     }
 
     // Reads. Queues and the audit log: durable entries only.
@@ -322,5 +387,86 @@ impl HubStore {
             .into_iter()
             .chain(next_erasure(&self.db)?)
             .min())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use liaison_store::{Engine, Entry, MemoryEngine};
+
+    use super::*;
+
+    /// An engine whose flush waits until the test opens the gate.
+    #[derive(Debug, Default)]
+    struct Gated {
+        inner: MemoryEngine,
+        applied: AtomicBool,
+        open: AtomicBool,
+    }
+
+    impl Engine for Gated {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan(
+            &self,
+            start: &[u8],
+            end: &[u8],
+            limit: usize,
+            reverse: bool,
+        ) -> Result<Vec<Entry>, StoreError> {
+            self.inner.scan(start, end, limit, reverse)
+        }
+        fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+            self.inner.apply(writes)?;
+            self.applied.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            while !self.open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_whose_caller_stops_waiting_still_raises_its_marks() {
+        let engine = Arc::new(Gated::default());
+        let db = Db::with_engine(Arc::clone(&engine) as Arc<dyn Engine>);
+        let store = Arc::new(HubStore::open(db, []).unwrap());
+        let writer = Arc::clone(&store);
+        let caller = tokio::spawn(async move {
+            let record = pb::AuditRecord {
+                event: AuditEvent::Policy.into(),
+                ..Default::default()
+            };
+            writer.audit(vec![record]).await
+        });
+        until("the write is applied", || {
+            engine.applied.load(Ordering::SeqCst)
+        })
+        .await;
+        // The caller goes away (a cancelled request) before the flush.
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        assert_eq!(store.durable_audit(), 0, "not durable before the flush");
+        engine.open.store(true, Ordering::SeqCst);
+        until("the mark rises after the flush", || {
+            store.durable_audit() == 1
+        })
+        .await;
+        assert_eq!(store.audit_after(0, 1, 10).unwrap().len(), 1);
     }
 }
