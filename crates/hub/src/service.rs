@@ -253,7 +253,7 @@ impl HubState {
         let mut state = self;
         for _ in 0..100 {
             match Arc::try_unwrap(state) {
-                Ok(s) => return Some(s.store.into_db()),
+                Ok(s) => return Some(s.store.into_db().await),
                 Err(shared) => state = shared,
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -25,6 +25,7 @@ use liaison_proto::v1 as pb;
 use liaison_store::{Db, StoreError};
 use liaison_types::BodyId;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::HubError;
@@ -34,6 +35,9 @@ use crate::HubError;
 pub struct HubStore {
     db: Db,
     marks: Arc<Marks>,
+    /// The writes in flight (see [`HubStore::detached`]); shutdown waits
+    /// for them before it closes the database.
+    writes: TaskTracker,
 }
 
 /// The durability marks, shared with the tasks that raise them.
@@ -79,19 +83,6 @@ impl Marks {
     }
 }
 
-/// Runs a write and the raising of its marks in a task of its own, to the
-/// end even if the caller stops waiting (a request cancelled, a connection
-/// lost): a write already queued commits all the same, and marks left low
-/// would hide its queue positions from every subscription until some later
-/// write to the same body raised them.
-async fn detached<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<T, HubError>> + Send + 'static,
-) -> Result<T, HubError> {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| HubError::Store(StoreError::Engine(format!("a store task ended: {e}"))))?
-}
-
 impl HubStore {
     /// The store over a database just opened, for these bodies: everything
     /// on disk is durable, so every mark starts at the end of what is there.
@@ -109,12 +100,31 @@ impl HubStore {
                 queues: Mutex::new(queues),
             }),
             db,
+            writes: TaskTracker::new(),
         })
     }
 
-    /// Gives the database back, to close it at shutdown.
-    pub fn into_db(self) -> Db {
+    /// Gives the database back, to close it at shutdown, once every write
+    /// in flight has finished (each holds a handle to it).
+    pub async fn into_db(self) -> Db {
+        self.writes.close();
+        self.writes.wait().await;
         self.db
+    }
+
+    /// Runs a write and the raising of its marks in a task of its own, to
+    /// the end even if the caller stops waiting (a request cancelled, a
+    /// connection lost): a write already queued commits all the same, and
+    /// marks left low would hide its queue positions from every
+    /// subscription until some later write to the same body raised them.
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, HubError>> + Send + 'static,
+    ) -> Result<T, HubError> {
+        self.writes
+            .spawn(work)
+            .await
+            .map_err(|e| HubError::Store(StoreError::Engine(format!("a store task ended: {e}"))))?
     }
 
     /// Starts keeping a mark for a body a new governance adds, at the end of
@@ -171,7 +181,7 @@ impl HubStore {
         batch: Vec<Submission>,
     ) -> Result<Vec<Result<Submitted, HubError>>, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let results = submit_all(&db, batch).await?;
             for r in &results {
                 if let Ok(Submitted::New {
@@ -196,7 +206,7 @@ impl HubStore {
         now_ms: i64,
     ) -> Result<Retracted, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let done = retract(&db, caller, message_id, reason, actor, now_ms).await?;
             marks.publish(&done.queued, done.audit_seq);
             Ok(done)
@@ -207,7 +217,7 @@ impl HubStore {
     /// Files a forward request (third-party rule).
     pub async fn request_forward(&self, ask: ForwardAsk) -> Result<Forward, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let done = request_forward(&db, ask).await?;
             marks.publish_forward(&done);
             Ok(done)
@@ -218,7 +228,7 @@ impl HubStore {
     /// Records the originator's verdict on a forward request.
     pub async fn decide_forward(&self, verdict: ForwardVerdict) -> Result<Forward, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let done = decide_forward(&db, verdict).await?;
             marks.publish_forward(&done);
             Ok(done)
@@ -237,7 +247,7 @@ impl HubStore {
         policy_version: String,
     ) -> Result<Acknowledged, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let done =
                 acknowledge(&db, body, seq, quarantined, actor, now_ms, policy_version).await?;
             marks.publish(&done.receipts, done.audit_seq);
@@ -249,7 +259,7 @@ impl HubStore {
     /// Appends audit records in one transaction; returns the last position.
     pub async fn audit(&self, records: Vec<pb::AuditRecord>) -> Result<u64, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let seq = audit_many(&db, records).await?;
             marks.publish(&[], seq);
             Ok(seq)
@@ -267,7 +277,7 @@ impl HubStore {
         now_ms: i64,
     ) -> Result<u64, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let seq = audit_policy_change(&db, rule, reason, policy_version, actor, now_ms).await?;
             marks.publish(&[], seq);
             Ok(seq)
@@ -283,7 +293,7 @@ impl HubStore {
         record: pb::AuditRecord,
     ) -> Result<u64, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let seq = set_body_states(&db, states, record).await?;
             marks.publish(&[], seq);
             Ok(seq)
@@ -298,7 +308,7 @@ impl HubStore {
         policy_version: String,
     ) -> Result<Released, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let done = release_due(&db, now_ms, policy_version).await?;
             marks.publish(&done.queued, done.audit_seq);
             Ok(done)
@@ -310,7 +320,7 @@ impl HubStore {
     /// expiries that have come.
     pub async fn erase_due(&self, now_ms: i64, policy_version: String) -> Result<u64, HubError> {
         let (db, marks) = self.parts();
-        detached(async move {
+        self.detached(async move {
             let seq = erase_due(&db, now_ms, policy_version).await?;
             marks.publish(&[], seq);
             Ok(seq)
