@@ -819,7 +819,10 @@ impl Fed {
         progress(&format!(
             "backlog: {n} messages for a stopped peer, then its return"
         ));
-        let cursor = Self::status(&self.sandbox, &name).await?.hub_cursor;
+        let cursor = self
+            .poll(&name, Duration::ZERO, "its status", |_| true)
+            .await?
+            .hub_cursor;
         self.watchers[peer - 1].abort();
         self.sandbox.stop_node(&name).await?;
         let before = self.counters();
@@ -879,24 +882,15 @@ impl Fed {
         })
     }
 
-    /// A node's status, asked by one of its officers.
-    async fn status(sandbox: &Sandbox, name: &str) -> Result<pb::NodeStatus, BenchError> {
-        let mut officer = sandbox.officer(name, "bob").await?;
-        Ok(officer
-            .status(pb::NodeStatusRequest {})
-            .await
-            .map_err(|s| BenchError::Rpc(format!("status of {name}: {}", s.message())))?
-            .into_inner())
-    }
-
-    /// Asks `name`'s status every 50 ms until `done`, for at most `limit`.
+    /// Asks `name`'s status every 50 ms until `done`, for at most `limit`;
+    /// returns the status that was done.
     async fn poll(
         &self,
         name: &str,
         limit: Duration,
         what: &str,
         done: impl Fn(&pb::NodeStatus) -> bool,
-    ) -> Result<(), BenchError> {
+    ) -> Result<pb::NodeStatus, BenchError> {
         let deadline = Instant::now() + limit;
         let mut officer = self.sandbox.officer(name, "bob").await?;
         loop {
@@ -906,7 +900,7 @@ impl Fed {
                 .map_err(|s| BenchError::Rpc(format!("status of {name}: {}", s.message())))?
                 .into_inner();
             if done(&status) {
-                return Ok(());
+                return Ok(status);
             }
             if Instant::now() >= deadline {
                 return Err(BenchError::Timeout(format!(

@@ -209,9 +209,10 @@ async fn audit_list(a: AuditListArgs, out: Output) -> Result<()> {
         } else if out == Output::Json {
             say!("{}", serde_json::Value::Object(to_json(&r)));
         } else {
-            let message = match r.items.len() {
-                0 => r.message_id.clone(),
-                n => format!("({n} messages)"),
+            let message = match r.items.as_slice() {
+                [] => r.message_id.clone(),
+                [one] => one.message_id.clone(),
+                many => format!("{} messages:", many.len()),
             };
             say!(
                 "{:>6} {:<20} {:<12} {:<36} {:<9} {:<9} {:<8} {}",
@@ -224,9 +225,12 @@ async fn audit_list(a: AuditListArgs, out: Output) -> Result<()> {
                 r.decision,
                 r.rule
             );
-            // A batch record's messages, one line each under it.
-            for i in &r.items {
-                say!("{:>6} {:<20} {:<12} {}", "", "", "", i.message_id);
+            // A batch record's messages, one line each under its MESSAGE
+            // column (times take 24 characters).
+            if r.items.len() > 1 {
+                for i in &r.items {
+                    say!("{:>6} {:<24} {:<12} {}", "", "", "", i.message_id);
+                }
             }
         }
     }
