@@ -103,7 +103,8 @@ pub async fn run_with_reload(
             // Deliveries are bounded by the hub's request limit; a batch's
             // answers (decisions for every message) can be larger.
             .max_decoding_message_size((config.limits.max_request_bytes * 2).max(16 << 20)),
-        outbox_ready: Notify::new(),
+        outbox_ready: Arc::new(Notify::new()),
+        writes: tokio_util::task::TaskTracker::new(),
         inbox_changed: Notify::new(),
         release: config.release.clone(),
         handshake_failures: liaison_pki::HandshakeFailures::default(),
@@ -183,6 +184,8 @@ pub async fn run_with_reload(
     let _ = receiver.await;
     let _ = sweeper.await;
     let _ = follower.await;
+    state.writes.close();
+    state.writes.wait().await;
     // Close the store so that a restart can open it at once.
     match Arc::try_unwrap(state) {
         Ok(state) => {

@@ -11,6 +11,7 @@ use liaison_store::{Db, StoreError};
 use liaison_types::{now_ms, BodyId, Envelope, Identity, TypedBody, ValidationError};
 use prost::Message;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -31,7 +32,10 @@ pub struct NodeState {
     /// The hub.
     pub hub: FederationClient<Channel>,
     /// Woken when the outbox has something new to push.
-    pub outbox_ready: Notify,
+    pub outbox_ready: Arc<Notify>,
+    /// Store writes that wake the pusher, each in a task of its own (see
+    /// [`NodeState::releasing`]); shutdown waits for them.
+    pub writes: TaskTracker,
     /// Woken when the inbox gains a message that expires.
     pub inbox_changed: Notify,
     /// Four-eyes release rules.
@@ -52,6 +56,30 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// Runs a store write that can give the pusher work in a task of its
+    /// own, and wakes the pusher when the write is durable and `released`
+    /// says it queued something. A caller that stops waiting (a cancelled
+    /// request, a lost connection) cannot skip the wake-up: a write already
+    /// queued commits all the same, and an idle pusher would leave it in
+    /// the outbox until some later write woke it.
+    async fn releasing<T: Send + 'static>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, NodeError>> + Send + 'static,
+        released: impl FnOnce(&T) -> bool + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let ready = Arc::clone(&self.outbox_ready);
+        self.writes
+            .spawn(async move {
+                let done = write.await;
+                if done.as_ref().is_ok_and(released) {
+                    ready.notify_one();
+                }
+                done
+            })
+            .await
+            .map_err(|e| NodeError::Store(StoreError::Engine(format!("a store task ended: {e}"))))?
+    }
+
     /// The hub's governance as last verified, if any.
     pub fn governance(&self) -> Option<Arc<liaison_policy::Governance>> {
         self.governance
@@ -167,10 +195,15 @@ impl NodeState {
             received_by: Default::default(),
             quarantined_by: Default::default(),
         };
-        let (queued, stored) = store::enqueue(&self.db, &env, record).await?;
+        let db = self.db.clone();
+        let (queued, stored) = self
+            .releasing(
+                async move { store::enqueue(&db, &env, record).await },
+                |(queued, stored)| *queued == Queued::New && stored.status == OutboxStatus::Queued,
+            )
+            .await?;
         if queued == Queued::New {
             if stored.status == OutboxStatus::Queued {
-                self.outbox_ready.notify_one();
                 tracing::info!(message_id = %stored.message_id, officer = %caller, "queued for the hub");
             } else {
                 tracing::info!(message_id = %stored.message_id, officer = %caller, reason = %stored.approval_reason, "awaiting four-eyes approval");
@@ -231,9 +264,14 @@ impl NodeState {
             uri: caller.uri(),
             now_ms: now_ms(),
         };
-        let (rec, already) = store::approve(&self.db, id, decider).await?;
+        let db = self.db.clone();
+        let (rec, already) = self
+            .releasing(
+                async move { store::approve(&db, id, decider).await },
+                |(_, already)| !already,
+            )
+            .await?;
         if !already {
-            self.outbox_ready.notify_one();
             tracing::info!(message_id = %rec.message_id, approved_by = %rec.approved_by, submitted_by = %rec.submitted_by, "four-eyes approval: released to the hub");
         }
         Ok(pb::ApproveResponse {
@@ -398,10 +436,15 @@ impl NodeState {
             uri: caller.uri(),
             now_ms: now_ms(),
         };
-        let (rec, already) =
-            store::decide_forward(&self.db, id, req.approve, reason, decider).await?;
+        let db = self.db.clone();
+        let approve = req.approve;
+        let (rec, already) = self
+            .releasing(
+                async move { store::decide_forward(&db, id, approve, reason, decider).await },
+                |(_, already)| !already,
+            )
+            .await?;
         if !already {
-            self.outbox_ready.notify_one();
             tracing::info!(request_id = %rec.request_id, message_id = %rec.message_id, to = %rec.to, officer = %caller, state = rec.state.as_str(), "forward request decided");
         }
         Ok(pb::OfficerDecideForwardResponse {
@@ -691,11 +734,15 @@ impl pb::officer_server::Officer for OfficerService {
         let r = req.into_inner();
         let id = id_field("message_id", &r.message_id)?;
         let reason = reason_field(&r.reason, true)?;
-        let status =
-            store::request_retraction(&self.0.db, id.clone(), reason, caller.uri()).await?;
-        if status == "retraction_queued" {
-            self.0.outbox_ready.notify_one();
-        }
+        let db = self.0.db.clone();
+        let (target, by) = (id.clone(), caller.uri());
+        let status = self
+            .0
+            .releasing(
+                async move { store::request_retraction(&db, target, reason, by).await },
+                |status| *status == "retraction_queued",
+            )
+            .await?;
         tracing::info!(message_id = %id, officer = %caller, status, "retraction requested");
         Ok(Response::new(pb::OfficerRetractResponse {
             status: status.to_owned(),
@@ -784,5 +831,84 @@ impl pb::officer_server::Officer for OfficerService {
         Ok(Response::new(
             self.0.refuse(&caller, req.into_inner()).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+    use std::time::Duration;
+
+    use futures::FutureExt;
+    use liaison_store::testing::HeldFlush;
+    use liaison_store::Engine;
+    use liaison_types::Role;
+
+    use super::*;
+
+    fn node(db: Db) -> NodeState {
+        let hub = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        NodeState {
+            body: BodyId::parse("body01").unwrap(),
+            db,
+            hub: FederationClient::new(hub),
+            outbox_ready: Arc::default(),
+            writes: TaskTracker::new(),
+            inbox_changed: Notify::new(),
+            release: Release::default(),
+            handshake_failures: liaison_pki::HandshakeFailures::default(),
+            governance: RwLock::new(None),
+            governance_stale: Notify::new(),
+            inbox_feed: tokio::sync::broadcast::channel(8).0,
+            stopping: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    fn alert() -> pb::OfficerSubmitRequest {
+        pb::OfficerSubmitRequest {
+            labels: Some(pb::Labels {
+                kind: pb::Kind::Alert as i32,
+                classification: pb::Classification::Restricted as i32,
+                crime_areas: vec!["drugs".into()],
+                priority: pb::Priority::Immediate as i32,
+                releasable_to: vec!["body02".into()],
+                ..Default::default()
+            }),
+            body: Some(pb::Body {
+                title: "a test alert".into(),
+                content: Some(pb::body::Content::Alert(pb::Alert {
+                    text: "text".into(),
+                    ..Default::default()
+                })),
+            }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submit_whose_caller_stops_waiting_still_wakes_the_pusher() {
+        let engine = Arc::new(HeldFlush::default());
+        let state = Arc::new(node(
+            Db::with_engine(Arc::clone(&engine) as Arc<dyn Engine>),
+        ));
+        let officer = Identity::new("liaison.test", "body01", Role::Officer, "alice").unwrap();
+        let submitter = Arc::clone(&state);
+        let caller = tokio::spawn(async move { submitter.submit(&officer, alert()).await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !engine.applied() {
+            assert!(std::time::Instant::now() < deadline, "the write is applied");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The officer's request goes away before the flush.
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        assert!(
+            state.outbox_ready.notified().now_or_never().is_none(),
+            "the pusher is not woken before the message is durable"
+        );
+        engine.release();
+        tokio::time::timeout(Duration::from_secs(10), state.outbox_ready.notified())
+            .await
+            .expect("the pusher is woken once the message is durable");
+        assert_eq!(store::pending(&state.db, 10).unwrap().len(), 1);
     }
 }

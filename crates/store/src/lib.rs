@@ -23,6 +23,7 @@
 pub mod conformance;
 mod engine;
 pub mod keys;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -402,46 +402,12 @@ impl HubStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
-    use liaison_store::{Engine, Entry, MemoryEngine};
+    use liaison_store::testing::HeldFlush;
+    use liaison_store::Engine;
 
     use super::*;
-
-    /// An engine whose flush waits until the test opens the gate.
-    #[derive(Debug, Default)]
-    struct Gated {
-        inner: MemoryEngine,
-        applied: AtomicBool,
-        open: AtomicBool,
-    }
-
-    impl Engine for Gated {
-        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(key)
-        }
-        fn scan(
-            &self,
-            start: &[u8],
-            end: &[u8],
-            limit: usize,
-            reverse: bool,
-        ) -> Result<Vec<Entry>, StoreError> {
-            self.inner.scan(start, end, limit, reverse)
-        }
-        fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-            self.inner.apply(writes)?;
-            self.applied.store(true, Ordering::SeqCst);
-            Ok(())
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            while !self.open.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Ok(())
-        }
-    }
 
     async fn until(what: &str, check: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -453,7 +419,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_whose_caller_stops_waiting_still_raises_its_marks() {
-        let engine = Arc::new(Gated::default());
+        let engine = Arc::new(HeldFlush::default());
         let db = Db::with_engine(Arc::clone(&engine) as Arc<dyn Engine>);
         let store = Arc::new(HubStore::open(db, []).unwrap());
         let writer = Arc::clone(&store);
@@ -464,15 +430,12 @@ mod tests {
             };
             writer.audit(vec![record]).await
         });
-        until("the write is applied", || {
-            engine.applied.load(Ordering::SeqCst)
-        })
-        .await;
+        until("the write is applied", || engine.applied()).await;
         // The caller goes away (a cancelled request) before the flush.
         caller.abort();
         assert!(caller.await.unwrap_err().is_cancelled());
         assert_eq!(store.durable_audit(), 0, "not durable before the flush");
-        engine.open.store(true, Ordering::SeqCst);
+        engine.release();
         until("the mark rises after the flush", || {
             store.durable_audit() == 1
         })
