@@ -108,6 +108,25 @@ fn the_quick_benchmark_reports_every_figure_against_the_echo() {
         "{backlog}"
     );
 
+    // The quick larger federation: 24 bodies, 13 of them simulated,
+    // against the eleven's c64 fan-out 1 of the same run.
+    let bodies = report["bodies"].as_array().unwrap();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let b = &bodies[0];
+    assert_eq!(b["bodies"], 24, "{b}");
+    assert_eq!(b["simulated"], 13, "{b}");
+    for key in ["msgs_per_s", "ratio_to_eleven", "hub_cpu_s_per_msg"] {
+        assert!(b[key].as_f64().unwrap() > 0.0, "{key} in {b}");
+    }
+    assert!(
+        b["hub_peak_rss_bytes"].as_u64().unwrap() >= b["hub_rss_connected_bytes"].as_u64().unwrap(),
+        "{b}"
+    );
+    assert!(
+        b["hub_rss_connected_bytes"].as_u64().unwrap() > 1 << 20,
+        "{b}"
+    );
+
     assert!(!report["sweep"].as_array().unwrap().is_empty());
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use liaison_federation::{Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
+use liaison_proto::v1::federation_client::FederationClient;
 use liaison_proto::v1::officer_client::OfficerClient;
 use liaison_types::Role;
 use serde::Serialize;
@@ -79,7 +80,18 @@ pub struct Options {
     /// Bytes of alert text in each message, and of each echo (1 to
     /// [`MAX_PAYLOAD`]; [`PAYLOAD`] by default).
     pub payload: usize,
+    /// Federations of this many bodies to measure against the eleven: the
+    /// eleven run nodes, every other body is simulated (see [`Peers`]).
+    /// Each must be more than [`BODIES`] and at most [`MAX_BODIES`].
+    pub bodies: Vec<usize>,
 }
+
+/// The largest federation `--bodies` builds.
+pub const MAX_BODIES: usize = 5000;
+/// The federations of the full run, and of `--quick`.
+pub const DEFAULT_BODIES: [usize; 2] = [100, 1000];
+/// See [`DEFAULT_BODIES`].
+pub const QUICK_BODIES: [usize; 1] = [24];
 
 /// The largest payload: an alert's text holds at most 64 KiB, and a
 /// message has no attachments, so larger messages cannot be expressed.
@@ -247,6 +259,33 @@ pub struct Report {
     pub sweep: Vec<SweepPoint>,
     /// A backlog for a stopped peer (with a non-zero `--backlog`).
     pub backlog: Option<BacklogFigure>,
+    /// Larger federations against the eleven bodies (`--bodies`).
+    pub bodies: Vec<BodiesFigure>,
+}
+
+/// A federation of more bodies than the eleven, measured as the eleven's
+/// saturation at c64, fan-out 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct BodiesFigure {
+    /// Bodies in the governance.
+    pub bodies: usize,
+    /// Of them, bodies with no node process whose subscriptions the driver
+    /// holds open.
+    pub simulated: usize,
+    /// Durable routed messages per second (c64, fan-out 1).
+    pub msgs_per_s: f64,
+    /// `msgs_per_s` against the eleven bodies' c64 fan-out 1 of this run.
+    pub ratio_to_eleven: Option<f64>,
+    /// Submit → inbox latency quantiles, µs.
+    pub p50_us: u64,
+    /// See `p50_us`.
+    pub p99_us: u64,
+    /// Hub CPU seconds per message.
+    pub hub_cpu_s_per_msg: f64,
+    /// Hub RSS with every body connected, before the load.
+    pub hub_rss_connected_bytes: u64,
+    /// Hub peak RSS under the load.
+    pub hub_peak_rss_bytes: u64,
 }
 
 /// The payload each message and echo carries unless `--payload` says otherwise.
@@ -275,6 +314,16 @@ pub fn body(i: usize) -> String {
 
 /// Runs the whole benchmark. `progress` hears what is being measured.
 pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Report, BenchError> {
+    if let Some(n) = opts
+        .bodies
+        .iter()
+        .find(|n| !(BODIES + 1..=MAX_BODIES).contains(n))
+    {
+        return Err(BenchError::Io(format!(
+            "a federation of {n} bodies cannot be measured: give {} to {MAX_BODIES} bodies",
+            BODIES + 1
+        )));
+    }
     let (_temp, dir) = match &opts.dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| io_err("creating the bench directory", &e))?;
@@ -299,6 +348,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         scenarios: Vec::new(),
         sweep: Vec::new(),
         backlog: None,
+        bodies: Vec::new(),
     };
 
     // The batched federation (the default node configuration).
@@ -309,7 +359,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
     fed.warm_up().await?;
     let mut specs: Vec<(usize, usize)> = vec![(1, 1), (16, 1), (64, 1), (64, 4), (64, 10)];
     if opts.quick {
-        specs = vec![(1, 1), (16, 4), (64, 10)];
+        // c64 fan-out 1 is the reference of the larger federations.
+        specs = vec![(1, 1), (16, 4), (64, 1), (64, 10)];
     }
     for (c, k) in specs {
         progress(&format!("batched pipe, saturation, c{c}, fan-out {k}"));
@@ -350,7 +401,137 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
             .push(fed.saturate(c, 1, window, &report.echo).await?);
     }
     fed.shutdown().await?;
+
+    let eleven = report
+        .scenarios
+        .iter()
+        .find(|s| s.batched && s.concurrency == Some(64) && s.recipients == 1)
+        .map(|s| s.msgs_per_s);
+    for &n in &opts.bodies {
+        report
+            .bodies
+            .push(bodies(opts, &dir, n, window, eleven, progress).await?);
+    }
     Ok(report)
+}
+
+/// Measures a federation of `n` bodies: the hub, the eleven nodes, and the
+/// driver holding a subscription for each other body.
+async fn bodies(
+    opts: &Options,
+    dir: &Path,
+    n: usize,
+    window: Duration,
+    eleven: Option<f64>,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<BodiesFigure, BenchError> {
+    progress(&format!(
+        "{n} bodies ({} simulated), saturation, c64, fan-out 1",
+        n - BODIES
+    ));
+    let here = dir.join(format!("bodies-{n}"));
+    let names: Vec<String> = (0..BODIES).map(body).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut o = SandboxOptions::new(&governance(n))
+        .processes(&opts.exe)
+        .nodes(&names);
+    o.certs = Some(here.join("certs"));
+    o.dir = Some(here);
+    let sandbox = Sandbox::start(o).await?;
+    let peers = Peers::connect(&sandbox, BODIES..n).await?;
+    let fed = Fed::connect(sandbox, true, opts.payload).await?;
+    fed.warm_up().await?;
+    let connected = fed.sandbox.hub_pid().and_then(proc::rss).unwrap_or(0);
+    let fig = fed.saturate(64, 1, window, &[]).await?;
+    peers.check()?;
+    drop(peers);
+    fed.shutdown().await?;
+    Ok(BodiesFigure {
+        bodies: n,
+        simulated: n - BODIES,
+        msgs_per_s: fig.msgs_per_s,
+        ratio_to_eleven: eleven.map(|e| fig.msgs_per_s / e),
+        p50_us: fig.p50_us,
+        p99_us: fig.p99_us,
+        hub_cpu_s_per_msg: fig.hub_cpu_s_per_msg,
+        hub_rss_connected_bytes: connected,
+        hub_peak_rss_bytes: fig.hub_peak_rss_bytes.max(connected),
+    })
+}
+
+/// Bodies without a node process: for each, the driver holds the
+/// subscription a node would, on a mutual-TLS connection of its own with
+/// the body's node certificate, and acknowledges whatever arrives.
+#[derive(Debug)]
+struct Peers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ended: Arc<Mutex<Vec<String>>>,
+}
+
+impl Peers {
+    async fn connect(
+        sandbox: &Sandbox,
+        bodies: std::ops::Range<usize>,
+    ) -> Result<Self, BenchError> {
+        let mut peers = Self {
+            tasks: Vec::new(),
+            ended: Arc::default(),
+        };
+        for i in bodies {
+            let name = body(i);
+            let material = sandbox.material(&format!("{name}/node"))?;
+            let channel =
+                liaison_pki::connect(&sandbox.hub_url(), &material, Some(Role::Hub), FEDERATION)
+                    .await?;
+            let mut hub = FederationClient::new(channel);
+            let mut stream = hub
+                .subscribe(pb::SubscribeRequest { after_seq: 0 })
+                .await
+                .map_err(|s| BenchError::Rpc(format!("subscribing as {name}: {}", s.message())))?
+                .into_inner();
+            let ended = Arc::clone(&peers.ended);
+            peers.tasks.push(tokio::spawn(async move {
+                let why = loop {
+                    let delivery = match stream.next().await {
+                        Some(Ok(d)) => d,
+                        Some(Err(s)) => break format!("{name}: {:?}: {}", s.code(), s.message()),
+                        None => break format!("{name}: the hub ended the subscription"),
+                    };
+                    let ack = pb::AcknowledgeRequest {
+                        seq: delivery.seq,
+                        quarantined: Vec::new(),
+                    };
+                    if let Err(s) = hub.acknowledge(ack).await {
+                        break format!("{name}: acknowledging: {:?}: {}", s.code(), s.message());
+                    }
+                };
+                ended.lock().unwrap_or_else(|p| p.into_inner()).push(why);
+            }));
+        }
+        Ok(peers)
+    }
+
+    /// Refuses figures measured while a simulated body was cut off.
+    fn check(&self) -> Result<(), BenchError> {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if !ended.is_empty() {
+            return Err(BenchError::Rpc(format!(
+                "{} of {} simulated bodies lost their subscription: {}",
+                ended.len(),
+                self.tasks.len(),
+                ended.join("; ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 fn io_err(context: &str, e: &std::io::Error) -> BenchError {

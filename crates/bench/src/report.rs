@@ -104,6 +104,30 @@ pub fn table(r: &Report) -> Vec<String> {
             b.drain_msgs_per_s, b.drain_s
         ));
     }
+    if !r.bodies.is_empty() {
+        out.push(String::new());
+        out.push(
+            "larger federations: eleven nodes, the other bodies simulated (subscribed), c64, fan-out 1"
+                .to_owned(),
+        );
+        out.push(format!(
+            "{:>7} {:>9} {:>9} {:>9} {:>9} {:>12} {:>13} {:>9}",
+            "bodies", "msgs/s", "x eleven", "p50", "p99", "hub cpu/msg", "hub rss idle", "hub peak"
+        ));
+        for b in &r.bodies {
+            out.push(format!(
+                "{:>7} {:>9.0} {:>9} {:>9} {:>9} {:>9.0} µs {:>13} {:>9}",
+                b.bodies,
+                b.msgs_per_s,
+                ratio(b.ratio_to_eleven),
+                us(b.p50_us),
+                us(b.p99_us),
+                b.hub_cpu_s_per_msg * 1e6,
+                bytes(b.hub_rss_connected_bytes),
+                bytes(b.hub_peak_rss_bytes),
+            ));
+        }
+    }
     if !r.sweep.is_empty() {
         out.push(String::new());
         out.push("offered load sweep, fan-out 1".to_owned());
@@ -268,6 +292,17 @@ mod tests {
             }],
             scenarios: Vec::new(),
             backlog: None,
+            bodies: vec![crate::BodiesFigure {
+                bodies: 1000,
+                simulated: 989,
+                msgs_per_s: 1234.0,
+                ratio_to_eleven: Some(0.875),
+                p50_us: 1000,
+                p99_us: 2000,
+                hub_cpu_s_per_msg: 0.0004,
+                hub_rss_connected_bytes: 300 << 20,
+                hub_peak_rss_bytes: 310 << 20,
+            }],
             sweep: vec![
                 SweepPoint {
                     offered_per_s: 100.0,
@@ -304,5 +339,11 @@ mod tests {
             .iter()
             .any(|l| l.contains("5000") && l.contains("180 µs")));
         assert!(lines.iter().any(|l| l.contains("900.0 ms")), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("1000") && l.contains("0.875") && l.contains("300 MiB")),
+            "{lines:#?}"
+        );
     }
 }

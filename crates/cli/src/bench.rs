@@ -31,6 +31,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "BYTES", default_value_t = liaison_bench::PAYLOAD as u32,
           value_parser = clap::value_parser!(u32).range(1..=liaison_bench::MAX_PAYLOAD as i64))]
     pub payload: u32,
+    /// Also measure federations of these many bodies (comma-separated, 12
+    /// to 5000): the eleven bodies run nodes, the driver holds the others'
+    /// subscriptions (default 100,1000; 24 with --quick; 0 skips).
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    pub bodies: Option<Vec<usize>>,
 }
 
 /// Runs the benchmark and prints its report.
@@ -43,6 +48,11 @@ pub async fn run(a: BenchArgs, out: Output) -> Result<()> {
         sweep: a.plot.is_some(),
         dir: a.dir,
         payload: a.payload as usize,
+        bodies: match a.bodies {
+            Some(list) => list.into_iter().filter(|&n| n != 0).collect(),
+            None if a.quick => liaison_bench::QUICK_BODIES.to_vec(),
+            None => liaison_bench::DEFAULT_BODIES.to_vec(),
+        },
         backlog: a.backlog.unwrap_or(if a.quick {
             liaison_bench::QUICK_BACKLOG
         } else {
