@@ -12,7 +12,8 @@ use pb::{Classification as C, Kind as K};
 use crate::common::{alert, assessment, inbox_ids, labels, sandbox, SETTLE};
 
 /// What each other body should get: `None` for a delivery, `Some(rule)` for
-/// a withhold by that rule.
+/// a withhold by that rule; `"N others"` for the bodies a message did not
+/// address, counted under one rule.
 type Expected = BTreeMap<&'static str, Option<&'static str>>;
 
 /// (sender, labels, body, expected outcome per other body).
@@ -64,9 +65,9 @@ fn cases() -> Vec<(&'static str, pb::Labels, pb::Body, Expected)> {
             "obs",
             releasable,
             assessment("observer assessment for charlie only"),
+            // The bodies it does not name are counted, not listed.
             BTreeMap::from([
-                ("alpha", Some("originator.releasability")),
-                ("bravo", Some("originator.releasability")),
+                ("2 others", Some("originator.releasability")),
                 ("charlie", None),
             ]),
         ),
@@ -88,6 +89,7 @@ async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
     let sandbox = sandbox().await;
     let mut expected: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     let mut ids = Vec::new();
+    let mut records = 0;
     for (origin, labels, body, want) in cases() {
         let mut officer = sandbox.officer(origin, "alice").await.unwrap();
         let id = officer
@@ -102,15 +104,26 @@ async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
         // The origin's outbox shows the hub's decisions once routed.
         let entry = sandbox.settled(origin, &id, SETTLE).await.unwrap();
         assert_eq!(entry.status, "routed", "{}", entry.last_error);
-        let got: BTreeMap<&str, Option<&str>> = entry
+        let got: BTreeMap<String, Option<String>> = entry
             .decisions
             .iter()
             .map(|d| {
-                let rule = (d.outcome == pb::Outcome::Withhold as i32).then_some(d.rule.as_str());
-                (d.recipient.as_str(), rule)
+                let rule = (d.outcome == pb::Outcome::Withhold as i32).then(|| d.rule.clone());
+                (d.recipient.clone(), rule)
             })
+            .chain(
+                entry
+                    .unaddressed
+                    .iter()
+                    .map(|u| (format!("{} others", u.bodies), Some(u.rule.clone()))),
+            )
             .collect();
-        assert_eq!(got, want, "decisions for {:?}", body.title);
+        let wanted: BTreeMap<String, Option<String>> = want
+            .iter()
+            .map(|(b, r)| ((*b).to_owned(), r.map(str::to_owned)))
+            .collect();
+        assert_eq!(got, wanted, "decisions for {:?}", body.title);
+        records += want.len();
         for (recipient, rule) in &want {
             if rule.is_none() {
                 expected.entry(recipient).or_default().insert(id.clone());
@@ -139,7 +152,8 @@ async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
         assert_eq!(got, want, "{body}'s inbox");
     }
 
-    // One routing record per decision, each naming its rule and the policy
+    // One routing record per decision (and per count of bodies not
+    // addressed, naming no recipient), each naming its rule and the policy
     // version; and the chain verifies.
     let mut auditor = sandbox.auditor("alpha").await.unwrap();
     let mut stream = auditor
@@ -154,7 +168,14 @@ async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
     while let Some(r) = stream.next().await {
         routed.push(r.unwrap());
     }
-    assert_eq!(routed.len(), ids.len() * 3);
+    assert_eq!(routed.len(), records);
+    let counted: Vec<&pb::AuditRecord> = routed.iter().filter(|r| r.recipient.is_empty()).collect();
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    assert_eq!(counted[0].rule, "originator.releasability");
+    assert!(
+        counted[0].reason.starts_with("2 other bodies"),
+        "{counted:?}"
+    );
     let version = sandbox.governance().version().to_owned();
     for r in &routed {
         assert!(ids.contains(&r.message_id));

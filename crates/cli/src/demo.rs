@@ -130,6 +130,7 @@ struct Sent {
     classification: String,
     personal_data: bool,
     decisions: Vec<pb::RoutingDecision>,
+    unaddressed: Vec<pb::Unaddressed>,
 }
 
 /// Runs the demo.
@@ -401,7 +402,12 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
 
     // 7. The auditor verifies the chain, here and on the hub.
     let mut auditor = sandbox.auditor(gov.hub_body().as_str()).await?;
-    let expected_routed: usize = sent.iter().map(|s| s.decisions.len()).sum();
+    // One record per decision, and one per rule for the bodies a message
+    // did not address.
+    let expected_routed: usize = sent
+        .iter()
+        .map(|s| s.decisions.len() + s.unaddressed.len())
+        .sum();
     let delivered_total: usize = expected.values().map(BTreeSet::len).sum();
     let records = wait_until(
         "every delivery is acknowledged in the audit log",
@@ -483,6 +489,7 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
             "message_id": s.id, "origin": s.origin, "title": s.title, "kind": s.kind,
             "classification": s.classification, "personal_data": s.personal_data,
             "decisions": decisions_json(&s.decisions),
+            "unaddressed": crate::officer::unaddressed_json(&s.unaddressed),
         })).collect::<Vec<_>>(),
         "audit": {"records": local.records, "head_hash": local.head_hash, "events": counts, "ok": local.ok() && hub.ok},
         "problems": problems,
@@ -547,6 +554,7 @@ async fn submit_demo(sandbox: &Sandbox, origin: &str, text: &str) -> Result<Sent
         classification: spec.classification.clone().unwrap_or_default(),
         personal_data: labels.personal_data,
         decisions: Vec::new(),
+        unaddressed: Vec::new(),
     })
 }
 
@@ -561,6 +569,7 @@ async fn wait_routed(sandbox: &Sandbox, s: &mut Sent, problems: &mut Vec<String>
         ));
     }
     s.decisions = entry.decisions;
+    s.unaddressed = entry.unaddressed;
     Ok(())
 }
 
@@ -677,7 +686,18 @@ fn print_matrix(sent: &[Sent], bodies: &[String]) -> Result<()> {
         for b in bodies {
             let cell = match s.decisions.iter().find(|d| &d.recipient == b) {
                 None if *b == s.origin => "·".to_owned(),
-                None => "?".to_owned(),
+                // Not listed: a body the message did not address, counted
+                // under its one addressing rule.
+                None => match s.unaddressed.as_slice() {
+                    [u] => {
+                        let n = legend.len();
+                        legend
+                            .entry(u.rule.clone())
+                            .or_insert_with(|| letters.chars().nth(n).unwrap_or('?'))
+                            .to_string()
+                    }
+                    _ => "?".to_owned(),
+                },
                 Some(d) if outcome_name(d.outcome) == "deliver" => "✓".to_owned(),
                 Some(d) => {
                     let n = legend.len();
@@ -709,6 +729,9 @@ fn print_matrix(sent: &[Sent], bodies: &[String]) -> Result<()> {
             if outcome_name(d.outcome) != "deliver" {
                 say!("      {:<10} {}: {}", d.recipient, d.rule, &d.reason);
             }
+        }
+        for u in &s.unaddressed {
+            say!("      {:<10} {}: {}", "others", u.rule, &u.reason);
         }
     }
     Ok(())

@@ -176,6 +176,12 @@ pub(crate) fn decisions_json(d: &[pb::RoutingDecision]) -> serde_json::Value {
         .collect()
 }
 
+pub(crate) fn unaddressed_json(u: &[pb::Unaddressed]) -> serde_json::Value {
+    u.iter()
+        .map(|u| json!({"bodies": u.bodies, "outcome": "withhold", "rule": u.rule, "reason": u.reason}))
+        .collect()
+}
+
 pub(crate) fn outcome_name(o: i32) -> &'static str {
     if o == pb::Outcome::Deliver as i32 {
         "deliver"
@@ -328,6 +334,7 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                         "submitted_by": e.submitted_by, "submitted_at": format_time(e.submitted_at_ms),
                         "attempts": e.attempts, "last_error": e.last_error,
                         "policy_version": e.policy_version, "decisions": decisions_json(&e.decisions),
+                        "unaddressed": unaddressed_json(&e.unaddressed),
                         "approval_reason": e.approval_reason, "approved_by": e.approved_by,
                         "approved_at": format_time(e.approved_at_ms), "refused_by": e.refused_by,
                         "refused_at": format_time(e.refused_at_ms), "refusal_reason": e.refusal_reason,
@@ -395,6 +402,9 @@ pub async fn outbox(args: ListArgs, out: Output) -> Result<()> {
                                 "    queued at the hub for: {} (their nodes have not taken it yet)",
                                 queued.join(", ")
                             );
+                        }
+                        for u in &e.unaddressed {
+                            say!("    not addressed: {} ({})", u.reason, u.rule);
                         }
                         for q in &e.quarantined_by {
                             say!(

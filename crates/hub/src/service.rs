@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use liaison_pki::caller_from_extensions;
-use liaison_policy::{decide, Governance, Rule};
+use liaison_policy::{decide, route, Governance, Outcome, Rule};
 use liaison_proto::v1 as pb;
 use liaison_store::Db;
 use liaison_types::{
@@ -468,6 +468,11 @@ impl HubState {
                             .collect(),
                         policy_version: outcome.policy_version.clone(),
                         accepted_at_ms: outcome.accepted_at_ms,
+                        unaddressed: outcome
+                            .unaddressed
+                            .iter()
+                            .map(pb::Unaddressed::from)
+                            .collect(),
                     }
                 }));
             }
@@ -530,11 +535,12 @@ impl HubState {
                 Some(approver.uri())
             }
         };
-        let decisions = decide(gov, &env.labels, now);
+        let routing = route(gov, &env.labels, now);
         let retain_ms = gov.retention_ms(env.labels.classification);
         Ok(store::Submission {
             env,
-            decisions,
+            decisions: routing.decisions,
+            unaddressed: routing.unaddressed,
             policy_version: gov.version().to_owned(),
             actor: caller.uri(),
             approved_by,
@@ -674,7 +680,8 @@ impl HubState {
         let mut l = labels.clone();
         l.releasable_to.insert(to.clone());
         l.working_groups.clear();
-        decide(gov, &l, now)
+        route(gov, &l, now)
+            .decisions
             .into_iter()
             .find(|d| d.recipient == *to)
             .unwrap_or_else(|| liaison_policy::Decision {
@@ -1084,8 +1091,10 @@ impl HubState {
     /// Audit records visible to the caller that match the query.
     ///
     /// An auditor of the hub's body sees everything; another body's auditor
-    /// sees the records naming its body as origin or recipient, and those
-    /// its own services caused (a refusal of its node, say).
+    /// sees the records naming its body as origin, or as recipient of
+    /// anything but a withholding (a body a message was withheld from must
+    /// not learn that it exists, let alone its labels and the bodies it was
+    /// for), and those its own services caused (a refusal of its node, say).
     fn audit_visible(
         hub_body: &BodyId,
         caller: &Identity,
@@ -1095,7 +1104,7 @@ impl HubState {
         let own = caller.body.as_str();
         let scope_ok = caller.body == *hub_body
             || r.origin == own
-            || r.recipient == own
+            || (r.recipient == own && r.decision != Outcome::Withhold.as_str())
             || r.actor
                 .parse::<Identity>()
                 .is_ok_and(|a| a.body == caller.body);

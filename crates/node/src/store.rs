@@ -19,7 +19,7 @@
 
 use liaison_proto::v1 as pb;
 use liaison_store::{from_json as parse, keys, to_json as json, Db, StoreError, Txn};
-use liaison_types::{DecisionRecord, Envelope};
+use liaison_types::{DecisionRecord, Envelope, UnaddressedRecord};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +92,9 @@ pub struct OutboxRecord {
     pub last_error: String,
     /// Hub decisions, once routed.
     pub decisions: Vec<DecisionRecord>,
+    /// Bodies the message did not address, counted per rule, once routed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unaddressed: Vec<UnaddressedRecord>,
     /// Policy version that routed it.
     pub policy_version: String,
     /// Position in the outbox order (`ol/<n>`); set by [`enqueue`].
@@ -487,6 +490,11 @@ pub async fn finish_pushes(db: &Db, finished: Vec<Finished>) -> Result<(), NodeE
                 Ok(resp) => {
                     rec.status = OutboxStatus::Routed;
                     rec.decisions = resp.decisions.iter().map(DecisionRecord::from).collect();
+                    rec.unaddressed = resp
+                        .unaddressed
+                        .iter()
+                        .map(UnaddressedRecord::from)
+                        .collect();
                     rec.policy_version = resp.policy_version;
                     rec.last_error.clear();
                 }
@@ -1251,6 +1259,7 @@ mod tests {
             attempts: 0,
             last_error: String::new(),
             decisions: Vec::new(),
+            unaddressed: Vec::new(),
             policy_version: String::new(),
             seq: 0,
             approval_reason: if status == OutboxStatus::AwaitingApproval {

@@ -292,19 +292,184 @@ pub fn decide(gov: &Governance, labels: &Labels, now_ms: i64) -> Vec<Decision> {
     let origin = gov.body(&labels.origin);
     gov.bodies()
         .filter(|r| r.id != labels.origin)
-        .map(|recipient| {
-            let (outcome, rule, reason) = match evaluate(gov, origin, recipient, labels, now_ms) {
-                Ok(summary) => (Outcome::Deliver, Rule::AllRulesPassed, summary),
-                Err((rule, reason)) => (Outcome::Withhold, rule, reason),
-            };
-            Decision {
-                recipient: recipient.id.clone(),
-                outcome,
-                rule,
-                reason,
-            }
-        })
+        .map(|recipient| decision(gov, origin, recipient, labels, now_ms))
         .collect()
+}
+
+/// Bodies a message did not address, withheld under one rule: counted, not
+/// listed. A message that names its recipients (`releasable_to`, or any
+/// TLP:RED message) or addresses working groups is not for every other
+/// body, and a decision per unaddressed body would make routing, the audit
+/// log and every answer grow with the size of the federation rather than
+/// with the message's recipients.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Unaddressed {
+    /// [`Rule::HandlingTlpRed`], [`Rule::OriginatorReleasability`] or
+    /// [`Rule::WorkingGroupMembership`].
+    pub rule: Rule,
+    /// How many bodies.
+    pub bodies: u32,
+    /// The rule in words, with the values it compared.
+    pub reason: String,
+}
+
+impl Unaddressed {
+    /// Whether `rule` only says that a message did not address a body, so
+    /// that its withheld decisions are counted rather than listed.
+    pub fn counts(rule: Rule) -> bool {
+        matches!(
+            rule,
+            Rule::HandlingTlpRed | Rule::OriginatorReleasability | Rule::WorkingGroupMembership
+        )
+    }
+
+    fn new(rule: Rule, bodies: u32, l: &Labels) -> Self {
+        let reason = match rule {
+            Rule::HandlingTlpRed => {
+                format!(
+                    "TLP:RED goes to named recipients only; {bodies} other bodies are not named"
+                )
+            }
+            Rule::OriginatorReleasability => format!(
+                "{bodies} other bodies are not in releasable_to [{}]",
+                join(l.releasable_to.iter())
+            ),
+            _ => format!(
+                "{bodies} other bodies are in none of the addressed working groups ({})",
+                join(l.working_groups.iter())
+            ),
+        };
+        Self {
+            rule,
+            bodies,
+            reason,
+        }
+    }
+}
+
+impl From<&Unaddressed> for pb::Unaddressed {
+    fn from(u: &Unaddressed) -> Self {
+        pb::Unaddressed {
+            rule: u.rule.as_str().to_owned(),
+            bodies: u.bodies,
+            reason: u.reason.clone(),
+        }
+    }
+}
+
+/// What the hub decides for a message: a decision for every body the
+/// message addressed, every body it names, and any body withheld by a rule
+/// other than addressing; and a count per rule of the other bodies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// In body id order.
+    pub decisions: Vec<Decision>,
+    /// In rule order; each rule at most once.
+    pub unaddressed: Vec<Unaddressed>,
+}
+
+/// [`decide`], with the decisions for bodies the message did not address
+/// counted per rule ([`Unaddressed`]) instead of listed. Exactly
+/// [`summarize`] of [`decide`], but without building a decision and its
+/// reason for each unaddressed body, so that its cost grows with the
+/// bodies a message addresses, not with the federation.
+pub fn route(gov: &Governance, labels: &Labels, now_ms: i64) -> Routing {
+    let origin = gov.body(&labels.origin);
+    let mut decisions = Vec::new();
+    let mut counts = std::collections::BTreeMap::<Rule, u32>::new();
+    for recipient in gov.bodies().filter(|r| r.id != labels.origin) {
+        match unaddressed(gov, origin, recipient, labels, now_ms) {
+            Some(rule) => *counts.entry(rule).or_default() += 1,
+            None => decisions.push(decision(gov, origin, recipient, labels, now_ms)),
+        }
+    }
+    Routing {
+        decisions,
+        unaddressed: counts
+            .into_iter()
+            .map(|(rule, n)| Unaddressed::new(rule, n, labels))
+            .collect(),
+    }
+}
+
+/// Counts the withheld decisions whose rule [`Unaddressed::counts`] for
+/// bodies not named in `releasable_to`, as [`route`] does; the others stay
+/// listed, in order.
+pub fn summarize(decisions: Vec<Decision>, labels: &Labels) -> Routing {
+    let mut counts = std::collections::BTreeMap::<Rule, u32>::new();
+    let decisions = decisions
+        .into_iter()
+        .filter(|d| {
+            let counted = d.outcome == Outcome::Withhold
+                && Unaddressed::counts(d.rule)
+                && !labels.releasable_to.contains(&d.recipient);
+            if counted {
+                *counts.entry(d.rule).or_default() += 1;
+            }
+            !counted
+        })
+        .collect();
+    Routing {
+        decisions,
+        unaddressed: counts
+            .into_iter()
+            .map(|(rule, n)| Unaddressed::new(rule, n, labels))
+            .collect(),
+    }
+}
+
+/// The addressing rule that withholds the message from `r`, if it is the
+/// first rule of [`evaluate`] to refuse: the rules before it (the states,
+/// expiry, exclusion) are checked in the same order, without building a
+/// reason.
+fn unaddressed(
+    gov: &Governance,
+    origin: Option<&BodyPolicy>,
+    r: &BodyPolicy,
+    l: &Labels,
+    now_ms: i64,
+) -> Option<Rule> {
+    let before = origin.is_some_and(|o| o.state == State::Active)
+        && r.state == State::Active
+        && l.expires_at_ms.is_none_or(|e| e > now_ms)
+        && !l.excluded.contains(&r.id);
+    // A body the originator named is always decided on its own.
+    if !before || l.releasable_to.contains(&r.id) {
+        return None;
+    }
+    if l.tlp == Some(Tlp::Red) {
+        Some(Rule::HandlingTlpRed)
+    } else if !l.releasable_to.is_empty() {
+        Some(Rule::OriginatorReleasability)
+    } else if !l.working_groups.is_empty()
+        && !l.working_groups.iter().any(|g| {
+            gov.working_group(g)
+                .is_some_and(|wg| wg.members.contains(&r.id))
+        })
+    {
+        Some(Rule::WorkingGroupMembership)
+    } else {
+        None
+    }
+}
+
+fn decision(
+    gov: &Governance,
+    origin: Option<&BodyPolicy>,
+    recipient: &BodyPolicy,
+    labels: &Labels,
+    now_ms: i64,
+) -> Decision {
+    let (outcome, rule, reason) = match evaluate(gov, origin, recipient, labels, now_ms) {
+        Ok(summary) => (Outcome::Deliver, Rule::AllRulesPassed, summary),
+        Err((rule, reason)) => (Outcome::Withhold, rule, reason),
+    };
+    Decision {
+        recipient: recipient.id.clone(),
+        outcome,
+        rule,
+        reason,
+    }
 }
 
 type Refusal = (Rule, String);

@@ -39,7 +39,9 @@ pub use config::{
     Agreement, BodyPolicy, Governance, ObserverRestriction, Outbound, State, Status, WorkingGroup,
     CONFIG_VERSION,
 };
-pub use decide::{decide, explain_rules, Decision, Outcome, Rule};
+pub use decide::{
+    decide, explain_rules, route, summarize, Decision, Outcome, Routing, Rule, Unaddressed,
+};
 pub use diff::{diff, DecisionChange};
 pub use error::{Location, PolicyError};
 

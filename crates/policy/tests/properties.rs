@@ -8,7 +8,8 @@
 use std::collections::BTreeSet;
 
 use liaison_policy::{
-    decide, BodyPolicy, BodySpec, Decision, Governance, GovernanceBuilder, Outcome, Rule, State,
+    decide, route, summarize, BodyPolicy, BodySpec, Decision, Governance, GovernanceBuilder,
+    Outcome, Rule, State, Unaddressed,
 };
 use liaison_types::{BodyId, Classification, CrimeArea, Kind, Labels, Priority, Tlp};
 use proptest::prelude::*;
@@ -279,6 +280,29 @@ proptest! {
             prop_assert_eq!(d.delivers(), entitled(&g, &l, r), "{:?}\n{}", d, b.to_toml());
             prop_assert_eq!(d.rule == Rule::AllRulesPassed, d.delivers(), "{:?}", d);
             prop_assert!(!d.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn route_counts_exactly_the_unaddressed_decisions((b, l) in case()) {
+        let g = build(&b);
+        let all = decide(&g, &l, NOW);
+        let routing = route(&g, &l, NOW);
+        prop_assert_eq!(&routing, &summarize(all.clone(), &l), "{}", b.to_toml());
+        // Nothing is lost: every body is either listed or counted once, and
+        // every delivery is listed.
+        let counted: u32 = routing.unaddressed.iter().map(|u| u.bodies).sum();
+        prop_assert_eq!(routing.decisions.len() + counted as usize, all.len());
+        prop_assert_eq!(delivered(&routing.decisions), delivered(&all));
+        for u in &routing.unaddressed {
+            prop_assert!(Unaddressed::counts(u.rule) && u.bodies > 0, "{:?}", u);
+            prop_assert!(u.reason.contains(&u.bodies.to_string()), "{:?}", u);
+        }
+        for d in &routing.decisions {
+            prop_assert!(
+                d.delivers() || !Unaddressed::counts(d.rule) || l.releasable_to.contains(&d.recipient),
+                "{:?}", d
+            );
         }
     }
 

@@ -120,6 +120,38 @@ impl From<&DecisionRecord> for pb::RoutingDecision {
     }
 }
 
+/// Bodies a message did not address, counted under one rule, as hub and
+/// nodes keep them on disk (see `liaison_policy::Unaddressed`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnaddressedRecord {
+    /// Deciding rule id.
+    pub rule: String,
+    /// How many bodies.
+    pub bodies: u32,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<&pb::Unaddressed> for UnaddressedRecord {
+    fn from(u: &pb::Unaddressed) -> Self {
+        Self {
+            rule: u.rule.clone(),
+            bodies: u.bodies,
+            reason: u.reason.clone(),
+        }
+    }
+}
+
+impl From<&UnaddressedRecord> for pb::Unaddressed {
+    fn from(u: &UnaddressedRecord) -> Self {
+        Self {
+            rule: u.rule.clone(),
+            bodies: u.bodies,
+            reason: u.reason.clone(),
+        }
+    }
+}
+
 /// A validated envelope: labels and the encoded body they describe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {

@@ -13,7 +13,8 @@ pub mod text;
 mod time;
 
 pub use envelope::{
-    normalise_message_id, uuid_field, DecisionRecord, Envelope, Labels, TypedBody, MAX_BODY_BYTES,
+    normalise_message_id, uuid_field, DecisionRecord, Envelope, Labels, TypedBody,
+    UnaddressedRecord, MAX_BODY_BYTES,
 };
 pub use identity::{Identity, IdentityError, Role};
 pub use label::{

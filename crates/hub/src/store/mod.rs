@@ -5,12 +5,12 @@
 //! A submission writes the envelope, its outcome, its queue entries and its
 //! audit records in one atomic transaction, so a crash leaves all or none.
 
-use liaison_policy::{Decision, Outcome, Rule};
+use liaison_policy::{Decision, Outcome, Rule, Unaddressed};
 use liaison_proto::v1 as pb;
 use liaison_store::{from_json as parse, to_json as json};
 use liaison_store::{keys, Db, StoreError, Txn};
 use liaison_types::audit::{self, Event as AuditEvent, GENESIS_HASH};
-use liaison_types::{BodyId, DecisionRecord, Envelope};
+use liaison_types::{BodyId, DecisionRecord, Envelope, UnaddressedRecord};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -41,8 +41,11 @@ pub use retraction::*;
 pub struct Submission {
     /// The validated message.
     pub env: Envelope,
-    /// One decision per candidate recipient.
+    /// A decision per candidate recipient the message addressed (see
+    /// [`liaison_policy::route`]).
     pub decisions: Vec<Decision>,
+    /// The other candidates, counted per rule.
+    pub unaddressed: Vec<Unaddressed>,
     /// Version of the governance that decided.
     pub policy_version: String,
     /// The submitting node's identity.
@@ -69,8 +72,12 @@ pub struct RoutedOutcome {
     pub accepted_at_ms: i64,
     /// Policy version that decided.
     pub policy_version: String,
-    /// One decision per candidate.
+    /// A decision per candidate the message addressed.
     pub decisions: Vec<DecisionRecord>,
+    /// The other candidates, counted per rule (none in stores of earlier
+    /// versions, which listed a decision for every candidate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unaddressed: Vec<UnaddressedRecord>,
 }
 
 /// One entry of a body's delivery queue.
@@ -116,6 +123,7 @@ impl RoutedOutcome {
                 .iter()
                 .map(pb::RoutingDecision::from)
                 .collect(),
+            unaddressed: self.unaddressed.iter().map(pb::Unaddressed::from).collect(),
         }
         .encode_to_vec()
     }
@@ -134,6 +142,7 @@ impl RoutedOutcome {
             accepted_at_ms: o.accepted_at_ms,
             policy_version: o.policy_version,
             decisions: o.decisions.iter().map(DecisionRecord::from).collect(),
+            unaddressed: o.unaddressed.iter().map(UnaddressedRecord::from).collect(),
         })
     }
 }
@@ -508,6 +517,11 @@ pub fn plan_submission(
             .iter()
             .map(|d| DecisionRecord::from(&pb::RoutingDecision::from(d)))
             .collect(),
+        unaddressed: s
+            .unaddressed
+            .iter()
+            .map(|u| UnaddressedRecord::from(&pb::Unaddressed::from(u)))
+            .collect(),
     };
     let mut effects = Effects {
         writes: vec![Write::Message {
@@ -553,6 +567,22 @@ pub fn plan_submission(
                 });
             }
         }
+        effects.audit.push(rec);
+    }
+    // The bodies it did not address: one record per rule, naming no
+    // recipient, so that only the originator's auditors (and the hub's)
+    // see it.
+    for u in &s.unaddressed {
+        let mut rec = audit_base(
+            env,
+            AuditEvent::Routed,
+            &s.policy_version,
+            &s.actor,
+            s.now_ms,
+        );
+        rec.decision = Outcome::Withhold.as_str().into();
+        rec.rule = u.rule.into();
+        rec.reason = u.reason.clone();
         effects.audit.push(rec);
     }
     if let Some(ms) = s.retain_ms {
@@ -1023,7 +1053,7 @@ pub(super) async fn audit_policy_change(
 
 #[cfg(test)]
 mod tests {
-    use liaison_policy::{decide, Governance};
+    use liaison_policy::{route, Governance};
     use liaison_types::Classification::Secret;
     use prost::Message;
 
@@ -1062,10 +1092,11 @@ mod tests {
     }
 
     async fn submit_held(db: &Db, gov: &Governance, env: Envelope) {
-        let decisions = decide(gov, &env.labels, NOW);
+        let routing = route(gov, &env.labels, NOW);
         let submission = Submission {
             env,
-            decisions,
+            decisions: routing.decisions,
+            unaddressed: routing.unaddressed,
             policy_version: "v1".into(),
             actor: "test".into(),
             approved_by: None,
@@ -1209,8 +1240,10 @@ mod tests {
 
     fn plan_of(env: Envelope, existing: Option<RoutedOutcome>) -> Result<SubmissionPlan, HubError> {
         let gov = governance();
+        let routing = route(&gov, &env.labels, NOW);
         let submission = Submission {
-            decisions: decide(&gov, &env.labels, NOW),
+            decisions: routing.decisions,
+            unaddressed: routing.unaddressed,
             env,
             policy_version: "v1".into(),
             actor: "test".into(),
@@ -1254,6 +1287,64 @@ mod tests {
     }
 
     #[test]
+    fn bodies_a_message_did_not_address_are_one_record_naming_no_recipient() {
+        let gov = Governance::for_test()
+            .member("interpol", Secret, &["drugs"])
+            .member("europol", Secret, &["drugs"])
+            .member("afripol", Secret, &["drugs"])
+            .member("ameripol", Secret, &["drugs"])
+            .member("aseanapol", Secret, &["firearms"])
+            .build()
+            .unwrap();
+        let mut env = held_alert(0, 0);
+        for to in ["interpol", "aseanapol"] {
+            env.labels.releasable_to.insert(BodyId::parse(to).unwrap());
+        }
+        let routing = route(&gov, &env.labels, NOW);
+        let submission = Submission {
+            decisions: routing.decisions,
+            unaddressed: routing.unaddressed,
+            env,
+            policy_version: "v1".into(),
+            actor: "test".into(),
+            approved_by: None,
+            now_ms: NOW,
+            retain_ms: None,
+        };
+        let encoded = pb::Envelope::from(&submission.env).encode_to_vec();
+        let digest = digest(&encoded);
+        let SubmissionPlan::New {
+            outcome, effects, ..
+        } = plan_submission(&submission, encoded, digest, None).unwrap()
+        else {
+            panic!("new")
+        };
+        // The two named bodies are decided one each (one delivered, one
+        // withheld by its mandate); the two others are counted.
+        let routed: Vec<(&str, &str, &str)> = effects
+            .audit
+            .iter()
+            .filter(|r| r.event == "routed")
+            .map(|r| (r.recipient.as_str(), r.decision.as_str(), r.rule.as_str()))
+            .collect();
+        assert_eq!(
+            routed,
+            [
+                ("aseanapol", "withhold", "recipient.mandate"),
+                ("interpol", "deliver", "deliver.all_rules_passed"),
+                ("", "withhold", "originator.releasability"),
+            ]
+        );
+        let last = effects.audit.last().unwrap();
+        assert!(last.reason.starts_with("2 other bodies"), "{}", last.reason);
+        assert_eq!(last.origin, "europol");
+        assert_eq!(outcome.decisions.len(), 2);
+        assert_eq!(outcome.unaddressed.len(), 1);
+        assert_eq!(outcome.unaddressed[0].bodies, 2);
+        assert_eq!(effects.enqueue.len(), 1);
+    }
+
+    #[test]
     fn under_an_embargo_deliveries_are_held_not_queued() {
         let SubmissionPlan::New { effects, held, .. } =
             plan_of(held_alert(NOW + 1, 0), None).unwrap()
@@ -1287,7 +1378,8 @@ mod tests {
         let db = Db::in_memory();
         let gov = governance();
         let sub = |env: Envelope| Submission {
-            decisions: decide(&gov, &env.labels, NOW),
+            decisions: route(&gov, &env.labels, NOW).decisions,
+            unaddressed: route(&gov, &env.labels, NOW).unaddressed,
             env,
             policy_version: "v1".into(),
             actor: "test".into(),
@@ -1335,6 +1427,11 @@ mod tests {
                     reason: "clearance RESTRICTED below SECRET".into(),
                 },
             ],
+            unaddressed: vec![UnaddressedRecord {
+                rule: "originator.releasability".into(),
+                bodies: 998,
+                reason: "998 other bodies are not in releasable_to [bravo, charlie]".into(),
+            }],
         };
         let key = outcome_key(&outcome.message_id);
         let stored = outcome.encode();
@@ -1655,7 +1752,7 @@ mod tests {
     }
 
     mod forwarding {
-        use liaison_policy::{decide, Decision, Governance};
+        use liaison_policy::{decide, route, Decision, Governance};
         use liaison_types::Classification::Secret;
         use prost::Message;
 
@@ -1708,10 +1805,11 @@ mod tests {
         }
 
         async fn routed(db: &Db, gov: &Governance, env: &Envelope) {
-            let decisions = decide(gov, &env.labels, NOW);
+            let routing = route(gov, &env.labels, NOW);
             let submission = Submission {
                 env: env.clone(),
-                decisions,
+                decisions: routing.decisions,
+                unaddressed: routing.unaddressed,
                 policy_version: "v1".into(),
                 actor: "t".into(),
                 approved_by: None,

@@ -221,6 +221,7 @@ mod tests {
                 rule: String::new(),
                 reason: String::new(),
             }],
+            unaddressed: Vec::new(),
         };
         let e = plan_expiry("m", &outcome, 5, "v1");
         assert_eq!(e.audit.len(), 1);

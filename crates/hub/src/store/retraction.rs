@@ -236,6 +236,7 @@ mod tests {
                         reason: String::new(),
                     },
                 ],
+                unaddressed: Vec::new(),
             },
             forwarded_to: vec!["delta".into()],
             already_retracted: already,
