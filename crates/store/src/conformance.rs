@@ -102,6 +102,25 @@ pub async fn db_suite(db: Db) {
     assert_eq!(extended, (false, false));
     assert_eq!(db.get(b"run2").unwrap(), Some(b"bc".to_vec()));
 
+    // The last staged value of a range: never a committed one, nor a delete.
+    let last = db
+        .write(|t| {
+            let committed = t.staged_last_mut(b"run", b"run3").is_some();
+            t.put(b"r/1".to_vec(), b"x".to_vec());
+            t.put(b"r/2".to_vec(), b"y".to_vec());
+            let (key, value) = t.staged_last_mut(b"r/", b"r/9").unwrap();
+            let key = key.to_vec();
+            value.extend_from_slice(b"z");
+            let below = t.staged_last_mut(b"r/", b"r/2").map(|(k, _)| k.to_vec());
+            t.delete(b"r/3".to_vec());
+            let deleted = t.staged_last_mut(b"r/", b"r/9").is_some();
+            Ok::<_, StoreError>((committed, key, below, deleted))
+        })
+        .await
+        .unwrap();
+    assert_eq!(last, (false, b"r/2".to_vec(), Some(b"r/1".to_vec()), false));
+    assert_eq!(db.get(b"r/2").unwrap(), Some(b"yz".to_vec()));
+
     // Concurrent counter increments never lose an update.
     let tasks: Vec<_> = (0..64)
         .map(|i| {

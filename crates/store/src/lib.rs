@@ -291,7 +291,6 @@ impl Txn<'_> {
         self.writes.insert(key.into(), Some(value.into()));
     }
 
-    /// Stages a deletion.
     /// The value this transaction has staged under `key`, to extend in
     /// place: `None` if it staged nothing there, or a delete. A value the
     /// engine already holds is never returned, so extending one is always
@@ -300,6 +299,20 @@ impl Txn<'_> {
         self.writes.get_mut(key).and_then(Option::as_mut)
     }
 
+    /// The greatest key this transaction staged in `[start, end)`, with its
+    /// value to extend in place: `None` if it staged nothing there, or if
+    /// that key is staged as a delete. Like [`Txn::staged_mut`], it never
+    /// returns a value the engine already holds.
+    pub fn staged_last_mut(&mut self, start: &[u8], end: &[u8]) -> Option<(&[u8], &mut Vec<u8>)> {
+        use std::ops::Bound;
+        let (key, value) = self
+            .writes
+            .range_mut::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+            .next_back()?;
+        value.as_mut().map(|v| (key.as_slice(), v))
+    }
+
+    /// Stages a deletion.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
         self.writes.insert(key.into(), None);
     }
@@ -307,6 +320,16 @@ impl Txn<'_> {
     /// Committed entries with keys in `[start, end)`, ascending, at most `limit`.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.engine.scan(start, end, limit, false)
+    }
+
+    /// Committed entries with keys in `[start, end)`, descending, at most `limit`.
+    pub fn scan_rev(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.engine.scan(start, end, limit, true)
     }
 }
 

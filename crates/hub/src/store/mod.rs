@@ -152,10 +152,19 @@ impl QueueEntry {
     /// receipts (the hot path), JSON for the rare retraction and forward
     /// request positions (and an old single receipt).
     pub fn encode(&self) -> Vec<u8> {
-        if self.retraction.is_some() || self.forward_request.is_some() || self.receipt.is_some() {
-            return json(self);
+        match self.stored() {
+            Some(p) => p.encode_to_vec(),
+            None => json(self),
         }
-        pb::StoredQueueEntry {
+    }
+
+    /// The binary form, for a message or receipts; `None` for the kinds
+    /// stored as JSON.
+    fn stored(&self) -> Option<pb::StoredQueueEntry> {
+        if self.retraction.is_some() || self.forward_request.is_some() || self.receipt.is_some() {
+            return None;
+        }
+        Some(pb::StoredQueueEntry {
             message_id: self.message_id.clone(),
             origin: self.origin.clone(),
             routed_at_ms: self.routed_at_ms,
@@ -169,8 +178,7 @@ impl QueueEntry {
                     quarantined: r.quarantined.clone(),
                 })
                 .collect(),
-        }
-        .encode_to_vec()
+        })
     }
 
     /// Reads the stored form under `key` (see [`QueueEntry::encode`]).
@@ -179,7 +187,50 @@ impl QueueEntry {
             return parse(key, bytes);
         }
         let e = pb::StoredQueueEntry::decode(bytes).map_err(|e| corrupt(key, &e))?;
-        Ok(Self {
+        Ok(Self::from_stored(e))
+    }
+
+    /// The entries of a stored queue value: a run ([`pb::StoredQueueRun`],
+    /// the entries of consecutive positions from the key's), or a single
+    /// entry as [`QueueEntry::encode`] writes it.
+    pub fn decode_value(key: &[u8], bytes: &[u8]) -> Result<Vec<Self>, StoreError> {
+        Self::decode_from(key, bytes, 0, usize::MAX)
+    }
+
+    /// Up to `limit` entries of a stored queue value from its `skip`-th
+    /// position on; the entries of a run before it are skipped undecoded.
+    fn decode_from(
+        key: &[u8],
+        bytes: &[u8],
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<Self>, StoreError> {
+        if bytes.first() != Some(&QUEUE_RUN_TAG) {
+            let one = (skip == 0 && limit > 0).then(|| Self::decode(key, bytes));
+            return one.into_iter().collect();
+        }
+        run_elements(key, bytes)?
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .map(|e| {
+                pb::StoredQueueEntry::decode(e)
+                    .map(Self::from_stored)
+                    .map_err(|e| corrupt(key, &e))
+            })
+            .collect()
+    }
+
+    /// How many positions a stored queue value holds, without decoding them.
+    fn count_value(key: &[u8], bytes: &[u8]) -> Result<usize, StoreError> {
+        if bytes.first() != Some(&QUEUE_RUN_TAG) {
+            return Ok(1);
+        }
+        Ok(run_elements(key, bytes)?.len())
+    }
+
+    fn from_stored(e: pb::StoredQueueEntry) -> Self {
+        Self {
             message_id: e.message_id,
             origin: e.origin,
             routed_at_ms: e.routed_at_ms,
@@ -196,8 +247,40 @@ impl QueueEntry {
                     quarantined: r.quarantined,
                 })
                 .collect(),
-        })
+        }
     }
+}
+
+/// The first byte of a run of queue entries: field 15 of
+/// [`pb::StoredQueueRun`], length-delimited.
+const QUEUE_RUN_TAG: u8 = (15 << 3) | 2;
+
+/// A run of queue entries stops growing at this many bytes (about fifty
+/// messages), so that a reader that starts inside a run skips little.
+const QUEUE_RUN_BYTES: usize = 4 * 1024;
+
+/// At most this many stored queue values are read at a time.
+const QUEUE_VALUES_PER_READ: usize = 64;
+
+/// The encoded entries of a run ([`pb::StoredQueueRun`]), undecoded.
+fn run_elements<'a>(key: &[u8], mut bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, StoreError> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (field, wire) = decode_key(&mut bytes).map_err(|e| corrupt(key, &e))?;
+        let len = decode_varint(&mut bytes).map_err(|e| corrupt(key, &e))?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if field != 15 || wire != WireType::LengthDelimited || len > bytes.len() {
+            return Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                problem: format!("not a run of queue entries: field {field}, {len} bytes"),
+            });
+        }
+        let (element, rest) = bytes.split_at(len);
+        out.push(element);
+        bytes = rest;
+    }
+    Ok(out)
 }
 
 /// A stored record under `key` that does not decode.
@@ -689,11 +772,81 @@ pub(super) fn append_to_queue(
     let next_key = counter_key(body.as_str(), "next");
     let seq = keys::u64_value(txn.get(&next_key)?) + 1;
     txn.put(next_key, seq.to_be_bytes().to_vec());
-    txn.put(
-        keys::seq_key(&queue_prefix(body.as_str()), seq),
-        entry.encode(),
-    );
+    let prefix = queue_prefix(body.as_str());
+    let key = keys::seq_key(&prefix, seq);
+    let Some(stored) = entry.stored() else {
+        txn.put(key, json(entry));
+        return Ok(seq);
+    };
+    // The body's last value this transaction staged holds position seq - 1
+    // (positions are appended in order): extend it if it is a run.
+    let open = txn
+        .staged_last_mut(&prefix, &key)
+        .filter(|(_, v)| v.first() == Some(&QUEUE_RUN_TAG) && v.len() < QUEUE_RUN_BYTES);
+    match open {
+        Some((_, run)) => prost::encoding::message::encode(15, &stored, run),
+        None => {
+            let mut run = Vec::new();
+            prost::encoding::message::encode(15, &stored, &mut run);
+            txn.put(key, run);
+        }
+    }
     Ok(seq)
+}
+
+/// The stored queue values of `prefix` from the one holding position
+/// `first`, decoded: every entry at `first` or later, in order, up to
+/// `limit` (and more if a value holds more).
+fn queue_from(
+    prefix: &[u8],
+    first: u64,
+    limit: usize,
+    scan: impl Fn(&[u8], &[u8], usize, bool) -> Result<Vec<liaison_store::Entry>, StoreError>,
+) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
+    let end = keys::prefix_end(prefix);
+    let holding = scan(
+        prefix,
+        &keys::seq_key(prefix, first.saturating_add(1)),
+        1,
+        true,
+    )?;
+    let mut next = match holding.first() {
+        Some((k, _)) => k.clone(),
+        None => keys::seq_key(prefix, first),
+    };
+    let mut out = Vec::new();
+    // Values hold one entry (earlier versions) or a run of many: read about
+    // as many as the entries still wanted need, from what was seen so far.
+    let (mut values_seen, mut entries_seen) = (0usize, 0usize);
+    while out.len() < limit {
+        let per_value = entries_seen.checked_div(values_seen).unwrap_or(1).max(1);
+        let want = (limit - out.len())
+            .div_ceil(per_value)
+            .clamp(1, QUEUE_VALUES_PER_READ);
+        let values = scan(&next, &end, want, false)?;
+        let Some((last, _)) = values.last() else {
+            break;
+        };
+        next = last.clone();
+        next.push(0); // the key right after it
+        let done = values.len() < want;
+        values_seen += values.len();
+        for (k, v) in values {
+            let start = keys::seq_of(&k).unwrap_or_default();
+            entries_seen += QueueEntry::count_value(&k, &v)?;
+            let skip = usize::try_from(first.saturating_sub(start)).unwrap_or(usize::MAX);
+            let entries = QueueEntry::decode_from(&k, &v, skip, limit - out.len())?;
+            let from = start + skip as u64;
+            out.extend((from..).zip(entries));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Appends several records in one transaction (delivery records); returns
@@ -740,16 +893,15 @@ pub(super) fn queue_after(
     limit: usize,
 ) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
     let prefix = queue_prefix(body.as_str());
-    let start = keys::seq_key(&prefix, after.saturating_add(1));
-    db.scan(&start, &keys::prefix_end(&prefix), limit)?
-        .into_iter()
-        .map(|(k, v)| {
-            Ok((
-                keys::seq_of(&k).unwrap_or_default(),
-                QueueEntry::decode(&k, &v)?,
-            ))
-        })
-        .collect()
+    let mut out = queue_from(&prefix, after.saturating_add(1), limit, |s, e, l, rev| {
+        if rev {
+            db.scan_rev(s, e, l)
+        } else {
+            db.scan(s, e, l)
+        }
+    })?;
+    out.truncate(limit);
+    Ok(out)
 }
 
 /// The stored envelope of a message.
@@ -796,19 +948,16 @@ pub(super) async fn acknowledge(
         let acked = keys::u64_value(txn.get(&counter_key(body.as_str(), "acked"))?);
         let prefix = queue_prefix(body.as_str());
         let entries = if seq > acked && seq <= next {
-            txn.scan(
-                &keys::seq_key(&prefix, acked + 1),
-                &keys::seq_key(&prefix, seq.saturating_add(1)),
-                usize::MAX,
-            )?
-            .into_iter()
-            .map(|(k, v)| {
-                Ok((
-                    keys::seq_of(&k).unwrap_or_default(),
-                    QueueEntry::decode(&k, &v)?,
-                ))
-            })
-            .collect::<Result<Vec<(u64, QueueEntry)>, StoreError>>()?
+            let want = usize::try_from(seq - acked).unwrap_or(usize::MAX);
+            let mut entries = queue_from(&prefix, acked + 1, want, |s, e, l, rev| {
+                if rev {
+                    txn.scan_rev(s, e, l)
+                } else {
+                    txn.scan(s, e, l)
+                }
+            })?;
+            entries.retain(|(q, _)| *q <= seq);
+            entries
         } else {
             Vec::new()
         };
@@ -885,7 +1034,6 @@ pub fn plan_acknowledgement(
     let mut effects = Effects {
         writes: vec![Write::Acknowledge {
             body: body.clone(),
-            positions: entries.iter().map(|(p, _)| *p).collect(),
             acked: seq,
         }],
         ..Effects::default()
@@ -1492,6 +1640,177 @@ mod tests {
         assert!(QueueEntry::decode(&qkey, b"\x0a\xff").is_err());
     }
 
+    fn queued(n: u64) -> QueueEntry {
+        QueueEntry::message(&uuid_for(n as i64), "alpha", NOW)
+    }
+
+    async fn append(db: &Db, body: &str, entries: Vec<QueueEntry>) -> Vec<u64> {
+        let body = BodyId::parse(body).unwrap();
+        db.write(move |txn| {
+            entries
+                .iter()
+                .map(|e| append_to_queue(txn, &body, e))
+                .collect::<Result<Vec<u64>, StoreError>>()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn stored_values(db: &Db, body: &str) -> Vec<u64> {
+        db.scan_prefix(&queue_prefix(body), usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| keys::seq_of(k).unwrap())
+            .collect()
+    }
+
+    fn ids(entries: &[(u64, QueueEntry)]) -> Vec<(u64, String)> {
+        entries
+            .iter()
+            .map(|(q, e)| (*q, e.message_id.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_transaction_appends_a_run_per_body_and_any_position_reads_back() {
+        let db = Db::in_memory();
+        let retraction = QueueEntry {
+            retraction: Some(Retraction {
+                reason: "wrong".into(),
+                retracted_at_ms: NOW,
+            }),
+            ..queued(4)
+        };
+        let seqs = append(
+            &db,
+            "bravo",
+            vec![
+                queued(1),
+                queued(2),
+                queued(3),
+                retraction,
+                queued(5),
+                queued(6),
+            ],
+        )
+        .await;
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+        append(&db, "charlie", vec![queued(7)]).await;
+        append(&db, "bravo", vec![queued(8), queued(9)]).await;
+        // Runs 1-3, the JSON withdrawal at 4, run 5-6, and run 7-8 of the
+        // next transaction: never extended across transactions.
+        assert_eq!(stored_values(&db, "bravo"), [1, 4, 5, 7]);
+        assert_eq!(stored_values(&db, "charlie"), [1]);
+        let bravo = BodyId::parse("bravo").unwrap();
+        let all = queue_after(&db, &bravo, 0, 100).unwrap();
+        let want: Vec<(u64, String)> = [1, 2, 3, 4, 5, 6, 8, 9]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u64 + 1, uuid_for(*n)))
+            .collect();
+        assert_eq!(ids(&all), want);
+        assert!(all[3].1.retraction.is_some());
+        // A damaged run is refused, naming its key.
+        let key = keys::seq_key(&queue_prefix("bravo"), 1);
+        for bad in [&b"\x7a\x05ab"[..], b"\x7a\xff", b"\x7a\x01\x0a\x0a"] {
+            let e = QueueEntry::decode_value(&key, bad).unwrap_err().to_string();
+            assert!(e.contains("q/bravo/"), "{e}");
+        }
+        for after in 0..=8 {
+            for limit in [1, 2, 3, 100] {
+                let got = queue_after(&db, &bravo, after, limit).unwrap();
+                let expect: Vec<_> = want
+                    .iter()
+                    .filter(|(q, _)| *q > after)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                assert_eq!(ids(&got), expect, "after {after}, limit {limit}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_removes_the_runs_it_covers_whole() {
+        let db = Db::in_memory();
+        append(&db, "bravo", (1..=4).map(queued).collect()).await;
+        append(&db, "bravo", (5..=6).map(queued).collect()).await;
+        let bravo = BodyId::parse("bravo").unwrap();
+        let ack = |seq: u64| {
+            acknowledge(
+                &db,
+                bravo.clone(),
+                seq,
+                Default::default(),
+                "spiffe://t/org/bravo/node/node".into(),
+                NOW,
+                "v1".into(),
+            )
+        };
+        // Part of the first run: it stays, and reads start after the ack.
+        let first = ack(2).await.unwrap();
+        assert_eq!(first.acked, 2);
+        assert_eq!(stored_values(&db, "bravo"), [1, 5]);
+        let left = queue_after(&db, &bravo, 2, 100).unwrap();
+        assert_eq!(
+            left.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+            [3, 4, 5, 6]
+        );
+        // The rest of it and part of the next.
+        let records = audit_after(&db, 0, u64::MAX, 100).unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(audit::messages(&records[0]).count(), 2);
+        ack(5).await.unwrap();
+        assert_eq!(stored_values(&db, "bravo"), [5]);
+        let records = audit_after(&db, 1, u64::MAX, 100).unwrap();
+        let acked: Vec<&str> = records
+            .iter()
+            .flat_map(audit::messages)
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(acked, [uuid_for(3), uuid_for(4), uuid_for(5)]);
+        ack(6).await.unwrap();
+        assert!(stored_values(&db, "bravo").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_queue_stored_one_entry_per_key_reads_and_acknowledges() {
+        let db = Db::in_memory();
+        db.write(|txn| {
+            let prefix = queue_prefix("bravo");
+            for n in 1..=3u64 {
+                let e = queued(n);
+                // Earlier versions: one value per position, proto or JSON.
+                let value = if n == 2 { json(&e) } else { e.encode() };
+                txn.put(keys::seq_key(&prefix, n), value);
+            }
+            txn.put(counter_key("bravo", "next"), 3u64.to_be_bytes().to_vec());
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+        let bravo = BodyId::parse("bravo").unwrap();
+        let got = queue_after(&db, &bravo, 1, 100).unwrap();
+        assert_eq!(ids(&got), [(2, uuid_for(2)), (3, uuid_for(3))]);
+        acknowledge(
+            &db,
+            bravo.clone(),
+            2,
+            Default::default(),
+            "spiffe://t/org/bravo/node/node".into(),
+            NOW,
+            "v1".into(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored_values(&db, "bravo"), [3]);
+        // New appends go in runs after the old entries.
+        append(&db, "bravo", vec![queued(4), queued(5)]).await;
+        assert_eq!(stored_values(&db, "bravo"), [3, 4]);
+        let got = queue_after(&db, &bravo, 2, 100).unwrap();
+        assert_eq!(got.iter().map(|(q, _)| *q).collect::<Vec<_>>(), [3, 4, 5]);
+    }
+
     #[test]
     fn plain_delivery_records_fold_into_one_per_originator_and_the_rest_stay() {
         let rec =
@@ -1670,7 +1989,6 @@ mod tests {
             e.writes,
             [Write::Acknowledge {
                 body: bravo.clone(),
-                positions: vec![3, 4, 5, 6, 7, 8],
                 acked: 8
             }]
         );

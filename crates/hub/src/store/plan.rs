@@ -26,13 +26,13 @@ pub enum Write {
         /// Whether it is new (the latest for its message and body).
         latest: bool,
     },
-    /// Remove acknowledged positions from a body's queue and move its
-    /// acknowledged position.
+    /// Move a body's acknowledged position, and remove every stored queue
+    /// value (a run, or a single entry) whose positions it all covers; a
+    /// run it covers only in part stays until a later acknowledgement
+    /// covers the rest (readers start after the acknowledged position).
     Acknowledge {
         /// Whose queue.
         body: BodyId,
-        /// The positions removed.
-        positions: Vec<u64>,
         /// The new acknowledged position.
         acked: u64,
     },
@@ -136,14 +136,15 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
                 }
                 txn.put(forward_key(&record.id), json(&*record));
             }
-            Write::Acknowledge {
-                body,
-                positions,
-                acked,
-            } => {
+            Write::Acknowledge { body, acked } => {
                 let prefix = queue_prefix(body.as_str());
-                for p in positions {
-                    txn.delete(keys::seq_key(&prefix, p));
+                let covered = keys::seq_key(&prefix, acked.saturating_add(1));
+                for (key, value) in txn.scan(&prefix, &covered, usize::MAX)? {
+                    let start = keys::seq_of(&key).unwrap_or_default();
+                    let n = QueueEntry::count_value(&key, &value)? as u64;
+                    if start.saturating_add(n).saturating_sub(1) <= acked {
+                        txn.delete(key);
+                    }
                 }
                 txn.put(
                     counter_key(body.as_str(), "acked"),

@@ -11,7 +11,7 @@
 //! | erase at | `m/<id>/erase_at` | when its content is to be erased (ms, big-endian) | submission |
 //! | forward pair | `m/<id>/fwd/<body>` | the latest forward request of the message to that body (request id) | forwarding |
 //! | forward | `f/<request id>` | a forward request and its decision (JSON) | forwarding |
-//! | queue | `q/<body>/<seq>` | one position of a body's delivery queue (`QueueEntry`: a message or the receipts of one acknowledgement as an encoded `StoredQueueEntry`; a withdrawal or a forward request as JSON, as every position in stores of earlier versions) | submission, embargo release, forwarding, retraction, receipts |
+//! | queue | `q/<body>/<seq>` | the positions of a body's delivery queue that one transaction appended, from `seq`: a run of messages and receipts of acknowledgements (`StoredQueueRun` of `StoredQueueEntry`, encoded proto, up to 16 KiB), or one withdrawal or forward request as JSON (`QueueEntry`); stores of earlier versions hold one position per key, proto or JSON. An acknowledgement removes the values it covers whole | submission, embargo release, forwarding, retraction, receipts |
 //! | counters | `c/<body>/next`, `c/<body>/acked` | the body's last queue position and acknowledged position (big-endian) | queue appends, acknowledgement |
 //! | held | `h/<not before>/<id>` | deliveries held under embargo (JSON), by release time | submission, embargo release |
 //! | retention | `r/<erase at>/<id>` | a content erasure due, by time | submission, retention |
