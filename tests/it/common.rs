@@ -130,6 +130,26 @@ pub fn envelope(origin: &str, mut labels: pb::Labels, body: &pb::Body) -> pb::En
 }
 
 /// The message ids in `body`'s inbox.
+/// An outbox entry's routing: recipient → withholding rule (`None` for a
+/// delivery), and `"N others"` → rule for the bodies the message did not
+/// address.
+pub fn routing_of(entry: &pb::OutboxEntry) -> std::collections::BTreeMap<String, Option<String>> {
+    entry
+        .decisions
+        .iter()
+        .map(|d| {
+            let rule = (d.outcome == pb::Outcome::Withhold as i32).then(|| d.rule.clone());
+            (d.recipient.clone(), rule)
+        })
+        .chain(
+            entry
+                .unaddressed
+                .iter()
+                .map(|u| (format!("{} others", u.bodies), Some(u.rule.clone()))),
+        )
+        .collect()
+}
+
 pub async fn inbox_ids(sandbox: &Sandbox, body: &str) -> Vec<String> {
     let mut officer = sandbox.officer(body, "bob").await.unwrap();
     officer

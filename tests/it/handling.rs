@@ -11,7 +11,7 @@ use tonic::Code;
 
 use crate::common::{
     alert, assert_refused, assessment, audit_records, envelope, hub_only, inbox_ids, labels,
-    sandbox, SETTLE,
+    routing_of, sandbox, SETTLE,
 };
 
 /// Submits through `origin`'s officer and waits until the hub has routed it;
@@ -36,20 +36,7 @@ async fn route(
         .message_id;
     let entry = sandbox.settled(origin, &id, SETTLE).await.unwrap();
     assert_eq!(entry.status, "routed", "{}", entry.last_error);
-    let decisions = entry
-        .decisions
-        .iter()
-        .map(|d| {
-            let rule = (d.outcome == pb::Outcome::Withhold as i32).then(|| d.rule.clone());
-            (d.recipient.clone(), rule)
-        })
-        .chain(
-            entry
-                .unaddressed
-                .iter()
-                .map(|u| (format!("{} others", u.bodies), Some(u.rule.clone()))),
-        )
-        .collect();
+    let decisions = routing_of(&entry);
     (id, decisions)
 }
 

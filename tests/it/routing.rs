@@ -9,7 +9,7 @@ use liaison_federation::wait_until;
 use liaison_proto::v1 as pb;
 use pb::{Classification as C, Kind as K};
 
-use crate::common::{alert, assessment, inbox_ids, labels, sandbox, SETTLE};
+use crate::common::{alert, assessment, inbox_ids, labels, routing_of, sandbox, SETTLE};
 
 /// What each other body should get: `None` for a delivery, `Some(rule)` for
 /// a withhold by that rule; `"N others"` for the bodies a message did not
@@ -104,20 +104,7 @@ async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
         // The origin's outbox shows the hub's decisions once routed.
         let entry = sandbox.settled(origin, &id, SETTLE).await.unwrap();
         assert_eq!(entry.status, "routed", "{}", entry.last_error);
-        let got: BTreeMap<String, Option<String>> = entry
-            .decisions
-            .iter()
-            .map(|d| {
-                let rule = (d.outcome == pb::Outcome::Withhold as i32).then(|| d.rule.clone());
-                (d.recipient.clone(), rule)
-            })
-            .chain(
-                entry
-                    .unaddressed
-                    .iter()
-                    .map(|u| (format!("{} others", u.bodies), Some(u.rule.clone()))),
-            )
-            .collect();
+        let got = routing_of(&entry);
         let wanted: BTreeMap<String, Option<String>> = want
             .iter()
             .map(|(b, r)| ((*b).to_owned(), r.map(str::to_owned)))

@@ -368,6 +368,22 @@ pub struct Routing {
     pub unaddressed: Vec<Unaddressed>,
 }
 
+impl Routing {
+    fn new(
+        decisions: Vec<Decision>,
+        counts: std::collections::BTreeMap<Rule, u32>,
+        labels: &Labels,
+    ) -> Self {
+        Self {
+            decisions,
+            unaddressed: counts
+                .into_iter()
+                .map(|(rule, n)| Unaddressed::new(rule, n, labels))
+                .collect(),
+        }
+    }
+}
+
 /// [`decide`], with the decisions for bodies the message did not address
 /// counted per rule ([`Unaddressed`]) instead of listed. Exactly
 /// [`summarize`] of [`decide`], but without building a decision and its
@@ -383,13 +399,7 @@ pub fn route(gov: &Governance, labels: &Labels, now_ms: i64) -> Routing {
             None => decisions.push(decision(gov, origin, recipient, labels, now_ms)),
         }
     }
-    Routing {
-        decisions,
-        unaddressed: counts
-            .into_iter()
-            .map(|(rule, n)| Unaddressed::new(rule, n, labels))
-            .collect(),
-    }
+    Routing::new(decisions, counts, labels)
 }
 
 /// Counts the withheld decisions whose rule [`Unaddressed::counts`] for
@@ -409,13 +419,7 @@ pub fn summarize(decisions: Vec<Decision>, labels: &Labels) -> Routing {
             !counted
         })
         .collect();
-    Routing {
-        decisions,
-        unaddressed: counts
-            .into_iter()
-            .map(|(rule, n)| Unaddressed::new(rule, n, labels))
-            .collect(),
-    }
+    Routing::new(decisions, counts, labels)
 }
 
 /// The addressing rule that withholds the message from `r`, if it is the

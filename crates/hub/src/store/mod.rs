@@ -627,14 +627,17 @@ pub fn plan_submission(
     effects.audit.push(received);
     let embargo = env.labels.not_before_ms.filter(|t| *t > s.now_ms);
     let mut held = Vec::new();
-    for d in &s.decisions {
-        let mut rec = audit_base(
+    let routed = || {
+        audit_base(
             env,
             AuditEvent::Routed,
             &s.policy_version,
             &s.actor,
             s.now_ms,
-        );
+        )
+    };
+    for d in &s.decisions {
+        let mut rec = routed();
         rec.recipient = d.recipient.to_string();
         rec.decision = d.outcome.as_str().into();
         rec.rule = d.rule.into();
@@ -656,13 +659,7 @@ pub fn plan_submission(
     // recipient, so that only the originator's auditors (and the hub's)
     // see it.
     for u in &s.unaddressed {
-        let mut rec = audit_base(
-            env,
-            AuditEvent::Routed,
-            &s.policy_version,
-            &s.actor,
-            s.now_ms,
-        );
+        let mut rec = routed();
         rec.decision = Outcome::Withhold.as_str().into();
         rec.rule = u.rule.into();
         rec.reason = u.reason.clone();
