@@ -1383,18 +1383,26 @@ mod tests {
             .unwrap()
     }
 
-    fn plan_of(env: Envelope, existing: Option<RoutedOutcome>) -> Result<SubmissionPlan, HubError> {
-        let gov = governance();
-        let routing = route(&gov, &env.labels, NOW);
-        let submission = Submission {
+    /// `env` routed under `gov` at `NOW`, by the node "test".
+    fn submission_of(gov: &Governance, env: Envelope) -> Submission {
+        let routing = route(gov, &env.labels, NOW);
+        Submission {
             decisions: routing.decisions,
             unaddressed: routing.unaddressed,
             env,
             policy_version: "v1".into(),
             actor: "test".into(),
-            approved_by: Some("spiffe://t/org/europol/officer/bob".into()),
+            approved_by: None,
             now_ms: NOW,
+            retain_ms: None,
+        }
+    }
+
+    fn plan_of(env: Envelope, existing: Option<RoutedOutcome>) -> Result<SubmissionPlan, HubError> {
+        let submission = Submission {
+            approved_by: Some("spiffe://t/org/europol/officer/bob".into()),
             retain_ms: Some(1_000),
+            ..submission_of(&governance(), env)
         };
         let encoded = pb::Envelope::from(&submission.env).encode_to_vec();
         let digest = digest(&encoded);
@@ -1445,17 +1453,7 @@ mod tests {
         for to in ["interpol", "aseanapol"] {
             env.labels.releasable_to.insert(BodyId::parse(to).unwrap());
         }
-        let routing = route(&gov, &env.labels, NOW);
-        let submission = Submission {
-            decisions: routing.decisions,
-            unaddressed: routing.unaddressed,
-            env,
-            policy_version: "v1".into(),
-            actor: "test".into(),
-            approved_by: None,
-            now_ms: NOW,
-            retain_ms: None,
-        };
+        let submission = submission_of(&gov, env);
         let encoded = pb::Envelope::from(&submission.env).encode_to_vec();
         let digest = digest(&encoded);
         let SubmissionPlan::New {
