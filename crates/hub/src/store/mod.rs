@@ -190,35 +190,33 @@ impl QueueEntry {
         Ok(Self::from_stored(e))
     }
 
-    /// The entries of a stored queue value: a run ([`pb::StoredQueueRun`],
-    /// the entries of consecutive positions from the key's), or a single
-    /// entry as [`QueueEntry::encode`] writes it.
-    pub fn decode_value(key: &[u8], bytes: &[u8]) -> Result<Vec<Self>, StoreError> {
-        Self::decode_from(key, bytes, 0, usize::MAX)
-    }
-
-    /// Up to `limit` entries of a stored queue value from its `skip`-th
-    /// position on; the entries of a run before it are skipped undecoded.
+    /// A stored queue value, a run ([`pb::StoredQueueRun`]: the entries of
+    /// consecutive positions from the key's) or a single entry as
+    /// [`QueueEntry::encode`] writes it: how many positions it holds, and
+    /// up to `limit` of its entries from its `skip`-th on (the entries of a
+    /// run before it are skipped undecoded).
     fn decode_from(
         key: &[u8],
         bytes: &[u8],
         skip: usize,
         limit: usize,
-    ) -> Result<Vec<Self>, StoreError> {
+    ) -> Result<(usize, Vec<Self>), StoreError> {
         if bytes.first() != Some(&QUEUE_RUN_TAG) {
             let one = (skip == 0 && limit > 0).then(|| Self::decode(key, bytes));
-            return one.into_iter().collect();
+            return Ok((1, one.into_iter().collect::<Result<_, _>>()?));
         }
-        run_elements(key, bytes)?
-            .into_iter()
+        let elements = run_elements(key, bytes)?;
+        let entries = elements
+            .iter()
             .skip(skip)
             .take(limit)
             .map(|e| {
-                pb::StoredQueueEntry::decode(e)
+                pb::StoredQueueEntry::decode(*e)
                     .map(Self::from_stored)
                     .map_err(|e| corrupt(key, &e))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((elements.len(), entries))
     }
 
     /// How many positions a stored queue value holds, without decoding them.
@@ -830,9 +828,9 @@ fn queue_from(
         values_seen += values.len();
         for (k, v) in values {
             let start = keys::seq_of(&k).unwrap_or_default();
-            entries_seen += QueueEntry::count_value(&k, &v)?;
             let skip = usize::try_from(first.saturating_sub(start)).unwrap_or(usize::MAX);
-            let entries = QueueEntry::decode_from(&k, &v, skip, limit - out.len())?;
+            let (held, entries) = QueueEntry::decode_from(&k, &v, skip, limit - out.len())?;
+            entries_seen += held;
             let from = start + skip as u64;
             out.extend((from..).zip(entries));
             if out.len() >= limit {
@@ -890,15 +888,13 @@ pub(super) fn queue_after(
     limit: usize,
 ) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
     let prefix = queue_prefix(body.as_str());
-    let mut out = queue_from(&prefix, after.saturating_add(1), limit, |s, e, l, rev| {
+    queue_from(&prefix, after.saturating_add(1), limit, |s, e, l, rev| {
         if rev {
             db.scan_rev(s, e, l)
         } else {
             db.scan(s, e, l)
         }
-    })?;
-    out.truncate(limit);
-    Ok(out)
+    })
 }
 
 /// The stored envelope of a message.
@@ -1708,7 +1704,9 @@ mod tests {
         // A damaged run is refused, naming its key.
         let key = keys::seq_key(&queue_prefix("bravo"), 1);
         for bad in [&b"\x7a\x05ab"[..], b"\x7a\xff", b"\x7a\x01\x0a\x0a"] {
-            let e = QueueEntry::decode_value(&key, bad).unwrap_err().to_string();
+            let e = QueueEntry::decode_from(&key, bad, 0, usize::MAX)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("q/bravo/"), "{e}");
         }
         for after in 0..=8 {
