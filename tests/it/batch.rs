@@ -7,7 +7,8 @@ use liaison_proto::v1 as pb;
 use tonic::Code;
 
 use crate::common::{
-    alert, assert_refused, audit_log, envelope, hub_only, inbox_ids, labels, GOVERNANCE, SETTLE,
+    alert, assert_refused, audit_log, envelope, hub_only, inbox_ids, labels, outbox_ids, sandbox,
+    GOVERNANCE, SETTLE,
 };
 
 fn restricted_alert(origin: &str, title: &str) -> pb::Envelope {
@@ -309,5 +310,173 @@ async fn a_batch_the_hub_finds_too_large_is_split_not_lost() {
         let entry = sandbox.settled("alpha", id, SETTLE).await.unwrap();
         assert_eq!(entry.status, "routed", "{entry:?}");
     }
+    sandbox.shutdown().await.unwrap();
+}
+
+/// A RESTRICTED drugs alert as an officer submits it (the node names it
+/// when `id` is empty).
+fn officer_alert(title: &str, id: &str) -> pb::OfficerSubmitRequest {
+    let mut l = labels(pb::Kind::Alert, pb::Classification::Restricted, &["drugs"]);
+    l.message_id = id.to_owned();
+    pb::OfficerSubmitRequest {
+        labels: Some(l),
+        body: Some(alert(title)),
+    }
+}
+
+fn officer_accepted(r: &pb::OfficerSubmitResult) -> &pb::OfficerSubmitResponse {
+    match &r.result {
+        Some(pb::officer_submit_result::Result::Accepted(a)) => a,
+        other => panic!("expected accepted, got {other:?}"),
+    }
+}
+
+fn officer_refused(r: &pb::OfficerSubmitResult) -> &pb::RefusedSubmission {
+    match &r.result {
+        Some(pb::officer_submit_result::Result::Refused(f)) => f,
+        other => panic!("expected refused, got {other:?}"),
+    }
+}
+
+/// `Officer.SubmitBatch`: each message is judged as `Submit` would judge
+/// it and answered in its own place; the accepted ones are stored once
+/// each and reach the recipients; a refused one stores nothing and stops
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_batch_gets_one_result_per_message_in_order() {
+    let sandbox = sandbox().await;
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let earlier_id = uuid::Uuid::new_v4().to_string();
+    let earlier = officer_alert("earlier", &earlier_id);
+    officer.submit(earlier.clone()).await.unwrap();
+
+    let mut malformed = officer_alert("malformed", "");
+    malformed.labels.as_mut().unwrap().crime_areas.clear();
+    let named_id = uuid::Uuid::new_v4().to_string();
+    let named = officer_alert("named by the officer", &named_id);
+    let mut forged = officer_alert("forged origin", "");
+    forged.labels.as_mut().unwrap().origin = "bravo".into();
+    let batch = vec![
+        officer_alert("named by the node", ""),
+        malformed,
+        earlier.clone(),
+        officer_alert("reused id, other content", &earlier_id),
+        named.clone(),
+        named,
+        forged,
+        pb::OfficerSubmitRequest::default(),
+    ];
+    let results = officer
+        .submit_batch(pb::OfficerSubmitBatchRequest { messages: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 8, "{results:?}");
+
+    let new = officer_accepted(&results[0]);
+    assert!(!new.duplicate && new.status == "queued", "{new:?}");
+    assert!(uuid::Uuid::parse_str(&new.message_id).is_ok(), "{new:?}");
+    let bad = officer_refused(&results[1]);
+    assert_eq!(bad.code, Code::InvalidArgument as i32, "{bad:?}");
+    assert!(bad.message.contains("crime_areas"), "{bad:?}");
+    let again = officer_accepted(&results[2]);
+    assert!(
+        again.duplicate && again.message_id == earlier_id,
+        "{again:?}"
+    );
+    let reused = officer_refused(&results[3]);
+    assert_eq!(reused.code, Code::AlreadyExists as i32, "{reused:?}");
+    assert_eq!(reused.message_id, earlier_id);
+    let first = officer_accepted(&results[4]);
+    assert!(
+        !first.duplicate && first.message_id == named_id,
+        "{first:?}"
+    );
+    // The same message twice in one batch is stored once.
+    assert!(officer_accepted(&results[5]).duplicate, "{:?}", results[5]);
+    let forged = officer_refused(&results[6]);
+    assert_eq!(forged.code, Code::PermissionDenied as i32, "{forged:?}");
+    assert!(forged.message.contains("origin"), "{forged:?}");
+    let empty = officer_refused(&results[7]);
+    assert_eq!(empty.code, Code::InvalidArgument as i32, "{empty:?}");
+    assert!(empty.message.contains("labels"), "{empty:?}");
+
+    let mut outbox = outbox_ids(&sandbox, "alpha").await;
+    outbox.sort();
+    let mut expected = vec![earlier_id.clone(), new.message_id.clone(), named_id.clone()];
+    expected.sort();
+    assert_eq!(outbox, expected, "each accepted message once, nothing else");
+    let sent = [earlier_id, new.message_id.clone(), named_id];
+    wait_until("bravo received the batch", SETTLE, || async {
+        let inbox = inbox_ids(&sandbox, "bravo").await;
+        sent.iter().all(|id| inbox.contains(id)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(inbox_ids(&sandbox, "bravo").await.len(), 3);
+    sandbox.shutdown().await.unwrap();
+}
+
+/// An officer batch that is empty, too long, too large or sent to another
+/// body's node is refused whole, naming what is wrong, and nothing of it is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_batch_that_is_malformed_or_misaddressed_is_refused_whole() {
+    let sandbox = sandbox().await;
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    assert_refused(
+        officer
+            .submit_batch(pb::OfficerSubmitBatchRequest::default())
+            .await,
+        Code::InvalidArgument,
+        &["messages", "0 messages in one batch; send 1 to 1024"],
+    );
+    let too_long = (0..1025).map(|_| officer_alert("many", "")).collect();
+    assert_refused(
+        officer
+            .submit_batch(pb::OfficerSubmitBatchRequest { messages: too_long })
+            .await,
+        Code::InvalidArgument,
+        &["1025 messages in one batch; send 1 to 1024"],
+    );
+    // Three messages each within the 256 KiB body limit, together over the
+    // node's 512 KiB request limit.
+    let too_large = (0..3)
+        .map(|i| {
+            let mut m = officer_alert(&format!("large {i}"), "");
+            m.body = Some(pb::Body {
+                title: format!("large {i}"),
+                content: Some(pb::body::Content::Alert(pb::Alert {
+                    text: "x".repeat(200 * 1024),
+                    ..Default::default()
+                })),
+            });
+            m
+        })
+        .collect();
+    assert_refused(
+        officer
+            .submit_batch(pb::OfficerSubmitBatchRequest {
+                messages: too_large,
+            })
+            .await,
+        Code::ResourceExhausted,
+        &["limit"],
+    );
+    let mut stranger = sandbox
+        .officer_at("alpha", "bravo/officer-bob")
+        .await
+        .unwrap();
+    assert_refused(
+        stranger
+            .submit_batch(pb::OfficerSubmitBatchRequest {
+                messages: vec![officer_alert("not mine to send", "")],
+            })
+            .await,
+        Code::PermissionDenied,
+        &["bravo"],
+    );
+    assert!(outbox_ids(&sandbox, "alpha").await.is_empty());
     sandbox.shutdown().await.unwrap();
 }

@@ -44,6 +44,13 @@ fn the_quick_benchmark_reports_every_figure_against_the_echo() {
     let scenarios = report["scenarios"].as_array().unwrap();
     assert!(scenarios.iter().any(|s| s["batched"] == true));
     assert!(scenarios.iter().any(|s| s["batched"] == false));
+    // The pipe from the officer on: batches of messages per officer request.
+    assert!(
+        scenarios
+            .iter()
+            .any(|s| s["officer_batch"].as_u64().is_some_and(|b| b > 1)),
+        "no scenario sent officer batches"
+    );
     let fan_outs: std::collections::BTreeSet<u64> = scenarios
         .iter()
         .map(|s| s["recipients"].as_u64().unwrap())

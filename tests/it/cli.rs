@@ -1037,3 +1037,121 @@ async fn a_node_written_by_dev_node_config_runs_and_its_officer_reads_and_acknow
     );
     sandbox.shutdown().await.unwrap();
 }
+
+/// `liaison submit-batch`: a JSON Lines file of messages, each answered by
+/// its line number; a refused line makes the exit code say so without
+/// losing the others, and a file with a mistake sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_submits_a_batch_from_a_json_lines_file() {
+    let sandbox = sandbox().await;
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let line = |title: &str, id: Option<&str>| {
+        let mut m = serde_json::json!({
+            "kind": "alert", "classification": "RESTRICTED", "title": title,
+            "crime_areas": ["cybercrime"], "alert": {"text": "sinkhole these domains"},
+        });
+        if let Some(id) = id {
+            m["message_id"] = id.into();
+        }
+        m.to_string()
+    };
+    let named = uuid::Uuid::new_v4().to_string();
+    let file = dir.path().join("batch.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n\n{}\n",
+            line("one", None),
+            line("two", Some(&named)),
+            line("three", None)
+        ),
+    )
+    .unwrap();
+    let batch = |file: &Path, output: &str| {
+        let mut a = args(&["--output", output, "submit-batch"]);
+        a.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+        a.push(file.display().to_string());
+        a
+    };
+
+    let out = liaison(batch(&file, "json")).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["messages"], 3, "{report}");
+    assert_eq!(report["queued"], 3, "{report}");
+    assert_eq!(report["refused"], 0, "{report}");
+    let lines: Vec<u64> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 2, 4], "blank lines are skipped, not counted");
+    assert_eq!(report["results"][1]["message_id"], named.as_str());
+
+    // Again, in words: the named message is known, the others are new.
+    let out = liaison(batch(&file, "human")).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("line 2: {named} already submitted")),
+        "{text}"
+    );
+    assert!(text.contains("line 1: queued "), "{text}");
+    assert!(
+        text.contains("2 queued, 0 awaiting approval, 1 already submitted, 0 refused, of 3"),
+        "{text}"
+    );
+
+    // A line reusing an id for other content is refused; the line after it
+    // is stored all the same, and the exit code is the refusal's (3).
+    let reuse = dir.path().join("reuse.jsonl");
+    std::fs::write(
+        &reuse,
+        format!(
+            "{}\n{}\n",
+            line("other content", Some(&named)),
+            line("four", None)
+        ),
+    )
+    .unwrap();
+    let out = liaison(batch(&reuse, "json")).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["refused"], 1, "{report}");
+    assert_eq!(report["results"][0]["code"], "AlreadyExists", "{report}");
+    assert_eq!(report["results"][1]["status"], "queued", "{report}");
+    assert!(
+        stderr(&out).contains("1 of 2 messages refused"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Nothing of a file with a mistake is sent, and the line is named.
+    let mut outbox = args(&["--output", "json", "outbox"]);
+    outbox.extend(conn(&sandbox, &alpha, "alpha/officer-alice"));
+    let before = stdout(&liaison(outbox.clone()).await).lines().count();
+    assert_eq!(before, 6, "three, two more, and one");
+    let broken = dir.path().join("broken.jsonl");
+    std::fs::write(&broken, format!("{}\n{{\"kind\": \n", line("five", None))).unwrap();
+    let out = liaison(batch(&broken, "json")).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing was sent"),
+        "{}",
+        stderr(&out)
+    );
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let out = liaison(batch(&empty, "json")).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds no message"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&liaison(outbox).await).lines().count(), before);
+    sandbox.shutdown().await.unwrap();
+}

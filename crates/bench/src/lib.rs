@@ -172,6 +172,10 @@ pub struct ScenarioFigure {
     /// Whether the sending node pushed in batches (`SubmitBatch`) or one
     /// `Submit` per message.
     pub batched: bool,
+    /// Messages per officer request (`Officer.SubmitBatch`), each request's
+    /// messages stored by the sending node in one write; `None` for one
+    /// `Officer.Submit` per message.
+    pub officer_batch: Option<usize>,
     /// Messages submitted (every one was delivered to every recipient).
     pub messages: u64,
     /// Messages delivered to all their recipients per second, from the
@@ -367,6 +371,20 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         report
             .scenarios
             .push(fed.saturate(c, k, window, &report.echo).await?);
+    }
+    let pipe: &[(usize, usize, usize)] = if opts.quick {
+        &[(2, 64, 1)]
+    } else {
+        &[(4, 256, 1), (4, 256, 10)]
+    };
+    for &(c, batch, k) in pipe {
+        progress(&format!(
+            "batched pipe, officer batches of {batch}, c{c}, fan-out {k}"
+        ));
+        report.scenarios.push(
+            fed.saturate_batches(c, batch, k, window, &report.echo)
+                .await?,
+        );
     }
     progress("batched pipe, 100 messages/s offered, fan-out 1");
     report.scenarios.push(
@@ -913,6 +931,114 @@ impl Fed {
         Ok(fig)
     }
 
+    /// Measures `concurrency` officers each sending `batch` messages per
+    /// `Officer.SubmitBatch`, back to back, for `window`: the batched pipe
+    /// from the officer on. Its ratio is to the echo's best (c64) calls per
+    /// second: messages per second against what the stack answers one call
+    /// at a time.
+    async fn saturate_batches(
+        &self,
+        concurrency: usize,
+        batch: usize,
+        recipients: usize,
+        window: Duration,
+        echo: &[EchoFigure],
+    ) -> Result<ScenarioFigure, BenchError> {
+        let before = self.counters();
+        self.reset();
+        let start = Instant::now();
+        let end = start + window;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let mut sender = self.sender.clone();
+                let tracker = Arc::clone(&self.tracker);
+                let (_, template) = self.message(recipients);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < end {
+                        let messages: Vec<_> = (0..batch)
+                            .map(|_| {
+                                let mut req = template.clone();
+                                if let Some(l) = req.labels.as_mut() {
+                                    l.message_id = uuid::Uuid::new_v4().to_string();
+                                }
+                                req
+                            })
+                            .collect();
+                        {
+                            let now = Instant::now();
+                            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                            for m in &messages {
+                                let id = m.labels.as_ref().map(|l| l.message_id.clone());
+                                t.open.insert(id.unwrap_or_default(), (now, recipients));
+                            }
+                        }
+                        Self::officer_submit_batch(&mut sender, messages).await?;
+                        n += batch as u64;
+                    }
+                    Ok::<_, BenchError>(n)
+                })
+            })
+            .collect();
+        let mut submitted = 0;
+        for t in tasks {
+            submitted += t
+                .await
+                .map_err(|e| BenchError::Io(format!("submit task: {e}")))??;
+        }
+        self.wait_all(submitted).await?;
+        let mut fig = self.figure(
+            format!("officer batches of {batch}, c{concurrency}, fan-out {recipients}"),
+            start,
+            submitted,
+            recipients,
+            &before,
+        )?;
+        fig.concurrency = Some(concurrency);
+        fig.officer_batch = Some(batch);
+        if let Some(e) = echo.iter().max_by_key(|e| e.concurrency) {
+            fig.ratio_to_echo = Some(fig.msgs_per_s / e.rps);
+        }
+        Ok(fig)
+    }
+
+    /// One `Officer.SubmitBatch`, every message of which the node must
+    /// answer `queued`.
+    async fn officer_submit_batch(
+        sender: &mut OfficerClient<Channel>,
+        messages: Vec<pb::OfficerSubmitRequest>,
+    ) -> Result<(), BenchError> {
+        let n = messages.len();
+        let resp = sender
+            .submit_batch(pb::OfficerSubmitBatchRequest { messages })
+            .await
+            .map_err(|s| {
+                BenchError::Rpc(format!(
+                    "officer submit batch: {:?}: {}",
+                    s.code(),
+                    s.message()
+                ))
+            })?
+            .into_inner();
+        if resp.results.len() != n {
+            return Err(BenchError::Rpc(format!(
+                "officer submit batch: {} results for {n} messages",
+                resp.results.len()
+            )));
+        }
+        for r in resp.results {
+            match r.result {
+                Some(pb::officer_submit_result::Result::Accepted(a)) if a.status == "queued" => {}
+                other => {
+                    return Err(BenchError::Rpc(format!(
+                        "officer submit batch: the node answered {other:?}, not queued"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Measures `rate` messages per second offered for `window`, open loop.
     async fn fixed_rate(
         &self,
@@ -1143,6 +1269,7 @@ impl Fed {
             offered_per_s: None,
             recipients,
             batched: self.batched,
+            officer_batch: None,
             messages,
             msgs_per_s: messages as f64 / elapsed,
             deliveries_per_s: (messages as f64 * recipients as f64) / elapsed,

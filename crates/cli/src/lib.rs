@@ -17,6 +17,7 @@ macro_rules! say {
 
 mod admin;
 mod approvals;
+mod batch;
 mod bench;
 pub mod demo;
 pub mod exit;
@@ -115,6 +116,9 @@ impl Connection {
 pub enum Command {
     /// Submit a threat assessment, operational plan or alert to your node.
     Submit(officer::SubmitArgs),
+    /// Submit many messages at once from a JSON Lines file (one message per
+    /// line): the node stores each batch of up to 1024 in one write.
+    SubmitBatch(batch::BatchArgs),
     /// Ask the hub who would receive a message, and why, without sending it.
     Explain(officer::SubmitArgs),
     /// List what you submitted and how the hub routed it.
@@ -229,6 +233,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let out = cli.output;
     match cli.command {
         Command::Submit(a) => officer::submit(a, out).await,
+        Command::SubmitBatch(a) => batch::submit_batch(a, out).await,
         Command::Explain(a) => officer::explain(a, out).await,
         Command::Outbox(a) => officer::outbox(a, out).await,
         Command::Inbox(a) => officer::inbox(a, out).await,

@@ -39,6 +39,7 @@ use liaison_pki::{
 use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
 use liaison_store::Db;
 use liaison_types::{BodyId, Role};
+pub use service::MAX_OFFICER_BATCH;
 use service::{NodeState, OfficerService};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};

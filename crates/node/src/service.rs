@@ -20,6 +20,8 @@ use crate::store::{self, Decider, OutboxRecord, OutboxStatus, Queued};
 use crate::NodeError;
 
 const DEFAULT_LIMIT: usize = 100;
+/// Most messages in one `Officer.SubmitBatch`.
+pub const MAX_OFFICER_BATCH: usize = 1024;
 const MAX_LIMIT: usize = 1_000;
 
 /// State shared by the officer API and the hub link.
@@ -146,12 +148,13 @@ impl NodeState {
         Ok((env, typed))
     }
 
-    async fn submit(
+    /// Checks an officer's message and builds its outbox record; nothing
+    /// is stored yet.
+    fn prepare(
         &self,
         caller: &Identity,
         req: pb::OfficerSubmitRequest,
-    ) -> Result<pb::OfficerSubmitResponse, NodeError> {
-        self.own_officer(caller)?;
+    ) -> Result<(Envelope, OutboxRecord), NodeError> {
         // A retry with the same id must produce the same envelope, so the
         // creation time of a resubmission is the original one.
         let (env, typed) = self.envelope(req.labels, req.body)?;
@@ -196,26 +199,109 @@ impl NodeState {
             received_by: Default::default(),
             quarantined_by: Default::default(),
         };
-        let db = self.db.clone();
-        let (queued, stored) = self
-            .releasing(
-                async move { store::enqueue(&db, &env, record).await },
-                |(queued, stored)| *queued == Queued::New && stored.status == OutboxStatus::Queued,
-            )
-            .await?;
-        if queued == Queued::New {
-            if stored.status == OutboxStatus::Queued {
-                tracing::info!(message_id = %stored.message_id, officer = %caller, "queued for the hub");
-            } else {
-                tracing::info!(message_id = %stored.message_id, officer = %caller, reason = %stored.approval_reason, "awaiting four-eyes approval");
+        Ok((env, record))
+    }
+
+    async fn submit(
+        &self,
+        caller: &Identity,
+        req: pb::OfficerSubmitRequest,
+    ) -> Result<pb::OfficerSubmitResponse, NodeError> {
+        self.own_officer(caller)?;
+        let prepared = self.prepare(caller, req)?;
+        let mut results = self.store_submissions(caller, vec![prepared]).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Engine("a write answered nothing".into()).into()))
+    }
+
+    /// Checks each message of a batch on its own, then stores the valid
+    /// ones in one write; each gets its own result, in order. The whole
+    /// batch fails only when it is malformed or nothing could be stored.
+    async fn submit_batch(
+        &self,
+        caller: &Identity,
+        requests: Vec<pb::OfficerSubmitRequest>,
+    ) -> Result<Vec<Result<pb::OfficerSubmitResponse, NodeError>>, NodeError> {
+        self.own_officer(caller)?;
+        if requests.is_empty() || requests.len() > MAX_OFFICER_BATCH {
+            return Err(NodeError::BadRequest {
+                field: "messages",
+                problem: format!(
+                    "{} messages in one batch; send 1 to {MAX_OFFICER_BATCH}",
+                    requests.len()
+                ),
+            });
+        }
+        let mut results: Vec<Option<Result<pb::OfficerSubmitResponse, NodeError>>> =
+            Vec::with_capacity(requests.len());
+        let mut valid = Vec::with_capacity(requests.len());
+        for req in requests {
+            match self.prepare(caller, req) {
+                Ok(p) => {
+                    valid.push(p);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
             }
         }
-        Ok(pb::OfficerSubmitResponse {
-            message_id: stored.message_id,
-            duplicate: queued == Queued::Duplicate,
-            status: stored.status.as_str().to_owned(),
-            approval_reason: stored.approval_reason,
-        })
+        let mut stored = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.store_submissions(caller, valid).await?
+        }
+        .into_iter();
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    stored.next().unwrap_or_else(|| {
+                        Err(StoreError::Engine("a write answered too few messages".into()).into())
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Stores checked messages in the outbox in one write, waking the
+    /// pusher if any was queued; one result per message, in order.
+    async fn store_submissions(
+        &self,
+        caller: &Identity,
+        prepared: Vec<(Envelope, OutboxRecord)>,
+    ) -> Result<Vec<Result<pb::OfficerSubmitResponse, NodeError>>, NodeError> {
+        let db = self.db.clone();
+        let results = self
+            .releasing(
+                async move { store::enqueue_all(&db, prepared).await },
+                |results| {
+                    results.iter().any(|r| {
+                        r.as_ref().is_ok_and(|(queued, stored)| {
+                            *queued == Queued::New && stored.status == OutboxStatus::Queued
+                        })
+                    })
+                },
+            )
+            .await?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                let (queued, stored) = r?;
+                if queued == Queued::New {
+                    if stored.status == OutboxStatus::Queued {
+                        tracing::info!(message_id = %stored.message_id, officer = %caller, "queued for the hub");
+                    } else {
+                        tracing::info!(message_id = %stored.message_id, officer = %caller, reason = %stored.approval_reason, "awaiting four-eyes approval");
+                    }
+                }
+                Ok(pb::OfficerSubmitResponse {
+                    message_id: stored.message_id,
+                    duplicate: queued == Queued::Duplicate,
+                    status: stored.status.as_str().to_owned(),
+                    approval_reason: stored.approval_reason,
+                })
+            })
+            .collect())
     }
 
     /// Who may approve, in words, for refusals.
@@ -583,6 +669,47 @@ impl pb::officer_server::Officer for OfficerService {
         Ok(Response::new(
             self.0.submit(&caller, req.into_inner()).await?,
         ))
+    }
+
+    async fn submit_batch(
+        &self,
+        req: Request<pb::OfficerSubmitBatchRequest>,
+    ) -> Result<Response<pb::OfficerSubmitBatchResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        let messages = req.into_inner().messages;
+        // A refused message is named by the id it was sent with (escaped,
+        // and cut short: it may be what is wrong).
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|m| {
+                let id = m
+                    .labels
+                    .as_ref()
+                    .map(|l| l.message_id.as_str())
+                    .unwrap_or_default();
+                liaison_types::text::escape_line(&id.chars().take(64).collect::<String>())
+                    .into_owned()
+            })
+            .collect();
+        let results = self.0.submit_batch(&caller, messages).await?;
+        let results = results
+            .into_iter()
+            .zip(ids)
+            .map(|(r, message_id)| pb::OfficerSubmitResult {
+                result: Some(match r {
+                    Ok(resp) => pb::officer_submit_result::Result::Accepted(resp),
+                    Err(e) => {
+                        let status = Status::from(e);
+                        pb::officer_submit_result::Result::Refused(pb::RefusedSubmission {
+                            message_id,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        })
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::OfficerSubmitBatchResponse { results }))
     }
 
     async fn list_outbox(

@@ -238,39 +238,76 @@ fn next_position(txn: &mut Txn<'_>) -> Result<u64, StoreError> {
 pub async fn enqueue(
     db: &Db,
     env: &Envelope,
-    mut record: OutboxRecord,
+    record: OutboxRecord,
 ) -> Result<(Queued, OutboxRecord), NodeError> {
-    let encoded = pb::Envelope::from(env).encode_to_vec();
+    enqueue_all(db, vec![(env.clone(), record)])
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(StoreError::Engine("a write answered nothing".into()).into()))
+}
+
+/// Puts validated messages in the outbox in one write, in order, each as
+/// [`enqueue`] would. Each gets its own result: a message id already used
+/// for other content is refused (`IdReused`) without refusing the others.
+/// The whole write fails only when nothing could be stored.
+pub async fn enqueue_all(
+    db: &Db,
+    messages: Vec<(Envelope, OutboxRecord)>,
+) -> Result<Vec<Result<(Queued, OutboxRecord), NodeError>>, NodeError> {
+    let encoded: Vec<(Vec<u8>, OutboxRecord)> = messages
+        .into_iter()
+        .map(|(env, record)| (pb::Envelope::from(&env).encode_to_vec(), record))
+        .collect();
     db.write(move |txn| {
-        let key = k("o", &record.message_id);
-        if let Some(existing) = txn.get(&key)? {
-            let existing: OutboxRecord = parse(&key, &existing)?;
-            return if existing.digest == record.digest {
-                Ok((Queued::Duplicate, existing))
-            } else {
-                Err(NodeError::IdReused(record.message_id))
-            };
-        }
-        let n = next_position(txn)?;
-        record.seq = n;
-        let id = record.message_id.clone().into_bytes();
-        txn.put(keys::seq_key(b"ol/", n), id.clone());
-        match record.status {
-            OutboxStatus::Queued => txn.put(keys::seq_key(b"op/", n), id),
-            OutboxStatus::AwaitingApproval => txn.put(keys::seq_key(b"oa/", n), id),
-            other => {
-                return Err(StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    problem: format!("a new outbox record cannot be {}", other.as_str()),
-                }
-                .into())
-            }
-        }
-        txn.put(k("oe", &record.message_id), encoded);
-        txn.put(key, json(&record));
-        Ok((Queued::New, record))
+        encoded
+            .into_iter()
+            .map(
+                |(envelope, record)| match enqueue_in(txn, envelope, record) {
+                    Err(NodeError::Store(e)) => Err(e.into()),
+                    done => Ok(done),
+                },
+            )
+            .collect::<Result<Vec<_>, NodeError>>()
     })
     .await
+}
+
+/// One message of [`enqueue_all`]: a refusal of the message is `Err` with
+/// nothing staged; a store failure is `Err(NodeError::Store)`, which fails
+/// the write.
+fn enqueue_in(
+    txn: &mut Txn<'_>,
+    envelope: Vec<u8>,
+    mut record: OutboxRecord,
+) -> Result<(Queued, OutboxRecord), NodeError> {
+    let key = k("o", &record.message_id);
+    if let Some(existing) = txn.get(&key)? {
+        let existing: OutboxRecord = parse(&key, &existing)?;
+        return if existing.digest == record.digest {
+            Ok((Queued::Duplicate, existing))
+        } else {
+            Err(NodeError::IdReused(record.message_id))
+        };
+    }
+    let queue: &[u8] = match record.status {
+        OutboxStatus::Queued => b"op/",
+        OutboxStatus::AwaitingApproval => b"oa/",
+        other => {
+            return Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                problem: format!("a new outbox record cannot be {}", other.as_str()),
+            }
+            .into())
+        }
+    };
+    let n = next_position(txn)?;
+    record.seq = n;
+    let id = record.message_id.clone().into_bytes();
+    txn.put(keys::seq_key(b"ol/", n), id.clone());
+    txn.put(keys::seq_key(queue, n), id);
+    txn.put(k("oe", &record.message_id), envelope);
+    txn.put(key, json(&record));
+    Ok((Queued::New, record))
 }
 
 /// A message to push to the hub.
