@@ -9,6 +9,7 @@ use std::sync::{Mutex, RwLock};
 
 use serde::Deserialize;
 
+use crate::values::{self, Change, Ref, ValueLog, INLINE, REFERENCE, RESERVED, VALUE_LOG_MIN};
 use crate::StoreError;
 
 /// A key and its value.
@@ -63,9 +64,14 @@ impl Default for StoreOptions {
 /// here calls sled's flush and then `fdatasync` on the log file, and
 /// `fsync` on each blob file it has not synced yet and on the blob
 /// directory when it gained one; only then is a write durable.
+///
+/// Values of [`VALUE_LOG_MIN`] bytes or more live in the value log (see
+/// [`crate::values`]), synced before the tree is; every value in the tree
+/// starts with a tag byte saying whether it is the value or a reference.
 #[derive(Debug)]
 pub struct SledEngine {
     db: sled::Db,
+    values: ValueLog,
     /// sled's log file (`<dir>/db`), kept open to sync it.
     log: File,
     blobs: PathBuf,
@@ -81,6 +87,16 @@ impl SledEngine {
 
     /// Opens or creates the database in `path`.
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        Self::open_segments(path, options, values::SEGMENT_BYTES)
+    }
+
+    /// Opens or creates the database in `path`, closing value log segments
+    /// at `segment_bytes`.
+    fn open_segments(
+        path: &Path,
+        options: StoreOptions,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
@@ -91,10 +107,22 @@ impl SledEngine {
         let log = File::open(&log_path)
             .map_err(|e| StoreError::Engine(format!("opening {}: {e}", log_path.display())))?;
         let blobs = path.join("blobs");
+        tag_values(&db, path)?;
+        let mut live = BTreeMap::new();
+        for r in db.scan_prefix(values::live_prefix()) {
+            let (k, v) = r?;
+            if let (Some(segment), Ok(bytes)) =
+                (values::segment_of_live_key(&k), <[u8; 8]>::try_from(&v[..]))
+            {
+                live.insert(segment, u64::from_be_bytes(bytes));
+            }
+        }
+        let values = ValueLog::open(path.join("values"), live, segment_bytes)?;
         // Blobs present at start-up were written before a restart; sync
         // them once so that the set below can assume they are durable.
         let engine = Self {
             db,
+            values,
             log,
             blobs,
             synced_blobs: Mutex::new(BTreeSet::new()),
@@ -140,13 +168,102 @@ impl SledEngine {
     }
 }
 
+/// The format marker: every value in the tree starts with a tag byte.
+const FORMAT_KEY: &[u8] = b"\xff\xfeformat";
+const FORMAT: &[u8] = b"tagged values, value log 1";
+
+/// Makes sure every value in the tree is tagged: a new store is marked so,
+/// and a store written before the value log has each value tagged inline,
+/// in one pass, before it is used.
+fn tag_values(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
+    match db.get(FORMAT_KEY)? {
+        Some(f) if f == FORMAT => return Ok(()),
+        Some(f) => {
+            return Err(StoreError::Corrupt {
+                key: path.display().to_string(),
+                problem: format!(
+                    "the store's format is {:?}, which this version does not read; use the version that wrote it",
+                    String::from_utf8_lossy(&f)
+                ),
+            })
+        }
+        None => {}
+    }
+    let mut batch = sled::Batch::default();
+    let mut n = 0usize;
+    for r in db.iter() {
+        let (k, v) = r?;
+        let mut tagged = Vec::with_capacity(v.len() + 1);
+        tagged.push(INLINE);
+        tagged.extend_from_slice(&v);
+        batch.insert(k, tagged);
+        n += 1;
+        if n.is_multiple_of(10_000) {
+            db.apply_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    batch.insert(FORMAT_KEY, FORMAT);
+    db.apply_batch(batch)?;
+    db.flush()?;
+    if n > 0 {
+        tracing::info!(store = %path.display(), values = n, "tagged the values of a store written before the value log");
+    }
+    Ok(())
+}
+
 fn io_error(path: &Path, e: &std::io::Error) -> StoreError {
     StoreError::Engine(format!("syncing {}: {e}", path.display()))
 }
 
+impl SledEngine {
+    /// The value a stored entry holds: its inline bytes, or what its
+    /// reference points at. A reference whose bytes are gone or do not
+    /// match is read again from the tree: if the key was rewritten
+    /// meanwhile (its old value destroyed), the new value is the answer;
+    /// if not, the value is damaged.
+    fn resolve(&self, key: &[u8], mut stored: sled::IVec) -> Result<Option<Vec<u8>>, StoreError> {
+        loop {
+            match stored.first() {
+                Some(&INLINE) => return Ok(Some(stored[1..].to_vec())),
+                Some(&REFERENCE) => {}
+                _ => return Err(untagged(key)),
+            }
+            let r = Ref::decode(&stored).ok_or_else(|| untagged(key))?;
+            if let Some(v) = self.values.read(r)? {
+                return Ok(Some(v));
+            }
+            match self.db.get(key)? {
+                None => return Ok(None),
+                Some(now) if now == stored => {
+                    return Err(StoreError::Corrupt {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        problem: format!(
+                            "its value ({} bytes at offset {} of {}) is missing or does not match its checksum",
+                            r.len,
+                            r.offset,
+                            self.values.path_of(r.segment).display()
+                        ),
+                    })
+                }
+                Some(now) => stored = now,
+            }
+        }
+    }
+}
+
+fn untagged(key: &[u8]) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        problem: "its stored value has no valid tag".into(),
+    }
+}
+
 impl Engine for SledEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+        match self.db.get(key)? {
+            Some(stored) => self.resolve(key, stored),
+            None => Ok(None),
+        }
     }
 
     fn scan(
@@ -156,6 +273,8 @@ impl Engine for SledEngine {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Entry>, StoreError> {
+        // The engine's own keys are never listed.
+        let end = end.min(RESERVED);
         if start >= end {
             return Ok(Vec::new());
         }
@@ -165,29 +284,76 @@ impl Engine for SledEngine {
         } else {
             Box::new(range)
         };
-        iter.take(limit)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
-            .collect()
+        let mut out = Vec::new();
+        for r in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, stored) = r?;
+            // A value deleted between the listing and its read is skipped,
+            // as if the scan had come a moment later.
+            if let Some(v) = self.resolve(&k, stored)? {
+                out.push((k.to_vec(), v));
+            }
+        }
+        Ok(out)
     }
 
     fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        let mut change = Change::default();
         for (k, v) in writes {
+            if k.starts_with(RESERVED) {
+                return Err(StoreError::Engine(format!(
+                    "key {} is reserved for the store itself",
+                    String::from_utf8_lossy(&k)
+                )));
+            }
+            // The value this write replaces or deletes, if it is in the
+            // value log, is destroyed once this write is durable.
+            if let Some(old) = self.db.get(&k)?.as_deref().and_then(Ref::decode) {
+                change.releases(old);
+            }
             match v {
-                Some(v) => batch.insert(k, v),
+                Some(v) if v.len() >= VALUE_LOG_MIN => {
+                    let r = self.values.append(&v)?;
+                    change.stores(r);
+                    batch.insert(k, r.encode());
+                }
+                Some(v) => {
+                    let mut tagged = Vec::with_capacity(v.len() + 1);
+                    tagged.push(INLINE);
+                    tagged.extend_from_slice(&v);
+                    batch.insert(k, tagged);
+                }
                 None => batch.remove(k),
             }
         }
-        Ok(self.db.apply_batch(batch)?)
+        let counts = self.values.counts_after(&change)?;
+        for &(segment, bytes) in &counts {
+            let key = values::live_key(segment);
+            if bytes == 0 {
+                batch.remove(key);
+            } else {
+                batch.insert(key, bytes.to_be_bytes().to_vec());
+            }
+        }
+        self.db.apply_batch(batch)?;
+        self.values.applied(change, counts)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // Values first: a reference made durable below must point at
+        // durable bytes.
+        self.values.sync()?;
         self.db.flush()?;
         // sled's flush ends with sync_file_range: make it a real sync.
         self.log
             .sync_data()
             .map_err(|e| StoreError::Engine(format!("syncing the store log: {e}")))?;
-        self.sync_blobs()
+        self.sync_blobs()?;
+        // Now that the releases are durable, their values can go.
+        self.values.reclaim()
     }
 }
 
@@ -240,4 +406,204 @@ impl Engine for MemoryEngine {
 
 fn poisoned<T>(_: T) -> StoreError {
     StoreError::Engine("memory engine lock poisoned".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segments(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<_> = std::fs::read_dir(dir.join("values"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn put(engine: &SledEngine, key: &str, value: Option<Vec<u8>>) {
+        engine
+            .apply(vec![(key.as_bytes().to_vec(), value)])
+            .unwrap();
+        engine.flush().unwrap();
+    }
+
+    fn marked(mark: &str, len: usize) -> Vec<u8> {
+        let mut v = mark.as_bytes().to_vec();
+        v.resize(len, b'.');
+        v
+    }
+
+    /// A large value is written once to the value log, not into the tree;
+    /// once the write that replaced or deleted it is durable its bytes are
+    /// gone from the disk; it survives a reopen while it is live.
+    #[test]
+    fn a_replaced_or_deleted_value_is_destroyed_and_a_live_one_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = SledEngine::open(dir.path()).unwrap();
+            put(&engine, "m/1", Some(marked("SECRET-ONE", 4096)));
+            put(&engine, "m/2", Some(marked("SECRET-TWO", 4096)));
+            put(&engine, "m/3", Some(marked("SECRET-THREE", 4096)));
+            let all: Vec<u8> = segments(dir.path())
+                .into_iter()
+                .flat_map(|(_, b)| b)
+                .collect();
+            assert!(contains(&all, b"SECRET-ONE") && contains(&all, b"SECRET-TWO"));
+            put(&engine, "m/1", Some(b"labels only".to_vec()));
+            put(&engine, "m/2", None);
+            let all: Vec<u8> = segments(dir.path())
+                .into_iter()
+                .flat_map(|(_, b)| b)
+                .collect();
+            assert!(
+                !contains(&all, b"SECRET-ONE"),
+                "a replaced value's bytes remain"
+            );
+            assert!(
+                !contains(&all, b"SECRET-TWO"),
+                "a deleted value's bytes remain"
+            );
+            assert!(contains(&all, b"SECRET-THREE"));
+            // sled's own files never held the values.
+            let log = std::fs::read(dir.path().join("db")).unwrap();
+            assert!(
+                !contains(&log, b"SECRET-THREE"),
+                "the value went into the tree"
+            );
+        }
+        let engine = SledEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.get(b"m/1").unwrap(), Some(b"labels only".to_vec()));
+        assert_eq!(engine.get(b"m/2").unwrap(), None);
+        assert_eq!(
+            engine.get(b"m/3").unwrap(),
+            Some(marked("SECRET-THREE", 4096))
+        );
+    }
+
+    /// A segment nothing refers to is removed, at once or at the next
+    /// open; the one being appended to stays.
+    #[test]
+    fn a_segment_nothing_refers_to_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open_segments(dir.path(), StoreOptions::default(), 8192).unwrap();
+        for i in 0..6 {
+            put(
+                &engine,
+                &format!("k/{i}"),
+                Some(marked(&format!("v{i}"), 3000)),
+            );
+        }
+        let names: Vec<String> = segments(dir.path()).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), 3, "two values per 8 KiB segment: {names:?}");
+        put(&engine, "k/0", None);
+        assert_eq!(
+            segments(dir.path()).len(),
+            3,
+            "one value of the first is live"
+        );
+        put(&engine, "k/1", None);
+        let names: Vec<String> = segments(dir.path()).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(!names.contains(&format!("{:020}.vlog", 1)), "{names:?}");
+        for i in 2..6 {
+            assert_eq!(
+                engine.get(format!("k/{i}").as_bytes()).unwrap(),
+                Some(marked(&format!("v{i}"), 3000))
+            );
+        }
+        drop(engine);
+        let engine = SledEngine::open_segments(dir.path(), StoreOptions::default(), 8192).unwrap();
+        assert_eq!(engine.get(b"k/5").unwrap(), Some(marked("v5", 3000)));
+    }
+
+    /// A damaged value is an error naming the key and the segment, never
+    /// wrong bytes; a missing segment that holds live values stops the
+    /// store from opening.
+    #[test]
+    fn a_damaged_value_or_a_missing_segment_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = SledEngine::open(dir.path()).unwrap();
+            put(&engine, "m/1", Some(marked("VALUE", 2048)));
+        }
+        let (name, mut bytes) = segments(dir.path()).remove(0);
+        bytes[100] ^= 0x01;
+        let path = dir.path().join("values").join(&name);
+        std::fs::write(&path, &bytes).unwrap();
+        {
+            let engine = SledEngine::open(dir.path()).unwrap();
+            match engine.get(b"m/1") {
+                Err(StoreError::Corrupt { key, problem }) => {
+                    assert_eq!(key, "m/1");
+                    assert!(
+                        problem.contains(&name) && problem.contains("checksum"),
+                        "{problem}"
+                    );
+                }
+                other => panic!("expected a corrupt value, got {other:?}"),
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+        match SledEngine::open(dir.path()) {
+            Err(StoreError::Corrupt { key, problem }) => {
+                assert!(key.ends_with(&name), "{key}");
+                assert!(
+                    problem.contains("missing") && problem.contains("backup"),
+                    "{problem}"
+                );
+            }
+            other => panic!("expected the open to be refused, got {other:?}"),
+        }
+    }
+
+    /// A store written before the value log (untagged values) reads the
+    /// same after its first open.
+    #[test]
+    fn a_store_from_before_the_value_log_is_tagged_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            db.insert(b"o/1", b"{\"json\": true}".to_vec()).unwrap();
+            db.insert(b"oe/1", vec![7u8; 3000]).unwrap();
+            db.insert(b"meta/n", 5u64.to_be_bytes().to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let engine = SledEngine::open(dir.path()).unwrap();
+        assert_eq!(
+            engine.get(b"o/1").unwrap(),
+            Some(b"{\"json\": true}".to_vec())
+        );
+        assert_eq!(engine.get(b"oe/1").unwrap(), Some(vec![7u8; 3000]));
+        assert_eq!(
+            engine.get(b"meta/n").unwrap(),
+            Some(5u64.to_be_bytes().to_vec())
+        );
+        let all = engine.scan(b"", &[0xff], usize::MAX, false).unwrap();
+        assert_eq!(all.len(), 3, "{all:?}");
+        // Rewriting the old large value moves it to the value log.
+        put(&engine, "oe/1", Some(vec![8u8; 3000]));
+        assert_eq!(engine.get(b"oe/1").unwrap(), Some(vec![8u8; 3000]));
+    }
+
+    /// The engine's own keys cannot be written by its users.
+    #[test]
+    fn reserved_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(dir.path()).unwrap();
+        let err = engine
+            .apply(vec![(b"\xff\xfevlog/x".to_vec(), Some(b"1".to_vec()))])
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+    }
 }

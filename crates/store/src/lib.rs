@@ -24,6 +24,7 @@ pub mod conformance;
 mod engine;
 pub mod keys;
 pub mod testing;
+mod values;
 
 use std::collections::BTreeMap;
 use std::path::Path;
