@@ -283,15 +283,30 @@ impl NodeState {
                 },
             )
             .await?;
-        Ok(results
+        // One line per message for a single submit; a batch gets one line
+        // with its counts, and its messages' lines at debug level (the
+        // outbox records who submitted each).
+        let single = results.len() == 1;
+        let (mut queued_n, mut awaiting_n) = (0usize, 0usize);
+        let results: Vec<_> = results
             .into_iter()
             .map(|r| {
                 let (queued, stored) = r?;
                 if queued == Queued::New {
                     if stored.status == OutboxStatus::Queued {
-                        tracing::info!(message_id = %stored.message_id, officer = %caller, "queued for the hub");
+                        queued_n += 1;
+                        if single {
+                            tracing::info!(message_id = %stored.message_id, officer = %caller, "queued for the hub");
+                        } else {
+                            tracing::debug!(message_id = %stored.message_id, officer = %caller, "queued for the hub");
+                        }
                     } else {
-                        tracing::info!(message_id = %stored.message_id, officer = %caller, reason = %stored.approval_reason, "awaiting four-eyes approval");
+                        awaiting_n += 1;
+                        if single {
+                            tracing::info!(message_id = %stored.message_id, officer = %caller, reason = %stored.approval_reason, "awaiting four-eyes approval");
+                        } else {
+                            tracing::debug!(message_id = %stored.message_id, officer = %caller, reason = %stored.approval_reason, "awaiting four-eyes approval");
+                        }
                     }
                 }
                 Ok(pb::OfficerSubmitResponse {
@@ -301,7 +316,11 @@ impl NodeState {
                     approval_reason: stored.approval_reason,
                 })
             })
-            .collect())
+            .collect();
+        if !single {
+            tracing::info!(officer = %caller, messages = results.len(), queued = queued_n, awaiting_approval = awaiting_n, "stored a batch in the outbox");
+        }
+        Ok(results)
     }
 
     /// Who may approve, in words, for refusals.
