@@ -300,15 +300,16 @@ impl Engine for SledEngine {
     }
 
     fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        // Refused before anything is appended to the value log.
+        if let Some((k, _)) = writes.iter().find(|(k, _)| k.starts_with(RESERVED)) {
+            return Err(StoreError::Engine(format!(
+                "key {} is reserved for the store itself",
+                String::from_utf8_lossy(k)
+            )));
+        }
         let mut batch = sled::Batch::default();
         let mut change = Change::default();
         for (k, v) in writes {
-            if k.starts_with(RESERVED) {
-                return Err(StoreError::Engine(format!(
-                    "key {} is reserved for the store itself",
-                    String::from_utf8_lossy(&k)
-                )));
-            }
             // The value this write replaces or deletes, if it is in the
             // value log, is destroyed once this write is durable.
             if let Some(old) = self.db.get(&k)?.as_deref().and_then(Ref::decode) {
@@ -602,8 +603,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = SledEngine::open(dir.path()).unwrap();
         let err = engine
-            .apply(vec![(b"\xff\xfevlog/x".to_vec(), Some(b"1".to_vec()))])
+            .apply(vec![
+                (b"m/1".to_vec(), Some(vec![1u8; 4096])),
+                (b"\xff\xfevlog/x".to_vec(), Some(b"1".to_vec())),
+            ])
             .unwrap_err();
         assert!(err.to_string().contains("reserved"), "{err}");
+        // Nothing of the refused batch was written, in the tree or the log.
+        assert_eq!(engine.get(b"m/1").unwrap(), None);
+        assert!(segments(dir.path()).iter().all(|(_, b)| b.is_empty()));
     }
 }
