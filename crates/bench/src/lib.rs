@@ -93,6 +93,10 @@ pub const DEFAULT_BODIES: [usize; 2] = [100, 1000];
 /// See [`DEFAULT_BODIES`].
 pub const QUICK_BODIES: [usize; 1] = [24];
 
+/// Most bytes of messages in one officer batch of the bench, under a
+/// node's default request limit (512 KiB).
+const OFFICER_BATCH_BYTES: usize = 384 * 1024;
+
 /// The largest payload: an alert's text holds at most 64 KiB, and a
 /// message has no attachments, so larger messages cannot be expressed.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -370,7 +374,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         progress(&format!("batched pipe, saturation, c{c}, fan-out {k}"));
         report
             .scenarios
-            .push(fed.saturate(c, k, window, &report.echo).await?);
+            .push(fed.saturate(c, k, window, &report.echo, None).await?);
     }
     let pipe: &[(usize, usize, usize)] = if opts.quick {
         &[(2, 64, 1)]
@@ -378,11 +382,13 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         &[(4, 256, 1), (4, 256, 10)]
     };
     for &(c, batch, k) in pipe {
+        // A batch stays under the node's 512 KiB request limit.
+        let batch = batch.min(OFFICER_BATCH_BYTES / (opts.payload + 512)).max(1);
         progress(&format!(
             "batched pipe, officer batches of {batch}, c{c}, fan-out {k}"
         ));
         report.scenarios.push(
-            fed.saturate_batches(c, batch, k, window, &report.echo)
+            fed.saturate(c, k, window, &report.echo, Some(batch))
                 .await?,
         );
     }
@@ -416,7 +422,7 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         ));
         report
             .scenarios
-            .push(fed.saturate(c, 1, window, &report.echo).await?);
+            .push(fed.saturate(c, 1, window, &report.echo, None).await?);
     }
     fed.shutdown().await?;
 
@@ -460,7 +466,7 @@ async fn bodies(
     let fed = Fed::connect(sandbox, true, opts.payload).await?;
     fed.warm_up().await?;
     let connected = fed.sandbox.hub_pid().and_then(proc::rss).unwrap_or(0);
-    let fig = fed.saturate(64, 1, window, &[]).await?;
+    let fig = fed.saturate(64, 1, window, &[], None).await?;
     peers.check()?;
     drop(peers);
     fed.shutdown().await?;
@@ -739,7 +745,7 @@ impl Fed {
     async fn warm_up(&self) -> Result<(), BenchError> {
         self.reset();
         let submitted = self
-            .closed_loop(4, BODIES - 1, Duration::from_millis(300))
+            .closed_loop(4, BODIES - 1, Duration::from_millis(300), None)
             .await?;
         self.wait_all(submitted).await?;
         Ok(())
@@ -832,13 +838,15 @@ impl Fed {
         Ok(())
     }
 
-    /// `concurrency` officers submit back to back for `window`; returns how
-    /// many messages they submitted.
+    /// `concurrency` officers submit back to back for `window`, one
+    /// `Officer.Submit` per message, or `batch` messages per
+    /// `Officer.SubmitBatch`; returns how many messages they submitted.
     async fn closed_loop(
         &self,
         concurrency: usize,
         recipients: usize,
         window: Duration,
+        batch: Option<usize>,
     ) -> Result<u64, BenchError> {
         let end = Instant::now() + window;
         let tasks: Vec<_> = (0..concurrency)
@@ -849,13 +857,32 @@ impl Fed {
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while Instant::now() < end {
-                        let mut req = template.clone();
-                        let id = uuid::Uuid::new_v4().to_string();
-                        if let Some(l) = req.labels.as_mut() {
-                            l.message_id.clone_from(&id);
+                        let messages: Vec<_> = (0..batch.unwrap_or(1))
+                            .map(|_| {
+                                let mut req = template.clone();
+                                if let Some(l) = req.labels.as_mut() {
+                                    l.message_id = uuid::Uuid::new_v4().to_string();
+                                }
+                                req
+                            })
+                            .collect();
+                        {
+                            let now = Instant::now();
+                            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                            for m in &messages {
+                                let id = m.labels.as_ref().map(|l| l.message_id.clone());
+                                t.open.insert(id.unwrap_or_default(), (now, recipients));
+                            }
                         }
-                        Self::submit_one(&mut sender, &tracker, id, req, recipients).await?;
-                        n += 1;
+                        n += messages.len() as u64;
+                        match batch {
+                            Some(_) => Self::officer_submit_batch(&mut sender, messages).await?,
+                            None => {
+                                for m in messages {
+                                    Self::officer_submit(&mut sender, m).await?;
+                                }
+                            }
+                        }
                     }
                     Ok::<_, BenchError>(n)
                 })
@@ -903,101 +930,45 @@ impl Fed {
         }
     }
 
-    /// Measures one closed-loop scenario.
+    /// Measures one closed-loop scenario: one `Officer.Submit` per message,
+    /// or `batch` messages per `Officer.SubmitBatch` (the batched pipe from
+    /// the officer on, whose ratio is to the echo's best calls per second:
+    /// messages per second against what the stack answers one call at a
+    /// time).
     async fn saturate(
         &self,
         concurrency: usize,
         recipients: usize,
         window: Duration,
         echo: &[EchoFigure],
+        batch: Option<usize>,
     ) -> Result<ScenarioFigure, BenchError> {
         let before = self.counters();
         self.reset();
         let start = Instant::now();
-        let submitted = self.closed_loop(concurrency, recipients, window).await?;
+        let submitted = self
+            .closed_loop(concurrency, recipients, window, batch)
+            .await?;
         self.wait_all(submitted).await?;
-        let mut fig = self.figure(
-            format!("saturation c{concurrency} fan-out {recipients}"),
-            start,
-            submitted,
-            recipients,
-            &before,
-        )?;
+        let name = match batch {
+            None => format!("saturation c{concurrency} fan-out {recipients}"),
+            Some(b) => format!("officer batches of {b}, c{concurrency}, fan-out {recipients}"),
+        };
+        let mut fig = self.figure(name, start, submitted, recipients, &before)?;
         fig.concurrency = Some(concurrency);
-        if let Some(e) = echo.iter().find(|e| e.concurrency == concurrency) {
-            fig.ratio_to_echo = Some(fig.msgs_per_s / e.rps);
-            fig.p50_ratio_to_echo = Some(fig.p50_us as f64 / e.p50_us.max(1) as f64);
-        }
-        Ok(fig)
-    }
-
-    /// Measures `concurrency` officers each sending `batch` messages per
-    /// `Officer.SubmitBatch`, back to back, for `window`: the batched pipe
-    /// from the officer on. Its ratio is to the echo's best (c64) calls per
-    /// second: messages per second against what the stack answers one call
-    /// at a time.
-    async fn saturate_batches(
-        &self,
-        concurrency: usize,
-        batch: usize,
-        recipients: usize,
-        window: Duration,
-        echo: &[EchoFigure],
-    ) -> Result<ScenarioFigure, BenchError> {
-        let before = self.counters();
-        self.reset();
-        let start = Instant::now();
-        let end = start + window;
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let mut sender = self.sender.clone();
-                let tracker = Arc::clone(&self.tracker);
-                let (_, template) = self.message(recipients);
-                tokio::spawn(async move {
-                    let mut n = 0u64;
-                    while Instant::now() < end {
-                        let messages: Vec<_> = (0..batch)
-                            .map(|_| {
-                                let mut req = template.clone();
-                                if let Some(l) = req.labels.as_mut() {
-                                    l.message_id = uuid::Uuid::new_v4().to_string();
-                                }
-                                req
-                            })
-                            .collect();
-                        {
-                            let now = Instant::now();
-                            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                            for m in &messages {
-                                let id = m.labels.as_ref().map(|l| l.message_id.clone());
-                                t.open.insert(id.unwrap_or_default(), (now, recipients));
-                            }
-                        }
-                        Self::officer_submit_batch(&mut sender, messages).await?;
-                        n += batch as u64;
-                    }
-                    Ok::<_, BenchError>(n)
-                })
-            })
-            .collect();
-        let mut submitted = 0;
-        for t in tasks {
-            submitted += t
-                .await
-                .map_err(|e| BenchError::Io(format!("submit task: {e}")))??;
-        }
-        self.wait_all(submitted).await?;
-        let mut fig = self.figure(
-            format!("officer batches of {batch}, c{concurrency}, fan-out {recipients}"),
-            start,
-            submitted,
-            recipients,
-            &before,
-        )?;
-        fig.concurrency = Some(concurrency);
-        fig.officer_batch = Some(batch);
-        if let Some(e) = echo.iter().max_by_key(|e| e.concurrency) {
-            fig.ratio_to_echo = Some(fig.msgs_per_s / e.rps);
+        fig.officer_batch = batch;
+        match batch {
+            None => {
+                if let Some(e) = echo.iter().find(|e| e.concurrency == concurrency) {
+                    fig.ratio_to_echo = Some(fig.msgs_per_s / e.rps);
+                    fig.p50_ratio_to_echo = Some(fig.p50_us as f64 / e.p50_us.max(1) as f64);
+                }
+            }
+            Some(_) => {
+                if let Some(e) = echo.iter().max_by_key(|e| e.concurrency) {
+                    fig.ratio_to_echo = Some(fig.msgs_per_s / e.rps);
+                }
+            }
         }
         Ok(fig)
     }
