@@ -782,7 +782,7 @@ impl Fed {
         &self,
         to: impl IntoIterator<Item = usize>,
     ) -> (String, pb::OfficerSubmitRequest) {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = liaison_types::new_message_id();
         let mut labels = Self::message_labels(to);
         labels.message_id.clone_from(&id);
         let body = pb::Body {
@@ -861,7 +861,7 @@ impl Fed {
                             .map(|_| {
                                 let mut req = template.clone();
                                 if let Some(l) = req.labels.as_mut() {
-                                    l.message_id = uuid::Uuid::new_v4().to_string();
+                                    l.message_id = liaison_types::new_message_id();
                                 }
                                 req
                             })
@@ -1115,7 +1115,7 @@ impl Fed {
                     while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
                         let mut req = template.clone();
                         if let Some(l) = req.labels.as_mut() {
-                            l.message_id = uuid::Uuid::new_v4().to_string();
+                            l.message_id = liaison_types::new_message_id();
                         }
                         Self::officer_submit(&mut sender, req).await?;
                     }
@@ -1319,7 +1319,7 @@ mod tests {
             let mut labels = Fed::message_labels(to.clone());
             labels.origin = body(0);
             labels.created_at_ms = 1;
-            labels.message_id = uuid::Uuid::new_v4().to_string();
+            labels.message_id = liaison_types::new_message_id();
             let env = pb::Envelope {
                 labels: Some(labels),
                 body: Vec::new(),

@@ -512,7 +512,7 @@ async fn collect_audit(
 async fn spoof_attempt(sandbox: &Sandbox) -> Result<tonic::Status> {
     let (mut labels, body) = toml::from_str::<MessageSpec>(DEMO_MESSAGES[1].1)?.to_request()?;
     labels.origin = "frontex".into();
-    labels.message_id = uuid::Uuid::new_v4().to_string();
+    labels.message_id = liaison_types::new_message_id();
     labels.created_at_ms = liaison_types::now_ms();
     let result = sandbox
         .hub_as("europol/node")

@@ -130,7 +130,7 @@ impl NodeState {
         }
         labels.origin = self.body.to_string();
         if labels.message_id.is_empty() {
-            labels.message_id = uuid::Uuid::new_v4().to_string();
+            labels.message_id = liaison_types::new_message_id();
         }
         // The node, not the officer, says when a message was created.
         labels.created_at_ms = now_ms();

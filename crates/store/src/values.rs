@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::StoreError;
 
 /// Values of at least this many bytes go to the value log.
-pub const VALUE_LOG_MIN: usize = 1024;
+pub const VALUE_LOG_MIN: usize = 256;
 
 /// A segment is closed once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;

@@ -13,7 +13,7 @@ pub mod text;
 mod time;
 
 pub use envelope::{
-    normalise_message_id, uuid_field, DecisionRecord, Envelope, Labels, TypedBody,
+    new_message_id, normalise_message_id, uuid_field, DecisionRecord, Envelope, Labels, TypedBody,
     UnaddressedRecord, MAX_BODY_BYTES,
 };
 pub use identity::{Identity, IdentityError, Role};
