@@ -171,10 +171,22 @@ impl SledEngine {
 /// The format marker: every value in the tree starts with a tag byte.
 const FORMAT_KEY: &[u8] = b"\xff\xfeformat";
 const FORMAT: &[u8] = b"tagged values, value log 1";
+/// While a store from before the value log is being tagged: the last key
+/// tagged, written in the same batch as its chunk.
+const TAGGED_UPTO_KEY: &[u8] = b"\xff\xfetagged_upto";
+
+/// A value as the tree holds it inline: the tag, then the bytes.
+fn inline(value: &[u8]) -> Vec<u8> {
+    let mut tagged = Vec::with_capacity(value.len() + 1);
+    tagged.push(INLINE);
+    tagged.extend_from_slice(value);
+    tagged
+}
 
 /// Makes sure every value in the tree is tagged: a new store is marked so,
 /// and a store written before the value log has each value tagged inline,
-/// in one pass, before it is used.
+/// in chunks that each record how far they got, so that a crash in the
+/// middle resumes where it stopped instead of tagging a value twice.
 fn tag_values(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
     match db.get(FORMAT_KEY)? {
         Some(f) if f == FORMAT => return Ok(()),
@@ -189,19 +201,22 @@ fn tag_values(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
         }
         None => {}
     }
+    let start = match db.get(TAGGED_UPTO_KEY)? {
+        Some(last) => std::ops::Bound::Excluded(last.to_vec()),
+        None => std::ops::Bound::Unbounded,
+    };
     let mut batch = sled::Batch::default();
     let mut n = 0usize;
-    for r in db.iter() {
+    for r in db.range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(RESERVED.to_vec()))) {
         let (k, v) = r?;
-        let mut tagged = Vec::with_capacity(v.len() + 1);
-        tagged.push(INLINE);
-        tagged.extend_from_slice(&v);
-        batch.insert(k, tagged);
+        batch.insert(k.clone(), inline(&v));
         n += 1;
         if n.is_multiple_of(10_000) {
+            batch.insert(TAGGED_UPTO_KEY, k);
             db.apply_batch(std::mem::take(&mut batch))?;
         }
     }
+    batch.remove(TAGGED_UPTO_KEY);
     batch.insert(FORMAT_KEY, FORMAT);
     db.apply_batch(batch)?;
     db.flush()?;
@@ -321,12 +336,7 @@ impl Engine for SledEngine {
                     change.stores(r);
                     batch.insert(k, r.encode());
                 }
-                Some(v) => {
-                    let mut tagged = Vec::with_capacity(v.len() + 1);
-                    tagged.push(INLINE);
-                    tagged.extend_from_slice(&v);
-                    batch.insert(k, tagged);
-                }
+                Some(v) => batch.insert(k, inline(&v)),
                 None => batch.remove(k),
             }
         }
@@ -595,6 +605,29 @@ mod tests {
         // Rewriting the old large value moves it to the value log.
         put(&engine, "oe/1", Some(vec![8u8; 3000]));
         assert_eq!(engine.get(b"oe/1").unwrap(), Some(vec![8u8; 3000]));
+    }
+
+    /// Tagging that a crash cut short resumes after the last chunk it
+    /// recorded: what it tagged is not tagged twice.
+    #[test]
+    fn tagging_cut_short_resumes_without_tagging_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            // The first chunk was tagged and recorded; the rest was not.
+            db.insert(b"a/1", inline(b"one")).unwrap();
+            db.insert(TAGGED_UPTO_KEY, b"a/1".to_vec()).unwrap();
+            db.insert(b"a/2", b"two".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let engine = SledEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.get(b"a/1").unwrap(), Some(b"one".to_vec()));
+        assert_eq!(engine.get(b"a/2").unwrap(), Some(b"two".to_vec()));
+        assert_eq!(engine.db.get(TAGGED_UPTO_KEY).unwrap(), None);
+        drop(engine);
+        // Opening again changes nothing.
+        let engine = SledEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.get(b"a/1").unwrap(), Some(b"one".to_vec()));
     }
 
     /// The engine's own keys cannot be written by its users.
