@@ -1236,8 +1236,7 @@ impl pb::federation_server::Federation for FederationService {
                     .and_then(|e| e.labels.as_ref())
                     .map(|l| l.message_id.as_str())
                     .unwrap_or_default();
-                liaison_types::text::escape_line(&id.chars().take(64).collect::<String>())
-                    .into_owned()
+                liaison_types::text::escape_line_prefix(id, 64)
             })
             .collect();
         let results = self.0.submit_batch(&caller, submissions).await?;
@@ -1247,14 +1246,9 @@ impl pb::federation_server::Federation for FederationService {
             .map(|(r, message_id)| pb::SubmitResult {
                 result: Some(match r {
                     Ok(resp) => pb::submit_result::Result::Accepted(resp),
-                    Err(e) => {
-                        let status = Status::from(e);
-                        pb::submit_result::Result::Refused(pb::RefusedSubmission {
-                            message_id,
-                            code: status.code() as i32,
-                            message: status.message().to_owned(),
-                        })
-                    }
+                    Err(e) => pb::submit_result::Result::Refused(
+                        liaison_proto::status::refused_submission(message_id, &Status::from(e)),
+                    ),
                 }),
             })
             .collect();

@@ -706,8 +706,7 @@ impl pb::officer_server::Officer for OfficerService {
                     .as_ref()
                     .map(|l| l.message_id.as_str())
                     .unwrap_or_default();
-                liaison_types::text::escape_line(&id.chars().take(64).collect::<String>())
-                    .into_owned()
+                liaison_types::text::escape_line_prefix(id, 64)
             })
             .collect();
         let results = self.0.submit_batch(&caller, messages).await?;
@@ -717,14 +716,9 @@ impl pb::officer_server::Officer for OfficerService {
             .map(|(r, message_id)| pb::OfficerSubmitResult {
                 result: Some(match r {
                     Ok(resp) => pb::officer_submit_result::Result::Accepted(resp),
-                    Err(e) => {
-                        let status = Status::from(e);
-                        pb::officer_submit_result::Result::Refused(pb::RefusedSubmission {
-                            message_id,
-                            code: status.code() as i32,
-                            message: status.message().to_owned(),
-                        })
-                    }
+                    Err(e) => pb::officer_submit_result::Result::Refused(
+                        liaison_proto::status::refused_submission(message_id, &Status::from(e)),
+                    ),
                 }),
             })
             .collect();

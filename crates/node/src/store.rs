@@ -97,7 +97,7 @@ pub struct OutboxRecord {
     pub unaddressed: Vec<UnaddressedRecord>,
     /// Policy version that routed it.
     pub policy_version: String,
-    /// Position in the outbox order (`ol/<n>`); set by [`enqueue`].
+    /// Position in the outbox order (`ol/<n>`); set by [`enqueue_all`].
     #[serde(default)]
     pub seq: u64,
     /// Why it needs a second officer's approval; empty if it does not.
@@ -231,23 +231,10 @@ fn next_position(txn: &mut Txn<'_>) -> Result<u64, StoreError> {
     Ok(n)
 }
 
-/// Puts a validated message in the outbox, atomically: in the push queue if
-/// its status is `Queued`, among the messages awaiting approval if it is
-/// `AwaitingApproval`. Returns whether it was new, and the stored record
-/// (the original one for a duplicate).
-pub async fn enqueue(
-    db: &Db,
-    env: &Envelope,
-    record: OutboxRecord,
-) -> Result<(Queued, OutboxRecord), NodeError> {
-    enqueue_all(db, vec![(env.clone(), record)])
-        .await?
-        .pop()
-        .unwrap_or_else(|| Err(StoreError::Engine("a write answered nothing".into()).into()))
-}
-
-/// Puts validated messages in the outbox in one write, in order, each as
-/// [`enqueue`] would. Each gets its own result: a message id already used
+/// Puts validated messages in the outbox in one write, in order: each in
+/// the push queue if its status is `Queued`, among the messages awaiting
+/// approval if it is `AwaitingApproval`, with whether it was new and the
+/// stored record (the original one for a duplicate). Each gets its own result: a message id already used
 /// for other content is refused (`IdReused`) without refusing the others.
 /// The whole write fails only when nothing could be stored.
 pub async fn enqueue_all(
@@ -1323,7 +1310,7 @@ mod tests {
 
     async fn submit(db: &Db, status: OutboxStatus) -> String {
         let env = message();
-        let (queued, rec) = enqueue(db, &env, record(&env, status)).await.unwrap();
+        let (queued, rec) = enqueue(db, &env, record(&env, status)).await;
         assert_eq!(queued, Queued::New);
         assert_eq!(rec.status, status);
         rec.message_id
@@ -1471,16 +1458,23 @@ mod tests {
         assert_eq!(status(&db, &plain).status, OutboxStatus::Queued);
     }
 
+    /// One message through `enqueue_all`, which must accept it.
+    async fn enqueue(db: &Db, env: &Envelope, record: OutboxRecord) -> (Queued, OutboxRecord) {
+        enqueue_all(db, vec![(env.clone(), record)])
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_resubmitted_awaiting_message_stays_awaiting() {
         let db = Db::in_memory();
         let env = message();
-        let (_, first) = enqueue(&db, &env, record(&env, OutboxStatus::AwaitingApproval))
-            .await
-            .unwrap();
-        let (queued, again) = enqueue(&db, &env, record(&env, OutboxStatus::AwaitingApproval))
-            .await
-            .unwrap();
+        let (_, first) = enqueue(&db, &env, record(&env, OutboxStatus::AwaitingApproval)).await;
+        let (queued, again) =
+            enqueue(&db, &env, record(&env, OutboxStatus::AwaitingApproval)).await;
         assert_eq!(queued, Queued::Duplicate);
         assert_eq!(again, first);
         assert_eq!(waiting(&db).len(), 1);

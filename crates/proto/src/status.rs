@@ -23,6 +23,16 @@
 
 use tonic::{Code, Status};
 
+/// A message of a batch refused with `status`, named by the id it was sent
+/// with (which the caller escapes and bounds: it may be what is wrong).
+pub fn refused_submission(message_id: String, status: &Status) -> crate::v1::RefusedSubmission {
+    crate::v1::RefusedSubmission {
+        message_id,
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
+}
+
 /// Whose fault a status says it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

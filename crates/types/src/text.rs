@@ -143,6 +143,13 @@ pub fn escape_line(s: &str) -> Cow<'_, str> {
     escape(s, breaks_line)
 }
 
+/// At most the first `max_chars` characters of `s`, escaped as by
+/// [`escape_line`]: how a caller's id is echoed back when it may be what is
+/// wrong (too long, or not printable).
+pub fn escape_line_prefix(s: &str, max_chars: usize) -> String {
+    escape_line(&s.chars().take(max_chars).collect::<String>()).into_owned()
+}
+
 /// `s` for multi-line human output: as [`escape_line`], but newlines and
 /// tabs are kept.
 pub fn escape_text(s: &str) -> Cow<'_, str> {
@@ -152,6 +159,13 @@ pub fn escape_text(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_is_cut_by_characters_then_escaped() {
+        assert_eq!(escape_line_prefix("é\nabc", 3), "é\\u{a}a");
+        assert_eq!(escape_line_prefix("short", 64), "short");
+        assert_eq!(escape_line_prefix(&"x".repeat(100), 64).len(), 64);
+    }
 
     #[test]
     fn a_line_refuses_every_line_break_and_control() {
