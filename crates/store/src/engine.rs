@@ -109,7 +109,7 @@ impl SledEngine {
         let blobs = path.join("blobs");
         tag_values(&db, path)?;
         let mut live = BTreeMap::new();
-        for r in db.scan_prefix(values::live_prefix()) {
+        for r in db.scan_prefix(values::LIVE_PREFIX) {
             let (k, v) = r?;
             if let (Some(segment), Ok(bytes)) =
                 (values::segment_of_live_key(&k), <[u8; 8]>::try_from(&v[..]))

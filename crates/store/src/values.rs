@@ -44,7 +44,7 @@ pub(crate) const REFERENCE: u8 = 1;
 /// every key the hub and nodes use (all printable ASCII).
 pub(crate) const RESERVED: &[u8] = b"\xff\xfe";
 /// Live bytes of a segment: `RESERVED ++ "vlog/" ++ segment (big-endian)`.
-const LIVE_PREFIX: &[u8] = b"\xff\xfevlog/";
+pub(crate) const LIVE_PREFIX: &[u8] = b"\xff\xfevlog/";
 
 /// Where a value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +96,6 @@ pub(crate) fn live_key(segment: u64) -> Vec<u8> {
 pub(crate) fn segment_of_live_key(key: &[u8]) -> Option<u64> {
     let rest = key.strip_prefix(LIVE_PREFIX)?;
     Some(u64::from_be_bytes(rest.try_into().ok()?))
-}
-
-/// The reserved prefix of the live-bytes keys, to list them.
-pub(crate) fn live_prefix() -> &'static [u8] {
-    LIVE_PREFIX
 }
 
 /// The segment files, the one being appended to, and what to sync and
