@@ -1,7 +1,12 @@
 //! The node's durable outbox and inbox on top of [`liaison_store::Db`].
 //!
 //! Keys:
-//! - `o/<id>`: outbox record (JSON), `oe/<id>`: its envelope (encoded proto);
+//! - `o/<id>`: outbox record (JSON), `oe/<id>`: its envelope (encoded proto),
+//!   `oh/<id>`: the hub's answer to its push (`StoredPushAnswer`),
+//!   `ok/<id>/<recipient>`: a recipient's receipt (`StoredReceipt`). The
+//!   answer and the receipts are written beside the record, not into it, so
+//!   that each is one small write; [`read_outbox`] lays them over the
+//!   record (records of earlier versions hold them themselves);
 //! - `ol/<n>`: outbox order (newest last), `op/<n>`: still to push to the hub
 //!   (only messages released: `queued`), `oa/<n>`: awaiting a second
 //!   officer's approval (four-eyes release), never pushed until approved;
@@ -18,12 +23,15 @@
 //! - `meta/*`: counters and the last hub position stored.
 
 use liaison_proto::v1 as pb;
-use liaison_store::{from_json as parse, keys, to_json as json, Db, StoreError, Txn};
+use liaison_store::{from_json as parse, keys, to_json as json, Db, Reader, StoreError, Txn};
 use liaison_types::{DecisionRecord, Envelope, UnaddressedRecord};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeError;
+
+mod order;
+use order::Appends;
 
 /// An outbox entry's state.
 ///
@@ -199,6 +207,73 @@ fn k(prefix: &str, id: &str) -> Vec<u8> {
     format!("{prefix}/{id}").into_bytes()
 }
 
+fn corrupt(key: &[u8], problem: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+/// The prefix of a message's receipts: `ok/<id>/`.
+fn receipts_prefix(id: &str) -> Vec<u8> {
+    format!("ok/{id}/").into_bytes()
+}
+
+/// Reads an outbox record as it stands: the stored record, with the hub's
+/// answer to its push (`oh/<id>`) and its recipients' receipts
+/// (`ok/<id>/<recipient>`) laid over it. A record rewritten after the
+/// answer (a retraction, say) already holds it and no longer says
+/// `queued`, so the answer is laid over a queued record only.
+pub fn read_outbox(r: &impl Reader, id: &str) -> Result<Option<OutboxRecord>, StoreError> {
+    let key = k("o", id);
+    let Some(bytes) = r.get(&key)? else {
+        return Ok(None);
+    };
+    let mut rec: OutboxRecord = parse(&key, &bytes)?;
+    if rec.status == OutboxStatus::Queued {
+        let akey = k("oh", id);
+        if let Some(b) = r.get(&akey)? {
+            let answer =
+                pb::StoredPushAnswer::decode(b.as_slice()).map_err(|e| corrupt(&akey, e))?;
+            rec.attempts += 1;
+            match answer.outcome {
+                Some(pb::stored_push_answer::Outcome::Routed(resp)) => {
+                    rec.status = OutboxStatus::Routed;
+                    rec.decisions = resp.decisions.iter().map(DecisionRecord::from).collect();
+                    rec.unaddressed = resp
+                        .unaddressed
+                        .iter()
+                        .map(UnaddressedRecord::from)
+                        .collect();
+                    rec.policy_version = resp.policy_version;
+                    rec.last_error.clear();
+                }
+                Some(pb::stored_push_answer::Outcome::Rejected(why)) => {
+                    rec.status = OutboxStatus::Rejected;
+                    rec.last_error = why;
+                }
+                None => return Err(corrupt(&akey, "the answer is neither routed nor rejected")),
+            }
+        }
+    }
+    let prefix = receipts_prefix(id);
+    for (rkey, value) in r.scan_prefix(&prefix, usize::MAX)? {
+        let recipient = String::from_utf8_lossy(&rkey[prefix.len()..]).into_owned();
+        let receipt = pb::StoredReceipt::decode(value.as_slice()).map_err(|e| corrupt(&rkey, e))?;
+        match receipt.quarantined {
+            None => {
+                rec.received_by.entry(recipient).or_insert(receipt.at_ms);
+            }
+            Some(reason) => {
+                rec.quarantined_by
+                    .entry(recipient)
+                    .or_insert((receipt.at_ms, reason));
+            }
+        }
+    }
+    Ok(Some(rec))
+}
+
 /// Digest of what the officer asked for: the envelope without the node's
 /// creation time, so that a retry with the same message id matches.
 pub fn submission_digest(env: &Envelope) -> String {
@@ -246,15 +321,18 @@ pub async fn enqueue_all(
         .map(|(env, record)| (pb::Envelope::from(&env).encode_to_vec(), record))
         .collect();
     db.write(move |txn| {
-        encoded
+        let mut appends = Appends::default();
+        let results = encoded
             .into_iter()
             .map(
-                |(envelope, record)| match enqueue_in(txn, envelope, record) {
+                |(envelope, record)| match enqueue_in(txn, &mut appends, envelope, record) {
                     Err(NodeError::Store(e)) => Err(e.into()),
                     done => Ok(done),
                 },
             )
-            .collect::<Result<Vec<_>, NodeError>>()
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        appends.write(txn);
+        Ok(results)
     })
     .await
 }
@@ -264,21 +342,21 @@ pub async fn enqueue_all(
 /// the write.
 fn enqueue_in(
     txn: &mut Txn<'_>,
+    appends: &mut Appends,
     envelope: Vec<u8>,
     mut record: OutboxRecord,
 ) -> Result<(Queued, OutboxRecord), NodeError> {
     let key = k("o", &record.message_id);
-    if let Some(existing) = txn.get(&key)? {
-        let existing: OutboxRecord = parse(&key, &existing)?;
+    if let Some(existing) = read_outbox(txn, &record.message_id)? {
         return if existing.digest == record.digest {
             Ok((Queued::Duplicate, existing))
         } else {
             Err(NodeError::IdReused(record.message_id))
         };
     }
-    let queue: &[u8] = match record.status {
-        OutboxStatus::Queued => b"op/",
-        OutboxStatus::AwaitingApproval => b"oa/",
+    let pushed = match record.status {
+        OutboxStatus::Queued => true,
+        OutboxStatus::AwaitingApproval => false,
         other => {
             return Err(StoreError::Corrupt {
                 key: String::from_utf8_lossy(&key).into_owned(),
@@ -289,9 +367,16 @@ fn enqueue_in(
     };
     let n = next_position(txn)?;
     record.seq = n;
-    let id = record.message_id.clone().into_bytes();
-    txn.put(keys::seq_key(b"ol/", n), id.clone());
-    txn.put(keys::seq_key(queue, n), id);
+    appends.push(b"ol/", n, &record.message_id);
+    if pushed {
+        appends.push(b"op/", n, &record.message_id);
+    } else {
+        // Few messages wait for approval, and each leaves on its own.
+        txn.put(
+            keys::seq_key(b"oa/", n),
+            record.message_id.clone().into_bytes(),
+        );
+    }
     txn.put(k("oe", &record.message_id), envelope);
     txn.put(key, json(&record));
     Ok((Queued::New, record))
@@ -316,10 +401,9 @@ pub struct Pending {
 
 /// The oldest messages still to push.
 pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
-    db.scan_prefix(b"op/", limit)?
+    order::first(db, b"op/", limit)?
         .into_iter()
-        .map(|(key, id)| {
-            let id = String::from_utf8_lossy(&id).into_owned();
+        .map(|(push_seq, id)| {
             let rkey = k("o", &id);
             let rec: Option<OutboxRecord> = db.get(&rkey)?.map(|b| parse(&rkey, &b)).transpose()?;
             let ekey = k("oe", &id);
@@ -331,7 +415,7 @@ pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
                 .as_ref()
                 .is_some_and(|r| r.status == OutboxStatus::Queued);
             Ok(Pending {
-                push_seq: keys::seq_of(&key).unwrap_or_default(),
+                push_seq,
                 id,
                 envelope: decode_env(&ekey, &env)?,
                 approved_by: rec.map(|r| r.approved_by).unwrap_or_default(),
@@ -344,11 +428,8 @@ pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
 /// Removes a push queue entry without sending it (one that is not
 /// releasable; see [`pending`]).
 pub async fn drop_push(db: &Db, push_seq: u64) -> Result<(), NodeError> {
-    db.write(move |txn| {
-        txn.delete(keys::seq_key(b"op/", push_seq));
-        Ok(())
-    })
-    .await
+    db.write(move |txn| Ok(order::remove(txn, b"op/", &[push_seq].into())?))
+        .await
 }
 
 /// Who is deciding on a message awaiting four-eyes approval.
@@ -361,11 +442,7 @@ pub struct Decider {
 }
 
 fn outbox_record(txn: &Txn<'_>, id: &str) -> Result<OutboxRecord, NodeError> {
-    let key = k("o", id);
-    match txn.get(&key)? {
-        Some(b) => Ok(parse(&key, &b)?),
-        None => Err(NodeError::NotInOutbox(id.to_owned())),
-    }
+    read_outbox(txn, id)?.ok_or_else(|| NodeError::NotInOutbox(id.to_owned()))
 }
 
 /// The submitter never decides on their own message.
@@ -402,7 +479,9 @@ pub async fn approve(
         // Released now: it joins the push queue behind what is already there.
         let n = next_position(txn)?;
         txn.delete(keys::seq_key(b"oa/", rec.seq));
-        txn.put(keys::seq_key(b"op/", n), id.clone().into_bytes());
+        let mut appends = Appends::default();
+        appends.push(b"op/", n, &id);
+        appends.write(txn);
         txn.put(k("o", &id), json(&rec));
         Ok((rec, false))
     })
@@ -479,11 +558,9 @@ pub fn outbox_message(
     db: &Db,
     id: &str,
 ) -> Result<Option<(OutboxRecord, pb::Envelope)>, StoreError> {
-    let key = k("o", id);
-    let Some(rec) = db.get(&key)? else {
+    let Some(rec) = read_outbox(db, id)? else {
         return Ok(None);
     };
-    let rec: OutboxRecord = parse(&key, &rec)?;
     let ekey = k("oe", id);
     let env = db.get(&ekey)?.ok_or_else(|| StoreError::Corrupt {
         key: String::from_utf8_lossy(&ekey).into_owned(),
@@ -494,40 +571,25 @@ pub fn outbox_message(
 
 /// Records the hub's answers to pushed messages in one write: each is
 /// `routed` (with the hub's decisions) or, after a final refusal,
-/// `rejected` with the reason, and leaves the push queue.
+/// `rejected` with the reason, and leaves the push queue. The answer is
+/// written beside the record (`oh/<id>`), not into it (see
+/// [`read_outbox`]).
 pub async fn finish_pushes(db: &Db, finished: Vec<Finished>) -> Result<(), NodeError> {
     db.write(move |txn| {
-        for Finished {
-            push_seq,
-            id,
-            outcome,
-        } in finished
-        {
-            txn.delete(keys::seq_key(b"op/", push_seq));
-            let key = k("o", &id);
-            let mut rec: OutboxRecord = match txn.get(&key)? {
-                Some(b) => parse(&key, &b)?,
-                None => continue,
+        let positions = finished.iter().map(|f| f.push_seq).collect();
+        order::remove(txn, b"op/", &positions)?;
+        for Finished { id, outcome, .. } in finished {
+            let outcome = match outcome {
+                Ok(resp) => pb::stored_push_answer::Outcome::Routed(resp),
+                Err(why) => pb::stored_push_answer::Outcome::Rejected(why),
             };
-            rec.attempts += 1;
-            match outcome {
-                Ok(resp) => {
-                    rec.status = OutboxStatus::Routed;
-                    rec.decisions = resp.decisions.iter().map(DecisionRecord::from).collect();
-                    rec.unaddressed = resp
-                        .unaddressed
-                        .iter()
-                        .map(UnaddressedRecord::from)
-                        .collect();
-                    rec.policy_version = resp.policy_version;
-                    rec.last_error.clear();
+            txn.put(
+                k("oh", &id),
+                pb::StoredPushAnswer {
+                    outcome: Some(outcome),
                 }
-                Err(why) => {
-                    rec.status = OutboxStatus::Rejected;
-                    rec.last_error = why;
-                }
-            }
-            txn.put(key, json(&rec));
+                .encode_to_vec(),
+            );
         }
         Ok(())
     })
@@ -564,14 +626,9 @@ pub async fn note_attempts(db: &Db, ids: Vec<String>, error: String) -> Result<(
 
 /// The newest outbox records.
 pub fn outbox(db: &Db, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
-    db.scan_rev(b"ol/", &keys::prefix_end(b"ol/"), limit)?
+    order::last(db, b"ol/", None, limit)?
         .into_iter()
-        .filter_map(|(_, id)| {
-            let key = k("o", &String::from_utf8_lossy(&id));
-            db.get(&key)
-                .transpose()
-                .map(|r| r.and_then(|b| parse(&key, &b)))
-        })
+        .filter_map(|(_, id)| read_outbox(db, &id).transpose())
         .collect()
 }
 
@@ -592,7 +649,7 @@ pub fn quarantine(db: &Db, limit: usize) -> Result<(u64, Vec<QuarantineRecord>),
 
 /// How many messages wait to be pushed to the hub.
 pub fn outbox_pending(db: &Db) -> Result<u64, StoreError> {
-    Ok(db.scan_prefix(b"op/", usize::MAX)?.len() as u64)
+    order::count(db, b"op/")
 }
 
 /// The last hub queue position stored here.
@@ -662,14 +719,14 @@ pub async fn store_arrivals(
 ) -> Result<Vec<String>, NodeError> {
     db.write(move |txn| {
         let mut new = Vec::new();
+        let mut appends = Appends::default();
         for a in arrivals {
             match a {
                 Arrival::Message { envelope, record } => {
-                    let key = k("i", &record.message_id);
-                    if txn.get(&key)?.is_some() {
+                    if txn.contains(&k("i", &record.message_id))? {
                         continue;
                     }
-                    append_inbox(txn, &record.message_id, &envelope, &record)?;
+                    append_inbox(txn, &mut appends, &record.message_id, &envelope, &record)?;
                     new.push(record.message_id);
                 }
                 Arrival::Withdrawal {
@@ -678,7 +735,7 @@ pub async fn store_arrivals(
                     origin,
                     marking,
                     note,
-                } => withdraw(txn, seq, &message_id, &origin, marking, note)?,
+                } => withdraw(txn, &mut appends, seq, &message_id, &origin, marking, note)?,
                 Arrival::ForwardRequest(record) => {
                     // A redelivery after a crash changes nothing.
                     let key = k("fw", &record.request_id);
@@ -694,22 +751,17 @@ pub async fn store_arrivals(
                         quarantined,
                     } in receipts
                     {
-                        let key = k("o", &message_id);
-                        // A receipt for a message this node no longer knows
-                        // (its store was replaced) has nowhere to go.
-                        if let Some(bytes) = txn.get(&key)? {
-                            let mut rec: OutboxRecord = parse(&key, &bytes)?;
-                            match quarantined {
-                                None => {
-                                    rec.received_by.entry(recipient).or_insert(at_ms);
-                                }
-                                Some(reason) => {
-                                    rec.quarantined_by
-                                        .entry(recipient)
-                                        .or_insert((at_ms, reason));
-                                }
-                            }
-                            txn.put(key, json(&rec));
+                        // The first receipt of a recipient stands; one for
+                        // a message this node no longer knows (its store
+                        // was replaced) has nowhere to go.
+                        let rkey = [receipts_prefix(&message_id), recipient.into_bytes()].concat();
+                        if !txn.contains(&rkey)? && txn.contains(&k("o", &message_id))? {
+                            let receipt = pb::StoredReceipt {
+                                at_ms,
+                                quarantined,
+                                ..Default::default()
+                            };
+                            txn.put(rkey, receipt.encode_to_vec());
                         }
                     }
                 }
@@ -722,6 +774,7 @@ pub async fn store_arrivals(
                 }
             }
         }
+        appends.write(txn);
         let old = keys::u64_value(txn.get(HUB_CURSOR)?);
         txn.put(HUB_CURSOR, old.max(cursor).to_be_bytes().to_vec());
         Ok(new)
@@ -731,13 +784,14 @@ pub async fn store_arrivals(
 
 fn append_inbox(
     txn: &mut liaison_store::Txn<'_>,
+    appends: &mut Appends,
     id: &str,
     envelope: &pb::Envelope,
     record: &InboxRecord,
 ) -> Result<(), StoreError> {
     let n = keys::u64_value(txn.get(INBOX_NEXT)?) + 1;
     txn.put(INBOX_NEXT, n.to_be_bytes().to_vec());
-    txn.put(keys::seq_key(b"il/", n), id.as_bytes().to_vec());
+    appends.push(b"il/", n, id);
     txn.put(k("ie", id), envelope.encode_to_vec());
     txn.put(k("i", id), json(record));
     // The content goes at the earlier of its expiry and the end of its
@@ -809,7 +863,9 @@ pub async fn expire_inbox(db: &Db, now_ms: i64) -> Result<usize, NodeError> {
                     at_ms: now_ms,
                 }
             };
-            withdraw(txn, 0, &id, "", String::new(), note)?;
+            let mut appends = Appends::default();
+            withdraw(txn, &mut appends, 0, &id, "", String::new(), note)?;
+            appends.write(txn);
             expired += 1;
         }
         Ok(expired)
@@ -831,6 +887,7 @@ fn withdrawn_title(note: &WithdrawalNote, delivered: bool) -> String {
 
 fn withdraw(
     txn: &mut liaison_store::Txn<'_>,
+    appends: &mut Appends,
     seq: u64,
     id: &str,
     origin: &str,
@@ -882,6 +939,7 @@ fn withdraw(
             };
             append_inbox(
                 txn,
+                appends,
                 id,
                 &pb::Envelope {
                     labels: Some(labels),
@@ -905,10 +963,7 @@ pub async fn request_retraction(
 ) -> Result<&'static str, NodeError> {
     db.write(move |txn| {
         let key = k("o", &id);
-        let mut rec: OutboxRecord = match txn.get(&key)? {
-            Some(b) => parse(&key, &b)?,
-            None => return Err(NodeError::NotInOutbox(id)),
-        };
+        let mut rec = outbox_record(txn, &id)?;
         match rec.status {
             OutboxStatus::AwaitingApproval => {
                 rec.status = OutboxStatus::Withdrawn;
@@ -945,9 +1000,8 @@ pub fn pending_retractions(db: &Db, limit: usize) -> Result<Vec<PendingRetractio
     let mut out = Vec::new();
     for (key, value) in db.scan_prefix(b"or/", limit)? {
         let p: PendingRetraction = parse(&key, &value)?;
-        let okey = k("o", &p.message_id);
-        let routed = match db.get(&okey)? {
-            Some(b) => parse::<OutboxRecord>(&okey, &b)?.status != OutboxStatus::Queued,
+        let routed = match read_outbox(db, &p.message_id)? {
+            Some(rec) => rec.status != OutboxStatus::Queued,
             None => true,
         };
         if routed {
@@ -970,9 +1024,8 @@ pub async fn finish_retraction(
         };
         let pending: PendingRetraction = parse(&rkey, &bytes)?;
         txn.delete(rkey);
-        let key = k("o", &id);
-        if let Some(b) = txn.get(&key)? {
-            let mut rec: OutboxRecord = parse(&key, &b)?;
+        if let Some(mut rec) = read_outbox(txn, &id)? {
+            let key = k("o", &id);
             match outcome {
                 Ok(()) => {
                     rec.status = OutboxStatus::Retracted;
@@ -1191,15 +1244,15 @@ pub fn inbox(
     unread_only: bool,
 ) -> Result<Vec<(InboxRecord, pb::Envelope)>, StoreError> {
     let mut out = Vec::new();
-    let mut end = keys::prefix_end(b"il/");
+    let mut before = None;
     while out.len() < limit {
-        let page = db.scan_rev(b"il/", &end, 256)?;
-        let Some((last_key, _)) = page.last() else {
+        let page = order::last(db, b"il/", before, 256)?;
+        let Some(&(oldest, _)) = page.last() else {
             break;
         };
-        end = last_key.clone();
+        before = Some(oldest);
         for (_, id) in &page {
-            if let Some((rec, env)) = inbox_message(db, &String::from_utf8_lossy(id))? {
+            if let Some((rec, env)) = inbox_message(db, id)? {
                 if !unread_only || rec.read_at_ms == 0 {
                     out.push((rec, env));
                     if out.len() == limit {
@@ -1542,6 +1595,137 @@ mod tests {
         let rec: OutboxRecord = parse(b"o/m", old.as_bytes()).unwrap();
         assert_eq!(rec.status, OutboxStatus::Routed);
         assert!(rec.approved_by.is_empty() && rec.approval_reason.is_empty());
+    }
+
+    fn receipt(id: &str, recipient: &str, at_ms: i64, quarantined: Option<&str>) -> Arrival {
+        Arrival::Receipts(vec![ReceiptArrival {
+            message_id: id.into(),
+            recipient: recipient.into(),
+            at_ms,
+            quarantined: quarantined.map(str::to_owned),
+        }])
+    }
+
+    #[tokio::test]
+    async fn the_hub_answer_and_receipts_are_laid_over_the_outbox_record() {
+        let db = Db::in_memory();
+        let id = submit(&db, OutboxStatus::Queued).await;
+        let stored = db.get(&k("o", &id)).unwrap().unwrap();
+        let push_seq = pending(&db, 10).unwrap()[0].push_seq;
+        let answer = pb::SubmitResponse {
+            message_id: id.clone(),
+            decisions: vec![pb::RoutingDecision {
+                recipient: "bravo".into(),
+                outcome: pb::Outcome::Deliver as i32,
+                rule: "releasable".into(),
+                ..Default::default()
+            }],
+            policy_version: "v1".into(),
+            ..Default::default()
+        };
+        finish_pushes(
+            &db,
+            vec![Finished {
+                push_seq,
+                id: id.clone(),
+                outcome: Ok(answer),
+            }],
+        )
+        .await
+        .unwrap();
+        // Two receipts of bravo (a redelivery): the first stands; charlie
+        // quarantined it; one for a message this node does not know is
+        // dropped.
+        let unknown = uuid::Uuid::new_v4().to_string();
+        let arrivals = vec![
+            receipt(&id, "bravo", 10, None),
+            receipt(&id, "bravo", 20, None),
+            receipt(&id, "charlie", 30, Some("unknown marking")),
+            receipt(&unknown, "bravo", 40, None),
+        ];
+        store_arrivals(&db, arrivals, 3).await.unwrap();
+
+        // The record itself was not rewritten.
+        assert_eq!(db.get(&k("o", &id)).unwrap().unwrap(), stored);
+        assert!(pending(&db, 10).unwrap().is_empty());
+        let rec = status(&db, &id);
+        assert_eq!(rec.status, OutboxStatus::Routed);
+        assert_eq!((rec.attempts, rec.policy_version.as_str()), (1, "v1"));
+        assert_eq!(rec.decisions.len(), 1);
+        assert_eq!(rec.received_by.get("bravo"), Some(&10));
+        assert_eq!(
+            rec.quarantined_by.get("charlie"),
+            Some(&(30, "unknown marking".to_owned()))
+        );
+        assert!(db
+            .scan_prefix(&receipts_prefix(&unknown), 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(outbox(&db, 10).unwrap(), vec![rec.clone()]);
+
+        // A retraction rewrites the record from that view: it keeps the
+        // answer and the receipts, and no longer says queued.
+        assert_eq!(
+            request_retraction(&db, id.clone(), "wrong".into(), ALICE.into())
+                .await
+                .unwrap(),
+            "retraction_queued"
+        );
+        assert_eq!(pending_retractions(&db, 10).unwrap().len(), 1);
+        finish_retraction(&db, id.clone(), Ok(())).await.unwrap();
+        let retracted = status(&db, &id);
+        assert_eq!(retracted.status, OutboxStatus::Retracted);
+        assert_eq!(
+            (
+                retracted.attempts,
+                &retracted.decisions,
+                &retracted.received_by
+            ),
+            (1, &rec.decisions, &rec.received_by)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rejection_is_laid_over_the_record_and_an_old_record_reads_as_stored() {
+        let db = Db::in_memory();
+        let id = submit(&db, OutboxStatus::Queued).await;
+        let push_seq = pending(&db, 10).unwrap()[0].push_seq;
+        note_attempts(&db, vec![id.clone()], "hub unreachable".into())
+            .await
+            .unwrap();
+        finish_pushes(
+            &db,
+            vec![Finished {
+                push_seq,
+                id: id.clone(),
+                outcome: Err("unknown body zulu".into()),
+            }],
+        )
+        .await
+        .unwrap();
+        let rec = status(&db, &id);
+        assert_eq!(
+            (rec.status, rec.attempts, rec.last_error.as_str()),
+            (OutboxStatus::Rejected, 2, "unknown body zulu")
+        );
+        let err = request_retraction(&db, id, "x".into(), ALICE.into())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NodeError::NotRetractable { .. }), "{err}");
+
+        // A record of an earlier version holds its answer and receipts.
+        let old = r#"{"message_id":"m","digest":"d","submitted_by":"s","submitted_at_ms":1,"title":"t","kind":"alert","classification":"RESTRICTED","status":"routed","attempts":1,"last_error":"","decisions":[],"policy_version":"v","received_by":{"bravo":7}}"#;
+        db.write(|t| {
+            t.put(k("o", "m"), old.as_bytes().to_vec());
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+        let rec = read_outbox(&db, "m").unwrap().unwrap();
+        assert_eq!(
+            (rec.status, rec.attempts, rec.received_by.get("bravo")),
+            (OutboxStatus::Routed, 1, Some(&7))
+        );
     }
 
     fn forward_arrival(id: &str) -> Arrival {

@@ -46,6 +46,7 @@ pub fn engine_suite(engine: Arc<dyn Engine>) {
         ])
         .unwrap();
     assert_eq!(engine.get(b"a/1").unwrap(), None);
+    assert!(!engine.contains(b"a/1").unwrap());
     assert_eq!(engine.get(b"a/2").unwrap(), Some(b"deux".to_vec()));
     assert_eq!(engine.scan(b"a/", &end, 10, false).unwrap().len(), 2);
 
@@ -61,6 +62,9 @@ pub fn engine_suite(engine: Arc<dyn Engine>) {
         .unwrap();
     engine.flush().unwrap();
     assert_eq!(engine.get(b"v/1").unwrap(), Some(large(b'x', 4096)));
+    assert!(engine.contains(b"v/1").unwrap());
+    assert!(engine.contains(b"v/3").unwrap());
+    assert!(!engine.contains(b"v/4").unwrap());
     let vend = keys::prefix_end(b"v/");
     let listed = engine.scan(b"v/", &vend, 10, false).unwrap();
     assert_eq!(listed.len(), 3);
@@ -75,6 +79,7 @@ pub fn engine_suite(engine: Arc<dyn Engine>) {
     engine.flush().unwrap();
     assert_eq!(engine.get(b"v/1").unwrap(), Some(b"now small".to_vec()));
     assert_eq!(engine.get(b"v/2").unwrap(), None);
+    assert!(!engine.contains(b"v/2").unwrap());
     assert_eq!(engine.get(b"v/3").unwrap(), Some(large(b'z', 2048)));
     let listed = engine.scan(b"v/", &vend, 10, true).unwrap();
     assert_eq!(listed[0], (b"v/3".to_vec(), large(b'z', 2048)));
@@ -107,19 +112,24 @@ pub async fn db_suite(db: Db) {
     // Staged writes are visible to the same closure.
     let seen = db
         .write(|t| {
+            let before = t.contains(b"x")?;
             t.put(b"x".to_vec(), b"1".to_vec());
-            t.get(b"x")
+            Ok::<_, StoreError>((before, t.contains(b"x")?, t.get(b"x")?))
         })
         .await
         .unwrap();
-    assert_eq!(seen, Some(b"1".to_vec()));
-    db.write(|t| {
-        t.delete(b"x".to_vec());
-        Ok::<_, StoreError>(())
-    })
-    .await
-    .unwrap();
+    assert_eq!(seen, (false, true, Some(b"1".to_vec())));
+    assert!(db.contains(b"x").unwrap());
+    let staged_delete = db
+        .write(|t| {
+            t.delete(b"x".to_vec());
+            t.contains(b"x")
+        })
+        .await
+        .unwrap();
+    assert!(!staged_delete);
     assert_eq!(db.get(b"x").unwrap(), None);
+    assert!(!db.contains(b"x").unwrap());
 
     // Only a value staged by the same transaction can be extended in place.
     db.write(|t| {

@@ -19,6 +19,11 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub trait Engine: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Whether a key is present, without reading its value where the engine
+    /// can tell so.
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.is_some())
+    }
     /// Entries with keys in `[start, end)`, ascending (or descending if
     /// `reverse`), at most `limit`.
     fn scan(
@@ -279,6 +284,11 @@ impl Engine for SledEngine {
             Some(stored) => self.resolve(key, stored),
             None => Ok(None),
         }
+    }
+
+    /// A value in the value log is not read: the reference says it is there.
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.db.contains_key(key)?)
     }
 
     fn scan(

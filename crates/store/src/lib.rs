@@ -211,6 +211,12 @@ impl Db {
         self.engine.get(key)
     }
 
+    /// Whether a key is present (committed data), without reading its value
+    /// where the engine can tell so.
+    pub fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.engine.contains(key)
+    }
+
     /// Committed entries with keys in `[start, end)`, ascending, at most `limit`.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.engine.scan(start, end, limit, false)
@@ -230,6 +236,56 @@ impl Db {
     pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.engine
             .scan(prefix, &keys::prefix_end(prefix), limit, false)
+    }
+}
+
+/// Reads of committed data that [`Db`] and [`Txn`] share, so that a view
+/// composed from several keys is built by one function inside a write or
+/// outside it. A [`Txn`] reads its own staged writes with `get` but not with
+/// `scan`.
+pub trait Reader {
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Whether a key is present, without reading its value where the engine
+    /// can tell so.
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError>;
+    /// Entries with keys in `[start, end)`, ascending, at most `limit`.
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// Entries with keys in `[start, end)`, descending, at most `limit`.
+    fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// Entries whose key starts with `prefix`, ascending, at most `limit`.
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.scan(prefix, &keys::prefix_end(prefix), limit)
+    }
+}
+
+impl Reader for Db {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Db::get(self, key)
+    }
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Db::contains(self, key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        Db::scan(self, start, end, limit)
+    }
+    fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        Db::scan_rev(self, start, end, limit)
+    }
+}
+
+impl Reader for Txn<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Txn::get(self, key)
+    }
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Txn::contains(self, key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        Txn::scan(self, start, end, limit)
+    }
+    fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        Txn::scan_rev(self, start, end, limit)
     }
 }
 
@@ -284,6 +340,15 @@ impl Txn<'_> {
         match self.writes.get(key) {
             Some(staged) => Ok(staged.clone()),
             None => self.engine.get(key),
+        }
+    }
+
+    /// Whether a key is present, seeing this transaction's staged writes
+    /// first.
+    pub fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        match self.writes.get(key) {
+            Some(staged) => Ok(staged.is_some()),
+            None => self.engine.contains(key),
         }
     }
 

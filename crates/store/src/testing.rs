@@ -32,6 +32,10 @@ impl Engine for HeldFlush {
         self.inner.get(key)
     }
 
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.inner.contains(key)
+    }
+
     fn scan(
         &self,
         start: &[u8],
