@@ -1,7 +1,9 @@
 //! The node's durable outbox and inbox on top of [`liaison_store::Db`].
 //!
 //! Keys:
-//! - `o/<id>`: outbox record (JSON), `oe/<id>`: its envelope (encoded proto),
+//! - `o/<id>`: outbox record (JSON) and envelope (encoded proto) in one
+//!   value (a `StoredNodeMessage`; earlier versions stored the record alone
+//!   and the envelope under `oe/<id>`),
 //!   `oh/<id>`: the hub's answer to its push (`StoredPushAnswer`),
 //!   `ok/<id>/<recipient>`: a recipient's receipt (`StoredReceipt`). The
 //!   answer and the receipts are written beside the record, not into it, so
@@ -10,7 +12,8 @@
 //! - `ol/<n>`: outbox order (newest last), `op/<n>`: still to push to the hub
 //!   (only messages released: `queued`), `oa/<n>`: awaiting a second
 //!   officer's approval (four-eyes release), never pushed until approved;
-//! - `i/<id>`: inbox record (JSON), `ie/<id>`: its envelope;
+//! - `i/<id>`: inbox record (JSON) and envelope in one value, as in the
+//!   outbox (earlier versions: the envelope under `ie/<id>`);
 //! - `il/<n>`: inbox order (newest last); `ix/<at>/<id>`: inbox content due
 //!   to be erased (expiry or end of retention), by time;
 //! - `or/<id>`: a retraction still to send to the hub;
@@ -214,6 +217,66 @@ fn corrupt(key: &[u8], problem: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// A stored outbox or inbox message (`o/<id>`, `i/<id>`), split: its JSON
+/// record and, in this version's format (a `StoredNodeMessage`), its
+/// encoded envelope from the same value. A value of an earlier version is
+/// the record alone (JSON, so it begins with `{`), and the envelope is under
+/// `oe/<id>` or `ie/<id>`.
+struct Stored {
+    record: Vec<u8>,
+    envelope: Option<Vec<u8>>,
+}
+
+impl Stored {
+    fn split(key: &[u8], value: Vec<u8>) -> Result<Self, StoreError> {
+        if value.first() == Some(&b'{') {
+            return Ok(Self {
+                record: value,
+                envelope: None,
+            });
+        }
+        let m = pb::StoredNodeMessage::decode(value.as_slice()).map_err(|e| corrupt(key, e))?;
+        Ok(Self {
+            record: m.record,
+            envelope: Some(m.envelope),
+        })
+    }
+
+    fn joined(record: Vec<u8>, envelope: Vec<u8>) -> Vec<u8> {
+        pb::StoredNodeMessage { record, envelope }.encode_to_vec()
+    }
+
+    /// The value with its record replaced, in the format it was in.
+    fn with_record(self, record: Vec<u8>) -> Vec<u8> {
+        match self.envelope {
+            Some(envelope) => Self::joined(record, envelope),
+            None => record,
+        }
+    }
+
+    /// The envelope: from the value, or (earlier versions) from `ekey`.
+    fn envelope(self, r: &impl Reader, ekey: &[u8]) -> Result<pb::Envelope, StoreError> {
+        let bytes = match self.envelope {
+            Some(b) => b,
+            None => r
+                .get(ekey)?
+                .ok_or_else(|| corrupt(ekey, "the message has no stored envelope"))?,
+        };
+        decode_env(ekey, &bytes)
+    }
+}
+
+/// Replaces the record of a stored message, keeping its envelope (and its
+/// format).
+fn put_record(txn: &mut Txn<'_>, key: Vec<u8>, record: Vec<u8>) -> Result<(), StoreError> {
+    let value = match txn.get(&key)? {
+        Some(v) => Stored::split(&key, v)?.with_record(record),
+        None => record,
+    };
+    txn.put(key, value);
+    Ok(())
+}
+
 /// The prefix of a message's receipts: `ok/<id>/`.
 fn receipts_prefix(id: &str) -> Vec<u8> {
     format!("ok/{id}/").into_bytes()
@@ -229,7 +292,7 @@ pub fn read_outbox(r: &impl Reader, id: &str) -> Result<Option<OutboxRecord>, St
     let Some(bytes) = r.get(&key)? else {
         return Ok(None);
     };
-    let mut rec: OutboxRecord = parse(&key, &bytes)?;
+    let mut rec: OutboxRecord = parse(&key, &Stored::split(&key, bytes)?.record)?;
     if rec.status == OutboxStatus::Queued {
         let akey = k("oh", id);
         if let Some(b) = r.get(&akey)? {
@@ -377,8 +440,7 @@ fn enqueue_in(
             record.message_id.clone().into_bytes(),
         );
     }
-    txn.put(k("oe", &record.message_id), envelope);
-    txn.put(key, json(&record));
+    txn.put(key, Stored::joined(json(&record), envelope));
     Ok((Queued::New, record))
 }
 
@@ -404,22 +466,18 @@ pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
     order::first(db, b"op/", limit)?
         .into_iter()
         .map(|(push_seq, id)| {
-            let rkey = k("o", &id);
-            let rec: Option<OutboxRecord> = db.get(&rkey)?.map(|b| parse(&rkey, &b)).transpose()?;
-            let ekey = k("oe", &id);
-            let env = db.get(&ekey)?.ok_or_else(|| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&ekey).into_owned(),
-                problem: "pending message has no envelope".into(),
-            })?;
-            let releasable = rec
-                .as_ref()
-                .is_some_and(|r| r.status == OutboxStatus::Queued);
+            let key = k("o", &id);
+            let stored = db
+                .get(&key)?
+                .ok_or_else(|| corrupt(&key, "a message in the push queue has no outbox record"))?;
+            let stored = Stored::split(&key, stored)?;
+            let rec: OutboxRecord = parse(&key, &stored.record)?;
             Ok(Pending {
                 push_seq,
+                envelope: stored.envelope(db, &k("oe", &id))?,
                 id,
-                envelope: decode_env(&ekey, &env)?,
-                approved_by: rec.map(|r| r.approved_by).unwrap_or_default(),
-                releasable,
+                releasable: rec.status == OutboxStatus::Queued,
+                approved_by: rec.approved_by,
             })
         })
         .collect()
@@ -482,7 +540,7 @@ pub async fn approve(
         let mut appends = Appends::default();
         appends.push(b"op/", n, &id);
         appends.write(txn);
-        txn.put(k("o", &id), json(&rec));
+        put_record(txn, k("o", &id), json(&rec))?;
         Ok((rec, false))
     })
     .await
@@ -511,7 +569,7 @@ pub async fn refuse(
         rec.refused_at_ms = decider.now_ms;
         rec.refusal_reason = reason;
         txn.delete(keys::seq_key(b"oa/", rec.seq));
-        txn.put(k("o", &id), json(&rec));
+        put_record(txn, k("o", &id), json(&rec))?;
         Ok((rec, false))
     })
     .await
@@ -561,12 +619,12 @@ pub fn outbox_message(
     let Some(rec) = read_outbox(db, id)? else {
         return Ok(None);
     };
-    let ekey = k("oe", id);
-    let env = db.get(&ekey)?.ok_or_else(|| StoreError::Corrupt {
-        key: String::from_utf8_lossy(&ekey).into_owned(),
-        problem: "outbox message has no envelope".into(),
-    })?;
-    Ok(Some((rec, decode_env(&ekey, &env)?)))
+    let key = k("o", id);
+    let stored = db
+        .get(&key)?
+        .ok_or_else(|| corrupt(&key, "the outbox record went while it was read"))?;
+    let env = Stored::split(&key, stored)?.envelope(db, &k("oe", id))?;
+    Ok(Some((rec, env)))
 }
 
 /// Records the hub's answers to pushed messages in one write: each is
@@ -613,10 +671,11 @@ pub async fn note_attempts(db: &Db, ids: Vec<String>, error: String) -> Result<(
         for id in ids {
             let key = k("o", &id);
             if let Some(b) = txn.get(&key)? {
-                let mut rec: OutboxRecord = parse(&key, &b)?;
+                let stored = Stored::split(&key, b)?;
+                let mut rec: OutboxRecord = parse(&key, &stored.record)?;
                 rec.attempts += 1;
                 rec.last_error.clone_from(&error);
-                txn.put(key, json(&rec));
+                txn.put(key, stored.with_record(json(&rec)));
             }
         }
         Ok(())
@@ -792,8 +851,10 @@ fn append_inbox(
     let n = keys::u64_value(txn.get(INBOX_NEXT)?) + 1;
     txn.put(INBOX_NEXT, n.to_be_bytes().to_vec());
     appends.push(b"il/", n, id);
-    txn.put(k("ie", id), envelope.encode_to_vec());
-    txn.put(k("i", id), json(record));
+    txn.put(
+        k("i", id),
+        Stored::joined(json(record), envelope.encode_to_vec()),
+    );
     // The content goes at the earlier of its expiry and the end of its
     // retention period.
     let expires = envelope.labels.as_ref().map_or(0, |l| l.expires_at_ms);
@@ -847,7 +908,7 @@ pub async fn expire_inbox(db: &Db, now_ms: i64) -> Result<usize, NodeError> {
                 .and_then(keys::seq_of)
                 .unwrap_or_default();
             txn.delete(key);
-            if txn.get(&k("i", &id))?.is_none() {
+            if !txn.contains(&k("i", &id))? {
                 continue;
             }
             let note = if cause == b"retention" {
@@ -897,28 +958,34 @@ fn withdraw(
     let key = k("i", id);
     match txn.get(&key)? {
         Some(bytes) => {
-            let mut rec: InboxRecord = parse(&key, &bytes)?;
+            let stored = Stored::split(&key, bytes)?;
+            let mut rec: InboxRecord = parse(&key, &stored.record)?;
             if rec.withdrawn.is_some() {
                 return Ok(());
             }
             let ekey = k("ie", id);
-            let labels = match txn.get(&ekey)? {
-                Some(b) => decode_env(&ekey, &b)?.labels,
-                None => None,
-            };
-            txn.put(
-                ekey,
-                pb::Envelope {
-                    labels,
-                    body: Vec::new(),
+            let labels = match stored.envelope {
+                Some(b) => decode_env(&key, &b)?.labels,
+                None => {
+                    // An earlier version's envelope: its content goes with
+                    // the value that held it.
+                    let labels = match txn.get(&ekey)? {
+                        Some(b) => decode_env(&ekey, &b)?.labels,
+                        None => None,
+                    };
+                    txn.delete(ekey);
+                    labels
                 }
-                .encode_to_vec(),
-            );
+            };
             // The title is content too: only the labels and the tombstone
             // stay.
             rec.title = withdrawn_title(&note, true);
             rec.withdrawn = Some(note);
-            txn.put(key, json(&rec));
+            let kept = pb::Envelope {
+                labels,
+                body: Vec::new(),
+            };
+            txn.put(key, Stored::joined(json(&rec), kept.encode_to_vec()));
         }
         None => {
             let record = InboxRecord {
@@ -969,7 +1036,7 @@ pub async fn request_retraction(
                 rec.status = OutboxStatus::Withdrawn;
                 rec.last_error = format!("withdrawn by {officer}: {reason}");
                 txn.delete(keys::seq_key(b"oa/", rec.seq));
-                txn.put(key, json(&rec));
+                put_record(txn, key, json(&rec))?;
                 Ok("withdrawn")
             }
             OutboxStatus::Queued | OutboxStatus::Routed => {
@@ -1034,7 +1101,7 @@ pub async fn finish_retraction(
                 }
                 Err(why) => rec.last_error = format!("retraction refused by the hub: {why}"),
             }
-            txn.put(key, json(&rec));
+            put_record(txn, key, json(&rec))?;
         }
         Ok(())
     })
@@ -1225,16 +1292,12 @@ pub async fn finish_forward_decision(
 /// One inbox message: bookkeeping and envelope.
 pub fn inbox_message(db: &Db, id: &str) -> Result<Option<(InboxRecord, pb::Envelope)>, StoreError> {
     let key = k("i", id);
-    let Some(rec) = db.get(&key)? else {
+    let Some(value) = db.get(&key)? else {
         return Ok(None);
     };
-    let rec: InboxRecord = parse(&key, &rec)?;
-    let ekey = k("ie", id);
-    let env = db.get(&ekey)?.ok_or_else(|| StoreError::Corrupt {
-        key: String::from_utf8_lossy(&ekey).into_owned(),
-        problem: "inbox message has no envelope".into(),
-    })?;
-    Ok(Some((rec, decode_env(&ekey, &env)?)))
+    let stored = Stored::split(&key, value)?;
+    let rec: InboxRecord = parse(&key, &stored.record)?;
+    Ok(Some((rec, stored.envelope(db, &k("ie", id))?)))
 }
 
 /// The newest inbox messages.
@@ -1275,13 +1338,13 @@ pub async fn mark_read(
     db.write(move |txn| {
         let key = k("i", &id);
         let mut rec: InboxRecord = match txn.get(&key)? {
-            Some(b) => parse(&key, &b)?,
+            Some(b) => parse(&key, &Stored::split(&key, b)?.record)?,
             None => return Err(NodeError::NotFound(id)),
         };
         if rec.read_at_ms == 0 {
             rec.read_by = officer;
             rec.read_at_ms = now_ms;
-            txn.put(key, json(&rec));
+            put_record(txn, key, json(&rec))?;
         }
         Ok(rec)
     })
@@ -1726,6 +1789,88 @@ mod tests {
             (rec.status, rec.attempts, rec.received_by.get("bravo")),
             (OutboxStatus::Routed, 1, Some(&7))
         );
+    }
+
+    /// Rewrites a message stored in this version's format (record and
+    /// envelope in one value) the way earlier versions stored it: the
+    /// record alone, the envelope under `ekey`.
+    async fn store_as_earlier(db: &Db, key: Vec<u8>, ekey: Vec<u8>) {
+        db.write(move |t| {
+            let stored = Stored::split(&key, t.get(&key)?.unwrap())?;
+            t.put(ekey, stored.envelope.unwrap());
+            t.put(key, stored.record);
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn messages_stored_by_earlier_versions_read_push_and_change_alike() {
+        let db = Db::in_memory();
+        let env = message();
+        let (_, rec) = enqueue(&db, &env, record(&env, OutboxStatus::Queued)).await;
+        let id = rec.message_id;
+        store_as_earlier(&db, k("o", &id), k("oe", &id)).await;
+        assert!(db.get(&k("o", &id)).unwrap().unwrap().starts_with(b"{"));
+        let p = pending(&db, 10).unwrap();
+        assert_eq!(p[0].envelope, pb::Envelope::from(&env));
+        assert!(p[0].releasable);
+        note_attempts(&db, vec![id.clone()], "down".into())
+            .await
+            .unwrap();
+        let (rec, shown) = outbox_message(&db, &id).unwrap().unwrap();
+        assert_eq!((rec.attempts, shown), (1, pb::Envelope::from(&env)));
+
+        // An inbox message of an earlier version: read, marked read, then
+        // withdrawn, which takes its old envelope with it.
+        let in_id = uuid::Uuid::new_v4().to_string();
+        let mut labels = pb::Envelope::from(&env).labels.unwrap();
+        labels.message_id = in_id.clone();
+        let delivered = pb::Envelope {
+            labels: Some(labels),
+            body: b"content".to_vec(),
+        };
+        let arrival = Arrival::Message {
+            envelope: Box::new(delivered.clone()),
+            record: InboxRecord {
+                message_id: in_id.clone(),
+                hub_seq: 1,
+                received_at_ms: 1,
+                marking: "CONFIDENTIAL".into(),
+                title: "t".into(),
+                read_by: String::new(),
+                read_at_ms: 0,
+                withdrawn: None,
+                erase_at_ms: 0,
+            },
+        };
+        store_arrivals(&db, vec![arrival], 1).await.unwrap();
+        assert_eq!(inbox_message(&db, &in_id).unwrap().unwrap().1, delivered);
+        store_as_earlier(&db, k("i", &in_id), k("ie", &in_id)).await;
+        assert_eq!(inbox_message(&db, &in_id).unwrap().unwrap().1, delivered);
+        mark_read(&db, in_id.clone(), BOB.into(), 5).await.unwrap();
+        assert!(db.get(&k("i", &in_id)).unwrap().unwrap().starts_with(b"{"));
+        let note = WithdrawalNote {
+            cause: "retracted".into(),
+            reason: "wrong".into(),
+            at_ms: 9,
+        };
+        let withdrawal = Arrival::Withdrawal {
+            seq: 2,
+            message_id: in_id.clone(),
+            origin: "alpha".into(),
+            marking: "CONFIDENTIAL".into(),
+            note,
+        };
+        store_arrivals(&db, vec![withdrawal], 2).await.unwrap();
+        assert_eq!(db.get(&k("ie", &in_id)).unwrap(), None);
+        let (rec, kept) = inbox_message(&db, &in_id).unwrap().unwrap();
+        assert_eq!(rec.read_by, BOB);
+        assert!(rec.withdrawn.is_some());
+        assert!(kept.body.is_empty());
+        assert_eq!(kept.labels, delivered.labels);
+        assert_eq!(inbox(&db, 10, false).unwrap().len(), 1);
     }
 
     fn forward_arrival(id: &str) -> Arrival {
