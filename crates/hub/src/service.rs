@@ -21,8 +21,13 @@ use crate::store::{self, HubStore, Submitted};
 use crate::HubError;
 use liaison_types::audit::Event as AuditEvent;
 
-/// Deliveries read from the queue per round trip to the store.
-const DELIVERY_BATCH: usize = 64;
+/// Deliveries read from the queue per round trip to the store, and
+/// recorded in one audit write.
+const DELIVERY_BATCH: usize = 256;
+/// Deliveries a subscription holds ready for the connection: a bound on
+/// the memory a slow subscriber takes (with the HTTP/2 window), whatever
+/// the size of its messages.
+const DELIVERY_BUFFER: usize = 64;
 /// Most submissions in one `SubmitBatch` request.
 pub const MAX_BATCH: usize = 4096;
 /// Audit records read per round trip when listing or verifying.
@@ -865,7 +870,7 @@ impl HubState {
         let gov = self.known_caller(caller)?;
         Self::active_body(&gov, &caller.body)?;
         let start = self.store.acked(&caller.body)?.max(after_seq);
-        let (tx, rx) = mpsc::channel(DELIVERY_BATCH);
+        let (tx, rx) = mpsc::channel(DELIVERY_BUFFER);
         let state = Arc::clone(self);
         let caller = caller.clone();
         self.spawn(async move {

@@ -22,7 +22,7 @@ use crate::store::{self, Arrival, InboxRecord};
 /// Messages pushed per scan of the outbox.
 const PUSH_BATCH: usize = 32;
 /// Deliveries stored per inbox write when the stream has several ready.
-const ARRIVAL_BATCH: usize = 64;
+const ARRIVAL_BATCH: usize = 256;
 
 /// Whether a hub refusal is final: retrying the same request cannot
 /// succeed (the shared table of [`liaison_proto::status`]).
