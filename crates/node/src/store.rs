@@ -467,9 +467,17 @@ pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
         .into_iter()
         .map(|(push_seq, id)| {
             let key = k("o", &id);
-            let stored = db
-                .get(&key)?
-                .ok_or_else(|| corrupt(&key, "a message in the push queue has no outbox record"))?;
+            let Some(stored) = db.get(&key)? else {
+                // A damaged store: nothing to send, and never a reason to
+                // stop pushing the rest. It is dropped unsent.
+                return Ok(Pending {
+                    push_seq,
+                    id,
+                    envelope: pb::Envelope::default(),
+                    approved_by: String::new(),
+                    releasable: false,
+                });
+            };
             let stored = Stored::split(&key, stored)?;
             let rec: OutboxRecord = parse(&key, &stored.record)?;
             Ok(Pending {
@@ -1615,6 +1623,23 @@ mod tests {
         drop_push(&db, p[0].push_seq).await.unwrap();
         assert!(pushable(&db).is_empty());
         assert_eq!(status(&db, &held).status, OutboxStatus::AwaitingApproval);
+
+        // One whose outbox record is gone is not releasable either, and
+        // does not stop the entries behind it.
+        let plain = submit(&db, OutboxStatus::Queued).await;
+        db.write(move |txn| {
+            txn.put(keys::seq_key(b"op/", 1), b"gone".to_vec());
+            Ok::<_, NodeError>(())
+        })
+        .await
+        .unwrap();
+        let p = pending(&db, 100).unwrap();
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.id.as_str(), p.releasable))
+                .collect::<Vec<_>>(),
+            vec![("gone", false), (plain.as_str(), true)]
+        );
     }
 
     async fn reopen(db: Db, dir: &std::path::Path) -> Db {
