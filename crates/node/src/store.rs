@@ -200,21 +200,11 @@ pub struct PendingRetraction {
 }
 
 fn decode_env(key: &[u8], bytes: &[u8]) -> Result<pb::Envelope, StoreError> {
-    pb::Envelope::decode(bytes).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        problem: e.to_string(),
-    })
+    pb::Envelope::decode(bytes).map_err(|e| StoreError::corrupt(key, e))
 }
 
 fn k(prefix: &str, id: &str) -> Vec<u8> {
     format!("{prefix}/{id}").into_bytes()
-}
-
-fn corrupt(key: &[u8], problem: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        problem: problem.to_string(),
-    }
 }
 
 /// A stored outbox or inbox message (`o/<id>`, `i/<id>`), split: its JSON
@@ -235,7 +225,8 @@ impl Stored {
                 envelope: None,
             });
         }
-        let m = pb::StoredNodeMessage::decode(value.as_slice()).map_err(|e| corrupt(key, e))?;
+        let m = pb::StoredNodeMessage::decode(value.as_slice())
+            .map_err(|e| StoreError::corrupt(key, e))?;
         Ok(Self {
             record: m.record,
             envelope: Some(m.envelope),
@@ -260,7 +251,7 @@ impl Stored {
             Some(b) => b,
             None => r
                 .get(ekey)?
-                .ok_or_else(|| corrupt(ekey, "the message has no stored envelope"))?,
+                .ok_or_else(|| StoreError::corrupt(ekey, "the message has no stored envelope"))?,
         };
         decode_env(ekey, &bytes)
     }
@@ -288,16 +279,26 @@ fn receipts_prefix(id: &str) -> Vec<u8> {
 /// answer (a retraction, say) already holds it and no longer says
 /// `queued`, so the answer is laid over a queued record only.
 pub fn read_outbox(r: &impl Reader, id: &str) -> Result<Option<OutboxRecord>, StoreError> {
+    Ok(read_outbox_value(r, id)?.map(|(rec, _)| rec))
+}
+
+/// [`read_outbox`], with the stored value the record came from (for its
+/// envelope).
+fn read_outbox_value(
+    r: &impl Reader,
+    id: &str,
+) -> Result<Option<(OutboxRecord, Stored)>, StoreError> {
     let key = k("o", id);
     let Some(bytes) = r.get(&key)? else {
         return Ok(None);
     };
-    let mut rec: OutboxRecord = parse(&key, &Stored::split(&key, bytes)?.record)?;
+    let stored = Stored::split(&key, bytes)?;
+    let mut rec: OutboxRecord = parse(&key, &stored.record)?;
     if rec.status == OutboxStatus::Queued {
         let akey = k("oh", id);
         if let Some(b) = r.get(&akey)? {
-            let answer =
-                pb::StoredPushAnswer::decode(b.as_slice()).map_err(|e| corrupt(&akey, e))?;
+            let answer = pb::StoredPushAnswer::decode(b.as_slice())
+                .map_err(|e| StoreError::corrupt(&akey, e))?;
             rec.attempts += 1;
             match answer.outcome {
                 Some(pb::stored_push_answer::Outcome::Routed(resp)) => {
@@ -315,14 +316,20 @@ pub fn read_outbox(r: &impl Reader, id: &str) -> Result<Option<OutboxRecord>, St
                     rec.status = OutboxStatus::Rejected;
                     rec.last_error = why;
                 }
-                None => return Err(corrupt(&akey, "the answer is neither routed nor rejected")),
+                None => {
+                    return Err(StoreError::corrupt(
+                        &akey,
+                        "the answer is neither routed nor rejected",
+                    ))
+                }
             }
         }
     }
     let prefix = receipts_prefix(id);
     for (rkey, value) in r.scan_prefix(&prefix, usize::MAX)? {
         let recipient = String::from_utf8_lossy(&rkey[prefix.len()..]).into_owned();
-        let receipt = pb::StoredReceipt::decode(value.as_slice()).map_err(|e| corrupt(&rkey, e))?;
+        let receipt = pb::StoredReceipt::decode(value.as_slice())
+            .map_err(|e| StoreError::corrupt(&rkey, e))?;
         match receipt.quarantined {
             None => {
                 rec.received_by.entry(recipient).or_insert(receipt.at_ms);
@@ -334,7 +341,7 @@ pub fn read_outbox(r: &impl Reader, id: &str) -> Result<Option<OutboxRecord>, St
             }
         }
     }
-    Ok(Some(rec))
+    Ok(Some((rec, stored)))
 }
 
 /// Digest of what the officer asked for: the envelope without the node's
@@ -421,10 +428,10 @@ fn enqueue_in(
         OutboxStatus::Queued => true,
         OutboxStatus::AwaitingApproval => false,
         other => {
-            return Err(StoreError::Corrupt {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                problem: format!("a new outbox record cannot be {}", other.as_str()),
-            }
+            return Err(StoreError::corrupt(
+                &key,
+                format_args!("a new outbox record cannot be {}", other.as_str()),
+            )
             .into())
         }
     };
@@ -624,15 +631,10 @@ pub fn outbox_message(
     db: &Db,
     id: &str,
 ) -> Result<Option<(OutboxRecord, pb::Envelope)>, StoreError> {
-    let Some(rec) = read_outbox(db, id)? else {
+    let Some((rec, stored)) = read_outbox_value(db, id)? else {
         return Ok(None);
     };
-    let key = k("o", id);
-    let stored = db
-        .get(&key)?
-        .ok_or_else(|| corrupt(&key, "the outbox record went while it was read"))?;
-    let env = Stored::split(&key, stored)?.envelope(db, &k("oe", id))?;
-    Ok(Some((rec, env)))
+    Ok(Some((rec, stored.envelope(db, &k("oe", id))?)))
 }
 
 /// Records the hub's answers to pushed messages in one write: each is

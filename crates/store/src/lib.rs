@@ -52,6 +52,16 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// The value under `key` cannot be what it should: `problem` says why.
+    pub fn corrupt(key: &[u8], problem: impl std::fmt::Display) -> Self {
+        Self::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         Self::Engine(e.to_string())

@@ -134,7 +134,7 @@ impl RoutedOutcome {
         if bytes.first() == Some(&b'{') {
             return parse(key, bytes);
         }
-        let o = pb::StoredOutcome::decode(bytes).map_err(|e| corrupt(key, &e))?;
+        let o = pb::StoredOutcome::decode(bytes).map_err(|e| StoreError::corrupt(key, e))?;
         Ok(Self {
             message_id: o.message_id,
             origin: o.origin,
@@ -186,7 +186,7 @@ impl QueueEntry {
         if bytes.first() == Some(&b'{') {
             return parse(key, bytes);
         }
-        let e = pb::StoredQueueEntry::decode(bytes).map_err(|e| corrupt(key, &e))?;
+        let e = pb::StoredQueueEntry::decode(bytes).map_err(|e| StoreError::corrupt(key, e))?;
         Ok(Self::from_stored(e))
     }
 
@@ -213,7 +213,7 @@ impl QueueEntry {
             .map(|e| {
                 pb::StoredQueueEntry::decode(*e)
                     .map(Self::from_stored)
-                    .map_err(|e| corrupt(key, &e))
+                    .map_err(|e| StoreError::corrupt(key, e))
             })
             .collect::<Result<_, _>>()?;
         Ok((elements.len(), entries))
@@ -265,8 +265,8 @@ fn run_elements<'a>(key: &[u8], mut bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, St
     use prost::encoding::{decode_key, decode_varint, WireType};
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        let (field, wire) = decode_key(&mut bytes).map_err(|e| corrupt(key, &e))?;
-        let len = decode_varint(&mut bytes).map_err(|e| corrupt(key, &e))?;
+        let (field, wire) = decode_key(&mut bytes).map_err(|e| StoreError::corrupt(key, e))?;
+        let len = decode_varint(&mut bytes).map_err(|e| StoreError::corrupt(key, e))?;
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if field != 15 || wire != WireType::LengthDelimited || len > bytes.len() {
             return Err(StoreError::Corrupt {
@@ -279,14 +279,6 @@ fn run_elements<'a>(key: &[u8], mut bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, St
         bytes = rest;
     }
     Ok(out)
-}
-
-/// A stored record under `key` that does not decode.
-fn corrupt(key: &[u8], e: &prost::DecodeError) -> StoreError {
-    StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        problem: e.to_string(),
-    }
 }
 
 /// A recipient node's receipt of a message, queued for its originator.

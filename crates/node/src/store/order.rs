@@ -67,10 +67,8 @@ impl Appends {
 pub(super) fn expand(key: &[u8], value: &[u8]) -> Result<Vec<(u64, String)>, StoreError> {
     let first = keys::seq_of(key).unwrap_or_default();
     if value.first() == Some(&0x7a) {
-        let run = pb::StoredIdRun::decode(value).map_err(|e| StoreError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            problem: format!("not a run of positions: {e}"),
-        })?;
+        let run = pb::StoredIdRun::decode(value)
+            .map_err(|e| StoreError::corrupt(key, format_args!("not a run of positions: {e}")))?;
         Ok((first..).zip(run.ids).collect())
     } else {
         Ok(vec![(first, String::from_utf8_lossy(value).into_owned())])
