@@ -15,6 +15,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "liaison/v1/store.proto",
     ];
     let fds = protox::compile(files, [&root])?;
+    // The encoded descriptors, for the servers' reflection service.
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
+    std::fs::write(
+        out.join("liaison_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     // With the `services` feature, tonic clients and servers too; without
     // it, the prost messages only.
     let services = std::env::var_os("CARGO_FEATURE_SERVICES").is_some();

@@ -22,6 +22,7 @@ mod bench;
 pub mod demo;
 pub mod exit;
 mod forwards;
+mod health;
 pub mod message;
 mod officer;
 mod ops;
@@ -154,6 +155,9 @@ pub enum Command {
     /// Show your node's status: deliveries in quarantine (an alarm; exit
     /// code 7), the outbox backlog.
     Status(officer::StatusArgs),
+    /// Check the gRPC health of a hub or a node (grpc.health.v1), as a load
+    /// balancer or probe does: exit code 0 when SERVING, 7 when not.
+    Health(health::HealthArgs),
     /// Read and verify the hub's audit log (auditor certificate).
     #[command(subcommand)]
     Audit(ops::AuditCommand),
@@ -248,6 +252,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ForwardApprove(a) => forwards::approve(a, out).await,
         Command::ForwardRefuse(a) => forwards::refuse(a, out).await,
         Command::Status(a) => officer::status(a, out).await,
+        Command::Health(a) => health::health(a, out).await,
         Command::Audit(c) => ops::audit(c, out).await,
         Command::Pki(c) => ops::pki(c, out),
         Command::Dev(c) => ops::dev(c, out),

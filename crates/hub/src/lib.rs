@@ -37,6 +37,7 @@ use liaison_proto::v1::{
     admin_server::AdminServer, audit_server::AuditServer, federation_server::FederationServer,
 };
 use liaison_store::Db;
+use liaison_telemetry::health::{reflection, Health};
 use liaison_types::Role;
 pub use service::HubState;
 use service::{AuditService, FederationService};
@@ -44,6 +45,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::service::interceptor::InterceptedService;
+
+/// The APIs the hub serves, by their full gRPC names: each is a health
+/// service name, and reflection lists them.
+pub const SERVICES: &[&str] = &[
+    "liaison.v1.Federation",
+    "liaison.v1.Audit",
+    "liaison.v1.Admin",
+];
 
 /// Loads the governance file named by the configuration.
 pub fn load_governance(config: &HubConfig) -> Result<Governance, HubError> {
@@ -90,6 +99,10 @@ pub async fn run_with_reload(
         source,
     })?;
     let db = Db::open_with(&config.data_dir, config.store)?;
+    let (health, health_server) = Health::new(SERVICES, false);
+    health.follow_store(db.failures());
+    let (reflection_v1, reflection_v1alpha) =
+        reflection(liaison_proto::v1::FILE_DESCRIPTOR_SET, SERVICES);
     let federation = governance.federation().to_owned();
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(HubState::new(db, governance, stop_rx.clone())?);
@@ -125,11 +138,26 @@ pub async fn run_with_reload(
         ))
         .add_service(InterceptedService::new(
             admin,
-            authorize(federation, &[Role::Admin]),
+            authorize(federation.clone(), &[Role::Admin]),
+        ))
+        // Health and reflection are open to every certificate of the
+        // federation, and to nothing else.
+        .add_service(InterceptedService::new(
+            health_server,
+            authorize(federation.clone(), &Role::ALL),
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1,
+            authorize(federation.clone(), &Role::ALL),
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1alpha,
+            authorize(federation, &Role::ALL),
         ))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("hub shutting down");
+            health.set_draining();
             let _ = stop_tx.send(true);
         })
         .await;
@@ -152,5 +180,24 @@ async fn close_store(db: Db) {
     let closed = tokio::task::spawn_blocking(move || db.close()).await;
     if !matches!(closed, Ok(Ok(()))) {
         tracing::warn!("store still in use at shutdown; it closes when the last handle goes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::server::NamedService;
+
+    use super::*;
+
+    #[test]
+    fn the_health_names_are_the_served_apis() {
+        assert_eq!(
+            SERVICES,
+            [
+                <FederationServer<FederationService> as NamedService>::NAME,
+                <AuditServer<AuditService> as NamedService>::NAME,
+                <AdminServer<AdminService> as NamedService>::NAME,
+            ]
+        );
     }
 }

@@ -38,6 +38,7 @@ use liaison_pki::{
 };
 use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
 use liaison_store::Db;
+use liaison_telemetry::health::{reflection, Health};
 use liaison_types::{BodyId, Role};
 pub use service::MAX_OFFICER_BATCH;
 use service::{NodeState, OfficerService};
@@ -49,6 +50,11 @@ use tokio_stream::{Stream, StreamExt};
 /// falls further behind is ended (it lists the inbox and watches again).
 const INBOX_FEED: usize = 16_384;
 use tonic::service::interceptor::InterceptedService;
+
+/// The API a node serves, by its full gRPC name: a health service name
+/// (besides the link to the hub, [`liaison_telemetry::health::HUB_LINK`]),
+/// and reflection lists it.
+pub const SERVICES: &[&str] = &["liaison.v1.Officer"];
 
 /// Runs the node on `listener` until `shutdown` completes.
 pub async fn run(
@@ -95,6 +101,10 @@ pub async fn run_with_reload(
         source,
     })?;
     let db = Db::open_with(&config.data_dir, config.store)?;
+    let (health, health_server) = Health::new(SERVICES, true);
+    health.follow_store(db.failures());
+    let (reflection_v1, reflection_v1alpha) =
+        reflection(liaison_proto::v1::FILE_DESCRIPTOR_SET, SERVICES);
     let channel = lazy_channel(&config.hub, &material, Some(Role::Hub), &federation)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(NodeState {
@@ -113,6 +123,7 @@ pub async fn run_with_reload(
         inbox_feed: tokio::sync::broadcast::channel(INBOX_FEED).0,
         stopping: stop_rx.clone(),
         governance_stale: Notify::new(),
+        health: health.clone(),
     });
     let release = &state.release;
     if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {
@@ -166,13 +177,28 @@ pub async fn run_with_reload(
         .server()
         .add_service(InterceptedService::new(
             officer,
-            authorize(federation, &[Role::Officer]),
+            authorize(federation.clone(), &[Role::Officer]),
+        ))
+        // Health and reflection are open to every certificate of the
+        // federation, and to nothing else.
+        .add_service(InterceptedService::new(
+            health_server,
+            authorize(federation.clone(), &Role::ALL),
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1,
+            authorize(federation.clone(), &Role::ALL),
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1alpha,
+            authorize(federation, &Role::ALL),
         ))
         .serve_with_incoming_shutdown(incoming, {
             let stop_tx = stop_tx.clone();
             async move {
                 shutdown.await;
                 tracing::info!("node shutting down");
+                health.set_draining();
                 // Ends the inbox watch streams, which would otherwise hold
                 // their connections open.
                 let _ = stop_tx.send(true);
@@ -237,5 +263,20 @@ async fn reload_crl(
             }
             () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::server::NamedService;
+
+    use super::*;
+
+    #[test]
+    fn the_health_name_is_the_served_api() {
+        assert_eq!(
+            SERVICES,
+            [<OfficerServer<OfficerService> as NamedService>::NAME]
+        );
     }
 }

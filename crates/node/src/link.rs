@@ -433,6 +433,7 @@ pub async fn receive(state: Arc<NodeState>, retry: Retry, mut stopping: watch::R
             _ = stopping.wait_for(|s| *s) => return,
         };
         if let Err(e) = outcome {
+            state.health.set_hub_link(false);
             failures += 1;
             let delay = retry.backoff(failures);
             tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "hub subscription interrupted");
@@ -453,6 +454,7 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
         .map_err(|s| described(&s))?
         .into_inner();
     tracing::info!(after = cursor, "subscribed to the hub");
+    state.health.set_hub_link(true);
     *failures = 0;
     let mut batches = stream.ready_chunks(ARRIVAL_BATCH);
     while let Some(batch) = batches.next().await {

@@ -55,6 +55,8 @@ pub struct NodeState {
     pub inbox_feed: tokio::sync::broadcast::Sender<pb::InboxSummary>,
     /// Set when the node begins to stop: watch streams end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// What the health service reports (the link to the hub among it).
+    pub health: liaison_telemetry::health::Health,
 }
 
 impl NodeState {
@@ -1003,6 +1005,7 @@ mod tests {
             governance_stale: Notify::new(),
             inbox_feed: tokio::sync::broadcast::channel(8).0,
             stopping: tokio::sync::watch::channel(false).1,
+            health: liaison_telemetry::health::Health::new(crate::SERVICES, true).0,
         }
     }
 

@@ -9,6 +9,11 @@
 /// Version 1 of the API.
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/liaison.v1.rs"));
+
+    /// Every file of `proto/liaison/v1` as an encoded
+    /// `google.protobuf.FileDescriptorSet`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/liaison_descriptor.bin"));
 }
 
 #[cfg(feature = "services")]

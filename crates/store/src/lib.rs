@@ -28,10 +28,11 @@ mod values;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 pub use engine::{Engine, Entry, MemoryEngine, SledEngine, StoreOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Why a storage operation failed. Always our fault, never the caller's.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,42 @@ impl From<sled::Error> for StoreError {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
+
+/// Called by the writer thread with the duration of every flush.
+pub type FlushObserver = Box<dyn Fn(Duration) + Send + Sync>;
+
+/// What the writer thread reports to the rest of the process.
+struct Reports {
+    /// Why the last write or flush failed; `None` once a flush succeeds.
+    failure: watch::Sender<Option<String>>,
+    /// Told how long each flush took, once set.
+    flushes: OnceLock<FlushObserver>,
+}
+
+impl Reports {
+    fn new() -> Self {
+        Self {
+            failure: watch::channel(None).0,
+            flushes: OnceLock::new(),
+        }
+    }
+
+    fn failed(&self, e: &StoreError) {
+        let text = e.to_string();
+        self.failure.send_if_modified(|f| {
+            let changed = f.as_deref() != Some(text.as_str());
+            *f = Some(text);
+            changed
+        });
+    }
+
+    fn flushed(&self, took: Duration) {
+        self.failure.send_if_modified(|f| f.take().is_some());
+        if let Some(observe) = self.flushes.get() {
+            observe(took);
+        }
+    }
+}
 type Job = Box<dyn FnOnce(&dyn Engine) -> Option<Completion> + Send>;
 
 /// Encodes a record as JSON, the format of stored records.
@@ -96,6 +133,7 @@ pub struct Db {
     engine: Arc<dyn Engine>,
     jobs: mpsc::Sender<Job>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    reports: Arc<Reports>,
 }
 
 impl std::fmt::Debug for Db {
@@ -127,15 +165,32 @@ impl Db {
     pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
         let (jobs, rx) = mpsc::channel(4 * MAX_GROUP);
         let writer_engine = Arc::clone(&engine);
+        let reports = Arc::new(Reports::new());
+        let writer_reports = Arc::clone(&reports);
         let handle = std::thread::Builder::new()
             .name("liaison-store-writer".into())
-            .spawn(move || writer(writer_engine, rx))
+            .spawn(move || writer(writer_engine, rx, writer_reports))
             .expect("spawning the store writer thread");
         Self {
             engine,
             jobs,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+            reports,
         }
+    }
+
+    /// Why the store's last write or flush failed, or `None` while it
+    /// works: set by the writer thread when a write or a flush fails, and
+    /// cleared by the next flush that succeeds. Health checks watch it.
+    pub fn failures(&self) -> watch::Receiver<Option<String>> {
+        self.reports.failure.subscribe()
+    }
+
+    /// Has the writer thread tell `observe` how long every flush takes
+    /// (for a latency histogram). Only the first observer set is kept;
+    /// returns whether this one was.
+    pub fn observe_flushes(&self, observe: FlushObserver) -> bool {
+        self.reports.flushes.set(observe).is_ok()
     }
 
     /// Closes the store: waits for the writer to finish every queued write
@@ -153,6 +208,7 @@ impl Db {
             engine,
             jobs,
             writer,
+            reports: _,
         } = self;
         drop(jobs);
         let handle = writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -301,22 +357,33 @@ impl Reader for Txn<'_> {
 
 /// The writer thread: drains a group of jobs, applies each, flushes once,
 /// then completes the whole group.
-fn writer(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Job>) {
+fn writer(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Job>, reports: Arc<Reports>) {
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_GROUP);
+    // A job reports its own apply failure to its caller; the writer learns
+    // of it through this engine wrapper, to report it to health checks.
+    let watched = Watched {
+        engine: Arc::clone(&engine),
+        reports: Arc::clone(&reports),
+    };
     while let Some(first) = rx.blocking_recv() {
-        completions.extend(first(engine.as_ref()));
+        completions.extend(first(&watched));
         while completions.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(job) => completions.extend(job(engine.as_ref())),
+                Ok(job) => completions.extend(job(&watched)),
                 Err(_) => break,
             }
         }
         if completions.is_empty() {
             continue;
         }
+        let started = Instant::now();
         let flushed = engine.flush().map_err(Arc::new);
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "store flush failed");
+        match &flushed {
+            Ok(()) => reports.flushed(started.elapsed()),
+            Err(e) => {
+                tracing::error!(error = %e, "store flush failed");
+                reports.failed(e);
+            }
         }
         for done in completions.drain(..) {
             done(flushed.clone());
@@ -409,6 +476,41 @@ impl Txn<'_> {
     }
 }
 
+/// The engine as the writer's jobs see it: an apply that fails is also
+/// reported as the store's failure.
+struct Watched {
+    engine: Arc<dyn Engine>,
+    reports: Arc<Reports>,
+}
+
+impl Engine for Watched {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.engine.get(key)
+    }
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.engine.contains(key)
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.engine.scan(start, end, limit, reverse)
+    }
+    fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let applied = self.engine.apply(writes);
+        if let Err(e) = &applied {
+            self.reports.failed(e);
+        }
+        applied
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.engine.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +524,46 @@ mod tests {
     fn sled_engine_conforms() {
         let dir = tempfile::tempdir().unwrap();
         conformance::engine_suite(Arc::new(SledEngine::open(dir.path()).unwrap()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_or_flush_is_reported_until_a_flush_succeeds() {
+        let engine = Arc::new(testing::Broken::default());
+        let db = Db::with_engine(engine.clone());
+        let flushes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&flushes);
+        assert!(db.observe_flushes(Box::new(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })));
+        assert!(
+            !db.observe_flushes(Box::new(|_| {})),
+            "only the first observer is kept"
+        );
+        let mut failures = db.failures();
+        let put = |db: &Db| {
+            let db = db.clone();
+            async move {
+                db.write(|txn| {
+                    txn.put(b"k".to_vec(), b"v".to_vec());
+                    Ok::<(), StoreError>(())
+                })
+                .await
+            }
+        };
+        put(&db).await.unwrap();
+        assert_eq!(flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(failures.borrow_and_update().is_none());
+
+        engine.set_broken(true);
+        assert!(put(&db).await.is_err());
+        failures.changed().await.unwrap();
+        let why = failures.borrow_and_update().clone().unwrap();
+        assert!(why.contains("simulated device failure"), "{why}");
+
+        engine.set_broken(false);
+        put(&db).await.unwrap();
+        assert!(failures.borrow_and_update().is_none());
+        assert_eq!(flushes.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

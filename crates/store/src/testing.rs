@@ -59,3 +59,50 @@ impl Engine for HeldFlush {
         Ok(())
     }
 }
+
+/// An in-memory engine whose writes and flushes fail while the test says
+/// so ([`Broken::set_broken`]), as a full or failing disk would.
+#[derive(Debug, Default)]
+pub struct Broken {
+    inner: MemoryEngine,
+    broken: AtomicBool,
+}
+
+impl Broken {
+    /// Makes every apply and flush from now on fail (`true`) or work.
+    pub fn set_broken(&self, broken: bool) {
+        self.broken.store(broken, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine("simulated device failure".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Engine for Broken {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.scan(start, end, limit, reverse)
+    }
+
+    fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.apply(writes)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.check()
+    }
+}

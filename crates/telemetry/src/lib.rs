@@ -9,6 +9,8 @@
 //! supervisor's journal gets plain lines, without ANSI escape codes.
 #![forbid(unsafe_code)]
 
+pub mod health;
+
 use std::ffi::OsStr;
 use std::io::IsTerminal;
 
