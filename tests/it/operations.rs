@@ -270,3 +270,324 @@ async fn grpcurl_lists_describes_and_checks_health_over_mutual_tls_without_proto
     assert!(!refused.status.success(), "{}", text(&refused));
     sandbox.shutdown().await.unwrap();
 }
+
+/// One HTTP/1.1 request to `addr` (plain); returns the status line, the
+/// headers (lowercase names) and the body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (String, String, String) {
+    http_with(addr, method, path, "").await
+}
+
+/// The same with extra header lines (each ending in CRLF).
+async fn http_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (String, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{headers}\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    split_response(&raw)
+}
+
+fn split_response(raw: &[u8]) -> (String, String, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_owned(), headers.to_lowercase(), body.to_owned())
+}
+
+/// The samples of an OpenMetrics text, `name{labels}` → value; panics on a
+/// line that is neither a comment nor a sample.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number in {line:?}"));
+        assert!(out.insert(key.to_owned(), value).is_none(), "{key} twice");
+    }
+    out
+}
+
+fn sample(all: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
+    *all.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {:#?}", all.keys().collect::<Vec<_>>()))
+}
+
+/// Scrapes as Prometheus does (asking for OpenMetrics) and parses the
+/// samples; returns the classic text format too (what `curl` gets).
+async fn scrape(addr: std::net::SocketAddr) -> (String, std::collections::BTreeMap<String, f64>) {
+    let (status, headers, body) = http_with(
+        addr,
+        "GET",
+        "/metrics",
+        "accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    )
+    .await;
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        headers.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{headers}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let parsed = samples(&body);
+    let (status, headers, classic) = http(addr, "GET", "/metrics").await;
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        headers.contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    assert!(!classic.contains("# EOF"), "{classic}");
+    (classic, parsed)
+}
+
+/// `promtool check metrics` on `text` (where promtool runs).
+fn promtool_accepts(text: &str) {
+    if !have("promtool", &["--version"]) {
+        return;
+    }
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}\n{text}",
+        text_of(&out)
+    );
+}
+
+fn text_of(o: &Output) -> String {
+    text(o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_routing_and_show_queues_connections_and_the_store() {
+    use liaison_proto::v1 as pb;
+    let mut sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&["alpha", "bravo"]))
+        .await
+        .unwrap();
+    let hub = sandbox.hub_metrics_addr().unwrap();
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let submit = |title: &str| pb::OfficerSubmitRequest {
+        labels: Some(crate::common::labels(
+            pb::Kind::Alert,
+            pb::Classification::OfficialUse,
+            &["cybercrime"],
+        )),
+        body: Some(crate::common::alert(title)),
+    };
+    let first = officer
+        .submit(submit("one"))
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    wait_until("bravo stores it", SETTLE, || async {
+        crate::common::inbox_ids(&sandbox, "bravo")
+            .await
+            .contains(&first)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // The hub counts the acknowledgement once the node's ack arrives.
+    let (text, m) = wait_until("the hub sees the acknowledgement", SETTLE, || async {
+        let (text, m) = scrape(hub).await;
+        (m.get("liaison_hub_delivery_latency_seconds_count") >= Some(&1.0)).then_some((text, m))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sample(&m, r#"liaison_hub_messages_received_total{origin="alpha"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"liaison_hub_routing_decisions_total{peer="bravo",decision="deliver",rule="deliver.all_rules_passed"}"#
+        ),
+        1.0
+    );
+    assert!(
+        m.keys().any(|k| k.starts_with(
+            "liaison_hub_routing_decisions_total{peer=\"charlie\",decision=\"withhold\""
+        )),
+        "charlie's mandate lacks cybercrime: {text}"
+    );
+    assert_eq!(
+        sample(&m, r#"liaison_hub_peer_connected{peer="alpha"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, r#"liaison_hub_peer_connected{peer="charlie"}"#),
+        0.0
+    );
+    assert_eq!(sample(&m, r#"liaison_hub_queue_depth{peer="bravo"}"#), 0.0);
+    assert!(sample(&m, "liaison_hub_submit_duration_seconds_count") >= 1.0);
+    assert!(
+        sample(&m, "liaison_audit_records") >= 3.0,
+        "received, routed, delivered"
+    );
+    assert!(sample(&m, "liaison_store_size_bytes") > 0.0);
+    assert_eq!(sample(&m, "liaison_store_failing"), 0.0);
+    assert!(sample(&m, "liaison_store_flush_duration_seconds_count") >= 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let cert = sample(
+        &m,
+        r#"liaison_certificate_expiry_timestamp_seconds{certificate="cert"}"#,
+    );
+    assert!(cert > now + 300.0 * 86400.0, "a dev leaf lasts a year");
+    assert!(
+        m.keys().any(|k| k.starts_with("liaison_build_info{")),
+        "{text}"
+    );
+    promtool_accepts(&text);
+
+    // The receiving node: one message in, connected to the hub.
+    let bravo = sandbox.node_metrics_addr("bravo").unwrap();
+    let (text, n) = scrape(bravo).await;
+    assert_eq!(sample(&n, "liaison_node_deliveries_received_total"), 1.0);
+    assert_eq!(sample(&n, "liaison_node_inbox_messages"), 1.0);
+    assert_eq!(sample(&n, "liaison_node_hub_connected"), 1.0);
+    assert_eq!(sample(&n, "liaison_node_quarantine_size"), 0.0);
+    promtool_accepts(&text);
+    let alpha = sandbox.node_metrics_addr("alpha").unwrap();
+    let (_, a) = scrape(alpha).await;
+    assert_eq!(sample(&a, "liaison_node_submitted_total"), 1.0);
+    assert_eq!(sample(&a, "liaison_node_outbox_pending"), 0.0);
+
+    // bravo's node goes away: its queue grows and ages at the hub, and it
+    // is no longer connected.
+    sandbox.stop_node("bravo").await.unwrap();
+    for t in ["two", "three"] {
+        officer.submit(submit(t)).await.unwrap();
+    }
+    let m = wait_until("bravo's queue holds two", SETTLE, || async {
+        let (_, m) = scrape(hub).await;
+        (m.get(r#"liaison_hub_queue_depth{peer="bravo"}"#) == Some(&2.0)).then_some(m)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sample(&m, r#"liaison_hub_peer_connected{peer="bravo"}"#),
+        0.0
+    );
+    assert!(
+        sample(
+            &m,
+            r#"liaison_hub_queue_oldest_undelivered_age_seconds{peer="bravo"}"#
+        ) >= 0.0
+    );
+    assert_eq!(
+        sample(&m, r#"liaison_hub_messages_received_total{origin="alpha"}"#),
+        3.0
+    );
+
+    // Only GET (or HEAD) /metrics.
+    let (status, _, _) = http(hub, "GET", "/").await;
+    assert!(status.contains(" 404 "), "{status}");
+    let (status, headers, _) = http(hub, "POST", "/metrics").await;
+    assert!(status.contains(" 405 "), "{status}");
+    assert!(headers.contains("allow: get, head"), "{headers}");
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_tls_want_a_federation_certificate() {
+    let sandbox = Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .nodes(&["alpha"])
+            .node_toml("[metrics]\nlisten = \"0.0.0.0:0\"\ntls = true"),
+    )
+    .await
+    .unwrap();
+    let addr = sandbox.node_metrics_addr("alpha").unwrap();
+    let material = sandbox.material("alpha/node").unwrap();
+    let mut config = (*liaison_pki::client_config(&material).unwrap()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify after a response with
+    // `connection: close`; what was read before counts.
+    let _ = tls.read_to_end(&mut raw).await;
+    let (status, _, body) = split_response(&raw);
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body.contains("liaison_node_hub_connected"), "{body}");
+
+    // Plain HTTP to the TLS port gets nothing.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(SETTLE, plain.read_to_end(&mut got)).await;
+    assert!(
+        !String::from_utf8_lossy(&got).contains("liaison_"),
+        "no metrics in the clear"
+    );
+    sandbox.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_shipped_alert_rules_pass_promtool_and_their_tests() {
+    if !have("promtool", &["--version"]) {
+        return;
+    }
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("SUCCESS: 6 rules found"), "{shown}");
+    // And each alert fires when, and only when, it should.
+    let tests = rules.with_file_name("alerts_test.yml");
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&tests)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -987,6 +987,10 @@ pub struct ServeArgs {
     /// Once listening, write the bound address to this file (useful with port 0).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Once listening, write the bound `[metrics] listen` address to this
+    /// file (it is bound before --ready-file is written).
+    #[arg(long)]
+    pub metrics_ready_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub json_logs: bool,
@@ -1086,8 +1090,13 @@ pub async fn hub(a: ServeArgs) -> Result<()> {
     let reloads = reload_signal()?;
     // Listen for SIGTERM before announcing readiness, too.
     let stop = shutdown_signal();
-    let listener = bind(config.listen, a.ready_file.as_deref()).await?;
-    liaison_hub::run_with_reload(config, listener, stop, reloads).await?;
+    let metrics = match &config.metrics {
+        Some(m) => Some(bind(m.listen, a.metrics_ready_file.as_deref()).await?),
+        None => None,
+    };
+    let api = bind(config.listen, a.ready_file.as_deref()).await?;
+    let listeners = liaison_hub::Listeners { api, metrics };
+    liaison_hub::run_with_reload(config, listeners, stop, reloads).await?;
     Ok(())
 }
 
@@ -1118,8 +1127,13 @@ pub async fn node(a: ServeArgs) -> Result<()> {
     let reloads = reload_signal()?;
     // Listen for SIGTERM before announcing readiness, too.
     let stop = shutdown_signal();
-    let listener = bind(config.listen, a.ready_file.as_deref()).await?;
-    liaison_node::run_with_reload(config, listener, stop, reloads).await?;
+    let metrics = match &config.metrics {
+        Some(m) => Some(bind(m.listen, a.metrics_ready_file.as_deref()).await?),
+        None => None,
+    };
+    let api = bind(config.listen, a.ready_file.as_deref()).await?;
+    let listeners = liaison_node::Listeners { api, metrics };
+    liaison_node::run_with_reload(config, listeners, stop, reloads).await?;
     Ok(())
 }
 

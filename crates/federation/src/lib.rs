@@ -248,6 +248,19 @@ pub struct Sandbox {
     hub_limits: Vec<String>,
     node_toml: String,
     node_process: Option<PathBuf>,
+    /// Where the in-process hub's `/metrics` listens.
+    hub_metrics: Option<SocketAddr>,
+    /// Where each in-process node's `/metrics` listens.
+    node_metrics: BTreeMap<String, SocketAddr>,
+}
+
+/// A metrics listener on loopback, port 0.
+async fn metrics_listener() -> Result<(TcpListener, SocketAddr), SandboxError> {
+    let l = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(io("binding a metrics listener"))?;
+    let addr = l.local_addr().map_err(io("reading a metrics address"))?;
+    Ok((l, addr))
 }
 
 impl Sandbox {
@@ -286,6 +299,8 @@ impl Sandbox {
             hub_limits: opts.hub_limits.clone(),
             node_toml: opts.node_toml.clone(),
             node_process: opts.node_process.clone(),
+            hub_metrics: None,
+            node_metrics: BTreeMap::new(),
         };
         match &opts.hub_process {
             Some(exe) => sandbox.start_hub_process(exe).await?,
@@ -391,6 +406,24 @@ impl Sandbox {
         self.nodes.keys().cloned().collect()
     }
 
+    /// Where the hub's `/metrics` listens (plain HTTP), when it runs in
+    /// this process.
+    pub fn hub_metrics_addr(&self) -> Option<SocketAddr> {
+        match self.hub {
+            HubProcess::InProcess(_) => self.hub_metrics,
+            _ => None,
+        }
+    }
+
+    /// Where `body`'s node's `/metrics` listens (plain HTTP), when it runs
+    /// in this process.
+    pub fn node_metrics_addr(&self, body: &str) -> Option<SocketAddr> {
+        match self.nodes.get(body) {
+            Some(NodeProcess::InProcess(_)) => self.node_metrics.get(body).copied(),
+            _ => None,
+        }
+    }
+
     /// Certificate material for a leaf of the dev PKI, for example
     /// `europol/officer-alice`.
     pub fn material(&self, stem: &str) -> Result<TlsMaterial, SandboxError> {
@@ -443,10 +476,16 @@ impl Sandbox {
             .map_err(io("reading the hub address"))?;
         self.hub_addr = Some(addr);
         let config = liaison_hub::HubConfig::load(&self.write_hub_config(addr)?)?;
+        let (metrics, metrics_addr) = metrics_listener().await?;
+        self.hub_metrics = Some(metrics_addr);
+        let listeners = liaison_hub::Listeners {
+            api: listener,
+            metrics: Some(metrics),
+        };
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(report_exit(
             "hub".into(),
-            liaison_hub::run(config, listener, async {
+            liaison_hub::run(config, listeners, async {
                 let _ = stopped.await;
             }),
         ));
@@ -556,10 +595,16 @@ impl Sandbox {
             .map_err(io("reading a node address"))?;
         let path = self.write_node_config(body, &addr.to_string())?;
         let config = liaison_node::NodeConfig::load(&path)?;
+        let (metrics, metrics_addr) = metrics_listener().await?;
+        self.node_metrics.insert(body.to_owned(), metrics_addr);
+        let listeners = liaison_node::Listeners {
+            api: listener,
+            metrics: Some(metrics),
+        };
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(report_exit(
             format!("{body} node"),
-            liaison_node::run(config, listener, async {
+            liaison_node::run(config, listeners, async {
                 let _ = stopped.await;
             }),
         ));

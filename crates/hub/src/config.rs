@@ -29,6 +29,9 @@ pub struct HubConfig {
     /// Protective limits.
     #[serde(default)]
     pub limits: ServerLimits,
+    /// The `/metrics` endpoint (`[metrics] listen, tls`); none if absent.
+    #[serde(default)]
+    pub metrics: Option<liaison_telemetry::metrics::MetricsConfig>,
 }
 
 impl HubConfig {
@@ -63,6 +66,9 @@ impl HubConfig {
             }
         }
         config.tls.resolve(base);
+        if let Some(m) = &config.metrics {
+            m.check().map_err(bad)?;
+        }
         Ok(config)
     }
 }
@@ -128,6 +134,31 @@ key = "hub.key.pem"
             .unwrap_err()
             .to_string();
         assert!(err.contains("cache_size"), "{err}");
+        let m = c.metrics.unwrap();
+        assert_eq!(m.listen, "127.0.0.1:9464".parse().unwrap());
+        assert!(!m.tls);
+        // Plain metrics on a network address are refused, naming the file.
+        let open =
+            include_str!("../../../deploy/hub.toml").replace("127.0.0.1:9464", "0.0.0.0:9464");
+        let err = HubConfig::parse(Path::new("hub.toml"), &open)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("hub.toml"), "{err}");
+        assert!(err.contains("tls = true"), "{err}");
+        let tls = open.replace("tls = false", "tls = true");
+        assert!(
+            HubConfig::parse(Path::new("hub.toml"), &tls)
+                .unwrap()
+                .metrics
+                .unwrap()
+                .tls
+        );
+        let unknown = include_str!("../../../deploy/hub.toml")
+            .replace("tls = false", "tls = false\npath = \"/m\"");
+        let err = HubConfig::parse(Path::new("hub.toml"), &unknown)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("path"), "{err}");
     }
 
     #[test]

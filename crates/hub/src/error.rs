@@ -154,9 +154,10 @@ pub enum HubError {
     },
 }
 
-impl From<HubError> for Status {
-    fn from(e: HubError) -> Self {
-        let code = match &e {
+impl HubError {
+    /// The gRPC code this error is answered with: the one mapping.
+    pub fn code(&self) -> Code {
+        match self {
             HubError::Invalid(_) => Code::InvalidArgument,
             HubError::OriginMismatch { .. }
             | HubError::UnknownBody(_)
@@ -181,7 +182,13 @@ impl From<HubError> for Status {
             | HubError::Transport(_)
             | HubError::Task { .. }
             | HubError::Io { .. } => Code::Internal,
-        };
+        }
+    }
+}
+
+impl From<HubError> for Status {
+    fn from(e: HubError) -> Self {
+        let code = e.code();
         if liaison_proto::status::classify(code).fault != liaison_proto::status::Fault::Caller {
             tracing::error!(error = %e, code = %code, "internal error answering a request");
         }

@@ -21,6 +21,7 @@ mod admin;
 mod config;
 mod error;
 pub mod governance;
+mod metrics;
 mod service;
 pub mod store;
 
@@ -38,6 +39,7 @@ use liaison_proto::v1::{
 };
 use liaison_store::Db;
 use liaison_telemetry::health::{reflection, Health};
+pub use liaison_telemetry::metrics::Listeners;
 use liaison_types::Role;
 pub use service::HubState;
 use service::{AuditService, FederationService};
@@ -64,13 +66,14 @@ pub fn load_governance(config: &HubConfig) -> Result<Governance, HubError> {
     Ok(Governance::from_toml(&path.display().to_string(), &text)?)
 }
 
-/// Runs the hub on `listener` until `shutdown` completes.
+/// Runs the hub on `listeners` (a bare API listener will do) until
+/// `shutdown` completes.
 pub async fn run(
     config: HubConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), HubError> {
-    run_with_reload(config, listener, shutdown, tokio_stream::pending()).await
+    run_with_reload(config, listeners, shutdown, tokio_stream::pending()).await
 }
 
 /// Runs the hub on `listener` until `shutdown` completes, and reloads the
@@ -82,10 +85,19 @@ pub async fn run(
 /// on request.
 pub async fn run_with_reload(
     config: HubConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send,
     reloads: impl Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), HubError> {
+    let mut listeners = listeners.into();
+    let metrics_listener = listeners
+        .metrics_for(config.metrics.as_ref())
+        .await
+        .map_err(|source| HubError::Io {
+            context: "binding the [metrics] listen address".into(),
+            source,
+        })?;
+    let listener: TcpListener = listeners.api;
     let governance = load_governance(&config)?;
     let material = TlsMaterial::load(&config.tls)?;
     let crls = match &config.tls.crl {
@@ -107,6 +119,24 @@ pub async fn run_with_reload(
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(HubState::new(db, governance, stop_rx.clone())?);
     state.spawn(Arc::clone(&state).run_schedules());
+    if let Some(listener) = metrics_listener {
+        let registry = state.metrics().registry(&material.expiries()?);
+        let render = metrics::renderer(Arc::clone(&state), registry, config.data_dir.clone());
+        let tls = config
+            .metrics
+            .is_some_and(|m| m.tls)
+            .then(|| tls_rx.borrow().clone());
+        tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), tls = tls.is_some(), "metrics listening at /metrics");
+        let mut stopping = stop_rx.clone();
+        state.spawn(liaison_telemetry::metrics::serve(
+            listener,
+            tls,
+            render,
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let limits = &config.limits;
 
     let fed = FederationServer::new(FederationService(Arc::clone(&state)))

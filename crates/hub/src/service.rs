@@ -54,6 +54,10 @@ pub struct HubState {
     embargo_changed: tokio::sync::Notify,
     /// Failed TLS handshakes on the hub's listener, by reason.
     handshake_failures: liaison_pki::HandshakeFailures,
+    /// The metrics, updated as things happen.
+    metrics: crate::metrics::HubMetrics,
+    /// Why the store's last write or flush failed, while it fails.
+    store_failure: watch::Receiver<Option<String>>,
 }
 
 impl HubState {
@@ -64,9 +68,15 @@ impl HubState {
         governance: Governance,
         stopping: watch::Receiver<bool>,
     ) -> Result<Self, HubError> {
+        let metrics = crate::metrics::HubMetrics::default();
+        let flushes = metrics.flush_seconds.clone();
+        db.observe_flushes(Box::new(move |took| flushes.observe(took.as_secs_f64())));
+        let store_failure = db.failures();
         let store = HubStore::open(db, governance.bodies().map(|b| &b.id))?;
         let overrides = store.body_states()?;
         Ok(Self {
+            metrics,
+            store_failure,
             store,
             governance: GovernanceCell::new(InForce::new(Arc::new(governance), overrides)),
             stopping,
@@ -74,6 +84,16 @@ impl HubState {
             embargo_changed: tokio::sync::Notify::new(),
             handshake_failures: liaison_pki::HandshakeFailures::default(),
         })
+    }
+
+    /// The hub's metrics.
+    pub(crate) fn metrics(&self) -> &crate::metrics::HubMetrics {
+        &self.metrics
+    }
+
+    /// Why the store's last write or flush failed, while it fails.
+    pub(crate) fn store_failure(&self) -> Option<String> {
+        self.store_failure.borrow().clone()
     }
 
     /// Failed TLS handshakes on the hub's listener, by reason.
@@ -411,6 +431,34 @@ impl HubState {
         caller: &Identity,
         requests: Vec<pb::SubmitRequest>,
     ) -> Result<Vec<Result<pb::SubmitResponse, HubError>>, HubError> {
+        let started = std::time::Instant::now();
+        let results = self.submit_batch_timed(caller, requests).await;
+        self.metrics
+            .submit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let refused = |e: &HubError| {
+            self.metrics
+                .refused
+                .get_or_create(&crate::metrics::Code {
+                    code: format!("{:?}", e.code()),
+                })
+                .inc();
+        };
+        match &results {
+            Ok(each) => each
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .for_each(refused),
+            Err(e) => refused(e),
+        }
+        results
+    }
+
+    async fn submit_batch_timed(
+        &self,
+        caller: &Identity,
+        requests: Vec<pb::SubmitRequest>,
+    ) -> Result<Vec<Result<pb::SubmitResponse, HubError>>, HubError> {
         let gov = self.known_caller(caller)?;
         if requests.is_empty() || requests.len() > MAX_BATCH {
             return Err(ValidationError::new(
@@ -457,6 +505,7 @@ impl HubState {
                     let (outcome, duplicate) = match submitted {
                         Submitted::New { outcome, held, .. } => {
                             wake |= held;
+                            self.count_routed(&outcome);
                             (outcome, false)
                         }
                         Submitted::Duplicate(outcome) => (outcome, true),
@@ -498,6 +547,32 @@ impl HubState {
                 })
             })
             .collect())
+    }
+
+    /// Counts a new message and its routing decisions.
+    fn count_routed(&self, outcome: &store::RoutedOutcome) {
+        let m = &self.metrics;
+        m.received
+            .get_or_create(&crate::metrics::Origin {
+                origin: outcome.origin.clone(),
+            })
+            .inc();
+        for d in &outcome.decisions {
+            m.decisions
+                .get_or_create(&crate::metrics::Decision {
+                    peer: d.recipient.clone(),
+                    decision: if d.deliver { "deliver" } else { "withhold" }.to_owned(),
+                    rule: d.rule.clone(),
+                })
+                .inc();
+        }
+        for u in &outcome.unaddressed {
+            m.unaddressed
+                .get_or_create(&crate::metrics::RuleLabel {
+                    rule: u.rule.clone(),
+                })
+                .inc_by(u64::from(u.bodies));
+        }
     }
 
     /// Checks one submission and decides its routing: everything but the
@@ -856,6 +931,12 @@ impl HubState {
                 gov.version().to_owned(),
             )
             .await?;
+        let now = now_ms();
+        for routed in &done.routed_at_ms {
+            let ms = (now - routed).max(0);
+            #[allow(clippy::cast_precision_loss)] // milliseconds fit in f64
+            self.metrics.delivery_seconds.observe(ms as f64 / 1000.0);
+        }
         Ok(pb::AcknowledgeResponse {
             acked_seq: done.acked,
         })
@@ -890,6 +971,15 @@ impl HubState {
     ) -> Result<(), HubError> {
         let mut durable = self.store.watch_queue(&caller.body);
         let mut stopping = self.stopping.clone();
+        let gauge = self
+            .metrics
+            .subscriptions
+            .get_or_create(&crate::metrics::Peer {
+                peer: caller.body.to_string(),
+            })
+            .clone();
+        gauge.inc();
+        let _subscribed = crate::metrics::Subscribed(gauge);
         tracing::info!(caller = %caller, after = cursor, "subscription opened");
         loop {
             // Mark the durable position seen before reading the queue, so an

@@ -42,6 +42,9 @@ pub struct NodeConfig {
     /// Protective limits.
     #[serde(default)]
     pub limits: ServerLimits,
+    /// The `/metrics` endpoint (`[metrics] listen, tls`); none if absent.
+    #[serde(default)]
+    pub metrics: Option<liaison_telemetry::metrics::MetricsConfig>,
     /// The `[release]` table as written, with positions for error messages.
     #[serde(default, rename = "release")]
     release_table: Option<Spanned<RawRelease>>,
@@ -328,6 +331,9 @@ impl NodeConfig {
                 "link.push_batch_bytes = {} is too small; use at least 1024",
                 config.link.push_batch_bytes
             )));
+        }
+        if let Some(m) = &config.metrics {
+            m.check().map_err(bad)?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [

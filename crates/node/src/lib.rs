@@ -25,6 +25,7 @@
 mod config;
 mod error;
 mod link;
+mod metrics;
 mod service;
 pub mod store;
 
@@ -39,6 +40,7 @@ use liaison_pki::{
 use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
 use liaison_store::Db;
 use liaison_telemetry::health::{reflection, Health};
+pub use liaison_telemetry::metrics::Listeners;
 use liaison_types::{BodyId, Role};
 pub use service::MAX_OFFICER_BATCH;
 use service::{NodeState, OfficerService};
@@ -56,13 +58,14 @@ use tonic::service::interceptor::InterceptedService;
 /// and reflection lists it.
 pub const SERVICES: &[&str] = &["liaison.v1.Officer"];
 
-/// Runs the node on `listener` until `shutdown` completes.
+/// Runs the node on `listeners` (a bare API listener will do) until
+/// `shutdown` completes.
 pub async fn run(
     config: NodeConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
-    run_with_reload(config, listener, shutdown, tokio_stream::pending()).await
+    run_with_reload(config, listeners, shutdown, tokio_stream::pending()).await
 }
 
 /// Runs the node on `listener` until `shutdown` completes, and re-reads the
@@ -71,10 +74,19 @@ pub async fn run(
 /// connections; an unusable one is logged and the CRL in force stays.
 pub async fn run_with_reload(
     config: NodeConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send,
     reloads: impl Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), NodeError> {
+    let mut listeners = listeners.into();
+    let metrics_listener = listeners
+        .metrics_for(config.metrics.as_ref())
+        .await
+        .map_err(|source| NodeError::Io {
+            context: "binding the [metrics] listen address".into(),
+            source,
+        })?;
+    let listener: TcpListener = listeners.api;
     let material = TlsMaterial::load(&config.tls)?;
     let crls = match &config.tls.crl {
         Some(path) => Some(Crls::load(path, &material.ca_pem)?),
@@ -103,6 +115,9 @@ pub async fn run_with_reload(
     let db = Db::open_with(&config.data_dir, config.store)?;
     let (health, health_server) = Health::new(SERVICES, true);
     health.follow_store(db.failures());
+    let node_metrics = metrics::NodeMetrics::default();
+    let flushes = node_metrics.flush_seconds.clone();
+    db.observe_flushes(Box::new(move |took| flushes.observe(took.as_secs_f64())));
     let (reflection_v1, reflection_v1alpha) =
         reflection(liaison_proto::v1::FILE_DESCRIPTOR_SET, SERVICES);
     let channel = lazy_channel(&config.hub, &material, Some(Role::Hub), &federation)?;
@@ -124,6 +139,7 @@ pub async fn run_with_reload(
         stopping: stop_rx.clone(),
         governance_stale: Notify::new(),
         health: health.clone(),
+        metrics: node_metrics,
     });
     let release = &state.release;
     if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {
@@ -140,6 +156,27 @@ pub async fn run_with_reload(
             );
         }
     }
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            let registry = state.metrics.registry(&material.expiries()?);
+            let render = metrics::renderer(Arc::clone(&state), registry, config.data_dir.clone());
+            let tls = config
+                .metrics
+                .is_some_and(|m| m.tls)
+                .then(|| Arc::clone(&tls));
+            tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), tls = tls.is_some(), "metrics listening at /metrics");
+            let mut stopping = stop_rx.clone();
+            Some(tokio::spawn(liaison_telemetry::metrics::serve(
+                listener,
+                tls,
+                render,
+                async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
     let (tls_tx, tls_rx) = watch::channel(tls);
     let crl_reloader = tokio::spawn(reload_crl(
         material.clone(),
@@ -211,6 +248,9 @@ pub async fn run_with_reload(
     let _ = receiver.await;
     let _ = sweeper.await;
     let _ = follower.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     state.writes.close();
     state.writes.wait().await;
     // Close the store so that a restart can open it at once.

@@ -537,6 +537,11 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
             }
         }
         let new = new.len();
+        state.metrics.received.inc_by(new as u64);
+        state
+            .metrics
+            .quarantined_total
+            .inc_by(quarantined.len() as u64);
         hub.acknowledge(pb::AcknowledgeRequest {
             seq: last,
             quarantined,

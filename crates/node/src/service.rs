@@ -57,6 +57,8 @@ pub struct NodeState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// What the health service reports (the link to the hub among it).
     pub health: liaison_telemetry::health::Health,
+    /// The metrics, updated as things happen.
+    pub metrics: crate::metrics::NodeMetrics,
 }
 
 impl NodeState {
@@ -687,9 +689,14 @@ impl pb::officer_server::Officer for OfficerService {
         req: Request<pb::OfficerSubmitRequest>,
     ) -> Result<Response<pb::OfficerSubmitResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
-        Ok(Response::new(
-            self.0.submit(&caller, req.into_inner()).await?,
-        ))
+        let started = std::time::Instant::now();
+        let done = self.0.submit(&caller, req.into_inner()).await;
+        let m = &self.0.metrics;
+        m.submit_seconds.observe(started.elapsed().as_secs_f64());
+        if done.is_ok() {
+            m.submitted.inc();
+        }
+        Ok(Response::new(done?))
     }
 
     async fn submit_batch(
@@ -711,7 +718,13 @@ impl pb::officer_server::Officer for OfficerService {
                 liaison_types::text::escape_line_prefix(id, 64)
             })
             .collect();
-        let results = self.0.submit_batch(&caller, messages).await?;
+        let started = std::time::Instant::now();
+        let results = self.0.submit_batch(&caller, messages).await;
+        let m = &self.0.metrics;
+        m.submit_seconds.observe(started.elapsed().as_secs_f64());
+        let results = results?;
+        m.submitted
+            .inc_by(results.iter().filter(|r| r.is_ok()).count() as u64);
         let results = results
             .into_iter()
             .zip(ids)
@@ -1006,6 +1019,7 @@ mod tests {
             inbox_feed: tokio::sync::broadcast::channel(8).0,
             stopping: tokio::sync::watch::channel(false).1,
             health: liaison_telemetry::health::Health::new(crate::SERVICES, true).0,
+            metrics: crate::metrics::NodeMetrics::default(),
         }
     }
 

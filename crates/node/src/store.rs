@@ -721,6 +721,11 @@ pub fn outbox_pending(db: &Db) -> Result<u64, StoreError> {
     order::count(db, b"op/")
 }
 
+/// How many messages the inbox holds.
+pub fn inbox_count(db: &Db) -> Result<u64, StoreError> {
+    order::count(db, b"il/")
+}
+
 /// The last hub queue position stored here.
 pub fn hub_cursor(db: &Db) -> Result<u64, StoreError> {
     Ok(keys::u64_value(db.get(HUB_CURSOR)?))

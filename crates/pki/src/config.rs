@@ -110,6 +110,21 @@ impl TlsMaterial {
         crate::identity::any_identity_from_der(leaf.as_ref())
     }
 
+    /// When this party's certificate and each CA certificate expire (Unix
+    /// seconds, the `notAfter` of each), for expiry metrics and warnings:
+    /// `("cert", t)` for the leaf, then `("ca", t)` for every CA certificate.
+    pub fn expiries(&self) -> Result<Vec<(&'static str, i64)>, PkiError> {
+        let mut out = Vec::new();
+        let leaf = parse_certs(&self.cert_pem, "cert_pem")?;
+        if let Some(first) = leaf.first() {
+            out.push(("cert", not_after(first.as_ref())?));
+        }
+        for ca in parse_certs(&self.ca_pem, "ca_pem")? {
+            out.push(("ca", not_after(ca.as_ref())?));
+        }
+        Ok(out)
+    }
+
     /// The CA certificates as a root store.
     fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
         let mut roots = RootCertStore::empty();
@@ -344,4 +359,11 @@ fn bad_pem(origin: &str, e: pem::Error) -> PkiError {
         origin: origin.into(),
         reason: e.to_string(),
     }
+}
+
+/// A DER certificate's `notAfter`, in Unix seconds.
+fn not_after(der: &[u8]) -> Result<i64, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(format!("cannot parse a certificate: {e}")))?;
+    Ok(cert.validity().not_after.timestamp())
 }

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod metrics;
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;

@@ -911,6 +911,8 @@ pub struct Acknowledged {
     pub audit_seq: u64,
     /// `(originator, queue position)` of each receipt queued.
     pub receipts: Vec<(BodyId, u64)>,
+    /// When each message acknowledged was routed (for delivery latency).
+    pub routed_at_ms: Vec<i64>,
 }
 
 /// Acknowledges the body's queue up to `seq`: removes the entries, writes
@@ -961,6 +963,11 @@ pub(super) async fn acknowledge(
             acked: new_acked,
             audit_seq: applied.audit_seq,
             receipts: applied.queued,
+            routed_at_ms: entries
+                .iter()
+                .filter(|(q, e)| e.is_message() && !quarantined.contains_key(q))
+                .map(|(_, e)| e.routed_at_ms)
+                .collect(),
         })
     })
     .await

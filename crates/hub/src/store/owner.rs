@@ -355,6 +355,24 @@ impl HubStore {
         audit_after(&self.db, after, upto.min(self.durable_audit()), limit)
     }
 
+    /// How far behind the body's node is: durable queue positions not yet
+    /// acknowledged, and when the oldest of them was queued.
+    pub fn queue_state(&self, body: &BodyId) -> Result<QueueState, StoreError> {
+        let mark = *self.queue_mark(body).borrow();
+        let acked = acked(&self.db, body)?;
+        let oldest_ms = if mark > acked {
+            self.queue_after(body, acked, 1)?
+                .first()
+                .map(|(_, e)| e.routed_at_ms)
+        } else {
+            None
+        };
+        Ok(QueueState {
+            depth: mark.saturating_sub(acked),
+            oldest_ms,
+        })
+    }
+
     /// The body's acknowledged position.
     pub fn acked(&self, body: &BodyId) -> Result<u64, StoreError> {
         acked(&self.db, body)
@@ -442,4 +460,13 @@ mod tests {
         .await;
         assert_eq!(store.audit_after(0, 1, 10).unwrap().len(), 1);
     }
+}
+
+/// How far behind a body's node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Durable queue positions not yet acknowledged.
+    pub depth: u64,
+    /// When the oldest of them was queued, if any.
+    pub oldest_ms: Option<i64>,
 }

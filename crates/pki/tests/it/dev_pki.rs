@@ -67,6 +67,16 @@ fn generates_every_file_with_the_right_identity() -> TestResult {
         let files = TlsFiles::in_dev_dir(&dir, stem);
         let material = TlsMaterial::load(&files)?;
         assert_eq!(material.ca_pem, ca_pem);
+        // Expiry metrics read the leaf's and the CA's notAfter.
+        let expiries = material.expiries()?;
+        let kinds: Vec<&str> = expiries.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, ["cert", "ca"], "{stem}");
+        assert_eq!(expiries[1].1, ca.validity().not_after.timestamp(), "{stem}");
+        let leaf_days = (expiries[0].1 - ca.validity().not_before.timestamp()) / 86400;
+        assert!(
+            (364..=366).contains(&leaf_days),
+            "{stem}: a leaf lasts a year, not {leaf_days} days"
+        );
         let (uris, dns, ips) = sans(&material.cert_pem);
         assert_eq!(uris, vec![id.uri()], "{stem} has exactly its own URI SAN");
         assert_eq!(identity_from_der(&der(&material.cert_pem), FED)?, id);

@@ -1,0 +1,150 @@
+//! The node's metrics: counters and histograms updated where officers
+//! submit and deliveries arrive, and gauges read from the store at each
+//! scrape. Nothing here carries a message's content.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use liaison_telemetry::metrics::{dir_size, encode, latency_histogram, register_process, Render};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::service::NodeState;
+use crate::store;
+
+/// Every metric of a node.
+#[derive(Debug)]
+pub struct NodeMetrics {
+    /// Messages officers submitted that the outbox took.
+    pub submitted: Counter,
+    /// Seconds to check and store one officer Submit or SubmitBatch call.
+    pub submit_seconds: Histogram,
+    /// Deliveries from the hub newly stored in the inbox.
+    pub received: Counter,
+    /// Deliveries kept in quarantine (the node could not accept them).
+    pub quarantined_total: Counter,
+    /// Seconds per store flush.
+    pub flush_seconds: Histogram,
+    outbox_pending: Gauge,
+    inbox_messages: Gauge,
+    quarantined: Gauge,
+    hub_connected: Gauge,
+    store_bytes: Gauge,
+    store_failing: Gauge,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self {
+            submitted: Counter::default(),
+            submit_seconds: latency_histogram(),
+            received: Counter::default(),
+            quarantined_total: Counter::default(),
+            flush_seconds: latency_histogram(),
+            outbox_pending: Gauge::default(),
+            inbox_messages: Gauge::default(),
+            quarantined: Gauge::default(),
+            hub_connected: Gauge::default(),
+            store_bytes: Gauge::default(),
+            store_failing: Gauge::default(),
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// A registry of every metric (handles shared with `self`), with the
+    /// build and certificate expiry metrics.
+    pub fn registry(&self, expiries: &[(&'static str, i64)]) -> Registry {
+        let mut r = Registry::default();
+        register_process(&mut r, "node", expiries);
+        r.register(
+            "liaison_node_submitted",
+            "Messages officers submitted that the outbox took",
+            self.submitted.clone(),
+        );
+        r.register_with_unit(
+            "liaison_node_submit_duration",
+            "Time to check and durably store one officer Submit or SubmitBatch call",
+            Unit::Seconds,
+            self.submit_seconds.clone(),
+        );
+        r.register(
+            "liaison_node_deliveries_received",
+            "Deliveries from the hub newly stored in the inbox",
+            self.received.clone(),
+        );
+        r.register(
+            "liaison_node_deliveries_quarantined",
+            "Deliveries this node could not accept, kept in quarantine",
+            self.quarantined_total.clone(),
+        );
+        r.register(
+            "liaison_node_outbox_pending",
+            "Messages in the outbox waiting to be pushed to the hub",
+            self.outbox_pending.clone(),
+        );
+        r.register(
+            "liaison_node_inbox_messages",
+            "Messages in the inbox",
+            self.inbox_messages.clone(),
+        );
+        r.register(
+            "liaison_node_quarantine_size",
+            "Deliveries held in quarantine now (an alarm while above 0)",
+            self.quarantined.clone(),
+        );
+        r.register(
+            "liaison_node_hub_connected",
+            "1 while the node's delivery stream from the hub is open, else 0",
+            self.hub_connected.clone(),
+        );
+        r.register_with_unit(
+            "liaison_store_size",
+            "Bytes on disk in the store's data directory",
+            Unit::Bytes,
+            self.store_bytes.clone(),
+        );
+        r.register(
+            "liaison_store_failing",
+            "1 while the store's last write or flush failed, else 0",
+            self.store_failing.clone(),
+        );
+        r.register_with_unit(
+            "liaison_store_flush_duration",
+            "Time per store flush (fdatasync included)",
+            Unit::Seconds,
+            self.flush_seconds.clone(),
+        );
+        r
+    }
+}
+
+/// What a scrape renders: gauges refreshed from the state, then the text.
+pub(crate) fn renderer(state: Arc<NodeState>, registry: Registry, data_dir: PathBuf) -> Render {
+    Arc::new(move || {
+        let m = &state.metrics;
+        let count = |what: &str, n: Result<u64, liaison_store::StoreError>| match n {
+            Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            Err(e) => {
+                tracing::warn!(what, error = %e, "metrics: cannot read the store");
+                0
+            }
+        };
+        m.outbox_pending
+            .set(count("outbox", store::outbox_pending(&state.db)));
+        m.inbox_messages
+            .set(count("inbox", store::inbox_count(&state.db)));
+        m.quarantined.set(count(
+            "quarantine",
+            store::quarantine(&state.db, 0).map(|(n, _)| n),
+        ));
+        let c = state.health.conditions();
+        m.hub_connected.set(i64::from(c.hub_link == Some(true)));
+        m.store_failing.set(i64::from(c.storage_failure.is_some()));
+        m.store_bytes
+            .set(i64::try_from(dir_size(&data_dir)).unwrap_or(i64::MAX));
+        encode(&registry)
+    })
+}
