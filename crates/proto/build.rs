@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "liaison/v1/admin.proto",
         "liaison/v1/bench.proto",
         "liaison/v1/store.proto",
+        "liaison/v1/status.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     // The encoded descriptors, for the servers' reflection service.

@@ -591,3 +591,171 @@ fn the_shipped_alert_rules_pass_promtool_and_their_tests() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+async fn operations(
+    sandbox: &Sandbox,
+    who: &str,
+) -> liaison_proto::v1::operations_client::OperationsClient<Channel> {
+    let m = sandbox.material(who).unwrap();
+    let ch = liaison_pki::connect(
+        &sandbox.hub_url(),
+        &m,
+        Some(liaison_types::Role::Hub),
+        sandbox.governance().federation(),
+    )
+    .await
+    .unwrap();
+    liaison_proto::v1::operations_client::OperationsClient::new(ch)
+}
+
+async fn hub_status(
+    sandbox: &Sandbox,
+    who: &str,
+) -> Result<liaison_proto::v1::HubStatus, tonic::Status> {
+    operations(sandbox, who)
+        .await
+        .status(liaison_proto::v1::HubStatusRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_status_shows_every_body_to_the_hub_body_and_its_own_to_another() {
+    use liaison_proto::v1 as pb;
+    let mut sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&["alpha", "bravo"]))
+        .await
+        .unwrap();
+    // alpha runs the hub: its auditor sees every body.
+    let s = wait_until("bravo's node connects", SETTLE, || async {
+        let s = hub_status(&sandbox, "alpha/auditor-audit").await.unwrap();
+        s.bodies
+            .iter()
+            .any(|b| b.body == "bravo" && b.connected)
+            .then_some(s)
+    })
+    .await
+    .unwrap();
+    let names: Vec<&str> = s.bodies.iter().map(|b| b.body.as_str()).collect();
+    assert_eq!(names, ["alpha", "bravo", "charlie", "obs"]);
+    assert_eq!(s.hub_body, "alpha");
+    assert!(s.storage_failure.is_empty());
+    assert!(s.certificate_expires_ms > s.at_ms);
+    let charlie = s.bodies.iter().find(|b| b.body == "charlie").unwrap();
+    assert!(!charlie.connected);
+    assert_eq!(charlie.last_seen_ms, 0, "charlie's node never called");
+    assert_eq!(charlie.state, "active");
+
+    // bravo's admin sees bravo only.
+    let own = hub_status(&sandbox, "bravo/admin-admin").await.unwrap();
+    let names: Vec<&str> = own.bodies.iter().map(|b| b.body.as_str()).collect();
+    assert_eq!(names, ["bravo"]);
+
+    // Officers and nodes may not ask.
+    for who in ["alpha/officer-alice", "alpha/node"] {
+        let e = hub_status(&sandbox, who).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}: {e:?}");
+    }
+
+    // bravo's node goes: it is seen as disconnected, last seen when it
+    // left, and what is queued for it shows with its age.
+    sandbox.stop_node("bravo").await.unwrap();
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    officer
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(crate::common::labels(
+                pb::Kind::Alert,
+                pb::Classification::OfficialUse,
+                &["cybercrime"],
+            )),
+            body: Some(crate::common::alert("while bravo is away")),
+        })
+        .await
+        .unwrap();
+    let s = wait_until("bravo's queue holds it", SETTLE, || async {
+        let s = hub_status(&sandbox, "alpha/auditor-audit").await.unwrap();
+        s.bodies
+            .iter()
+            .any(|b| b.body == "bravo" && !b.connected && b.queue_depth == 1)
+            .then_some(s)
+    })
+    .await
+    .unwrap();
+    let bravo = s.bodies.iter().find(|b| b.body == "bravo").unwrap();
+    assert!(
+        bravo.last_seen_ms > 0 && bravo.last_seen_ms <= s.at_ms,
+        "{bravo:?}"
+    );
+    assert!(
+        bravo.oldest_undelivered_ms > 0 && bravo.oldest_undelivered_ms <= s.at_ms,
+        "{bravo:?}"
+    );
+
+    // The CLI shows the same, as a table and as JSON.
+    let cli = |who: &str, json: bool| {
+        let mut c = Command::new(EXE);
+        if json {
+            c.args(["--output", "json"]);
+        }
+        c.args(["status", "--server", &sandbox.hub_url(), "--certs"])
+            .arg(sandbox.certs())
+            .args(["--as", who])
+            .output()
+            .unwrap()
+    };
+    let out = cli("alpha/auditor-audit", true);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bravo = v["bodies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["body"] == "bravo")
+        .unwrap();
+    assert_eq!(bravo["connected"], false);
+    assert_eq!(bravo["queue_depth"], 1);
+    assert!(
+        bravo["last_seen"].as_str().unwrap().ends_with('Z'),
+        "{bravo}"
+    );
+    let out = cli("alpha/auditor-audit", false);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("oldest undelivered"), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.trim_start().starts_with("bravo") && l.contains(" no ")),
+        "{shown}"
+    );
+
+    // A node's status says whether it reaches the hub.
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let out = Command::new(EXE)
+        .args(["--output", "json", "status", "--server", &alpha, "--certs"])
+        .arg(sandbox.certs())
+        .args(["--as", "alpha/officer-alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hub_connected"], true, "{v}");
+    assert_eq!(v["storage_failure"], "", "{v}");
+    assert!(
+        v["certificate_expires"].as_str().unwrap().ends_with('Z'),
+        "{v}"
+    );
+    sandbox.stop_hub().await.unwrap();
+    let v = wait_until("alpha's node sees the hub gone", SETTLE, || async {
+        let out = Command::new(EXE)
+            .args(["--output", "json", "status", "--server", &alpha, "--certs"])
+            .arg(sandbox.certs())
+            .args(["--as", "alpha/officer-alice"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["hub_connected"] == false).then_some(v)
+    })
+    .await
+    .unwrap();
+    assert_eq!(v["body"], "alpha");
+    sandbox.shutdown().await.unwrap();
+}

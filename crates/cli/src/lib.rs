@@ -26,6 +26,7 @@ mod health;
 pub mod message;
 mod officer;
 mod ops;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,9 +153,11 @@ pub enum Command {
     /// Refuse a forward request for a message your body sent: it is never
     /// passed on.
     ForwardRefuse(forwards::RefuseForwardArgs),
-    /// Show your node's status: deliveries in quarantine (an alarm; exit
-    /// code 7), the outbox backlog.
-    Status(officer::StatusArgs),
+    /// Show your node's status (officer certificate): its link to the hub,
+    /// outbox and inbox, certificate, alarms; or, against the hub with an
+    /// admin or auditor certificate, every body: connected, queue depth,
+    /// oldest undelivered, last seen, state. Exit code 7 on an alarm.
+    Status(status::StatusArgs),
     /// Check the gRPC health of a hub or a node (grpc.health.v1), as a load
     /// balancer or probe does: exit code 0 when SERVING, 7 when not.
     Health(health::HealthArgs),
@@ -251,7 +254,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Forwards(a) => forwards::forwards(a, out).await,
         Command::ForwardApprove(a) => forwards::approve(a, out).await,
         Command::ForwardRefuse(a) => forwards::refuse(a, out).await,
-        Command::Status(a) => officer::status(a, out).await,
+        Command::Status(a) => status::status(a, out).await,
         Command::Health(a) => health::health(a, out).await,
         Command::Audit(c) => ops::audit(c, out).await,
         Command::Pki(c) => ops::pki(c, out),

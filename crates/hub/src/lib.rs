@@ -36,13 +36,14 @@ use liaison_pki::{authorize, server_config_with_crls, tls_incoming_with, Crls, T
 use liaison_policy::Governance;
 use liaison_proto::v1::{
     admin_server::AdminServer, audit_server::AuditServer, federation_server::FederationServer,
+    operations_server::OperationsServer,
 };
 use liaison_store::Db;
 use liaison_telemetry::health::{reflection, Health};
 pub use liaison_telemetry::metrics::Listeners;
 use liaison_types::Role;
 pub use service::HubState;
-use service::{AuditService, FederationService};
+use service::{AuditService, FederationService, OperationsService};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -119,8 +120,15 @@ pub async fn run_with_reload(
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(HubState::new(db, governance, stop_rx.clone())?);
     state.spawn(Arc::clone(&state).run_schedules());
+    let expiries = material.expiries()?;
+    let cert_expires = expiries
+        .iter()
+        .find(|(which, _)| *which == "cert")
+        .map_or(0, |(_, t)| *t);
+    let operations = OperationsServer::new(OperationsService(Arc::clone(&state), cert_expires))
+        .max_decoding_message_size(1024);
     if let Some(listener) = metrics_listener {
-        let registry = state.metrics().registry(&material.expiries()?);
+        let registry = state.metrics().registry(&expiries);
         let render = metrics::renderer(Arc::clone(&state), registry, config.data_dir.clone());
         let tls = config
             .metrics
@@ -169,6 +177,10 @@ pub async fn run_with_reload(
         .add_service(InterceptedService::new(
             admin,
             authorize(federation.clone(), &[Role::Admin]),
+        ))
+        .add_service(InterceptedService::new(
+            operations,
+            authorize(federation.clone(), &[Role::Admin, Role::Auditor]),
         ))
         // Health and reflection are open to every certificate of the
         // federation, and to nothing else.
@@ -227,6 +239,7 @@ mod tests {
                 <FederationServer<FederationService> as NamedService>::NAME,
                 <AuditServer<AuditService> as NamedService>::NAME,
                 <AdminServer<AdminService> as NamedService>::NAME,
+                <OperationsServer<OperationsService> as NamedService>::NAME,
             ]
         );
     }

@@ -58,6 +58,8 @@ pub struct HubState {
     metrics: crate::metrics::HubMetrics,
     /// Why the store's last write or flush failed, while it fails.
     store_failure: watch::Receiver<Option<String>>,
+    /// When each body's node last called the hub.
+    last_seen: std::sync::Mutex<std::collections::HashMap<BodyId, i64>>,
 }
 
 impl HubState {
@@ -77,6 +79,7 @@ impl HubState {
         Ok(Self {
             metrics,
             store_failure,
+            last_seen: std::sync::Mutex::default(),
             store,
             governance: GovernanceCell::new(InForce::new(Arc::new(governance), overrides)),
             stopping,
@@ -303,10 +306,73 @@ impl HubState {
     fn known_caller(&self, caller: &Identity) -> Result<Arc<Governance>, HubError> {
         let gov = self.governance();
         if gov.is_known(caller.body.as_str()) {
+            if caller.role == liaison_types::Role::Node {
+                self.seen(&caller.body);
+            }
             Ok(gov)
         } else {
             Err(HubError::UnknownBody(caller.body.to_string()))
         }
+    }
+
+    /// Notes that `body`'s node is calling now.
+    fn seen(&self, body: &BodyId) {
+        let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(body.clone(), now_ms());
+    }
+
+    /// What the hub sees of every body `caller` may see (every body for the
+    /// hub's own body; its own for another), for `Operations.Status`.
+    pub fn status(
+        &self,
+        caller: &Identity,
+        certificate_expires_ms: i64,
+    ) -> Result<pb::HubStatus, HubError> {
+        let gov = self.known_caller(caller)?;
+        let hub_body = gov.hub_body().clone();
+        let now = now_ms();
+        let seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut bodies = Vec::new();
+        for b in gov.bodies() {
+            if caller.body != hub_body && b.id != caller.body {
+                continue;
+            }
+            let queue = self.store.queue_state(&b.id)?;
+            let connected = self
+                .metrics
+                .subscriptions
+                .get_or_create(&crate::metrics::Peer {
+                    peer: b.id.to_string(),
+                })
+                .get()
+                > 0;
+            bodies.push(pb::BodyStatus {
+                body: b.id.to_string(),
+                state: b.state.to_string(),
+                connected,
+                queue_depth: queue.depth,
+                oldest_undelivered_ms: queue.oldest_ms.unwrap_or(0),
+                last_seen_ms: if connected {
+                    now
+                } else {
+                    seen.get(&b.id).copied().unwrap_or(0)
+                },
+            });
+        }
+        Ok(pb::HubStatus {
+            federation: gov.federation().to_owned(),
+            hub_body: hub_body.to_string(),
+            policy_version: gov.version().to_owned(),
+            audit_records: self.store.durable_audit(),
+            storage_failure: self.store_failure().unwrap_or_default(),
+            certificate_expires_ms: certificate_expires_ms.saturating_mul(1000),
+            at_ms: now,
+            bodies,
+        })
     }
 
     /// Refuses, and audits, a node naming another body as origin.
@@ -958,6 +1024,8 @@ impl HubState {
             if let Err(e) = state.stream_deliveries(&caller, start, &tx).await {
                 let _ = tx.send(Err(e.into())).await;
             }
+            // Last seen when its subscription ended.
+            state.seen(&caller.body);
             tracing::debug!(caller = %caller, "subscription ended");
         });
         Ok(rx)
@@ -1418,6 +1486,30 @@ impl pb::federation_server::Federation for FederationService {
 /// The `Audit` service.
 #[derive(Debug, Clone)]
 pub struct AuditService(pub Arc<HubState>);
+
+/// `Operations`: the hub's status. The second field is when the hub's
+/// certificate expires (Unix seconds).
+pub struct OperationsService(pub Arc<HubState>, pub i64);
+
+#[tonic::async_trait]
+impl pb::operations_server::Operations for OperationsService {
+    async fn status(
+        &self,
+        req: Request<pb::HubStatusRequest>,
+    ) -> Result<Response<pb::HubStatus>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        let state = Arc::clone(&self.0);
+        let expires = self.1;
+        // Reading every queue's state touches the store.
+        let status = tokio::task::spawn_blocking(move || state.status(&caller, expires))
+            .await
+            .map_err(|e| HubError::Task {
+                what: "reading the hub's status",
+                problem: e.to_string(),
+            })??;
+        Ok(Response::new(status))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {

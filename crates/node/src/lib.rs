@@ -113,6 +113,7 @@ pub async fn run_with_reload(
         source,
     })?;
     let db = Db::open_with(&config.data_dir, config.store)?;
+    let expiries = material.expiries()?;
     let (health, health_server) = Health::new(SERVICES, true);
     health.follow_store(db.failures());
     let node_metrics = metrics::NodeMetrics::default();
@@ -140,6 +141,10 @@ pub async fn run_with_reload(
         governance_stale: Notify::new(),
         health: health.clone(),
         metrics: node_metrics,
+        certificate_expires: expiries
+            .iter()
+            .find(|(which, _)| *which == "cert")
+            .map_or(0, |(_, t)| *t),
     });
     let release = &state.release;
     if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {
@@ -158,7 +163,7 @@ pub async fn run_with_reload(
     }
     let metrics_task = match metrics_listener {
         Some(listener) => {
-            let registry = state.metrics.registry(&material.expiries()?);
+            let registry = state.metrics.registry(&expiries);
             let render = metrics::renderer(Arc::clone(&state), registry, config.data_dir.clone());
             let tls = config
                 .metrics

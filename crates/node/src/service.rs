@@ -59,6 +59,8 @@ pub struct NodeState {
     pub health: liaison_telemetry::health::Health,
     /// The metrics, updated as things happen.
     pub metrics: crate::metrics::NodeMetrics,
+    /// When the node's certificate expires (Unix seconds; 0 if unknown).
+    pub certificate_expires: i64,
 }
 
 impl NodeState {
@@ -681,6 +683,15 @@ impl pb::officer_server::Officer for OfficerService {
                 .collect(),
             outbox_pending: store::outbox_pending(db).map_err(NodeError::from)?,
             hub_cursor: store::hub_cursor(db).map_err(NodeError::from)?,
+            hub_connected: self.0.health.conditions().hub_link == Some(true),
+            inbox_messages: store::inbox_count(db).map_err(NodeError::from)?,
+            storage_failure: self
+                .0
+                .health
+                .conditions()
+                .storage_failure
+                .unwrap_or_default(),
+            certificate_expires_ms: self.0.certificate_expires.saturating_mul(1000),
         }))
     }
 
@@ -1020,6 +1031,7 @@ mod tests {
             stopping: tokio::sync::watch::channel(false).1,
             health: liaison_telemetry::health::Health::new(crate::SERVICES, true).0,
             metrics: crate::metrics::NodeMetrics::default(),
+            certificate_expires: 0,
         }
     }
 
