@@ -759,3 +759,69 @@ async fn the_hub_status_shows_every_body_to_the_hub_body_and_its_own_to_another(
     assert_eq!(v["body"], "alpha");
     sandbox.shutdown().await.unwrap();
 }
+
+#[test]
+fn config_check_validates_files_as_the_process_would_start_from_them() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let check = |file: &str, env: &[(&str, &str)]| {
+        let mut c = Command::new(EXE);
+        c.args(["--output", "json", "config", "check"])
+            .arg(deploy.join(file));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    for (file, kind) in [("hub.toml", "hub"), ("node.toml", "node")] {
+        let (code, shown) = check(file, &[]);
+        assert_eq!(code, Some(0), "{shown}");
+        let v: serde_json::Value = serde_json::from_str(shown.lines().next().unwrap()).unwrap();
+        assert_eq!(v["kind"], kind, "{shown}");
+        assert_eq!(v["ok"], true, "{shown}");
+    }
+    // An override is applied, and named when it is wrong.
+    let (code, shown) = check("node.toml", &[("LIAISON_NODE__LISTEN", "127.0.0.1:7999")]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("127.0.0.1:7999"), "{shown}");
+    let (code, shown) = check("node.toml", &[("LIAISON_NODE__LISTEN", "nowhere")]);
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.contains("LIAISON_NODE__LISTEN") && shown.contains("node.toml"),
+        "{shown}"
+    );
+    // The certificate must be the configured body's node certificate.
+    let (code, shown) = check("node.toml", &[("LIAISON_NODE__BODY", "interpol")]);
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.contains("not a node certificate of interpol"),
+        "{shown}"
+    );
+    // A governance file is not a process's file.
+    let (code, shown) = check("federation.toml", &[]);
+    assert_eq!(code, Some(2), "{shown}");
+    assert!(shown.contains("liaison policy check"), "{shown}");
+    // An unknown key is refused with its line.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("hub.toml");
+    let text = std::fs::read_to_string(deploy.join("hub.toml"))
+        .unwrap()
+        .replace("[store]", "[store]\ncolour = 1")
+        .replace("\"../", &format!("\"{}/../", deploy.display()))
+        .replace(
+            "\"federation.toml\"",
+            &format!("\"{}/federation.toml\"", deploy.display()),
+        );
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(EXE)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let shown = crate::operations::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("hub.toml: line ") && shown.contains("colour"),
+        "{shown}"
+    );
+}

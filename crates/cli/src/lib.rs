@@ -19,6 +19,7 @@ mod admin;
 mod approvals;
 mod batch;
 mod bench;
+mod config;
 pub mod demo;
 pub mod exit;
 mod forwards;
@@ -164,6 +165,9 @@ pub enum Command {
     /// Read and verify the hub's audit log (auditor certificate).
     #[command(subcommand)]
     Audit(ops::AuditCommand),
+    /// Configuration files: check a hub's or a node's before starting it.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Development PKI.
     #[command(subcommand)]
     Pki(ops::PkiCommand),
@@ -257,6 +261,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => status::status(a, out).await,
         Command::Health(a) => health::health(a, out).await,
         Command::Audit(c) => ops::audit(c, out).await,
+        Command::Config(c) => config::run(c, out),
         Command::Pki(c) => ops::pki(c, out),
         Command::Dev(c) => ops::dev(c, out),
         Command::Policy(c) => ops::policy(c, out),

@@ -8,6 +8,10 @@ use serde::Deserialize;
 
 use crate::HubError;
 
+/// The prefix of the environment variables that override keys of this
+/// file, for example `LIAISON_HUB__LISTEN`.
+pub const ENV_PREFIX: &str = "LIAISON_HUB__";
+
 /// The hub's configuration (`hub.toml`). Relative paths are resolved against
 /// the directory of the configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,7 +45,35 @@ impl HubConfig {
             file: path.display().to_string(),
             problem: format!("cannot read it: {e}"),
         })?;
-        Self::parse(path, &text)
+        Self::parse_with_env(path, &text, std::env::vars())
+    }
+
+    /// Parses configuration text with the environment overrides among
+    /// `vars` applied ([`ENV_PREFIX`]`KEY`, `TABLE__KEY`; see
+    /// `liaison_telemetry::env`). Without any, the same as [`HubConfig::parse`].
+    pub fn parse_with_env(
+        path: &Path,
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, HubError> {
+        let bad = |problem: String| HubError::Config {
+            file: path.display().to_string(),
+            problem,
+        };
+        match liaison_telemetry::env::apply(text, ENV_PREFIX, vars).map_err(bad)? {
+            None => Self::parse(path, text),
+            Some((merged, names)) => Self::parse(path, &merged).map_err(|e| match e {
+                HubError::Config { file, problem } => HubError::Config {
+                    file,
+                    problem: format!(
+                        "{} (with the environment overrides {})",
+                        liaison_telemetry::env::without_position(&problem),
+                        names.join(", ")
+                    ),
+                },
+                other => other,
+            }),
+        }
     }
 
     /// Parses configuration text; `path` names the file in errors and anchors
@@ -91,6 +123,59 @@ ca = "ca.pem"
 cert = "hub.pem"
 key = "hub.key.pem"
 "#;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_environment_overrides_keys_and_its_errors_name_the_variables() {
+        let path = Path::new("/etc/liaison/hub.toml");
+        let c = HubConfig::parse_with_env(
+            path,
+            GOOD,
+            vars(&[
+                ("LIAISON_HUB__LISTEN", "127.0.0.1:7500"),
+                ("LIAISON_HUB__DATA_DIR", "data"),
+                ("LIAISON_HUB__METRICS__LISTEN", "127.0.0.1:9464"),
+                ("LIAISON_NODE__LISTEN", "127.0.0.1:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7500".parse().unwrap());
+        // A relative path from the environment is resolved like one in the file.
+        assert_eq!(c.data_dir, Path::new("/etc/liaison/data"));
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9464".parse().unwrap());
+        // A key the file lacks may come from the environment alone.
+        let without = GOOD.replace("listen = \"0.0.0.0:7400\"\n", "");
+        assert!(parse(&without).is_err());
+        let c = HubConfig::parse_with_env(
+            path,
+            &without,
+            vars(&[("LIAISON_HUB__LISTEN", "127.0.0.1:1")]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 1);
+        for (name, value, says) in [
+            ("LIAISON_HUB__LISTEN", "nowhere", "invalid socket address"),
+            ("LIAISON_HUB__COLOUR", "1", "colour"),
+            ("LIAISON_HUB__METRICS__LISTEN", "0.0.0.0:9464", "tls = true"),
+            ("LIAISON_HUB__LISTEN__PORT", "1", "listen is a value"),
+        ] {
+            let e = HubConfig::parse_with_env(path, GOOD, vars(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("/etc/liaison/hub.toml"), "{e}");
+            assert!(e.contains(name), "{name}: {e}");
+            assert!(e.contains(says), "{name}: {e}");
+            assert!(
+                !e.contains("line "),
+                "no line of a text the operator never saw: {e}"
+            );
+        }
+    }
 
     #[test]
     fn a_good_config_resolves_relative_paths_and_keeps_absolute_ones() {

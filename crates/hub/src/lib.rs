@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use admin::{reload_on_signal, AdminService, PolicyReloader, TlsReload};
 pub use admin::{RULE_RELOAD, RULE_RELOAD_REFUSED, SIGNAL_ACTOR};
-pub use config::HubConfig;
+pub use config::{HubConfig, ENV_PREFIX};
 pub use error::HubError;
 use liaison_pki::{authorize, server_config_with_crls, tls_incoming_with, Crls, TlsMaterial};
 use liaison_policy::Governance;

@@ -11,6 +11,10 @@ use toml::Spanned;
 
 use crate::NodeError;
 
+/// The prefix of the environment variables that override keys of this
+/// file, for example `LIAISON_NODE__LISTEN`.
+pub const ENV_PREFIX: &str = "LIAISON_NODE__";
+
 /// A node's configuration (`node.toml`). Relative paths are resolved against
 /// the directory of the configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -274,7 +278,35 @@ impl NodeConfig {
             file: path.display().to_string(),
             problem: format!("cannot read it: {e}"),
         })?;
-        Self::parse(path, &text)
+        Self::parse_with_env(path, &text, std::env::vars())
+    }
+
+    /// Parses configuration text with the environment overrides among
+    /// `vars` applied ([`ENV_PREFIX`]`KEY`, `TABLE__KEY`; see
+    /// `liaison_telemetry::env`). Without any, the same as [`NodeConfig::parse`].
+    pub fn parse_with_env(
+        path: &Path,
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, NodeError> {
+        let bad = |problem: String| NodeError::Config {
+            file: path.display().to_string(),
+            problem,
+        };
+        match liaison_telemetry::env::apply(text, ENV_PREFIX, vars).map_err(bad)? {
+            None => Self::parse(path, text),
+            Some((merged, names)) => Self::parse(path, &merged).map_err(|e| match e {
+                NodeError::Config { file, problem } => NodeError::Config {
+                    file,
+                    problem: format!(
+                        "{} (with the environment overrides {})",
+                        liaison_telemetry::env::without_position(&problem),
+                        names.join(", ")
+                    ),
+                },
+                other => other,
+            }),
+        }
     }
 
     /// Parses configuration text; `path` names the file in errors and anchors
@@ -441,6 +473,40 @@ key = "node.key.pem"
                 assert_eq!(c.release.approval_reason(kind, class), None);
             }
         }
+    }
+
+    #[test]
+    fn the_environment_overrides_keys_the_release_table_among_them() {
+        let vars = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect()
+        };
+        let c = NodeConfig::parse_with_env(
+            Path::new("/etc/liaison/node.toml"),
+            GOOD,
+            vars(&[
+                ("LIAISON_NODE__HUB", "https://hub.example.org:7400"),
+                ("LIAISON_NODE__RELEASE__APPROVERS", "[\"bob\", \"carol\"]"),
+                ("LIAISON_NODE__RELEASE__FOUR_EYES_FROM", "CONFIDENTIAL"),
+                ("LIAISON_HUB__LISTEN", "127.0.0.1:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.hub, "https://hub.example.org:7400");
+        assert!(c.release.may_approve("carol"));
+        assert_eq!(c.release.four_eyes_from, Some(Classification::Confidential));
+        let e = NodeConfig::parse_with_env(
+            Path::new("/etc/liaison/node.toml"),
+            GOOD,
+            vars(&[("LIAISON_NODE__HUB", "http://plain:7400")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("https://") && e.contains("LIAISON_NODE__HUB"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use config::{NodeConfig, Release, Retry};
+pub use config::{NodeConfig, Release, Retry, ENV_PREFIX};
 pub use error::NodeError;
 use liaison_pki::{
     authorize, lazy_channel, server_config_with_crls, tls_incoming_with, Crls, TlsMaterial,

@@ -9,6 +9,7 @@
 //! supervisor's journal gets plain lines, without ANSI escape codes.
 #![forbid(unsafe_code)]
 
+pub mod env;
 pub mod health;
 pub mod metrics;
 

@@ -1,0 +1,176 @@
+//! `liaison config check FILE`: validates a hub or node configuration file
+//! as the process would start from it (environment overrides included),
+//! and the files it names: certificates and key, the CRL, the governance.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Subcommand, ValueEnum};
+use liaison_pki::TlsMaterial;
+use liaison_types::Role;
+use serde_json::json;
+
+use crate::{Failure, Output};
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a hub or node configuration file; errors name the file, the
+    /// line and the key (or the environment variable that set it).
+    Check(CheckArgs),
+}
+
+/// Which process a file configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// The hub (`liaison hub --config FILE`).
+    Hub,
+    /// An organisation node (`liaison node --config FILE`).
+    Node,
+}
+
+/// Arguments of `config check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// Which process it configures; by default, a file with a `body` key is
+    /// a node's and one with a `governance` key the hub's.
+    #[arg(long, value_enum)]
+    pub kind: Option<Kind>,
+}
+
+/// Runs a `config` subcommand.
+pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
+    let ConfigCommand::Check(a) = c;
+    let text = std::fs::read_to_string(&a.file).map_err(|e| Failure {
+        code: 1,
+        message: format!("{}: cannot read it: {e}", a.file.display()),
+    })?;
+    let kind = match a.kind {
+        Some(k) => k,
+        None => guess(&text).map_err(|why| Failure {
+            code: 2,
+            message: format!("{}: {why}", a.file.display()),
+        })?,
+    };
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let (summary, details) = match kind {
+        Kind::Hub => {
+            let c = liaison_hub::HubConfig::parse_with_env(&a.file, &text, vars)?;
+            let m = TlsMaterial::load(&c.tls)?;
+            expect_role(&m, Role::Hub, None, &a.file)?;
+            if let Some(crl) = &c.tls.crl {
+                liaison_pki::Crls::load(crl, &m.ca_pem)?;
+            }
+            let gov = liaison_hub::load_governance(&c)?;
+            (
+                format!(
+                    "a hub on {}, store {}, governance {} ({} bodies, version {})",
+                    c.listen,
+                    c.data_dir.display(),
+                    c.governance.display(),
+                    gov.bodies().count(),
+                    gov.version()
+                ),
+                json!({"listen": c.listen.to_string(), "data_dir": c.data_dir,
+                       "governance": c.governance, "bodies": gov.bodies().count(),
+                       "policy_version": gov.version(),
+                       "metrics": c.metrics.map(|m| m.listen.to_string())}),
+            )
+        }
+        Kind::Node => {
+            let c = liaison_node::NodeConfig::parse_with_env(&a.file, &text, vars)?;
+            let m = TlsMaterial::load(&c.tls)?;
+            expect_role(&m, Role::Node, Some(&c.body), &a.file)?;
+            if let Some(crl) = &c.tls.crl {
+                liaison_pki::Crls::load(crl, &m.ca_pem)?;
+            }
+            (
+                format!(
+                    "the node of {} on {}, hub {}, store {}",
+                    c.body,
+                    c.listen,
+                    c.hub,
+                    c.data_dir.display()
+                ),
+                json!({"body": c.body, "listen": c.listen.to_string(), "hub": c.hub,
+                       "data_dir": c.data_dir,
+                       "metrics": c.metrics.map(|m| m.listen.to_string())}),
+            )
+        }
+    };
+    let kind_name = match kind {
+        Kind::Hub => "hub",
+        Kind::Node => "node",
+    };
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({"file": a.file, "kind": kind_name, "ok": true, "config": details})
+        ),
+        Output::Human => say!("{}: ok, {summary}", a.file.display()),
+    }
+    Ok(())
+}
+
+/// A node's file has a `body` string, the hub's a `governance` one; a
+/// governance file has `[[body]]` tables.
+fn guess(text: &str) -> Result<Kind, String> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("not TOML: {}", e.message()))?;
+    let body = table.get("body");
+    if body.is_some_and(toml::Value::is_array) {
+        return Err(
+            "this is a governance file ([[body]] tables); check it with `liaison policy check`"
+                .into(),
+        );
+    }
+    match (table.contains_key("governance"), body.is_some_and(toml::Value::is_str)) {
+        (true, false) => Ok(Kind::Hub),
+        (false, true) => Ok(Kind::Node),
+        _ => Err("neither a hub file (a governance key) nor a node file (a body key); say which with --kind hub or --kind node".into()),
+    }
+}
+
+fn expect_role(
+    m: &TlsMaterial,
+    role: Role,
+    body: Option<&str>,
+    file: &std::path::Path,
+) -> Result<()> {
+    let id = m.identity()?;
+    if id.role != role || body.is_some_and(|b| b != id.body.as_str()) {
+        let wanted = match body {
+            Some(b) => format!("a {role} certificate of {b}"),
+            None => format!("a {role} certificate"),
+        };
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "{}: [tls] cert is {id}, not {wanted}; point it at the right certificate",
+                file.display()
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_follows_from_the_keys() {
+        assert_eq!(guess("governance = \"f.toml\""), Ok(Kind::Hub));
+        assert_eq!(guess("body = \"europol\""), Ok(Kind::Node));
+        assert!(guess("body = \"a\"\ngovernance = \"b\"").is_err());
+        assert!(guess("version = 1").unwrap_err().contains("--kind"));
+        assert!(guess("not toml =").unwrap_err().starts_with("not TOML"));
+        assert!(guess("[[body]]\nid = \"x\"")
+            .unwrap_err()
+            .contains("policy check"));
+    }
+}
