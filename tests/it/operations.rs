@@ -825,3 +825,454 @@ fn config_check_validates_files_as_the_process_would_start_from_them() {
         "{shown}"
     );
 }
+
+/// A child process killed when dropped, pass or fail.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_hub_says_ready_pings_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&[]))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = sandbox.certs();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ngovernance = \"{}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            sandbox.dir().join("governance.toml").display(),
+            certs.join("ca.pem").display(),
+            certs.join("hub.pem").display(),
+            certs.join("hub.key.pem").display()
+        ),
+    )
+    .unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let child = Command::new(EXE)
+        .args(["hub", "--config"])
+        .arg(&config)
+        .arg("--ready-file")
+        .arg(dir.path().join("ready"))
+        .arg("--exit-with-parent")
+        .arg(std::process::id().to_string())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(std::fs::File::create(dir.path().join("hub.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let mut buf = [0u8; 4096];
+    let log = dir.path().join("hub.log");
+    let mut next = || {
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification within 30 s ({e}); the hub's log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(
+        first.contains("STATUS=hub listening on 127.0.0.1:"),
+        "{first}"
+    );
+    assert!(
+        !first.contains("127.0.0.1:0\n"),
+        "the bound port, not port 0: {first}"
+    );
+    // Pings at half the watchdog interval.
+    for _ in 0..3 {
+        let ping = next();
+        assert_eq!(ping.trim(), "WATCHDOG=1");
+    }
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.0.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let stopping = loop {
+        let m = next();
+        if m.contains("STOPPING=1") {
+            break m;
+        }
+        assert_eq!(m.trim(), "WATCHDOG=1", "only pings before the stop: {m}");
+    };
+    assert!(stopping.contains("STATUS=draining"), "{stopping}");
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    sandbox.shutdown().await.unwrap();
+}
+
+/// The shipped unit files, with ExecStart pointing at `exe` (verify checks
+/// that the program exists), in a fresh directory; the node's as an
+/// instance for europol.
+fn units_for(exe: &str) -> tempfile::TempDir {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("liaison-hub.service", "liaison-hub.service"),
+        ("liaison-node@.service", "liaison-node@.service"),
+        ("liaison-node@.service", "liaison-node@europol.service"),
+    ] {
+        let text = std::fs::read_to_string(deploy.join(from))
+            .unwrap()
+            .replace("/usr/local/bin/liaison", exe);
+        std::fs::write(dir.path().join(to), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_systemd_units_pass_systemd_analyze_verify_and_are_hardened() {
+    if !have("systemd-analyze", &["--version"]) {
+        return;
+    }
+    let exe = std::path::absolute(EXE).unwrap().display().to_string();
+    let dir = units_for(&exe);
+    for unit in ["liaison-hub.service", "liaison-node@europol.service"] {
+        let text = std::fs::read_to_string(dir.path().join(unit)).unwrap();
+        for needed in [
+            "Type=notify",
+            "WatchdogSec=",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "PrivateTmp=yes",
+            "User=liaison",
+            "StateDirectory=",
+        ] {
+            assert!(text.contains(needed), "{unit} lacks {needed}");
+        }
+        let out = Command::new("systemd-analyze")
+            .current_dir(dir.path())
+            .args(["verify", &format!("./{unit}")])
+            .output()
+            .unwrap();
+        // verify warns (an unknown key, say) with exit code 0: any output
+        // at all is a failure.
+        assert!(
+            out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+            "{unit}: {}",
+            text_of(&out)
+        );
+        let out = Command::new("systemd-analyze")
+            .current_dir(dir.path())
+            .args(["security", "--offline=true", &format!("./{unit}")])
+            .output()
+            .unwrap();
+        let shown = text_of(&out);
+        let level = shown
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")
+                    .map(|(_, r)| r.to_owned())
+            })
+            .unwrap_or_else(|| panic!("{unit}: {shown}"));
+        let score: f64 = level
+            .split_once(": ")
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{unit}: {level}"));
+        assert!(
+            score <= 2.0,
+            "{unit} is exposed at {score} (systemd-analyze security): {shown}"
+        );
+    }
+    // A unit with a misspelt key is caught, so the check above can fail.
+    let bad = dir.path().join("liaison-hub.service");
+    let text = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace("NoNewPrivileges", "NoNewPrivilege");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new("systemd-analyze")
+        .current_dir(dir.path())
+        .args(["verify", "./liaison-hub.service"])
+        .output()
+        .unwrap();
+    assert!(!out.stderr.is_empty(), "a misspelt key is reported");
+}
+
+fn deploy_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// `liaison config check` of `file` with `env`, the TLS files pointed at
+/// the committed dev PKI (the container paths do not exist here).
+fn check_with(file: &std::path::Path, kind: &str, body: &str, env: &[(String, String)]) -> Output {
+    let certs = deploy_dir().join("../certs-dev");
+    let prefix = if kind == "hub" {
+        "LIAISON_HUB__"
+    } else {
+        "LIAISON_NODE__"
+    };
+    let (cert, key) = if kind == "hub" {
+        (certs.join("hub.pem"), certs.join("hub.key.pem"))
+    } else {
+        (
+            certs.join(format!("{body}/node.pem")),
+            certs.join(format!("{body}/node.key.pem")),
+        )
+    };
+    let mut c = Command::new(EXE);
+    c.args(["config", "check", "--kind", kind]).arg(file);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.env(format!("{prefix}TLS__CA"), certs.join("ca.pem"))
+        .env(format!("{prefix}TLS__CERT"), cert)
+        .env(format!("{prefix}TLS__KEY"), key);
+    if kind == "hub" {
+        c.env(
+            "LIAISON_HUB__GOVERNANCE",
+            deploy_dir().join("federation.toml"),
+        );
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn the_compose_file_runs_the_whole_federation_with_configurations_that_check() {
+    if !have("python3", &["-c", "import yaml"]) {
+        return;
+    }
+    let compose = deploy_dir().join("compose/compose.yaml");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(&compose)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text_of(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services = doc["services"].as_object().unwrap();
+    let gov = liaison_policy::Governance::from_toml(
+        "federation.toml",
+        &std::fs::read_to_string(deploy_dir().join("federation.toml")).unwrap(),
+    )
+    .unwrap();
+    // The hub and a node for every body of the shipped governance.
+    let out = check_with(&deploy_dir().join("compose/hub.toml"), "hub", "", &[]);
+    assert!(out.status.success(), "hub: {}", text_of(&out));
+    assert!(services.contains_key("hub") && services.contains_key("pki"));
+    let mut ports = std::collections::BTreeSet::new();
+    for body in gov.bodies() {
+        let name = format!("node-{}", body.id);
+        let svc = services
+            .get(&name)
+            .unwrap_or_else(|| panic!("no service {name}"));
+        assert_eq!(svc["network_mode"], "service:hub", "{name}");
+        let env: Vec<(String, String)> = svc["environment"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect();
+        let listen = env
+            .iter()
+            .find(|(k, _)| k == "LIAISON_NODE__LISTEN")
+            .unwrap()
+            .1
+            .clone();
+        assert!(ports.insert(listen.clone()), "{name} shares {listen}");
+        let out = check_with(
+            &deploy_dir().join("compose/node.toml"),
+            "node",
+            body.id.as_str(),
+            &env,
+        );
+        assert!(out.status.success(), "{name}: {}", text_of(&out));
+        // Its health check asks its own port.
+        let test = svc["healthcheck"]["test"].to_string();
+        assert!(
+            test.contains(&format!("https://{listen}")),
+            "{name}: {test}"
+        );
+    }
+    assert_eq!(services.len(), gov.bodies().count() + 2);
+}
+
+#[test]
+fn the_kubernetes_base_passes_the_kubernetes_schemas_and_its_node_file_checks() {
+    if !have("kubernetes-validate", &["--version"]) || !have("python3", &["-c", "import yaml"]) {
+        return;
+    }
+    let base = deploy_dir().join("kubernetes/base");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(base.join("kustomization.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text_of(&out));
+    let k: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resources: Vec<String> = k["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    for want in [
+        "statefulset.yaml",
+        "service.yaml",
+        "networkpolicy.yaml",
+        "secret.yaml",
+    ] {
+        assert!(
+            resources.iter().any(|r| r == want),
+            "kustomization lacks {want}"
+        );
+    }
+    let out = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(resources.iter().map(|r| base.join(r)))
+        .output()
+        .unwrap();
+    let shown = text_of(&out);
+    assert!(out.status.success(), "{shown}");
+    assert_eq!(
+        shown.matches(" passed ").count(),
+        resources.len(),
+        "{shown}"
+    );
+    let stateful = std::fs::read_to_string(base.join("statefulset.yaml")).unwrap();
+    for needed in [
+        "volumeClaimTemplates",
+        "readinessProbe",
+        "livenessProbe",
+        "liaison.v1.Officer",
+        "runAsNonRoot: true",
+    ] {
+        assert!(stateful.contains(needed), "the StatefulSet lacks {needed}");
+    }
+    // The configuration in the ConfigMap is one the node accepts.
+    let out = check_with(&base.join("node.toml"), "node", "europol", &[]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    // And a manifest with a misspelt field is caught, so the check can fail.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("statefulset.yaml");
+    std::fs::write(&bad, stateful.replace("serviceName:", "serviceNames:")).unwrap();
+    let out = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text_of(&out));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+async fn in_bravo(sandbox: &Sandbox, id: String) {
+    wait_until(&format!("bravo holds {id}"), SETTLE, || async {
+        crate::common::inbox_ids(sandbox, "bravo")
+            .await
+            .contains(&id)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_backed_up_while_stopped_and_restored_serves_again() {
+    use liaison_proto::v1 as pb;
+    let mut sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&["alpha", "bravo"]))
+        .await
+        .unwrap();
+    let alert = |title: &str| pb::OfficerSubmitRequest {
+        labels: Some(crate::common::labels(
+            pb::Kind::Alert,
+            pb::Classification::OfficialUse,
+            &["cybercrime"],
+        )),
+        body: Some(crate::common::alert(title)),
+    };
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let before = officer
+        .submit(alert("before the backup"))
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    in_bravo(&sandbox, before.clone()).await;
+
+    // The documented backup: stop the process, copy its data directory.
+    let backup = tempfile::tempdir().unwrap();
+    sandbox.stop_node("bravo").await.unwrap();
+    sandbox.stop_hub().await.unwrap();
+    copy_dir(
+        &sandbox.dir().join("hub-data"),
+        &backup.path().join("hub-data"),
+    );
+    copy_dir(
+        &sandbox.dir().join("nodes/bravo"),
+        &backup.path().join("bravo"),
+    );
+
+    // The stores are lost; they are restored from the backup.
+    std::fs::remove_dir_all(sandbox.dir().join("hub-data")).unwrap();
+    std::fs::remove_dir_all(sandbox.dir().join("nodes/bravo")).unwrap();
+    copy_dir(
+        &backup.path().join("hub-data"),
+        &sandbox.dir().join("hub-data"),
+    );
+    copy_dir(
+        &backup.path().join("bravo"),
+        &sandbox.dir().join("nodes/bravo"),
+    );
+    sandbox.start_hub().await.unwrap();
+    sandbox.start_node("bravo").await.unwrap();
+    sandbox.wait_ready().await.unwrap();
+
+    // What was there is there, the audit chain verifies, and new traffic
+    // flows.
+    assert!(crate::common::inbox_ids(&sandbox, "bravo")
+        .await
+        .contains(&before));
+    let verified = sandbox
+        .auditor("alpha")
+        .await
+        .unwrap()
+        .verify(pb::VerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+    assert!(verified.records > 0);
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let after = officer
+        .submit(alert("after the restore"))
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    in_bravo(&sandbox, after).await;
+    let node = health_client(&sandbox, &sandbox.node_url("bravo").unwrap(), "bravo/node").await;
+    until(&node, HUB_LINK, ServingStatus::Serving).await;
+    sandbox.shutdown().await.unwrap();
+}

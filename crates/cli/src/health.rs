@@ -16,7 +16,8 @@ pub struct HealthArgs {
     #[command(flatten)]
     pub conn: Connection,
     /// The service to check: empty for the process as a whole, or
-    /// liaison.v1.Federation, liaison.v1.Audit, liaison.v1.Admin (hub),
+    /// liaison.v1.Federation, liaison.v1.Audit, liaison.v1.Admin,
+    /// liaison.v1.Operations (hub),
     /// liaison.v1.Officer, liaison.v1.HubLink (node).
     #[arg(long, default_value = "")]
     pub service: String,

@@ -28,6 +28,7 @@ pub mod message;
 mod officer;
 mod ops;
 mod status;
+mod systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

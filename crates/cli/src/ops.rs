@@ -1095,6 +1095,15 @@ pub async fn hub(a: ServeArgs) -> Result<()> {
         None => None,
     };
     let api = bind(config.listen, a.ready_file.as_deref()).await?;
+    let bound = api
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    crate::systemd::ready(&format!("hub listening on {bound}"));
+    crate::systemd::watchdog();
+    let stop = async move {
+        stop.await;
+        crate::systemd::stopping();
+    };
     let listeners = liaison_hub::Listeners { api, metrics };
     liaison_hub::run_with_reload(config, listeners, stop, reloads).await?;
     Ok(())
@@ -1132,6 +1141,15 @@ pub async fn node(a: ServeArgs) -> Result<()> {
         None => None,
     };
     let api = bind(config.listen, a.ready_file.as_deref()).await?;
+    let bound = api
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    crate::systemd::ready(&format!("node listening on {bound}"));
+    crate::systemd::watchdog();
+    let stop = async move {
+        stop.await;
+        crate::systemd::stopping();
+    };
     let listeners = liaison_node::Listeners { api, metrics };
     liaison_node::run_with_reload(config, listeners, stop, reloads).await?;
     Ok(())

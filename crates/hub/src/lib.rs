@@ -55,6 +55,7 @@ pub const SERVICES: &[&str] = &[
     "liaison.v1.Federation",
     "liaison.v1.Audit",
     "liaison.v1.Admin",
+    "liaison.v1.Operations",
 ];
 
 /// Loads the governance file named by the configuration.
