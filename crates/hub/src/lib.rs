@@ -159,13 +159,17 @@ pub async fn run_with_reload(
     let reloader = Arc::new(reloader);
     let admin =
         AdminServer::new(AdminService(Arc::clone(&reloader))).max_decoding_message_size(16 * 1024);
-    let on_signal = tokio::spawn(reload_on_signal(Arc::clone(&reloader), reloads, stop_rx));
+    let on_signal = tokio::spawn(reload_on_signal(
+        Arc::clone(&reloader),
+        reloads,
+        stop_rx.clone(),
+    ));
     let local = listener.local_addr().ok();
     tracing::info!(addr = %local.map_or_else(|| "?".to_owned(), |a| a.to_string()), policy_version = %state.governance().version(), "hub listening");
     let mut accept = limits.accept_options(&federation);
     accept.failures = state.handshake_failures().clone();
     let incoming = tls_incoming_with(listener, tls_rx, accept);
-    let served = limits
+    let serve = limits
         .server()
         .add_service(InterceptedService::new(
             fed,
@@ -202,8 +206,8 @@ pub async fn run_with_reload(
             tracing::info!("hub shutting down");
             health.set_draining();
             let _ = stop_tx.send(true);
-        })
-        .await;
+        });
+    let served = liaison_pki::drain_within(serve, stop_rx.clone(), limits.drain_timeout()).await;
     // The signal task ends when the stop flag is set (or its sender
     // dropped); it holds the state, so wait for it first.
     let _ = on_signal.await;

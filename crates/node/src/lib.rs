@@ -206,7 +206,7 @@ pub async fn run_with_reload(
         config.retry.clone(),
         stop_rx.clone(),
     ));
-    let sweeper = tokio::spawn(link::expire_inbox(Arc::clone(&state), stop_rx));
+    let sweeper = tokio::spawn(link::expire_inbox(Arc::clone(&state), stop_rx.clone()));
 
     let limits = &config.limits;
     let officer = OfficerServer::new(OfficerService(Arc::clone(&state)))
@@ -215,7 +215,7 @@ pub async fn run_with_reload(
     let mut accept = limits.accept_options(&federation);
     accept.failures = state.handshake_failures.clone();
     let incoming = tls_incoming_with(listener, tls_rx, accept);
-    let served = limits
+    let serve = limits
         .server()
         .add_service(InterceptedService::new(
             officer,
@@ -245,8 +245,8 @@ pub async fn run_with_reload(
                 // their connections open.
                 let _ = stop_tx.send(true);
             }
-        })
-        .await;
+        });
+    let served = liaison_pki::drain_within(serve, stop_rx.clone(), limits.drain_timeout()).await;
     let _ = stop_tx.send(true);
     let _ = crl_reloader.await;
     let _ = pusher.await;

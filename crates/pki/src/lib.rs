@@ -42,4 +42,4 @@ pub use incoming::{
     HandshakeFailures, ServerTlsStream, LOGS_PER_SECOND,
 };
 pub use rustls::ServerConfig;
-pub use server::{oversize_status, Oversize, OversizeLayer, ServerLimits};
+pub use server::{drain_within, oversize_status, Oversize, OversizeLayer, ServerLimits};

@@ -33,6 +33,11 @@ pub struct ServerLimits {
     /// reconnects, and a certificate revoked meanwhile then fails its
     /// handshake); 0 means connections may live forever.
     pub max_connection_age_ms: u64,
+    /// After a stop is asked for (SIGTERM), requests in flight have this
+    /// many milliseconds to finish; then the connections still open are
+    /// closed and the process stops (nothing acknowledged is lost: an
+    /// answer is sent only once what it acknowledges is durable).
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerLimits {
@@ -43,6 +48,7 @@ impl Default for ServerLimits {
             concurrency_per_connection: 64,
             request_timeout_ms: 30_000,
             max_connection_age_ms: 3_600_000,
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -51,6 +57,11 @@ impl ServerLimits {
     /// The handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// How long a stop waits for requests in flight.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 
     /// The maximum connection age; `None` when unlimited.
@@ -166,5 +177,75 @@ mod tests {
         assert!(rewritten.message().contains("limit of 524288 bytes"));
         assert!(oversize_status(&Status::out_of_range("cannot acknowledge position 9")).is_none());
         assert!(oversize_status(&Status::internal(tonic.message())).is_none());
+    }
+}
+
+/// Serves `serve` (a server future that stops accepting once its shutdown
+/// signal fires, then waits for every connection to finish) but gives up
+/// waiting `bound` after `began` is set: the connections still open are
+/// then dropped. Returns what the server returned, or `Ok` when the bound
+/// ended it.
+pub async fn drain_within<E>(
+    serve: impl Future<Output = Result<(), E>>,
+    mut began: tokio::sync::watch::Receiver<bool>,
+    bound: Duration,
+) -> Result<(), E> {
+    tokio::select! {
+        served = serve => served,
+        () = async {
+            if began.wait_for(|b| *b).await.is_err() {
+                // No stop will be asked for: no bound either.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(bound).await;
+        } => {
+            tracing::warn!(bound_ms = bound.as_millis(), "requests still in flight when the drain bound passed; closing their connections");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_gives_up_at_its_bound_only_once_a_stop_began() {
+        let (began, rx) = tokio::sync::watch::channel(false);
+        let never = std::future::pending::<Result<(), ()>>();
+        let bound = Duration::from_secs(10);
+        // No stop asked for: the server runs on (an hour is plenty).
+        let ran = tokio::time::timeout(
+            Duration::from_secs(3600),
+            drain_within(never, rx.clone(), bound),
+        )
+        .await;
+        assert!(ran.is_err(), "cut without a stop");
+        // A stop: cut at the bound, not before.
+        let started = tokio::time::Instant::now();
+        let drained = tokio::spawn(drain_within(
+            std::future::pending::<Result<(), ()>>(),
+            rx.clone(),
+            bound,
+        ));
+        began.send(true).unwrap();
+        assert_eq!(drained.await.unwrap(), Ok(()));
+        let took = started.elapsed();
+        assert!(
+            took >= bound && took < bound + Duration::from_secs(1),
+            "{took:?}"
+        );
+        // A server that finishes first answers for itself.
+        let done = drain_within(async { Err::<(), _>("failed") }, rx, bound).await;
+        assert_eq!(done, Err("failed"));
+        // A stop signal that goes away unsent sets no bound.
+        let (gone, rx) = tokio::sync::watch::channel(false);
+        drop(gone);
+        let ran = tokio::time::timeout(
+            Duration::from_secs(3600),
+            drain_within(std::future::pending::<Result<(), ()>>(), rx, bound),
+        )
+        .await;
+        assert!(ran.is_err(), "cut without a stop");
     }
 }
