@@ -1369,3 +1369,166 @@ async fn a_stop_is_not_held_by_a_subscriber_that_stopped_reading_and_loses_nothi
         "the stop took {took:?}"
     );
 }
+
+/// The DER of the certificate the server at `addr` presents, dialled with
+/// `material` (which must trust it).
+async fn presented(addr: &str, material: &liaison_pki::TlsMaterial) -> Option<Vec<u8>> {
+    let config = liaison_pki::client_config(material).ok()?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").ok()?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    Some(
+        tls.get_ref()
+            .1
+            .peer_certificates()?
+            .first()?
+            .as_ref()
+            .to_vec(),
+    )
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+/// Whether `material` may list `body`'s inbox at `url`.
+async fn officer_gets_in(url: &str, material: &liaison_pki::TlsMaterial) -> bool {
+    let Ok(ch) = liaison_pki::connect(
+        url,
+        material,
+        Some(liaison_types::Role::Node),
+        "liaison.test",
+    )
+    .await
+    else {
+        return false;
+    };
+    liaison_proto::v1::officer_client::OfficerClient::new(ch)
+        .list_inbox(liaison_proto::v1::ListInboxRequest {
+            unread_only: false,
+            limit: 1,
+        })
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_takes_effect_without_a_restart_with_both_cas_trusted_until_it_finishes() {
+    let sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&["alpha", "bravo"]))
+        .await
+        .unwrap();
+    let certs = sandbox.certs().to_owned();
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let alpha_addr = alpha.trim_start_matches("https://").to_owned();
+    let old_officer = sandbox.material("alpha/officer-alice").unwrap();
+    let old_node_cert = pem_der(&std::fs::read_to_string(certs.join("alpha/node.pem")).unwrap());
+    assert_eq!(
+        presented(&alpha_addr, &old_officer).await,
+        Some(old_node_cert.clone())
+    );
+
+    let rotate = |flag: &str| {
+        let mut c = Command::new(EXE);
+        c.args(["--output", "json", "pki", "rotate", "--dir"])
+            .arg(&certs)
+            .arg("--governance")
+            .arg(sandbox.dir().join("governance.toml"));
+        if !flag.is_empty() {
+            c.arg(flag);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", text_of(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let started = rotate("--ca");
+    assert_eq!(started["trusted_cas"], 2, "{started}");
+    assert_eq!(
+        started["leaves"], 0,
+        "trust first, certificates after: {started}"
+    );
+    // Finishing (or starting again) is the only way on.
+    let again = Command::new(EXE)
+        .args(["pki", "rotate", "--ca", "--dir"])
+        .arg(&certs)
+        .arg("--governance")
+        .arg(sandbox.dir().join("governance.toml"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(text_of(&again).contains("--finish"), "{}", text_of(&again));
+    // An officer who took the new CA file but not yet a new certificate.
+    let old_officer = sandbox.material("alpha/officer-alice").unwrap();
+    assert_eq!(old_officer.ca_pem.matches("BEGIN CERTIFICATE").count(), 2);
+
+    let reissued = rotate("");
+    assert!(reissued["leaves"].as_u64().unwrap() > 10, "{reissued}");
+    // The node takes its new certificate, signed by the new CA, without a
+    // restart.
+    let new_officer = sandbox.material("alpha/officer-alice").unwrap();
+    let new_node_cert = pem_der(&std::fs::read_to_string(certs.join("alpha/node.pem")).unwrap());
+    assert_ne!(new_node_cert, old_node_cert);
+    wait_until(
+        "alpha's node presents its new certificate",
+        SETTLE,
+        || async {
+            (presented(&alpha_addr, &new_officer).await == Some(new_node_cert.clone()))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // Both CAs are trusted: an officer still on the old CA's certificate
+    // and one on the new get in.
+    assert!(
+        officer_gets_in(&alpha, &old_officer).await,
+        "the old CA is still trusted"
+    );
+    assert!(officer_gets_in(&alpha, &new_officer).await);
+    // The hub reloaded too, and audited it.
+    let hub_cert = pem_der(&std::fs::read_to_string(certs.join("hub.pem")).unwrap());
+    let hub_addr = sandbox.hub_url().trim_start_matches("https://").to_owned();
+    wait_until("the hub presents its new certificate", SETTLE, || async {
+        (presented(&hub_addr, &new_officer).await == Some(hub_cert.clone())).then_some(())
+    })
+    .await
+    .unwrap();
+    let records = crate::common::audit_log(&sandbox).await;
+    assert!(
+        records.iter().any(|r| r.actor == liaison_hub::FILES_ACTOR
+            && r.reason.contains("tls: certificate expires")),
+        "the reload is audited"
+    );
+    // Traffic still flows, through the node's connection to the hub.
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let id = officer
+        .submit(liaison_proto::v1::OfficerSubmitRequest {
+            labels: Some(crate::common::labels(
+                liaison_proto::v1::Kind::Alert,
+                liaison_proto::v1::Classification::OfficialUse,
+                &["cybercrime"],
+            )),
+            body: Some(crate::common::alert("after the rotation")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    in_bravo(&sandbox, id).await;
+
+    let finished = rotate("--finish");
+    assert_eq!(finished["trusted_cas"], 1, "{finished}");
+    wait_until("the old CA's certificates are refused", SETTLE, || async {
+        (!officer_gets_in(&alpha, &old_officer).await).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(officer_gets_in(&alpha, &new_officer).await);
+    sandbox.shutdown().await.unwrap();
+}

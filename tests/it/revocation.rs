@@ -115,7 +115,11 @@ async fn a_bad_crl_refuses_the_reload_and_keeps_the_crl_in_force() {
     assert_refused(
         client.reload_policy(pb::ReloadPolicyRequest {}).await,
         tonic::Code::FailedPrecondition,
-        &["crl.pem", "contains no crl", "the crl in force stays"],
+        &[
+            "crl.pem",
+            "contains no crl",
+            "the certificates, key and crl in force stay",
+        ],
     );
     // The empty CRL stays in force: bravo still connects.
     assert!(can_subscribe(&sandbox, "bravo/node").await);

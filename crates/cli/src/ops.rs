@@ -324,6 +324,29 @@ pub enum PkiCommand {
     /// already lists. Point `[tls] crl` at it and reload (SIGHUP or
     /// `liaison admin reload-policy`).
     Revoke(PkiRevokeArgs),
+    /// Rotate the dev PKI and show the procedure: new keys and certificates
+    /// for every leaf under the CA in force; or, with --ca, a new CA trusted
+    /// beside the old one (then rotate the leaves, which it signs); then,
+    /// with --finish, the old CA removed. Running processes pick the new
+    /// files up within seconds (or at SIGHUP), without a restart.
+    Rotate(PkiRotateArgs),
+}
+
+/// Arguments of `pki rotate`.
+#[derive(Debug, clap::Args)]
+pub struct PkiRotateArgs {
+    /// The dev PKI directory.
+    #[arg(long, default_value = "certs-dev")]
+    pub dir: PathBuf,
+    /// The governance file naming the federation and its bodies.
+    #[arg(long, default_value = DEFAULT_GOVERNANCE)]
+    pub governance: PathBuf,
+    /// Start a CA rotation: a new CA, trusted beside the old one.
+    #[arg(long, conflicts_with = "finish")]
+    pub ca: bool,
+    /// Finish a CA rotation: trust the new CA only.
+    #[arg(long)]
+    pub finish: bool,
 }
 
 /// Arguments of `pki revoke`.
@@ -395,6 +418,7 @@ pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
     let a = match c {
         PkiCommand::Init(a) => a,
         PkiCommand::Revoke(a) => return pki_revoke(&a, out),
+        PkiCommand::Rotate(a) => return pki_rotate(&a, out),
     };
     let gov = pki_governance(&a.governance)?;
     let spec = liaison_federation::dev_spec(&gov);
@@ -419,6 +443,63 @@ pub fn pki(c: PkiCommand, out: Output) -> Result<()> {
             "{} already holds a pki; use --force to replace it",
             a.dir.display()
         ),
+    }
+    Ok(())
+}
+
+/// `liaison pki rotate`.
+fn pki_rotate(a: &PkiRotateArgs, out: Output) -> Result<()> {
+    use liaison_pki::Rotation;
+    let gov = pki_governance(&a.governance)?;
+    let spec = liaison_federation::dev_spec(&gov);
+    let step = match (a.ca, a.finish) {
+        (true, _) => Rotation::NewCa,
+        (_, true) => Rotation::Finish,
+        _ => Rotation::Leaves,
+    };
+    let done = liaison_pki::rotate_dev_pki(&a.dir, &spec, step)?;
+    let (name, next) = match step {
+        Rotation::Leaves => (
+            "leaves",
+            vec![
+                "every process reads its new certificate and key within 5 s (or now: SIGHUP, `systemctl reload`)".to_owned(),
+                "connections already open keep the old certificate until they end ([limits] max_connection_age_ms)".to_owned(),
+                "give officers, auditors and admins their new files; the old ones stay valid until they expire or are revoked (`liaison pki revoke`)".to_owned(),
+            ],
+        ),
+        Rotation::NewCa => (
+            "new_ca",
+            vec![
+                format!("ca.pem now trusts {} CAs, the new one first, and ca.key.pem is the new CA's key; no certificate changed yet", done.trusted_cas),
+                "every process reloads within 5 s (or at SIGHUP) and trusts both CAs; give the new ca.pem to every officer, auditor and admin".to_owned(),
+                format!("then reissue the certificates under the new CA: {} pki rotate --dir {}", crate::this_program(), crate::shell_word(&a.dir.display().to_string())),
+                format!("once every party holds its new certificate and every connection has been made again ([limits] max_connection_age_ms), finish: {} pki rotate --finish --dir {}", crate::this_program(), crate::shell_word(&a.dir.display().to_string())),
+            ],
+        ),
+        Rotation::Finish => (
+            "finish",
+            vec![
+                "ca.pem now trusts the new CA only; every process reloads within 5 s (or at SIGHUP)".to_owned(),
+                "a certificate of the old CA is refused at its next handshake".to_owned(),
+            ],
+        ),
+    };
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({"dir": a.dir, "step": name, "leaves": done.leaves, "trusted_cas": done.trusted_cas, "next": next})
+        ),
+        Output::Human => {
+            say!(
+                "rotated the dev pki in {} ({name}: {} leaves reissued, {} CA certificates trusted)",
+                a.dir.display(),
+                done.leaves,
+                done.trusted_cas
+            );
+            for (i, step) in next.iter().enumerate() {
+                say!("  {}. {step}", i + 1);
+            }
+        }
     }
     Ok(())
 }

@@ -27,9 +27,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use liaison_pki::{
-    caller_from_extensions, server_config_with_crls, Crls, ServerConfig, TlsMaterial,
-};
+use liaison_pki::{caller_from_extensions, Crls, LoadedTls, ServerConfig, TlsFiles};
 use liaison_policy::{Governance, Rule};
 use liaison_proto::v1 as pb;
 use liaison_types::{now_ms, Identity};
@@ -41,6 +39,8 @@ use crate::{HubError, HubState};
 
 /// The actor of a reload asked for by a signal.
 pub const SIGNAL_ACTOR: &str = "signal:SIGHUP";
+/// The actor of a reload because a certificate, key or CRL file changed.
+pub const FILES_ACTOR: &str = "hub:tls-files";
 /// Rule of the audit record of a reload that put a new version in force.
 pub const RULE_RELOAD: Rule = Rule::PolicyReload;
 /// Rule of the audit record of a refused reload.
@@ -71,58 +71,84 @@ struct ReloadStatus {
     last_refusal: Option<(i64, String)>,
 }
 
-/// The CRL file a reload re-reads, and where its server configuration goes.
+/// The TLS files a reload re-reads (certificate, key, CA and CRL), and
+/// where the server configuration they give goes.
 #[derive(Debug)]
 pub struct TlsReload {
-    material: TlsMaterial,
-    crl: PathBuf,
+    files: TlsFiles,
     configs: watch::Sender<Arc<ServerConfig>>,
-    /// The CRL text in force (changed under the reloader's status lock).
-    in_force: std::sync::Mutex<Option<String>>,
+    /// What is in force (changed under the reloader's status lock).
+    in_force: std::sync::Mutex<LoadedTls>,
 }
 
 impl TlsReload {
-    /// Reloads of `crl` for a server with `material`, whose configuration
-    /// in force (built with `loaded`) is the latest value of `configs`.
+    /// Reloads of `files` for a server whose configuration in force (built
+    /// from `loaded`) is the latest value of `configs`.
     pub fn new(
-        material: TlsMaterial,
-        crl: PathBuf,
-        loaded: Option<Crls>,
+        files: TlsFiles,
+        loaded: LoadedTls,
         configs: watch::Sender<Arc<ServerConfig>>,
     ) -> Self {
         Self {
-            material,
-            crl,
+            files,
             configs,
-            in_force: std::sync::Mutex::new(loaded.map(|c| c.pem().to_owned())),
+            in_force: std::sync::Mutex::new(loaded),
         }
     }
 
-    /// Reads the CRL file and builds the configuration it gives; the
-    /// error says what is wrong.
-    fn read(&self) -> Result<(Crls, Arc<ServerConfig>), String> {
-        let crls = Crls::load(&self.crl, &self.material.ca_pem).map_err(|e| e.to_string())?;
-        let config = server_config_with_crls(&self.material, Some(&crls))
-            .map_err(|e| format!("{}: {e}", self.crl.display()))?;
-        Ok((crls, config))
+    /// Reads every file again; the error says what is wrong. A certificate
+    /// that is not a hub certificate of the same federation is refused.
+    fn read(&self) -> Result<LoadedTls, String> {
+        let loaded = LoadedTls::load(&self.files).map_err(|e| e.to_string())?;
+        let id = loaded.material.identity().map_err(|e| e.to_string())?;
+        let was = self.lock().material.identity().map_err(|e| e.to_string())?;
+        if id.role != liaison_types::Role::Hub || id.federation != was.federation {
+            return Err(format!(
+                "{}: the certificate is now {id}, not a hub certificate of {}; point [tls] cert at the hub's",
+                self.files.cert.display(),
+                was.federation
+            ));
+        }
+        Ok(loaded)
     }
 
-    fn changed(&self, crls: &Crls) -> bool {
-        let in_force = self
-            .in_force
+    fn lock(&self) -> std::sync::MutexGuard<'_, LoadedTls> {
+        self.in_force
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        in_force.as_deref() != Some(crls.pem())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn changed(&self, loaded: &LoadedTls) -> bool {
+        self.lock().differs_from(loaded)
+    }
+
+    /// What a reload record says of the TLS files.
+    fn note(&self, loaded: &LoadedTls, changed: bool) -> String {
+        let expires = loaded
+            .material
+            .expiries()
+            .ok()
+            .and_then(|e| {
+                e.first()
+                    .map(|(_, t)| liaison_types::rfc3339(t.saturating_mul(1000)))
+            })
+            .unwrap_or_else(|| "?".into());
+        let crl = loaded.crls.as_ref().map_or_else(String::new, |c| {
+            format!(", crl: {} revoked certificates", c.revoked())
+        });
+        format!(
+            "tls: certificate expires {expires}{crl}{}",
+            if changed { "" } else { " (unchanged)" }
+        )
     }
 
     /// Puts a configuration in force for the next handshakes.
-    fn put_in_force(&self, crls: &Crls, config: Arc<ServerConfig>) {
-        self.configs.send_replace(config);
-        *self
-            .in_force
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(crls.pem().to_owned());
-        tracing::info!(file = %self.crl.display(), revoked = crls.revoked(), "crl in force for new connections");
+    fn put_in_force(&self, loaded: LoadedTls) {
+        self.configs.send_replace(Arc::clone(&loaded.server));
+        liaison_pki::warn_if_expiring(&loaded.material, now_ms() / 1000);
+        let revoked = loaded.crls.as_ref().map_or(0, Crls::revoked);
+        *self.lock() = loaded;
+        tracing::info!(cert = %self.files.cert.display(), revoked, "certificates, key and crl in force for new connections");
     }
 }
 
@@ -181,7 +207,7 @@ impl PolicyReloader {
             Ok(g) => match self.tls.as_ref().map(TlsReload::read).transpose() {
                 Ok(tls) => Ok((g, tls)),
                 Err(problem) => Err(format!(
-                    "{problem}; the crl in force stays too, fix the crl file and reload again"
+                    "{problem}; the certificates, key and crl in force stay too, fix the file and reload again"
                 )),
             },
             Err(problem) => Err(problem),
@@ -198,19 +224,21 @@ impl PolicyReloader {
         };
         status.last_refusal = None;
         let crl_changed = match (&self.tls, &new_tls) {
-            (Some(tls), Some((crls, _))) => tls.changed(crls),
+            (Some(tls), Some(loaded)) => tls.changed(loaded),
             _ => false,
         };
-        let crl_note = new_tls.as_ref().map(|(crls, _)| {
-            format!(
-                "crl: {} revoked certificates{}",
-                crls.revoked(),
-                if crl_changed { "" } else { " (unchanged)" }
-            )
-        });
+        // The TLS files are named in the record when they changed, and
+        // always when a CRL is configured (which certificates it revokes is
+        // part of what the hub enforces).
+        let crl_note = match (&self.tls, &new_tls) {
+            (Some(tls), Some(loaded)) if crl_changed || loaded.crls.is_some() => {
+                Some(tls.note(loaded, crl_changed))
+            }
+            _ => None,
+        };
         if candidate.version() == current.version() {
             let mut audit_seq = 0;
-            if let (true, Some(tls), Some((crls, config)), Some(note)) =
+            if let (true, Some(tls), Some(loaded), Some(note)) =
                 (crl_changed, &self.tls, new_tls, &crl_note)
             {
                 // The governance is the same but the CRL is new: audit it,
@@ -226,7 +254,7 @@ impl PolicyReloader {
                         now_ms(),
                     )
                     .await?;
-                tls.put_in_force(&crls, config);
+                tls.put_in_force(loaded);
             } else {
                 tracing::info!(actor, version = %effective.version(), "governance reload: file unchanged");
             }
@@ -261,9 +289,9 @@ impl PolicyReloader {
             .store()
             .audit_policy_change(RULE_RELOAD, reason, new.clone(), actor.to_owned(), now_ms())
             .await?;
-        if let (Some(tls), Some((crls, config))) = (&self.tls, new_tls) {
+        if let (Some(tls), Some(loaded)) = (&self.tls, new_tls) {
             if crl_changed {
-                tls.put_in_force(&crls, config);
+                tls.put_in_force(loaded);
             }
         }
         if let Err(e) = self.state.put_in_force(&change, next) {
@@ -372,21 +400,20 @@ impl PolicyReloader {
     }
 }
 
-/// Reloads on every item of `reloads` until the stream ends or the hub
-/// stops. Failures are logged (and refusals audited); the hub keeps running.
+/// Reloads on every item of `reloads` (the actor who asked) until the
+/// stream ends or the hub stops. Failures are logged (and refusals
+/// audited); the hub keeps running.
 pub(crate) async fn reload_on_signal(
     reloader: Arc<PolicyReloader>,
-    mut reloads: impl Stream<Item = ()> + Unpin,
+    mut reloads: impl Stream<Item = &'static str> + Unpin,
     mut stopping: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             item = reloads.next() => {
-                if item.is_none() {
-                    return;
-                }
+                let Some(actor) = item else { return };
                 // Outcomes are logged by `reload` itself.
-                let _ = reloader.reload(SIGNAL_ACTOR).await;
+                let _ = reloader.reload(actor).await;
             }
             () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
         }

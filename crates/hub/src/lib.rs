@@ -29,10 +29,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use admin::{reload_on_signal, AdminService, PolicyReloader, TlsReload};
-pub use admin::{RULE_RELOAD, RULE_RELOAD_REFUSED, SIGNAL_ACTOR};
+pub use admin::{FILES_ACTOR, RULE_RELOAD, RULE_RELOAD_REFUSED, SIGNAL_ACTOR};
 pub use config::{HubConfig, ENV_PREFIX};
 pub use error::HubError;
-use liaison_pki::{authorize, server_config_with_crls, tls_incoming_with, Crls, TlsMaterial};
+use liaison_pki::{authorize, tls_incoming_with, LoadedTls};
 use liaison_policy::Governance;
 use liaison_proto::v1::{
     admin_server::AdminServer, audit_server::AuditServer, federation_server::FederationServer,
@@ -46,7 +46,7 @@ pub use service::HubState;
 use service::{AuditService, FederationService, OperationsService};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 
 /// The APIs the hub serves, by their full gRPC names: each is a health
@@ -101,13 +101,10 @@ pub async fn run_with_reload(
         })?;
     let listener: TcpListener = listeners.api;
     let governance = load_governance(&config)?;
-    let material = TlsMaterial::load(&config.tls)?;
-    let crls = match &config.tls.crl {
-        Some(path) => Some(Crls::load(path, &material.ca_pem)?),
-        None => None,
-    };
-    let tls = server_config_with_crls(&material, crls.as_ref())?;
-    let (tls_tx, tls_rx) = watch::channel(tls);
+    let loaded = LoadedTls::load(&config.tls)?;
+    liaison_pki::warn_if_expiring(&loaded.material, liaison_types::now_ms() / 1000);
+    let material = loaded.material.clone();
+    let (tls_tx, tls_rx) = watch::channel(Arc::clone(&loaded.server));
     std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
         source,
@@ -130,11 +127,16 @@ pub async fn run_with_reload(
         .max_decoding_message_size(1024);
     if let Some(listener) = metrics_listener {
         let registry = state.metrics().registry(&expiries);
-        let render = metrics::renderer(Arc::clone(&state), registry, config.data_dir.clone());
+        let render = metrics::renderer(
+            Arc::clone(&state),
+            registry,
+            config.data_dir.clone(),
+            config.tls.clone(),
+        );
         let tls = config
             .metrics
             .is_some_and(|m| m.tls)
-            .then(|| tls_rx.borrow().clone());
+            .then(|| tls_rx.clone());
         tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), tls = tls.is_some(), "metrics listening at /metrics");
         let mut stopping = stop_rx.clone();
         state.spawn(liaison_telemetry::metrics::serve(
@@ -152,11 +154,17 @@ pub async fn run_with_reload(
         .max_decoding_message_size(limits.max_request_bytes);
     let audit =
         AuditServer::new(AuditService(Arc::clone(&state))).max_decoding_message_size(64 * 1024);
-    let mut reloader = PolicyReloader::new(Arc::clone(&state), config.governance.clone());
-    if let Some(path) = &config.tls.crl {
-        reloader = reloader.with_tls(TlsReload::new(material, path.clone(), crls, tls_tx));
-    }
+    let reloader = PolicyReloader::new(Arc::clone(&state), config.governance.clone())
+        .with_tls(TlsReload::new(config.tls.clone(), loaded, tls_tx));
     let reloader = Arc::new(reloader);
+    // SIGHUP, and a change of a certificate, key or CRL file.
+    let changes = tokio_stream::wrappers::ReceiverStream::new(liaison_pki::watch_files(
+        config.tls.clone(),
+        liaison_pki::TLS_CHECK_EVERY,
+    ));
+    let reloads = reloads
+        .map(|()| SIGNAL_ACTOR)
+        .merge(changes.map(|()| FILES_ACTOR));
     let admin =
         AdminServer::new(AdminService(Arc::clone(&reloader))).max_decoding_message_size(16 * 1024);
     let on_signal = tokio::spawn(reload_on_signal(

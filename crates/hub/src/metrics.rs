@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use liaison_telemetry::metrics::{dir_size, encode, latency_histogram, register_process};
+use liaison_telemetry::metrics::{dir_size, encode, latency_histogram, register_process, Expiries};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -110,9 +110,9 @@ impl Default for HubMetrics {
 impl HubMetrics {
     /// A registry of every metric (handles shared with `self`), with the
     /// build and certificate expiry metrics.
-    pub fn registry(&self, expiries: &[(&'static str, i64)]) -> Registry {
+    pub fn registry(&self, expiries: &[(&'static str, i64)]) -> (Registry, Expiries) {
         let mut r = Registry::default();
-        register_process(&mut r, "hub", expiries);
+        let e = register_process(&mut r, "hub", expiries);
         r.register(
             "liaison_hub_messages_received",
             "New messages stored and routed, by originating body",
@@ -188,18 +188,24 @@ impl HubMetrics {
             Unit::Seconds,
             self.flush_seconds.clone(),
         );
-        r
+        (r, e)
     }
 }
 
 /// What a scrape renders: gauges refreshed from the state, then the text.
 pub(crate) fn renderer(
     state: Arc<HubState>,
-    registry: Registry,
+    (registry, expiries): (Registry, Expiries),
     data_dir: PathBuf,
+    tls: liaison_pki::TlsFiles,
 ) -> liaison_telemetry::metrics::Render {
     Arc::new(move || {
         refresh(&state, &data_dir);
+        // The certificates as they are on disk (what a reload takes within
+        // seconds).
+        if let Ok(e) = liaison_pki::TlsMaterial::load(&tls).and_then(|m| m.expiries()) {
+            expiries.set(&e);
+        }
         encode(&registry)
     })
 }

@@ -34,9 +34,7 @@ use std::sync::Arc;
 
 pub use config::{NodeConfig, Release, Retry, ENV_PREFIX};
 pub use error::NodeError;
-use liaison_pki::{
-    authorize, lazy_channel, server_config_with_crls, tls_incoming_with, Crls, TlsMaterial,
-};
+use liaison_pki::{authorize, lazy_channel_reloading, tls_incoming_with, LoadedTls};
 use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
 use liaison_store::Db;
 use liaison_telemetry::health::{reflection, Health};
@@ -87,12 +85,10 @@ pub async fn run_with_reload(
             source,
         })?;
     let listener: TcpListener = listeners.api;
-    let material = TlsMaterial::load(&config.tls)?;
-    let crls = match &config.tls.crl {
-        Some(path) => Some(Crls::load(path, &material.ca_pem)?),
-        None => None,
-    };
-    let tls = server_config_with_crls(&material, crls.as_ref())?;
+    let loaded = LoadedTls::load(&config.tls)?;
+    liaison_pki::warn_if_expiring(&loaded.material, liaison_types::now_ms() / 1000);
+    let material = loaded.material.clone();
+    let tls = Arc::clone(&loaded.server);
     let me = material.identity()?;
     if me.role != Role::Node || me.body.as_str() != config.body {
         return Err(NodeError::Config {
@@ -121,7 +117,14 @@ pub async fn run_with_reload(
     db.observe_flushes(Box::new(move |took| flushes.observe(took.as_secs_f64())));
     let (reflection_v1, reflection_v1alpha) =
         reflection(liaison_proto::v1::FILE_DESCRIPTOR_SET, SERVICES);
-    let channel = lazy_channel(&config.hub, &material, Some(Role::Hub), &federation)?;
+    let (client_tx, client_rx) = watch::channel(Arc::clone(&loaded.client));
+    let channel = lazy_channel_reloading(
+        &config.hub,
+        &material,
+        client_rx,
+        Some(Role::Hub),
+        &federation,
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(NodeState {
         body,
@@ -161,14 +164,20 @@ pub async fn run_with_reload(
             );
         }
     }
+    let (tls_tx, tls_rx) = watch::channel(tls);
     let metrics_task = match metrics_listener {
         Some(listener) => {
             let registry = state.metrics.registry(&expiries);
-            let render = metrics::renderer(Arc::clone(&state), registry, config.data_dir.clone());
+            let render = metrics::renderer(
+                Arc::clone(&state),
+                registry,
+                config.data_dir.clone(),
+                config.tls.clone(),
+            );
             let tls = config
                 .metrics
                 .is_some_and(|m| m.tls)
-                .then(|| Arc::clone(&tls));
+                .then(|| tls_rx.clone());
             tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), tls = tls.is_some(), "metrics listening at /metrics");
             let mut stopping = stop_rx.clone();
             Some(tokio::spawn(liaison_telemetry::metrics::serve(
@@ -182,12 +191,20 @@ pub async fn run_with_reload(
         }
         None => None,
     };
-    let (tls_tx, tls_rx) = watch::channel(tls);
-    let crl_reloader = tokio::spawn(reload_crl(
-        material.clone(),
-        config.tls.crl.clone(),
-        tls_tx,
-        reloads,
+    // SIGHUP, and a change of a certificate, key or CRL file.
+    let changes = tokio_stream::wrappers::ReceiverStream::new(liaison_pki::watch_files(
+        config.tls.clone(),
+        liaison_pki::TLS_CHECK_EVERY,
+    ));
+    let crl_reloader = tokio::spawn(reload_tls(
+        TlsTargets {
+            files: config.tls.clone(),
+            in_force: loaded,
+            server: tls_tx,
+            client: client_tx,
+            body: config.body.clone(),
+        },
+        reloads.merge(changes),
         stop_rx.clone(),
     ));
     let pusher = tokio::spawn(link::push_outbox(
@@ -277,12 +294,24 @@ pub async fn run_with_reload(
     Ok(())
 }
 
-/// Re-reads the CRL file on every item of `reloads` until the stream ends or
-/// the node stops, and puts a usable one in force for the next handshakes.
-async fn reload_crl(
-    material: TlsMaterial,
-    crl: Option<std::path::PathBuf>,
-    configs: watch::Sender<Arc<liaison_pki::ServerConfig>>,
+/// Where reloaded certificates go, and what is in force.
+struct TlsTargets {
+    files: liaison_pki::TlsFiles,
+    in_force: LoadedTls,
+    server: watch::Sender<Arc<liaison_pki::ServerConfig>>,
+    client: watch::Sender<Arc<liaison_pki::ClientConfig>>,
+    body: String,
+}
+
+/// Re-reads the certificate, key, CA and CRL files on every item of
+/// `reloads` (SIGHUP, or a file that changed) until the stream ends or the
+/// node stops, and puts what they give in force for the next handshakes:
+/// officers' connections to the node, and the node's next connection to
+/// the hub. Anything unusable (a file that does not parse, a certificate
+/// that is not this body's node certificate) is logged and what is in
+/// force stays.
+async fn reload_tls(
+    mut t: TlsTargets,
     mut reloads: impl Stream<Item = ()> + Unpin,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -292,18 +321,33 @@ async fn reload_crl(
                 if item.is_none() {
                     return;
                 }
-                let Some(path) = &crl else {
-                    tracing::info!("reload asked for, but no [tls] crl file is configured; nothing to reload");
-                    continue;
-                };
-                let loaded = Crls::load(path, &material.ca_pem)
-                    .and_then(|crls| Ok((server_config_with_crls(&material, Some(&crls))?, crls)));
-                match loaded {
-                    Ok((config, crls)) => {
-                        configs.send_replace(config);
-                        tracing::info!(file = %path.display(), revoked = crls.revoked(), "crl reloaded; in force for new connections");
+                let loaded = LoadedTls::load(&t.files).map_err(|e| e.to_string()).and_then(|l| {
+                    let id = l.material.identity().map_err(|e| e.to_string())?;
+                    if id.role != Role::Node || id.body.as_str() != t.body {
+                        return Err(format!(
+                            "{}: the certificate is now {id}, not the node certificate of {}",
+                            t.files.cert.display(),
+                            t.body
+                        ));
                     }
-                    Err(e) => tracing::warn!(error = %e, "crl reload refused; the crl in force stays, fix the file and reload again"),
+                    Ok(l)
+                });
+                match loaded {
+                    Ok(l) if !l.differs_from(&t.in_force) => {
+                        tracing::info!("reload asked for; certificates, key and crl unchanged");
+                    }
+                    Ok(l) => {
+                        t.server.send_replace(Arc::clone(&l.server));
+                        t.client.send_replace(Arc::clone(&l.client));
+                        liaison_pki::warn_if_expiring(&l.material, liaison_types::now_ms() / 1000);
+                        tracing::info!(
+                            cert = %t.files.cert.display(),
+                            revoked = l.crls.as_ref().map_or(0, liaison_pki::Crls::revoked),
+                            "certificates, key and crl reloaded; in force for new connections"
+                        );
+                        t.in_force = l;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "tls reload refused; what is in force stays, fix the file and reload again"),
                 }
             }
             () = async { let _ = stopping.wait_for(|s| *s).await; } => return,

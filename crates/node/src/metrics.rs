@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use liaison_telemetry::metrics::{dir_size, encode, latency_histogram, register_process, Render};
+use liaison_telemetry::metrics::{
+    dir_size, encode, latency_histogram, register_process, Expiries, Render,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -56,9 +58,9 @@ impl Default for NodeMetrics {
 impl NodeMetrics {
     /// A registry of every metric (handles shared with `self`), with the
     /// build and certificate expiry metrics.
-    pub fn registry(&self, expiries: &[(&'static str, i64)]) -> Registry {
+    pub fn registry(&self, expiries: &[(&'static str, i64)]) -> (Registry, Expiries) {
         let mut r = Registry::default();
-        register_process(&mut r, "node", expiries);
+        let e = register_process(&mut r, "node", expiries);
         r.register(
             "liaison_node_submitted",
             "Messages officers submitted that the outbox took",
@@ -117,13 +119,23 @@ impl NodeMetrics {
             Unit::Seconds,
             self.flush_seconds.clone(),
         );
-        r
+        (r, e)
     }
 }
 
 /// What a scrape renders: gauges refreshed from the state, then the text.
-pub(crate) fn renderer(state: Arc<NodeState>, registry: Registry, data_dir: PathBuf) -> Render {
+pub(crate) fn renderer(
+    state: Arc<NodeState>,
+    (registry, expiries): (Registry, Expiries),
+    data_dir: PathBuf,
+    tls: liaison_pki::TlsFiles,
+) -> Render {
     Arc::new(move || {
+        // The certificates as they are on disk (what a reload takes within
+        // seconds).
+        if let Ok(e) = liaison_pki::TlsMaterial::load(&tls).and_then(|m| m.expiries()) {
+            expiries.set(&e);
+        }
         let m = &state.metrics;
         let count = |what: &str, n: Result<u64, liaison_store::StoreError>| match n {
             Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),

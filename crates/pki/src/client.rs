@@ -103,6 +103,25 @@ pub fn lazy_channel(
     Ok(ep.connect_with_connector_lazy(connector))
 }
 
+/// Like [`lazy_channel`], but each new connection takes the latest client
+/// configuration of `configs` (certificates reloaded without a restart);
+/// connections already open keep theirs.
+pub fn lazy_channel_reloading(
+    endpoint: &str,
+    material: &TlsMaterial,
+    configs: tokio::sync::watch::Receiver<Arc<rustls::ClientConfig>>,
+    expect_role: Option<Role>,
+    federation: &str,
+) -> Result<Channel, PkiError> {
+    let (ep, mut connector) = prepare(endpoint, material, expect_role, federation)?;
+    connector.tls = configs;
+    let connector = tower::service_fn(move |uri: Uri| {
+        let connector = connector.clone();
+        async move { connector.connect(uri).await }
+    });
+    Ok(ep.connect_with_connector_lazy(connector))
+}
+
 fn prepare(
     endpoint: &str,
     material: &TlsMaterial,
@@ -135,7 +154,7 @@ fn prepare(
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     let connector = Connector {
-        tls: tokio_rustls::TlsConnector::from(client_config(material)?),
+        tls: tokio::sync::watch::channel(client_config(material)?).1,
         endpoint: endpoint.into(),
         federation: federation.into(),
         expect_role,
@@ -146,7 +165,9 @@ fn prepare(
 /// Dials one connection and checks who answered.
 #[derive(Clone)]
 struct Connector {
-    tls: tokio_rustls::TlsConnector,
+    /// The client configuration in force: the latest value is used for
+    /// each new connection.
+    tls: tokio::sync::watch::Receiver<Arc<rustls::ClientConfig>>,
     endpoint: Arc<str>,
     federation: Arc<str>,
     expect_role: Option<Role>,
@@ -177,8 +198,8 @@ impl Connector {
         // checked below.
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| failed(format!("'{host}' is not a valid server name: {e}")))?;
-        let tls = self
-            .tls
+        let config = Arc::clone(&self.tls.borrow());
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| {

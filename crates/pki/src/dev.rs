@@ -150,6 +150,126 @@ fn generate(dir: &Path, spec: &DevPkiSpec, replace: bool) -> Result<bool, PkiErr
     Ok(installed)
 }
 
+/// A step of a dev PKI rotation (`liaison pki rotate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// New keys and certificates for every leaf, under the CA in force.
+    Leaves,
+    /// A new CA: the CA file then holds the new CA and the old one (both
+    /// trusted) and the CA key is the new one; the leaves are left alone,
+    /// so that every party can take the new CA file before any presents a
+    /// certificate of the new CA. [`Rotation::Leaves`] then reissues them
+    /// under it; certificates of the old CA are accepted until
+    /// [`Rotation::Finish`].
+    NewCa,
+    /// The end of a CA rotation: the CA file holds the new CA only, and
+    /// certificates of the old one are refused.
+    Finish,
+}
+
+/// What a rotation changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// Leaves reissued.
+    pub leaves: usize,
+    /// CA certificates trusted now.
+    pub trusted_cas: usize,
+}
+
+/// Rotates the dev PKI in `dir` one step. Every file is replaced by a
+/// rename (the CA file first, then each key before its certificate), so a
+/// process that reloads meanwhile reads whole files; one that reads a new
+/// key with the old certificate refuses that reload and takes the next.
+pub fn rotate_dev_pki(dir: &Path, spec: &DevPkiSpec, step: Rotation) -> Result<Rotated, PkiError> {
+    let ca_path = dir.join(CA_CERT_FILE);
+    let current = CertificateAuthority::load(dir)?;
+    let trusted = current.cert_pem();
+    let blocks = trusted.matches("-----BEGIN CERTIFICATE-----").count();
+    let staging = Staging::create(dir)?;
+    let (signer, ca_text, reissue) = match step {
+        Rotation::Leaves => (current, None, true),
+        Rotation::NewCa => {
+            if blocks > 1 {
+                return Err(PkiError::Rotation(format!(
+                    "{} already holds {blocks} CA certificates: a CA rotation is under way; finish it with `liaison pki rotate --finish` first",
+                    ca_path.display()
+                )));
+            }
+            let new = CertificateAuthority::generate(&format!(
+                "liaison {} federation ca {}",
+                spec.federation,
+                since_epoch_secs()
+            ))?;
+            staging.write(CA_KEY_FILE, &new.key_pem(), true)?;
+            let both = format!("{}{}", new.cert_pem(), trusted);
+            (new, Some(both), false)
+        }
+        Rotation::Finish => {
+            if blocks < 2 {
+                return Err(PkiError::Rotation(format!(
+                    "{} holds one CA certificate: no CA rotation is under way (start one with `liaison pki rotate --ca`)",
+                    ca_path.display()
+                )));
+            }
+            let first = first_pem_block(&trusted).ok_or_else(|| {
+                PkiError::Rotation(format!("{} holds no certificate", ca_path.display()))
+            })?;
+            (current, Some(first), false)
+        }
+    };
+    let mut order: Vec<String> = Vec::new();
+    if let Some(text) = &ca_text {
+        staging.write(CA_CERT_FILE, text, false)?;
+        order.push(CA_CERT_FILE.to_owned());
+        if step == Rotation::NewCa {
+            order.push(CA_KEY_FILE.to_owned());
+        }
+    }
+    let mut leaves = 0;
+    if reissue {
+        for (stem, identity) in spec.leaves()? {
+            let issued = signer.issue_identity(&identity)?;
+            staging.write(&format!("{stem}.key.pem"), &issued.key_pem, true)?;
+            staging.write(&format!("{stem}.pem"), &issued.cert_pem, false)?;
+            order.push(format!("{stem}.key.pem"));
+            order.push(format!("{stem}.pem"));
+            leaves += 1;
+        }
+    }
+    for relative in &order {
+        let to = dir.join(relative);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(|e| PkiError::io("create", parent, e))?;
+        }
+        fs::rename(staging.path.join(relative), &to)
+            .map_err(|e| PkiError::io("move into place", &to, e))?;
+    }
+    sync_dir(dir)?;
+    let trusted_cas = fs::read_to_string(&ca_path)
+        .map_err(|e| PkiError::io("read", &ca_path, e))?
+        .matches("-----BEGIN CERTIFICATE-----")
+        .count();
+    tracing::info!(dir = %dir.display(), ?step, leaves, trusted_cas, "rotated dev pki");
+    Ok(Rotated {
+        leaves,
+        trusted_cas,
+    })
+}
+
+/// The first PEM block of `text`, with its end line.
+fn first_pem_block(text: &str) -> Option<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text[start..].find(END)? + start + END.len();
+    Some(format!("{}\n", &text[start..end]))
+}
+
+fn since_epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A private directory next to the target where a PKI is assembled; removed
 /// on drop unless it was renamed into place.
 struct Staging {

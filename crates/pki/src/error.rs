@@ -31,6 +31,10 @@ pub enum PkiError {
         source: std::io::Error,
     },
 
+    /// A dev PKI rotation step that does not fit the PKI's state.
+    #[error("{0}")]
+    Rotation(String),
+
     /// A PEM source holds no certificate.
     #[error("{origin} contains no certificate; expected a '-----BEGIN CERTIFICATE-----' block")]
     NoCertificate {

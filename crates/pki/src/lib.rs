@@ -24,16 +24,17 @@ mod dev;
 mod error;
 mod identity;
 mod incoming;
+mod reload;
 mod server;
 
 pub use ca::{serials_of_crl, CertificateAuthority, IssuedCert};
-pub use client::{connect, lazy_channel};
+pub use client::{connect, lazy_channel, lazy_channel_reloading};
 pub use config::{
     client_config, server_config, server_config_with_crls, Crls, TlsFiles, TlsMaterial, SERVER_NAME,
 };
 pub use dev::{
-    ensure_dev_pki, generate_dev_pki, DevPkiSpec, CA_CERT_FILE, CA_KEY_FILE, DEV_ADMINS,
-    DEV_AUDITORS, DEV_OFFICERS,
+    ensure_dev_pki, generate_dev_pki, rotate_dev_pki, DevPkiSpec, Rotated, Rotation, CA_CERT_FILE,
+    CA_KEY_FILE, DEV_ADMINS, DEV_AUDITORS, DEV_OFFICERS,
 };
 pub use error::PkiError;
 pub use identity::{authorize, caller, caller_from_extensions, identity_from_der};
@@ -41,5 +42,8 @@ pub use incoming::{
     tls_incoming, tls_incoming_with, AcceptOptions, ConfigSource, HandshakeFailure,
     HandshakeFailures, ServerTlsStream, LOGS_PER_SECOND,
 };
-pub use rustls::ServerConfig;
+pub use reload::{
+    warn_if_expiring, watch_files, LoadedTls, EXPIRY_CHECK_EVERY, EXPIRY_WARNING, TLS_CHECK_EVERY,
+};
+pub use rustls::{ClientConfig, ServerConfig};
 pub use server::{drain_within, oversize_status, Oversize, OversizeLayer, ServerLimits};

@@ -121,7 +121,11 @@ pub fn latency_histogram() -> Histogram {
 /// Registers what every Liaison process exports: `liaison_build_info` and
 /// `liaison_certificate_expiry_timestamp_seconds{certificate}` for each of
 /// `expiries` (`("cert", t)`, `("ca", t)`, Unix seconds).
-pub fn register_process(registry: &mut Registry, role: &str, expiries: &[(&'static str, i64)]) {
+pub fn register_process(
+    registry: &mut Registry,
+    role: &str,
+    expiries: &[(&'static str, i64)],
+) -> Expiries {
     // A gauge of 1, not an OpenMetrics `info`, so that tools reading the
     // classic text format (promtool among them) read it too.
     let build = Family::<Vec<(String, String)>, Gauge>::default();
@@ -136,18 +140,38 @@ pub fn register_process(registry: &mut Registry, role: &str, expiries: &[(&'stat
         "The running build: version and role (always 1)",
         build,
     );
-    let expiry = Family::<Vec<(String, String)>, Gauge>::default();
-    for (which, at) in expiries {
-        expiry
-            .get_or_create(&vec![("certificate".to_owned(), (*which).to_owned())])
-            .set(*at);
-    }
+    let expiry = Expiries(Family::default());
+    expiry.set(expiries);
     registry.register_with_unit(
         "liaison_certificate_expiry_timestamp",
-        "When this process's certificate (cert) and each CA certificate (ca) expire, Unix time",
+        "When this process's certificate (cert) and the soonest to expire of its trusted CA certificates (ca) expire, Unix time",
         Unit::Seconds,
-        expiry,
+        expiry.0.clone(),
     );
+    expiry
+}
+
+/// The certificate expiry gauges, to refresh when certificates are reloaded.
+#[derive(Debug, Clone)]
+pub struct Expiries(Family<Vec<(String, String)>, Gauge>);
+
+impl Expiries {
+    /// Sets the gauges from `expiries` (`("cert", t)`, `("ca", t)`…): the
+    /// certificate's, and the soonest of the CAs' (during a CA rotation
+    /// two are trusted).
+    pub fn set(&self, expiries: &[(&'static str, i64)]) {
+        self.0.clear();
+        let mut soonest: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        for (which, at) in expiries {
+            let e = soonest.entry(which).or_insert(*at);
+            *e = (*e).min(*at);
+        }
+        for (which, at) in soonest {
+            self.0
+                .get_or_create(&vec![("certificate".to_owned(), which.to_owned())])
+                .set(at);
+        }
+    }
 }
 
 /// The bytes of every file under `dir` (what `du` counts, roughly).
@@ -226,19 +250,14 @@ pub fn encode(registry: &Registry) -> String {
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` completes; with `tls`,
-/// every connection first completes that TLS handshake (HTTP/1.1 is offered
-/// by ALPN).
+/// every connection first completes a TLS handshake with the latest
+/// configuration of that watch (HTTP/1.1 is offered by ALPN).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
     render: Render,
     stop: impl Future<Output = ()> + Send,
 ) {
-    let tls = tls.map(|config| {
-        let mut config = (*config).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
@@ -258,7 +277,13 @@ pub async fn serve(
             return;
         };
         let render = Arc::clone(&render);
-        let tls = tls.clone();
+        // The configuration in force now (certificates are reloaded
+        // without a restart), offering HTTP/1.1.
+        let tls = tls.as_ref().map(|configs| {
+            let mut config = (**configs.borrow()).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
         connections.spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
@@ -423,11 +448,17 @@ mod tests {
     #[test]
     fn process_metrics_are_openmetrics_text() {
         let mut registry = Registry::default();
-        register_process(
+        let e = register_process(
             &mut registry,
             "hub",
             &[("cert", 1_800_000_000), ("ca", 1_900_000_000)],
         );
+        // A reload during a CA rotation: two CAs, the soonest counts.
+        e.set(&[
+            ("cert", 1_800_000_000),
+            ("ca", 2_000_000_000),
+            ("ca", 1_950_000_000),
+        ]);
         let text = encode(&registry);
         assert!(text.contains("# TYPE liaison_build_info gauge"), "{text}");
         assert!(text.contains("liaison_build_info{version=\""), "{text}");
@@ -436,6 +467,12 @@ mod tests {
                 "liaison_certificate_expiry_timestamp_seconds{certificate=\"cert\"} 1800000000"
             ),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                "liaison_certificate_expiry_timestamp_seconds{certificate=\"ca\"} 1950000000"
+            ),
+            "the soonest CA: {text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
