@@ -83,6 +83,7 @@ async fn run(sandbox: &Sandbox, concurrency: usize, total: usize) -> f64 {
                         .submit(pb::SubmitRequest {
                             envelope: Some(envelope()),
                             approved_by: String::new(),
+                            traceparent: String::new(),
                         })
                         .await
                         .expect("submit");

@@ -49,6 +49,7 @@ fn submit(env: pb::Envelope) -> pb::SubmitRequest {
     pb::SubmitRequest {
         envelope: Some(env),
         approved_by: String::new(),
+        traceparent: String::new(),
     }
 }
 

@@ -53,6 +53,7 @@ fn one(env: pb::Envelope) -> pb::SubmitRequest {
     pb::SubmitRequest {
         envelope: Some(env),
         approved_by: String::new(),
+        traceparent: String::new(),
     }
 }
 

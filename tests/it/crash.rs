@@ -142,6 +142,7 @@ async fn writer(
             client.submit(pb::SubmitRequest {
                 envelope: Some(sent.envelope.clone()),
                 approved_by: String::new(),
+                traceparent: String::new(),
             }),
         )
         .await;
@@ -232,6 +233,7 @@ async fn submit(hub: &FederationClient<Channel>, env: &pb::Envelope) -> pb::Subm
         .submit(pb::SubmitRequest {
             envelope: Some(env.clone()),
             approved_by: String::new(),
+            traceparent: String::new(),
         })
         .await
     {

@@ -59,6 +59,7 @@ async fn submit_to_hub(hub: &FederationClient<Channel>, env: &pb::Envelope) -> p
     hub.submit(pb::SubmitRequest {
         envelope: Some(env.clone()),
         approved_by: String::new(),
+        traceparent: String::new(),
     })
     .await
     .unwrap()

@@ -676,6 +676,7 @@ async fn the_hub_records_only_an_officer_of_the_submitting_body_as_approver() {
         pb::SubmitRequest {
             envelope: Some(env),
             approved_by: approved_by.to_owned(),
+            traceparent: String::new(),
         }
     };
     for (approver, needles) in [

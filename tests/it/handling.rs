@@ -124,6 +124,7 @@ async fn a_working_group_narrows_the_recipients_and_an_unknown_group_is_refused(
         hub.submit(pb::SubmitRequest {
             envelope: Some(envelope("alpha", l, &assessment("unknown group"))),
             approved_by: String::new(),
+            traceparent: String::new(),
         })
         .await,
         Code::InvalidArgument,
@@ -208,6 +209,7 @@ async fn a_held_delivery_survives_a_hub_restart() {
     hub.submit(pb::SubmitRequest {
         envelope: Some(env),
         approved_by: String::new(),
+        traceparent: String::new(),
     })
     .await
     .unwrap();
@@ -265,6 +267,7 @@ async fn inconsistent_handling_labels_are_refused_with_the_field() {
             hub.submit(pb::SubmitRequest {
                 envelope: Some(envelope("alpha", l, &alert("bad labels"))),
                 approved_by: String::new(),
+                traceparent: String::new(),
             })
             .await,
             Code::InvalidArgument,

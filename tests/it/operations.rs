@@ -1532,3 +1532,253 @@ async fn a_ca_rotation_takes_effect_without_a_restart_with_both_cas_trusted_unti
     assert!(officer_gets_in(&alpha, &new_officer).await);
     sandbox.shutdown().await.unwrap();
 }
+
+mod otlp {
+    //! A small OTLP/gRPC trace receiver on loopback, built from the
+    //! `opentelemetry-proto` crate's service, standing in for a collector.
+
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    /// One span as received: the exporting service, its name, ids and
+    /// string attributes.
+    #[derive(Debug, Clone)]
+    pub struct Got {
+        pub service: String,
+        pub name: String,
+        pub trace_id: Vec<u8>,
+        pub span_id: Vec<u8>,
+        pub parent: Vec<u8>,
+        pub attrs: Vec<(String, String)>,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Receiver(pub Arc<Mutex<Vec<Got>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut got = self.0.lock().unwrap();
+            for rs in req.into_inner().resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(Value::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        let attrs = s
+                            .attributes
+                            .iter()
+                            .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                                Value::StringValue(v) => Some((kv.key.clone(), v.clone())),
+                                _ => None,
+                            })
+                            .collect();
+                        got.push(Got {
+                            service: service.clone(),
+                            name: s.name,
+                            trace_id: s.trace_id,
+                            span_id: s.span_id,
+                            parent: s.parent_span_id,
+                            attrs,
+                        });
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Starts a receiver on 127.0.0.1 (port 0); returns its endpoint and
+    /// what it has received. It stops with the test's runtime.
+    pub async fn start() -> (String, Receiver) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Receiver::default();
+        let service = TraceServiceServer::new(r.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        (format!("http://{addr}"), r)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_messages_spans_across_three_processes_share_one_trace_and_form_one_tree() {
+    use liaison_proto::v1 as pb;
+    let (endpoint, received) = otlp::start().await;
+    let telemetry = format!("[telemetry]\notlp_endpoint = \"{endpoint}\"");
+    let sandbox = Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .nodes(&["alpha", "bravo"])
+            .processes(std::path::Path::new(EXE))
+            .node_toml(&telemetry)
+            .hub_toml(&telemetry),
+    )
+    .await
+    .unwrap();
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    let id = officer
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(crate::common::labels(
+                pb::Kind::Alert,
+                pb::Classification::OfficialUse,
+                &["cybercrime"],
+            )),
+            body: Some(crate::common::alert("traced")),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id;
+    in_bravo(&sandbox, id.clone()).await;
+    let names_message = |g: &otlp::Got| g.attrs.iter().any(|(k, v)| k == "message_id" && *v == id);
+    let spans = wait_until(
+        "the message's spans from three processes",
+        SETTLE,
+        || async {
+            let got = received.0.lock().unwrap().clone();
+            let mine: Vec<otlp::Got> = got.iter().filter(|g| names_message(g)).cloned().collect();
+            let services: std::collections::BTreeSet<&str> =
+                mine.iter().map(|g| g.service.as_str()).collect();
+            let deliver = mine.iter().any(|g| g.name == "message.deliver");
+            (services.len() == 3 && deliver).then(|| {
+                // The whole trace: every span with the message's trace id.
+                let trace = mine[0].trace_id.clone();
+                got.into_iter()
+                    .filter(|g| g.trace_id == trace)
+                    .collect::<Vec<_>>()
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let services: std::collections::BTreeSet<String> =
+        spans.iter().map(|g| g.service.clone()).collect();
+    assert_eq!(
+        services,
+        ["liaison-hub", "liaison-node-alpha", "liaison-node-bravo"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        "{spans:#?}"
+    );
+    // Every span of the message names it, has one trace id, and all but
+    // one have their parent among them: one tree.
+    for g in spans.iter().filter(|g| g.name.starts_with("message.")) {
+        assert!(names_message(g), "{g:?}");
+    }
+    let ids: std::collections::BTreeSet<&Vec<u8>> = spans.iter().map(|g| &g.span_id).collect();
+    let roots: Vec<&otlp::Got> = spans.iter().filter(|g| !ids.contains(&g.parent)).collect();
+    assert_eq!(roots.len(), 1, "one root: {roots:#?}");
+    let chain = [
+        "message.submit",
+        "message.push",
+        "message.route",
+        "message.deliver",
+    ];
+    for pair in chain.windows(2) {
+        let parent = spans
+            .iter()
+            .find(|g| g.name == pair[0])
+            .unwrap_or_else(|| panic!("no {}", pair[0]));
+        let child = spans
+            .iter()
+            .find(|g| g.name == pair[1])
+            .unwrap_or_else(|| panic!("no {}", pair[1]));
+        assert_eq!(
+            child.parent, parent.span_id,
+            "{} is the parent of {}",
+            pair[0], pair[1]
+        );
+    }
+    assert_eq!(
+        spans
+            .iter()
+            .find(|g| g.name == "message.route")
+            .unwrap()
+            .service,
+        "liaison-hub"
+    );
+    assert_eq!(
+        spans
+            .iter()
+            .find(|g| g.name == "message.deliver")
+            .unwrap()
+            .service,
+        "liaison-node-bravo"
+    );
+    // Spans carry ids, never content.
+    for g in &spans {
+        for (_, v) in &g.attrs {
+            assert!(!v.contains("act now"), "a message body in a span: {g:?}");
+        }
+    }
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_collector_neither_stops_nor_stalls_anything() {
+    use liaison_proto::v1 as pb;
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let telemetry = format!("[telemetry]\notlp_endpoint = \"http://{closed}\"");
+    let sandbox = Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .nodes(&["alpha", "bravo"])
+            .processes(std::path::Path::new(EXE))
+            .node_toml(&telemetry)
+            .hub_toml(&telemetry),
+    )
+    .await
+    .unwrap();
+    let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
+    for n in 0..3 {
+        let id = officer
+            .submit(pb::OfficerSubmitRequest {
+                labels: Some(crate::common::labels(
+                    pb::Kind::Alert,
+                    pb::Classification::OfficialUse,
+                    &["cybercrime"],
+                )),
+                body: Some(crate::common::alert(&format!("untraced {n}"))),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message_id;
+        in_bravo(&sandbox, id).await;
+    }
+    // Each process stops at SIGTERM within its bound (the sandbox kills
+    // one that takes over 10 s, which would fail the timing below).
+    let started = std::time::Instant::now();
+    sandbox.shutdown().await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+}

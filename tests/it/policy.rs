@@ -73,6 +73,7 @@ async fn submit(sandbox: &Sandbox, origin: &str, env: pb::Envelope) -> pb::Submi
     hub.submit(pb::SubmitRequest {
         envelope: Some(env),
         approved_by: String::new(),
+        traceparent: String::new(),
     })
     .await
     .unwrap()

@@ -38,6 +38,7 @@ fn submit_request(origin: &str) -> pb::SubmitRequest {
     pb::SubmitRequest {
         envelope: Some(valid_envelope(origin)),
         approved_by: String::new(),
+        traceparent: String::new(),
     }
 }
 
@@ -481,6 +482,7 @@ async fn a_node_claiming_another_origin_is_refused_and_audited() {
             .submit(pb::SubmitRequest {
                 envelope: Some(forged),
                 approved_by: String::new(),
+                traceparent: String::new(),
             })
             .await,
         Code::PermissionDenied,
@@ -555,6 +557,7 @@ async fn a_forged_submission_cannot_write_unbounded_text_into_the_audit_log() {
             .submit(pb::SubmitRequest {
                 envelope: Some(forged),
                 approved_by: String::new(),
+                traceparent: String::new(),
             })
             .await,
         Code::PermissionDenied,
@@ -661,6 +664,7 @@ async fn an_auditor_sees_only_records_naming_its_body_and_the_hub_body_sees_all(
         .submit(pb::SubmitRequest {
             envelope: Some(envelope("alpha", l, &assessment("not for bravo"))),
             approved_by: String::new(),
+            traceparent: String::new(),
         })
         .await
         .unwrap()

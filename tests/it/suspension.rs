@@ -73,6 +73,7 @@ async fn a_suspended_peer_gets_nothing_new_and_its_queue_is_held_until_reinstate
         .submit(pb::SubmitRequest {
             envelope: Some(during),
             approved_by: String::new(),
+            traceparent: String::new(),
         })
         .await
         .unwrap()

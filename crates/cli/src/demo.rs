@@ -523,6 +523,7 @@ async fn spoof_attempt(sandbox: &Sandbox) -> Result<tonic::Status> {
                 body: body.encode_to_vec(),
             }),
             approved_by: String::new(),
+            traceparent: String::new(),
         })
         .await;
     Ok(match result {

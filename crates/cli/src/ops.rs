@@ -1163,9 +1163,21 @@ fn log_format(json: bool) -> liaison_telemetry::Format {
 
 /// `liaison hub`.
 pub async fn hub(a: ServeArgs) -> Result<()> {
-    liaison_telemetry::init("info", log_format(a.json_logs));
+    // Logging first (with trace export if the file asks for it), then the
+    // parent check, then a configuration error, if any.
+    let config = liaison_hub::HubConfig::load(&a.config);
+    let endpoint = config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.telemetry.otlp_endpoint.clone());
+    let _traces = liaison_telemetry::init_with(
+        "info",
+        log_format(a.json_logs),
+        endpoint.as_deref().map(|e| (e, "liaison-hub")),
+    )
+    .map_err(anyhow::Error::msg)?;
     exit_with_parent(a.exit_with_parent);
-    let config = liaison_hub::HubConfig::load(&a.config)?;
+    let config = config?;
     // Catch SIGHUP before announcing readiness: by default it would end the
     // process.
     let reloads = reload_signal()?;
@@ -1209,9 +1221,24 @@ fn reload_signal() -> Result<Pin<Box<dyn Stream<Item = ()> + Send>>> {
 
 /// `liaison node`.
 pub async fn node(a: ServeArgs) -> Result<()> {
-    liaison_telemetry::init("info", log_format(a.json_logs));
+    // Logging first (with trace export if the file asks for it), then the
+    // parent check, then a configuration error, if any.
+    let config = liaison_node::NodeConfig::load(&a.config);
+    let (endpoint, service) = match &config {
+        Ok(c) => (
+            c.telemetry.otlp_endpoint.clone(),
+            format!("liaison-node-{}", c.body),
+        ),
+        Err(_) => (None, String::new()),
+    };
+    let _traces = liaison_telemetry::init_with(
+        "info",
+        log_format(a.json_logs),
+        endpoint.as_deref().map(|e| (e, service.as_str())),
+    )
+    .map_err(anyhow::Error::msg)?;
     exit_with_parent(a.exit_with_parent);
-    let config = liaison_node::NodeConfig::load(&a.config)?;
+    let config = config?;
     // SIGHUP re-reads the `[tls] crl` file; catch it before announcing
     // readiness, by default it would end the process.
     let reloads = reload_signal()?;

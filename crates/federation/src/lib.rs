@@ -161,6 +161,9 @@ pub struct SandboxOptions {
     /// Run the nodes as child processes of this `liaison` binary too (see
     /// [`SandboxOptions::processes`]).
     pub node_process: Option<PathBuf>,
+    /// TOML appended to the hub's configuration (whole tables, after
+    /// `[limits]`), for example `[telemetry]\notlp_endpoint = "…"`.
+    pub hub_toml: String,
 }
 
 impl SandboxOptions {
@@ -178,7 +181,15 @@ impl SandboxOptions {
             hub_limits: Vec::new(),
             node_toml: String::new(),
             node_process: None,
+            hub_toml: String::new(),
         }
+    }
+
+    /// Appends `toml` (whole tables) to the hub's configuration.
+    pub fn hub_toml(mut self, toml: &str) -> Self {
+        self.hub_toml.push_str(toml);
+        self.hub_toml.push('\n');
+        self
     }
 
     /// Appends `toml` (whole tables) to every node's configuration.
@@ -248,6 +259,7 @@ pub struct Sandbox {
     hub_limits: Vec<String>,
     node_toml: String,
     node_process: Option<PathBuf>,
+    hub_toml: String,
     /// Where the in-process hub's `/metrics` listens.
     hub_metrics: Option<SocketAddr>,
     /// Where each in-process node's `/metrics` listens.
@@ -299,6 +311,7 @@ impl Sandbox {
             hub_limits: opts.hub_limits.clone(),
             node_toml: opts.node_toml.clone(),
             node_process: opts.node_process.clone(),
+            hub_toml: opts.hub_toml.clone(),
             hub_metrics: None,
             node_metrics: BTreeMap::new(),
         };
@@ -448,6 +461,10 @@ impl Sandbox {
                 text.push_str(line);
                 text.push('\n');
             }
+        }
+        if !self.hub_toml.is_empty() {
+            text.push('\n');
+            text.push_str(&self.hub_toml);
         }
         text
     }

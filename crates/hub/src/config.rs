@@ -36,6 +36,9 @@ pub struct HubConfig {
     /// The `/metrics` endpoint (`[metrics] listen, tls`); none if absent.
     #[serde(default)]
     pub metrics: Option<liaison_telemetry::metrics::MetricsConfig>,
+    /// Trace export (`[telemetry] otlp_endpoint`); off if absent.
+    #[serde(default)]
+    pub telemetry: liaison_telemetry::trace::TelemetryConfig,
 }
 
 impl HubConfig {
@@ -101,6 +104,7 @@ impl HubConfig {
         if let Some(m) = &config.metrics {
             m.check().map_err(bad)?;
         }
+        config.telemetry.check().map_err(bad)?;
         Ok(config)
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::governance::{Change, GovernanceCell, InForce};
 use crate::store::{self, HubStore, Submitted};
@@ -472,15 +473,24 @@ impl HubState {
         envelope: Option<pb::Envelope>,
         approved_by: &str,
     ) -> Result<pb::SubmitResponse, HubError> {
-        let mut results = self
-            .submit_batch(
-                caller,
-                vec![pb::SubmitRequest {
-                    envelope,
-                    approved_by: approved_by.to_owned(),
-                }],
-            )
-            .await?;
+        self.submit_traced(
+            caller,
+            pb::SubmitRequest {
+                envelope,
+                approved_by: approved_by.to_owned(),
+                traceparent: String::new(),
+            },
+        )
+        .await
+    }
+
+    /// [`HubState::submit`] of a whole request (its trace context with it).
+    pub async fn submit_traced(
+        &self,
+        caller: &Identity,
+        req: pb::SubmitRequest,
+    ) -> Result<pb::SubmitResponse, HubError> {
+        let mut results = self.submit_batch(caller, vec![req]).await?;
         results.pop().unwrap_or_else(|| {
             Err(HubError::Task {
                 what: "routing a submission",
@@ -544,8 +554,30 @@ impl HubState {
         let mut valid = Vec::with_capacity(requests.len());
         let mut places = Vec::with_capacity(requests.len());
         let mut wake = false;
+        // Each traced message's `message.route` span, child of its trace at
+        // the node, held until it is stored.
+        let mut routing_spans: Vec<tracing::Span> = Vec::new();
         for req in requests {
-            match self.prepare(caller, &gov, req, now).await {
+            let traced = liaison_telemetry::trace::enabled() && !req.traceparent.is_empty();
+            let trace = if traced {
+                let id = req
+                    .envelope
+                    .as_ref()
+                    .and_then(|e| e.labels.as_ref())
+                    .map(|l| liaison_types::text::escape_line_prefix(&l.message_id, 64))
+                    .unwrap_or_default();
+                let span = tracing::info_span!(parent: None, "message.route", message_id = %id);
+                liaison_telemetry::trace::set_parent(&span, &req.traceparent);
+                let tp = liaison_telemetry::trace::traceparent(&span);
+                routing_spans.push(span);
+                tp
+            } else {
+                String::new()
+            };
+            match self.prepare(caller, &gov, req, now).await.map(|mut s| {
+                s.traceparent = trace;
+                s
+            }) {
                 Ok(submission) => {
                     wake |= submission.retain_ms.is_some()
                         || submission.env.labels.expires_at_ms.is_some();
@@ -692,6 +724,7 @@ impl HubState {
             approved_by,
             now_ms: now,
             retain_ms,
+            traceparent: String::new(),
         })
     }
 
@@ -1151,6 +1184,7 @@ impl HubState {
                     routed_at_ms: entry.routed_at_ms,
                     withdrawal,
                     erase_at_ms: self.store.erase_at(&entry.message_id)?.unwrap_or(0),
+                    traceparent: entry.traceparent.clone(),
                     ..Default::default()
                 };
                 // A subscriber that stops reading must not keep the hub from
@@ -1349,6 +1383,13 @@ impl HubState {
     }
 }
 
+/// The span of a node's request, child of the trace its metadata names.
+fn rpc_span<T>(rpc: &'static str, req: &Request<T>) -> tracing::Span {
+    let span = tracing::info_span!("hub.request", rpc);
+    liaison_telemetry::trace::set_parent(&span, &liaison_telemetry::trace::extract(req.metadata()));
+    span
+}
+
 /// A UUID request field in its stored form.
 fn uuid_field(field: &'static str, value: &str) -> Result<String, HubError> {
     Ok(liaison_types::uuid_field(field, value)?)
@@ -1389,6 +1430,7 @@ impl pb::federation_server::Federation for FederationService {
         req: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
+        let span = rpc_span("SubmitBatch", &req);
         let submissions = req.into_inner().submissions;
         let ids: Vec<String> = submissions
             .iter()
@@ -1402,7 +1444,11 @@ impl pb::federation_server::Federation for FederationService {
                 liaison_types::text::escape_line_prefix(id, 64)
             })
             .collect();
-        let results = self.0.submit_batch(&caller, submissions).await?;
+        let results = self
+            .0
+            .submit_batch(&caller, submissions)
+            .instrument(span)
+            .await?;
         let results = results
             .into_iter()
             .zip(ids)
@@ -1423,10 +1469,11 @@ impl pb::federation_server::Federation for FederationService {
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
-        let req = req.into_inner();
+        let span = rpc_span("Submit", &req);
         let resp = self
             .0
-            .submit(&caller, req.envelope, &req.approved_by)
+            .submit_traced(&caller, req.into_inner())
+            .instrument(span)
             .await?;
         Ok(Response::new(resp))
     }

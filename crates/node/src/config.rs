@@ -49,6 +49,9 @@ pub struct NodeConfig {
     /// The `/metrics` endpoint (`[metrics] listen, tls`); none if absent.
     #[serde(default)]
     pub metrics: Option<liaison_telemetry::metrics::MetricsConfig>,
+    /// Trace export (`[telemetry] otlp_endpoint`); off if absent.
+    #[serde(default)]
+    pub telemetry: liaison_telemetry::trace::TelemetryConfig,
     /// The `[release]` table as written, with positions for error messages.
     #[serde(default, rename = "release")]
     release_table: Option<Spanned<RawRelease>>,
@@ -367,6 +370,7 @@ impl NodeConfig {
         if let Some(m) = &config.metrics {
             m.check().map_err(bad)?;
         }
+        config.telemetry.check().map_err(bad)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.data_dir,

@@ -223,18 +223,41 @@ async fn take_batch(
     Ok(batch)
 }
 
+/// When the node traces: a `message.push` span per message, child of its
+/// submission's trace, held until the hub answers, and the trace context
+/// each message carries to the hub. Empty contexts otherwise.
+fn push_spans(batch: &[store::Pending]) -> (Vec<tracing::Span>, Vec<String>) {
+    if !liaison_telemetry::trace::enabled() {
+        return (Vec::new(), vec![String::new(); batch.len()]);
+    }
+    batch
+        .iter()
+        .map(|p| {
+            let span = tracing::info_span!(parent: None, "message.push", message_id = %p.id);
+            liaison_telemetry::trace::set_parent(&span, &p.traceparent);
+            let tp = liaison_telemetry::trace::traceparent(&span);
+            (span, tp)
+        })
+        .unzip()
+}
+
 /// One message, one `Submit`.
 async fn submit_one(
     state: &NodeState,
     p: &store::Pending,
 ) -> Result<Vec<Result<pb::SubmitResponse, String>>, tonic::Status> {
     let mut hub = state.hub.clone();
-    let result = hub
-        .submit(pb::SubmitRequest {
-            envelope: Some(p.envelope.clone()),
-            approved_by: p.approved_by.clone(),
-        })
-        .await;
+    let (spans, traces) = push_spans(std::slice::from_ref(p));
+    let mut req = tonic::Request::new(pb::SubmitRequest {
+        envelope: Some(p.envelope.clone()),
+        approved_by: p.approved_by.clone(),
+        traceparent: traces.into_iter().next().unwrap_or_default(),
+    });
+    if let Some(span) = spans.first() {
+        liaison_telemetry::trace::inject(span, req.metadata_mut());
+    }
+    let result = hub.submit(req).await;
+    drop(spans);
     match result {
         Ok(resp) => Ok(vec![Ok(resp.into_inner())]),
         Err(status) if is_final(&status) && !is_too_large(&status) => {
@@ -250,17 +273,21 @@ async fn submit_many(
     batch: &[store::Pending],
 ) -> Result<Vec<Result<pb::SubmitResponse, String>>, tonic::Status> {
     let mut hub = state.hub.clone();
+    let (spans, traces) = push_spans(batch);
     let submissions = batch
         .iter()
-        .map(|p| pb::SubmitRequest {
+        .zip(traces)
+        .map(|(p, traceparent)| pb::SubmitRequest {
             envelope: Some(p.envelope.clone()),
             approved_by: p.approved_by.clone(),
+            traceparent,
         })
         .collect();
-    let resp = hub
-        .submit_batch(pb::SubmitBatchRequest { submissions })
-        .await?
-        .into_inner();
+    let mut req = tonic::Request::new(pb::SubmitBatchRequest { submissions });
+    let rpc = tracing::info_span!("outbox.push", messages = batch.len());
+    liaison_telemetry::trace::inject(&rpc, req.metadata_mut());
+    let resp = hub.submit_batch(req).await?.into_inner();
+    drop(spans);
     if resp.results.len() != batch.len() {
         return Err(tonic::Status::internal(format!(
             "the hub answered {} results for {} submissions",
@@ -461,11 +488,19 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
         let mut arrivals = Vec::with_capacity(batch.len());
         let mut quarantined = Vec::new();
         let mut last = 0;
+        // Each traced message's span, held until it is stored and
+        // acknowledged.
+        let mut delivered: Vec<tracing::Span> = Vec::new();
         for item in batch {
             let delivery = item.map_err(|s| described(&s))?;
             last = delivery.seq;
             let raw = delivery.encode_to_vec();
             let (seq, message_id, origin) = delivery_ids(&delivery);
+            if liaison_telemetry::trace::enabled() && !delivery.traceparent.is_empty() {
+                let span = tracing::info_span!(parent: None, "message.deliver", message_id = %message_id, hub_seq = seq);
+                liaison_telemetry::trace::set_parent(&span, &delivery.traceparent);
+                delivered.push(span);
+            }
             match arrival(delivery) {
                 Ok(a) => arrivals.push(a),
                 // The hub validated it on the way in, so this is a hub bug
@@ -542,12 +577,17 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
             .metrics
             .quarantined_total
             .inc_by(quarantined.len() as u64);
-        hub.acknowledge(pb::AcknowledgeRequest {
+        let mut ack = tonic::Request::new(pb::AcknowledgeRequest {
             seq: last,
             quarantined,
-        })
-        .await
-        .map_err(|s| format!("acknowledging {last}: {:?}: {}", s.code(), s.message()))?;
+        });
+        if let Some(first) = delivered.first() {
+            liaison_telemetry::trace::inject(first, ack.metadata_mut());
+        }
+        hub.acknowledge(ack)
+            .await
+            .map_err(|s| format!("acknowledging {last}: {:?}: {}", s.code(), s.message()))?;
+        drop(delivered);
         tracing::info!(up_to = last, new, "deliveries stored and acknowledged");
     }
     Err("the hub closed the subscription".into())

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::config::Release;
 use crate::store::{self, Decider, OutboxRecord, OutboxStatus, Queued};
@@ -61,6 +62,23 @@ pub struct NodeState {
     pub metrics: crate::metrics::NodeMetrics,
     /// When the node's certificate expires (Unix seconds; 0 if unknown).
     pub certificate_expires: i64,
+}
+
+/// The trace context of a message's submission: a `message.submit` span,
+/// child of the request's span, when the node traces; empty otherwise.
+fn message_trace(message_id: &str) -> String {
+    if !liaison_telemetry::trace::enabled() {
+        return String::new();
+    }
+    let span = tracing::info_span!("message.submit", message_id = %message_id);
+    liaison_telemetry::trace::traceparent(&span)
+}
+
+/// The span of an officer's request, child of the trace its metadata names.
+fn request_span<T>(name: &'static str, req: &Request<T>) -> tracing::Span {
+    let span = tracing::info_span!("officer.request", rpc = name);
+    liaison_telemetry::trace::set_parent(&span, &liaison_telemetry::trace::extract(req.metadata()));
+    span
 }
 
 impl NodeState {
@@ -204,6 +222,7 @@ impl NodeState {
             refusal_reason: String::new(),
             received_by: Default::default(),
             quarantined_by: Default::default(),
+            trace_parent: message_trace(&env.labels.message_id),
         };
         Ok((env, record))
     }
@@ -701,7 +720,12 @@ impl pb::officer_server::Officer for OfficerService {
     ) -> Result<Response<pb::OfficerSubmitResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         let started = std::time::Instant::now();
-        let done = self.0.submit(&caller, req.into_inner()).await;
+        let span = request_span("Submit", &req);
+        let done = self
+            .0
+            .submit(&caller, req.into_inner())
+            .instrument(span)
+            .await;
         let m = &self.0.metrics;
         m.submit_seconds.observe(started.elapsed().as_secs_f64());
         if done.is_ok() {
@@ -715,6 +739,7 @@ impl pb::officer_server::Officer for OfficerService {
         req: Request<pb::OfficerSubmitBatchRequest>,
     ) -> Result<Response<pb::OfficerSubmitBatchResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
+        let span = request_span("SubmitBatch", &req);
         let messages = req.into_inner().messages;
         // A refused message is named by the id it was sent with (escaped,
         // and cut short: it may be what is wrong).
@@ -730,7 +755,11 @@ impl pb::officer_server::Officer for OfficerService {
             })
             .collect();
         let started = std::time::Instant::now();
-        let results = self.0.submit_batch(&caller, messages).await;
+        let results = self
+            .0
+            .submit_batch(&caller, messages)
+            .instrument(span)
+            .await;
         let m = &self.0.metrics;
         m.submit_seconds.observe(started.elapsed().as_secs_f64());
         let results = results?;

@@ -136,6 +136,10 @@ pub struct OutboxRecord {
     /// Recipient bodies whose nodes quarantined it: when, and why.
     #[serde(default)]
     pub quarantined_by: std::collections::BTreeMap<String, (i64, String)>,
+    /// The W3C trace context of its submission, when the node traces; the
+    /// push continues that trace. Empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_parent: String,
 }
 
 /// A received message's bookkeeping.
@@ -462,6 +466,8 @@ pub struct Pending {
     pub envelope: pb::Envelope,
     /// Officer identity that approved its release, if four-eyes applied.
     pub approved_by: String,
+    /// The trace context of its submission (empty if untraced).
+    pub traceparent: String,
     /// Whether it may be sent. Only released messages (status `Queued`) are
     /// ever put in the push queue; should an entry for any other status be
     /// found, it is dropped unsent (see [`drop_push`]), never pushed.
@@ -482,6 +488,7 @@ pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
                     id,
                     envelope: pb::Envelope::default(),
                     approved_by: String::new(),
+                    traceparent: String::new(),
                     releasable: false,
                 });
             };
@@ -493,6 +500,7 @@ pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
                 id,
                 releasable: rec.status == OutboxStatus::Queued,
                 approved_by: rec.approved_by,
+                traceparent: rec.trace_parent,
             })
         })
         .collect()
@@ -1429,6 +1437,7 @@ mod tests {
             refusal_reason: String::new(),
             received_by: Default::default(),
             quarantined_by: Default::default(),
+            trace_parent: String::new(),
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod env;
 pub mod health;
 pub mod metrics;
+pub mod trace;
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
@@ -30,18 +31,59 @@ pub enum Format {
 /// Installs the global subscriber. Calling it twice is harmless (the second
 /// call does nothing), so tests may call it freely.
 pub fn init(default_filter: &str, format: Format) {
+    let _ = init_with(default_filter, format, None);
+}
+
+/// Installs the global subscriber, and with `otlp` (`(endpoint, service
+/// name)`) an OpenTelemetry layer that exports spans there; keep the guard
+/// until the end of `main` (dropping it flushes the last spans). Must be
+/// called inside a Tokio runtime when `otlp` is set.
+///
+/// # Errors
+/// When the exporter cannot be set up (a malformed endpoint).
+pub fn init_with(
+    default_filter: &str,
+    format: Format,
+    otlp: Option<(&str, &str)>,
+) -> Result<Option<trace::TraceGuard>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let no_color = std::env::var_os("NO_COLOR");
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour(std::io::stderr().is_terminal(), no_color.as_deref()))
-        .with_target(false);
-    let _ = match format {
-        Format::Text => builder.try_init(),
-        Format::Json => builder.json().try_init(),
+    let ansi = colour(std::io::stderr().is_terminal(), no_color.as_deref());
+    let logs = match format {
+        Format::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_target(false)
+            .boxed(),
+        Format::Json => fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .boxed(),
     };
+    let (otel, guard) = match otlp {
+        Some((endpoint, service)) => {
+            let (layer, guard) = trace::layer(endpoint, service)?;
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(otel)
+        .try_init();
+    Ok(guard)
+}
+
+/// `s` with quotes, backslashes and control characters escaped, for a value
+/// echoed in a message.
+pub(crate) fn escape(s: &str) -> String {
+    s.escape_debug().to_string()
 }
 
 /// Whether to colour log lines: only for a terminal, and never when the

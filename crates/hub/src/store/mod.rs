@@ -57,6 +57,8 @@ pub struct Submission {
     /// How long to keep its content (the retention for its level), if
     /// limited.
     pub retain_ms: Option<i64>,
+    /// The trace context of the hub's span for it (empty if untraced).
+    pub traceparent: String,
 }
 
 /// What the hub decided for a message, kept for idempotent resubmission.
@@ -107,6 +109,10 @@ pub struct QueueEntry {
     /// not a message; each names its message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub receipts: Vec<Receipt>,
+    /// The W3C trace context of the hub's routing span, when the hub
+    /// traces: the delivery carries it to the recipient's node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }
 
 impl RoutedOutcome {
@@ -178,6 +184,7 @@ impl QueueEntry {
                     quarantined: r.quarantined.clone(),
                 })
                 .collect(),
+            traceparent: self.traceparent.clone(),
         })
     }
 
@@ -245,6 +252,7 @@ impl QueueEntry {
                     quarantined: r.quarantined,
                 })
                 .collect(),
+            traceparent: e.traceparent,
         }
     }
 }
@@ -320,6 +328,7 @@ impl QueueEntry {
             forward_request: None,
             receipt: None,
             receipts: Vec::new(),
+            traceparent: String::new(),
         }
     }
 
@@ -638,7 +647,10 @@ pub fn plan_submission(
             } else {
                 effects.enqueue.push(Enqueue {
                     body: d.recipient.clone(),
-                    entry: QueueEntry::message(&id, env.labels.origin.as_str(), s.now_ms),
+                    entry: QueueEntry {
+                        traceparent: s.traceparent.clone(),
+                        ..QueueEntry::message(&id, env.labels.origin.as_str(), s.now_ms)
+                    },
                     audit: Some(effects.audit.len()),
                 });
             }
@@ -1242,6 +1254,7 @@ mod tests {
             approved_by: None,
             now_ms: NOW,
             retain_ms: None,
+            traceparent: String::new(),
         };
         match submit(db, submission).await.unwrap() {
             Submitted::New { queued, held, .. } => {
@@ -1390,6 +1403,7 @@ mod tests {
             approved_by: None,
             now_ms: NOW,
             retain_ms: None,
+            traceparent: String::new(),
         }
     }
 
@@ -1524,6 +1538,7 @@ mod tests {
             approved_by: None,
             now_ms: NOW,
             retain_ms: None,
+            traceparent: String::new(),
         };
         let a = held_alert(0, 0);
         let b = held_alert(1, 0);
@@ -2125,6 +2140,7 @@ mod tests {
                 approved_by: None,
                 now_ms: NOW,
                 retain_ms: None,
+                traceparent: String::new(),
             };
             submit(db, submission).await.unwrap();
         }
