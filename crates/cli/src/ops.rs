@@ -1153,6 +1153,17 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Logging, and trace export to `endpoint` as `service` if there is one;
+/// the guard flushes the last spans when dropped.
+fn start_logs(
+    json: bool,
+    endpoint: Option<&str>,
+    service: &str,
+) -> Result<Option<liaison_telemetry::trace::TraceGuard>> {
+    liaison_telemetry::init_with("info", log_format(json), endpoint.map(|e| (e, service)))
+        .map_err(anyhow::Error::msg)
+}
+
 fn log_format(json: bool) -> liaison_telemetry::Format {
     if json {
         liaison_telemetry::Format::Json
@@ -1170,12 +1181,7 @@ pub async fn hub(a: ServeArgs) -> Result<()> {
         .as_ref()
         .ok()
         .and_then(|c| c.telemetry.otlp_endpoint.clone());
-    let _traces = liaison_telemetry::init_with(
-        "info",
-        log_format(a.json_logs),
-        endpoint.as_deref().map(|e| (e, "liaison-hub")),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let _traces = start_logs(a.json_logs, endpoint.as_deref(), "liaison-hub")?;
     exit_with_parent(a.exit_with_parent);
     let config = config?;
     // Catch SIGHUP before announcing readiness: by default it would end the
@@ -1231,12 +1237,7 @@ pub async fn node(a: ServeArgs) -> Result<()> {
         ),
         Err(_) => (None, String::new()),
     };
-    let _traces = liaison_telemetry::init_with(
-        "info",
-        log_format(a.json_logs),
-        endpoint.as_deref().map(|e| (e, service.as_str())),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let _traces = start_logs(a.json_logs, endpoint.as_deref(), &service)?;
     exit_with_parent(a.exit_with_parent);
     let config = config?;
     // SIGHUP re-reads the `[tls] crl` file; catch it before announcing

@@ -137,15 +137,11 @@ pub async fn run_with_reload(
             .metrics
             .is_some_and(|m| m.tls)
             .then(|| tls_rx.clone());
-        tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), tls = tls.is_some(), "metrics listening at /metrics");
-        let mut stopping = stop_rx.clone();
-        state.spawn(liaison_telemetry::metrics::serve(
+        state.spawn(liaison_telemetry::metrics::serve_until_stopped(
             listener,
             tls,
             render,
-            async move {
-                let _ = stopping.wait_for(|s| *s).await;
-            },
+            stop_rx.clone(),
         ));
     }
     let limits = &config.limits;

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use liaison_telemetry::metrics::{dir_size, encode, latency_histogram, register_process, Expiries};
+use liaison_telemetry::metrics::{
+    encode, latency_histogram, register_process, Expiries, StoreMetrics,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -76,14 +78,12 @@ pub struct HubMetrics {
     pub delivery_seconds: Histogram,
     /// Open delivery subscriptions, by peer.
     pub subscriptions: Family<Peer, Gauge>,
-    /// Seconds per store flush.
-    pub flush_seconds: Histogram,
+    /// The store's size, failure and flush latency.
+    pub store: StoreMetrics,
     queue_depth: Family<Peer, Gauge>,
     queue_oldest: Family<Peer, Gauge>,
     connected: Family<Peer, Gauge>,
     audit_records: Gauge,
-    store_bytes: Gauge,
-    store_failing: Gauge,
 }
 
 impl Default for HubMetrics {
@@ -96,13 +96,11 @@ impl Default for HubMetrics {
             submit_seconds: latency_histogram(),
             delivery_seconds: latency_histogram(),
             subscriptions: Family::default(),
-            flush_seconds: latency_histogram(),
+            store: StoreMetrics::default(),
             queue_depth: Family::default(),
             queue_oldest: Family::default(),
             connected: Family::default(),
             audit_records: Gauge::default(),
-            store_bytes: Gauge::default(),
-            store_failing: Gauge::default(),
         }
     }
 }
@@ -171,22 +169,9 @@ impl HubMetrics {
             "Durable records in the audit log",
             self.audit_records.clone(),
         );
-        r.register_with_unit(
-            "liaison_store_size",
-            "Bytes on disk in the store's data directory",
-            Unit::Bytes,
-            self.store_bytes.clone(),
-        );
-        r.register(
-            "liaison_store_failing",
+        self.store.register(
+            &mut r,
             "1 while the store's last write or flush failed (the audit log with it), else 0",
-            self.store_failing.clone(),
-        );
-        r.register_with_unit(
-            "liaison_store_flush_duration",
-            "Time per store flush (fdatasync included)",
-            Unit::Seconds,
-            self.flush_seconds.clone(),
         );
         (r, e)
     }
@@ -236,10 +221,7 @@ fn refresh(state: &HubState, data_dir: &Path) {
     }
     m.audit_records
         .set(i64::try_from(state.store().durable_audit()).unwrap_or(i64::MAX));
-    m.store_bytes
-        .set(i64::try_from(dir_size(data_dir)).unwrap_or(i64::MAX));
-    m.store_failing
-        .set(i64::from(state.store_failure().is_some()));
+    m.store.refresh(data_dir, state.store_failure().is_some());
 }
 
 /// Decrements a peer's subscription gauge when a subscription ends.

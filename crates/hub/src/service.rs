@@ -72,7 +72,7 @@ impl HubState {
         stopping: watch::Receiver<bool>,
     ) -> Result<Self, HubError> {
         let metrics = crate::metrics::HubMetrics::default();
-        let flushes = metrics.flush_seconds.clone();
+        let flushes = metrics.store.flush_seconds.clone();
         db.observe_flushes(Box::new(move |took| flushes.observe(took.as_secs_f64())));
         let store_failure = db.failures();
         let store = HubStore::open(db, governance.bodies().map(|b| &b.id))?;

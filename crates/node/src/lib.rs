@@ -113,7 +113,7 @@ pub async fn run_with_reload(
     let (health, health_server) = Health::new(SERVICES, true);
     health.follow_store(db.failures());
     let node_metrics = metrics::NodeMetrics::default();
-    let flushes = node_metrics.flush_seconds.clone();
+    let flushes = node_metrics.store.flush_seconds.clone();
     db.observe_flushes(Box::new(move |took| flushes.observe(took.as_secs_f64())));
     let (reflection_v1, reflection_v1alpha) =
         reflection(liaison_proto::v1::FILE_DESCRIPTOR_SET, SERVICES);
@@ -178,16 +178,14 @@ pub async fn run_with_reload(
                 .metrics
                 .is_some_and(|m| m.tls)
                 .then(|| tls_rx.clone());
-            tracing::info!(addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), tls = tls.is_some(), "metrics listening at /metrics");
-            let mut stopping = stop_rx.clone();
-            Some(tokio::spawn(liaison_telemetry::metrics::serve(
-                listener,
-                tls,
-                render,
-                async move {
-                    let _ = stopping.wait_for(|s| *s).await;
-                },
-            )))
+            Some(tokio::spawn(
+                liaison_telemetry::metrics::serve_until_stopped(
+                    listener,
+                    tls,
+                    render,
+                    stop_rx.clone(),
+                ),
+            ))
         }
         None => None,
     };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use liaison_telemetry::metrics::{
-    dir_size, encode, latency_histogram, register_process, Expiries, Render,
+    encode, latency_histogram, register_process, Expiries, Render, StoreMetrics,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,14 +27,12 @@ pub struct NodeMetrics {
     pub received: Counter,
     /// Deliveries kept in quarantine (the node could not accept them).
     pub quarantined_total: Counter,
-    /// Seconds per store flush.
-    pub flush_seconds: Histogram,
+    /// The store's size, failure and flush latency.
+    pub store: StoreMetrics,
     outbox_pending: Gauge,
     inbox_messages: Gauge,
     quarantined: Gauge,
     hub_connected: Gauge,
-    store_bytes: Gauge,
-    store_failing: Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -44,13 +42,11 @@ impl Default for NodeMetrics {
             submit_seconds: latency_histogram(),
             received: Counter::default(),
             quarantined_total: Counter::default(),
-            flush_seconds: latency_histogram(),
+            store: StoreMetrics::default(),
             outbox_pending: Gauge::default(),
             inbox_messages: Gauge::default(),
             quarantined: Gauge::default(),
             hub_connected: Gauge::default(),
-            store_bytes: Gauge::default(),
-            store_failing: Gauge::default(),
         }
     }
 }
@@ -102,22 +98,9 @@ impl NodeMetrics {
             "1 while the node's delivery stream from the hub is open, else 0",
             self.hub_connected.clone(),
         );
-        r.register_with_unit(
-            "liaison_store_size",
-            "Bytes on disk in the store's data directory",
-            Unit::Bytes,
-            self.store_bytes.clone(),
-        );
-        r.register(
-            "liaison_store_failing",
+        self.store.register(
+            &mut r,
             "1 while the store's last write or flush failed, else 0",
-            self.store_failing.clone(),
-        );
-        r.register_with_unit(
-            "liaison_store_flush_duration",
-            "Time per store flush (fdatasync included)",
-            Unit::Seconds,
-            self.flush_seconds.clone(),
         );
         (r, e)
     }
@@ -154,9 +137,7 @@ pub(crate) fn renderer(
         ));
         let c = state.health.conditions();
         m.hub_connected.set(i64::from(c.hub_link == Some(true)));
-        m.store_failing.set(i64::from(c.storage_failure.is_some()));
-        m.store_bytes
-            .set(i64::try_from(dir_size(&data_dir)).unwrap_or(i64::MAX));
+        m.store.refresh(&data_dir, c.storage_failure.is_some());
         encode(&registry)
     })
 }

@@ -174,6 +174,72 @@ impl Expiries {
     }
 }
 
+/// The store's metrics, the same in every process: its size on disk,
+/// whether it fails, and how long its flushes take.
+#[derive(Debug)]
+pub struct StoreMetrics {
+    /// Seconds per flush (`liaison_store::Db::observe_flushes` feeds it).
+    pub flush_seconds: Histogram,
+    bytes: Gauge,
+    failing: Gauge,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        Self {
+            flush_seconds: latency_histogram(),
+            bytes: Gauge::default(),
+            failing: Gauge::default(),
+        }
+    }
+}
+
+impl StoreMetrics {
+    /// Registers `liaison_store_size_bytes`, `liaison_store_failing` (whose
+    /// help says what else fails with the store) and
+    /// `liaison_store_flush_duration_seconds`.
+    pub fn register(&self, r: &mut Registry, failing_help: &str) {
+        r.register_with_unit(
+            "liaison_store_size",
+            "Bytes on disk in the store's data directory",
+            Unit::Bytes,
+            self.bytes.clone(),
+        );
+        r.register("liaison_store_failing", failing_help, self.failing.clone());
+        r.register_with_unit(
+            "liaison_store_flush_duration",
+            "Time per store flush (fdatasync included)",
+            Unit::Seconds,
+            self.flush_seconds.clone(),
+        );
+    }
+
+    /// Refreshes the gauges at a scrape.
+    pub fn refresh(&self, data_dir: &Path, failing: bool) {
+        self.bytes
+            .set(i64::try_from(dir_size(data_dir)).unwrap_or(i64::MAX));
+        self.failing.set(i64::from(failing));
+    }
+}
+
+/// Serves `/metrics` (see [`serve`]) until `stopping` is set, saying where.
+pub async fn serve_until_stopped(
+    listener: TcpListener,
+    tls: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
+    render: Render,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    tracing::info!(
+        addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+        tls = tls.is_some(),
+        "metrics listening at /metrics"
+    );
+    serve(listener, tls, render, async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    })
+    .await;
+}
+
 /// The bytes of every file under `dir` (what `du` counts, roughly).
 pub fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
