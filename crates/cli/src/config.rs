@@ -59,7 +59,7 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
         Kind::Hub => {
             let c = liaison_hub::HubConfig::parse_with_env(&a.file, &text, vars)?;
             let m = TlsMaterial::load(&c.tls)?;
-            expect_role(&m, Role::Hub, None, &a.file)?;
+            own_certificate(&m, Role::Hub, None, &a.file)?;
             if let Some(crl) = &c.tls.crl {
                 liaison_pki::Crls::load(crl, &m.ca_pem)?;
             }
@@ -82,7 +82,7 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
         Kind::Node => {
             let c = liaison_node::NodeConfig::parse_with_env(&a.file, &text, vars)?;
             let m = TlsMaterial::load(&c.tls)?;
-            expect_role(&m, Role::Node, Some(&c.body), &a.file)?;
+            own_certificate(&m, Role::Node, Some(&c.body), &a.file)?;
             if let Some(crl) = &c.tls.crl {
                 liaison_pki::Crls::load(crl, &m.ca_pem)?;
             }
@@ -114,6 +114,21 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
     Ok(())
 }
 
+/// The file's certificate is of `role` (and `body`), or the error names the
+/// file.
+fn own_certificate(
+    m: &TlsMaterial,
+    role: Role,
+    body: Option<&str>,
+    file: &std::path::Path,
+) -> Result<()> {
+    m.identity_as(role, body).map_err(|e| Failure {
+        code: 1,
+        message: format!("{}: [tls] cert: {e}", file.display()),
+    })?;
+    Ok(())
+}
+
 /// A node's file has a `body` string, the hub's a `governance` one; a
 /// governance file has `[[body]]` tables.
 fn guess(text: &str) -> Result<Kind, String> {
@@ -132,30 +147,6 @@ fn guess(text: &str) -> Result<Kind, String> {
         (false, true) => Ok(Kind::Node),
         _ => Err("neither a hub file (a governance key) nor a node file (a body key); say which with --kind hub or --kind node".into()),
     }
-}
-
-fn expect_role(
-    m: &TlsMaterial,
-    role: Role,
-    body: Option<&str>,
-    file: &std::path::Path,
-) -> Result<()> {
-    let id = m.identity()?;
-    if id.role != role || body.is_some_and(|b| b != id.body.as_str()) {
-        let wanted = match body {
-            Some(b) => format!("a {role} certificate of {b}"),
-            None => format!("a {role} certificate"),
-        };
-        return Err(Failure {
-            code: 1,
-            message: format!(
-                "{}: [tls] cert is {id}, not {wanted}; point it at the right certificate",
-                file.display()
-            ),
-        }
-        .into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1184,28 +1184,49 @@ pub async fn hub(a: ServeArgs) -> Result<()> {
     let _traces = start_logs(a.json_logs, endpoint.as_deref(), "liaison-hub")?;
     exit_with_parent(a.exit_with_parent);
     let config = config?;
-    // Catch SIGHUP before announcing readiness: by default it would end the
-    // process.
+    // SIGHUP reloads the governance and the TLS files.
+    let (listeners, stop, reloads) =
+        start_serving(&a, "hub", config.listen, config.metrics.as_ref()).await?;
+    liaison_hub::run_with_reload(config, listeners, stop, reloads).await?;
+    Ok(())
+}
+
+/// What a server needs before it runs, in the order that makes readiness
+/// true: SIGHUP and SIGTERM caught (by default either would end the
+/// process), the metrics and API listeners bound (ready files written),
+/// then systemd told `READY=1` and the watchdog started. The stop future
+/// tells systemd `STOPPING=1` when SIGTERM comes.
+async fn start_serving(
+    a: &ServeArgs,
+    what: &str,
+    listen: std::net::SocketAddr,
+    metrics: Option<&liaison_telemetry::metrics::MetricsConfig>,
+) -> Result<(
+    liaison_telemetry::metrics::Listeners,
+    impl std::future::Future<Output = ()> + Send,
+    Pin<Box<dyn Stream<Item = ()> + Send>>,
+)> {
     let reloads = reload_signal()?;
-    // Listen for SIGTERM before announcing readiness, too.
     let stop = shutdown_signal();
-    let metrics = match &config.metrics {
+    let metrics = match metrics {
         Some(m) => Some(bind(m.listen, a.metrics_ready_file.as_deref()).await?),
         None => None,
     };
-    let api = bind(config.listen, a.ready_file.as_deref()).await?;
+    let api = bind(listen, a.ready_file.as_deref()).await?;
     let bound = api
         .local_addr()
-        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-    crate::systemd::ready(&format!("hub listening on {bound}"));
+        .map_or_else(|_| listen.to_string(), |a| a.to_string());
+    crate::systemd::ready(&format!("{what} listening on {bound}"));
     crate::systemd::watchdog();
     let stop = async move {
         stop.await;
         crate::systemd::stopping();
     };
-    let listeners = liaison_hub::Listeners { api, metrics };
-    liaison_hub::run_with_reload(config, listeners, stop, reloads).await?;
-    Ok(())
+    Ok((
+        liaison_telemetry::metrics::Listeners { api, metrics },
+        stop,
+        reloads,
+    ))
 }
 
 /// One item per SIGHUP, the operator's way to ask for a governance reload.
@@ -1240,26 +1261,9 @@ pub async fn node(a: ServeArgs) -> Result<()> {
     let _traces = start_logs(a.json_logs, endpoint.as_deref(), &service)?;
     exit_with_parent(a.exit_with_parent);
     let config = config?;
-    // SIGHUP re-reads the `[tls] crl` file; catch it before announcing
-    // readiness, by default it would end the process.
-    let reloads = reload_signal()?;
-    // Listen for SIGTERM before announcing readiness, too.
-    let stop = shutdown_signal();
-    let metrics = match &config.metrics {
-        Some(m) => Some(bind(m.listen, a.metrics_ready_file.as_deref()).await?),
-        None => None,
-    };
-    let api = bind(config.listen, a.ready_file.as_deref()).await?;
-    let bound = api
-        .local_addr()
-        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-    crate::systemd::ready(&format!("node listening on {bound}"));
-    crate::systemd::watchdog();
-    let stop = async move {
-        stop.await;
-        crate::systemd::stopping();
-    };
-    let listeners = liaison_node::Listeners { api, metrics };
+    // SIGHUP reloads the TLS files.
+    let (listeners, stop, reloads) =
+        start_serving(&a, "node", config.listen, config.metrics.as_ref()).await?;
     liaison_node::run_with_reload(config, listeners, stop, reloads).await?;
     Ok(())
 }

@@ -99,14 +99,17 @@ impl TlsReload {
     /// Reads every file again; the error says what is wrong. A certificate
     /// that is not a hub certificate of the same federation is refused.
     fn read(&self) -> Result<LoadedTls, String> {
+        let cert = self.files.cert.display();
         let loaded = LoadedTls::load(&self.files).map_err(|e| e.to_string())?;
-        let id = loaded.material.identity().map_err(|e| e.to_string())?;
+        let id = loaded
+            .material
+            .identity_as(liaison_types::Role::Hub, None)
+            .map_err(|e| format!("{cert}: {e}"))?;
         let was = self.lock().material.identity().map_err(|e| e.to_string())?;
-        if id.role != liaison_types::Role::Hub || id.federation != was.federation {
+        if id.federation != was.federation {
             return Err(format!(
-                "{}: the certificate is now {id}, not a hub certificate of {}; point [tls] cert at the hub's",
-                self.files.cert.display(),
-                was.federation
+                "{cert}: the certificate is now of federation {}, not {}; point [tls] cert at this hub's",
+                id.federation, was.federation
             ));
         }
         Ok(loaded)

@@ -119,12 +119,9 @@ pub async fn run_with_reload(
     let state = Arc::new(HubState::new(db, governance, stop_rx.clone())?);
     state.spawn(Arc::clone(&state).run_schedules());
     let expiries = material.expiries()?;
-    let cert_expires = expiries
-        .iter()
-        .find(|(which, _)| *which == "cert")
-        .map_or(0, |(_, t)| *t);
-    let operations = OperationsServer::new(OperationsService(Arc::clone(&state), cert_expires))
-        .max_decoding_message_size(1024);
+    let operations =
+        OperationsServer::new(OperationsService(Arc::clone(&state), config.tls.clone()))
+            .max_decoding_message_size(1024);
     if let Some(listener) = metrics_listener {
         let registry = state.metrics().registry(&expiries);
         let render = metrics::renderer(

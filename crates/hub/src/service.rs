@@ -1534,9 +1534,9 @@ impl pb::federation_server::Federation for FederationService {
 #[derive(Debug, Clone)]
 pub struct AuditService(pub Arc<HubState>);
 
-/// `Operations`: the hub's status. The second field is when the hub's
-/// certificate expires (Unix seconds).
-pub struct OperationsService(pub Arc<HubState>, pub i64);
+/// `Operations`: the hub's status. The second field is the hub's TLS files,
+/// whose certificate's expiry the status shows (as reloads take it).
+pub struct OperationsService(pub Arc<HubState>, pub liaison_pki::TlsFiles);
 
 #[tonic::async_trait]
 impl pb::operations_server::Operations for OperationsService {
@@ -1546,14 +1546,17 @@ impl pb::operations_server::Operations for OperationsService {
     ) -> Result<Response<pb::HubStatus>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         let state = Arc::clone(&self.0);
-        let expires = self.1;
-        // Reading every queue's state touches the store.
-        let status = tokio::task::spawn_blocking(move || state.status(&caller, expires))
-            .await
-            .map_err(|e| HubError::Task {
-                what: "reading the hub's status",
-                problem: e.to_string(),
-            })??;
+        let files = self.1.clone();
+        // Reading every queue's state touches the store, and the
+        // certificate its file.
+        let status = tokio::task::spawn_blocking(move || {
+            state.status(&caller, liaison_pki::cert_expires(&files).unwrap_or(0))
+        })
+        .await
+        .map_err(|e| HubError::Task {
+            what: "reading the hub's status",
+            problem: e.to_string(),
+        })??;
         Ok(Response::new(status))
     }
 }

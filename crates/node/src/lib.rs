@@ -89,16 +89,12 @@ pub async fn run_with_reload(
     liaison_pki::warn_if_expiring(&loaded.material, liaison_types::now_ms() / 1000);
     let material = loaded.material.clone();
     let tls = Arc::clone(&loaded.server);
-    let me = material.identity()?;
-    if me.role != Role::Node || me.body.as_str() != config.body {
-        return Err(NodeError::Config {
+    let me = material
+        .identity_as(Role::Node, Some(&config.body))
+        .map_err(|e| NodeError::Config {
             file: config.tls.cert.display().to_string(),
-            problem: format!(
-                "certificate is {me} but this node is configured for body '{}'; use that body's node certificate",
-                config.body
-            ),
-        });
-    }
+            problem: e.to_string(),
+        })?;
     let federation = me.federation.clone();
     let body = BodyId::parse(&config.body).map_err(|problem| NodeError::Config {
         file: "node configuration".into(),
@@ -144,10 +140,7 @@ pub async fn run_with_reload(
         governance_stale: Notify::new(),
         health: health.clone(),
         metrics: node_metrics,
-        certificate_expires: expiries
-            .iter()
-            .find(|(which, _)| *which == "cert")
-            .map_or(0, |(_, t)| *t),
+        tls_files: config.tls.clone(),
     });
     let release = &state.release;
     if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {
@@ -319,15 +312,8 @@ async fn reload_tls(
                 if item.is_none() {
                     return;
                 }
-                let loaded = LoadedTls::load(&t.files).map_err(|e| e.to_string()).and_then(|l| {
-                    let id = l.material.identity().map_err(|e| e.to_string())?;
-                    if id.role != Role::Node || id.body.as_str() != t.body {
-                        return Err(format!(
-                            "{}: the certificate is now {id}, not the node certificate of {}",
-                            t.files.cert.display(),
-                            t.body
-                        ));
-                    }
+                let loaded = LoadedTls::load(&t.files).and_then(|l| {
+                    l.material.identity_as(Role::Node, Some(&t.body))?;
                     Ok(l)
                 });
                 match loaded {

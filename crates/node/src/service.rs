@@ -60,8 +60,9 @@ pub struct NodeState {
     pub health: liaison_telemetry::health::Health,
     /// The metrics, updated as things happen.
     pub metrics: crate::metrics::NodeMetrics,
-    /// When the node's certificate expires (Unix seconds; 0 if unknown).
-    pub certificate_expires: i64,
+    /// The node's TLS files: the status shows its certificate's expiry as
+    /// reloads take it.
+    pub tls_files: liaison_pki::TlsFiles,
 }
 
 /// The trace context of a message's submission: a `message.submit` span,
@@ -687,6 +688,7 @@ impl pb::officer_server::Officer for OfficerService {
         self.0.own_officer(&caller)?;
         let db = &self.0.db;
         let (quarantined, newest) = store::quarantine(db, 20).map_err(NodeError::from)?;
+        let health = self.0.health.conditions();
         Ok(Response::new(pb::NodeStatus {
             body: self.0.body.to_string(),
             quarantined,
@@ -702,15 +704,12 @@ impl pb::officer_server::Officer for OfficerService {
                 .collect(),
             outbox_pending: store::outbox_pending(db).map_err(NodeError::from)?,
             hub_cursor: store::hub_cursor(db).map_err(NodeError::from)?,
-            hub_connected: self.0.health.conditions().hub_link == Some(true),
+            hub_connected: health.hub_link == Some(true),
             inbox_messages: store::inbox_count(db).map_err(NodeError::from)?,
-            storage_failure: self
-                .0
-                .health
-                .conditions()
-                .storage_failure
-                .unwrap_or_default(),
-            certificate_expires_ms: self.0.certificate_expires.saturating_mul(1000),
+            storage_failure: health.storage_failure.unwrap_or_default(),
+            certificate_expires_ms: liaison_pki::cert_expires(&self.0.tls_files)
+                .unwrap_or(0)
+                .saturating_mul(1000),
         }))
     }
 
@@ -1060,7 +1059,7 @@ mod tests {
             stopping: tokio::sync::watch::channel(false).1,
             health: liaison_telemetry::health::Health::new(crate::SERVICES, true).0,
             metrics: crate::metrics::NodeMetrics::default(),
-            certificate_expires: 0,
+            tls_files: liaison_pki::TlsFiles::in_dev_dir(std::path::Path::new("/nonexistent"), "x"),
         }
     }
 

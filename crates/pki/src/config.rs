@@ -110,6 +110,27 @@ impl TlsMaterial {
         crate::identity::any_identity_from_der(leaf.as_ref())
     }
 
+    /// This party's identity, if its certificate is one of `role` (and of
+    /// `body`, when given); otherwise [`PkiError::WrongCertificate`] naming
+    /// what it is and what it should be.
+    pub fn identity_as(
+        &self,
+        role: liaison_types::Role,
+        body: Option<&str>,
+    ) -> Result<liaison_types::Identity, PkiError> {
+        let id = self.identity()?;
+        if id.role != role || body.is_some_and(|b| b != id.body.as_str()) {
+            return Err(PkiError::WrongCertificate {
+                found: id.to_string(),
+                wanted: match body {
+                    Some(b) => format!("a {role} certificate of {b}"),
+                    None => format!("a {role} certificate"),
+                },
+            });
+        }
+        Ok(id)
+    }
+
     /// When this party's certificate and each CA certificate expire (Unix
     /// seconds, the `notAfter` of each), for expiry metrics and warnings:
     /// `("cert", t)` for the leaf, then `("ca", t)` for every CA certificate.

@@ -31,6 +31,16 @@ pub enum PkiError {
         source: std::io::Error,
     },
 
+    /// A process's own certificate is of another role or body than its
+    /// configuration says.
+    #[error("the certificate is {found}, not {wanted}; point [tls] cert at the right one")]
+    WrongCertificate {
+        /// The identity the certificate holds.
+        found: String,
+        /// What it should be, for example `a node certificate of europol`.
+        wanted: String,
+    },
+
     /// A dev PKI rotation step that does not fit the PKI's state.
     #[error("{0}")]
     Rotation(String),

@@ -43,7 +43,8 @@ pub use incoming::{
     HandshakeFailures, ServerTlsStream, LOGS_PER_SECOND,
 };
 pub use reload::{
-    warn_if_expiring, watch_files, LoadedTls, EXPIRY_CHECK_EVERY, EXPIRY_WARNING, TLS_CHECK_EVERY,
+    cert_expires, warn_if_expiring, watch_files, LoadedTls, EXPIRY_CHECK_EVERY, EXPIRY_WARNING,
+    TLS_CHECK_EVERY,
 };
 pub use rustls::{ClientConfig, ServerConfig};
 pub use server::{drain_within, oversize_status, Oversize, OversizeLayer, ServerLimits};

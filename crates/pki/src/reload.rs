@@ -127,6 +127,18 @@ pub fn watch_files(files: TlsFiles, every: Duration) -> tokio::sync::mpsc::Recei
     rx
 }
 
+/// When the certificate in `files` expires (Unix seconds), as the file is
+/// now: what a process takes within [`TLS_CHECK_EVERY`] of a change. `None`
+/// if it cannot be read.
+pub fn cert_expires(files: &TlsFiles) -> Option<i64> {
+    TlsMaterial::load(files)
+        .and_then(|m| m.expiries())
+        .ok()?
+        .into_iter()
+        .find(|(which, _)| *which == "cert")
+        .map(|(_, at)| at)
+}
+
 /// How often the certificate, key and CRL files are checked for a change.
 pub const TLS_CHECK_EVERY: Duration = Duration::from_secs(5);
 

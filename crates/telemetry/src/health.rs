@@ -187,6 +187,8 @@ fn log_change(name: &str, s: ServingStatus, now: &Conditions) {
     let shown = if name.is_empty() { "(overall)" } else { name };
     match s {
         ServingStatus::Serving => tracing::info!(service = shown, "health: serving"),
+        // A stop asked for is no fault.
+        _ if now.draining => tracing::info!(service = shown, "health: not serving (draining)"),
         _ => tracing::warn!(
             service = shown,
             draining = now.draining,
