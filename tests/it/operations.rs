@@ -762,7 +762,7 @@ async fn the_hub_status_shows_every_body_to_the_hub_body_and_its_own_to_another(
 
 #[test]
 fn config_check_validates_files_as_the_process_would_start_from_them() {
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let deploy = deploy_dir();
     let check = |file: &str, env: &[(&str, &str)]| {
         let mut c = Command::new(EXE);
         c.args(["--output", "json", "config", "check"])
@@ -1003,8 +1003,30 @@ fn the_systemd_units_pass_systemd_analyze_verify_and_are_hardened() {
     assert!(!out.stderr.is_empty(), "a misspelt key is reported");
 }
 
+/// A copy of the repository's `deploy/` beside a dev PKI made for this
+/// run, so that the shipped files' `../certs-dev/...` paths resolve as they
+/// do in a checkout where `liaison pki init` has run. The checkout's own
+/// `certs-dev/` is never read: a clean clone has none.
 fn deploy_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    static MADE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-with-pki");
+        if root.exists() {
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        copy_dir(&source, &root.join("deploy"));
+        let out = Command::new(EXE)
+            .args(["pki", "init", "--dir"])
+            .arg(root.join("certs-dev"))
+            .arg("--governance")
+            .arg(root.join("deploy/federation.toml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pki init: {}", text_of(&out));
+        root.join("deploy")
+    })
+    .clone()
 }
 
 /// `liaison config check` of `file` with `env`, the TLS files pointed at
