@@ -27,6 +27,8 @@ pub struct HubConfig {
     pub governance: PathBuf,
     /// The hub's certificate, key and the federation CA.
     pub tls: TlsFiles,
+    /// The audit log's keys (`[audit] signing_key, witnesses`).
+    pub audit: AuditKeys,
     /// The durable store (`[store] cache_bytes`).
     #[serde(default)]
     pub store: liaison_store::StoreOptions,
@@ -101,11 +103,81 @@ impl HubConfig {
             }
         }
         config.tls.resolve(base);
+        for p in [&mut config.audit.signing_key, &mut config.audit.witnesses] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(m) = &config.metrics {
             m.check().map_err(bad)?;
         }
         config.telemetry.check().map_err(bad)?;
         Ok(config)
+    }
+}
+
+/// The audit log's keys: the hub's note signing key and the bodies'
+/// witness verifier keys.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditKeys {
+    /// The file holding the log's signing key, a C2SP signed-note signer
+    /// key (`PRIVATE+KEY+<origin>+<id>+<key>`; `liaison pki init` writes
+    /// `log.key`). Its name is the log's origin.
+    pub signing_key: PathBuf,
+    /// The file listing the witnesses' verifier keys, one per line
+    /// (`<federation>/witness/<body>+<id>+<key>`; `liaison pki init` writes
+    /// `witnesses.vkeys`): the hub keeps a body's cosignatures only if they
+    /// verify with its key.
+    pub witnesses: PathBuf,
+}
+
+/// The keys of [`AuditKeys`], read and checked.
+#[derive(Debug, Clone)]
+pub struct LoadedAuditKeys {
+    /// The log's signing key.
+    pub signer: liaison_tlog::LogSigner,
+    /// Each body's witness key.
+    pub witnesses: std::collections::BTreeMap<liaison_types::BodyId, liaison_tlog::WitnessVerifier>,
+}
+
+impl AuditKeys {
+    /// Reads both files. A witness key's name must end in `/witness/<body>`,
+    /// which says whose it is.
+    pub fn load(&self) -> Result<LoadedAuditKeys, HubError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| HubError::Config {
+                file: path.display().to_string(),
+                problem: format!(
+                    "cannot read it: {e}; make the audit keys with `liaison pki init` (or point [audit] at them)"
+                ),
+            })
+        };
+        let bad = |path: &Path, problem: String| HubError::Config {
+            file: path.display().to_string(),
+            problem,
+        };
+        let signer = liaison_tlog::LogSigner::from_text(&read(&self.signing_key)?)
+            .map_err(|e| bad(&self.signing_key, e.to_string()))?;
+        let mut witnesses = std::collections::BTreeMap::new();
+        for (n, line) in read(&self.witnesses)?.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = |problem: String| bad(&self.witnesses, format!("line {}: {problem}", n + 1));
+            let key = liaison_tlog::WitnessVerifier::from_text(line).map_err(|e| at(e.to_string()))?;
+            let body = key
+                .name()
+                .rsplit_once("/witness/")
+                .map(|(_, b)| b)
+                .ok_or_else(|| at(format!("the key name {:?} does not end in /witness/<body>", key.name())))
+                .and_then(|b| liaison_types::BodyId::parse(b).map_err(at))?;
+            if witnesses.insert(body.clone(), key).is_some() {
+                return Err(at(format!("a second witness key for {body}")));
+            }
+        }
+        Ok(LoadedAuditKeys { signer, witnesses })
     }
 }
 
@@ -126,6 +198,9 @@ governance = "federation.toml"
 ca = "ca.pem"
 cert = "hub.pem"
 key = "hub.key.pem"
+[audit]
+signing_key = "log.key"
+witnesses = "witnesses.vkeys"
 "#;
 
     fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {

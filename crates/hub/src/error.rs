@@ -116,6 +116,24 @@ pub enum HubError {
     /// The caller's body is not in the federation configuration.
     #[error("body {0} is not a member of this federation; ask the hub operator to add it to the governance file")]
     UnknownBody(String),
+    /// A proof or checkpoint asked of a tree the log does not have
+    /// (caller's fault).
+    #[error("{0}")]
+    BadProofRequest(String),
+    /// A node asked for the proof of a record about another body.
+    #[error("audit record {seq} does not concern {caller}; a node gets only the proofs of records about its own body (an auditor reads the others)")]
+    NotYourRecord {
+        /// The caller's body.
+        caller: String,
+        /// The record's position.
+        seq: u64,
+    },
+    /// A witness's cosignature that does not verify (caller's fault).
+    #[error("cosignature refused: {0}")]
+    BadCosignature(String),
+    /// The hub has no witness key for the caller's body.
+    #[error("the hub has no witness key for {0}; add the body's witness verifier key to the file named by [audit] witnesses and restart the hub")]
+    NoWitnessKey(String),
     /// Storage failed (our fault).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -165,7 +183,11 @@ impl HubError {
             | HubError::NotOrigin { .. }
             | HubError::NotARecipient { .. }
             | HubError::NotForwardOrigin { .. }
-            | HubError::NotActive { .. } => Code::PermissionDenied,
+            | HubError::NotActive { .. }
+            | HubError::NotYourRecord { .. } => Code::PermissionDenied,
+            HubError::BadProofRequest(_) => Code::OutOfRange,
+            HubError::BadCosignature(_) => Code::InvalidArgument,
+            HubError::NoWitnessKey(_) => Code::FailedPrecondition,
             HubError::UnknownMessage(_) | HubError::UnknownForward(_) => Code::NotFound,
             HubError::PolicyRefused { .. }
             | HubError::ForwardNotAllowed { .. }

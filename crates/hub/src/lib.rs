@@ -116,7 +116,8 @@ pub async fn run_with_reload(
         reflection(liaison_proto::v1::FILE_DESCRIPTOR_SET, SERVICES);
     let federation = governance.federation().to_owned();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = Arc::new(HubState::new(db, governance, stop_rx.clone())?);
+    let keys = config.audit.load()?;
+    let state = Arc::new(HubState::new(db, governance, keys, stop_rx.clone()).await?);
     state.spawn(Arc::clone(&state).run_schedules());
     let expiries = material.expiries()?;
     let operations =
@@ -178,7 +179,7 @@ pub async fn run_with_reload(
         ))
         .add_service(InterceptedService::new(
             audit,
-            authorize(federation.clone(), &[Role::Auditor]),
+            authorize(federation.clone(), &[Role::Auditor, Role::Oversight]),
         ))
         .add_service(InterceptedService::new(
             admin,
@@ -186,7 +187,7 @@ pub async fn run_with_reload(
         ))
         .add_service(InterceptedService::new(
             operations,
-            authorize(federation.clone(), &[Role::Admin, Role::Auditor]),
+            authorize(federation.clone(), &[Role::Admin, Role::Auditor, Role::Oversight]),
         ))
         // Health and reflection are open to every certificate of the
         // federation, and to nothing else.

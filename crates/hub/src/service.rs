@@ -8,7 +8,7 @@ use liaison_policy::{decide, route, Governance, Outcome, Rule};
 use liaison_proto::v1 as pb;
 use liaison_store::Db;
 use liaison_types::{
-    audit::ChainVerifier, normalise_message_id, now_ms, BodyId, Classification, Envelope, Identity,
+    normalise_message_id, now_ms, BodyId, Classification, Envelope, Identity,
     ValidationError,
 };
 use tokio::sync::{mpsc, watch};
@@ -61,23 +61,32 @@ pub struct HubState {
     store_failure: watch::Receiver<Option<String>>,
     /// When each body's node last called the hub.
     last_seen: std::sync::Mutex<std::collections::HashMap<BodyId, i64>>,
+    /// Each body's witness key, to check its cosignatures with.
+    witnesses: std::collections::BTreeMap<BodyId, liaison_tlog::WitnessVerifier>,
 }
 
 impl HubState {
     /// Builds the state over a store just opened: everything in it is
-    /// durable.
-    pub fn new(
+    /// durable. A hash-chained audit log of an earlier version is converted
+    /// to the Merkle log first (refused if its chain is broken).
+    pub async fn new(
         db: Db,
         governance: Governance,
+        keys: crate::config::LoadedAuditKeys,
         stopping: watch::Receiver<bool>,
     ) -> Result<Self, HubError> {
         let metrics = crate::metrics::HubMetrics::default();
         let flushes = metrics.store.flush_seconds.clone();
         db.observe_flushes(Box::new(move |took| flushes.observe(took.as_secs_f64())));
         let store_failure = db.failures();
-        let store = HubStore::open(db, governance.bodies().map(|b| &b.id))?;
+        let converted = store::convert_chain(&db).await?;
+        if converted > 0 {
+            tracing::info!(records = converted, "converted the hash-chained audit log to the merkle log");
+        }
+        let store = HubStore::open(db, governance.bodies().map(|b| &b.id), keys.signer)?;
         let overrides = store.body_states()?;
         Ok(Self {
+            witnesses: keys.witnesses,
             metrics,
             store_failure,
             last_seen: std::sync::Mutex::default(),
@@ -595,6 +604,9 @@ impl HubState {
         if !valid.is_empty() {
             let count = valid.len();
             let stored = self.store.submit_batch(valid).await?;
+            // One checkpoint for the batch: it includes every record just
+            // written (their write is durable, so the mark covers them).
+            let checkpoint = self.store.checkpoint()?;
             // One line per batch at info; one per message at debug (the
             // audit log has every message anyway).
             tracing::info!(caller = %caller, messages = count, "routed a batch");
@@ -610,7 +622,12 @@ impl HubState {
                     };
                     let delivered = outcome.decisions.iter().filter(|d| d.deliver).count();
                     tracing::debug!(message_id = %outcome.message_id, origin = %outcome.origin, duplicate, delivered, "routed");
+                    let recorded = outcome.audit_seq > 0
+                        && outcome.audit_seq <= checkpoint.checkpoint.size;
                     pb::SubmitResponse {
+                        leaf_index: outcome.audit_seq.saturating_sub(1),
+                        tree_size: if recorded { checkpoint.checkpoint.size } else { 0 },
+                        checkpoint: if recorded { checkpoint.note.clone() } else { Vec::new() },
                         message_id: outcome.message_id.clone(),
                         duplicate,
                         decisions: outcome
@@ -1185,6 +1202,14 @@ impl HubState {
                     withdrawal,
                     erase_at_ms: self.store.erase_at(&entry.message_id)?.unwrap_or(0),
                     traceparent: entry.traceparent.clone(),
+                    // The decision's record is durable with the position;
+                    // the log's durable size is a checkpoint that holds it.
+                    leaf_index: entry.audit_seq.saturating_sub(1),
+                    tree_size: if entry.audit_seq > 0 {
+                        self.store.durable_audit().max(entry.audit_seq)
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 };
                 // A subscriber that stops reading must not keep the hub from
@@ -1299,7 +1324,9 @@ impl HubState {
         r: &pb::AuditRecord,
     ) -> bool {
         let own = caller.body.as_str();
-        let scope_ok = caller.body == *hub_body
+        let _ = hub_body;
+        let scope_ok = caller.role == liaison_types::Role::Oversight
+            || r.event == AuditEvent::Policy.as_str()
             || r.origin == own
             || (r.recipient == own && r.decision != Outcome::Withhold.as_str())
             || r.actor
@@ -1360,25 +1387,155 @@ impl HubState {
         rx
     }
 
-    /// Verifies the whole durable chain.
+    /// Recomputes every leaf and tree hash of the durable log and checks
+    /// the root against the checkpoint of that size.
     pub fn audit_verify(&self) -> Result<pb::VerifyResponse, HubError> {
-        let mut verifier = ChainVerifier::default();
-        let mut after = 0;
-        let upto = self.store.durable_audit();
-        loop {
-            let batch = self.store.audit_after(after, upto, AUDIT_BATCH)?;
-            let Some(last) = batch.last() else { break };
-            after = last.seq;
-            batch.iter().for_each(|r| verifier.push(r));
-        }
-        let report = verifier.finish();
-        let (first_bad_seq, error) = report.first_error.clone().unwrap_or_default();
+        let (check, checkpoint) = self.store.check_log()?;
+        let (first_bad_seq, error) = check.first_error.clone().unwrap_or_default();
         Ok(pb::VerifyResponse {
-            ok: report.ok(),
-            records: report.records,
-            head_hash: report.head_hash,
+            ok: check.first_error.is_none(),
+            records: check.records,
+            head_hash: hex::encode(check.root.0),
             first_bad_seq,
             error,
+            checkpoint: checkpoint.note,
+        })
+    }
+
+    /// A checkpoint with its cosignatures: the latest (`size` 0), the
+    /// latest cosigned one (`witnessed`), or that of `size`.
+    pub fn checkpoint(&self, size: u64, witnessed: bool) -> Result<pb::CheckpointResponse, HubError> {
+        let size = if size == 0 && witnessed {
+            self.store.witnessed_size()?
+        } else {
+            size
+        };
+        let signed = if size == 0 {
+            self.store.checkpoint()?
+        } else {
+            self.store.checkpoint_at(size)?
+        };
+        Ok(self.with_cosignatures(&signed)?)
+    }
+
+    fn with_cosignatures(
+        &self,
+        signed: &liaison_tlog::SignedCheckpoint,
+    ) -> Result<pb::CheckpointResponse, HubError> {
+        let size = signed.checkpoint.size;
+        let mut note = signed.note.clone();
+        let mut cosigners = Vec::new();
+        for (body, line) in self.store.cosignatures(size)? {
+            // Kept only after they verified; checked again, so that a
+            // damaged store never serves a cosignature that fails.
+            if let Some(key) = self.witnesses.get(&body) {
+                if key.verify_line(&signed.checkpoint, &line).is_ok() {
+                    note.extend_from_slice(&line);
+                    cosigners.push(key.name().to_owned());
+                }
+            }
+        }
+        Ok(pb::CheckpointResponse {
+            note,
+            tree_size: size,
+            cosigners,
+        })
+    }
+
+    /// The inclusion proof of a record; `caller` may read it (checked by
+    /// the caller of this function for auditors; for nodes, here when
+    /// `own_only`).
+    pub fn prove_inclusion(
+        &self,
+        caller: &Identity,
+        req: pb::InclusionRequest,
+        own_only: bool,
+    ) -> Result<pb::InclusionProof, HubError> {
+        let seq = req.leaf_index.saturating_add(1);
+        let record = self.store.record(seq)?.ok_or_else(|| {
+            HubError::BadProofRequest(format!(
+                "the log has {} records; there is no leaf {}",
+                self.store.durable_audit(),
+                req.leaf_index
+            ))
+        })?;
+        let visible = if own_only {
+            Self::concerns(&caller.body, &record)
+        } else {
+            Self::audit_visible(
+                self.governance().hub_body(),
+                caller,
+                &pb::AuditQuery::default(),
+                &record,
+            )
+        };
+        if !visible {
+            return Err(HubError::NotYourRecord {
+                caller: caller.body.to_string(),
+                seq,
+            });
+        }
+        let (proof, signed) = self.store.prove_inclusion(req.leaf_index, req.tree_size)?;
+        let with = self.with_cosignatures(&signed)?;
+        Ok(pb::InclusionProof {
+            leaf_index: req.leaf_index,
+            tree_size: signed.checkpoint.size,
+            hashes: proof.iter().map(|h| h.0.to_vec()).collect(),
+            leaf: record.leaf,
+            checkpoint: with.note,
+        })
+    }
+
+    /// Whether a record is about `body`: its origin, its recipient, or
+    /// caused by one of its services.
+    fn concerns(body: &BodyId, r: &pb::AuditRecord) -> bool {
+        r.origin == body.as_str()
+            || r.recipient == body.as_str()
+            || r.actor.parse::<Identity>().is_ok_and(|a| a.body == *body)
+    }
+
+    /// The consistency proof between two tree sizes.
+    pub fn prove_consistency(
+        &self,
+        req: pb::ConsistencyRequest,
+    ) -> Result<pb::ConsistencyProof, HubError> {
+        let (proof, signed) = self.store.prove_consistency(req.old_size, req.tree_size)?;
+        let with = self.with_cosignatures(&signed)?;
+        Ok(pb::ConsistencyProof {
+            old_size: req.old_size,
+            tree_size: signed.checkpoint.size,
+            hashes: proof.iter().map(|h| h.0.to_vec()).collect(),
+            checkpoint: with.note,
+        })
+    }
+
+    /// Keeps a node's cosignature of a checkpoint, once it verifies with
+    /// its body's witness key.
+    pub async fn cosign(
+        &self,
+        caller: &Identity,
+        req: pb::CosignRequest,
+    ) -> Result<pb::CosignResponse, HubError> {
+        let key = self
+            .witnesses
+            .get(&caller.body)
+            .ok_or_else(|| HubError::NoWitnessKey(caller.body.to_string()))?;
+        if req.tree_size == 0 || req.tree_size > self.store.durable_audit() {
+            return Err(HubError::BadCosignature(format!(
+                "the log has no checkpoint of {} records",
+                req.tree_size
+            )));
+        }
+        let signed = self.store.checkpoint_at(req.tree_size)?;
+        let cosignature = key
+            .verify_line(&signed.checkpoint, &req.signature_line)
+            .map_err(|e| HubError::BadCosignature(e.to_string()))?;
+        let cosigners = self
+            .store
+            .add_cosignature(req.tree_size, caller.body.clone(), cosignature.line)
+            .await?;
+        Ok(pb::CosignResponse {
+            cosigners: u32::try_from(cosigners).unwrap_or(u32::MAX),
         })
     }
 }
@@ -1528,6 +1685,45 @@ impl pb::federation_server::Federation for FederationService {
         let resp = self.0.explain(&caller, req.into_inner().envelope).await?;
         Ok(Response::new(resp))
     }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.known_caller(&caller)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.0.checkpoint(r.tree_size, r.witnessed)?))
+    }
+
+    async fn prove_consistency(
+        &self,
+        req: Request<pb::ConsistencyRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.known_caller(&caller)?;
+        Ok(Response::new(self.0.prove_consistency(req.into_inner())?))
+    }
+
+    async fn prove_inclusion(
+        &self,
+        req: Request<pb::InclusionRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.known_caller(&caller)?;
+        Ok(Response::new(
+            self.0.prove_inclusion(&caller, req.into_inner(), true)?,
+        ))
+    }
+
+    async fn cosign(
+        &self,
+        req: Request<pb::CosignRequest>,
+    ) -> Result<Response<pb::CosignResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.known_caller(&caller)?;
+        Ok(Response::new(self.0.cosign(&caller, req.into_inner()).await?))
+    }
 }
 
 /// The `Audit` service.
@@ -1590,5 +1786,35 @@ impl pb::audit_server::Audit for AuditService {
                 problem: e.to_string(),
             })??;
         Ok(Response::new(resp))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.known_caller(&caller)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.0.checkpoint(r.tree_size, r.witnessed)?))
+    }
+
+    async fn prove_inclusion(
+        &self,
+        req: Request<pb::InclusionRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.known_caller(&caller)?;
+        Ok(Response::new(
+            self.0.prove_inclusion(&caller, req.into_inner(), false)?,
+        ))
+    }
+
+    async fn prove_consistency(
+        &self,
+        req: Request<pb::ConsistencyRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.known_caller(&caller)?;
+        Ok(Response::new(self.0.prove_consistency(req.into_inner())?))
     }
 }

@@ -192,7 +192,7 @@ impl CertificateAuthority {
                     ExtendedKeyUsagePurpose::ClientAuth,
                 ],
             ),
-            Role::Officer | Role::Auditor | Role::Admin => {
+            Role::Officer | Role::Auditor | Role::Admin | Role::Oversight => {
                 self.issue_with(&uris, &[], &[], &[ExtendedKeyUsagePurpose::ClientAuth])
             }
         }

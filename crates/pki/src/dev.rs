@@ -10,6 +10,12 @@
 //! <body>/officer-<name>.pem ...     spiffe://<fed>/org/<body>/officer/<name>
 //! <body>/auditor-<name>.pem ...     spiffe://<fed>/org/<body>/auditor/<name>
 //! <body>/admin-<name>.pem ...       spiffe://<fed>/org/<body>/admin/<name>
+//! <hub_body>/oversight-<name>.pem   spiffe://<fed>/org/<hub_body>/oversight/<name>
+//! log.key log.vkey                  the audit log's Ed25519 note key (C2SP
+//!                                   signed-note), named <fed>/audit
+//! <body>/witness.key witness.vkey   the body's witness key (C2SP
+//!                                   tlog-cosignature), named <fed>/witness/<body>
+//! witnesses.vkeys                   every body's witness verifier key
 //! ```
 //!
 //! `ca.pem` is the commit marker: it is always the last file to appear, so a
@@ -48,6 +54,9 @@ pub struct DevPkiSpec {
     pub auditors: Vec<String>,
     /// Admin names issued in every body.
     pub admins: Vec<String>,
+    /// Oversight auditor names (the federation's independent control body,
+    /// which reads the whole audit log), issued in the hub's body.
+    pub oversight: Vec<String>,
 }
 
 /// The sample officers the dev PKI issues in every body.
@@ -56,6 +65,29 @@ pub const DEV_OFFICERS: [&str; 3] = ["alice", "bob", "carol"];
 pub const DEV_AUDITORS: [&str; 1] = ["audit"];
 /// The sample admin the dev PKI issues in every body.
 pub const DEV_ADMINS: [&str; 1] = ["admin"];
+/// The sample oversight auditor the dev PKI issues in the hub's body.
+pub const DEV_OVERSIGHT: [&str; 1] = ["ccf"];
+
+/// The audit log's signing key (secret), in a PKI directory.
+pub const LOG_KEY_FILE: &str = "log.key";
+/// The audit log's verifier key (public).
+pub const LOG_VKEY_FILE: &str = "log.vkey";
+/// A body's witness signing key (secret), in its directory.
+pub const WITNESS_KEY_FILE: &str = "witness.key";
+/// A body's witness verifier key (public), in its directory.
+pub const WITNESS_VKEY_FILE: &str = "witness.vkey";
+/// Every body's witness verifier key, one per line.
+pub const WITNESSES_FILE: &str = "witnesses.vkeys";
+
+/// The audit log's origin (and note key name) in a federation.
+pub fn log_origin(federation: &str) -> String {
+    format!("{federation}/audit")
+}
+
+/// A body's witness key name in a federation.
+pub fn witness_name(federation: &str, body: &BodyId) -> String {
+    format!("{federation}/witness/{body}")
+}
 
 impl DevPkiSpec {
     /// The dev PKI of a federation: a node for each of `bodies`, and in each
@@ -70,6 +102,7 @@ impl DevPkiSpec {
             officers: names(&DEV_OFFICERS),
             auditors: names(&DEV_AUDITORS),
             admins: names(&DEV_ADMINS),
+            oversight: names(&DEV_OVERSIGHT),
         }
     }
 
@@ -84,6 +117,12 @@ impl DevPkiSpec {
             Identity::new(fed, body.as_str(), role, name).map_err(|e| PkiError::Spec(e.0))
         };
         let mut leaves = vec![("hub".to_owned(), id(&self.hub_body, Role::Hub, "hub")?)];
+        for name in &self.oversight {
+            leaves.push((
+                format!("{}/{}-{name}", self.hub_body, Role::Oversight),
+                id(&self.hub_body, Role::Oversight, name)?,
+            ));
+        }
         let mut seen = Vec::new();
         for body in &self.bodies {
             if seen.contains(&body) {
@@ -126,9 +165,72 @@ pub fn ensure_dev_pki(dir: &Path, spec: &DevPkiSpec) -> Result<bool, PkiError> {
         .try_exists()
         .map_err(|e| PkiError::io("inspect", &marker, e))?
     {
+        // A PKI made before the audit log had keys gets them now.
+        ensure_note_keys(dir, spec)?;
         return Ok(false);
     }
     generate(dir, spec, false)
+}
+
+/// The note keys of a PKI: the log's and every body's witness key, each
+/// pair made from a fresh random seed, and the list of witness verifier
+/// keys.
+fn note_keys(spec: &DevPkiSpec) -> Result<Vec<(String, String, bool)>, PkiError> {
+    use liaison_tlog::note::{key_pair, LOG_KEY_TYPE, WITNESS_KEY_TYPE};
+    let seed = || -> Result<[u8; 32], PkiError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed)
+            .map_err(|e| PkiError::Spec(format!("no randomness for a key: {e}")))?;
+        Ok(seed)
+    };
+    let pair = |name: &str, ty: u8| {
+        key_pair(name, ty, seed()?).map_err(|e| PkiError::Spec(e.to_string()))
+    };
+    let mut files = Vec::new();
+    let (skey, vkey) = pair(&log_origin(&spec.federation), LOG_KEY_TYPE)?;
+    files.push((LOG_KEY_FILE.to_owned(), format!("{skey}\n"), true));
+    files.push((LOG_VKEY_FILE.to_owned(), format!("{vkey}\n"), false));
+    let mut all = String::new();
+    let mut seen = Vec::new();
+    for body in &spec.bodies {
+        if seen.contains(&body) {
+            continue;
+        }
+        seen.push(body);
+        let (skey, vkey) = pair(&witness_name(&spec.federation, body), WITNESS_KEY_TYPE)?;
+        files.push((format!("{body}/{WITNESS_KEY_FILE}"), format!("{skey}\n"), true));
+        files.push((format!("{body}/{WITNESS_VKEY_FILE}"), format!("{vkey}\n"), false));
+        all.push_str(&vkey);
+        all.push('\n');
+    }
+    files.push((WITNESSES_FILE.to_owned(), all, false));
+    Ok(files)
+}
+
+/// Adds the note keys to a PKI directory that lacks them (one made before
+/// the audit log was a signed Merkle log). Each file appears by a rename,
+/// the list of witnesses last.
+fn ensure_note_keys(dir: &Path, spec: &DevPkiSpec) -> Result<(), PkiError> {
+    if dir.join(WITNESSES_FILE).exists() {
+        return Ok(());
+    }
+    let staging = Staging::create(dir)?;
+    let files = note_keys(spec)?;
+    for (relative, text, secret) in &files {
+        staging.write(relative, text, *secret)?;
+    }
+    for (relative, _, _) in &files {
+        let to = dir.join(relative);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(|e| PkiError::io("create", parent, e))?;
+        }
+        fs::rename(staging.path.join(relative), &to)
+            .map_err(|e| PkiError::io("move into place", &to, e))?;
+    }
+    let _ = fs::remove_dir_all(&staging.path);
+    sync_dir(dir)?;
+    tracing::info!(dir = %dir.display(), "added the audit log's note keys to the dev pki");
+    Ok(())
 }
 
 fn generate(dir: &Path, spec: &DevPkiSpec, replace: bool) -> Result<bool, PkiError> {
@@ -142,6 +244,9 @@ fn generate(dir: &Path, spec: &DevPkiSpec, replace: bool) -> Result<bool, PkiErr
         let issued = ca.issue_identity(identity)?;
         staging.write(&format!("{stem}.pem"), &issued.cert_pem, false)?;
         staging.write(&format!("{stem}.key.pem"), &issued.key_pem, true)?;
+    }
+    for (relative, text, secret) in note_keys(spec)? {
+        staging.write(&relative, &text, secret)?;
     }
     let installed = staging.install(dir, replace)?;
     if installed {

@@ -33,8 +33,10 @@ pub use config::{
     client_config, server_config, server_config_with_crls, Crls, TlsFiles, TlsMaterial, SERVER_NAME,
 };
 pub use dev::{
-    ensure_dev_pki, generate_dev_pki, rotate_dev_pki, DevPkiSpec, Rotated, Rotation, CA_CERT_FILE,
-    CA_KEY_FILE, DEV_ADMINS, DEV_AUDITORS, DEV_OFFICERS,
+    ensure_dev_pki, generate_dev_pki, log_origin, rotate_dev_pki, witness_name, DevPkiSpec,
+    Rotated, Rotation, CA_CERT_FILE, CA_KEY_FILE, DEV_ADMINS, DEV_AUDITORS, DEV_OFFICERS,
+    DEV_OVERSIGHT, LOG_KEY_FILE, LOG_VKEY_FILE, WITNESSES_FILE, WITNESS_KEY_FILE,
+    WITNESS_VKEY_FILE,
 };
 pub use error::PkiError;
 pub use identity::{authorize, caller, caller_from_extensions, identity_from_der};

@@ -12,6 +12,8 @@
 //! of the complete subtrees along the right edge (one per bit set in the
 //! size), which is all the next append needs, and gives the root hash.
 
+/// The error a [`HashReader`] returns.
+pub use tlog_tiles::Error as ReadError;
 pub use tlog_tiles::{
     split_stored_hash_index, stored_hash_count, stored_hash_index, Hash, HashReader, EMPTY_HASH,
     HASH_SIZE,

@@ -138,10 +138,24 @@ impl From<Event> for String {
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The record as a JSON object, `hash` included.
+/// The record as a JSON object: every field, `at` (the time in RFC 3339)
+/// beside `at_ms`, and, when the record comes from the Merkle log, its
+/// `leaf_index` and `leaf` (the leaf's bytes, standard base64) in place of
+/// the chain's empty `prev_hash` and `hash`.
 pub fn to_json(r: &AuditRecord) -> Map<String, Value> {
     let mut m = canonical_map(r);
-    m.insert("hash".into(), Value::from(r.hash.clone()));
+    m.insert("at".into(), Value::from(crate::time::rfc3339(r.at_ms)));
+    if r.leaf.is_empty() {
+        m.insert("hash".into(), Value::from(r.hash.clone()));
+    } else {
+        use base64::Engine as _;
+        m.remove("prev_hash");
+        m.insert("leaf_index".into(), Value::from(r.seq.saturating_sub(1)));
+        m.insert(
+            "leaf".into(),
+            Value::from(base64::engine::general_purpose::STANDARD.encode(&r.leaf)),
+        );
+    }
     m
 }
 
@@ -236,6 +250,16 @@ pub fn from_json(text: &[u8]) -> Result<AuditRecord, String> {
         prev_hash: s("prev_hash"),
         hash: s("hash"),
         labels: s("labels"),
+        leaf: match v.get("leaf") {
+            None => Vec::new(),
+            Some(Value::String(b64)) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| "leaf: not base64".to_owned())?
+            }
+            Some(_) => return Err("leaf: not a string".into()),
+        },
         items: match v.get("items") {
             None => Vec::new(),
             Some(Value::Array(items)) => items
@@ -444,6 +468,23 @@ impl Default for ChainVerifier {
 }
 
 impl ChainVerifier {
+    /// A verifier that takes up a chain at record `r` (the first left of a
+    /// conversion that stopped part-way): it trusts `r`'s link to the
+    /// records before it, which are gone. From the first record, it is
+    /// [`ChainVerifier::default`].
+    pub fn starting_after(r: &AuditRecord) -> Self {
+        if r.seq <= 1 {
+            return Self::default();
+        }
+        Self {
+            report: ChainReport {
+                records: r.seq - 1,
+                head_hash: r.prev_hash.clone(),
+                first_error: None,
+            },
+        }
+    }
+
     /// Checks the next record: position, link and hash.
     pub fn push(&mut self, r: &AuditRecord) {
         if self.report.first_error.is_some() {
@@ -480,6 +521,27 @@ impl ChainVerifier {
     /// The report so far.
     pub fn finish(self) -> ChainReport {
         self.report
+    }
+}
+
+/// Builds a hash chain as hubs of earlier versions wrote it: numbers each
+/// record and links it to the one before (for tests of the conversion to
+/// the Merkle log).
+#[derive(Debug, Clone, Default)]
+pub struct ChainBuilder {
+    seq: u64,
+    prev: Option<String>,
+}
+
+impl ChainBuilder {
+    /// `r` as the next record of the chain.
+    pub fn next(&mut self, mut r: AuditRecord) -> AuditRecord {
+        self.seq += 1;
+        r.seq = self.seq;
+        r.prev_hash = self.prev.clone().unwrap_or_else(|| GENESIS_HASH.to_owned());
+        r.hash = record_hash(&r);
+        self.prev = Some(r.hash.clone());
+        r
     }
 }
 

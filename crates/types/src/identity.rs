@@ -19,16 +19,20 @@ pub enum Role {
     Auditor,
     /// An operator administering a hub or node.
     Admin,
+    /// An auditor of the federation's independent control body, who reads
+    /// the whole audit log (a body's own auditors read what concerns it).
+    Oversight,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Self::Hub,
         Self::Node,
         Self::Officer,
         Self::Auditor,
         Self::Admin,
+        Self::Oversight,
     ];
 
     /// The name used in the SPIFFE path.
@@ -39,6 +43,7 @@ impl Role {
             Self::Officer => "officer",
             Self::Auditor => "auditor",
             Self::Admin => "admin",
+            Self::Oversight => "oversight",
         }
     }
 }

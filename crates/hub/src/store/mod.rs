@@ -9,7 +9,7 @@ use liaison_policy::{Decision, Outcome, Rule, Unaddressed};
 use liaison_proto::v1 as pb;
 use liaison_store::{from_json as parse, to_json as json};
 use liaison_store::{keys, Db, StoreError, Txn};
-use liaison_types::audit::{self, Event as AuditEvent, GENESIS_HASH};
+use liaison_types::audit::{self, Event as AuditEvent};
 use liaison_types::{BodyId, DecisionRecord, Envelope, UnaddressedRecord};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -19,12 +19,16 @@ use crate::HubError;
 
 mod embargo;
 mod forward;
+pub(crate) mod log;
 mod owner;
 mod plan;
 mod retention;
 mod retraction;
 mod schema;
 
+pub use log::append_audit;
+pub(crate) use log::convert_chain;
+use log::audit_after;
 pub use owner::HubStore;
 use plan::apply;
 pub use plan::{Applied, Effects, Enqueue, Write};
@@ -80,6 +84,10 @@ pub struct RoutedOutcome {
     /// versions, which listed a decision for every candidate).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unaddressed: Vec<UnaddressedRecord>,
+    /// The audit position of its "received" record (0 in stores of earlier
+    /// versions).
+    #[serde(default)]
+    pub audit_seq: u64,
 }
 
 /// One entry of a body's delivery queue.
@@ -113,6 +121,14 @@ pub struct QueueEntry {
     /// traces: the delivery carries it to the recipient's node.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traceparent: String,
+    /// The audit position of the record that decided this position (the
+    /// routing decision for its recipient); 0 if none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audit_seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RoutedOutcome {
@@ -130,6 +146,7 @@ impl RoutedOutcome {
                 .map(pb::RoutingDecision::from)
                 .collect(),
             unaddressed: self.unaddressed.iter().map(pb::Unaddressed::from).collect(),
+            audit_seq: self.audit_seq,
         }
         .encode_to_vec()
     }
@@ -149,6 +166,7 @@ impl RoutedOutcome {
             policy_version: o.policy_version,
             decisions: o.decisions.iter().map(DecisionRecord::from).collect(),
             unaddressed: o.unaddressed.iter().map(UnaddressedRecord::from).collect(),
+            audit_seq: o.audit_seq,
         })
     }
 }
@@ -185,6 +203,7 @@ impl QueueEntry {
                 })
                 .collect(),
             traceparent: self.traceparent.clone(),
+            audit_seq: self.audit_seq,
         })
     }
 
@@ -253,6 +272,7 @@ impl QueueEntry {
                 })
                 .collect(),
             traceparent: e.traceparent,
+            audit_seq: e.audit_seq,
         }
     }
 }
@@ -329,6 +349,7 @@ impl QueueEntry {
             receipt: None,
             receipts: Vec::new(),
             traceparent: String::new(),
+            audit_seq: 0,
         }
     }
 
@@ -363,118 +384,6 @@ pub enum Submitted {
 /// SHA-256 of the encoded envelope.
 pub fn digest(encoded: &[u8]) -> String {
     hex::encode(Sha256::digest(encoded))
-}
-
-/// A run of audit records stops growing at this many bytes, so that one
-/// stays well inside a sled node and is never written as a blob file.
-const AUDIT_RUN_BYTES: usize = 16 * 1024;
-
-/// Appends one audit record inside a transaction: assigns its position,
-/// links it to the previous record and computes its hash. Consecutive
-/// records of one transaction share one stored value (a run, keyed by its
-/// first position, up to [`AUDIT_RUN_BYTES`]); a run is never extended by a
-/// later transaction.
-pub fn append_audit(txn: &mut Txn<'_>, mut record: pb::AuditRecord) -> Result<u64, StoreError> {
-    let head = match txn.get(AUDIT_HEAD)? {
-        Some(bytes) => decode_audit_head(&bytes)?,
-        None => AuditHead::default(),
-    };
-    record.seq = head.seq + 1;
-    record.prev_hash = head.hash;
-    record.hash = audit::record_hash(&record);
-    let open = txn
-        .staged_mut(&keys::seq_key(AUDIT_PREFIX, head.run_start))
-        .filter(|run| run.len() < AUDIT_RUN_BYTES);
-    let run_start = match open {
-        Some(run) => {
-            audit::extend_run(run, &record);
-            head.run_start
-        }
-        None => {
-            let mut run = Vec::new();
-            audit::extend_run(&mut run, &record);
-            txn.put(keys::seq_key(AUDIT_PREFIX, record.seq), run);
-            record.seq
-        }
-    };
-    let head = AuditHead {
-        seq: record.seq,
-        hash: record.hash,
-        run_start,
-    };
-    txn.put(AUDIT_HEAD, encode_audit_head(&head));
-    Ok(head.seq)
-}
-
-/// The audit head: the last position, its hash, and the position of the
-/// run that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AuditHead {
-    seq: u64,
-    hash: String,
-    run_start: u64,
-}
-
-impl Default for AuditHead {
-    fn default() -> Self {
-        Self {
-            seq: 0,
-            hash: GENESIS_HASH.to_owned(),
-            run_start: 0,
-        }
-    }
-}
-
-/// The audit head as stored: the last position (big-endian), its hash
-/// (hex), and the first position of its run (big-endian).
-fn encode_audit_head(head: &AuditHead) -> Vec<u8> {
-    let mut v = head.seq.to_be_bytes().to_vec();
-    v.extend_from_slice(head.hash.as_bytes());
-    v.extend_from_slice(&head.run_start.to_be_bytes());
-    v
-}
-
-/// Reads the audit head: binary (without the run's position in stores of
-/// earlier versions, which kept one record per key), or the JSON
-/// `[seq, hash]` of older ones.
-fn decode_audit_head(bytes: &[u8]) -> Result<AuditHead, StoreError> {
-    if bytes.first() == Some(&b'[') {
-        let (seq, hash) = parse::<(u64, String)>(AUDIT_HEAD, bytes)?;
-        return Ok(AuditHead {
-            seq,
-            hash,
-            run_start: seq,
-        });
-    }
-    let corrupt = |problem: &str| StoreError::Corrupt {
-        key: String::from_utf8_lossy(AUDIT_HEAD).into_owned(),
-        problem: problem.to_owned(),
-    };
-    let (seq, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or_else(|| corrupt("shorter than a position"))?;
-    let seq = u64::from_be_bytes(*seq);
-    let (hash, run_start) = match rest.len() {
-        64 => (rest, seq),
-        72 => {
-            let (hash, run) = rest.split_at(64);
-            let run = u64::from_be_bytes(run.try_into().expect("eight bytes"));
-            (hash, run)
-        }
-        _ => return Err(corrupt("not a position, a hash and a run's position")),
-    };
-    let hash = std::str::from_utf8(hash).map_err(|_| corrupt("hash is not text"))?;
-    if !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(corrupt("hash is not 64 hex digits"));
-    }
-    if run_start > seq {
-        return Err(corrupt("its run begins after its last position"));
-    }
-    Ok(AuditHead {
-        seq,
-        hash: hash.to_owned(),
-        run_start,
-    })
 }
 
 /// Folds the plain `delivered` and `acknowledged` records of one delivery
@@ -604,11 +513,13 @@ pub fn plan_submission(
             .iter()
             .map(|u| UnaddressedRecord::from(&pb::Unaddressed::from(u)))
             .collect(),
+        audit_seq: 0,
     };
     let mut effects = Effects {
         writes: vec![Write::Message {
             encoded,
             outcome: Box::new(outcome.clone()),
+            audit: Some(0),
         }],
         ..Effects::default()
     };
@@ -725,11 +636,12 @@ pub(super) async fn submit_all(
                 Err(refused) => Err(refused),
                 Ok(SubmissionPlan::Duplicate(original)) => Ok(Submitted::Duplicate(original)),
                 Ok(SubmissionPlan::New {
-                    outcome,
+                    mut outcome,
                     effects,
                     held,
                 }) => {
                     let applied = apply(txn, effects)?;
+                    outcome.audit_seq = applied.first_audit_seq;
                     Ok(Submitted::New {
                         outcome,
                         queued: applied.queued,
@@ -869,12 +781,23 @@ pub(super) fn queue_end(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
     ))
 }
 
+/// The cosignatures kept for the checkpoint of `size`, by body.
+pub(super) fn cosignatures(db: &Db, size: u64) -> Result<Vec<(BodyId, Vec<u8>)>, StoreError> {
+    let prefix = cosignature_prefix(size);
+    db.scan_prefix(&prefix, 1024)?
+        .into_iter()
+        .map(|(k, v)| {
+            let body = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            BodyId::parse(&body)
+                .map(|b| (b, v))
+                .map_err(|e| StoreError::corrupt(&k, e))
+        })
+        .collect()
+}
+
 /// The last audit position, durable or not (read at start-up).
 pub(super) fn audit_end(db: &Db) -> Result<u64, StoreError> {
-    Ok(match db.get(AUDIT_HEAD)? {
-        Some(bytes) => decode_audit_head(&bytes)?.seq,
-        None => 0,
-    })
+    log::log_end(db)
 }
 
 /// The body's acknowledged position.
@@ -1102,58 +1025,6 @@ pub fn plan_acknowledgement(
     Ok((seq, effects))
 }
 
-/// Up to `limit` audit records with positions in `(after, upto]`, in order.
-/// The first is read from the run that holds it, the last one keyed at or
-/// before `after + 1`.
-pub(super) fn audit_after(
-    db: &Db,
-    after: u64,
-    upto: u64,
-    limit: usize,
-) -> Result<Vec<pb::AuditRecord>, StoreError> {
-    let first = after.saturating_add(1);
-    let end = keys::seq_key(AUDIT_PREFIX, upto.saturating_add(1));
-    let holding = db.scan_rev(
-        AUDIT_PREFIX,
-        &keys::seq_key(AUDIT_PREFIX, first.saturating_add(1)),
-        1,
-    )?;
-    let start = match holding.first() {
-        Some((k, _)) => k.clone(),
-        None => keys::seq_key(AUDIT_PREFIX, first),
-    };
-    let mut out = Vec::new();
-    let mut next = start;
-    while out.len() < limit {
-        let runs = db.scan(&next, &end, AUDIT_RUNS_PER_READ)?;
-        let Some((last_key, _)) = runs.last() else {
-            break;
-        };
-        next = last_key.clone();
-        next.push(0); // the key right after it
-        let done = runs.len() < AUDIT_RUNS_PER_READ;
-        for (k, v) in runs {
-            let records = audit::decode_run(&v).map_err(|problem| StoreError::Corrupt {
-                key: audit_key_name(keys::seq_of(&k).unwrap_or_default()),
-                problem,
-            })?;
-            out.extend(
-                records
-                    .into_iter()
-                    .filter(|r| r.seq >= first && r.seq <= upto),
-            );
-        }
-        if done {
-            break;
-        }
-    }
-    out.truncate(limit);
-    Ok(out)
-}
-
-/// How many runs [`audit_after`] reads at a time.
-const AUDIT_RUNS_PER_READ: usize = 16;
-
 /// The bodies' states set by administrators on top of the governance file.
 pub(super) fn body_states(
     db: &Db,
@@ -1268,120 +1139,6 @@ mod tests {
         }
     }
 
-    fn policy_record(reason: String) -> pb::AuditRecord {
-        pb::AuditRecord {
-            at_ms: NOW,
-            event: AuditEvent::Policy.into(),
-            reason,
-            ..Default::default()
-        }
-    }
-
-    /// Writes `counts[i]` records in transaction `i`; returns every record
-    /// as read back.
-    async fn write_runs(db: &Db, counts: &[usize], reason_len: usize) -> Vec<pb::AuditRecord> {
-        for (t, n) in counts.iter().copied().enumerate() {
-            db.write(move |txn| {
-                for i in 0..n {
-                    append_audit(
-                        txn,
-                        policy_record(format!("{t}.{i} {}", "x".repeat(reason_len))),
-                    )?;
-                }
-                Ok::<_, StoreError>(())
-            })
-            .await
-            .unwrap();
-        }
-        audit_after(db, 0, u64::MAX, usize::MAX).unwrap()
-    }
-
-    #[tokio::test]
-    async fn audit_runs_read_back_from_any_position_and_stop_at_the_bound() {
-        let db = Db::in_memory();
-        // Runs of one, of many, and one transaction spilling over several
-        // runs (each record is about 1 KiB).
-        let counts = [1, 3, 40, 1, 0, 2];
-        let all = write_runs(&db, &counts, 1000).await;
-        let total: usize = counts.iter().sum();
-        assert_eq!(all.len(), total);
-        let runs = db.scan_prefix(AUDIT_PREFIX, usize::MAX).unwrap();
-        assert!(runs.len() > 5, "the long transaction spans several runs");
-        assert!(runs.len() < total, "records of one transaction share runs");
-        assert!(runs.iter().all(|(_, v)| v.len() < AUDIT_RUN_BYTES + 2048));
-        let report = {
-            let mut v = audit::ChainVerifier::default();
-            all.iter().for_each(|r| v.push(r));
-            v.finish()
-        };
-        assert!(report.ok(), "{:?}", report.first_error);
-        for (i, r) in all.iter().enumerate() {
-            assert_eq!(r.seq, i as u64 + 1);
-        }
-        for after in 0..=total as u64 {
-            for upto in after..=total as u64 + 1 {
-                for limit in [1, 2, 7, usize::MAX] {
-                    let got: Vec<u64> = audit_after(&db, after, upto, limit)
-                        .unwrap()
-                        .iter()
-                        .map(|r| r.seq)
-                        .collect();
-                    let want: Vec<u64> = (after + 1..=upto.min(total as u64)).take(limit).collect();
-                    assert_eq!(got, want, "after {after}, upto {upto}, limit {limit}");
-                }
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_log_of_single_records_from_an_earlier_version_grows_in_runs() {
-        let db = Db::in_memory();
-        let old = write_runs(&db, &[1, 1, 1], 10).await;
-        // Rewrite it as earlier versions stored it: one record per key, and
-        // a head without the run's position.
-        db.write(move |txn| {
-            for r in &old {
-                txn.put(keys::seq_key(AUDIT_PREFIX, r.seq), audit::encode_stored(r));
-            }
-            let last = old.last().unwrap();
-            let mut head = last.seq.to_be_bytes().to_vec();
-            head.extend_from_slice(last.hash.as_bytes());
-            txn.put(AUDIT_HEAD, head);
-            Ok::<_, StoreError>(())
-        })
-        .await
-        .unwrap();
-        let all = write_runs(&db, &[4, 2], 10).await;
-        assert_eq!(
-            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            (1..=9).collect::<Vec<_>>()
-        );
-        let mut v = audit::ChainVerifier::default();
-        all.iter().for_each(|r| v.push(r));
-        assert!(v.finish().ok());
-        assert_eq!(db.scan_prefix(AUDIT_PREFIX, usize::MAX).unwrap().len(), 5);
-        assert_eq!(audit_end(&db).unwrap(), 9);
-    }
-
-    #[test]
-    fn a_damaged_audit_head_is_named() {
-        let head = AuditHead {
-            seq: 9,
-            hash: "ab".repeat(32),
-            run_start: 7,
-        };
-        let bytes = encode_audit_head(&head);
-        assert_eq!(decode_audit_head(&bytes).unwrap(), head);
-        for bad in [&bytes[..5], &bytes[..70], &[&bytes[..], b"x"].concat()[..]] {
-            let e = decode_audit_head(bad).unwrap_err().to_string();
-            assert!(e.contains("meta/audit_head"), "{e}");
-        }
-        let later = AuditHead {
-            run_start: 10,
-            ..head
-        };
-        assert!(decode_audit_head(&encode_audit_head(&later)).is_err());
-    }
 
     fn governance() -> Governance {
         Governance::for_test()
@@ -1585,6 +1342,7 @@ mod tests {
                 bodies: 998,
                 reason: "998 other bodies are not in releasable_to [bravo, charlie]".into(),
             }],
+            audit_seq: 0,
         };
         let key = outcome_key(&outcome.message_id);
         let stored = outcome.encode();

@@ -29,15 +29,35 @@ use tokio_util::task::TaskTracker;
 
 use super::*;
 use crate::HubError;
+use liaison_tlog::{LogSigner, SignedCheckpoint};
 
 /// The hub's durable state (see the module documentation).
 #[derive(Debug)]
 pub struct HubStore {
     db: Db,
     marks: Arc<Marks>,
+    /// The log's signing key and the latest checkpoint signed.
+    log: LogKeeper,
     /// The writes in flight (see [`HubStore::detached`]); shutdown waits
     /// for them before it closes the database.
     writes: TaskTracker,
+}
+
+/// The log's key and its latest signed checkpoint.
+struct LogKeeper {
+    signer: LogSigner,
+    /// The durable log's right edge and its signed checkpoint.
+    latest: Mutex<(liaison_tlog::Frontier, SignedCheckpoint)>,
+    /// The latest checkpoint, for those who follow it.
+    published: watch::Sender<SignedCheckpoint>,
+}
+
+impl std::fmt::Debug for LogKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogKeeper")
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The durability marks, shared with the tasks that raise them.
@@ -86,15 +106,25 @@ impl Marks {
 impl HubStore {
     /// The store over a database just opened, for these bodies: everything
     /// on disk is durable, so every mark starts at the end of what is there.
+    /// The log's checkpoints are signed with `signer`.
     pub fn open<'a>(
         db: Db,
         bodies: impl IntoIterator<Item = &'a BodyId>,
+        signer: LogSigner,
     ) -> Result<Self, StoreError> {
         let mut queues = HashMap::new();
         for body in bodies {
             queues.insert(body.clone(), watch::channel(queue_end(&db, body)?).0);
         }
+        let frontier = log::read_head(&db)?.frontier;
+        let signed = signer.sign(frontier.size(), frontier.root());
+        let (published, _) = watch::channel(signed.clone());
         Ok(Self {
+            log: LogKeeper {
+                signer,
+                latest: Mutex::new((frontier, signed)),
+                published,
+            },
             marks: Arc::new(Marks {
                 audit: AtomicU64::new(audit_end(&db)?),
                 queues: Mutex::new(queues),
@@ -301,6 +331,32 @@ impl HubStore {
         .await
     }
 
+    /// Keeps a body's cosignature of the checkpoint of `size` (already
+    /// checked), replacing an earlier one by the same body for that size.
+    /// Cosignatures are not audit records: they are about the log, and
+    /// recording them would grow the log they cosign.
+    pub async fn add_cosignature(
+        &self,
+        size: u64,
+        body: BodyId,
+        line: Vec<u8>,
+    ) -> Result<usize, HubError> {
+        let (db, _) = self.parts();
+        self.detached(async move {
+            db.write(move |txn| {
+                txn.put(cosignature_key(size, body.as_str()), line);
+                let witnessed = keys::u64_value(txn.get(WITNESSED)?);
+                if size > witnessed {
+                    txn.put(WITNESSED.to_vec(), size.to_be_bytes().to_vec());
+                }
+                Ok::<_, HubError>(())
+            })
+            .await?;
+            Ok(cosignatures(&db, size)?.len())
+        })
+        .await
+    }
+
     /// Queues every held delivery whose time has come.
     pub async fn release_due(
         &self,
@@ -353,6 +409,133 @@ impl HubStore {
         limit: usize,
     ) -> Result<Vec<pb::AuditRecord>, StoreError> {
         audit_after(&self.db, after, upto.min(self.durable_audit()), limit)
+    }
+
+    /// The signed checkpoint of the durable log (cached: signed again only
+    /// when the log has grown). A reader given it can ask for any proof up
+    /// to its size.
+    pub fn checkpoint(&self) -> Result<SignedCheckpoint, StoreError> {
+        let mark = self.durable_audit();
+        let mut latest = self.log.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let (frontier, signed) = &mut *latest;
+        if frontier.size() < mark {
+            // Move the right edge along by the leaves written since, which
+            // a reader of durable positions may read.
+            for h in log::leaf_hashes(&self.db, frontier.size(), mark)? {
+                frontier.append(h);
+            }
+            *signed = self.log.signer.sign(frontier.size(), frontier.root());
+            self.log.published.send_replace(signed.clone());
+        }
+        Ok(signed.clone())
+    }
+
+    /// The latest checkpoint as it changes (see [`HubStore::checkpoint`],
+    /// which publishes).
+    pub fn watch_checkpoint(&self) -> watch::Receiver<SignedCheckpoint> {
+        self.log.published.subscribe()
+    }
+
+    /// The signed checkpoint of the first `size` records (at most the
+    /// durable log).
+    pub fn checkpoint_at(&self, size: u64) -> Result<SignedCheckpoint, HubError> {
+        let latest = self.checkpoint()?;
+        if size == latest.checkpoint.size {
+            return Ok(latest);
+        }
+        self.within(size, latest.checkpoint.size)?;
+        let root = liaison_tlog::tree::root(size, &log::StoredHashes::new(&self.db))
+            .map_err(|e| HubError::Store(StoreError::Engine(e.to_string())))?;
+        Ok(self.log.signer.sign(size, root))
+    }
+
+    fn within(&self, size: u64, durable: u64) -> Result<(), HubError> {
+        if size > durable {
+            return Err(HubError::BadProofRequest(format!(
+                "the log has {durable} records; there is no tree of {size}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The record at audit position `seq` (durable only), with its leaf.
+    pub fn record(&self, seq: u64) -> Result<Option<pb::AuditRecord>, StoreError> {
+        if seq == 0 || seq > self.durable_audit() {
+            return Ok(None);
+        }
+        Ok(self.audit_after(seq - 1, seq, 1)?.into_iter().next())
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves
+    /// (0: the latest checkpoint's), with that checkpoint.
+    pub fn prove_inclusion(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> Result<(Vec<liaison_tlog::Hash>, SignedCheckpoint), HubError> {
+        let checkpoint = self.checkpoint_or_latest(size)?;
+        let size = checkpoint.checkpoint.size;
+        if index >= size {
+            return Err(HubError::BadProofRequest(format!(
+                "a tree of {size} records has no leaf {index}"
+            )));
+        }
+        let proof =
+            liaison_tlog::tree::inclusion_proof(index, size, &log::StoredHashes::new(&self.db))
+                .map_err(|e| HubError::Store(StoreError::Engine(e.to_string())))?;
+        Ok((proof, checkpoint))
+    }
+
+    /// The consistency proof from the tree of `old` leaves to the tree of
+    /// `size` (0: the latest checkpoint's), with that checkpoint.
+    pub fn prove_consistency(
+        &self,
+        old: u64,
+        size: u64,
+    ) -> Result<(Vec<liaison_tlog::Hash>, SignedCheckpoint), HubError> {
+        let checkpoint = self.checkpoint_or_latest(size)?;
+        let size = checkpoint.checkpoint.size;
+        if old > size {
+            return Err(HubError::BadProofRequest(format!(
+                "a tree of {old} records is not a prefix of the tree of {size}"
+            )));
+        }
+        let proof =
+            liaison_tlog::tree::consistency_proof(old, size, &log::StoredHashes::new(&self.db))
+                .map_err(|e| HubError::Store(StoreError::Engine(e.to_string())))?;
+        Ok((proof, checkpoint))
+    }
+
+    fn checkpoint_or_latest(&self, size: u64) -> Result<SignedCheckpoint, HubError> {
+        if size == 0 {
+            Ok(self.checkpoint()?)
+        } else {
+            self.checkpoint_at(size)
+        }
+    }
+
+    /// Recomputes the durable log's every hash from its leaves and checks
+    /// the root against the checkpoint.
+    pub fn check_log(&self) -> Result<(log::LogCheck, SignedCheckpoint), StoreError> {
+        let checkpoint = self.checkpoint()?;
+        let mut check = log::check_log(&self.db, checkpoint.checkpoint.size)?;
+        if check.first_error.is_none() && check.root != checkpoint.checkpoint.root {
+            check.first_error = Some((
+                checkpoint.checkpoint.size,
+                "the recomputed root is not the checkpoint's".into(),
+            ));
+        }
+        Ok((check, checkpoint))
+    }
+
+    /// The cosignature lines kept for the checkpoint of `size`, by body.
+    pub fn cosignatures(&self, size: u64) -> Result<Vec<(BodyId, Vec<u8>)>, StoreError> {
+        cosignatures(&self.db, size)
+    }
+
+    /// The largest tree size that witnesses have cosigned (0 if none).
+    pub fn witnessed_size(&self) -> Result<u64, StoreError> {
+        Ok(keys::u64_value(self.db.get(WITNESSED)?))
     }
 
     /// How far behind the body's node is: durable queue positions not yet
@@ -439,7 +622,7 @@ mod tests {
     async fn a_write_whose_caller_stops_waiting_still_raises_its_marks() {
         let engine = Arc::new(HeldFlush::default());
         let db = Db::with_engine(Arc::clone(&engine) as Arc<dyn Engine>);
-        let store = Arc::new(HubStore::open(db, []).unwrap());
+        let store = Arc::new(HubStore::open(db, [], log::test_signer()).unwrap());
         let writer = Arc::clone(&store);
         let caller = tokio::spawn(async move {
             let record = pb::AuditRecord {

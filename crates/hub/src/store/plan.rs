@@ -42,6 +42,9 @@ pub enum Write {
         encoded: Vec<u8>,
         /// What was decided for it.
         outcome: Box<RoutedOutcome>,
+        /// The index in [`Effects::audit`] of its "received" record (its
+        /// position goes into the outcome when applied).
+        audit: Option<usize>,
     },
     /// Hold deliveries under embargo until their release time.
     Hold(Held),
@@ -115,6 +118,8 @@ pub struct Applied {
     pub queued: Vec<(BodyId, u64)>,
     /// The last audit position written (0 if none).
     pub audit_seq: u64,
+    /// The first audit position written (0 if none).
+    pub first_audit_seq: u64,
 }
 
 /// Applies `effects` inside a transaction: the one place their keys are
@@ -125,6 +130,10 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
         enqueue,
         mut audit,
     } = effects;
+    // The records are appended last, in order, so the i-th takes the
+    // position after the `base` already written, plus i + 1: the writes and
+    // queue entries that name their record can carry its position.
+    let base = super::log::read_head(txn)?.frontier.size();
     for w in writes {
         match w {
             Write::Forward { record, latest } => {
@@ -151,7 +160,14 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
                     acked.to_be_bytes().to_vec(),
                 );
             }
-            Write::Message { encoded, outcome } => {
+            Write::Message {
+                encoded,
+                mut outcome,
+                audit,
+            } => {
+                if let Some(i) = audit {
+                    outcome.audit_seq = base + 1 + i as u64;
+                }
                 txn.put(env_key(&outcome.message_id), encoded);
                 txn.put(outcome_key(&outcome.message_id), outcome.encode());
             }
@@ -186,7 +202,10 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
         }
     }
     let mut applied = Applied::default();
-    for e in enqueue {
+    for mut e in enqueue {
+        if let Some(i) = e.audit {
+            e.entry.audit_seq = base + 1 + i as u64;
+        }
         let seq = append_to_queue(txn, &e.body, &e.entry)?;
         if let Some(rec) = e.audit.and_then(|i| audit.get_mut(i)) {
             rec.queue_seq = seq;
@@ -195,6 +214,9 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
     }
     for rec in audit {
         applied.audit_seq = append_audit(txn, rec)?;
+        if applied.first_audit_seq == 0 {
+            applied.first_audit_seq = applied.audit_seq;
+        }
     }
     Ok(applied)
 }

@@ -222,6 +222,7 @@ mod tests {
                 reason: String::new(),
             }],
             unaddressed: Vec::new(),
+            audit_seq: 0,
         };
         let e = plan_expiry("m", &outcome, 5, "v1");
         assert_eq!(e.audit.len(), 1);

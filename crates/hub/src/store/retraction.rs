@@ -237,6 +237,7 @@ mod tests {
                     },
                 ],
                 unaddressed: Vec::new(),
+                audit_seq: 0,
             },
             forwarded_to: vec!["delta".into()],
             already_retracted: already,

@@ -16,8 +16,11 @@
 //! | held | `h/<not before>/<id>` | deliveries held under embargo (JSON), by release time | submission, embargo release |
 //! | retention | `r/<erase at>/<id>` | a content erasure due, by time | submission, retention |
 //! | expiry | `x/<expires at>/<id>` | an expiry due to be recorded, by time | submission, retention |
-//! | audit | `a/<seq>` | a run of consecutive audit records of one transaction, from position `seq`, up to 16 KiB (`AuditRun`, encoded proto; one record, proto or JSON, in stores of earlier versions), chained by hash | every write that decides something |
-//! | audit head | `meta/audit_head` | the last audit position (big-endian), its hash (hex) and the position of its run (big-endian) | audit appends |
+//! | audit log | `l/<seq>` | consecutive leaves of the audit log's Merkle tree written by one transaction, from position `seq`, up to 16 KiB, each with the tree hashes its append created (`LogRun`, encoded proto; see `log.rs`) | every write that decides something |
+//! | log head | `meta/log_head` | the first position of the open run (big-endian), then the tree's right edge: its size (big-endian) and the root of each complete subtree on it | audit appends |
+//! | cosignature | `w/<size>/<body>` | a witness's cosignature line on the checkpoint of that tree size (C2SP tlog-cosignature) | `Federation.Cosign` |
+//! | witnessed | `meta/witnessed` | the largest tree size with a cosignature (big-endian) | `Federation.Cosign` |
+//! | chained audit log | `a/<seq>`, `meta/audit_head` | earlier versions' hash-chained records; converted to the Merkle log, then deleted, when the hub opens such a store | (earlier versions) |
 //! | body states | `meta/body_states` | administrators' state overrides (JSON) | `Admin.SetBodyState` |
 //!
 //! Times and positions in keys are big-endian `u64`, so keys sort by them.
@@ -80,10 +83,25 @@ pub(super) const HELD_PREFIX: &[u8] = b"h/";
 pub(super) const RETENTION_PREFIX: &[u8] = b"r/";
 /// Expiries due to be recorded, by time.
 pub(super) const EXPIRY_PREFIX: &[u8] = b"x/";
-/// The audit log.
-pub(super) const AUDIT_PREFIX: &[u8] = b"a/";
-/// The last audit position and hash.
-pub(super) const AUDIT_HEAD: &[u8] = b"meta/audit_head";
+/// Witnesses' cosignatures, by tree size and body.
+pub(super) const COSIGNATURE_PREFIX: &[u8] = b"w/";
+/// The largest cosigned tree size.
+pub(super) const WITNESSED: &[u8] = b"meta/witnessed";
+
+/// A body's cosignature of the checkpoint of `size`.
+pub(super) fn cosignature_key(size: u64, body: &str) -> Vec<u8> {
+    let mut k = keys::seq_key(COSIGNATURE_PREFIX, size);
+    k.push(b'/');
+    k.extend_from_slice(body.as_bytes());
+    k
+}
+
+/// Every cosignature of the checkpoint of `size`.
+pub(super) fn cosignature_prefix(size: u64) -> Vec<u8> {
+    let mut k = keys::seq_key(COSIGNATURE_PREFIX, size);
+    k.push(b'/');
+    k
+}
 /// Administrators' state overrides.
 pub(super) const BODY_STATES: &[u8] = b"meta/body_states";
 
@@ -109,11 +127,6 @@ pub(super) fn retention_key(erase_at_ms: i64, id: &str) -> Vec<u8> {
 /// An expiry due to be recorded.
 pub(super) fn expiry_key(expires_at_ms: i64, id: &str) -> Vec<u8> {
     timed_key(EXPIRY_PREFIX, expires_at_ms, id)
-}
-
-/// The key of an audit record, as named in errors.
-pub(super) fn audit_key_name(seq: u64) -> String {
-    format!("a/{seq}")
 }
 
 /// The key of a message's envelope, as named in errors.
