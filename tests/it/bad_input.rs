@@ -742,7 +742,7 @@ async fn hub_explain_refuses_missing_labels_as_invalid() {
 }
 
 async fn list(sandbox: &Sandbox, q: pb::AuditQuery) -> Result<Vec<pb::AuditRecord>, tonic::Status> {
-    let mut auditor = sandbox.auditor("alpha").await.unwrap();
+    let mut auditor = sandbox.oversight().await.unwrap();
     let mut stream = auditor.list(q).await?.into_inner();
     let mut out = Vec::new();
     while let Some(r) = stream.next().await {

@@ -343,7 +343,7 @@ async fn an_auditor_lists_exports_and_verifies() {
     assert!(liaison(a).await.status.success());
 
     let mut csv = args(&["audit", "list", "--csv", "--event", "routed"]);
-    csv.extend(conn(&sandbox, &hub, "alpha/auditor-audit"));
+    csv.extend(conn(&sandbox, &hub, "alpha/oversight-ccf"));
     let out = wait_until("the hub routes the alert", SETTLE, || {
         let csv = csv.clone();
         async move {
@@ -361,41 +361,111 @@ async fn an_auditor_lists_exports_and_verifies() {
         .starts_with("seq,at,event,message_id,origin,recipient,decision,rule"));
     assert!(lines.all(|l| l.contains(",routed,")));
 
+    // The oversight auditor reads the whole log: the tree is recomputed.
     let mut verify = args(&["audit", "verify"]);
-    verify.extend(conn(&sandbox, &hub, "alpha/auditor-audit"));
+    verify.extend(conn(&sandbox, &hub, "alpha/oversight-ccf"));
     let out = liaison(verify).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("chain intact"), "{}", stdout(&out));
-
-    // An export verifies with the independent script shipped in deploy/.
-    let mut export = args(&["--output", "json", "audit", "list"]);
-    export.extend(conn(&sandbox, &hub, "alpha/auditor-audit"));
-    let out = liaison(export).await;
-    let file = sandbox.dir().join("audit.jsonl");
-    std::fs::write(&file, &out.stdout).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/verify_audit.py");
-    let checked = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(checked.status.success(), "{}", stderr(&checked));
     assert!(
-        stdout(&checked).contains("chain intact"),
+        stdout(&out).contains("whole tree recomputed: same root, log intact"),
         "{}",
-        stdout(&checked)
+        stdout(&out)
     );
-    // A tampered export does not.
-    let text = String::from_utf8(out.stdout)
-        .unwrap()
-        .replacen("\"deliver\"", "\"withhold\"", 1);
-    std::fs::write(&file, text).unwrap();
-    let checked = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(checked.status.code(), Some(1), "{}", stdout(&checked));
+    // A body's auditor reads part of it: each record is proven.
+    let mut verify = args(&["audit", "verify"]);
+    verify.extend(conn(&sandbox, &hub, "bravo/auditor-audit"));
+    let out = liaison(verify).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("each proven in the signed tree: intact"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Exports verify offline, here and with the independent script in
+    // deploy/, whole (recomputed) or in part (each record with its proof).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/verify_audit.py");
+    let certs = sandbox.certs().to_path_buf();
+    let python = |file: &Path| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(file)
+            .arg("--log-key")
+            .arg(certs.join("log.vkey"))
+            .arg("--witnesses")
+            .arg(certs.join("witnesses.vkeys"))
+            .output()
+            .unwrap()
+    };
+    for (who, whole) in [
+        ("alpha/oversight-ccf", true),
+        ("bravo/auditor-audit", false),
+    ] {
+        let mut export = args(&["audit", "export"]);
+        export.extend(conn(&sandbox, &hub, who));
+        let out = liaison(export).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let file = sandbox.dir().join("audit.jsonl");
+        std::fs::write(&file, &out.stdout).unwrap();
+        let head: serde_json::Value =
+            serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+        assert_eq!(head["whole_log"], whole, "{head}");
+        let checked = python(&file);
+        assert!(checked.status.success(), "{who}: {}", stderr(&checked));
+        assert!(
+            stdout(&checked).contains(": intact"),
+            "{}",
+            stdout(&checked)
+        );
+        let mut offline = args(&["audit", "verify", "--file"]);
+        offline.push(file.display().to_string());
+        offline.extend(args(&["--certs", &certs.display().to_string()]));
+        let checked = liaison(offline).await;
+        assert!(checked.status.success(), "{who}: {}", stderr(&checked));
+        // A record altered in the export is caught by both; so is one
+        // deleted from a whole log (a part has no record of what it omits).
+        let text = stdout(&out);
+        let altered = text.replacen("\"event\":\"routed\"", "\"event\":\"received\"", 1);
+        assert_ne!(altered, text);
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.remove(2);
+        let deleted = lines.join("\n");
+        let damaged = if whole {
+            vec![altered, deleted]
+        } else {
+            vec![altered]
+        };
+        for bad in damaged {
+            std::fs::write(&file, &bad).unwrap();
+            let checked = python(&file);
+            assert_eq!(
+                checked.status.code(),
+                Some(1),
+                "{who}: {}",
+                stdout(&checked)
+            );
+            assert!(
+                stderr(&checked).starts_with("record "),
+                "{}",
+                stderr(&checked)
+            );
+            let mut offline = args(&["audit", "verify", "--file"]);
+            offline.push(file.display().to_string());
+            offline.extend(args(&["--certs", &certs.display().to_string()]));
+            let checked = liaison(offline).await;
+            assert_eq!(
+                checked.status.code(),
+                Some(7),
+                "{who}: {}",
+                stdout(&checked)
+            );
+            assert!(
+                stdout(&checked).contains("BROKEN at record"),
+                "{}",
+                stdout(&checked)
+            );
+        }
+    }
 
     // An officer certificate cannot read the audit log.
     let mut verify = args(&["audit", "verify"]);
@@ -701,7 +771,7 @@ fn the_demo_left_running_suggests_commands_that_run_this_binary_and_shows_times_
         if words.contains(&"inbox".to_owned()) {
             assert!(!stdout(&out).contains("inbox is empty"), "{}", stdout(&out));
         } else {
-            assert!(stdout(&out).contains("chain intact"), "{}", stdout(&out));
+            assert!(stdout(&out).contains("log intact"), "{}", stdout(&out));
         }
     }
 

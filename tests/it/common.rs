@@ -169,10 +169,8 @@ pub async fn inbox_ids(sandbox: &Sandbox, body: &str) -> Vec<String> {
 /// Every audit record matching `query`, as the hub body's auditor sees them.
 pub async fn audit_records(sandbox: &Sandbox, query: pb::AuditQuery) -> Vec<pb::AuditRecord> {
     use futures::StreamExt;
-    let mut auditor = sandbox
-        .auditor(sandbox.governance().hub_body().as_str())
-        .await
-        .unwrap();
+    // The oversight auditor reads the whole log.
+    let mut auditor = sandbox.oversight().await.unwrap();
     let mut stream = auditor.list(query).await.unwrap().into_inner();
     let mut records = Vec::new();
     while let Some(r) = stream.next().await {

@@ -544,7 +544,7 @@ async fn kill_9_of_a_busy_hub_loses_no_acknowledged_message() {
     // The audit chain verifies; one `received` per stored message and
     // nothing else; the queue positions in `routed` records are the ones
     // delivered.
-    let mut auditor = sandbox.auditor("alpha").await.unwrap();
+    let mut auditor = sandbox.oversight().await.unwrap();
     let verify = auditor
         .verify(pb::VerifyRequest {})
         .await
@@ -654,7 +654,7 @@ async fn kill_9_of_an_idle_hub_keeps_an_acknowledged_message_and_position() {
         assert_eq!(got, vec![(2, second.message_id.clone())], "{body}");
     }
 
-    let mut auditor = sandbox.auditor("alpha").await.unwrap();
+    let mut auditor = sandbox.oversight().await.unwrap();
     let verify = auditor
         .verify(pb::VerifyRequest {})
         .await
@@ -745,7 +745,21 @@ async fn the_hub_streams_a_delivery_only_once_it_is_durable() {
     let db = liaison_store::Db::with_engine(Arc::clone(&engine) as Arc<dyn liaison_store::Engine>);
     let gov = liaison_policy::Governance::from_toml("governance.toml", GOVERNANCE).unwrap();
     let (_stop, stopping) = tokio::sync::watch::channel(false);
-    let hub = Arc::new(liaison_hub::HubState::new(db, gov, stopping).unwrap());
+    let (skey, _) = liaison_tlog::note::key_pair(
+        "liaison.test/audit",
+        liaison_tlog::note::LOG_KEY_TYPE,
+        [5; 32],
+    )
+    .unwrap();
+    let keys = liaison_hub::LoadedAuditKeys {
+        signer: liaison_tlog::LogSigner::from_text(&skey).unwrap(),
+        witnesses: Default::default(),
+    };
+    let hub = Arc::new(
+        liaison_hub::HubState::new(db, gov, keys, stopping)
+            .await
+            .unwrap(),
+    );
     let bravo = Identity::new("liaison.test", "bravo", Role::Node, "node").unwrap();
     let charlie = Identity::new("liaison.test", "charlie", Role::Node, "node").unwrap();
 

@@ -848,11 +848,13 @@ async fn under_systemd_the_hub_says_ready_pings_the_watchdog_and_says_stopping()
     std::fs::write(
         &config,
         format!(
-            "version = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ngovernance = \"{}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            "version = 1\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\ngovernance = \"{}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[audit]\nsigning_key = \"{}\"\nwitnesses = \"{}\"\n",
             sandbox.dir().join("governance.toml").display(),
             certs.join("ca.pem").display(),
             certs.join("hub.pem").display(),
-            certs.join("hub.key.pem").display()
+            certs.join("hub.key.pem").display(),
+            certs.join("log.key").display(),
+            certs.join("witnesses.vkeys").display()
         ),
     )
     .unwrap();
@@ -1277,7 +1279,7 @@ async fn a_store_backed_up_while_stopped_and_restored_serves_again() {
         .await
         .contains(&before));
     let verified = sandbox
-        .auditor("alpha")
+        .oversight()
         .await
         .unwrap()
         .verify(pb::VerifyRequest {})

@@ -588,7 +588,7 @@ async fn policy_diff_lists_exactly_the_messages_a_new_governance_routes_differen
 
     // An auditor's export, and the two governance files.
     let mut export = args(&["--output", "json", "audit", "list"]);
-    export.extend(to_hub(&sandbox, "alpha/auditor-audit"));
+    export.extend(to_hub(&sandbox, "alpha/oversight-ccf"));
     let out = liaison(export, None).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let audit = sandbox.dir().join("audit.jsonl");

@@ -513,7 +513,7 @@ async fn a_node_claiming_another_origin_is_refused_and_audited() {
     }
 
     // The chain still verifies.
-    let mut auditor = sandbox.auditor("alpha").await.unwrap();
+    let mut auditor = sandbox.oversight().await.unwrap();
     let verify = auditor
         .verify(pb::VerifyRequest {})
         .await
@@ -646,7 +646,7 @@ async fn list(client: &mut AuditClient<Channel>, q: pb::AuditQuery) -> Vec<pb::A
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_auditor_sees_only_records_naming_its_body_and_the_hub_body_sees_all() {
+async fn an_auditor_sees_only_records_naming_its_body_and_the_oversight_auditor_sees_all() {
     let sandbox = hub_only().await;
     // charlie -> alpha and bravo (obs withheld by kind).
     let mut charlie = sandbox.hub_as("charlie/node").await.unwrap();
@@ -691,8 +691,9 @@ async fn an_auditor_sees_only_records_naming_its_body_and_the_hub_body_sees_all(
         .into_inner();
     assert_eq!(acked.acked_seq, 1);
 
-    // The hub body's auditor sees the whole log.
-    let mut hub_auditor = sandbox.auditor("alpha").await.unwrap();
+    // The oversight auditor (the federation's control body) sees the whole
+    // log.
+    let mut hub_auditor = sandbox.oversight().await.unwrap();
     let all = list(&mut hub_auditor, pb::AuditQuery::default()).await;
     let verify = hub_auditor
         .verify(pb::VerifyRequest {})
@@ -703,6 +704,33 @@ async fn an_auditor_sees_only_records_naming_its_body_and_the_hub_body_sees_all(
     assert_eq!(all.len() as u64, verify.records);
     let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=verify.records).collect::<Vec<_>>());
+
+    // The hub body's own auditor is a body's auditor like any other: it
+    // sees what concerns its body, and gets proofs of that only.
+    let mut alpha_auditor = sandbox.auditor("alpha").await.unwrap();
+    let alpha_sees = list(&mut alpha_auditor, pb::AuditQuery::default()).await;
+    assert!(!alpha_sees.is_empty() && alpha_sees.len() < all.len());
+    let hidden = all
+        .iter()
+        .find(|r| !alpha_sees.iter().any(|s| s.seq == r.seq))
+        .unwrap();
+    let refused = alpha_auditor
+        .prove_inclusion(pb::InclusionRequest {
+            leaf_index: hidden.seq - 1,
+            tree_size: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let proof = alpha_auditor
+        .prove_inclusion(pb::InclusionRequest {
+            leaf_index: alpha_sees[0].seq - 1,
+            tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proof.leaf, alpha_sees[0].leaf);
 
     // bravo's auditor sees exactly the records naming bravo, but for those
     // withholding something from it.

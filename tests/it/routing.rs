@@ -142,7 +142,7 @@ async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
     // One routing record per decision (and per count of bodies not
     // addressed, naming no recipient), each naming its rule and the policy
     // version; and the chain verifies.
-    let mut auditor = sandbox.auditor("alpha").await.unwrap();
+    let mut auditor = sandbox.oversight().await.unwrap();
     let mut stream = auditor
         .list(pb::AuditQuery {
             event: "routed".into(),

@@ -4,7 +4,7 @@
 //! store, real mutual TLS, dev certificates made on first run), submits the
 //! realistic messages in `deploy/demo/` from several bodies, prints the
 //! routing matrix (message × body: delivered, or withheld and the rule), then
-//! checks every inbox against that matrix and verifies the audit chain. Any
+//! checks every inbox against that matrix and verifies the audit log. Any
 //! disagreement makes it exit with code 7.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +16,6 @@ use futures::StreamExt;
 use liaison_federation::{dev_spec, wait_until, Sandbox, SandboxOptions};
 use liaison_policy::{Governance, SHIPPED_FEDERATION_SOURCE, SHIPPED_FEDERATION_TOML};
 use liaison_proto::v1 as pb;
-use liaison_types::audit::ChainVerifier;
 use prost::Message;
 use serde_json::json;
 
@@ -214,7 +213,7 @@ pub async fn run(args: DemoArgs, out: Output) -> Result<()> {
     sandbox.shutdown().await?;
     if report.problems.is_empty() {
         if human {
-            say!("\nall checks passed: every inbox matches the routing matrix and the audit chain verifies");
+            say!("\nall checks passed: every inbox matches the routing matrix and the audit log verifies");
         }
         Ok(())
     } else {
@@ -242,7 +241,7 @@ fn keep_running_hints(sandbox: &Sandbox, args: &DemoArgs) -> Result<Vec<String>>
             sandbox.node_url("interpol")?
         ),
         format!(
-            "  {me} audit verify --server {} --certs {certs} --as interpol/auditor-audit",
+            "  {me} audit verify --server {} --certs {certs} --as interpol/oversight-ccf",
             sandbox.hub_url()
         ),
         "press Ctrl-C to stop".to_owned(),
@@ -400,8 +399,8 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
         }
     }
 
-    // 7. The auditor verifies the chain, here and on the hub.
-    let mut auditor = sandbox.auditor(gov.hub_body().as_str()).await?;
+    // 7. The oversight auditor verifies the log, here and on the hub.
+    let mut auditor = sandbox.oversight().await?;
     // One record per decision, and one per rule for the bodies a message
     // did not address.
     let expected_routed: usize = sent
@@ -426,22 +425,44 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
         },
     )
     .await?;
-    let mut verifier = ChainVerifier::default();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut whole = crate::audit::WholeLog::default();
     for r in &records {
-        verifier.push(r);
+        whole.push(r);
         *counts.entry(r.event.clone()).or_default() += 1;
     }
-    let local = verifier.finish();
+    // The checkpoint of exactly the records listed, checked with the log's
+    // public key: the root recomputed here from every leaf must be its root.
+    let log_key = std::fs::read_to_string(sandbox.certs().join(liaison_pki::LOG_VKEY_FILE))
+        .context("reading the log's verifier key")?;
+    let log_key =
+        liaison_tlog::LogVerifier::from_text(&log_key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let note = auditor
+        .get_checkpoint(pb::CheckpointRequest {
+            tree_size: records.len() as u64,
+            witnessed: false,
+        })
+        .await
+        .map_err(|s| Failure::status("audit checkpoint", &s))?
+        .into_inner()
+        .note;
+    let signed = log_key
+        .verify(&note)
+        .map_err(|e| anyhow::anyhow!("the checkpoint: {e}"))?;
+    let root = hex::encode(signed.checkpoint.root.0);
+    let local = whole.finish(&signed.checkpoint);
     let hub = auditor
         .verify(pb::VerifyRequest {})
         .await
         .map_err(|s| Failure::status("audit verify", &s))?
         .into_inner();
-    if !local.ok() || !hub.ok || local.head_hash != hub.head_hash {
+    if local.is_err() || !hub.ok || (hub.records == records.len() as u64 && hub.head_hash != root) {
         problems.push(format!(
-            "audit chain: local {:?} head {}, hub ok={} head {}",
-            local.first_error, local.head_hash, hub.ok, hub.head_hash
+            "audit log: here {:?} root {root}, hub ok={} root {} ({})",
+            local.as_ref().err(),
+            hub.ok,
+            hub.head_hash,
+            hub.error
         ));
     }
     let routed = counts.get("routed").copied().unwrap_or(0);
@@ -466,9 +487,9 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
     }
     if human {
         say!(
-            "\n== audit: {} records, chain verified here and on the hub, head {}",
-            local.records,
-            local.head_hash
+            "\n== audit: {} records, every leaf hashed here and the root checked against the signed checkpoint ({}), and on the hub: root {root}",
+            records.len(),
+            signed.checkpoint.origin
         );
         for (event, n) in &counts {
             say!("   {event:<13} {n}");
@@ -491,7 +512,7 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
             "decisions": decisions_json(&s.decisions),
             "unaddressed": crate::officer::unaddressed_json(&s.unaddressed),
         })).collect::<Vec<_>>(),
-        "audit": {"records": local.records, "head_hash": local.head_hash, "events": counts, "ok": local.ok() && hub.ok},
+        "audit": {"records": records.len(), "root": root, "checkpoint": String::from_utf8_lossy(&note), "events": counts, "ok": local.is_ok() && hub.ok},
         "problems": problems,
     });
     Ok(Report { problems, json })

@@ -17,6 +17,7 @@ macro_rules! say {
 
 mod admin;
 mod approvals;
+pub mod audit;
 mod batch;
 mod bench;
 mod config;
@@ -163,9 +164,10 @@ pub enum Command {
     /// Check the gRPC health of a hub or a node (grpc.health.v1), as a load
     /// balancer or probe does: exit code 0 when SERVING, 7 when not.
     Health(health::HealthArgs),
-    /// Read and verify the hub's audit log (auditor certificate).
+    /// Read, prove and verify the hub's audit log (auditor or oversight
+    /// certificate), offline too.
     #[command(subcommand)]
-    Audit(ops::AuditCommand),
+    Audit(audit::AuditCommand),
     /// Configuration files: check a hub's or a node's before starting it.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -261,7 +263,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ForwardRefuse(a) => forwards::refuse(a, out).await,
         Command::Status(a) => status::status(a, out).await,
         Command::Health(a) => health::health(a, out).await,
-        Command::Audit(c) => ops::audit(c, out).await,
+        Command::Audit(c) => audit::run(c, out).await,
         Command::Config(c) => config::run(c, out),
         Command::Pki(c) => ops::pki(c, out),
         Command::Dev(c) => ops::dev(c, out),

@@ -455,6 +455,11 @@ impl Sandbox {
             text.push_str(line);
             text.push('\n');
         }
+        text.push_str(&format!(
+            "\n[audit]\nsigning_key = \"{}\"\nwitnesses = \"{}\"\n",
+            c.join(liaison_pki::LOG_KEY_FILE).display(),
+            c.join(liaison_pki::WITNESSES_FILE).display()
+        ));
         if !self.hub_limits.is_empty() {
             text.push_str("\n[limits]\n");
             for line in &self.hub_limits {
@@ -761,6 +766,19 @@ impl Sandbox {
     /// An auditor's client to the hub: `auditor("interpol")`.
     pub async fn auditor(&self, body: &str) -> Result<AuditClient<Channel>, SandboxError> {
         let ch = self.hub_channel(&format!("{body}/auditor-audit")).await?;
+        Ok(AuditClient::new(ch))
+    }
+
+    /// An audit client with the oversight auditor's certificate (the
+    /// federation's independent control body, issued in the hub's body),
+    /// who reads the whole log.
+    pub async fn oversight(&self) -> Result<AuditClient<Channel>, SandboxError> {
+        let stem = format!(
+            "{}/oversight-{}",
+            self.governance.hub_body(),
+            liaison_pki::DEV_OVERSIGHT[0]
+        );
+        let ch = self.hub_channel(&stem).await?;
         Ok(AuditClient::new(ch))
     }
 }

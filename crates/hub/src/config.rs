@@ -166,12 +166,18 @@ impl AuditKeys {
                 continue;
             }
             let at = |problem: String| bad(&self.witnesses, format!("line {}: {problem}", n + 1));
-            let key = liaison_tlog::WitnessVerifier::from_text(line).map_err(|e| at(e.to_string()))?;
+            let key =
+                liaison_tlog::WitnessVerifier::from_text(line).map_err(|e| at(e.to_string()))?;
             let body = key
                 .name()
                 .rsplit_once("/witness/")
                 .map(|(_, b)| b)
-                .ok_or_else(|| at(format!("the key name {:?} does not end in /witness/<body>", key.name())))
+                .ok_or_else(|| {
+                    at(format!(
+                        "the key name {:?} does not end in /witness/<body>",
+                        key.name()
+                    ))
+                })
                 .and_then(|b| liaison_types::BodyId::parse(b).map_err(at))?;
             if witnesses.insert(body.clone(), key).is_some() {
                 return Err(at(format!("a second witness key for {body}")));

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use admin::{reload_on_signal, AdminService, PolicyReloader, TlsReload};
 pub use admin::{FILES_ACTOR, RULE_RELOAD, RULE_RELOAD_REFUSED, SIGNAL_ACTOR};
-pub use config::{HubConfig, ENV_PREFIX};
+pub use config::{AuditKeys, HubConfig, LoadedAuditKeys, ENV_PREFIX};
 pub use error::HubError;
 use liaison_pki::{authorize, tls_incoming_with, LoadedTls};
 use liaison_policy::Governance;
@@ -187,7 +187,10 @@ pub async fn run_with_reload(
         ))
         .add_service(InterceptedService::new(
             operations,
-            authorize(federation.clone(), &[Role::Admin, Role::Auditor, Role::Oversight]),
+            authorize(
+                federation.clone(),
+                &[Role::Admin, Role::Auditor, Role::Oversight],
+            ),
         ))
         // Health and reflection are open to every certificate of the
         // federation, and to nothing else.

@@ -8,8 +8,7 @@ use liaison_policy::{decide, route, Governance, Outcome, Rule};
 use liaison_proto::v1 as pb;
 use liaison_store::Db;
 use liaison_types::{
-    normalise_message_id, now_ms, BodyId, Classification, Envelope, Identity,
-    ValidationError,
+    normalise_message_id, now_ms, BodyId, Classification, Envelope, Identity, ValidationError,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -81,7 +80,10 @@ impl HubState {
         let store_failure = db.failures();
         let converted = store::convert_chain(&db).await?;
         if converted > 0 {
-            tracing::info!(records = converted, "converted the hash-chained audit log to the merkle log");
+            tracing::info!(
+                records = converted,
+                "converted the hash-chained audit log to the merkle log"
+            );
         }
         let store = HubStore::open(db, governance.bodies().map(|b| &b.id), keys.signer)?;
         let overrides = store.body_states()?;
@@ -1339,6 +1341,10 @@ impl HubState {
             && eq(&q.rule, &r.rule)
             && eq(&q.event, &r.event)
             && eq(&q.decision, &r.decision)
+            && (q.kind.is_empty() || r.kind == q.kind || r.items.iter().any(|i| i.kind == q.kind))
+            && (q.classification.is_empty()
+                || r.classification == q.classification
+                || r.items.iter().any(|i| i.classification == q.classification))
             && r.at_ms >= q.since_ms
             && (q.until_ms == 0 || r.at_ms < q.until_ms)
     }
@@ -1404,7 +1410,11 @@ impl HubState {
 
     /// A checkpoint with its cosignatures: the latest (`size` 0), the
     /// latest cosigned one (`witnessed`), or that of `size`.
-    pub fn checkpoint(&self, size: u64, witnessed: bool) -> Result<pb::CheckpointResponse, HubError> {
+    pub fn checkpoint(
+        &self,
+        size: u64,
+        witnessed: bool,
+    ) -> Result<pb::CheckpointResponse, HubError> {
         let size = if size == 0 && witnessed {
             self.store.witnessed_size()?
         } else {
@@ -1415,7 +1425,7 @@ impl HubState {
         } else {
             self.store.checkpoint_at(size)?
         };
-        Ok(self.with_cosignatures(&signed)?)
+        self.with_cosignatures(&signed)
     }
 
     fn with_cosignatures(
@@ -1711,9 +1721,11 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<pb::InclusionProof>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         self.0.known_caller(&caller)?;
-        Ok(Response::new(
-            self.0.prove_inclusion(&caller, req.into_inner(), true)?,
-        ))
+        Ok(Response::new(self.0.prove_inclusion(
+            &caller,
+            req.into_inner(),
+            true,
+        )?))
     }
 
     async fn cosign(
@@ -1722,7 +1734,9 @@ impl pb::federation_server::Federation for FederationService {
     ) -> Result<Response<pb::CosignResponse>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         self.0.known_caller(&caller)?;
-        Ok(Response::new(self.0.cosign(&caller, req.into_inner()).await?))
+        Ok(Response::new(
+            self.0.cosign(&caller, req.into_inner()).await?,
+        ))
     }
 }
 
@@ -1804,9 +1818,11 @@ impl pb::audit_server::Audit for AuditService {
     ) -> Result<Response<pb::InclusionProof>, Status> {
         let caller = caller_from_extensions(&req)?.clone();
         self.0.known_caller(&caller)?;
-        Ok(Response::new(
-            self.0.prove_inclusion(&caller, req.into_inner(), false)?,
-        ))
+        Ok(Response::new(self.0.prove_inclusion(
+            &caller,
+            req.into_inner(),
+            false,
+        )?))
     }
 
     async fn prove_consistency(

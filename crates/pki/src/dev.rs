@@ -183,9 +183,8 @@ fn note_keys(spec: &DevPkiSpec) -> Result<Vec<(String, String, bool)>, PkiError>
             .map_err(|e| PkiError::Spec(format!("no randomness for a key: {e}")))?;
         Ok(seed)
     };
-    let pair = |name: &str, ty: u8| {
-        key_pair(name, ty, seed()?).map_err(|e| PkiError::Spec(e.to_string()))
-    };
+    let pair =
+        |name: &str, ty: u8| key_pair(name, ty, seed()?).map_err(|e| PkiError::Spec(e.to_string()));
     let mut files = Vec::new();
     let (skey, vkey) = pair(&log_origin(&spec.federation), LOG_KEY_TYPE)?;
     files.push((LOG_KEY_FILE.to_owned(), format!("{skey}\n"), true));
@@ -198,8 +197,16 @@ fn note_keys(spec: &DevPkiSpec) -> Result<Vec<(String, String, bool)>, PkiError>
         }
         seen.push(body);
         let (skey, vkey) = pair(&witness_name(&spec.federation, body), WITNESS_KEY_TYPE)?;
-        files.push((format!("{body}/{WITNESS_KEY_FILE}"), format!("{skey}\n"), true));
-        files.push((format!("{body}/{WITNESS_VKEY_FILE}"), format!("{vkey}\n"), false));
+        files.push((
+            format!("{body}/{WITNESS_KEY_FILE}"),
+            format!("{skey}\n"),
+            true,
+        ));
+        files.push((
+            format!("{body}/{WITNESS_VKEY_FILE}"),
+            format!("{vkey}\n"),
+            false,
+        ));
         all.push_str(&vkey);
         all.push('\n');
     }

@@ -618,7 +618,9 @@ mod tests {
         assert_eq!(got, vec![c1.clone(), c2]);
         // Witnesses not configured are ignored.
         assert_eq!(
-            verifier.cosignatures(&note, std::slice::from_ref(&v1)).unwrap(),
+            verifier
+                .cosignatures(&note, std::slice::from_ref(&v1))
+                .unwrap(),
             vec![c1.clone()]
         );
         // A cosignature over another checkpoint does not verify on this one.

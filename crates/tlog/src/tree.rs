@@ -14,6 +14,8 @@
 
 /// The error a [`HashReader`] returns.
 pub use tlog_tiles::Error as ReadError;
+/// A tile of the C2SP tlog-tiles layout.
+pub use tlog_tiles::Tile;
 pub use tlog_tiles::{
     split_stored_hash_index, stored_hash_count, stored_hash_index, Hash, HashReader, EMPTY_HASH,
     HASH_SIZE,

@@ -161,9 +161,11 @@ impl Run {
                 run.hashes.len()
             )));
         }
-        if let Some(bad) = run.hashes.iter().position(|h| {
-            h.is_empty() || h.len() % HASH_SIZE != 0 || h.len() > 64 * HASH_SIZE
-        }) {
+        if let Some(bad) = run
+            .hashes
+            .iter()
+            .position(|h| h.is_empty() || h.len() % HASH_SIZE != 0 || h.len() > 64 * HASH_SIZE)
+        {
             return Err(corrupt(format!(
                 "the hashes of position {} are not whole hashes",
                 first + bad as u64
@@ -323,7 +325,11 @@ impl<R: Reader> HashReader for StoredHashes<'_, R> {
 
 /// The leaf hashes of positions `(after, upto]`, in order, to move a
 /// frontier along without reading the tree.
-pub(super) fn leaf_hashes(reader: &impl Reader, after: u64, upto: u64) -> Result<Vec<Hash>, StoreError> {
+pub(super) fn leaf_hashes(
+    reader: &impl Reader,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<Hash>, StoreError> {
     let mut out = Vec::with_capacity((upto.saturating_sub(after)) as usize);
     let mut next = after + 1;
     while next <= upto {
@@ -451,16 +457,14 @@ pub(crate) async fn convert_chain(db: &Db) -> Result<u64, StoreError> {
         next = last.clone();
         next.push(0);
         for (k, v) in &runs {
-            let records = liaison_types::audit::decode_run(v).map_err(|problem| {
-                StoreError::Corrupt {
+            let records =
+                liaison_types::audit::decode_run(v).map_err(|problem| StoreError::Corrupt {
                     key: format!("a/{}", keys::seq_of(k).unwrap_or_default()),
                     problem,
-                }
-            })?;
+                })?;
             for r in &records {
-                let v = verifier.get_or_insert_with(|| {
-                    liaison_types::audit::ChainVerifier::starting_after(r)
-                });
+                let v = verifier
+                    .get_or_insert_with(|| liaison_types::audit::ChainVerifier::starting_after(r));
                 v.push(r);
             }
         }
@@ -539,10 +543,11 @@ pub(crate) fn test_signer() -> liaison_tlog::LogSigner {
 mod tests {
     use super::*;
     use liaison_tlog::tree::MemoryTree;
+    use liaison_types::audit::Event as AuditEvent;
 
     fn record(reason: &str) -> pb::AuditRecord {
         pb::AuditRecord {
-            event: "policy".into(),
+            event: AuditEvent::Policy.into(),
             reason: reason.into(),
             at_ms: 1,
             ..Default::default()
@@ -605,7 +610,10 @@ mod tests {
         // Leaf hashes for moving a frontier along.
         let hashes = leaf_hashes(&db, 10, 30).unwrap();
         assert_eq!(hashes.len(), 20);
-        assert_eq!(hashes[0], tree::leaf_hash(&audit_after(&db, 10, 11, 1).unwrap()[0].leaf));
+        assert_eq!(
+            hashes[0],
+            tree::leaf_hash(&audit_after(&db, 10, 11, 1).unwrap()[0].leaf)
+        );
     }
 
     #[tokio::test]
@@ -613,7 +621,10 @@ mod tests {
         let db = Db::in_memory();
         write(&db, &[5, 1, 30, 2], 900).await;
         let all = audit_after(&db, 0, u64::MAX, usize::MAX).unwrap();
-        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=38).collect::<Vec<_>>());
+        assert_eq!(
+            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=38).collect::<Vec<_>>()
+        );
         for r in &all {
             let mut plain = r.clone();
             plain.leaf.clear();

@@ -9,7 +9,7 @@ use liaison_policy::{Decision, Outcome, Rule, Unaddressed};
 use liaison_proto::v1 as pb;
 use liaison_store::{from_json as parse, to_json as json};
 use liaison_store::{keys, Db, StoreError, Txn};
-use liaison_types::audit::{self, Event as AuditEvent};
+use liaison_types::audit::Event as AuditEvent;
 use liaison_types::{BodyId, DecisionRecord, Envelope, UnaddressedRecord};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -27,8 +27,8 @@ mod retraction;
 mod schema;
 
 pub use log::append_audit;
-pub(crate) use log::convert_chain;
 use log::audit_after;
+pub(crate) use log::convert_chain;
 pub use owner::HubStore;
 use plan::apply;
 pub use plan::{Applied, Effects, Enqueue, Write};
@@ -1139,7 +1139,6 @@ mod tests {
         }
     }
 
-
     fn governance() -> Governance {
         Governance::for_test()
             .member("interpol", Secret, &["drugs"])
@@ -1524,13 +1523,13 @@ mod tests {
         // The rest of it and part of the next.
         let records = audit_after(&db, 0, u64::MAX, 100).unwrap();
         assert_eq!(records.len(), 1, "{records:?}");
-        assert_eq!(audit::messages(&records[0]).count(), 2);
+        assert_eq!(liaison_types::audit::messages(&records[0]).count(), 2);
         ack(5).await.unwrap();
         assert_eq!(stored_values(&db, "bravo"), [5]);
         let records = audit_after(&db, 1, u64::MAX, 100).unwrap();
         let acked: Vec<&str> = records
             .iter()
-            .flat_map(audit::messages)
+            .flat_map(liaison_types::audit::messages)
             .map(|(id, _)| id)
             .collect();
         assert_eq!(acked, [uuid_for(3), uuid_for(4), uuid_for(5)]);

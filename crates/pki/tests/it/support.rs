@@ -34,6 +34,7 @@ pub fn spec() -> DevPkiSpec {
         officers: vec!["alice".into(), "bob".into()],
         auditors: vec!["audit".into()],
         admins: vec!["root".into()],
+        oversight: vec!["ccf".into()],
     }
 }
 
