@@ -1057,6 +1057,19 @@ fn check_with(file: &std::path::Path, kind: &str, body: &str, env: &[(String, St
         .env(format!("{prefix}TLS__CERT"), cert)
         .env(format!("{prefix}TLS__KEY"), key);
     if kind == "hub" {
+        c.env("LIAISON_HUB__AUDIT__SIGNING_KEY", certs.join("log.key"))
+            .env(
+                "LIAISON_HUB__AUDIT__WITNESSES",
+                certs.join("witnesses.vkeys"),
+            );
+    } else {
+        c.env("LIAISON_NODE__AUDIT__LOG_KEY", certs.join("log.vkey"))
+            .env(
+                "LIAISON_NODE__AUDIT__WITNESS_KEY",
+                certs.join(format!("{body}/witness.key")),
+            );
+    }
+    if kind == "hub" {
         c.env(
             "LIAISON_HUB__GOVERNANCE",
             deploy_dir().join("federation.toml"),

@@ -64,6 +64,12 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
                 liaison_pki::Crls::load(crl, &m.ca_pem)?;
             }
             let gov = liaison_hub::load_governance(&c)?;
+            let keys = c.audit.load()?;
+            let unwitnessed: Vec<String> = gov
+                .bodies()
+                .filter(|b| !keys.witnesses.contains_key(&b.id))
+                .map(|b| b.id.to_string())
+                .collect();
             (
                 format!(
                     "a hub on {}, store {}, governance {} ({} bodies, version {})",
@@ -76,6 +82,9 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
                 json!({"listen": c.listen.to_string(), "data_dir": c.data_dir,
                        "governance": c.governance, "bodies": gov.bodies().count(),
                        "policy_version": gov.version(),
+                       "log_origin": keys.signer.name(),
+                       "witnesses": keys.witnesses.len(),
+                       "bodies_without_witness_key": unwitnessed,
                        "metrics": c.metrics.map(|m| m.listen.to_string())}),
             )
         }
@@ -86,6 +95,22 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
             if let Some(crl) = &c.tls.crl {
                 liaison_pki::Crls::load(crl, &m.ca_pem)?;
             }
+            let (log_key, witness_key) = c.audit.load()?;
+            if !witness_key
+                .name()
+                .ends_with(&format!("/witness/{}", c.body))
+            {
+                return Err(Failure {
+                    code: 1,
+                    message: format!(
+                        "{}: [audit] witness_key: the key is named {}, not <federation>/witness/{}; give this body's witness key",
+                        a.file.display(),
+                        witness_key.name(),
+                        c.body
+                    ),
+                }
+                .into());
+            }
             (
                 format!(
                     "the node of {} on {}, hub {}, store {}",
@@ -95,7 +120,8 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
                     c.data_dir.display()
                 ),
                 json!({"body": c.body, "listen": c.listen.to_string(), "hub": c.hub,
-                       "data_dir": c.data_dir,
+                       "data_dir": c.data_dir, "log_origin": log_key.name(),
+                       "witness": witness_key.name(),
                        "metrics": c.metrics.map(|m| m.listen.to_string())}),
             )
         }

@@ -328,6 +328,7 @@ fn node_config_text(
     a: &NodeConfigArgs,
     data_dir: &Path,
     files: &liaison_pki::TlsFiles,
+    certs: &Path,
 ) -> String {
     format!(
         "# Liaison node configuration for {body}, written by `liaison dev node-config`\n\
@@ -347,7 +348,12 @@ fn node_config_text(
          [tls]\n\
          ca = {}\n\
          cert = {}\n\
-         key = {}\n",
+         key = {}\n\
+         \n\
+         # Witnessing the hub's audit log: its verifier key, this body's witness key.\n\
+         [audit]\n\
+         log_key = {}\n\
+         witness_key = {}\n",
         toml::Value::String(body.to_string()),
         toml::Value::String(a.listen.to_string()),
         toml::Value::String(a.hub.clone()),
@@ -355,6 +361,12 @@ fn node_config_text(
         toml_path(&files.ca),
         toml_path(&files.cert),
         toml_path(&files.key),
+        toml_path(&certs.join(liaison_pki::LOG_VKEY_FILE)),
+        toml_path(
+            &certs
+                .join(body.as_str())
+                .join(liaison_pki::WITNESS_KEY_FILE)
+        ),
     )
 }
 
@@ -405,7 +417,7 @@ fn node_config(a: &NodeConfigArgs, out: Output) -> Result<()> {
         Some(d) => absolute(d)?,
         None => absolute(&Path::new(".data").join(body.as_str()))?,
     };
-    let text = node_config_text(&body, a, &data_dir, &files);
+    let text = node_config_text(&body, a, &data_dir, &files, &certs);
     let shown = a.out.clone().unwrap_or_else(|| PathBuf::from("(stdout)"));
     // What the node will read: refuse to write anything it would refuse.
     liaison_node::NodeConfig::parse(&shown, &text)
@@ -989,7 +1001,7 @@ mod tests {
         let certs = Path::new("/tmp/a \"quoted\" \\ dir\n# not = \"a key\"");
         let files = liaison_pki::TlsFiles::in_dev_dir(certs, "interpol/node");
         let data = Path::new("/tmp/data 'dir'");
-        let text = node_config_text(&body, &args, data, &files);
+        let text = node_config_text(&body, &args, data, &files, certs);
         let config = liaison_node::NodeConfig::parse(Path::new("/etc/node.toml"), &text).unwrap();
         assert_eq!(config.body, "interpol");
         assert_eq!(config.hub, DEV_HUB);
@@ -998,5 +1010,7 @@ mod tests {
         assert_eq!(config.tls.ca, files.ca);
         assert_eq!(config.tls.cert, files.cert);
         assert_eq!(config.tls.key, files.key);
+        assert_eq!(config.audit.log_key, certs.join("log.vkey"));
+        assert_eq!(config.audit.witness_key, certs.join("interpol/witness.key"));
     }
 }

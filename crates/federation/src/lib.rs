@@ -141,6 +141,10 @@ pub struct SandboxOptions {
     pub dir: Option<PathBuf>,
     /// Node retry delays, in milliseconds (initial, max).
     pub retry_ms: (u64, u64),
+    /// How often each node witnesses the hub's audit log, in milliseconds
+    /// (`[audit] witness_every_ms`; 300 here, so that tests see
+    /// cosignatures soon).
+    pub witness_every_ms: u64,
     /// Run the hub from the start as a child process of this `liaison`
     /// binary (see [`Sandbox::start_hub_process`]) instead of in this
     /// process, so that no in-process hub ever holds its store.
@@ -175,6 +179,7 @@ impl SandboxOptions {
             certs: None,
             dir: None,
             retry_ms: (50, 500),
+            witness_every_ms: 300,
             hub_process: None,
             release: BTreeMap::new(),
             hub_tls: Vec::new(),
@@ -254,6 +259,7 @@ pub struct Sandbox {
     hub: HubProcess,
     nodes: BTreeMap<String, NodeProcess>,
     retry_ms: (u64, u64),
+    witness_every_ms: u64,
     release: BTreeMap<String, String>,
     hub_tls: Vec<String>,
     hub_limits: Vec<String>,
@@ -306,6 +312,7 @@ impl Sandbox {
             hub: HubProcess::Stopped,
             nodes: BTreeMap::new(),
             retry_ms: opts.retry_ms,
+            witness_every_ms: opts.witness_every_ms,
             release: opts.release.clone(),
             hub_tls: opts.hub_tls.clone(),
             hub_limits: opts.hub_limits.clone(),
@@ -583,11 +590,14 @@ impl Sandbox {
         }
         let c = &self.certs;
         let mut text = format!(
-            "version = 1\nbody = \"{body}\"\nlisten = \"{listen}\"\nhub = \"{}\"\ndata_dir = \"nodes/{body}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\n",
+            "version = 1\nbody = \"{body}\"\nlisten = \"{listen}\"\nhub = \"{}\"\ndata_dir = \"nodes/{body}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[audit]\nlog_key = \"{}\"\nwitness_key = \"{}\"\nwitness_every_ms = {}\n\n[retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\n",
             self.hub_url(),
             c.join("ca.pem").display(),
             c.join(body).join("node.pem").display(),
             c.join(body).join("node.key.pem").display(),
+            c.join(liaison_pki::LOG_VKEY_FILE).display(),
+            c.join(body).join(liaison_pki::WITNESS_KEY_FILE).display(),
+            self.witness_every_ms,
             self.retry_ms.0,
             self.retry_ms.1,
         );

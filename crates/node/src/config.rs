@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// The node's certificate (server for officers, client of the hub), key
     /// and the federation CA.
     pub tls: TlsFiles,
+    /// Witnessing the hub's audit log (`[audit] log_key, witness_key,
+    /// witness_every_ms`).
+    pub audit: Witnessing,
     /// Retry timing for pushing to and subscribing from the hub.
     #[serde(default)]
     pub retry: Retry,
@@ -58,6 +61,59 @@ pub struct NodeConfig {
     /// Four-eyes release rules, from the `[release]` table; none if absent.
     #[serde(skip)]
     pub release: Release,
+}
+
+/// How the node witnesses the hub's audit log: the log's public key to
+/// check checkpoints with, the node's own witness key to cosign those it
+/// has verified, and how often it checks.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Witnessing {
+    /// The file holding the log's verifier key (`log.vkey` of the dev PKI:
+    /// `<origin>+<key id>+<key>`).
+    pub log_key: PathBuf,
+    /// The file holding this body's witness signing key (`<body>/witness.key`
+    /// of the dev PKI; keep it secret). Its name must be the one the hub's
+    /// `[audit] witnesses` file lists for this body.
+    pub witness_key: PathBuf,
+    /// How often the node fetches the hub's latest checkpoint and checks it
+    /// against the one it holds, in milliseconds (100 to 10000).
+    #[serde(default = "default_witness_every_ms")]
+    pub witness_every_ms: u64,
+}
+
+fn default_witness_every_ms() -> u64 {
+    5_000
+}
+
+impl Witnessing {
+    /// Reads both keys.
+    pub fn load(
+        &self,
+    ) -> Result<(liaison_tlog::LogVerifier, liaison_tlog::WitnessSigner), NodeError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| NodeError::Config {
+                file: path.display().to_string(),
+                problem: format!(
+                    "cannot read it: {e}; make the audit keys with `liaison pki init` (or point [audit] at them)"
+                ),
+            })
+        };
+        let log = liaison_tlog::LogVerifier::from_text(&read(&self.log_key)?).map_err(|e| {
+            NodeError::Config {
+                file: self.log_key.display().to_string(),
+                problem: e.to_string(),
+            }
+        })?;
+        let witness =
+            liaison_tlog::WitnessSigner::from_text(&read(&self.witness_key)?).map_err(|e| {
+                NodeError::Config {
+                    file: self.witness_key.display().to_string(),
+                    problem: e.to_string(),
+                }
+            })?;
+        Ok((log, witness))
+    }
 }
 
 /// Four-eyes release: which messages need a second officer's approval
@@ -380,10 +436,17 @@ impl NodeConfig {
         ]
         .into_iter()
         .chain(config.tls.crl.as_mut())
+        .chain([&mut config.audit.log_key, &mut config.audit.witness_key])
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if !(100..=10_000).contains(&config.audit.witness_every_ms) {
+            return Err(bad(format!(
+                "audit.witness_every_ms = {} is out of range; use 100 to 10000 (a witness checks the hub's log at least every 10 s)",
+                config.audit.witness_every_ms
+            )));
         }
         Ok(config)
     }
@@ -407,6 +470,9 @@ data_dir = "data"
 ca = "ca.pem"
 cert = "node.pem"
 key = "node.key.pem"
+[audit]
+log_key = "log.vkey"
+witness_key = "witness.key"
 "#;
 
     #[test]
@@ -565,52 +631,52 @@ key = "node.key.pem"
         let cases: &[(&str, &str, &[&str])] = &[
             (
                 "four_eyes_from = \"TOP\"\napprovers = [\"bob\"]\n",
-                "line 13",
+                "line 16",
                 &["release.four_eyes_from", "TOP", "CONFIDENTIAL"],
             ),
             (
                 "four_eyes_kinds = [\"alert\", \"memo\"]\napprovers = [\"bob\"]\n",
-                "line 13",
+                "line 16",
                 &["release.four_eyes_kinds", "memo", "operational_plan"],
             ),
             (
                 "four_eyes_kinds = [\"alert\", \"alert\"]\napprovers = [\"bob\"]\n",
-                "line 13",
+                "line 16",
                 &["release.four_eyes_kinds", "twice"],
             ),
             (
                 "four_eyes_from = \"SECRET\"\napprovers = []\n",
-                "line 14",
+                "line 17",
                 &["release.approvers", "empty"],
             ),
             (
                 "four_eyes_from = \"SECRET\"\n",
-                "line 12,",
+                "line 15,",
                 &["release.approvers", "empty"],
             ),
             (
                 "four_eyes_from = \"SECRET\"\napprovers = [\"Bob Smith\"]\n",
-                "line 14",
+                "line 17",
                 &["release.approvers", "Bob Smith", "certificate"],
             ),
             (
                 "four_eyes_from = \"SECRET\"\napprovers = [\"bob\", \"bob\"]\n",
-                "line 14",
+                "line 17",
                 &["release.approvers", "twice"],
             ),
             (
                 "approvers = [\"bob\"]\n",
-                "line 12,",
+                "line 15,",
                 &["release:", "no rule", "four_eyes_from"],
             ),
             (
                 "four_eyes_from = \"SECRET\"\napprovers = [\"bob\"]\nquorum = 2\n",
-                "line 15",
+                "line 18",
                 &["quorum"],
             ),
             (
                 "four_eyes_from = 4\napprovers = [\"bob\"]\n",
-                "line 13",
+                "line 16",
                 &["release.four_eyes_from: invalid type", "string"],
             ),
         ];

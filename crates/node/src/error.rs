@@ -104,6 +104,17 @@ pub enum NodeError {
     /// The hub could not be reached or refused (peer's fault or transient).
     #[error("hub: {0}")]
     Hub(Status),
+    /// The witness of the hub's audit log cannot do what was asked (the
+    /// hub's checkpoint does not verify, say).
+    #[error("audit log witness: {0}")]
+    Witness(String),
+    /// Only an admin of the body may do this.
+    #[error("{0} is not an admin certificate; clearing the audit log alarm takes an admin of the node's body")]
+    NotAdmin(String),
+    /// The hub gave no audit record for the message (routed by an earlier
+    /// version, or not yet routed).
+    #[error("the hub's audit log holds no record of message {0} that this node knows of (not yet routed, or routed before the log was a merkle tree)")]
+    NotRecorded(String),
     /// Storage failed (our fault).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -139,7 +150,8 @@ impl From<NodeError> for Status {
             NodeError::WrongBody { .. }
             | NodeError::OriginMismatch { .. }
             | NodeError::OwnMessage { .. }
-            | NodeError::NotApprover { .. } => Code::PermissionDenied,
+            | NodeError::NotApprover { .. }
+            | NodeError::NotAdmin(_) => Code::PermissionDenied,
             NodeError::IdReused(_) => Code::AlreadyExists,
             NodeError::NotFound(_)
             | NodeError::NotInOutbox(_)
@@ -148,7 +160,9 @@ impl From<NodeError> for Status {
             NodeError::NotAwaitingApproval { .. }
             | NodeError::NoOtherApprover { .. }
             | NodeError::NotRetractable { .. }
-            | NodeError::ForwardDecided { .. } => Code::FailedPrecondition,
+            | NodeError::ForwardDecided { .. }
+            | NodeError::NotRecorded(_)
+            | NodeError::Witness(_) => Code::FailedPrecondition,
             // The hub's own verdict on the caller's input passes through.
             NodeError::Hub(s)
                 if liaison_proto::status::classify(s.code()).fault

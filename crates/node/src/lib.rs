@@ -28,6 +28,7 @@ mod link;
 mod metrics;
 mod service;
 pub mod store;
+pub mod witness;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,7 +36,10 @@ use std::sync::Arc;
 pub use config::{NodeConfig, Release, Retry, ENV_PREFIX};
 pub use error::NodeError;
 use liaison_pki::{authorize, lazy_channel_reloading, tls_incoming_with, LoadedTls};
-use liaison_proto::v1::{federation_client::FederationClient, officer_server::OfficerServer};
+use liaison_proto::v1::{
+    federation_client::FederationClient, node_audit_server::NodeAuditServer,
+    officer_server::OfficerServer,
+};
 use liaison_store::Db;
 use liaison_telemetry::health::{reflection, Health};
 pub use liaison_telemetry::metrics::Listeners;
@@ -54,7 +58,7 @@ use tonic::service::interceptor::InterceptedService;
 /// The API a node serves, by its full gRPC name: a health service name
 /// (besides the link to the hub, [`liaison_telemetry::health::HUB_LINK`]),
 /// and reflection lists it.
-pub const SERVICES: &[&str] = &["liaison.v1.Officer"];
+pub const SERVICES: &[&str] = &["liaison.v1.Officer", "liaison.v1.NodeAudit"];
 
 /// Runs the node on `listeners` (a bare API listener will do) until
 /// `shutdown` completes.
@@ -122,7 +126,16 @@ pub async fn run_with_reload(
         &federation,
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (log_key, witness_key) = config.audit.load()?;
+    let witness = Arc::new(witness::Witness::open(
+        &db,
+        log_key,
+        witness_key,
+        std::time::Duration::from_millis(config.audit.witness_every_ms),
+        config.data_dir.join("checkpoint"),
+    )?);
     let state = Arc::new(NodeState {
+        witness: Arc::clone(&witness),
         body,
         db,
         hub: FederationClient::new(channel)
@@ -215,6 +228,11 @@ pub async fn run_with_reload(
         stop_rx.clone(),
     ));
     let sweeper = tokio::spawn(link::expire_inbox(Arc::clone(&state), stop_rx.clone()));
+    let witnessing = tokio::spawn(Arc::clone(&witness).run(
+        state.db.clone(),
+        state.hub.clone(),
+        stop_rx.clone(),
+    ));
 
     let limits = &config.limits;
     let officer = OfficerServer::new(OfficerService(Arc::clone(&state)))
@@ -228,6 +246,14 @@ pub async fn run_with_reload(
         .add_service(InterceptedService::new(
             officer,
             authorize(federation.clone(), &[Role::Officer]),
+        ))
+        .add_service(InterceptedService::new(
+            NodeAuditServer::new(service::NodeAuditService(Arc::clone(&state)))
+                .max_decoding_message_size(4096),
+            authorize(
+                federation.clone(),
+                &[Role::Officer, Role::Auditor, Role::Admin],
+            ),
         ))
         // Health and reflection are open to every certificate of the
         // federation, and to nothing else.
@@ -260,6 +286,7 @@ pub async fn run_with_reload(
     let _ = pusher.await;
     let _ = receiver.await;
     let _ = sweeper.await;
+    let _ = witnessing.await;
     let _ = follower.await;
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -349,7 +376,10 @@ mod tests {
     fn the_health_name_is_the_served_api() {
         assert_eq!(
             SERVICES,
-            [<OfficerServer<OfficerService> as NamedService>::NAME]
+            [
+                <OfficerServer<OfficerService> as NamedService>::NAME,
+                <NodeAuditServer<service::NodeAuditService> as NamedService>::NAME
+            ]
         );
     }
 }

@@ -140,6 +140,15 @@ pub async fn push_outbox(
                     });
                 }
                 tracing::info!(messages = sent, "pushed to the hub");
+                // The checkpoint the hub answered with is checked by the
+                // witness like any other (the last one covers the others).
+                if let Some(note) = finished
+                    .iter()
+                    .rev()
+                    .find_map(|f| f.outcome.as_ref().ok().map(|r| r.checkpoint.clone()))
+                {
+                    state.witness.offer(note);
+                }
                 store::finish_pushes(&state.db, finished).await
             }
             Err(status) if sent > 1 && is_too_large(&status) => {
@@ -482,6 +491,8 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
         .into_inner();
     tracing::info!(after = cursor, "subscribed to the hub");
     state.health.set_hub_link(true);
+    // Back in touch with the hub: check its log now.
+    state.witness.nudge();
     *failures = 0;
     let mut batches = stream.ready_chunks(ARRIVAL_BATCH);
     while let Some(batch) = batches.next().await {
@@ -559,6 +570,15 @@ async fn receive_once(state: &NodeState, failures: &mut u32) -> Result<(), Strin
             } else {
                 std::collections::HashMap::new()
             };
+        // While the witness is in alarm, what arrives is marked: the hub's
+        // record of it cannot be trusted.
+        if state.witness.alarm().is_some() {
+            for a in &mut arrivals {
+                if let Arrival::Message { record, .. } = a {
+                    record.unverified_log = true;
+                }
+            }
+        }
         let new = store::store_arrivals(&state.db, arrivals, last)
             .await
             .map_err(|e| e.to_string())?;
@@ -702,6 +722,9 @@ fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
             read_at_ms: 0,
             withdrawn: None,
             erase_at_ms: d.erase_at_ms,
+            leaf_index: d.leaf_index,
+            tree_size: d.tree_size,
+            unverified_log: false,
         },
         envelope: Box::new(envelope),
     })

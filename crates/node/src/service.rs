@@ -63,6 +63,8 @@ pub struct NodeState {
     /// The node's TLS files: the status shows its certificate's expiry as
     /// reloads take it.
     pub tls_files: liaison_pki::TlsFiles,
+    /// The witness of the hub's audit log.
+    pub witness: Arc<crate::witness::Witness>,
 }
 
 /// The trace context of a message's submission: a `message.submit` span,
@@ -224,6 +226,9 @@ impl NodeState {
             received_by: Default::default(),
             quarantined_by: Default::default(),
             trace_parent: message_trace(&env.labels.message_id),
+            leaf_index: 0,
+            tree_size: 0,
+            checkpoint: String::new(),
         };
         Ok((env, record))
     }
@@ -640,6 +645,7 @@ pub(crate) fn summary(rec: &store::InboxRecord, env: &pb::Envelope) -> pb::Inbox
             .as_ref()
             .map(|w| w.reason.clone())
             .unwrap_or_default(),
+        unverified_log: rec.unverified_log,
     }
 }
 
@@ -710,6 +716,15 @@ impl pb::officer_server::Officer for OfficerService {
             certificate_expires_ms: liaison_pki::cert_expires(&self.0.tls_files)
                 .unwrap_or(0)
                 .saturating_mul(1000),
+            witnessed_size: crate::witness::Witness::held(db)
+                .map_err(NodeError::from)?
+                .map_or(0, |h| h.size),
+            witness_alarm: self
+                .0
+                .witness
+                .alarm()
+                .map(|a| a.problem)
+                .unwrap_or_default(),
         }))
     }
 
@@ -1043,6 +1058,7 @@ mod tests {
     use super::*;
 
     fn node(db: Db) -> NodeState {
+        let db_for_witness = db.clone();
         let hub = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
         NodeState {
             body: BodyId::parse("body01").unwrap(),
@@ -1060,6 +1076,7 @@ mod tests {
             health: liaison_telemetry::health::Health::new(crate::SERVICES, true).0,
             metrics: crate::metrics::NodeMetrics::default(),
             tls_files: liaison_pki::TlsFiles::in_dev_dir(std::path::Path::new("/nonexistent"), "x"),
+            witness: Arc::new(crate::witness::tests::witness(&db_for_witness)),
         }
     }
 
@@ -1109,5 +1126,119 @@ mod tests {
             .await
             .expect("the pusher is woken once the message is durable");
         assert_eq!(store::pending(&state.db, 10).unwrap().len(), 1);
+    }
+}
+
+/// `NodeAudit`: the witness and the proofs the node keeps for its body.
+#[derive(Debug, Clone)]
+pub struct NodeAuditService(pub Arc<NodeState>);
+
+impl NodeAuditService {
+    /// Officers, auditors and admins of the node's own body.
+    fn own(&self, caller: &Identity) -> Result<(), NodeError> {
+        self.0.own_officer(caller)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::node_audit_server::NodeAudit for NodeAuditService {
+    async fn witness_status(
+        &self,
+        req: Request<pb::WitnessStatusRequest>,
+    ) -> Result<Response<pb::WitnessStatus>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.own(&caller)?;
+        Ok(Response::new(
+            self.0.witness.status(&self.0.db).map_err(NodeError::from)?,
+        ))
+    }
+
+    async fn clear_alarm(
+        &self,
+        req: Request<pb::ClearAlarmRequest>,
+    ) -> Result<Response<pb::WitnessStatus>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.own(&caller)?;
+        if caller.role != liaison_types::Role::Admin {
+            return Err(NodeError::NotAdmin(caller.uri()).into());
+        }
+        let r = req.into_inner();
+        let reason =
+            liaison_types::text::reason("reason", &r.reason, true).map_err(NodeError::from)?;
+        let mut hub = self.0.hub.clone();
+        self.0
+            .witness
+            .clear(&self.0.db, &mut hub, r.trust_latest)
+            .await?;
+        tracing::warn!(by = %caller, reason = %reason, trust_latest = r.trust_latest, "the audit log alarm was cleared");
+        Ok(Response::new(
+            self.0.witness.status(&self.0.db).map_err(NodeError::from)?,
+        ))
+    }
+
+    async fn prove(
+        &self,
+        req: Request<pb::NodeProveRequest>,
+    ) -> Result<Response<pb::NodeProveResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.own(&caller)?;
+        let id = liaison_types::uuid_field("message_id", &req.into_inner().message_id)
+            .map_err(NodeError::from)?;
+        Ok(Response::new(self.0.prove(&id).await?))
+    }
+}
+
+impl NodeState {
+    /// The hub's records about one of this body's messages, each with its
+    /// inclusion proof, in the checkpoint the witness holds when it covers
+    /// them (else in the one the hub answered or delivered with).
+    pub async fn prove(&self, id: &str) -> Result<pb::NodeProveResponse, NodeError> {
+        // As origin: the "received" record and the routing decisions after
+        // it; as recipient: the decision to deliver here.
+        let (first, size, many) = if let Some(rec) = store::read_outbox(&self.db, id)? {
+            (rec.leaf_index, rec.tree_size, true)
+        } else if let Some((rec, _)) = store::inbox_message(&self.db, id)? {
+            (rec.leaf_index, rec.tree_size, false)
+        } else {
+            return Err(NodeError::NotFound(id.to_owned()));
+        };
+        if size == 0 {
+            return Err(NodeError::NotRecorded(id.to_owned()));
+        }
+        let held = crate::witness::Witness::held(&self.db)?;
+        let in_size = match &held {
+            Some(h) if h.size > first => h.size,
+            _ => size,
+        };
+        let mut hub = self.hub.clone();
+        let mut proofs = Vec::new();
+        let mut leaf = first;
+        while leaf < in_size {
+            let p = hub
+                .prove_inclusion(pb::InclusionRequest {
+                    leaf_index: leaf,
+                    tree_size: in_size,
+                })
+                .await
+                .map_err(NodeError::Hub)?
+                .into_inner();
+            let record =
+                <pb::AuditRecord as prost::Message>::decode(p.leaf.as_slice()).map_err(|e| {
+                    NodeError::Witness(format!("leaf {leaf} is not an audit record: {e}"))
+                })?;
+            let about = liaison_types::audit::names_message(&record, id);
+            if !about {
+                break;
+            }
+            proofs.push(p);
+            if !many {
+                break;
+            }
+            leaf += 1;
+        }
+        Ok(pb::NodeProveResponse {
+            proofs,
+            witnessed: held.map(|h| h.note.into_bytes()).unwrap_or_default(),
+        })
     }
 }

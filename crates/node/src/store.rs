@@ -140,6 +140,17 @@ pub struct OutboxRecord {
     /// push continues that trace. Empty otherwise.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace_parent: String,
+    /// The leaf index of its "received" record in the hub's audit log (its
+    /// routing decisions are the leaves after it), once routed.
+    #[serde(default)]
+    pub leaf_index: u64,
+    /// The size of the checkpoint the hub answered with, which includes
+    /// that leaf; 0 when the hub gave none.
+    #[serde(default)]
+    pub tree_size: u64,
+    /// That checkpoint (a signed note).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checkpoint: String,
 }
 
 /// A received message's bookkeeping.
@@ -166,6 +177,16 @@ pub struct InboxRecord {
     /// epoch, as the hub said), 0 if none: the content is erased then.
     #[serde(default)]
     pub erase_at_ms: i64,
+    /// The leaf index in the hub's audit log of the decision to deliver it
+    /// here, and the size of a checkpoint that includes it (0: none).
+    #[serde(default)]
+    pub leaf_index: u64,
+    /// See `leaf_index`.
+    #[serde(default)]
+    pub tree_size: u64,
+    /// Stored while the witness of the hub's log was in alarm.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified_log: bool,
 }
 
 /// Why an inbox message was withdrawn.
@@ -314,6 +335,9 @@ fn read_outbox_value(
                         .map(UnaddressedRecord::from)
                         .collect();
                     rec.policy_version = resp.policy_version;
+                    rec.leaf_index = resp.leaf_index;
+                    rec.tree_size = resp.tree_size;
+                    rec.checkpoint = String::from_utf8_lossy(&resp.checkpoint).into_owned();
                     rec.last_error.clear();
                 }
                 Some(pb::stored_push_answer::Outcome::Rejected(why)) => {
@@ -1021,6 +1045,9 @@ fn withdraw(
                 read_at_ms: 0,
                 withdrawn: Some(note),
                 erase_at_ms: 0,
+                leaf_index: 0,
+                tree_size: 0,
+                unverified_log: false,
             };
             let labels = pb::Labels {
                 message_id: id.to_owned(),
@@ -1438,6 +1465,9 @@ mod tests {
             received_by: Default::default(),
             quarantined_by: Default::default(),
             trace_parent: String::new(),
+            leaf_index: 0,
+            tree_size: 0,
+            checkpoint: String::new(),
         }
     }
 
@@ -1884,6 +1914,9 @@ mod tests {
                 read_at_ms: 0,
                 withdrawn: None,
                 erase_at_ms: 0,
+                leaf_index: 0,
+                tree_size: 0,
+                unverified_log: false,
             },
         };
         store_arrivals(&db, vec![arrival], 1).await.unwrap();
