@@ -18,6 +18,7 @@ use liaison_pki::{DevPkiSpec, TlsFiles, TlsMaterial};
 use liaison_policy::Governance;
 use liaison_proto::v1::audit_client::AuditClient;
 use liaison_proto::v1::federation_client::FederationClient;
+use liaison_proto::v1::node_audit_client::NodeAuditClient;
 use liaison_proto::v1::officer_client::OfficerClient;
 use liaison_types::{BodyId, Role};
 use tokio::net::TcpListener;
@@ -719,6 +720,24 @@ impl Sandbox {
         )
         .await?;
         Ok(OfficerClient::new(ch))
+    }
+
+    /// A `NodeAudit` client to `body`'s node with any dev certificate (an
+    /// officer's, an auditor's or an admin's of that body).
+    pub async fn node_audit(
+        &self,
+        body: &str,
+        stem: &str,
+    ) -> Result<NodeAuditClient<Channel>, SandboxError> {
+        let url = self.node_url(body)?;
+        let ch = liaison_pki::connect(
+            &url,
+            &self.material(stem)?,
+            Some(Role::Node),
+            self.governance.federation(),
+        )
+        .await?;
+        Ok(NodeAuditClient::new(ch))
     }
 
     /// A raw federation client to the hub with any dev certificate, for

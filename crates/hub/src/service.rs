@@ -1435,12 +1435,17 @@ impl HubState {
         let size = signed.checkpoint.size;
         let mut note = signed.note.clone();
         let mut cosigners = Vec::new();
-        for (body, line) in self.store.cosignatures(size)? {
+        for kept in self.store.cosignatures(size)? {
             // Kept only after they verified; checked again, so that a
-            // damaged store never serves a cosignature that fails.
-            if let Some(key) = self.witnesses.get(&body) {
-                if key.verify_line(&signed.checkpoint, &line).is_ok() {
-                    note.extend_from_slice(&line);
+            // damaged store never serves a cosignature that fails. One over
+            // another root means the log was rewritten since: `Verify`
+            // names it.
+            if kept.root != signed.checkpoint.root.0 {
+                continue;
+            }
+            if let Some(key) = self.witnesses.get(&kept.body) {
+                if key.verify_line(&signed.checkpoint, &kept.line).is_ok() {
+                    note.extend_from_slice(&kept.line);
                     cosigners.push(key.name().to_owned());
                 }
             }
@@ -1542,7 +1547,12 @@ impl HubState {
             .map_err(|e| HubError::BadCosignature(e.to_string()))?;
         let cosigners = self
             .store
-            .add_cosignature(req.tree_size, caller.body.clone(), cosignature.line)
+            .add_cosignature(
+                req.tree_size,
+                signed.checkpoint.root.0,
+                caller.body.clone(),
+                cosignature.line,
+            )
             .await?;
         Ok(pb::CosignResponse {
             cosigners: u32::try_from(cosigners).unwrap_or(u32::MAX),

@@ -374,7 +374,32 @@ pub struct LogCheck {
 /// the leaves' bytes and compares them with what is stored: a flipped byte,
 /// a missing or reordered record, or a rewritten hash shows as the first
 /// position where they differ.
-pub(super) fn check_log(db: &Db, upto: u64) -> Result<LogCheck, StoreError> {
+///
+/// Each kept cosignature is checked too: the root its witness cosigned must
+/// be the root recomputed at its size, or the log was rewritten after the
+/// witness saw it (even if every hash was rewritten to match).
+pub(super) fn check_log(
+    db: &Db,
+    upto: u64,
+    cosigned: &[super::KeptCosignature],
+) -> Result<LogCheck, StoreError> {
+    let mut by_size: std::collections::BTreeMap<u64, Vec<&super::KeptCosignature>> =
+        std::collections::BTreeMap::new();
+    for c in cosigned {
+        by_size.entry(c.size).or_default().push(c);
+    }
+    let witnessed = |frontier: &Frontier| -> Option<String> {
+        let root = frontier.root();
+        by_size.get(&frontier.size()).and_then(|cs| {
+            cs.iter().find(|c| c.root != root.0).map(|c| {
+                format!(
+                    "the tree of {} records is not the one {} cosigned (the log was rewritten after it was witnessed)",
+                    frontier.size(),
+                    c.body
+                )
+            })
+        })
+    };
     let mut frontier = Frontier::new();
     let mut next = 1u64;
     let fail = |frontier: &Frontier, seq: u64, problem: String| LogCheck {
@@ -412,6 +437,9 @@ pub(super) fn check_log(db: &Db, upto: u64) -> Result<LogCheck, StoreError> {
                             "the stored tree hashes of position {seq} are not those of its leaf"
                         ),
                     ));
+                }
+                if let Some(problem) = witnessed(&frontier) {
+                    return Ok(fail(&frontier, seq, problem));
                 }
             }
             next = run.end();
@@ -604,7 +632,7 @@ mod tests {
             assert_eq!(p, tree::consistency_proof(size / 2, size, &t).unwrap());
         }
         assert_eq!(&read_head(&db).unwrap().frontier, t.frontier());
-        let check = check_log(&db, n).unwrap();
+        let check = check_log(&db, n, &[]).unwrap();
         assert_eq!(check.first_error, None);
         assert_eq!(check.root, t.root());
         // Leaf hashes for moving a frontier along.
@@ -614,6 +642,30 @@ mod tests {
             hashes[0],
             tree::leaf_hash(&audit_after(&db, 10, 11, 1).unwrap()[0].leaf)
         );
+    }
+
+    #[tokio::test]
+    async fn a_log_rewritten_after_a_witness_cosigned_it_fails_the_check() {
+        let db = Db::in_memory();
+        write(&db, &[4, 4], 100).await;
+        let at = |size: u64| tree::root(size, &StoredHashes::new(&db)).unwrap();
+        let kept = |size: u64, root: Hash| super::super::KeptCosignature {
+            body: liaison_types::BodyId::parse("bravo").unwrap(),
+            size,
+            root: root.0,
+            line: b"- bravo ...\n".to_vec(),
+        };
+        // A cosignature of the tree as it is: the check passes.
+        let honest = [kept(5, at(5))];
+        assert_eq!(check_log(&db, 8, &honest).unwrap().first_error, None);
+        // One of another tree of that size: the tree was rewritten (every
+        // stored hash agrees with the leaves, so only the witness shows it).
+        let other = [kept(3, at(5))];
+        let (seq, problem) = check_log(&db, 8, &other).unwrap().first_error.unwrap();
+        assert_eq!(seq, 3, "{problem}");
+        assert!(problem.contains("not the one bravo cosigned"), "{problem}");
+        // A cosignature beyond the range checked is not judged.
+        assert_eq!(check_log(&db, 2, &other).unwrap().first_error, None);
     }
 
     #[tokio::test]
@@ -658,7 +710,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let check = check_log(&db, 9).unwrap();
+        let check = check_log(&db, 9, &[]).unwrap();
         let (seq, problem) = check.first_error.unwrap();
         assert_eq!(seq, 4, "{problem}");
         assert!(problem.contains("tree hashes"), "{problem}");
@@ -677,7 +729,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let (seq, problem) = check_log(&db2, 9).unwrap().first_error.unwrap();
+        let (seq, problem) = check_log(&db2, 9, &[]).unwrap().first_error.unwrap();
         assert_eq!(seq, 4, "{problem}");
         assert!(problem.contains("missing"), "{problem}");
     }
@@ -715,7 +767,7 @@ mod tests {
         let all = audit_after(&db, 0, u64::MAX, 100).unwrap();
         assert_eq!(all.len(), 6);
         assert!(all.iter().all(|r| r.reason == "old" && r.hash.is_empty()));
-        assert_eq!(check_log(&db, 6).unwrap().first_error, None);
+        assert_eq!(check_log(&db, 6, &[]).unwrap().first_error, None);
         // Converting again does nothing.
         assert_eq!(convert_chain(&db).await.unwrap(), 0);
     }

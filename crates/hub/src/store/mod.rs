@@ -781,17 +781,51 @@ pub(super) fn queue_end(db: &Db, body: &BodyId) -> Result<u64, StoreError> {
     ))
 }
 
-/// The cosignatures kept for the checkpoint of `size`, by body.
-pub(super) fn cosignatures(db: &Db, size: u64) -> Result<Vec<(BodyId, Vec<u8>)>, StoreError> {
+/// A witness's cosignature as kept: the root it cosigned (so that a log
+/// rewritten since is caught against it) and its signature line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptCosignature {
+    /// Whose.
+    pub body: BodyId,
+    /// The tree size.
+    pub size: u64,
+    /// The root it cosigned.
+    pub root: [u8; 32],
+    /// The signature line.
+    pub line: Vec<u8>,
+}
+
+impl KeptCosignature {
+    fn decode(prefix_len: usize, k: &[u8], v: &[u8]) -> Result<Self, StoreError> {
+        let body = String::from_utf8_lossy(&k[prefix_len..]).into_owned();
+        let body = BodyId::parse(&body).map_err(|e| StoreError::corrupt(k, e))?;
+        let size = keys::seq_of(&k[..COSIGNATURE_PREFIX.len() + 8]).unwrap_or_default();
+        let (root, line) = v
+            .split_first_chunk::<32>()
+            .ok_or_else(|| StoreError::corrupt(k, "shorter than a root"))?;
+        Ok(Self {
+            body,
+            size,
+            root: *root,
+            line: line.to_vec(),
+        })
+    }
+}
+
+/// The cosignatures kept for the checkpoint of `size`.
+pub(super) fn cosignatures(db: &Db, size: u64) -> Result<Vec<KeptCosignature>, StoreError> {
     let prefix = cosignature_prefix(size);
     db.scan_prefix(&prefix, 1024)?
         .into_iter()
-        .map(|(k, v)| {
-            let body = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            BodyId::parse(&body)
-                .map(|b| (b, v))
-                .map_err(|e| StoreError::corrupt(&k, e))
-        })
+        .map(|(k, v)| KeptCosignature::decode(prefix.len(), &k, &v))
+        .collect()
+}
+
+/// Every cosignature kept, by tree size.
+pub(super) fn all_cosignatures(db: &Db) -> Result<Vec<KeptCosignature>, StoreError> {
+    db.scan_prefix(COSIGNATURE_PREFIX, usize::MAX)?
+        .into_iter()
+        .map(|(k, v)| KeptCosignature::decode(COSIGNATURE_PREFIX.len() + 9, &k, &v))
         .collect()
 }
 

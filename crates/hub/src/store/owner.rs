@@ -332,19 +332,34 @@ impl HubStore {
     }
 
     /// Keeps a body's cosignature of the checkpoint of `size` (already
-    /// checked), replacing an earlier one by the same body for that size.
+    /// checked) in place of the body's earlier one: a cosignature of a tree
+    /// covers every record before it, so the latest is all that need be
+    /// kept, and the store does not grow with every checkpoint witnessed.
+    /// One older than the body's latest is superseded and not kept.
     /// Cosignatures are not audit records: they are about the log, and
     /// recording them would grow the log they cosign.
     pub async fn add_cosignature(
         &self,
         size: u64,
+        root: [u8; 32],
         body: BodyId,
         line: Vec<u8>,
     ) -> Result<usize, HubError> {
         let (db, _) = self.parts();
         self.detached(async move {
             db.write(move |txn| {
-                txn.put(cosignature_key(size, body.as_str()), line);
+                let by = cosigned_by_key(body.as_str());
+                let latest = txn.get(&by)?.map(|v| keys::u64_value(Some(v)));
+                if latest.is_some_and(|latest| latest > size) {
+                    return Ok(());
+                }
+                if let Some(latest) = latest.filter(|&l| l != size) {
+                    txn.delete(cosignature_key(latest, body.as_str()));
+                }
+                txn.put(by, size.to_be_bytes().to_vec());
+                let mut value = root.to_vec();
+                value.extend_from_slice(&line);
+                txn.put(cosignature_key(size, body.as_str()), value);
                 let witnessed = keys::u64_value(txn.get(WITNESSED)?);
                 if size > witnessed {
                     txn.put(WITNESSED.to_vec(), size.to_be_bytes().to_vec());
@@ -518,7 +533,8 @@ impl HubStore {
     /// the root against the checkpoint.
     pub fn check_log(&self) -> Result<(log::LogCheck, SignedCheckpoint), StoreError> {
         let checkpoint = self.checkpoint()?;
-        let mut check = log::check_log(&self.db, checkpoint.checkpoint.size)?;
+        let cosigned = all_cosignatures(&self.db)?;
+        let mut check = log::check_log(&self.db, checkpoint.checkpoint.size, &cosigned)?;
         if check.first_error.is_none() && check.root != checkpoint.checkpoint.root {
             check.first_error = Some((
                 checkpoint.checkpoint.size,
@@ -528,8 +544,8 @@ impl HubStore {
         Ok((check, checkpoint))
     }
 
-    /// The cosignature lines kept for the checkpoint of `size`, by body.
-    pub fn cosignatures(&self, size: u64) -> Result<Vec<(BodyId, Vec<u8>)>, StoreError> {
+    /// The cosignatures kept for the checkpoint of `size`.
+    pub fn cosignatures(&self, size: u64) -> Result<Vec<KeptCosignature>, StoreError> {
         cosignatures(&self.db, size)
     }
 

@@ -87,6 +87,16 @@ pub(super) const EXPIRY_PREFIX: &[u8] = b"x/";
 pub(super) const COSIGNATURE_PREFIX: &[u8] = b"w/";
 /// The largest cosigned tree size.
 pub(super) const WITNESSED: &[u8] = b"meta/witnessed";
+/// Each body's latest cosigned tree size: only that cosignature is kept,
+/// since it covers every record before it.
+pub(super) const COSIGNED_BY_PREFIX: &[u8] = b"wl/";
+
+/// Where the tree size of `body`'s latest cosignature is kept.
+pub(super) fn cosigned_by_key(body: &str) -> Vec<u8> {
+    let mut k = COSIGNED_BY_PREFIX.to_vec();
+    k.extend_from_slice(body.as_bytes());
+    k
+}
 
 /// A body's cosignature of the checkpoint of `size`.
 pub(super) fn cosignature_key(size: u64, body: &str) -> Vec<u8> {
