@@ -22,3 +22,4 @@ mod retraction;
 mod revocation;
 mod routing;
 mod suspension;
+mod witness;

@@ -1,0 +1,548 @@
+//! Every node witnesses the hub's audit log: it cosigns the checkpoints it
+//! has verified, proves its own body's records, and raises the alarm when
+//! the hub serves a log that is not an extension of the one it verified (a
+//! rewritten history, or another view of the same size).
+
+use std::path::Path;
+
+use liaison_federation::{wait_until, Sandbox};
+use liaison_proto::v1 as pb;
+use liaison_proto::v1::officer_client::OfficerClient;
+use liaison_tlog::tree::{self, Hash};
+use liaison_tlog::{LogVerifier, WitnessVerifier};
+use pb::{Classification as C, Kind as K};
+use prost::Message as _;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::common::{alert, assert_refused, audit_log, labels, sandbox, SETTLE};
+
+const BODIES: [&str; 4] = ["alpha", "bravo", "charlie", "obs"];
+
+/// The log's verifier key and the witnesses' keys, as the dev PKI wrote them.
+fn keys(sandbox: &Sandbox) -> (LogVerifier, Vec<WitnessVerifier>) {
+    let read = |name: &str| std::fs::read_to_string(sandbox.certs().join(name)).unwrap();
+    let log = LogVerifier::from_text(read(liaison_pki::LOG_VKEY_FILE).trim()).unwrap();
+    let witnesses = read(liaison_pki::WITNESSES_FILE)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| WitnessVerifier::from_text(l).unwrap())
+        .collect();
+    (log, witnesses)
+}
+
+/// An alert from alpha that only bravo may receive.
+async fn alert_to_bravo(officer: &mut OfficerClient<Channel>, title: &str) -> String {
+    officer
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(labels(K::Alert, C::OfficialUse, &["cybercrime"])),
+            body: Some(alert(title)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_id
+}
+
+/// Waits until bravo's inbox holds `id`, and returns its entry.
+async fn in_bravos_inbox(sandbox: &Sandbox, id: &str) -> pb::InboxSummary {
+    wait_until(&format!("bravo receives {id}"), SETTLE, || async {
+        let mut bravo = sandbox.officer("bravo", "bob").await.ok()?;
+        bravo
+            .list_inbox(pb::ListInboxRequest {
+                unread_only: false,
+                limit: 1000,
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .entries
+            .into_iter()
+            .find(|e| e.message_id == id)
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the log stops growing and every node has cosigned its
+/// latest checkpoint; returns that checkpoint as the hub serves it.
+async fn witnessed_by_all(sandbox: &Sandbox) -> pb::CheckpointResponse {
+    let oversight = sandbox.oversight().await.unwrap();
+    wait_until("every node cosigns the latest checkpoint", SETTLE, || {
+        let mut o = oversight.clone();
+        async move {
+            let latest = o
+                .get_checkpoint(pb::CheckpointRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            let witnessed = o
+                .get_checkpoint(pb::CheckpointRequest {
+                    tree_size: 0,
+                    witnessed: true,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (witnessed.tree_size == latest.tree_size && witnessed.cosigners.len() == BODIES.len())
+                .then_some(witnessed)
+        }
+    })
+    .await
+    .unwrap()
+}
+
+async fn node_status(sandbox: &Sandbox, body: &str) -> pb::NodeStatus {
+    let mut officer = sandbox.officer(body, "bob").await.unwrap();
+    officer
+        .status(pb::NodeStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Checks an inclusion proof as an outside verifier would: the checkpoint
+/// signed by the log key, the leaf hashed into its root along the path.
+/// Returns the record the leaf holds.
+fn check_inclusion(log: &LogVerifier, p: &pb::InclusionProof) -> pb::AuditRecord {
+    let signed = log.verify(&p.checkpoint).unwrap();
+    assert_eq!(signed.checkpoint.size, p.tree_size);
+    let path: Vec<Hash> = p
+        .hashes
+        .iter()
+        .map(|h| Hash(h.as_slice().try_into().unwrap()))
+        .collect();
+    tree::verify_inclusion(
+        &path,
+        p.leaf_index,
+        p.tree_size,
+        tree::leaf_hash(&p.leaf),
+        signed.checkpoint.root,
+    )
+    .unwrap();
+    // Any other leaf fails: the proof is of these bytes.
+    let mut other = p.leaf.clone();
+    other[0] ^= 1;
+    assert!(tree::verify_inclusion(
+        &path,
+        p.leaf_index,
+        p.tree_size,
+        tree::leaf_hash(&other),
+        signed.checkpoint.root
+    )
+    .is_err());
+    pb::AuditRecord::decode(p.leaf.as_slice()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_cosigns_the_checkpoints_it_verified_and_proves_its_own_records() {
+    let sandbox = sandbox().await;
+    let (log, witnesses) = keys(&sandbox);
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let id = alert_to_bravo(&mut alice, "witnessed").await;
+    let entry = in_bravos_inbox(&sandbox, &id).await;
+    assert!(!entry.unverified_log);
+
+    // The hub serves the checkpoint with every node's cosignature, and each
+    // verifies under that node's witness key.
+    let witnessed = witnessed_by_all(&sandbox).await;
+    let signed = log.verify(&witnessed.note).unwrap();
+    assert_eq!(signed.checkpoint.size, witnessed.tree_size);
+    let mut cosigners: Vec<String> = log
+        .cosignatures(&witnessed.note, &witnesses)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    cosigners.sort();
+    let fed = sandbox.governance().federation().to_owned();
+    let want: Vec<String> = BODIES
+        .iter()
+        .map(|b| liaison_pki::witness_name(&fed, &liaison_types::BodyId::parse(b).unwrap()))
+        .collect();
+    assert_eq!(cosigners, want);
+
+    // Each node shows what it witnessed, with no alarm, and writes the
+    // checkpoint it holds to a file for operators to compare.
+    for body in BODIES {
+        let status = wait_until(&format!("{body} holds the latest"), SETTLE, || async {
+            let s = node_status(&sandbox, body).await;
+            (s.witnessed_size == witnessed.tree_size).then_some(s)
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.witness_alarm, "", "{body}");
+        let file = sandbox.dir().join("nodes").join(body).join("checkpoint");
+        let held = log.verify(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(held.checkpoint, signed.checkpoint, "{}", file.display());
+        let mut audit = sandbox
+            .node_audit(body, &format!("{body}/auditor-audit"))
+            .await
+            .unwrap();
+        let w = audit
+            .witness_status(pb::WitnessStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((w.tree_size, w.alarm.as_str()), (witnessed.tree_size, ""));
+        assert!(w.evidence.is_empty());
+        assert!(w.cosigned_size > 0 && w.check_error.is_empty(), "{w:?}");
+    }
+
+    // The sender proves its message's receipt and routing; the recipient,
+    // the decision to deliver to it; each proof verifies on its own.
+    let mut alpha_audit = sandbox
+        .node_audit("alpha", "alpha/officer-alice")
+        .await
+        .unwrap();
+    let proved = alpha_audit
+        .prove(pb::NodeProveRequest {
+            message_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!proved.witnessed.is_empty());
+    let records: Vec<pb::AuditRecord> = proved
+        .proofs
+        .iter()
+        .map(|p| check_inclusion(&log, p))
+        .collect();
+    // Its receipt, a decision per body, then bravo's delivery and
+    // acknowledgement (batch records that name it among their items).
+    assert!(
+        records
+            .iter()
+            .all(|r| liaison_types::audit::names_message(r, &id)),
+        "{records:?}"
+    );
+    let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(events[0], "received");
+    assert!(events.contains(&"delivered"), "{events:?}");
+    let delivered_to: Vec<&str> = records
+        .iter()
+        .filter(|r| r.decision == "deliver")
+        .map(|r| r.recipient.as_str())
+        .collect();
+    assert_eq!(delivered_to, ["bravo"], "{records:?}");
+
+    let mut bravo_audit = sandbox
+        .node_audit("bravo", "bravo/officer-bob")
+        .await
+        .unwrap();
+    let proved = bravo_audit
+        .prove(pb::NodeProveRequest {
+            message_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let records: Vec<_> = proved
+        .proofs
+        .iter()
+        .map(|p| check_inclusion(&log, p))
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (
+            records[0].recipient.as_str(),
+            records[0].message_id.as_str(),
+            records[0].decision.as_str()
+        ),
+        ("bravo", id.as_str(), "deliver")
+    );
+
+    // A body that was not party to the message has nothing to prove, and
+    // another body's certificate is refused by the node.
+    let mut charlie_audit = sandbox
+        .node_audit("charlie", "charlie/officer-bob")
+        .await
+        .unwrap();
+    assert_refused(
+        charlie_audit
+            .prove(pb::NodeProveRequest {
+                message_id: id.clone(),
+            })
+            .await,
+        Code::NotFound,
+        &[&id],
+    );
+    let mut stranger = sandbox
+        .node_audit("alpha", "bravo/officer-bob")
+        .await
+        .unwrap();
+    assert_refused(
+        stranger.witness_status(pb::WitnessStatusRequest {}).await,
+        Code::PermissionDenied,
+        &["bravo"],
+    );
+    sandbox.shutdown().await.unwrap();
+}
+
+/// Rewrites the stopped hub's audit log: every leaf of `records` appended
+/// again from scratch (their positions and hashes recomputed, so that the
+/// log is whole and the hub's own checks pass), as a hub that rewrites its
+/// history would.
+async fn rewrite_hub_log(hub_data: &Path, records: Vec<pb::AuditRecord>) {
+    let db = liaison_store::Db::open(hub_data).unwrap();
+    let old: Vec<Vec<u8>> = db
+        .scan_prefix(b"l/", usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        !old.is_empty(),
+        "no l/ runs in the hub's store: the key schema changed"
+    );
+    assert!(db.get(b"meta/log_head").unwrap().is_some());
+    db.write(move |t| {
+        for k in old {
+            t.delete(k);
+        }
+        t.delete(b"meta/log_head".to_vec());
+        for r in records {
+            liaison_hub::store::append_audit(t, r)?;
+        }
+        Ok::<_, liaison_store::StoreError>(())
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || db.close().unwrap())
+        .await
+        .unwrap();
+}
+
+/// Every record as its leaf holds it.
+fn leaves(records: &[pb::AuditRecord]) -> Vec<pb::AuditRecord> {
+    records
+        .iter()
+        .map(|r| pb::AuditRecord::decode(r.leaf.as_slice()).unwrap())
+        .collect()
+}
+
+async fn witness_status(sandbox: &Sandbox, body: &str) -> pb::WitnessStatus {
+    let mut audit = sandbox
+        .node_audit(body, &format!("{body}/auditor-audit"))
+        .await
+        .unwrap();
+    audit
+        .witness_status(pb::WitnessStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn alarmed(sandbox: &Sandbox, body: &str) -> pb::WitnessStatus {
+    wait_until(
+        &format!("{body}'s witness raises the alarm"),
+        SETTLE,
+        || async {
+            let w = witness_status(sandbox, body).await;
+            (!w.alarm.is_empty()).then_some(w)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_rewritten_after_it_was_witnessed_raises_the_alarm_everywhere() {
+    let mut sandbox = sandbox().await;
+    let (log, _) = keys(&sandbox);
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let id = alert_to_bravo(&mut alice, "before").await;
+    in_bravos_inbox(&sandbox, &id).await;
+    let witnessed = witnessed_by_all(&sandbox).await;
+    let records = audit_log(&sandbox).await;
+    assert_eq!(records.len() as u64, witnessed.tree_size);
+
+    // The hub rewrites one routing decision in its past (the decision to
+    // deliver to bravo now says bravo was withheld from), recomputing every
+    // hash so that the log is whole.
+    sandbox.stop_hub().await.unwrap();
+    let mut forged = leaves(&records);
+    let target = forged
+        .iter()
+        .position(|r| r.message_id == id && r.recipient == "bravo")
+        .unwrap();
+    forged[target].decision = "withhold".into();
+    forged[target].reason = "rewritten".into();
+    rewrite_hub_log(&sandbox.dir().join("hub-data"), forged).await;
+    sandbox.start_hub().await.unwrap();
+
+    // Its checkpoint of the same size has another root: every node sees
+    // two views of one log, raises the alarm and keeps both checkpoints.
+    for body in BODIES {
+        let w = alarmed(&sandbox, body).await;
+        assert!(w.alarm.contains("root"), "{body}: {}", w.alarm);
+        let e = &w.evidence[0];
+        let held = log.verify(&e.held).unwrap();
+        let served = log.verify(&e.served).unwrap();
+        assert_eq!(held.checkpoint.size, served.checkpoint.size);
+        assert_ne!(held.checkpoint.root, served.checkpoint.root);
+        // The checkpoint held stays the one verified.
+        assert_eq!(w.tree_size, witnessed.tree_size);
+        let status = node_status(&sandbox, body).await;
+        assert_eq!(status.witness_alarm, w.alarm);
+    }
+
+    // The oversight auditor's verification names the rewrite: the tree of
+    // the size the witnesses cosigned is not the one they cosigned.
+    let mut oversight = sandbox.oversight().await.unwrap();
+    let v = oversight
+        .verify(pb::VerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.ok, "{v:?}");
+    assert!(
+        v.error.contains("rewritten after it was witnessed"),
+        "{}",
+        v.error
+    );
+    assert_eq!(v.first_bad_seq, witnessed.tree_size);
+
+    // Routing goes on, but what arrives now is marked as received under an
+    // unverified log.
+    let after = alert_to_bravo(&mut alice, "after").await;
+    let entry = in_bravos_inbox(&sandbox, &after).await;
+    assert!(entry.unverified_log, "{entry:?}");
+    assert!(!in_bravos_inbox(&sandbox, &id).await.unverified_log);
+
+    // Only an admin clears the alarm; taking the hub's latest as the one
+    // held starts witnessing again from it.
+    let mut officer = sandbox
+        .node_audit("bravo", "bravo/officer-bob")
+        .await
+        .unwrap();
+    assert_refused(
+        officer
+            .clear_alarm(pb::ClearAlarmRequest {
+                reason: "looked into it".into(),
+                trust_latest: true,
+            })
+            .await,
+        Code::PermissionDenied,
+        &["admin"],
+    );
+    let mut admin = sandbox
+        .node_audit("bravo", "bravo/admin-admin")
+        .await
+        .unwrap();
+    assert_refused(
+        admin
+            .clear_alarm(pb::ClearAlarmRequest {
+                reason: String::new(),
+                trust_latest: true,
+            })
+            .await,
+        Code::InvalidArgument,
+        &["reason"],
+    );
+    let cleared = admin
+        .clear_alarm(pb::ClearAlarmRequest {
+            reason: "incident 42: the hub operator restored the log".into(),
+            trust_latest: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cleared.alarm, "");
+    assert!(!cleared.evidence.is_empty(), "the evidence is kept");
+    let next = alert_to_bravo(&mut alice, "cleared").await;
+    assert!(!in_bravos_inbox(&sandbox, &next).await.unverified_log);
+    // The other nodes keep their alarm.
+    assert!(!witness_status(&sandbox, "alpha").await.alarm.is_empty());
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_shown_different_extensions_of_the_log_are_a_split_view() {
+    let mut sandbox = sandbox().await;
+    let (log, _) = keys(&sandbox);
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let first = alert_to_bravo(&mut alice, "first").await;
+    in_bravos_inbox(&sandbox, &first).await;
+    witnessed_by_all(&sandbox).await;
+
+    // charlie goes away; alpha and bravo witness one more message.
+    sandbox.stop_node("charlie").await.unwrap();
+    let second = alert_to_bravo(&mut alice, "second").await;
+    in_bravos_inbox(&sandbox, &second).await;
+    let records = audit_log(&sandbox).await;
+    let size = records.len() as u64;
+    wait_until("bravo witnesses the second message", SETTLE, || async {
+        (witness_status(&sandbox, "bravo").await.tree_size == size).then_some(())
+    })
+    .await
+    .unwrap();
+    let bravo_file = sandbox.dir().join("nodes/bravo/checkpoint");
+    let bravo_view = sandbox.dir().join("bravo-view");
+    // Written after the status shows it.
+    wait_until("bravo's checkpoint file", SETTLE, || async {
+        let note = std::fs::read(&bravo_file).ok()?;
+        let c = log.verify(&note).ok()?;
+        (c.checkpoint.size == size).then_some(())
+    })
+    .await
+    .unwrap();
+    std::fs::copy(&bravo_file, &bravo_view).unwrap();
+
+    // The hub shows charlie another history of the same size: the records
+    // before the second message as they were, then others in its place.
+    // charlie's own check passes: the view extends the checkpoint it holds.
+    sandbox.stop_node("alpha").await.unwrap();
+    sandbox.stop_node("bravo").await.unwrap();
+    sandbox.stop_hub().await.unwrap();
+    let mut forged = leaves(&records);
+    for r in forged.iter_mut().filter(|r| r.message_id == second) {
+        r.reason = "another story".into();
+    }
+    rewrite_hub_log(&sandbox.dir().join("hub-data"), forged).await;
+    sandbox.start_hub().await.unwrap();
+    sandbox.start_node("charlie").await.unwrap();
+    let charlie = wait_until("charlie witnesses the other view", SETTLE, || async {
+        let w = witness_status(&sandbox, "charlie").await;
+        (w.tree_size == size).then_some(w)
+    })
+    .await
+    .unwrap();
+    assert_eq!(charlie.alarm, "", "charlie cannot tell on its own");
+    let charlie_file = sandbox.dir().join("nodes/charlie/checkpoint");
+
+    // Comparing the two bodies' checkpoint files shows the split.
+    let out = tokio::task::spawn_blocking({
+        let certs = sandbox.certs().to_owned();
+        let (a, b) = (bravo_view.clone(), charlie_file.clone());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"))
+                .arg("--output")
+                .arg("json")
+                .arg("audit")
+                .arg("compare")
+                .arg(&a)
+                .arg(&b)
+                .arg("--certs")
+                .arg(&certs)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "a split view must fail");
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["consistent"], false, "{verdict}");
+    assert!(
+        verdict["verdict"].as_str().unwrap().contains("SPLIT VIEW"),
+        "{verdict}"
+    );
+
+    // Each node that then sees the other's view raises the alarm itself.
+    sandbox.start_node("bravo").await.unwrap();
+    let w = alarmed(&sandbox, "bravo").await;
+    assert!(w.alarm.contains("root"), "{}", w.alarm);
+    sandbox.shutdown().await.unwrap();
+}
