@@ -19,6 +19,35 @@ use crate::common::{alert, assert_refused, audit_log, labels, sandbox, SETTLE};
 
 const BODIES: [&str; 4] = ["alpha", "bravo", "charlie", "obs"];
 
+/// Runs `liaison --output json` with `args` against `server` as `who`.
+async fn liaison(
+    sandbox: &Sandbox,
+    server: &str,
+    who: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"));
+    cmd.args(["--output", "json"])
+        .args(args)
+        .arg("--server")
+        .arg(server)
+        .arg("--certs")
+        .arg(sandbox.certs())
+        .arg("--as")
+        .arg(who);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Each line of a command's standard output, as JSON.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 /// The log's verifier key and the witnesses' keys, as the dev PKI wrote them.
 fn keys(sandbox: &Sandbox) -> (LogVerifier, Vec<WitnessVerifier>) {
     let read = |name: &str| std::fs::read_to_string(sandbox.certs().join(name)).unwrap();
@@ -217,6 +246,7 @@ async fn every_node_cosigns_the_checkpoints_it_verified_and_proves_its_own_recor
             .all(|r| liaison_types::audit::names_message(r, &id)),
         "{records:?}"
     );
+    let proved_by_alpha = records.len();
     let events: Vec<&str> = records.iter().map(|r| r.event.as_str()).collect();
     assert_eq!(events[0], "received");
     assert!(events.contains(&"delivered"), "{events:?}");
@@ -255,6 +285,26 @@ async fn every_node_cosigns_the_checkpoints_it_verified_and_proves_its_own_recor
 
     // A body that was not party to the message has nothing to prove, and
     // another body's certificate is refused by the node.
+    // The officer's command does the same through the node, checking each
+    // proof against the signed checkpoint.
+    let alpha = sandbox.node_url("alpha").unwrap();
+    let out = liaison(
+        &sandbox,
+        &alpha,
+        "alpha/officer-alice",
+        &["audit", "prove", "--node", "--message", &id],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), proved_by_alpha);
+    assert!(lines.iter().all(|l| l["verified"] == true), "{lines:?}");
+    assert_eq!(lines[0]["record"]["event"], "received");
+
     let mut charlie_audit = sandbox
         .node_audit("charlie", "charlie/officer-bob")
         .await
@@ -404,6 +454,61 @@ async fn a_history_rewritten_after_it_was_witnessed_raises_the_alarm_everywhere(
     );
     assert_eq!(v.first_bad_seq, witnessed.tree_size);
 
+    // The operators' commands show it and fail: status and audit watch.
+    let bravo = sandbox.node_url("bravo").unwrap();
+    let out = liaison(&sandbox, &bravo, "bravo/officer-bob", &["status"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = &json_lines(&out)[0];
+    assert!(
+        status["witness_alarm"].as_str().unwrap().contains("root"),
+        "{status}"
+    );
+    let out = liaison(
+        &sandbox,
+        &bravo,
+        "bravo/auditor-audit",
+        &["audit", "watch", "--once"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = &json_lines(&out)[0];
+    assert_eq!(seen["tree_size"], witnessed.tree_size, "{seen}");
+    assert!(
+        seen["alarm"]["problem"].as_str().unwrap().contains("root"),
+        "{seen}"
+    );
+    let evidence = &seen["evidence"][0];
+    assert_eq!(evidence["held"]["signature"], "verified", "{seen}");
+    assert_eq!(evidence["served"]["signature"], "verified", "{seen}");
+    assert_eq!(
+        evidence["held"]["tree_size"],
+        evidence["served"]["tree_size"]
+    );
+    assert_ne!(evidence["held"]["root"], evidence["served"]["root"]);
+    let out = liaison(
+        &sandbox,
+        &bravo,
+        "bravo/officer-bob",
+        &["audit", "clear-alarm", "--reason", "mine"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Routing goes on, but what arrives now is marked as received under an
     // unverified log.
     let after = alert_to_bravo(&mut alice, "after").await;
@@ -441,16 +546,36 @@ async fn a_history_rewritten_after_it_was_witnessed_raises_the_alarm_everywhere(
         Code::InvalidArgument,
         &["reason"],
     );
-    let cleared = admin
-        .clear_alarm(pb::ClearAlarmRequest {
-            reason: "incident 42: the hub operator restored the log".into(),
-            trust_latest: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(cleared.alarm, "");
-    assert!(!cleared.evidence.is_empty(), "the evidence is kept");
+    let out = liaison(
+        &sandbox,
+        &bravo,
+        "bravo/admin-admin",
+        &[
+            "audit",
+            "clear-alarm",
+            "--trust-latest",
+            "--reason",
+            "incident 42: the hub operator restored the log",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cleared = &json_lines(&out)[0];
+    assert_eq!(cleared["cleared"], true, "{cleared}");
+    assert!(
+        cleared["evidence_kept"].as_u64().unwrap() > 0,
+        "the evidence is kept"
+    );
+    let out = liaison(&sandbox, &bravo, "bravo/officer-bob", &["status"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let next = alert_to_bravo(&mut alice, "cleared").await;
     assert!(!in_bravos_inbox(&sandbox, &next).await.unverified_log);
     // The other nodes keep their alarm.

@@ -55,6 +55,47 @@ pub enum AuditCommand {
     /// Who sent what to whom: routing decisions counted by origin,
     /// recipient, kind and classification, over a period.
     Flows(FlowsArgs),
+    /// Watch your node's witness of the hub's log (--server is your node):
+    /// the checkpoint it verified, its cosignature, its last check, and the
+    /// alarm with its evidence; a line each time one changes, until
+    /// interrupted. --once prints it and exits (7 while the alarm is
+    /// raised).
+    Watch(WatchArgs),
+    /// Clear your node's audit log alarm once you have looked into it (an
+    /// admin of the body; recorded with the reason). Deliveries are no
+    /// longer marked from then on; the evidence is kept.
+    ClearAlarm(ClearAlarmArgs),
+}
+
+/// `audit watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Print the witness's state once and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// How often to ask the node.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub every: std::time::Duration,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// `audit clear-alarm`.
+#[derive(Debug, clap::Args)]
+pub struct ClearAlarmArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Why the alarm may be cleared (recorded in the node's log).
+    #[arg(long)]
+    pub reason: String,
+    /// Also take the hub's latest checkpoint as the one held from now on,
+    /// after an investigation concluded that the checkpoint held was wrong
+    /// (otherwise the node keeps it, and raises the alarm again if the hub
+    /// still serves a log that does not extend it).
+    #[arg(long)]
+    pub trust_latest: bool,
 }
 
 /// Record filters, shared by `list`, `follow`, `export` and `flows`.
@@ -201,6 +242,12 @@ pub struct ProveArgs {
     /// In the checkpoint of this tree size (default: the latest).
     #[arg(long, default_value_t = 0)]
     pub tree_size: u64,
+    /// --server is your node: it proves your body's message from the leaf
+    /// index and tree size it stored when the hub answered or delivered,
+    /// in the checkpoint its witness verified (any certificate of your
+    /// body; officers use this).
+    #[arg(long)]
+    pub node: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -268,6 +315,8 @@ pub async fn run(c: AuditCommand, out: Output) -> Result<()> {
         AuditCommand::Prove(a) => prove(a, out).await,
         AuditCommand::Compare(a) => compare(a, out).await,
         AuditCommand::Flows(a) => flows(a, out).await,
+        AuditCommand::Watch(a) => watch(a, out).await,
+        AuditCommand::ClearAlarm(a) => clear_alarm(a, out).await,
     }
 }
 
@@ -1149,40 +1198,15 @@ async fn checkpoint(a: CheckpointArgs, out: Output) -> Result<()> {
 
 async fn prove(a: ProveArgs, out: Output) -> Result<()> {
     let keys = load_keys(&a.keys, &a.conn.certs)?;
-    let mut client = client_for(&a.conn).await?;
-    let leaves: Vec<u64> = match (&a.message, a.leaf) {
-        (_, Some(leaf)) => vec![leaf],
-        (Some(id), None) => {
-            let found = records(
-                &mut client,
-                pb::AuditQuery {
-                    message_id: id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-            if found.is_empty() {
-                return Err(Failure::check(format!(
-                    "the log holds no record of message {} that you may read",
-                    liaison_types::text::escape_line(id)
-                ))
-                .into());
-            }
-            found.iter().map(|r| r.seq - 1).collect()
-        }
-        (None, None) => return Err(anyhow!("give --message or --leaf")),
+    let proofs = if a.node {
+        node_proofs(&a, &keys).await?
+    } else {
+        hub_proofs(&a).await?
     };
     let mut results = Vec::new();
     let mut failed = None;
-    for leaf in leaves {
-        let p = client
-            .prove_inclusion(pb::InclusionRequest {
-                leaf_index: leaf,
-                tree_size: a.tree_size,
-            })
-            .await
-            .map_err(|s| Failure::status("audit inclusion proof", &s))?
-            .into_inner();
+    for p in proofs {
+        let leaf = p.leaf_index;
         let (signed, cosigners) = check_note(&keys, &p.checkpoint)?;
         let record = pb::AuditRecord::decode(p.leaf.as_slice())
             .map(|mut r| {
@@ -1254,6 +1278,306 @@ async fn prove(a: ProveArgs, out: Output) -> Result<()> {
         None => Ok(()),
         Some(e) => Err(Failure::check(format!("a proof does not verify: {e}")).into()),
     }
+}
+
+/// The proofs of the hub: of one leaf, or of every record of a message
+/// that the caller may read.
+async fn hub_proofs(a: &ProveArgs) -> Result<Vec<pb::InclusionProof>> {
+    let mut client = client_for(&a.conn).await?;
+    let leaves: Vec<u64> = match (&a.message, a.leaf) {
+        (_, Some(leaf)) => vec![leaf],
+        (Some(id), None) => {
+            let found = records(
+                &mut client,
+                pb::AuditQuery {
+                    message_id: id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            if found.is_empty() {
+                return Err(Failure::check(format!(
+                    "the log holds no record of message {} that you may read",
+                    liaison_types::text::escape_line(id)
+                ))
+                .into());
+            }
+            found.iter().map(|r| r.seq - 1).collect()
+        }
+        (None, None) => return Err(anyhow!("give --message or --leaf")),
+    };
+    let mut proofs = Vec::new();
+    for leaf in leaves {
+        proofs.push(
+            client
+                .prove_inclusion(pb::InclusionRequest {
+                    leaf_index: leaf,
+                    tree_size: a.tree_size,
+                })
+                .await
+                .map_err(|s| Failure::status("audit inclusion proof", &s))?
+                .into_inner(),
+        );
+    }
+    Ok(proofs)
+}
+
+/// The proofs a node keeps for its body's message (`--node`): the node
+/// asks the hub with the leaf index and tree size it stored, in the
+/// checkpoint its witness holds. That checkpoint is checked here too, and
+/// every proof in a tree of its size must have its root.
+async fn node_proofs(a: &ProveArgs, keys: &Keys) -> Result<Vec<pb::InclusionProof>> {
+    let Some(id) = &a.message else {
+        return Err(Failure {
+            code: 2,
+            message: "with --node, give --message: the node keeps proofs of its body's messages"
+                .into(),
+        }
+        .into());
+    };
+    if a.leaf.is_some() || a.tree_size != 0 {
+        return Err(Failure {
+            code: 2,
+            message: "--leaf and --tree-size ask the hub; with --node the node chooses the leaves it stored and the checkpoint its witness holds".into(),
+        }
+        .into());
+    }
+    let mut node = node_audit_client(&a.conn).await?;
+    let answer = node
+        .prove(pb::NodeProveRequest {
+            message_id: id.clone(),
+        })
+        .await
+        .map_err(|s| Failure::status("node proof", &s))?
+        .into_inner();
+    if !answer.witnessed.is_empty() {
+        let (held, _) = check_note(keys, &answer.witnessed)?;
+        for p in &answer.proofs {
+            if p.tree_size == held.checkpoint.size {
+                let (signed, _) = check_note(keys, &p.checkpoint)?;
+                if signed.checkpoint.root != held.checkpoint.root {
+                    return Err(Failure::check(format!(
+                        "the hub proved leaf {} in a tree of {} records that is not the one the node's witness verified",
+                        p.leaf_index, p.tree_size
+                    ))
+                    .into());
+                }
+            }
+        }
+    }
+    if answer.proofs.is_empty() {
+        return Err(Failure::check(format!(
+            "the hub returned no record of message {} for this body",
+            liaison_types::text::escape_line(id)
+        ))
+        .into());
+    }
+    Ok(answer.proofs)
+}
+
+/// A `NodeAudit` client to the node at `--server`.
+async fn node_audit_client(
+    conn: &Connection,
+) -> Result<liaison_proto::v1::node_audit_client::NodeAuditClient<tonic::transport::Channel>> {
+    let material = conn.material()?;
+    let me = material.identity()?;
+    let channel =
+        liaison_pki::connect(&conn.server, &material, Some(Role::Node), &me.federation).await?;
+    Ok(liaison_proto::v1::node_audit_client::NodeAuditClient::new(
+        channel,
+    ))
+}
+
+/// A checkpoint note's size and root, for display ("-" when empty or not
+/// a checkpoint signed by the log key).
+fn note_summary(keys: &Keys, note: &[u8]) -> Value {
+    if note.is_empty() {
+        return Value::Null;
+    }
+    match keys.log.verify(note) {
+        Ok(s) => json!({
+            "tree_size": s.checkpoint.size,
+            "root": hex::encode(s.checkpoint.root.0),
+            "signature": "verified",
+        }),
+        Err(e) => json!({"signature": format!("does not verify: {e}")}),
+    }
+}
+
+/// The witness's state as `watch` shows it (what changes between lines;
+/// the times of checks that found nothing new are left out).
+fn witness_view(keys: &Keys, w: &pb::WitnessStatus) -> Value {
+    json!({
+        "checkpoint": note_summary(keys, &w.checkpoint),
+        "tree_size": w.tree_size,
+        "verified_at": if w.verified_at_ms == 0 { Value::Null } else { format_time(w.verified_at_ms).into() },
+        "cosigned_size": w.cosigned_size,
+        "alarm": if w.alarm.is_empty() { Value::Null } else { json!({
+            "problem": w.alarm,
+            "since": format_time(w.alarm_at_ms),
+        }) },
+        "check_error": if w.check_error.is_empty() { Value::Null } else { w.check_error.clone().into() },
+        "evidence": w.evidence.iter().map(|e| json!({
+            "id": e.id,
+            "at": format_time(e.at_ms),
+            "problem": e.problem,
+            "held": note_summary(keys, &e.held),
+            "served": note_summary(keys, &e.served),
+            "proof": e.proof.iter().map(hex::encode).collect::<Vec<_>>(),
+            "held_note": String::from_utf8_lossy(&e.held),
+            "served_note": String::from_utf8_lossy(&e.served),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn say_witness(out: Output, view: &Value, w: &pb::WitnessStatus) -> Result<()> {
+    match out {
+        Output::Json => {
+            let mut line = view.clone();
+            line["at"] = format_time(liaison_types::now_ms()).into();
+            say!("{line}");
+        }
+        Output::Human => {
+            let now = format_time(liaison_types::now_ms());
+            if w.tree_size == 0 {
+                say!("{now}  no checkpoint verified yet");
+            } else {
+                say!(
+                    "{now}  verified the hub's log up to {} records at {} (root {}), cosigned up to {}",
+                    w.tree_size,
+                    format_time(w.verified_at_ms),
+                    view["checkpoint"]["root"].as_str().unwrap_or("-"),
+                    w.cosigned_size
+                );
+            }
+            if !w.check_error.is_empty() {
+                say!(
+                    "{now}  the last check could not be made: {}",
+                    crate::one_line(&w.check_error)
+                );
+            }
+            if !w.alarm.is_empty() {
+                say!(
+                    "{now}  ALARM since {}: {}",
+                    format_time(w.alarm_at_ms),
+                    crate::one_line(&w.alarm)
+                );
+                say!("{now}  deliveries are marked as received under an unverified log until an admin clears the alarm (liaison audit clear-alarm)");
+                for (e, v) in w
+                    .evidence
+                    .iter()
+                    .zip(view["evidence"].as_array().into_iter().flatten())
+                {
+                    let side = |k: &str| {
+                        let s = &v[k];
+                        match (s["tree_size"].as_u64(), s["root"].as_str()) {
+                            (Some(n), Some(r)) => format!("{n} records, root {r}"),
+                            _ => "-".to_owned(),
+                        }
+                    };
+                    say!(
+                        "  evidence {} at {}: {}\n    held:   {}\n    served: {}{}",
+                        e.id,
+                        format_time(e.at_ms),
+                        crate::one_line(&e.problem),
+                        side("held"),
+                        side("served"),
+                        if e.proof.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "\n    proof:  {} hashes that do not connect them",
+                                e.proof.len()
+                            )
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn watch(a: WatchArgs, out: Output) -> Result<()> {
+    let keys = load_keys(&a.keys, &a.conn.certs)?;
+    let mut node = node_audit_client(&a.conn).await?;
+    let mut last: Option<Value> = None;
+    loop {
+        match node.witness_status(pb::WitnessStatusRequest {}).await {
+            Ok(w) => {
+                let w = w.into_inner();
+                let view = witness_view(&keys, &w);
+                if last.as_ref() != Some(&view) {
+                    say_witness(out, &view, &w)?;
+                    last = Some(view);
+                }
+                if a.once {
+                    if w.alarm.is_empty() {
+                        return Ok(());
+                    }
+                    return Err(Failure::check(format!(
+                        "the node's witness raised the audit log alarm: {}",
+                        crate::one_line(&w.alarm)
+                    ))
+                    .into());
+                }
+            }
+            Err(s) if a.once => return Err(Failure::status("witness status", &s).into()),
+            Err(s) => {
+                let view = json!({"error": s.message()});
+                if last.as_ref() != Some(&view) {
+                    match out {
+                        Output::Json => say!("{view}"),
+                        Output::Human => say!(
+                            "{}  cannot ask the node: {}",
+                            format_time(liaison_types::now_ms()),
+                            crate::one_line(s.message())
+                        ),
+                    }
+                    last = Some(view);
+                }
+            }
+        }
+        tokio::time::sleep(a.every).await;
+    }
+}
+
+async fn clear_alarm(a: ClearAlarmArgs, out: Output) -> Result<()> {
+    let mut node = node_audit_client(&a.conn).await?;
+    let w = node
+        .clear_alarm(pb::ClearAlarmRequest {
+            reason: a.reason.clone(),
+            trust_latest: a.trust_latest,
+        })
+        .await
+        .map_err(|s| Failure::status("clear the alarm", &s))?
+        .into_inner();
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({
+                "cleared": w.alarm.is_empty(),
+                "tree_size": w.tree_size,
+                "alarm": w.alarm,
+                "evidence_kept": w.evidence.len(),
+            })
+        ),
+        Output::Human => {
+            if w.alarm.is_empty() {
+                say!(
+                    "alarm cleared; the witness holds the checkpoint of {} records; {} pieces of evidence kept",
+                    w.tree_size,
+                    w.evidence.len()
+                );
+            } else {
+                say!("ALARM raised again at once: {}", crate::one_line(&w.alarm));
+            }
+        }
+    }
+    if !w.alarm.is_empty() {
+        return Err(Failure::check("the alarm was raised again by the next check").into());
+    }
+    Ok(())
 }
 
 async fn compare(a: CompareArgs, out: Output) -> Result<()> {

@@ -28,7 +28,9 @@ pub async fn status(args: StatusArgs, out: Output) -> Result<()> {
     let material = args.conn.material()?;
     let me = material.identity()?;
     match me.role {
-        Role::Admin | Role::Auditor => hub_status(&args.conn, &material, &me, out).await,
+        Role::Admin | Role::Auditor | Role::Oversight => {
+            hub_status(&args.conn, &material, &me, out).await
+        }
         _ => node_status(&args.conn, out).await,
     }
 }
@@ -58,6 +60,8 @@ async fn node_status(conn: &Connection, out: Output) -> Result<()> {
                 "hub_cursor": s.hub_cursor, "storage_failure": s.storage_failure,
                 "certificate_expires": time_or_dash(s.certificate_expires_ms),
                 "quarantined": s.quarantined,
+                "witnessed_size": s.witnessed_size,
+                "witness_alarm": s.witness_alarm,
                 "quarantine": s.quarantine.iter().map(|q| json!({
                     "hub_seq": q.hub_seq, "message_id": q.message_id, "origin": q.origin,
                     "reason": q.reason, "at": format_time(q.at_ms),
@@ -84,6 +88,17 @@ async fn node_status(conn: &Connection, out: Output) -> Result<()> {
                 say!(
                     "  ALARM: the store fails to write: {}",
                     one_line(&s.storage_failure)
+                );
+            }
+            if s.witness_alarm.is_empty() {
+                say!(
+                    "  audit log: verified and cosigned up to {} records",
+                    s.witnessed_size
+                );
+            } else {
+                say!(
+                    "  ALARM: the hub's audit log failed this node's check: {}; deliveries are marked as received under an unverified log until an admin clears it (liaison audit watch shows the evidence)",
+                    one_line(&s.witness_alarm)
                 );
             }
             if s.quarantined == 0 {
@@ -120,6 +135,11 @@ async fn node_status(conn: &Connection, out: Output) -> Result<()> {
         ))
         .into());
     }
+    if !s.witness_alarm.is_empty() {
+        return Err(
+            Failure::check(format!("the node of {} raised the audit log alarm", s.body)).into(),
+        );
+    }
     Ok(())
 }
 
@@ -145,6 +165,12 @@ async fn hub_status(
                 "storage_failure": s.storage_failure,
                 "certificate_expires": time_or_dash(s.certificate_expires_ms),
                 "at": format_time(s.at_ms),
+                "checkpoint": {
+                    "tree_size": s.checkpoint_size,
+                    "signed_at": time_or_dash(s.checkpoint_at_ms),
+                    "witnessed_size": s.witnessed_size,
+                    "witnesses": s.witnesses,
+                },
                 "bodies": s.bodies.iter().map(|b| json!({
                     "body": b.body, "state": b.state, "connected": b.connected,
                     "queue_depth": b.queue_depth,
@@ -166,6 +192,21 @@ async fn hub_status(
             say!(
                 "  certificate expires {}",
                 time_or_dash(s.certificate_expires_ms)
+            );
+            say!(
+                "  audit log: checkpoint of {} records signed {}; witnessed up to {} records by {}",
+                s.checkpoint_size,
+                time_or_dash(s.checkpoint_at_ms),
+                s.witnessed_size,
+                if s.witnesses.is_empty() {
+                    "no witness yet".to_owned()
+                } else {
+                    s.witnesses
+                        .iter()
+                        .map(|w| one_line(w))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             );
             if s.storage_failure.is_empty() {
                 say!("  store and audit log: ok");

@@ -119,6 +119,7 @@ pub async fn run_with_reload(
     let keys = config.audit.load()?;
     let state = Arc::new(HubState::new(db, governance, keys, stop_rx.clone()).await?);
     state.spawn(Arc::clone(&state).run_schedules());
+    state.spawn(Arc::clone(&state).run_checkpoints());
     let expiries = material.expiries()?;
     let operations =
         OperationsServer::new(OperationsService(Arc::clone(&state), config.tls.clone()))

@@ -84,6 +84,9 @@ pub struct HubMetrics {
     queue_oldest: Family<Peer, Gauge>,
     connected: Family<Peer, Gauge>,
     audit_records: Gauge,
+    checkpoint_size: Gauge,
+    checkpoint_time: Gauge,
+    witnessed_size: Gauge,
 }
 
 impl Default for HubMetrics {
@@ -101,11 +104,27 @@ impl Default for HubMetrics {
             queue_oldest: Family::default(),
             connected: Family::default(),
             audit_records: Gauge::default(),
+            checkpoint_size: Gauge::default(),
+            checkpoint_time: Gauge::default(),
+            witnessed_size: Gauge::default(),
         }
     }
 }
 
 impl HubMetrics {
+    /// The latest signed checkpoint: its tree size and when it was signed.
+    pub fn checkpoint(&self, size: u64, signed_at_ms: i64) {
+        self.checkpoint_size
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+        self.checkpoint_time.set(signed_at_ms / 1000);
+    }
+
+    /// The largest tree size witnesses have cosigned.
+    pub fn witnessed(&self, size: u64) {
+        self.witnessed_size
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
     /// A registry of every metric (handles shared with `self`), with the
     /// build and certificate expiry metrics.
     pub fn registry(&self, expiries: &[(&'static str, i64)]) -> (Registry, Expiries) {
@@ -169,6 +188,22 @@ impl HubMetrics {
             "Durable records in the audit log",
             self.audit_records.clone(),
         );
+        r.register(
+            "liaison_audit_checkpoint_size",
+            "Tree size of the latest signed checkpoint of the audit log",
+            self.checkpoint_size.clone(),
+        );
+        r.register_with_unit(
+            "liaison_audit_checkpoint_timestamp",
+            "When the latest checkpoint of the audit log was signed, Unix time",
+            Unit::Seconds,
+            self.checkpoint_time.clone(),
+        );
+        r.register(
+            "liaison_audit_witnessed_size",
+            "Largest tree size of the audit log that a witness (a node) has cosigned",
+            self.witnessed_size.clone(),
+        );
         self.store.register(
             &mut r,
             "1 while the store's last write or flush failed (the audit log with it), else 0",
@@ -221,6 +256,12 @@ fn refresh(state: &HubState, data_dir: &Path) {
     }
     m.audit_records
         .set(i64::try_from(state.store().durable_audit()).unwrap_or(i64::MAX));
+    if let Ok(c) = state.store().checkpoint() {
+        m.checkpoint(c.checkpoint.size, state.store().checkpoint_signed_at_ms());
+    }
+    if let Ok(size) = state.store().witnessed_size() {
+        m.witnessed(size);
+    }
     m.store.refresh(data_dir, state.store_failure().is_some());
 }
 

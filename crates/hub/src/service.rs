@@ -32,6 +32,9 @@ const DELIVERY_BUFFER: usize = 64;
 pub const MAX_BATCH: usize = 4096;
 /// Audit records read per round trip when listing or verifying.
 const AUDIT_BATCH: usize = 1024;
+/// How often the log is looked at for a new checkpoint to sign (issue 9
+/// asks for one at least every second while it grows).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// State shared by every request.
 ///
@@ -279,6 +282,39 @@ impl HubState {
         }
     }
 
+    /// Signs and publishes a checkpoint whenever the durable log has grown
+    /// (at most every `CHECKPOINT_EVERY`), whatever made it grow, so that a
+    /// growing log has a checkpoint at least every second even when no
+    /// submission or reader asks for one.
+    pub async fn run_checkpoints(self: Arc<Self>) {
+        let mut stopping = self.stopping.clone();
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            match self.store.checkpoint() {
+                Ok(c) => {
+                    failing = false;
+                    self.metrics
+                        .checkpoint(c.checkpoint.size, self.store.checkpoint_signed_at_ms());
+                }
+                // Logged once per failure, not every tick.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "cannot sign a checkpoint of the audit log");
+                }
+                Err(_) => {}
+            }
+            if let Ok(size) = self.store.witnessed_size() {
+                self.metrics.witnessed(size);
+            }
+        }
+    }
+
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawn(task);
     }
@@ -375,6 +411,8 @@ impl HubState {
                 },
             });
         }
+        let checkpoint = self.store.checkpoint()?;
+        let witnessed = self.checkpoint(0, true)?;
         Ok(pb::HubStatus {
             federation: gov.federation().to_owned(),
             hub_body: hub_body.to_string(),
@@ -384,6 +422,10 @@ impl HubState {
             certificate_expires_ms: certificate_expires_ms.saturating_mul(1000),
             at_ms: now,
             bodies,
+            checkpoint_size: checkpoint.checkpoint.size,
+            checkpoint_at_ms: self.store.checkpoint_signed_at_ms(),
+            witnessed_size: witnessed.tree_size,
+            witnesses: witnessed.cosigners,
         })
     }
 

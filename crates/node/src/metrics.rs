@@ -33,6 +33,9 @@ pub struct NodeMetrics {
     inbox_messages: Gauge,
     quarantined: Gauge,
     hub_connected: Gauge,
+    witness_size: Gauge,
+    witness_verified: Gauge,
+    witness_alarm: Gauge,
 }
 
 impl Default for NodeMetrics {
@@ -47,6 +50,9 @@ impl Default for NodeMetrics {
             inbox_messages: Gauge::default(),
             quarantined: Gauge::default(),
             hub_connected: Gauge::default(),
+            witness_size: Gauge::default(),
+            witness_verified: Gauge::default(),
+            witness_alarm: Gauge::default(),
         }
     }
 }
@@ -98,6 +104,22 @@ impl NodeMetrics {
             "1 while the node's delivery stream from the hub is open, else 0",
             self.hub_connected.clone(),
         );
+        r.register(
+            "liaison_node_witness_tree_size",
+            "Tree size of the newest checkpoint of the hub's audit log this node has verified",
+            self.witness_size.clone(),
+        );
+        r.register_with_unit(
+            "liaison_node_witness_verified_timestamp",
+            "When this node last verified a new checkpoint of the hub's audit log, Unix time",
+            Unit::Seconds,
+            self.witness_verified.clone(),
+        );
+        r.register(
+            "liaison_node_witness_alarm",
+            "1 while the witness's alarm is raised (the hub's log failed a check), else 0",
+            self.witness_alarm.clone(),
+        );
         self.store.register(
             &mut r,
             "1 while the store's last write or flush failed, else 0",
@@ -135,6 +157,17 @@ pub(crate) fn renderer(
             "quarantine",
             store::quarantine(&state.db, 0).map(|(n, _)| n),
         ));
+        match crate::witness::Witness::held(&state.db) {
+            Ok(Some(h)) => {
+                m.witness_size
+                    .set(i64::try_from(h.size).unwrap_or(i64::MAX));
+                m.witness_verified.set(h.verified_at_ms / 1000);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the witness"),
+        }
+        m.witness_alarm
+            .set(i64::from(state.witness.alarm().is_some()));
         let c = state.health.conditions();
         m.hub_connected.set(i64::from(c.hub_link == Some(true)));
         m.store.refresh(&data_dir, c.storage_failure.is_some());

@@ -18,7 +18,7 @@
 //! batched pipe of the next step only adds callers, not write paths.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use liaison_proto::v1 as pb;
@@ -50,6 +50,8 @@ struct LogKeeper {
     latest: Mutex<(liaison_tlog::Frontier, SignedCheckpoint)>,
     /// The latest checkpoint, for those who follow it.
     published: watch::Sender<SignedCheckpoint>,
+    /// When the latest checkpoint was signed (ms since the epoch).
+    signed_at_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for LogKeeper {
@@ -124,6 +126,7 @@ impl HubStore {
                 signer,
                 latest: Mutex::new((frontier, signed)),
                 published,
+                signed_at_ms: AtomicI64::new(liaison_types::now_ms()),
             },
             marks: Arc::new(Marks {
                 audit: AtomicU64::new(audit_end(&db)?),
@@ -440,9 +443,19 @@ impl HubStore {
                 frontier.append(h);
             }
             *signed = self.log.signer.sign(frontier.size(), frontier.root());
+            self.log
+                .signed_at_ms
+                .store(liaison_types::now_ms(), Ordering::Relaxed);
             self.log.published.send_replace(signed.clone());
         }
         Ok(signed.clone())
+    }
+
+    /// When the latest checkpoint was signed (ms since the epoch): at
+    /// start-up, then each time the log has grown and a checkpoint was
+    /// asked for or published.
+    pub fn checkpoint_signed_at_ms(&self) -> i64 {
+        self.log.signed_at_ms.load(Ordering::Relaxed)
     }
 
     /// The latest checkpoint as it changes (see [`HubStore::checkpoint`],
