@@ -671,3 +671,136 @@ async fn two_nodes_shown_different_extensions_of_the_log_are_a_split_view() {
     assert!(w.alarm.contains("root"), "{}", w.alarm);
     sandbox.shutdown().await.unwrap();
 }
+
+/// The hub fails closed: while its store refuses writes (a failing or full
+/// disk), a submission is refused with UNAVAILABLE naming the cause and
+/// nothing of it is routed or recorded; once the store works again the hub
+/// routes by itself, with no restart, and the log is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_routes_nothing_it_cannot_record_and_resumes_by_itself() {
+    use liaison_types::{Identity, Role};
+    let engine = std::sync::Arc::new(liaison_store::testing::Broken::default());
+    let db = liaison_store::Db::with_engine(
+        std::sync::Arc::clone(&engine) as std::sync::Arc<dyn liaison_store::Engine>
+    );
+    let gov = liaison_policy::Governance::from_toml("governance.toml", crate::common::GOVERNANCE)
+        .unwrap();
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let (skey, vkey) = liaison_tlog::note::key_pair(
+        "liaison.test/audit",
+        liaison_tlog::note::LOG_KEY_TYPE,
+        [9; 32],
+    )
+    .unwrap();
+    let keys = liaison_hub::LoadedAuditKeys {
+        signer: liaison_tlog::LogSigner::from_text(&skey).unwrap(),
+        witnesses: Default::default(),
+    };
+    let log = LogVerifier::from_text(&vkey).unwrap();
+    let hub = std::sync::Arc::new(
+        liaison_hub::HubState::new(db, gov, keys, stopping)
+            .await
+            .unwrap(),
+    );
+    let alpha = Identity::new("liaison.test", "alpha", Role::Node, "node").unwrap();
+    let bravo = Identity::new("liaison.test", "bravo", Role::Node, "node").unwrap();
+    let send = |title: &str| {
+        crate::common::envelope(
+            "alpha",
+            labels(K::Alert, C::OfficialUse, &["cybercrime"]),
+            &alert(title),
+        )
+    };
+    let first = hub.submit(&alpha, Some(send("before")), "").await.unwrap();
+    let before = log.verify(&first.checkpoint).unwrap().checkpoint;
+
+    // The disk fails: the submission is refused, naming why, and nothing of
+    // it is queued or recorded.
+    engine.set_broken(true);
+    let env = send("while broken");
+    let id = env.labels.as_ref().unwrap().message_id.clone();
+    let refused = hub
+        .submit(&alpha, Some(env.clone()), "")
+        .await
+        .map_err(tonic::Status::from);
+    assert_refused(
+        refused,
+        Code::Unavailable,
+        &[
+            "nothing was routed",
+            "audit log",
+            "simulated device failure",
+            "retry",
+        ],
+    );
+    let mut queue = hub.subscribe(&bravo, 0).unwrap();
+    let d = queue.recv().await.unwrap().unwrap();
+    assert_eq!(
+        d.envelope.unwrap().labels.unwrap().message_id,
+        first.message_id
+    );
+    // bravo's stream yields nothing more (or ends with UNAVAILABLE, when
+    // the hub cannot record what it streams).
+    match tokio::time::timeout(std::time::Duration::from_millis(300), queue.recv()).await {
+        Err(_) => {}
+        Ok(Some(Err(s))) if s.code() == Code::Unavailable => {}
+        other => panic!("nothing else is queued for bravo: {other:?}"),
+    }
+    let checkpoint = hub.checkpoint(0, false).unwrap();
+    assert_eq!(checkpoint.tree_size, before.size, "nothing was recorded");
+    // The hub's status names the failure (admins see it, and the health
+    // service and metrics show it).
+    let status = hub.status(&alpha, 0).unwrap();
+    assert!(
+        status.storage_failure.contains("simulated device failure"),
+        "{status:?}"
+    );
+
+    // The disk works again: the same submission is routed, once, with no
+    // restart, and the log verifies whole.
+    engine.set_broken(false);
+    let again = wait_until("the hub routes again", SETTLE, || {
+        let hub = std::sync::Arc::clone(&hub);
+        let alpha = alpha.clone();
+        let env = env.clone();
+        async move { hub.submit(&alpha, Some(env), "").await.ok() }
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.message_id, id);
+    assert_eq!(hub.status(&alpha, 0).unwrap().storage_failure, "");
+    assert!(!again.duplicate, "it was never recorded, so it is new");
+    // bravo, subscribing again, is streamed both messages, in order.
+    let mut queue = hub.subscribe(&bravo, 0).unwrap();
+    let mut streamed = Vec::new();
+    while streamed.len() < 2 {
+        let d = tokio::time::timeout(SETTLE, queue.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        streamed.push(d.envelope.unwrap().labels.unwrap().message_id);
+    }
+    assert_eq!(streamed, [first.message_id.clone(), id.clone()]);
+    let v = hub.audit_verify().unwrap();
+    assert!(v.ok, "{v:?}");
+    let after = log.verify(&again.checkpoint).unwrap().checkpoint;
+    assert!(after.size > before.size);
+    let oversight = Identity::new("liaison.test", "alpha", Role::Oversight, "ccf").unwrap();
+    let mut listed = hub.audit_list(
+        &oversight,
+        pb::AuditQuery {
+            message_id: id.clone(),
+            ..Default::default()
+        },
+    );
+    let mut events = Vec::new();
+    while let Some(r) = listed.recv().await {
+        events.push(r.unwrap().event);
+    }
+    assert_eq!(
+        events.iter().filter(|e| *e == "received").count(),
+        1,
+        "{events:?}"
+    );
+}

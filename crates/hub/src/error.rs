@@ -137,6 +137,10 @@ pub enum HubError {
     /// Storage failed (our fault).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A submission's routing and its audit records could not be written:
+    /// nothing of it was routed (the hub fails closed).
+    #[error("nothing was routed: the audit log could not be appended ({0}); the hub routes again by itself once its store works, so retry")]
+    Unrecorded(StoreError),
     /// A configuration file is wrong (operator's fault, at startup).
     #[error("{file}: {problem}")]
     Config {
@@ -197,7 +201,7 @@ impl HubError {
             // A record that does not decode will not heal by retrying: the
             // key is named, and the alarm is the error log below.
             HubError::Store(StoreError::Corrupt { .. }) => Code::Internal,
-            HubError::Store(_) => Code::Unavailable,
+            HubError::Store(_) | HubError::Unrecorded(_) => Code::Unavailable,
             HubError::Config { .. }
             | HubError::Policy(_)
             | HubError::Pki(_)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use liaison_pki::caller_from_extensions;
 use liaison_policy::{decide, route, Governance, Outcome, Rule};
 use liaison_proto::v1 as pb;
-use liaison_store::Db;
+use liaison_store::{Db, StoreError};
 use liaison_types::{
     normalise_message_id, now_ms, BodyId, Classification, Envelope, Identity, ValidationError,
 };
@@ -32,6 +32,15 @@ const DELIVERY_BUFFER: usize = 64;
 pub const MAX_BATCH: usize = 4096;
 /// Audit records read per round trip when listing or verifying.
 const AUDIT_BATCH: usize = 1024;
+/// A store failure while routing: nothing was routed or recorded (a damaged
+/// record stays [`HubError::Store`], named, since retrying will not heal it).
+fn unrecorded(e: StoreError) -> HubError {
+    match e {
+        e @ StoreError::Corrupt { .. } => HubError::Store(e),
+        e => HubError::Unrecorded(e),
+    }
+}
+
 /// How often the log is looked at for a new checkpoint to sign (issue 9
 /// asks for one at least every second while it grows).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -641,13 +650,16 @@ impl HubState {
                 // A store failure (auditing a refusal) is not this
                 // message's fault: no message of the batch is routed, and
                 // the node retries it all, in order.
-                Err(e @ HubError::Store(_)) => return Err(e),
+                Err(HubError::Store(e)) => return Err(unrecorded(e)),
                 Err(e) => results.push(Some(Err(e))),
             }
         }
         if !valid.is_empty() {
             let count = valid.len();
-            let stored = self.store.submit_batch(valid).await?;
+            let stored = self.store.submit_batch(valid).await.map_err(|e| match e {
+                HubError::Store(e) => unrecorded(e),
+                e => e,
+            })?;
             // One checkpoint for the batch: it includes every record just
             // written (their write is durable, so the mark covers them).
             let checkpoint = self.store.checkpoint()?;
