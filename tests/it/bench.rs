@@ -85,6 +85,9 @@ fn the_quick_benchmark_reports_every_figure_against_the_echo() {
         assert!(s["hub_cpu_s_per_msg"].as_f64().unwrap() > 0.0, "{s}");
         assert!(s["nodes_cpu_s_per_msg"].as_f64().unwrap() > 0.0, "{s}");
         assert!(s["hub_peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+        // Every message is at least its receipt and one decision.
+        assert!(s["audit_leaves_per_msg"].as_f64().unwrap() >= 2.0, "{s}");
+        assert!(s["audit_leaves_per_s"].as_f64().unwrap() > 0.0, "{s}");
         match s["concurrency"].as_u64() {
             Some(_) => assert!(s["ratio_to_echo"].as_f64().unwrap() > 0.0, "{s}"),
             None => {
@@ -93,6 +96,26 @@ fn the_quick_benchmark_reports_every_figure_against_the_echo() {
             }
         }
     }
+
+    // The audit log's proofs, timed in the grown log, and an export
+    // verified offline.
+    let log = &report["log"];
+    assert_eq!(log["calls"], 50, "{log}");
+    assert!(log["tree_size"].as_u64().unwrap() > 100, "{log}");
+    for key in [
+        "inclusion_p50_us",
+        "consistency_p50_us",
+        "checkpoint_p50_us",
+    ] {
+        assert!(log[key].as_u64().unwrap() > 0, "{key} in {log}");
+    }
+    assert!(
+        log["inclusion_p50_ratio_to_echo"].as_f64().unwrap() > 0.0,
+        "{log}"
+    );
+    let verified = &report["offline_verify"];
+    assert_eq!(verified["records"], 2000, "{verified}");
+    assert!(verified["seconds"].as_f64().unwrap() > 0.0, "{verified}");
 
     // The quick backlog: queued for a stopped peer, drained on its return.
     let backlog = &report["backlog"];

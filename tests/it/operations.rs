@@ -581,7 +581,7 @@ fn the_shipped_alert_rules_pass_promtool_and_their_tests() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let shown = text(&out);
-    assert!(shown.contains("SUCCESS: 6 rules found"), "{shown}");
+    assert!(shown.contains("SUCCESS: 8 rules found"), "{shown}");
     // And each alert fires when, and only when, it should.
     let tests = rules.with_file_name("alerts_test.yml");
     let out = Command::new("promtool")

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use liaison_federation::{Sandbox, SandboxOptions};
 use liaison_proto::v1 as pb;
+use liaison_proto::v1::audit_client::AuditClient;
 use liaison_proto::v1::federation_client::FederationClient;
 use liaison_proto::v1::officer_client::OfficerClient;
 use liaison_types::Role;
@@ -211,6 +212,21 @@ pub struct ScenarioFigure {
     pub ratio_to_echo: Option<f64>,
     /// `p50_us` over the echo's p50 at the same concurrency.
     pub p50_ratio_to_echo: Option<f64>,
+    /// Leaves the hub appended to its audit log per second over the
+    /// scenario (its records: receipts, decisions, deliveries and
+    /// acknowledgements, each a leaf).
+    pub audit_leaves_per_s: f64,
+    /// Leaves per message.
+    pub audit_leaves_per_msg: f64,
+}
+
+impl ScenarioFigure {
+    /// Sets the audit figures from the leaves appended over it.
+    fn leaves(&mut self, leaves: u64, messages: u64) {
+        let seconds = self.messages as f64 / self.msgs_per_s.max(1e-9);
+        self.audit_leaves_per_s = leaves as f64 / seconds.max(1e-9);
+        self.audit_leaves_per_msg = leaves as f64 / messages.max(1) as f64;
+    }
 }
 
 /// One point of the offered-load sweep.
@@ -269,6 +285,67 @@ pub struct Report {
     pub backlog: Option<BacklogFigure>,
     /// Larger federations against the eleven bodies (`--bodies`).
     pub bodies: Vec<BodiesFigure>,
+    /// Proofs and checkpoints of the hub's audit log, once the scenarios
+    /// have grown it.
+    pub log: Option<LogFigure>,
+    /// Offline verification of an audit export (filled by the `liaison`
+    /// command, which owns the verifier).
+    pub offline_verify: Option<VerifyFigure>,
+}
+
+/// The audit log's proofs, served by the hub over mutual TLS to an
+/// oversight auditor, one call at a time.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogFigure {
+    /// The tree size the proofs were asked in.
+    pub tree_size: u64,
+    /// Calls of each kind.
+    pub calls: usize,
+    /// `Audit.ProveInclusion` of a random leaf in the latest tree.
+    pub inclusion_p50_us: u64,
+    /// See `inclusion_p50_us`.
+    pub inclusion_p99_us: u64,
+    /// `Audit.ProveConsistency` from a random smaller size to the latest.
+    pub consistency_p50_us: u64,
+    /// See `consistency_p50_us`.
+    pub consistency_p99_us: u64,
+    /// `Audit.GetCheckpoint` (latest, with its cosignatures).
+    pub checkpoint_p50_us: u64,
+    /// `inclusion_p50_us` over the echo's p50 at c1.
+    pub inclusion_p50_ratio_to_echo: Option<f64>,
+}
+
+/// An export of the audit log verified offline (`liaison audit verify
+/// --file`): every leaf decoded and compared with its record, hashed, and
+/// the whole tree recomputed against the signed checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyFigure {
+    /// Records in the export.
+    pub records: u64,
+    /// Its size.
+    pub file_bytes: u64,
+    /// Seconds to verify it.
+    pub seconds: f64,
+    /// Records per second.
+    pub records_per_s: f64,
+}
+
+impl Report {
+    /// A report that measured nothing yet (for figures added by others).
+    pub fn empty(quick: bool, payload_bytes: usize) -> Self {
+        Self {
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            quick,
+            payload_bytes,
+            echo: Vec::new(),
+            scenarios: Vec::new(),
+            sweep: Vec::new(),
+            backlog: None,
+            bodies: Vec::new(),
+            log: None,
+            offline_verify: None,
+        }
+    }
 }
 
 /// A federation of more bodies than the eleven, measured as the eleven's
@@ -357,6 +434,8 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
         sweep: Vec::new(),
         backlog: None,
         bodies: Vec::new(),
+        log: None,
+        offline_verify: None,
     };
 
     // The batched federation (the default node configuration).
@@ -400,6 +479,11 @@ pub async fn run(opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Rep
     if opts.sweep {
         report.sweep = fed.sweep(window, progress).await?;
     }
+    progress("audit log: proofs and checkpoints");
+    report.log = Some(
+        fed.log_figure(if opts.quick { 50 } else { 2000 }, &report.echo)
+            .await?,
+    );
     let mut fed = fed;
     if opts.backlog > 0 {
         report.backlog = Some(fed.backlog(opts.backlog, progress).await?);
@@ -651,6 +735,8 @@ struct Fed {
     batched: bool,
     payload: usize,
     sender: OfficerClient<Channel>,
+    /// An oversight auditor of the hub's log.
+    audit: AuditClient<Channel>,
     tracker: Arc<Mutex<Tracker>>,
     arrived: Arc<Notify>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
@@ -659,6 +745,7 @@ struct Fed {
 impl Fed {
     async fn connect(sandbox: Sandbox, batched: bool, payload: usize) -> Result<Self, BenchError> {
         let sender = sandbox.officer(&body(0), "alice").await?;
+        let audit = sandbox.oversight().await?;
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let arrived = Arc::new(Notify::new());
         let mut watchers = Vec::new();
@@ -670,6 +757,7 @@ impl Fed {
             batched,
             payload,
             sender,
+            audit,
             tracker,
             arrived,
             watchers,
@@ -944,17 +1032,20 @@ impl Fed {
         batch: Option<usize>,
     ) -> Result<ScenarioFigure, BenchError> {
         let before = self.counters();
+        let log_before = self.log_size().await?;
         self.reset();
         let start = Instant::now();
         let submitted = self
             .closed_loop(concurrency, recipients, window, batch)
             .await?;
         self.wait_all(submitted).await?;
+        let leaves = self.log_size().await?.saturating_sub(log_before);
         let name = match batch {
             None => format!("saturation c{concurrency} fan-out {recipients}"),
             Some(b) => format!("officer batches of {b}, c{concurrency}, fan-out {recipients}"),
         };
         let mut fig = self.figure(name, start, submitted, recipients, &before)?;
+        fig.leaves(leaves, submitted);
         fig.concurrency = Some(concurrency);
         fig.officer_batch = batch;
         match batch {
@@ -1018,6 +1109,7 @@ impl Fed {
         window: Duration,
     ) -> Result<ScenarioFigure, BenchError> {
         let before = self.counters();
+        let log_before = self.log_size().await?;
         self.reset();
         let start = Instant::now();
         let total = (rate * window.as_secs_f64()).ceil().max(1.0) as u64;
@@ -1044,6 +1136,7 @@ impl Fed {
                 .map_err(|e| BenchError::Io(format!("submit task: {e}")))??;
         }
         self.wait_all(total).await?;
+        let leaves = self.log_size().await?.saturating_sub(log_before);
         let mut fig = self.figure(
             format!("{rate:.0} msgs/s offered, fan-out {recipients}"),
             start,
@@ -1051,6 +1144,7 @@ impl Fed {
             recipients,
             &before,
         )?;
+        fig.leaves(leaves, total);
         fig.offered_per_s = Some(rate);
         Ok(fig)
     }
@@ -1194,6 +1288,94 @@ impl Fed {
     }
 
     /// Restarts the peak RSS counts and reads the counters.
+    /// The audit log's durable size, as its latest checkpoint says.
+    async fn log_size(&self) -> Result<u64, BenchError> {
+        let mut audit = self.audit.clone();
+        Ok(audit
+            .get_checkpoint(pb::CheckpointRequest::default())
+            .await
+            .map_err(|s| BenchError::Rpc(format!("audit checkpoint: {}", s.message())))?
+            .into_inner()
+            .tree_size)
+    }
+
+    /// Times `calls` inclusion proofs, consistency proofs and checkpoints,
+    /// one at a time, in the latest tree.
+    async fn log_figure(&self, calls: usize, echo: &[EchoFigure]) -> Result<LogFigure, BenchError> {
+        let mut audit = self.audit.clone();
+        let size = self.log_size().await?;
+        if size < 2 {
+            return Err(BenchError::Rpc(
+                "the audit log holds fewer than 2 records".into(),
+            ));
+        }
+        let rpc = |what: &'static str| {
+            move |s: tonic::Status| BenchError::Rpc(format!("{what}: {}", s.message()))
+        };
+        // A fixed sequence of positions spread over the tree (a simple LCG:
+        // the same positions every run).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 11) % n
+        };
+        let (mut inc, mut con, mut cp) = (
+            Latencies::default(),
+            Latencies::default(),
+            Latencies::default(),
+        );
+        for _ in 0..calls {
+            let leaf = next(size);
+            let t = Instant::now();
+            let p = audit
+                .prove_inclusion(pb::InclusionRequest {
+                    leaf_index: leaf,
+                    tree_size: size,
+                })
+                .await
+                .map_err(rpc("inclusion proof"))?
+                .into_inner();
+            inc.extend([t.elapsed()]);
+            if p.leaf_index != leaf || p.tree_size != size {
+                return Err(BenchError::Rpc(format!(
+                    "an inclusion proof of leaf {leaf} in {size} answered another"
+                )));
+            }
+            let old = 1 + next(size - 1);
+            let t = Instant::now();
+            audit
+                .prove_consistency(pb::ConsistencyRequest {
+                    old_size: old,
+                    tree_size: size,
+                })
+                .await
+                .map_err(rpc("consistency proof"))?;
+            con.extend([t.elapsed()]);
+            let t = Instant::now();
+            audit
+                .get_checkpoint(pb::CheckpointRequest::default())
+                .await
+                .map_err(rpc("checkpoint"))?;
+            cp.extend([t.elapsed()]);
+        }
+        let inclusion_p50_us = inc.quantile_us(0.5);
+        Ok(LogFigure {
+            tree_size: size,
+            calls,
+            inclusion_p50_us,
+            inclusion_p99_us: inc.quantile_us(0.99),
+            consistency_p50_us: con.quantile_us(0.5),
+            consistency_p99_us: con.quantile_us(0.99),
+            checkpoint_p50_us: cp.quantile_us(0.5),
+            inclusion_p50_ratio_to_echo: echo
+                .iter()
+                .find(|e| e.concurrency == 1)
+                .map(|e| inclusion_p50_us as f64 / e.p50_us.max(1) as f64),
+        })
+    }
+
     fn counters(&self) -> Counters {
         let (hub, nodes) = self.pids();
         if let Some(h) = hub {
@@ -1264,6 +1446,8 @@ impl Fed {
             hub_disk_bytes_per_msg: per(after.hub_disk.saturating_sub(before.hub_disk) as f64),
             ratio_to_echo: None,
             p50_ratio_to_echo: None,
+            audit_leaves_per_s: 0.0,
+            audit_leaves_per_msg: 0.0,
         })
     }
 

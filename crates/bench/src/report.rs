@@ -33,56 +33,92 @@ pub fn table(r: &Report) -> Vec<String> {
         "{} CPUs shared by the driver and every server; {} B payload; mutual TLS 1.3 on loopback",
         r.cpus, r.payload_bytes
     ));
-    out.push(String::new());
-    out.push("bare tonic unary echo, one connection (the baseline)".to_owned());
-    out.push(format!(
-        "{:>6} {:>10} {:>10} {:>10}",
-        "c", "calls/s", "p50", "p99"
-    ));
-    for e in &r.echo {
+    if !r.scenarios.is_empty() || !r.echo.is_empty() {
+        out.push(String::new());
+        out.push("bare tonic unary echo, one connection (the baseline)".to_owned());
         out.push(format!(
-            "{:>6} {:>10.0} {:>10} {:>10}",
-            e.concurrency,
-            e.rps,
-            us(e.p50_us),
-            us(e.p99_us)
+            "{:>6} {:>10} {:>10} {:>10}",
+            "c", "calls/s", "p50", "p99"
+        ));
+        for e in &r.echo {
+            out.push(format!(
+                "{:>6} {:>10.0} {:>10} {:>10}",
+                e.concurrency,
+                e.rps,
+                us(e.p50_us),
+                us(e.p99_us)
+            ));
+        }
+        out.push(String::new());
+        out.push(
+            "officer submit → recipient inbox, durable at every hop (each node and the hub fdatasync)"
+                .to_owned(),
+        );
+        out.push(format!(
+            "{:<40} {:>7} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9}",
+            "scenario",
+            "pipe",
+            "msgs/s",
+            "x echo",
+            "p50",
+            "p99",
+            "p999",
+            "p50/echo",
+            "hub cpu/msg",
+            "nodes cpu",
+            "hub rss",
+            "hub B/msg"
+        ));
+        for s in &r.scenarios {
+            out.push(format!(
+                "{:<40} {:>7} {:>9.0} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8.0} µs {:>7.0} µs {:>8} {:>9.0}",
+                s.name,
+                if s.batched { "batched" } else { "single" },
+                s.msgs_per_s,
+                ratio(s.ratio_to_echo),
+                us(s.p50_us),
+                us(s.p99_us),
+                us(s.p999_us),
+                ratio(s.p50_ratio_to_echo),
+                s.hub_cpu_s_per_msg * 1e6,
+                s.nodes_cpu_s_per_msg * 1e6,
+                bytes(s.hub_peak_rss_bytes),
+                s.hub_write_bytes_per_msg,
+            ));
+        }
+        out.push(String::new());
+        out.push("audit log: leaves appended by the hub on the submit path (each a Merkle leaf, durable with the routing)".to_owned());
+        out.push(format!(
+            "{:<40} {:>12} {:>12}",
+            "scenario", "leaves/s", "leaves/msg"
+        ));
+        for s in &r.scenarios {
+            out.push(format!(
+                "{:<40} {:>12.0} {:>12.2}",
+                s.name, s.audit_leaves_per_s, s.audit_leaves_per_msg
+            ));
+        }
+    }
+    if let Some(l) = &r.log {
+        out.push(format!(
+            "  proofs in a tree of {} leaves, {} calls each, one at a time: inclusion p50 {} p99 {} ({} x echo p50 c1); consistency p50 {} p99 {}; checkpoint p50 {}",
+            l.tree_size,
+            l.calls,
+            us(l.inclusion_p50_us),
+            us(l.inclusion_p99_us),
+            ratio(l.inclusion_p50_ratio_to_echo),
+            us(l.consistency_p50_us),
+            us(l.consistency_p99_us),
+            us(l.checkpoint_p50_us),
         ));
     }
-    out.push(String::new());
-    out.push(
-        "officer submit → recipient inbox, durable at every hop (each node and the hub fdatasync)"
-            .to_owned(),
-    );
-    out.push(format!(
-        "{:<40} {:>7} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9}",
-        "scenario",
-        "pipe",
-        "msgs/s",
-        "x echo",
-        "p50",
-        "p99",
-        "p999",
-        "p50/echo",
-        "hub cpu/msg",
-        "nodes cpu",
-        "hub rss",
-        "hub B/msg"
-    ));
-    for s in &r.scenarios {
+    if let Some(v) = &r.offline_verify {
         out.push(format!(
-            "{:<40} {:>7} {:>9.0} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8.0} µs {:>7.0} µs {:>8} {:>9.0}",
-            s.name,
-            if s.batched { "batched" } else { "single" },
-            s.msgs_per_s,
-            ratio(s.ratio_to_echo),
-            us(s.p50_us),
-            us(s.p99_us),
-            us(s.p999_us),
-            ratio(s.p50_ratio_to_echo),
-            s.hub_cpu_s_per_msg * 1e6,
-            s.nodes_cpu_s_per_msg * 1e6,
-            bytes(s.hub_peak_rss_bytes),
-            s.hub_write_bytes_per_msg,
+            "  offline verify of an export of {} records ({}): {:.2} s, {:.0} records/s (every leaf decoded, compared and hashed; the whole tree recomputed)",
+            v.records,
+            bytes(v.file_bytes),
+            v.seconds,
+            v.records_per_s
         ));
     }
     if let Some(b) = &r.backlog {
@@ -317,6 +353,22 @@ mod tests {
                     p99_us: 900_000,
                 },
             ],
+            log: Some(crate::LogFigure {
+                tree_size: 123_456,
+                calls: 2000,
+                inclusion_p50_us: 420,
+                inclusion_p99_us: 1900,
+                consistency_p50_us: 410,
+                consistency_p99_us: 1800,
+                checkpoint_p50_us: 300,
+                inclusion_p50_ratio_to_echo: Some(2.333),
+            }),
+            offline_verify: Some(crate::VerifyFigure {
+                records: 1_000_000,
+                file_bytes: 700 << 20,
+                seconds: 4.25,
+                records_per_s: 235_294.0,
+            }),
         }
     }
 
@@ -335,6 +387,18 @@ mod tests {
     #[test]
     fn the_table_shows_the_baseline_and_the_sweep() {
         let lines = table(&report());
+        assert!(
+            lines.iter().any(|l| l.contains("123456 leaves")
+                && l.contains("inclusion p50 420 µs")
+                && l.contains("2.333")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("1000000 records") && l.contains("4.25 s")),
+            "{lines:#?}"
+        );
         assert!(lines
             .iter()
             .any(|l| l.contains("5000") && l.contains("180 µs")));

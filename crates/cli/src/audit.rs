@@ -191,7 +191,7 @@ pub enum ExportFormat {
     Jsonl,
     /// CSV, a header line first (no proofs).
     Csv,
-    /// The C2SP tlog-tiles layout in --dir: checkpoint, tile/<L>/<N>,
+    /// The C2SP tlog-tiles layout in --out (a directory): checkpoint, tile/<L>/<N>,
     /// tile/entries/<N> (the whole log only).
     Tiles,
 }
@@ -916,6 +916,98 @@ async fn verify_online(
         },
         proven,
     ))
+}
+
+/// Writes an export of `n` synthetic records in the format of `audit
+/// export` (the checkpoint line, then each record with its leaf), shaped as
+/// the hub writes them: per message a receipt with its labels, then a
+/// routing decision for each of ten bodies. The checkpoint is signed with a
+/// throwaway key, whose verifier is returned. For the benchmark.
+pub fn write_synthetic_export(path: &Path, n: u64) -> Result<LogVerifier> {
+    let (skey, vkey) = liaison_tlog::note::key_pair(
+        "liaison.bench/audit",
+        liaison_tlog::note::LOG_KEY_TYPE,
+        [42; 32],
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let signer = liaison_tlog::LogSigner::from_text(&skey).map_err(|e| anyhow!("{e}"))?;
+    let mut w = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let mut frontier = Frontier::new();
+    let mut lines: Vec<u8> = Vec::new();
+    let body = |i: u64| format!("body{:02}", i % 11);
+    for seq in 1..=n {
+        let message = seq / 11;
+        let id = format!("01900000-0000-7000-8000-{message:012x}");
+        let mut r = pb::AuditRecord {
+            seq,
+            at_ms: 1_796_184_000_000 + i64::try_from(seq).unwrap_or(i64::MAX),
+            message_id: id.clone(),
+            origin: body(message),
+            policy_version: "a894a2f0d1667e1764574e5ea844be43028b9805bc05fb53b39151ae19facb8a"
+                .into(),
+            actor: format!("spiffe://liaison.bench/org/{}/node/node", body(message)),
+            kind: "alert".into(),
+            classification: "RESTRICTED".into(),
+            ..Default::default()
+        };
+        if seq % 11 == 1 {
+            r.event = "received".into();
+            r.labels = format!(
+                "{{\"message_id\":\"{id}\",\"origin\":\"{}\",\"kind\":\"alert\",\"classification\":\"RESTRICTED\",\"crime_areas\":[\"drugs\"],\"priority\":\"routine\",\"created_at_ms\":{}}}",
+                body(message),
+                r.at_ms
+            );
+        } else {
+            r.event = "routed".into();
+            r.recipient = body(seq);
+            r.decision = "deliver".into();
+            r.rule = "deliver.all_rules_passed".into();
+            r.reason = "clearance SECRET >= RESTRICTED; accepts alert; mandate covers drugs; no personal data".into();
+            r.queue_seq = message + 1;
+        }
+        r.leaf = r.encode_to_vec();
+        frontier.append(tree::leaf_hash(&r.leaf));
+        lines.clear();
+        serde_json::to_writer(&mut lines, &Value::Object(to_json(&r)))?;
+        lines.push(b'\n');
+        w.write_all(&lines)?;
+    }
+    w.flush()?;
+    drop(w);
+    let signed = signer.sign(frontier.size(), frontier.root());
+    let head = json!({
+        "checkpoint": String::from_utf8_lossy(&signed.note),
+        "origin": signed.checkpoint.origin,
+        "tree_size": n,
+        "whole_log": true,
+        "records": n,
+    });
+    // Prepend the header: write it and the records to the final file.
+    let records = path.with_extension("records");
+    std::fs::rename(path, &records)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    writeln!(out, "{head}")?;
+    std::io::copy(&mut std::fs::File::open(&records)?, &mut out)?;
+    out.flush()?;
+    std::fs::remove_file(&records)?;
+    LogVerifier::from_text(&vkey).map_err(|e| anyhow!("{e}"))
+}
+
+/// Verifies an export offline as `audit verify --file` does, with `log` as
+/// the only key; returns the records checked, or the first failure.
+pub fn verify_export(path: &Path, log: LogVerifier) -> Result<u64> {
+    let keys = Keys {
+        log,
+        witnesses: Vec::new(),
+    };
+    let report = verify_file(path, &keys)?;
+    match report.first_error {
+        None => Ok(report.records),
+        Some((seq, e)) => Err(Failure::check(format!("position {seq}: {e}")).into()),
+    }
 }
 
 /// Verifies an export (JSON lines: the checkpoint line, then records).

@@ -36,6 +36,36 @@ pub struct BenchArgs {
     /// subscriptions (default 100,1000; 24 with --quick; 0 skips).
     #[arg(long, value_name = "N,..", value_delimiter = ',')]
     pub bodies: Option<Vec<usize>>,
+    /// Verify an export of the audit log of this many records offline, as
+    /// `liaison audit verify --file` does (default 1000000; 2000 with
+    /// --quick; 0 skips). The export is synthetic, shaped as the hub's.
+    #[arg(long, value_name = "N")]
+    pub verify_records: Option<u64>,
+    /// Only the offline verification (no federation is started).
+    #[arg(long)]
+    pub verify_only: bool,
+}
+
+/// Times `liaison audit verify --file` on a synthetic export of `n` records
+/// written in `dir`.
+fn offline_verify(n: u64, dir: &std::path::Path) -> Result<liaison_bench::VerifyFigure> {
+    let path = dir.join("audit-export.jsonl");
+    let log = crate::audit::write_synthetic_export(&path, n)?;
+    let file_bytes = std::fs::metadata(&path)?.len();
+    let started = std::time::Instant::now();
+    let records = crate::audit::verify_export(&path, log)?;
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    anyhow::ensure!(
+        records == n,
+        "the verifier checked {records} of {n} records"
+    );
+    Ok(liaison_bench::VerifyFigure {
+        records,
+        file_bytes,
+        seconds,
+        records_per_s: records as f64 / seconds.max(1e-9),
+    })
 }
 
 /// Runs the benchmark and prints its report.
@@ -65,7 +95,27 @@ pub async fn run(a: BenchArgs, out: Output) -> Result<()> {
             eprintln!("measuring: {what}");
         }
     };
-    let report = liaison_bench::run(&opts, &progress).await?;
+    let verify_records = a
+        .verify_records
+        .unwrap_or(if a.quick { 2_000 } else { 1_000_000 });
+    let mut report = if a.verify_only {
+        liaison_bench::Report::empty(a.quick, a.payload as usize)
+    } else {
+        liaison_bench::run(&opts, &progress).await?
+    };
+    if verify_records > 0 {
+        progress(&format!(
+            "audit log: offline verify of an export of {verify_records} records"
+        ));
+        let scratch = tempfile::Builder::new()
+            .prefix("liaison-bench-verify-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        let n = verify_records;
+        let dir = scratch.path().to_path_buf();
+        report.offline_verify =
+            Some(tokio::task::spawn_blocking(move || offline_verify(n, &dir)).await??);
+    }
     if let Some(path) = &a.plot {
         let svg = liaison_bench::svg(&report)
             .context("the sweep measured nothing; there is nothing to plot")?;

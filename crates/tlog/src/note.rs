@@ -532,6 +532,50 @@ mod tests {
     use super::*;
     use crate::tree::leaf_hash;
 
+    /// The README's worked example ("Checkpoints"), byte for byte: keys
+    /// from fixed seeds, a tree of three leaves, a cosignature at a fixed
+    /// time. Ed25519 signatures are deterministic, so the note is too.
+    #[test]
+    fn the_readme_worked_example() {
+        let (skey, vkey) = key_pair("liaison.example/audit", LOG_KEY_TYPE, [1; 32]).unwrap();
+        let (wkey, wvkey) =
+            key_pair("liaison.example/witness/europol", WITNESS_KEY_TYPE, [2; 32]).unwrap();
+        let mut t = crate::tree::MemoryTree::new();
+        for leaf in [&b"leaf 0"[..], b"leaf 1", b"leaf 2"] {
+            t.push(leaf);
+        }
+        let signed = LogSigner::from_text(&skey)
+            .unwrap()
+            .sign(t.size(), t.root());
+        let witness = WitnessSigner::from_text(&wkey).unwrap();
+        let cosig = witness.cosign(&signed.checkpoint, 1_796_184_000);
+        let note = with_cosignatures(&signed, &[cosig]);
+        let text = String::from_utf8(note.clone()).unwrap();
+        assert_eq!(vkey, README_LOG_VKEY);
+        assert_eq!(wvkey, README_WITNESS_VKEY);
+        assert_eq!(text, README_NOTE);
+        // And it verifies as any reader would check it.
+        let verifier = LogVerifier::from_text(&vkey).unwrap();
+        let w = WitnessVerifier::from_text(&wvkey).unwrap();
+        assert_eq!(
+            verifier.verify(&note).unwrap().checkpoint,
+            signed.checkpoint
+        );
+        assert_eq!(verifier.cosignatures(&note, &[w]).unwrap().len(), 1);
+    }
+
+    const README_LOG_VKEY: &str =
+        "liaison.example/audit+0aa6d0ad+AYqI4910CfGV/VLbLTy6XXLKZwm/HZQSG/N0iAG0D29c";
+    const README_WITNESS_VKEY: &str =
+        "liaison.example/witness/europol+10238d32+BIE5dw6ofRdfVqNUZsNMfszLjYqRtO43ol32D1uPybOU";
+    const README_NOTE: &str = "liaison.example/audit
+3
+1Pksj7uJcg6ztVZ3x9fvrd/rENEaGoSguo8aIzN/qpU=
+
+\u{2014} liaison.example/audit CqbQrQ5/9kWwVqQHt2sa57YtmZuMKkB5FtmuFTeFQodY1NbRGhDa7XDLWxNz+rtFZa3Ix3Fvsw82jhFyozXMRjpQmAA=
+\u{2014} liaison.example/witness/europol ECONMgAAAABrD5fAgS63TTjds7y9hwbC4mFKi7kEDlTSkB2OpquztlvIiTQfVo9wxlLYwc1vw9vzXcEehMmjQtpC8RX6ChXMiHkeAw==
+";
+
     fn log() -> (LogSigner, LogVerifier) {
         let (s, v) = key_pair("example.org/audit", LOG_KEY_TYPE, [7; 32]).unwrap();
         (
