@@ -885,10 +885,12 @@ fn audit_list_offers_every_event_the_hub_writes_and_refuses_any_other() {
         literals.is_empty(),
         "event names written as string literals in crates/hub: {literals:?}; use liaison_types::audit::Event"
     );
-    // ...and `--help` lists exactly that list.
+    // ...and `--help` lists exactly that list, with the one event only a
+    // node's own log holds (`--node`).
     let written: BTreeSet<String> = liaison_types::audit::Event::ALL
         .iter()
         .map(|e| e.as_str().to_owned())
+        .chain(["read".to_owned()])
         .collect();
     let help = stdout(&run(&["audit", "list", "--help"]));
     assert_eq!(possible_values(&help, "--event <EVENT>"), written, "{help}");

@@ -676,6 +676,27 @@ async fn a_delivery_the_node_cannot_accept_is_quarantined_reported_and_never_cou
     assert_eq!(cli.status.code(), Some(7), "{shown}");
     assert!(shown.contains("ALARM: 1 deliveries"), "{shown}");
     assert!(shown.contains("body.title"), "{shown}");
+    // ...in the node's own log...
+    let mut audit = sandbox
+        .node_audit("bravo", "bravo/auditor-audit")
+        .await
+        .unwrap();
+    let log = audit
+        .list_log(pb::NodeLogRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let kept = log
+        .records
+        .iter()
+        .find(|r| r.event == "quarantined")
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert_eq!(
+        (kept.message_id.as_str(), kept.origin.as_str()),
+        (id.as_str(), "alpha")
+    );
+    assert_eq!(kept.hub_seq, q.hub_seq);
+    assert!(kept.reason.contains("body.title"), "{kept:?}");
     // ...never in its inbox...
     assert!(!inbox_ids(&sandbox, "bravo").await.contains(&id));
     // ...the hub records it as quarantined, never as delivered to bravo...

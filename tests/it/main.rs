@@ -15,6 +15,7 @@ mod durability;
 mod forwarding;
 mod four_eyes;
 mod handling;
+mod node_log;
 mod operations;
 mod policy;
 mod refusals;

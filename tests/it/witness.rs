@@ -94,13 +94,21 @@ async fn in_bravos_inbox(sandbox: &Sandbox, id: &str) -> pb::InboxSummary {
     .unwrap()
 }
 
-/// Waits until the log stops growing and every node has cosigned its
-/// latest checkpoint; returns that checkpoint as the hub serves it.
-async fn witnessed_by_all(sandbox: &Sandbox) -> pb::CheckpointResponse {
+/// Waits until bravo has acknowledged `acked` (so that the log stops
+/// growing: an acknowledgement is a record too) and every node has
+/// cosigned the latest checkpoint; returns that checkpoint as the hub
+/// serves it.
+async fn witnessed_by_all(sandbox: &Sandbox, acked: &[&str]) -> pb::CheckpointResponse {
     let oversight = sandbox.oversight().await.unwrap();
     wait_until("every node cosigns the latest checkpoint", SETTLE, || {
         let mut o = oversight.clone();
         async move {
+            let records = audit_log(sandbox).await;
+            let all_acked = acked.iter().all(|id| {
+                records.iter().any(|r| {
+                    r.event == "acknowledged" && liaison_types::audit::names_message(r, id)
+                })
+            });
             let latest = o
                 .get_checkpoint(pb::CheckpointRequest::default())
                 .await
@@ -114,8 +122,10 @@ async fn witnessed_by_all(sandbox: &Sandbox) -> pb::CheckpointResponse {
                 .await
                 .ok()?
                 .into_inner();
-            (witnessed.tree_size == latest.tree_size && witnessed.cosigners.len() == BODIES.len())
-                .then_some(witnessed)
+            (all_acked
+                && witnessed.tree_size == latest.tree_size
+                && witnessed.cosigners.len() == BODIES.len())
+            .then_some(witnessed)
         }
     })
     .await
@@ -175,7 +185,7 @@ async fn every_node_cosigns_the_checkpoints_it_verified_and_proves_its_own_recor
 
     // The hub serves the checkpoint with every node's cosignature, and each
     // verifies under that node's witness key.
-    let witnessed = witnessed_by_all(&sandbox).await;
+    let witnessed = witnessed_by_all(&sandbox, &[&id]).await;
     let signed = log.verify(&witnessed.note).unwrap();
     assert_eq!(signed.checkpoint.size, witnessed.tree_size);
     let mut cosigners: Vec<String> = log
@@ -404,7 +414,7 @@ async fn a_history_rewritten_after_it_was_witnessed_raises_the_alarm_everywhere(
     let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
     let id = alert_to_bravo(&mut alice, "before").await;
     in_bravos_inbox(&sandbox, &id).await;
-    let witnessed = witnessed_by_all(&sandbox).await;
+    let witnessed = witnessed_by_all(&sandbox, &[&id]).await;
     let records = audit_log(&sandbox).await;
     assert_eq!(records.len() as u64, witnessed.tree_size);
 
@@ -590,19 +600,25 @@ async fn two_nodes_shown_different_extensions_of_the_log_are_a_split_view() {
     let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
     let first = alert_to_bravo(&mut alice, "first").await;
     in_bravos_inbox(&sandbox, &first).await;
-    witnessed_by_all(&sandbox).await;
+    witnessed_by_all(&sandbox, &[&first]).await;
 
     // charlie goes away; alpha and bravo witness one more message.
     sandbox.stop_node("charlie").await.unwrap();
     let second = alert_to_bravo(&mut alice, "second").await;
     in_bravos_inbox(&sandbox, &second).await;
-    let records = audit_log(&sandbox).await;
-    let size = records.len() as u64;
-    wait_until("bravo witnesses the second message", SETTLE, || async {
-        (witness_status(&sandbox, "bravo").await.tree_size == size).then_some(())
+    // Once bravo's acknowledgement of it is recorded, the log stops
+    // growing; bravo witnesses it whole.
+    let records = wait_until("bravo witnesses the second message", SETTLE, || async {
+        let records = audit_log(&sandbox).await;
+        let acked = records
+            .iter()
+            .any(|r| r.event == "acknowledged" && liaison_types::audit::names_message(r, &second));
+        let held = witness_status(&sandbox, "bravo").await.tree_size;
+        (acked && held == records.len() as u64).then_some(records)
     })
     .await
     .unwrap();
+    let size = records.len() as u64;
     let bravo_file = sandbox.dir().join("nodes/bravo/checkpoint");
     let bravo_view = sandbox.dir().join("bravo-view");
     // Written after the status shows it.

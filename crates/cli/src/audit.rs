@@ -150,6 +150,11 @@ pub struct ListArgs {
     /// CSV (a header line first) instead of a table or JSON lines.
     #[arg(long)]
     pub csv: bool,
+    /// --server is your node: list its own log (inbox erasures,
+    /// retractions applied, quarantines, officers' first readings) instead
+    /// of the hub's; --message, --event, --since and --until apply.
+    #[arg(long, conflicts_with = "csv")]
+    pub node: bool,
 }
 
 /// The keys a verifier trusts.
@@ -180,6 +185,10 @@ pub struct VerifyArgs {
     /// Your certificate within --certs (an auditor's).
     #[arg(long = "as", env = "LIAISON_AS")]
     pub identity: Option<String>,
+    /// --server is your node: verify its own log (the node recomputes it,
+    /// and every leaf is hashed and the root recomputed here).
+    #[arg(long, conflicts_with = "file")]
+    pub node: bool,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -288,6 +297,10 @@ fn event_parser() -> clap::builder::PossibleValuesParser {
     liaison_types::audit::Event::ALL
         .iter()
         .map(|e| clap::builder::PossibleValue::new(e.as_str()).help(e.describe()))
+        // The one event only a node's own log holds (--node); its others
+        // (expired, erased, retracted, quarantined) share the hub's names.
+        .chain([clap::builder::PossibleValue::new("read")
+            .help("(--node) an officer of this body read the message for the first time")])
         .collect::<Vec<_>>()
         .into()
 }
@@ -483,6 +496,9 @@ fn table_line(r: &pb::AuditRecord) -> Result<()> {
 }
 
 async fn list(a: ListArgs, out: Output, follow: bool) -> Result<()> {
+    if a.node {
+        return list_node(&a, out, follow).await;
+    }
     let mut client = client_for(&a.conn).await?;
     if a.csv {
         say!("{}", CSV_FIELDS.join(","));
@@ -765,6 +781,9 @@ fn print_report(r: &Report, hub: Option<&pb::VerifyResponse>, out: Output) -> Re
 }
 
 async fn verify(a: VerifyArgs, out: Output) -> Result<()> {
+    if a.node {
+        return verify_node(&a, out).await;
+    }
     let keys = load_keys(&a.keys, &a.certs)?;
     if let Some(file) = &a.file {
         let report = verify_file(file, &keys)?;
@@ -1465,6 +1484,253 @@ async fn node_proofs(a: &ProveArgs, keys: &Keys) -> Result<Vec<pb::InclusionProo
         .into());
     }
     Ok(answer.proofs)
+}
+
+/// The node log's records after `after`, page by page, with the tree
+/// they are in (the size and root of the last page).
+async fn node_log_after(
+    node: &mut liaison_proto::v1::node_audit_client::NodeAuditClient<tonic::transport::Channel>,
+    mut after: u64,
+) -> Result<(Vec<pb::NodeLogRecord>, u64, Vec<u8>)> {
+    let mut all = Vec::new();
+    loop {
+        let page = node
+            .list_log(pb::NodeLogRequest {
+                after_seq: after,
+                limit: 10_000,
+            })
+            .await
+            .map_err(|s| Failure::status("node log", &s))?
+            .into_inner();
+        let done =
+            page.records.is_empty() || page.records.last().map(|r| r.seq) >= Some(page.tree_size);
+        if let Some(last) = page.records.last() {
+            after = last.seq;
+        }
+        all.extend(page.records);
+        if done {
+            return Ok((all, page.tree_size, page.root));
+        }
+    }
+}
+
+/// A node log record as JSON (times in RFC 3339, the leaf in base64).
+fn node_record_json(r: &pb::NodeLogRecord) -> Value {
+    json!({
+        "seq": r.seq,
+        "at": format_time(r.at_ms),
+        "event": r.event,
+        "message_id": r.message_id,
+        "origin": r.origin,
+        "actor": r.actor,
+        "reason": r.reason,
+        "hub_seq": r.hub_seq,
+        "leaf": b64(&r.leaf),
+    })
+}
+
+/// Whether a node log record's fields are those its leaf holds.
+fn node_leaf_matches(r: &pb::NodeLogRecord) -> Result<(), String> {
+    let decoded = pb::NodeLogRecord::decode(r.leaf.as_slice())
+        .map_err(|e| format!("its leaf is not a node log record: {e}"))?;
+    let mut shown = r.clone();
+    shown.leaf.clear();
+    if decoded != shown {
+        return Err("its fields are not those its leaf holds".into());
+    }
+    Ok(())
+}
+
+async fn list_node(a: &ListArgs, out: Output, follow: bool) -> Result<()> {
+    let f = &a.filters;
+    if f.body.is_some()
+        || f.rule.is_some()
+        || f.decision.is_some()
+        || f.kind.is_some()
+        || f.classification.is_some()
+    {
+        return Err(Failure {
+            code: 2,
+            message: "a node's log is filtered by --message, --event, --since and --until only"
+                .into(),
+        }
+        .into());
+    }
+    let since = f
+        .since
+        .as_deref()
+        .map(|t| parse_when("--since", t))
+        .transpose()?;
+    let until = f
+        .until
+        .as_deref()
+        .map(|t| parse_when("--until", t))
+        .transpose()?;
+    let keep = |r: &pb::NodeLogRecord| {
+        f.message.as_ref().is_none_or(|m| &r.message_id == m)
+            && f.event.as_ref().is_none_or(|e| &r.event == e)
+            && since.is_none_or(|t| r.at_ms >= t)
+            && until.is_none_or(|t| r.at_ms < t)
+    };
+    let mut node = node_audit_client(&a.conn).await?;
+    let mut after = a.after;
+    let mut shown = 0u32;
+    if out == Output::Human {
+        say!(
+            "{:>6}  {:<24}  {:<11}  {:<36}  {:<10}  who / why",
+            "seq",
+            "at",
+            "event",
+            "message",
+            "origin"
+        );
+    }
+    loop {
+        let (records, _, _) = node_log_after(&mut node, after).await?;
+        for r in &records {
+            after = r.seq;
+            if !keep(r) {
+                continue;
+            }
+            match out {
+                Output::Json => say!("{}", node_record_json(r)),
+                Output::Human => say!(
+                    "{:>6}  {:<24}  {:<11}  {:<36}  {:<10}  {}",
+                    r.seq,
+                    format_time(r.at_ms),
+                    crate::one_line(&r.event),
+                    crate::one_line(&r.message_id),
+                    crate::one_line(&r.origin),
+                    crate::one_line(if r.actor.is_empty() {
+                        &r.reason
+                    } else {
+                        &r.actor
+                    })
+                ),
+            }
+            shown += 1;
+            if a.limit != 0 && shown >= a.limit {
+                return Ok(());
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+async fn verify_node(a: &VerifyArgs, out: Output) -> Result<()> {
+    let server = a
+        .server
+        .clone()
+        .ok_or_else(|| anyhow!("give --server (your node) with --node"))?;
+    let conn = Connection {
+        server,
+        certs: a.certs.clone(),
+        identity: a.identity.clone(),
+        cert: None,
+        key: None,
+        ca: None,
+    };
+    let mut node = node_audit_client(&conn).await?;
+    let theirs = node
+        .verify_log(pb::NodeLogVerifyRequest {})
+        .await
+        .map_err(|s| Failure::status("node log verify", &s))?
+        .into_inner();
+    // Here: every leaf decoded, compared with its record and hashed, in
+    // order, and the root recomputed against the node's.
+    let mut frontier = Frontier::new();
+    let mut mine: Option<(u64, String)> = None;
+    let (records, size, root) = match node_log_after(&mut node, 0).await {
+        Ok(listed) => listed,
+        // A log damaged so that its leaves no longer decode cannot be
+        // listed: the node's own check names the position.
+        Err(e) if !theirs.ok => {
+            mine = Some((
+                theirs.first_bad_seq,
+                format!("the node cannot list its log: {e}"),
+            ));
+            (Vec::new(), 0, frontier.root().0.to_vec())
+        }
+        Err(e) => return Err(e),
+    };
+    for r in &records {
+        let expected = frontier.size() + 1;
+        let problem = if r.seq != expected {
+            Some(format!("position {} where {expected} was expected", r.seq))
+        } else {
+            node_leaf_matches(r).err()
+        };
+        if let Some(p) = problem {
+            mine = Some((r.seq.min(expected), p));
+            break;
+        }
+        frontier.append(tree::leaf_hash(&r.leaf));
+    }
+    if mine.is_none()
+        && (frontier.size() != size || frontier.root().0.as_slice() != root.as_slice())
+    {
+        mine = Some((
+            frontier.size(),
+            format!(
+                "the {} records listed do not make the root the node gives for its {size}",
+                frontier.size()
+            ),
+        ));
+    }
+    let ok = theirs.ok && mine.is_none();
+    match out {
+        Output::Json => say!(
+            "{}",
+            json!({
+                "ok": ok,
+                "records": frontier.size(),
+                "root": hex::encode(frontier.root().0),
+                "node": {"ok": theirs.ok, "records": theirs.records, "root": hex::encode(&theirs.root),
+                         "first_bad_seq": theirs.first_bad_seq, "error": theirs.error},
+                "here": {"first_bad_seq": mine.as_ref().map(|m| m.0), "error": mine.as_ref().map(|m| m.1.clone())},
+            })
+        ),
+        Output::Human => {
+            if theirs.ok {
+                say!(
+                    "node:  {} records recomputed from their leaves: log intact",
+                    theirs.records
+                );
+            } else {
+                say!(
+                    "node:  DOES NOT VERIFY at position {}: {}",
+                    theirs.first_bad_seq,
+                    crate::one_line(&theirs.error)
+                );
+            }
+            match &mine {
+                None => say!(
+                    "here:  {} records hashed and the tree recomputed: root {}",
+                    frontier.size(),
+                    hex::encode(frontier.root().0)
+                ),
+                Some((seq, p)) => say!(
+                    "here:  DOES NOT VERIFY at position {seq}: {}",
+                    crate::one_line(p)
+                ),
+            }
+        }
+    }
+    if !ok {
+        let at = if theirs.ok {
+            mine.map(|m| m.0).unwrap_or_default()
+        } else {
+            theirs.first_bad_seq
+        };
+        return Err(Failure::check(format!(
+            "the node's log does not verify (first bad position {at})"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// A `NodeAudit` client to the node at `--server`.

@@ -1186,6 +1186,50 @@ impl pb::node_audit_server::NodeAudit for NodeAuditService {
             .map_err(NodeError::from)?;
         Ok(Response::new(self.0.prove(&id).await?))
     }
+
+    async fn list_log(
+        &self,
+        req: Request<pb::NodeLogRequest>,
+    ) -> Result<Response<pb::NodeLogResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.own(&caller)?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 1000,
+            n => n.min(10_000) as usize,
+        };
+        let (records, tree_size, root) =
+            store::node_log(&self.0.db, r.after_seq, limit).map_err(NodeError::from)?;
+        Ok(Response::new(pb::NodeLogResponse {
+            records,
+            tree_size,
+            root: root.0.to_vec(),
+        }))
+    }
+
+    async fn verify_log(
+        &self,
+        req: Request<pb::NodeLogVerifyRequest>,
+    ) -> Result<Response<pb::NodeLogVerifyResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.own(&caller)?;
+        let db = self.0.db.clone();
+        let check = tokio::task::spawn_blocking(move || store::check_node_log(&db))
+            .await
+            .map_err(|e| Status::internal(format!("checking the node log: {e}")))?
+            .map_err(NodeError::from)?;
+        let (first_bad_seq, error) = check.first_error.clone().unwrap_or_default();
+        if let Some((seq, problem)) = &check.first_error {
+            tracing::error!(position = seq, problem = %problem, "the node's own log does not verify");
+        }
+        Ok(Response::new(pb::NodeLogVerifyResponse {
+            ok: check.first_error.is_none(),
+            records: check.records,
+            root: check.root.0.to_vec(),
+            first_bad_seq,
+            error,
+        }))
+    }
 }
 
 impl NodeState {

@@ -23,9 +23,14 @@
 //! - `qr/<hub seq>`: a delivery this node could not accept (JSON, with the
 //!   reason), `qd/<hub seq>`: the delivery as received (encoded proto), kept
 //!   as evidence; never in the inbox;
+//! - `nl/<n>`: the node's own Merkle log ([`NODE_LOG`]: runs of
+//!   `NodeLogRecord` leaves, head at `meta/node_log_head`): inbox content
+//!   erased, retractions applied, quarantines, officers' first readings,
+//!   each in the write that does it;
 //! - `meta/*`: counters and the last hub position stored.
 
 use liaison_proto::v1 as pb;
+use liaison_store::merkle::MerkleLog;
 use liaison_store::{from_json as parse, keys, to_json as json, Db, Reader, StoreError, Txn};
 use liaison_types::{DecisionRecord, Envelope, UnaddressedRecord};
 use prost::Message;
@@ -382,6 +387,68 @@ pub fn submission_digest(env: &Envelope) -> String {
     h.update(labels.encode_to_vec());
     h.update(&env.body);
     hex::encode(h.finalize())
+}
+
+/// The node's own log: what happens only at this node, as leaves of a
+/// Merkle tree kept like the hub's audit log, in the write that does it.
+pub const NODE_LOG: MerkleLog = MerkleLog::new(b"nl/", b"meta/node_log_head", "node log position");
+
+/// Appends a record to the node's log in `txn`: `record.seq` and `leaf`
+/// are set here.
+fn log_event(txn: &mut Txn<'_>, mut record: pb::NodeLogRecord) -> Result<u64, StoreError> {
+    record.leaf.clear();
+    NODE_LOG.append(txn, |seq| {
+        record.seq = seq;
+        record.encode_to_vec()
+    })
+}
+
+/// A leaf of the node's log decoded as the record of position `seq`.
+pub fn decode_log_leaf(seq: u64, leaf: &[u8]) -> Result<pb::NodeLogRecord, String> {
+    let mut r = pb::NodeLogRecord::decode(leaf)
+        .map_err(|e| format!("the leaf of position {seq} is not a node log record: {e}"))?;
+    if r.seq != seq {
+        return Err(format!(
+            "the leaf of position {seq} says it is position {}",
+            r.seq
+        ));
+    }
+    r.leaf = leaf.to_vec();
+    Ok(r)
+}
+
+/// Up to `limit` records of the node's log after `after`, with the tree
+/// they are in (its size and root).
+pub fn node_log(
+    db: &Db,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<pb::NodeLogRecord>, u64, liaison_tlog::Hash), StoreError> {
+    let size = NODE_LOG.size(db)?;
+    let root = liaison_tlog::tree::root(size, &NODE_LOG.hashes(db))
+        .map_err(|e| StoreError::Engine(format!("the node log's root: {e}")))?;
+    let records = NODE_LOG
+        .leaves_after(db, after, size, limit)?
+        .into_iter()
+        .map(|(seq, leaf)| {
+            decode_log_leaf(seq, &leaf).map_err(|problem| StoreError::Corrupt {
+                key: NODE_LOG.run_name(seq),
+                problem,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((records, size, root))
+}
+
+/// Recomputes the node's whole log from its leaves.
+pub fn check_node_log(db: &Db) -> Result<liaison_store::merkle::Check, StoreError> {
+    let size = NODE_LOG.size(db)?;
+    NODE_LOG.check(
+        db,
+        size,
+        |seq, leaf| decode_log_leaf(seq, leaf).map(|_| ()),
+        |_| None,
+    )
 }
 
 const OUTBOX_NEXT: &[u8] = b"meta/outbox_next";
@@ -876,6 +943,18 @@ pub async fn store_arrivals(
                     if txn.get(&key)?.is_none() {
                         txn.put(keys::seq_key(b"qd/", record.hub_seq), raw);
                         txn.put(key, json(&record));
+                        log_event(
+                            txn,
+                            pb::NodeLogRecord {
+                                at_ms: record.at_ms,
+                                event: "quarantined".into(),
+                                message_id: record.message_id.clone(),
+                                origin: record.origin.clone(),
+                                reason: record.reason.clone(),
+                                hub_seq: record.hub_seq,
+                                ..Default::default()
+                            },
+                        )?;
                     }
                 }
             }
@@ -1027,6 +1106,11 @@ fn withdraw(
             // The title is content too: only the labels and the tombstone
             // stay.
             rec.title = withdrawn_title(&note, true);
+            let from = labels
+                .as_ref()
+                .map(|l| l.origin.clone())
+                .unwrap_or_default();
+            log_withdrawal(txn, seq, id, &from, &note)?;
             rec.withdrawn = Some(note);
             let kept = pb::Envelope {
                 labels,
@@ -1035,6 +1119,7 @@ fn withdraw(
             txn.put(key, Stored::joined(json(&rec), kept.encode_to_vec()));
         }
         None => {
+            log_withdrawal(txn, seq, id, origin, &note)?;
             let record = InboxRecord {
                 message_id: id.to_owned(),
                 hub_seq: seq,
@@ -1066,6 +1151,34 @@ fn withdraw(
             )?;
         }
     }
+    Ok(())
+}
+
+/// Records a withdrawal applied here in the node's log.
+fn log_withdrawal(
+    txn: &mut Txn<'_>,
+    seq: u64,
+    id: &str,
+    origin: &str,
+    note: &WithdrawalNote,
+) -> Result<(), StoreError> {
+    let event = match note.cause.as_str() {
+        "retention" => "erased",
+        "expired" => "expired",
+        _ => "retracted",
+    };
+    log_event(
+        txn,
+        pb::NodeLogRecord {
+            at_ms: note.at_ms,
+            event: event.into(),
+            message_id: id.to_owned(),
+            origin: origin.to_owned(),
+            reason: note.reason.clone(),
+            hub_seq: seq,
+            ..Default::default()
+        },
+    )?;
     Ok(())
 }
 
@@ -1392,6 +1505,16 @@ pub async fn mark_read(
             None => return Err(NodeError::NotFound(id)),
         };
         if rec.read_at_ms == 0 {
+            log_event(
+                txn,
+                pb::NodeLogRecord {
+                    at_ms: now_ms,
+                    event: "read".into(),
+                    message_id: id.clone(),
+                    actor: officer.clone(),
+                    ..Default::default()
+                },
+            )?;
             rec.read_by = officer;
             rec.read_at_ms = now_ms;
             put_record(txn, key, json(&rec))?;

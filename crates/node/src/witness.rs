@@ -1,9 +1,9 @@
 //! The node as a witness of the hub's audit log.
 //!
 //! The node keeps the newest checkpoint it has verified. Every
-//! `witness_every_ms` (at most 10 s), when the link to the hub comes back,
-//! and whenever the hub hands it a checkpoint (in a submission's answer), it
-//! checks the hub's checkpoint against that one: signed by the log key;
+//! `witness_every_ms` (at most 10 s) and when the link to the hub comes
+//! back it checks the hub's latest checkpoint, and the last one the hub
+//! handed it (in a submission's answer), against that one: signed by the log key;
 //! the same root for the same size; a consistency proof from the smaller
 //! tree to the larger. A checkpoint that passes becomes the one held and the
 //! node cosigns it (C2SP tlog-cosignature) for the hub to serve beside it,
@@ -151,10 +151,15 @@ impl Witness {
         self.alarm.borrow().clone()
     }
 
-    /// Hands over a checkpoint the hub sent (checked soon, in the loop).
+    /// Hands over a checkpoint the hub sent, checked at the next round
+    /// (within `every`) without waking the witness: a check costs the hub a
+    /// proof and a cosignature write, and answers come with every push.
     pub fn offer(&self, note: Vec<u8>) {
         if !note.is_empty() {
-            self.offered.send_replace(Some(note));
+            self.offered.send_if_modified(|held| {
+                *held = Some(note);
+                false
+            });
         }
     }
 

@@ -23,6 +23,7 @@
 pub mod conformance;
 mod engine;
 pub mod keys;
+pub mod merkle;
 pub mod testing;
 mod values;
 

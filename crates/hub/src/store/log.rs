@@ -18,82 +18,30 @@
 //! Records keep their positions (`seq`, from 1); a record's leaf index is
 //! `seq - 1`, and the tree of `n` leaves holds positions 1 to `n`.
 
-use std::cell::RefCell;
-
 use liaison_proto::v1 as pb;
+use liaison_store::merkle::{Head, MerkleLog};
 use liaison_store::{keys, Db, Reader, StoreError, Txn};
-use liaison_tlog::tree::{self, Frontier, Hash, HashReader, HASH_SIZE};
+use liaison_tlog::tree::{Frontier, Hash};
 use prost::Message as _;
 
-/// The log's runs, by the position of their first record.
-pub(super) const LOG_PREFIX: &[u8] = b"l/";
-/// The tree's right edge and the position of the run being written.
-pub(super) const LOG_HEAD: &[u8] = b"meta/log_head";
-
-/// A run stops growing at this many bytes, so that one stays well inside a
-/// sled node and is never written as a blob file.
-const RUN_BYTES: usize = 16 * 1024;
-
-fn run_key(first: u64) -> Vec<u8> {
-    keys::seq_key(LOG_PREFIX, first)
-}
+/// The audit log: runs under `l/`, the head at `meta/log_head` (see
+/// [`liaison_store::merkle`]).
+pub(super) const LOG: MerkleLog = MerkleLog::new(b"l/", b"meta/log_head", "audit position");
 
 /// The key of a run, as named in errors.
 pub(super) fn run_key_name(first: u64) -> String {
-    format!("l/{first}")
-}
-
-fn head_name() -> String {
-    String::from_utf8_lossy(LOG_HEAD).into_owned()
-}
-
-/// The head: where the open run starts, and the tree's right edge (whose
-/// size is the last position written).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub(super) struct LogHead {
-    pub run_start: u64,
-    pub frontier: Frontier,
-}
-
-impl LogHead {
-    fn encode(&self) -> Vec<u8> {
-        let mut v = self.run_start.to_be_bytes().to_vec();
-        v.extend(self.frontier.encode());
-        v
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |problem: String| StoreError::Corrupt {
-            key: head_name(),
-            problem,
-        };
-        let (start, rest) = bytes
-            .split_first_chunk::<8>()
-            .ok_or_else(|| corrupt("shorter than a run's position".into()))?;
-        let frontier = Frontier::decode(rest).map_err(|e| corrupt(e.to_string()))?;
-        let run_start = u64::from_be_bytes(*start);
-        if run_start > frontier.size() {
-            return Err(corrupt("its run begins after its last position".into()));
-        }
-        Ok(Self {
-            run_start,
-            frontier,
-        })
-    }
+    LOG.run_name(first)
 }
 
 /// The head as of `reader` (the empty tree if none).
-pub(super) fn read_head(reader: &impl Reader) -> Result<LogHead, StoreError> {
-    match reader.get(LOG_HEAD)? {
-        Some(bytes) => LogHead::decode(&bytes),
-        None => Ok(LogHead::default()),
-    }
+pub(super) fn read_head(reader: &impl Reader) -> Result<Head, StoreError> {
+    LOG.read_head(reader)
 }
 
 /// The last audit position written, durable or not (read at start-up, when
 /// all of it is durable).
 pub(super) fn log_end(db: &Db) -> Result<u64, StoreError> {
-    Ok(read_head(db)?.frontier.size())
+    LOG.size(db)
 }
 
 /// Appends one audit record inside a transaction as the next leaf: assigns
@@ -101,142 +49,27 @@ pub(super) fn log_end(db: &Db) -> Result<u64, StoreError> {
 /// the head. Consecutive records of one transaction share one run; a run is
 /// never extended by a later transaction.
 pub fn append_audit(txn: &mut Txn<'_>, mut record: pb::AuditRecord) -> Result<u64, StoreError> {
-    let mut head = read_head(txn)?;
-    let seq = head.frontier.size() + 1;
-    record.seq = seq;
     record.hash.clear();
     record.prev_hash.clear();
     record.leaf.clear();
-    let leaf = record.encode_to_vec();
-    let stored = head.frontier.append(tree::leaf_hash(&leaf));
-    let mut hashes = Vec::with_capacity(stored.len() * HASH_SIZE);
-    for h in stored {
-        hashes.extend_from_slice(&h.0);
-    }
-    let open = txn
-        .staged_mut(&run_key(head.run_start))
-        .filter(|run| run.len() < RUN_BYTES);
-    match open {
-        Some(run) => extend_run(run, &leaf, &hashes),
-        None => {
-            let mut run = Vec::with_capacity(leaf.len() + hashes.len() + 8);
-            extend_run(&mut run, &leaf, &hashes);
-            txn.put(run_key(seq), run);
-            head.run_start = seq;
-        }
-    }
-    txn.put(LOG_HEAD, head.encode());
-    Ok(seq)
+    LOG.append(txn, |seq| {
+        record.seq = seq;
+        record.encode_to_vec()
+    })
 }
 
-/// Appends a leaf and its hashes to a run's encoding: one field 1 and one
-/// field 2 (see [`pb::LogRun`]).
-fn extend_run(run: &mut Vec<u8>, leaf: &Vec<u8>, hashes: &Vec<u8>) {
-    prost::encoding::bytes::encode(1, leaf, run);
-    prost::encoding::bytes::encode(2, hashes, run);
-}
-
-/// A run, read and checked for shape.
-#[derive(Debug, Clone)]
-pub(super) struct Run {
-    /// The position of its first record.
-    pub first: u64,
-    pub leaves: Vec<Vec<u8>>,
-    pub hashes: Vec<Vec<u8>>,
-}
-
-impl Run {
-    fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
-        let first = keys::seq_of(key).unwrap_or_default();
-        let corrupt = |problem: String| StoreError::Corrupt {
-            key: run_key_name(first),
-            problem,
-        };
-        let run = pb::LogRun::decode(bytes)
-            .map_err(|e| corrupt(format!("not a run of audit leaves: {e}")))?;
-        if run.leaves.len() != run.hashes.len() || run.leaves.is_empty() {
-            return Err(corrupt(format!(
-                "{} leaves with {} sets of hashes",
-                run.leaves.len(),
-                run.hashes.len()
-            )));
-        }
-        if let Some(bad) = run
-            .hashes
-            .iter()
-            .position(|h| h.is_empty() || h.len() % HASH_SIZE != 0 || h.len() > 64 * HASH_SIZE)
-        {
-            return Err(corrupt(format!(
-                "the hashes of position {} are not whole hashes",
-                first + bad as u64
-            )));
-        }
-        Ok(Self {
-            first,
-            leaves: run.leaves,
-            hashes: run.hashes,
-        })
+/// A leaf decoded as the record of position `seq`.
+fn decode_leaf(seq: u64, leaf: &[u8]) -> Result<pb::AuditRecord, String> {
+    let mut r = pb::AuditRecord::decode(leaf)
+        .map_err(|e| format!("the leaf of position {seq} is not an audit record: {e}"))?;
+    if r.seq != seq {
+        return Err(format!(
+            "the leaf of position {seq} says it is position {}",
+            r.seq
+        ));
     }
-
-    /// One past its last position.
-    pub fn end(&self) -> u64 {
-        self.first + self.leaves.len() as u64
-    }
-
-    fn holds(&self, seq: u64) -> bool {
-        (self.first..self.end()).contains(&seq)
-    }
-
-    /// The record at `seq`, decoded, with its leaf bytes.
-    pub fn record(&self, seq: u64) -> Result<pb::AuditRecord, StoreError> {
-        let leaf = &self.leaves[(seq - self.first) as usize];
-        let mut r = pb::AuditRecord::decode(leaf.as_slice()).map_err(|e| StoreError::Corrupt {
-            key: run_key_name(self.first),
-            problem: format!("the leaf of position {seq} is not an audit record: {e}"),
-        })?;
-        if r.seq != seq {
-            return Err(StoreError::Corrupt {
-                key: run_key_name(self.first),
-                problem: format!("the leaf of position {seq} says it is position {}", r.seq),
-            });
-        }
-        r.leaf = leaf.clone();
-        Ok(r)
-    }
-}
-
-/// The run that holds position `seq`, if any.
-pub(super) fn run_holding(reader: &impl Reader, seq: u64) -> Result<Option<Run>, StoreError> {
-    let found = reader.scan_rev(LOG_PREFIX, &run_key(seq.saturating_add(1)), 1)?;
-    let Some((k, v)) = found.into_iter().next() else {
-        return Ok(None);
-    };
-    let run = Run::decode(&k, &v)?;
-    Ok(run.holds(seq).then_some(run))
-}
-
-/// The runs holding positions from `first` up to `upto`, in order, at most
-/// `max` of them.
-pub(super) fn runs_from(
-    reader: &impl Reader,
-    first: u64,
-    upto: u64,
-    max: usize,
-) -> Result<Vec<Run>, StoreError> {
-    let end = run_key(upto.saturating_add(1));
-    let start = match reader
-        .scan_rev(LOG_PREFIX, &run_key(first.saturating_add(1)), 1)?
-        .into_iter()
-        .next()
-    {
-        Some((k, _)) => k,
-        None => run_key(first),
-    };
-    reader
-        .scan(&start, &end, max)?
-        .into_iter()
-        .map(|(k, v)| Run::decode(&k, &v))
-        .collect()
+    r.leaf = leaf.to_vec();
+    Ok(r)
 }
 
 /// Up to `limit` audit records with positions in `(after, upto]`, in order,
@@ -247,80 +80,20 @@ pub(super) fn audit_after(
     upto: u64,
     limit: usize,
 ) -> Result<Vec<pb::AuditRecord>, StoreError> {
-    const RUNS_PER_READ: usize = 16;
-    let mut out = Vec::new();
-    let mut next = after.saturating_add(1);
-    while out.len() < limit && next <= upto {
-        let runs = runs_from(db, next, upto, RUNS_PER_READ)?;
-        let Some(last_end) = runs.last().map(Run::end) else {
-            break;
-        };
-        for run in &runs {
-            for seq in run.first.max(next)..run.end().min(upto.saturating_add(1)) {
-                out.push(run.record(seq)?);
-                if out.len() == limit {
-                    return Ok(out);
-                }
-            }
-        }
-        if runs.len() < RUNS_PER_READ || last_end <= next {
-            break;
-        }
-        next = last_end;
-    }
-    Ok(out)
-}
-
-/// The tree's stored hashes, read from the runs: proofs and roots of any
-/// tree size up to the durable mark read only what is durable.
-pub(super) struct StoredHashes<'a, R: Reader> {
-    reader: &'a R,
-    last: RefCell<Option<Run>>,
-}
-
-impl<'a, R: Reader> StoredHashes<'a, R> {
-    pub fn new(reader: &'a R) -> Self {
-        Self {
-            reader,
-            last: RefCell::new(None),
-        }
-    }
-
-    fn hash(&self, index: u64) -> Result<Hash, StoreError> {
-        let leaf = tree::leaf_storing(index);
-        let seq = leaf + 1;
-        let mut last = self.last.borrow_mut();
-        if !last.as_ref().is_some_and(|r| r.holds(seq)) {
-            *last = run_holding(self.reader, seq)?;
-        }
-        let run = last.as_ref().ok_or_else(|| StoreError::Corrupt {
-            key: run_key_name(seq),
-            problem: format!("no run holds audit position {seq}"),
-        })?;
-        let hashes = &run.hashes[(seq - run.first) as usize];
-        let k = (index - tree::stored_hash_index(0, leaf)) as usize;
-        let bytes = hashes
-            .get(k * HASH_SIZE..(k + 1) * HASH_SIZE)
-            .ok_or_else(|| StoreError::Corrupt {
-                key: run_key_name(run.first),
-                problem: format!("position {seq} lacks its tree hash {k}"),
-            })?;
-        let mut h = [0; HASH_SIZE];
-        h.copy_from_slice(bytes);
-        Ok(Hash(h))
-    }
-}
-
-impl<R: Reader> HashReader for StoredHashes<'_, R> {
-    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tree::ReadError> {
-        indexes
-            .iter()
-            .map(|&i| {
-                self.hash(i)
-                    .map_err(|e| tree::ReadError::InvalidInput(e.to_string()))
+    LOG.leaves_after(db, after, upto, limit)?
+        .into_iter()
+        .map(|(seq, leaf)| {
+            decode_leaf(seq, &leaf).map_err(|problem| StoreError::Corrupt {
+                key: run_key_name(seq),
+                problem,
             })
-            .collect()
-    }
+        })
+        .collect()
+}
+
+/// The tree's stored hashes, for roots and proofs up to the durable mark.
+pub(super) fn stored_hashes<R: Reader>(reader: &R) -> liaison_store::merkle::StoredHashes<'_, R> {
+    LOG.hashes(reader)
 }
 
 /// The leaf hashes of positions `(after, upto]`, in order, to move a
@@ -330,45 +103,11 @@ pub(super) fn leaf_hashes(
     after: u64,
     upto: u64,
 ) -> Result<Vec<Hash>, StoreError> {
-    let mut out = Vec::with_capacity((upto.saturating_sub(after)) as usize);
-    let mut next = after + 1;
-    while next <= upto {
-        let runs = runs_from(reader, next, upto, 16)?;
-        if runs.is_empty() {
-            break;
-        }
-        for run in &runs {
-            for seq in run.first.max(next)..run.end().min(upto + 1) {
-                let hashes = &run.hashes[(seq - run.first) as usize];
-                let mut h = [0; HASH_SIZE];
-                h.copy_from_slice(&hashes[..HASH_SIZE]);
-                out.push(Hash(h));
-            }
-            next = next.max(run.end());
-        }
-    }
-    if out.len() as u64 != upto.saturating_sub(after) {
-        return Err(StoreError::Corrupt {
-            key: run_key_name(after + 1),
-            problem: format!(
-                "audit positions {} to {upto} are not all in the log",
-                after + 1
-            ),
-        });
-    }
-    Ok(out)
+    LOG.leaf_hashes(reader, after, upto)
 }
 
 /// What a full check of the stored log found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogCheck {
-    /// Records checked.
-    pub records: u64,
-    /// The root recomputed over them.
-    pub root: Hash,
-    /// The first bad position and what is wrong with it.
-    pub first_error: Option<(u64, String)>,
-}
+pub type LogCheck = liaison_store::merkle::Check;
 
 /// Recomputes every leaf hash and tree hash of positions 1 to `upto` from
 /// the leaves' bytes and compares them with what is stored: a flipped byte,
@@ -400,56 +139,8 @@ pub(super) fn check_log(
             })
         })
     };
-    let mut frontier = Frontier::new();
-    let mut next = 1u64;
-    let fail = |frontier: &Frontier, seq: u64, problem: String| LogCheck {
-        records: frontier.size(),
-        root: frontier.root(),
-        first_error: Some((seq, problem)),
-    };
-    while next <= upto {
-        let runs = match runs_from(db, next, upto, 16) {
-            Ok(runs) => runs,
-            Err(e) => return Ok(fail(&frontier, next, e.to_string())),
-        };
-        let Some(first) = runs.first() else {
-            return Ok(fail(&frontier, next, format!("position {next} is missing")));
-        };
-        if first.first > next {
-            return Ok(fail(&frontier, next, format!("position {next} is missing")));
-        }
-        for run in &runs {
-            if run.first != next && !(run.first < next && run.holds(next)) {
-                return Ok(fail(&frontier, next, format!("position {next} is missing")));
-            }
-            for seq in next..run.end().min(upto + 1) {
-                let i = (seq - run.first) as usize;
-                if let Err(e) = run.record(seq) {
-                    return Ok(fail(&frontier, seq, e.to_string()));
-                }
-                let stored = frontier.append(tree::leaf_hash(&run.leaves[i]));
-                let want: Vec<u8> = stored.iter().flat_map(|h| h.0).collect();
-                if want != run.hashes[i] {
-                    return Ok(fail(
-                        &frontier,
-                        seq,
-                        format!(
-                            "the stored tree hashes of position {seq} are not those of its leaf"
-                        ),
-                    ));
-                }
-                if let Some(problem) = witnessed(&frontier) {
-                    return Ok(fail(&frontier, seq, problem));
-                }
-            }
-            next = run.end();
-        }
-    }
-    Ok(LogCheck {
-        records: frontier.size(),
-        root: frontier.root(),
-        first_error: None,
-    })
+    let leaf_ok = |seq: u64, leaf: &[u8]| decode_leaf(seq, leaf).map(|_| ());
+    LOG.check(db, upto, leaf_ok, witnessed)
 }
 
 /// Converts a hash-chained audit log of an earlier version (`a/<seq>` runs
@@ -570,8 +261,12 @@ pub(crate) fn test_signer() -> liaison_tlog::LogSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use liaison_tlog::tree::MemoryTree;
+    use liaison_tlog::tree::{self, MemoryTree};
     use liaison_types::audit::Event as AuditEvent;
+
+    fn run_key(first: u64) -> Vec<u8> {
+        keys::seq_key(b"l/", first)
+    }
 
     fn record(reason: &str) -> pb::AuditRecord {
         pb::AuditRecord {
@@ -613,7 +308,7 @@ mod tests {
         assert_eq!(n, 54);
         let t = mirror(&db);
         assert_eq!(t.size(), n);
-        let stored = StoredHashes::new(&db);
+        let stored = stored_hashes(&db);
         for size in 1..=n {
             let root = tree::root(size, &stored).unwrap();
             let small = {
@@ -648,7 +343,7 @@ mod tests {
     async fn a_log_rewritten_after_a_witness_cosigned_it_fails_the_check() {
         let db = Db::in_memory();
         write(&db, &[4, 4], 100).await;
-        let at = |size: u64| tree::root(size, &StoredHashes::new(&db)).unwrap();
+        let at = |size: u64| tree::root(size, &stored_hashes(&db)).unwrap();
         let kept = |size: u64, root: Hash| super::super::KeptCosignature {
             body: liaison_types::BodyId::parse("bravo").unwrap(),
             size,
@@ -795,19 +490,20 @@ mod tests {
         assert_eq!(db.scan_prefix(b"a/", 10).unwrap().len(), 1);
     }
 
-    #[test]
-    fn a_damaged_head_is_named() {
-        let head = LogHead {
-            run_start: 1,
-            frontier: {
-                let mut f = Frontier::new();
-                f.append(tree::leaf_hash(b"a"));
-                f
-            },
-        };
-        assert_eq!(LogHead::decode(&head.encode()).unwrap(), head);
-        for bad in [&b"short"[..], &head.encode()[..20]] {
-            let e = LogHead::decode(bad).unwrap_err().to_string();
+    #[tokio::test]
+    async fn a_damaged_head_is_named() {
+        let db = Db::in_memory();
+        write(&db, &[2], 10).await;
+        let head = db.get(b"meta/log_head").unwrap().unwrap();
+        assert_eq!(read_head(&db).unwrap().frontier.size(), 2);
+        for bad in [b"short".to_vec(), head[..20].to_vec()] {
+            db.write(move |t| {
+                t.put(b"meta/log_head".to_vec(), bad);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+            let e = read_head(&db).unwrap_err().to_string();
             assert!(e.contains("meta/log_head"), "{e}");
         }
     }

@@ -472,7 +472,7 @@ impl HubStore {
             return Ok(latest);
         }
         self.within(size, latest.checkpoint.size)?;
-        let root = liaison_tlog::tree::root(size, &log::StoredHashes::new(&self.db))
+        let root = liaison_tlog::tree::root(size, &log::stored_hashes(&self.db))
             .map_err(|e| HubError::Store(StoreError::Engine(e.to_string())))?;
         Ok(self.log.signer.sign(size, root))
     }
@@ -508,9 +508,8 @@ impl HubStore {
                 "a tree of {size} records has no leaf {index}"
             )));
         }
-        let proof =
-            liaison_tlog::tree::inclusion_proof(index, size, &log::StoredHashes::new(&self.db))
-                .map_err(|e| HubError::Store(StoreError::Engine(e.to_string())))?;
+        let proof = liaison_tlog::tree::inclusion_proof(index, size, &log::stored_hashes(&self.db))
+            .map_err(|e| HubError::Store(StoreError::Engine(e.to_string())))?;
         Ok((proof, checkpoint))
     }
 
@@ -528,9 +527,8 @@ impl HubStore {
                 "a tree of {old} records is not a prefix of the tree of {size}"
             )));
         }
-        let proof =
-            liaison_tlog::tree::consistency_proof(old, size, &log::StoredHashes::new(&self.db))
-                .map_err(|e| HubError::Store(StoreError::Engine(e.to_string())))?;
+        let proof = liaison_tlog::tree::consistency_proof(old, size, &log::stored_hashes(&self.db))
+            .map_err(|e| HubError::Store(StoreError::Engine(e.to_string())))?;
         Ok((proof, checkpoint))
     }
 
