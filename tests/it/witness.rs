@@ -820,3 +820,131 @@ async fn the_hub_routes_nothing_it_cannot_record_and_resumes_by_itself() {
         "{events:?}"
     );
 }
+
+/// Changes the stopped hub's store with `change`, then closes it.
+async fn change_hub_store(
+    sandbox: &Sandbox,
+    change: impl FnOnce(&mut liaison_store::Txn<'_>) -> Result<(), liaison_store::StoreError>
+        + Send
+        + 'static,
+) {
+    let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
+    db.write(change).await.unwrap();
+    tokio::task::spawn_blocking(move || db.close().unwrap())
+        .await
+        .unwrap();
+}
+
+async fn oversight_verify(sandbox: &Sandbox) -> pb::VerifyResponse {
+    let mut oversight = sandbox.oversight().await.unwrap();
+    oversight
+        .verify(pb::VerifyRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The hub's log damaged on disk (a flipped byte in a leaf, a deleted run)
+/// fails verification at the first bad position, on the hub and in the
+/// auditor's command; a truncated log fails it too, and every witness that
+/// holds a larger tree raises the alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_truncated_log_is_named_by_verify_and_the_witnesses() {
+    let mut sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = alert_to_bravo(&mut alice, &format!("message {i}")).await;
+        in_bravos_inbox(&sandbox, &id).await;
+        ids.push(id);
+    }
+    let acked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let witnessed = witnessed_by_all(&sandbox, &acked).await;
+    assert!(oversight_verify(&sandbox).await.ok);
+    let records = audit_log(&sandbox).await;
+    let runs: Vec<(Vec<u8>, Vec<u8>)> = {
+        sandbox.stop_hub().await.unwrap();
+        let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
+        let runs = db.scan_prefix(b"l/", usize::MAX).unwrap();
+        tokio::task::spawn_blocking(move || db.close().unwrap())
+            .await
+            .unwrap();
+        runs
+    };
+    assert!(runs.len() >= 3, "one run per transaction: {}", runs.len());
+    let position = |key: &[u8]| u64::from_be_bytes(key[2..10].try_into().unwrap());
+
+    // A flipped byte in the first record ("received" becomes "Received").
+    let (key, value) = runs[0].clone();
+    let at = value
+        .windows(8)
+        .position(|w| w == b"received")
+        .expect("the first record is a receipt");
+    let mut flipped = value.clone();
+    flipped[at] ^= 0x20;
+    change_hub_store(&sandbox, move |t| {
+        t.put(key, flipped);
+        Ok(())
+    })
+    .await;
+    sandbox.start_hub().await.unwrap();
+    let v = oversight_verify(&sandbox).await;
+    assert!(!v.ok, "{v:?}");
+    assert_eq!(v.first_bad_seq, 1, "{v:?}");
+    let out = liaison(
+        &sandbox,
+        &sandbox.hub_url(),
+        &format!("{}/oversight-ccf", sandbox.governance().hub_body()),
+        &["audit", "verify"],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Repaired, then a whole run deleted: the first position it held is
+    // missing.
+    sandbox.stop_hub().await.unwrap();
+    let (key, value) = runs[0].clone();
+    let (gone, _) = runs[1].clone();
+    let missing = position(&gone);
+    change_hub_store(&sandbox, move |t| {
+        t.put(key, value);
+        t.delete(gone);
+        Ok(())
+    })
+    .await;
+    sandbox.start_hub().await.unwrap();
+    let v = oversight_verify(&sandbox).await;
+    assert!(!v.ok, "{v:?}");
+    assert_eq!(v.first_bad_seq, missing, "{v:?}");
+    assert!(v.error.contains("missing"), "{}", v.error);
+
+    // Truncated: the log rebuilt from its first records only. The hub's
+    // own tree is whole, but the witnesses hold a larger one.
+    sandbox.stop_hub().await.unwrap();
+    let (key, value) = runs[1].clone();
+    change_hub_store(&sandbox, move |t| {
+        t.put(key, value);
+        Ok(())
+    })
+    .await;
+    let keep = (records.len() / 2).max(1);
+    rewrite_hub_log(&sandbox.dir().join("hub-data"), leaves(&records[..keep])).await;
+    sandbox.start_hub().await.unwrap();
+    for body in BODIES {
+        let w = alarmed(&sandbox, body).await;
+        assert!(w.alarm.contains("fewer than"), "{body}: {}", w.alarm);
+        assert_eq!(
+            w.tree_size, witnessed.tree_size,
+            "the larger tree stays held"
+        );
+    }
+    let v = oversight_verify(&sandbox).await;
+    assert!(!v.ok, "{v:?}");
+    assert!(v.error.contains("truncated"), "{}", v.error);
+    sandbox.shutdown().await.unwrap();
+}

@@ -332,14 +332,38 @@ impl Witness {
                 } else {
                     (&served.checkpoint, held_cp)
                 };
-                let proof = hub
+                let asked = hub
                     .prove_consistency(pb::ConsistencyRequest {
                         old_size: old.size,
                         tree_size: new.size,
                     })
-                    .await
-                    .map_err(|s| format!("asking for a consistency proof: {}", s.message()))?
-                    .into_inner();
+                    .await;
+                let proof = match asked {
+                    Ok(p) => p.into_inner(),
+                    // The hub's log is shorter than the tree this node
+                    // verified: records it had signed are gone (a
+                    // truncated or replaced log). An honest hub's log only
+                    // grows, so this is no passing failure.
+                    Err(s) if s.code() == tonic::Code::OutOfRange && new.size == held_cp.size => {
+                        self.raise(
+                            db,
+                            format!(
+                                "the hub's log holds {} records, fewer than the {} of the checkpoint held here (it was truncated or replaced): {}",
+                                served.checkpoint.size,
+                                held_cp.size,
+                                s.message()
+                            ),
+                            &held_note,
+                            note,
+                            &[],
+                        )
+                        .await;
+                        return Ok(());
+                    }
+                    Err(s) => {
+                        return Err(format!("asking for a consistency proof: {}", s.message()))
+                    }
+                };
                 let hashes: Result<Vec<Hash>, String> = proof
                     .hashes
                     .iter()

@@ -545,7 +545,21 @@ impl HubStore {
     pub fn check_log(&self) -> Result<(log::LogCheck, SignedCheckpoint), StoreError> {
         let checkpoint = self.checkpoint()?;
         let cosigned = all_cosignatures(&self.db)?;
-        let mut check = log::check_log(&self.db, checkpoint.checkpoint.size, &cosigned)?;
+        let size = checkpoint.checkpoint.size;
+        let mut check = log::check_log(&self.db, size, &cosigned)?;
+        // A witness that cosigned a larger tree than the log now holds saw
+        // records that are gone.
+        if check.first_error.is_none() {
+            if let Some(c) = cosigned.iter().find(|c| c.size > size) {
+                check.first_error = Some((
+                    size + 1,
+                    format!(
+                        "{} cosigned a tree of {} records but the log holds {size} (it was truncated or replaced)",
+                        c.body, c.size
+                    ),
+                ));
+            }
+        }
         if check.first_error.is_none() && check.root != checkpoint.checkpoint.root {
             check.first_error = Some((
                 checkpoint.checkpoint.size,
