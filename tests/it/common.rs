@@ -295,3 +295,33 @@ pub async fn damage_hub_record(
         .await
         .unwrap();
 }
+
+/// Runs `liaison --output json` with `args` against `server` as `who` (a
+/// dev PKI stem), off the async runtime.
+pub async fn liaison_json(
+    sandbox: &Sandbox,
+    server: &str,
+    who: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"));
+    cmd.args(["--output", "json"])
+        .args(args)
+        .arg("--server")
+        .arg(server)
+        .arg("--certs")
+        .arg(sandbox.certs())
+        .arg("--as")
+        .arg(who);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Each line of a command's standard output, as JSON.
+pub fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}

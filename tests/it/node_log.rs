@@ -8,28 +8,11 @@ use liaison_federation::{wait_until, Sandbox};
 use liaison_proto::v1 as pb;
 use pb::{Classification as C, Kind as K};
 
-use crate::common::{alert, labels, sandbox, SETTLE};
+use crate::common::{alert, json_lines, labels, sandbox, SETTLE};
 
 async fn liaison(sandbox: &Sandbox, who: &str, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"));
-    cmd.args(["--output", "json"])
-        .args(args)
-        .arg("--server")
-        .arg(sandbox.node_url("bravo").unwrap())
-        .arg("--certs")
-        .arg(sandbox.certs())
-        .arg("--as")
-        .arg(who);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn lines(out: &std::process::Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let bravo = sandbox.node_url("bravo").unwrap();
+    crate::common::liaison_json(sandbox, &bravo, who, args).await
 }
 
 /// bravo's node log, as its auditor reads it.
@@ -146,7 +129,7 @@ async fn a_node_logs_what_happens_only_there_in_a_merkle_log_that_verifies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let listed = lines(&out);
+    let listed = json_lines(&out);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["message_id"], read.as_str());
     assert!(listed[0]["at"].as_str().unwrap().ends_with('Z'), "RFC 3339");
@@ -161,7 +144,7 @@ async fn a_node_logs_what_happens_only_there_in_a_merkle_log_that_verifies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = &lines(&out)[0];
+    let v = &json_lines(&out)[0];
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["records"], log.len(), "{v}");
     assert_eq!(v["node"]["root"], v["root"], "{v}");
@@ -206,7 +189,7 @@ async fn a_node_logs_what_happens_only_there_in_a_merkle_log_that_verifies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = &lines(&out)[0];
+    let v = &json_lines(&out)[0];
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["node"]["first_bad_seq"], 1, "{v}");
     sandbox.shutdown().await.unwrap();

@@ -15,37 +15,17 @@ use prost::Message as _;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::common::{alert, assert_refused, audit_log, labels, sandbox, SETTLE};
+use crate::common::{alert, assert_refused, audit_log, json_lines, labels, sandbox, SETTLE};
 
 const BODIES: [&str; 4] = ["alpha", "bravo", "charlie", "obs"];
 
-/// Runs `liaison --output json` with `args` against `server` as `who`.
 async fn liaison(
     sandbox: &Sandbox,
     server: &str,
     who: &str,
     args: &[&str],
 ) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"));
-    cmd.args(["--output", "json"])
-        .args(args)
-        .arg("--server")
-        .arg(server)
-        .arg("--certs")
-        .arg(sandbox.certs())
-        .arg("--as")
-        .arg(who);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
-
-/// Each line of a command's standard output, as JSON.
-fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    crate::common::liaison_json(sandbox, server, who, args).await
 }
 
 /// The log's verifier key and the witnesses' keys, as the dev PKI wrote them.

@@ -193,6 +193,21 @@ pub struct VerifyArgs {
     pub keys: KeyArgs,
 }
 
+impl VerifyArgs {
+    /// The connection to `--server`; `missing` says what to give without it.
+    fn connection(&self, missing: &str) -> Result<Connection> {
+        let server = self.server.clone().ok_or_else(|| anyhow!("{missing}"))?;
+        Ok(Connection {
+            server,
+            certs: self.certs.clone(),
+            identity: self.identity.clone(),
+            cert: None,
+            key: None,
+            ca: None,
+        })
+    }
+}
+
 /// The export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
@@ -796,18 +811,7 @@ async fn verify(a: VerifyArgs, out: Output) -> Result<()> {
             .into()),
         };
     }
-    let server = a
-        .server
-        .clone()
-        .ok_or_else(|| anyhow!("give --server (the hub) or --file (an export)"))?;
-    let conn = Connection {
-        server,
-        certs: a.certs.clone(),
-        identity: a.identity.clone(),
-        cert: None,
-        key: None,
-        ca: None,
-    };
+    let conn = a.connection("give --server (the hub) or --file (an export)")?;
     let mut client = client_for(&conn).await?;
     let hub = client
         .verify(pb::VerifyRequest {})
@@ -1621,18 +1625,7 @@ async fn list_node(a: &ListArgs, out: Output, follow: bool) -> Result<()> {
 }
 
 async fn verify_node(a: &VerifyArgs, out: Output) -> Result<()> {
-    let server = a
-        .server
-        .clone()
-        .ok_or_else(|| anyhow!("give --server (your node) with --node"))?;
-    let conn = Connection {
-        server,
-        certs: a.certs.clone(),
-        identity: a.identity.clone(),
-        cert: None,
-        key: None,
-        ca: None,
-    };
+    let conn = a.connection("give --server (your node) with --node")?;
     let mut node = node_audit_client(&conn).await?;
     let theirs = node
         .verify_log(pb::NodeLogVerifyRequest {})
