@@ -564,5 +564,22 @@ async fn a_recipients_node_erases_content_when_the_retention_period_ends() {
     let summary = gone.summary.unwrap();
     assert_eq!(summary.title, "(withdrawn: retention)");
     assert!(summary.withdrawn_reason.contains("retention period"));
+    // The node's own log records the erasure.
+    let mut audit = sandbox
+        .node_audit("bravo", "bravo/auditor-audit")
+        .await
+        .unwrap();
+    let log = audit
+        .list_log(pb::NodeLogRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let erased = log
+        .records
+        .iter()
+        .find(|r| r.event == "erased" && r.message_id == id)
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert_eq!(erased.origin, "alpha");
+    assert!(erased.reason.contains("retention period"), "{erased:?}");
     sandbox.shutdown().await.unwrap();
 }
