@@ -926,5 +926,24 @@ async fn a_damaged_or_truncated_log_is_named_by_verify_and_the_witnesses() {
     let v = oversight_verify(&sandbox).await;
     assert!(!v.ok, "{v:?}");
     assert!(v.error.contains("truncated"), "{}", v.error);
+    // The hub's status still answers, with the log it holds.
+    let out = liaison(
+        &sandbox,
+        &sandbox.hub_url(),
+        &format!("{}/oversight-ccf", sandbox.governance().hub_body()),
+        &["status"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = &json_lines(&out)[0];
+    let size = status["checkpoint"]["tree_size"].as_u64().unwrap();
+    assert!(
+        (keep as u64..witnessed.tree_size).contains(&size),
+        "{status}"
+    );
     sandbox.shutdown().await.unwrap();
 }
