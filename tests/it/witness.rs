@@ -947,3 +947,70 @@ async fn a_damaged_or_truncated_log_is_named_by_verify_and_the_witnesses() {
     );
     sandbox.shutdown().await.unwrap();
 }
+
+/// The governance may name the federation's log key (`[audit] log_key`):
+/// a reload naming another key than the one the hub signs with is refused,
+/// naming the key; the right one goes into force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_governance_names_the_log_key_and_a_hub_with_another_is_refused() {
+    let sandbox = crate::common::hub_only().await;
+    let ours = std::fs::read_to_string(sandbox.certs().join(liaison_pki::LOG_VKEY_FILE)).unwrap();
+    let (_, theirs) = liaison_tlog::note::key_pair(
+        "liaison.test/audit",
+        liaison_tlog::note::LOG_KEY_TYPE,
+        [77; 32],
+    )
+    .unwrap();
+    let mut admin = crate::common::admin(&sandbox, "alpha/admin-admin").await;
+    let with_key = |key: &str| {
+        format!(
+            "{}\n[audit]\nlog_key = \"{}\"\n",
+            crate::common::GOVERNANCE,
+            key.trim()
+        )
+    };
+    // A hub whose signing key is not the one the governance names does
+    // not start.
+    let signer = liaison_tlog::LogSigner::from_text(
+        std::fs::read_to_string(sandbox.certs().join(liaison_pki::LOG_KEY_FILE))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let gov = liaison_policy::Governance::from_toml("governance.toml", &with_key(&theirs)).unwrap();
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let keys = liaison_hub::LoadedAuditKeys {
+        signer,
+        witnesses: Default::default(),
+    };
+    let refused = liaison_hub::HubState::new(liaison_store::Db::in_memory(), gov, keys, stopping)
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("governance.toml") && refused.contains("log_key"),
+        "{refused}"
+    );
+
+    crate::common::write_governance(&sandbox, &with_key(&theirs));
+    assert_refused(
+        admin.reload_policy(pb::ReloadPolicyRequest {}).await,
+        Code::FailedPrecondition,
+        &["log_key", "this hub signs with"],
+    );
+    crate::common::write_governance(&sandbox, &with_key(&ours));
+    admin
+        .reload_policy(pb::ReloadPolicyRequest {})
+        .await
+        .unwrap();
+    // A node reads it from the governance the hub hands out.
+    let mut node = sandbox.hub_as("bravo/node").await.unwrap();
+    let snap = node
+        .get_governance(pb::GetGovernanceRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(snap.text.contains(ours.trim()), "{}", snap.text);
+    sandbox.shutdown().await.unwrap();
+}

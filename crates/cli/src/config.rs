@@ -65,6 +65,8 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
             }
             let gov = liaison_hub::load_governance(&c)?;
             let keys = c.audit.load()?;
+            liaison_hub::check_log_key(&gov, &keys.signer.verifier_text())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", c.governance.display()))?;
             let unwitnessed: Vec<String> = gov
                 .bodies()
                 .filter(|b| !keys.witnesses.contains_key(&b.id))

@@ -344,6 +344,8 @@ impl PolicyReloader {
                 gov.hub_body()
             ));
         }
+        crate::service::check_log_key(&gov, &self.state.store().log_verifier_text())
+            .map_err(|e| format!("{}: {e}", key_location(&name, &text, "log_key")))?;
         Ok(gov)
     }
 

@@ -42,7 +42,7 @@ use liaison_store::Db;
 use liaison_telemetry::health::{reflection, Health};
 pub use liaison_telemetry::metrics::Listeners;
 use liaison_types::Role;
-pub use service::HubState;
+pub use service::{check_log_key, HubState};
 use service::{AuditService, FederationService, OperationsService};
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -32,6 +32,18 @@ const DELIVERY_BUFFER: usize = 64;
 pub const MAX_BATCH: usize = 4096;
 /// Audit records read per round trip when listing or verifying.
 const AUDIT_BATCH: usize = 1024;
+/// Whether the hub's log key is the one the governance names (`[audit]
+/// log_key`), when it names one.
+pub fn check_log_key(gov: &Governance, verifier: &str) -> Result<(), String> {
+    match gov.audit_log_key() {
+        Some(agreed) if agreed != verifier.trim() => Err(format!(
+            "[audit] log_key: the federation's log key is {agreed}, but this hub signs with {}; configure the hub's [audit] signing_key to the key the federation agreed, or correct the governance",
+            verifier.trim()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A store failure while routing: nothing was routed or recorded (a damaged
 /// record stays [`HubError::Store`], named, since retrying will not heal it).
 fn unrecorded(e: StoreError) -> HubError {
@@ -97,6 +109,12 @@ impl HubState {
                 "converted the hash-chained audit log to the merkle log"
             );
         }
+        check_log_key(&governance, &keys.signer.verifier_text()).map_err(|problem| {
+            HubError::Config {
+                file: governance.source_name().to_owned(),
+                problem,
+            }
+        })?;
         let store = HubStore::open(db, governance.bodies().map(|b| &b.id), keys.signer)?;
         let overrides = store.body_states()?;
         Ok(Self {

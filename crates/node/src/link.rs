@@ -765,6 +765,10 @@ pub async fn follow_governance(
                     match verified_governance(&snap) {
                         Ok(gov) => {
                             tracing::info!(version = %gov.version(), previous = %known, "governance in force at the hub fetched");
+                            state
+                                .witness
+                                .check_agreed_key(&state.db, gov.audit_log_key())
+                                .await;
                             *state.governance.write().unwrap_or_else(|p| p.into_inner()) =
                                 Some(Arc::new(gov));
                         }

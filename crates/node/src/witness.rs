@@ -453,6 +453,28 @@ impl Witness {
         Ok(())
     }
 
+    /// Checks the log key this witness uses against the one the
+    /// federation's governance names (`[audit] log_key`), if it names one;
+    /// a different key raises the alarm: checkpoints this node verifies
+    /// would not be the federation's log.
+    pub async fn check_agreed_key(&self, db: &Db, agreed: Option<&str>) {
+        let Some(agreed) = agreed else { return };
+        if !self.log.is(agreed) {
+            self.raise(
+                db,
+                format!(
+                    "the federation's governance names the log key {}, but this node checks checkpoints with the key named {} in its [audit] log_key; configure the key the federation agreed",
+                    liaison_types::text::escape_line(agreed),
+                    self.log.name()
+                ),
+                "",
+                &[],
+                &[],
+            )
+            .await;
+        }
+    }
+
     /// Raises the alarm with its evidence (one write), unless the same
     /// problem is already raised.
     async fn raise(&self, db: &Db, problem: String, held: &str, served: &[u8], proof: &[Vec<u8>]) {
@@ -555,6 +577,26 @@ pub(crate) mod tests {
             size,
             root: tree::leaf_hash(root),
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_key_other_than_the_federations_raises_the_alarm() {
+        use liaison_tlog::note::{key_pair, LOG_KEY_TYPE};
+        let db = Db::in_memory();
+        let w = witness(&db);
+        let (_, same) = key_pair("liaison.test/audit", LOG_KEY_TYPE, [1; 32]).unwrap();
+        let (_, other) = key_pair("liaison.test/audit", LOG_KEY_TYPE, [9; 32]).unwrap();
+        w.check_agreed_key(&db, None).await;
+        w.check_agreed_key(&db, Some(&same)).await;
+        assert!(w.alarm().is_none());
+        w.check_agreed_key(&db, Some(&other)).await;
+        let alarm = w.alarm().expect("raised");
+        assert!(
+            alarm.problem.contains("names the log key"),
+            "{}",
+            alarm.problem
+        );
+        assert!(w.status(&db).unwrap().alarm.contains(&other));
     }
 
     #[test]

@@ -265,9 +265,18 @@ pub struct Governance {
     observers: ObserverRestriction,
     working_groups: BTreeMap<String, WorkingGroup>,
     retention_ms: BTreeMap<Classification, i64>,
+    log_key: Option<String>,
 }
 
 impl Governance {
+    /// The audit log's verifier key as the federation agreed it (`[audit]
+    /// log_key`: a C2SP note verifier key named `<federation>/audit`), if
+    /// the file names one: the hub's signing key must match it, and each
+    /// node's configured log key too.
+    pub fn audit_log_key(&self) -> Option<&str> {
+        self.log_key.as_deref()
+    }
+
     /// This governance with some bodies' states set by an administrator
     /// (suspension, revocation or reinstatement) on top of the file.
     ///
@@ -604,6 +613,14 @@ struct RawConfig {
     working_group: Vec<Spanned<RawWorkingGroup>>,
     #[serde(default)]
     retention: BTreeMap<Spanned<Classification>, Spanned<String>>,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    log_key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -857,6 +874,35 @@ impl Validator<'_> {
             retention_ms.insert(*level.get_ref(), ms);
         }
 
+        let log_key = match &raw.audit {
+            None => None,
+            Some(a) => {
+                let text = a.log_key.get_ref().trim();
+                let want = format!("{federation}/audit");
+                let mut parts = text.splitn(3, '+');
+                let (name, id, key) = (parts.next(), parts.next(), parts.next());
+                let shaped = id
+                    .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                    && key.is_some_and(|k| !k.is_empty());
+                if !shaped {
+                    return Err(self.err(
+                        &a.log_key.span(),
+                        "not a note verifier key; give the text of log.vkey (<name>+<key id>+<key>)",
+                    ));
+                }
+                if name != Some(want.as_str()) {
+                    return Err(self.err(
+                        &a.log_key.span(),
+                        format!(
+                            "the log key is named {:?}; the federation's log is named {want:?}",
+                            name.unwrap_or_default()
+                        ),
+                    ));
+                }
+                Some(text.to_owned())
+            }
+        };
+
         Ok(Governance {
             source_name: self.src.name.to_owned(),
             text: std::sync::Arc::from(self.src.text),
@@ -868,6 +914,7 @@ impl Validator<'_> {
             observers,
             working_groups,
             retention_ms,
+            log_key,
         })
     }
 
@@ -1675,6 +1722,28 @@ reference = "TEST-1"
         );
         assert_eq!(err.location().line, BASE.lines().count() + 3, "{err}");
         assert!(load(&format!("{BASE}\n[retention]\nTOP_SECRET = \"1d\"\n")).is_err());
+    }
+
+    #[test]
+    fn the_audit_log_key_is_named_for_the_federation_and_shaped_as_a_verifier_key() {
+        let fed = load(BASE).expect("valid").federation().to_owned();
+        assert_eq!(load(BASE).unwrap().audit_log_key(), None);
+        let key = format!("{fed}/audit+0aa6d0ad+AYqI4910CfGV/VLbLTy6XXLKZwm/HZQSG/N0iAG0D29c");
+        let g = load(&format!("{BASE}\n[audit]\nlog_key = \"{key}\"\n")).expect("valid");
+        assert_eq!(g.audit_log_key(), Some(key.as_str()));
+        let err = load(&format!(
+            "{BASE}\n[audit]\nlog_key = \"other/audit+0aa6d0ad+AYqI\"\n"
+        ))
+        .expect_err("another log's name");
+        assert!(err.problem().contains("is named \"other/audit\""), "{err}");
+        assert_eq!(err.location().line, BASE.lines().count() + 3, "{err}");
+        for bad in ["not a key", "x/audit+zz+AY", "x/audit+0aa6d0ad+"] {
+            let err = load(&format!("{BASE}\n[audit]\nlog_key = \"{bad}\"\n")).expect_err(bad);
+            assert!(
+                err.problem().contains("not a note verifier key"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -310,6 +310,14 @@ impl LogVerifier {
         &self.name
     }
 
+    /// Whether `text` is this same verifier key (another key's text, or
+    /// text that is no verifier key, is not).
+    pub fn is(&self, text: &str) -> bool {
+        Self::from_text(text.trim()).is_ok_and(|other| {
+            other.name == self.name && other.id == self.id && other.key == self.key
+        })
+    }
+
     /// Checks a signed checkpoint: a note signed by this key, whose text is
     /// a checkpoint of this log. Other signature lines (cosignatures) are
     /// left for [`LogVerifier::cosignatures`].

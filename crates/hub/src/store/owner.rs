@@ -451,6 +451,11 @@ impl HubStore {
         Ok(signed.clone())
     }
 
+    /// The log's verifier key, as text (`<name>+<id>+<key>`).
+    pub fn log_verifier_text(&self) -> String {
+        self.log.signer.verifier_text()
+    }
+
     /// When the latest checkpoint was signed (ms since the epoch): at
     /// start-up, then each time the log has grown and a checkpoint was
     /// asked for or published.
