@@ -456,6 +456,19 @@ async fn metrics_count_routing_and_show_queues_connections_and_the_store() {
         sample(&m, "liaison_audit_records") >= 3.0,
         "received, routed, delivered"
     );
+    // The last checkpoint: its size (the scrape signs one if the log grew)
+    // and when it was signed.
+    assert_eq!(
+        sample(&m, "liaison_audit_checkpoint_size"),
+        sample(&m, "liaison_audit_records")
+    );
+    let signed = sample(&m, "liaison_audit_checkpoint_timestamp_seconds");
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((wall - 600.0..=wall + 1.0).contains(&signed), "{signed}");
+    assert!(m.contains_key("liaison_audit_witnessed_size"), "{text}");
     assert!(sample(&m, "liaison_store_size_bytes") > 0.0);
     assert_eq!(sample(&m, "liaison_store_failing"), 0.0);
     assert!(sample(&m, "liaison_store_flush_duration_seconds_count") >= 1.0);
@@ -481,6 +494,15 @@ async fn metrics_count_routing_and_show_queues_connections_and_the_store() {
     assert_eq!(sample(&n, "liaison_node_inbox_messages"), 1.0);
     assert_eq!(sample(&n, "liaison_node_hub_connected"), 1.0);
     assert_eq!(sample(&n, "liaison_node_quarantine_size"), 0.0);
+    // Its witness: no alarm, and a checkpoint verified once it has checked.
+    assert_eq!(sample(&n, "liaison_node_witness_alarm"), 0.0);
+    let n = wait_until("bravo's witness verifies a checkpoint", SETTLE, || async {
+        let (_, n) = scrape(bravo).await;
+        (n.get("liaison_node_witness_tree_size") > Some(&0.0)).then_some(n)
+    })
+    .await
+    .unwrap();
+    assert!(sample(&n, "liaison_node_witness_verified_timestamp_seconds") > 0.0);
     promtool_accepts(&text);
     let alpha = sandbox.node_metrics_addr("alpha").unwrap();
     let (_, a) = scrape(alpha).await;
