@@ -1579,6 +1579,16 @@ async fn a_ca_rotation_takes_effect_without_a_restart_with_both_cas_trusted_unti
         .unwrap()
         .into_inner()
         .message_id;
+    // bravo's node reloads on its own clock (within 5 s of the files'
+    // change): its officer, on a certificate of the new CA, gets in once it
+    // has.
+    let bravo = sandbox.node_url("bravo").unwrap();
+    let new_bob = sandbox.material("bravo/officer-bob").unwrap();
+    wait_until("bravo's node trusts the new CA", SETTLE, || async {
+        officer_gets_in(&bravo, &new_bob).await.then_some(())
+    })
+    .await
+    .unwrap();
     in_bravo(&sandbox, id).await;
 
     let finished = rotate("--finish");
