@@ -269,6 +269,21 @@ pub async fn submit_as(
     id
 }
 
+/// Opens the stopped process's store in `dir`, applies `change` in one
+/// write, and closes it (as a bug, a bad disk or an attacker would).
+pub async fn change_store(
+    dir: &std::path::Path,
+    change: impl FnOnce(&mut liaison_store::Txn<'_>) -> Result<(), liaison_store::StoreError>
+        + Send
+        + 'static,
+) {
+    let db = liaison_store::Db::open(dir).unwrap();
+    db.write(change).await.unwrap();
+    tokio::task::spawn_blocking(move || db.close().unwrap())
+        .await
+        .unwrap();
+}
+
 /// Rewrites the value at `key` in the stopped hub's store with `damage`
 /// (as a hub bug or a bad disk would), then closes the store. The key must
 /// exist: a test that damages nothing proves nothing.
@@ -277,23 +292,18 @@ pub async fn damage_hub_record(
     key: &str,
     damage: impl FnOnce(Vec<u8>) -> Vec<u8> + Send + 'static,
 ) {
-    let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
     let key = key.as_bytes().to_vec();
-    let value = db.get(&key).unwrap().unwrap_or_else(|| {
-        panic!(
-            "no {} in the hub's store: the key schema changed",
-            String::from_utf8_lossy(&key)
-        )
-    });
-    db.write(move |t| {
+    change_store(&sandbox.dir().join("hub-data"), move |t| {
+        let value = t.get(&key)?.ok_or_else(|| {
+            liaison_store::StoreError::Engine(format!(
+                "no {} in the hub's store: the key schema changed",
+                String::from_utf8_lossy(&key)
+            ))
+        })?;
         t.put(key, damage(value));
-        Ok::<_, liaison_store::StoreError>(())
+        Ok(())
     })
-    .await
-    .unwrap();
-    tokio::task::spawn_blocking(move || db.close().unwrap())
-        .await
-        .unwrap();
+    .await;
 }
 
 /// Runs `liaison --output json` with `args` against `server` as `who` (a

@@ -157,25 +157,21 @@ async fn a_node_logs_what_happens_only_there_in_a_merkle_log_that_verifies() {
 
     // A flipped byte in the stored log is named by both checks.
     sandbox.stop_node("bravo").await.unwrap();
-    {
-        let db = liaison_store::Db::open(&sandbox.dir().join("nodes/bravo")).unwrap();
-        let (key, mut value) = db
-            .scan_prefix(b"nl/", 1)
-            .unwrap()
+    crate::common::change_store(&sandbox.dir().join("nodes/bravo"), |t| {
+        let (key, mut value) = t
+            .scan(b"nl/", &liaison_store::keys::prefix_end(b"nl/"), 1)?
             .into_iter()
             .next()
-            .expect("the node log's runs are under nl/: the key schema changed");
+            .ok_or_else(|| {
+                liaison_store::StoreError::Engine(
+                    "no node log runs under nl/: the key schema changed".into(),
+                )
+            })?;
         value[6] ^= 0x20;
-        db.write(move |t| {
-            t.put(key, value);
-            Ok::<_, liaison_store::StoreError>(())
-        })
-        .await
-        .unwrap();
-        tokio::task::spawn_blocking(move || db.close().unwrap())
-            .await
-            .unwrap();
-    }
+        t.put(key, value);
+        Ok(())
+    })
+    .await;
     sandbox.start_node("bravo").await.unwrap();
     let out = liaison(
         &sandbox,

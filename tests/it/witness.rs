@@ -808,11 +808,7 @@ async fn change_hub_store(
         + Send
         + 'static,
 ) {
-    let db = liaison_store::Db::open(&sandbox.dir().join("hub-data")).unwrap();
-    db.write(change).await.unwrap();
-    tokio::task::spawn_blocking(move || db.close().unwrap())
-        .await
-        .unwrap();
+    crate::common::change_store(&sandbox.dir().join("hub-data"), change).await;
 }
 
 async fn oversight_verify(sandbox: &Sandbox) -> pb::VerifyResponse {

@@ -654,24 +654,44 @@ pub struct WholeLog {
 impl WholeLog {
     /// Takes the next record.
     pub fn push(&mut self, r: &pb::AuditRecord) {
+        self.push_leaf(r.seq, &r.leaf, || leaf_matches(r));
+    }
+
+    /// Takes the next leaf, said to be position `seq`; `matches` checks
+    /// that the record shown is the one the leaf holds.
+    pub fn push_leaf(
+        &mut self,
+        seq: u64,
+        leaf: &[u8],
+        matches: impl FnOnce() -> Result<(), String>,
+    ) {
         if self.first_error.is_some() {
             return;
         }
         let expected = self.frontier.size() + 1;
-        let problem = if r.seq != expected {
+        let problem = if seq != expected {
             Some(format!(
-                "position {} where {expected} was expected (a record is missing or reordered)",
-                r.seq
+                "position {seq} where {expected} was expected (a record is missing or reordered)"
             ))
         } else {
-            leaf_matches(r).err()
+            matches().err()
         };
         match problem {
-            Some(p) => self.first_error = Some((r.seq.min(expected), p)),
+            Some(p) => self.first_error = Some((seq.min(expected), p)),
             None => {
-                self.frontier.append(tree::leaf_hash(&r.leaf));
+                self.frontier.append(tree::leaf_hash(leaf));
             }
         }
+    }
+
+    /// The first bad position and why, if any so far.
+    pub fn first_error(&self) -> Option<&(u64, String)> {
+        self.first_error.as_ref()
+    }
+
+    /// The root of the leaves taken.
+    pub fn root(&self) -> Hash {
+        self.frontier.root()
     }
 
     /// Records taken.
@@ -941,11 +961,51 @@ async fn verify_online(
     ))
 }
 
+/// Synthetic record `seq` of [`write_synthetic_export`], with its leaf:
+/// per message a receipt with its labels, then a routing decision for each
+/// of ten bodies.
+fn synthetic_record(seq: u64) -> pb::AuditRecord {
+    let body = |i: u64| format!("body{:02}", i % 11);
+    let message = seq / 11;
+    let id = format!("01900000-0000-7000-8000-{message:012x}");
+    let mut r = pb::AuditRecord {
+        seq,
+        at_ms: 1_796_184_000_000 + i64::try_from(seq).unwrap_or(i64::MAX),
+        message_id: id.clone(),
+        origin: body(message),
+        policy_version: "a894a2f0d1667e1764574e5ea844be43028b9805bc05fb53b39151ae19facb8a".into(),
+        actor: format!("spiffe://liaison.bench/org/{}/node/node", body(message)),
+        kind: "alert".into(),
+        classification: "RESTRICTED".into(),
+        ..Default::default()
+    };
+    if seq % 11 == 1 {
+        r.event = "received".into();
+        r.labels = format!(
+            "{{\"message_id\":\"{id}\",\"origin\":\"{}\",\"kind\":\"alert\",\"classification\":\"RESTRICTED\",\"crime_areas\":[\"drugs\"],\"priority\":\"routine\",\"created_at_ms\":{}}}",
+            body(message),
+            r.at_ms
+        );
+    } else {
+        r.event = "routed".into();
+        r.recipient = body(seq);
+        r.decision = "deliver".into();
+        r.rule = "deliver.all_rules_passed".into();
+        r.reason =
+            "clearance SECRET >= RESTRICTED; accepts alert; mandate covers drugs; no personal data"
+                .into();
+        r.queue_seq = message + 1;
+    }
+    r.leaf = r.encode_to_vec();
+    r
+}
+
 /// Writes an export of `n` synthetic records in the format of `audit
 /// export` (the checkpoint line, then each record with its leaf), shaped as
-/// the hub writes them: per message a receipt with its labels, then a
-/// routing decision for each of ten bodies. The checkpoint is signed with a
-/// throwaway key, whose verifier is returned. For the benchmark.
+/// the hub writes them ([`synthetic_record`]). The checkpoint is signed
+/// with a throwaway key, whose verifier is returned. The records are made
+/// twice (once for the root the header needs, once to write), so that the
+/// file is written once. For the benchmark.
 pub fn write_synthetic_export(path: &Path, n: u64) -> Result<LogVerifier> {
     let (skey, vkey) = liaison_tlog::note::key_pair(
         "liaison.bench/audit",
@@ -954,53 +1014,15 @@ pub fn write_synthetic_export(path: &Path, n: u64) -> Result<LogVerifier> {
     )
     .map_err(|e| anyhow!("{e}"))?;
     let signer = liaison_tlog::LogSigner::from_text(&skey).map_err(|e| anyhow!("{e}"))?;
+    let mut frontier = Frontier::new();
+    for seq in 1..=n {
+        frontier.append(tree::leaf_hash(&synthetic_record(seq).leaf));
+    }
+    let signed = signer.sign(frontier.size(), frontier.root());
     let mut w = std::io::BufWriter::with_capacity(
         1 << 20,
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
     );
-    let mut frontier = Frontier::new();
-    let mut lines: Vec<u8> = Vec::new();
-    let body = |i: u64| format!("body{:02}", i % 11);
-    for seq in 1..=n {
-        let message = seq / 11;
-        let id = format!("01900000-0000-7000-8000-{message:012x}");
-        let mut r = pb::AuditRecord {
-            seq,
-            at_ms: 1_796_184_000_000 + i64::try_from(seq).unwrap_or(i64::MAX),
-            message_id: id.clone(),
-            origin: body(message),
-            policy_version: "a894a2f0d1667e1764574e5ea844be43028b9805bc05fb53b39151ae19facb8a"
-                .into(),
-            actor: format!("spiffe://liaison.bench/org/{}/node/node", body(message)),
-            kind: "alert".into(),
-            classification: "RESTRICTED".into(),
-            ..Default::default()
-        };
-        if seq % 11 == 1 {
-            r.event = "received".into();
-            r.labels = format!(
-                "{{\"message_id\":\"{id}\",\"origin\":\"{}\",\"kind\":\"alert\",\"classification\":\"RESTRICTED\",\"crime_areas\":[\"drugs\"],\"priority\":\"routine\",\"created_at_ms\":{}}}",
-                body(message),
-                r.at_ms
-            );
-        } else {
-            r.event = "routed".into();
-            r.recipient = body(seq);
-            r.decision = "deliver".into();
-            r.rule = "deliver.all_rules_passed".into();
-            r.reason = "clearance SECRET >= RESTRICTED; accepts alert; mandate covers drugs; no personal data".into();
-            r.queue_seq = message + 1;
-        }
-        r.leaf = r.encode_to_vec();
-        frontier.append(tree::leaf_hash(&r.leaf));
-        lines.clear();
-        serde_json::to_writer(&mut lines, &Value::Object(to_json(&r)))?;
-        lines.push(b'\n');
-        w.write_all(&lines)?;
-    }
-    w.flush()?;
-    drop(w);
-    let signed = signer.sign(frontier.size(), frontier.root());
     let head = json!({
         "checkpoint": String::from_utf8_lossy(&signed.note),
         "origin": signed.checkpoint.origin,
@@ -1008,14 +1030,12 @@ pub fn write_synthetic_export(path: &Path, n: u64) -> Result<LogVerifier> {
         "whole_log": true,
         "records": n,
     });
-    // Prepend the header: write it and the records to the final file.
-    let records = path.with_extension("records");
-    std::fs::rename(path, &records)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    writeln!(out, "{head}")?;
-    std::io::copy(&mut std::fs::File::open(&records)?, &mut out)?;
-    out.flush()?;
-    std::fs::remove_file(&records)?;
+    writeln!(w, "{head}")?;
+    for seq in 1..=n {
+        serde_json::to_writer(&mut w, &Value::Object(to_json(&synthetic_record(seq))))?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
     LogVerifier::from_text(&vkey).map_err(|e| anyhow!("{e}"))
 }
 
@@ -1634,7 +1654,6 @@ async fn verify_node(a: &VerifyArgs, out: Output) -> Result<()> {
         .into_inner();
     // Here: every leaf decoded, compared with its record and hashed, in
     // order, and the root recomputed against the node's.
-    let mut frontier = Frontier::new();
     let mut mine: Option<(u64, String)> = None;
     let (records, size, root) = match node_log_after(&mut node, 0).await {
         Ok(listed) => listed,
@@ -1645,31 +1664,23 @@ async fn verify_node(a: &VerifyArgs, out: Output) -> Result<()> {
                 theirs.first_bad_seq,
                 format!("the node cannot list its log: {e}"),
             ));
-            (Vec::new(), 0, frontier.root().0.to_vec())
+            (Vec::new(), 0, Vec::new())
         }
         Err(e) => return Err(e),
     };
+    let mut log = WholeLog::default();
     for r in &records {
-        let expected = frontier.size() + 1;
-        let problem = if r.seq != expected {
-            Some(format!("position {} where {expected} was expected", r.seq))
-        } else {
-            node_leaf_matches(r).err()
-        };
-        if let Some(p) = problem {
-            mine = Some((r.seq.min(expected), p));
-            break;
-        }
-        frontier.append(tree::leaf_hash(&r.leaf));
+        log.push_leaf(r.seq, &r.leaf, || node_leaf_matches(r));
     }
-    if mine.is_none()
-        && (frontier.size() != size || frontier.root().0.as_slice() != root.as_slice())
-    {
+    if mine.is_none() {
+        mine = log.first_error().cloned();
+    }
+    if mine.is_none() && (log.records() != size || log.root().0.as_slice() != root.as_slice()) {
         mine = Some((
-            frontier.size(),
+            log.records(),
             format!(
                 "the {} records listed do not make the root the node gives for its {size}",
-                frontier.size()
+                log.records()
             ),
         ));
     }
@@ -1679,8 +1690,8 @@ async fn verify_node(a: &VerifyArgs, out: Output) -> Result<()> {
             "{}",
             json!({
                 "ok": ok,
-                "records": frontier.size(),
-                "root": hex::encode(frontier.root().0),
+                "records": log.records(),
+                "root": hex::encode(log.root().0),
                 "node": {"ok": theirs.ok, "records": theirs.records, "root": hex::encode(&theirs.root),
                          "first_bad_seq": theirs.first_bad_seq, "error": theirs.error},
                 "here": {"first_bad_seq": mine.as_ref().map(|m| m.0), "error": mine.as_ref().map(|m| m.1.clone())},
@@ -1702,8 +1713,8 @@ async fn verify_node(a: &VerifyArgs, out: Output) -> Result<()> {
             match &mine {
                 None => say!(
                     "here:  {} records hashed and the tree recomputed: root {}",
-                    frontier.size(),
-                    hex::encode(frontier.root().0)
+                    log.records(),
+                    hex::encode(log.root().0)
                 ),
                 Some((seq, p)) => say!(
                     "here:  DOES NOT VERIFY at position {seq}: {}",

@@ -705,21 +705,25 @@ impl Sandbox {
             .await
     }
 
+    /// A mutual-TLS channel to `body`'s node with the dev certificate `stem`.
+    async fn node_channel(&self, body: &str, stem: &str) -> Result<Channel, SandboxError> {
+        let url = self.node_url(body)?;
+        Ok(liaison_pki::connect(
+            &url,
+            &self.material(stem)?,
+            Some(Role::Node),
+            self.governance.federation(),
+        )
+        .await?)
+    }
+
     /// A client to `body`'s node using any dev certificate.
     pub async fn officer_at(
         &self,
         body: &str,
         stem: &str,
     ) -> Result<OfficerClient<Channel>, SandboxError> {
-        let url = self.node_url(body)?;
-        let ch = liaison_pki::connect(
-            &url,
-            &self.material(stem)?,
-            Some(Role::Node),
-            self.governance.federation(),
-        )
-        .await?;
-        Ok(OfficerClient::new(ch))
+        Ok(OfficerClient::new(self.node_channel(body, stem).await?))
     }
 
     /// A `NodeAudit` client to `body`'s node with any dev certificate (an
@@ -729,15 +733,7 @@ impl Sandbox {
         body: &str,
         stem: &str,
     ) -> Result<NodeAuditClient<Channel>, SandboxError> {
-        let url = self.node_url(body)?;
-        let ch = liaison_pki::connect(
-            &url,
-            &self.material(stem)?,
-            Some(Role::Node),
-            self.governance.federation(),
-        )
-        .await?;
-        Ok(NodeAuditClient::new(ch))
+        Ok(NodeAuditClient::new(self.node_channel(body, stem).await?))
     }
 
     /// A raw federation client to the hub with any dev certificate, for

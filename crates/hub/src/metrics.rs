@@ -113,14 +113,14 @@ impl Default for HubMetrics {
 
 impl HubMetrics {
     /// The latest signed checkpoint: its tree size and when it was signed.
-    pub fn checkpoint(&self, size: u64, signed_at_ms: i64) {
+    fn checkpoint(&self, size: u64, signed_at_ms: i64) {
         self.checkpoint_size
             .set(i64::try_from(size).unwrap_or(i64::MAX));
         self.checkpoint_time.set(signed_at_ms / 1000);
     }
 
     /// The largest tree size witnesses have cosigned.
-    pub fn witnessed(&self, size: u64) {
+    fn witnessed(&self, size: u64) {
         self.witnessed_size
             .set(i64::try_from(size).unwrap_or(i64::MAX));
     }
