@@ -81,6 +81,7 @@ async fn run(sandbox: &Sandbox, concurrency: usize, total: usize) -> f64 {
                 for _ in 0..per_task {
                     client
                         .submit(pb::SubmitRequest {
+                            targets: Vec::new(),
                             envelope: Some(envelope()),
                             approved_by: String::new(),
                             traceparent: String::new(),

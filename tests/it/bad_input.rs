@@ -47,6 +47,7 @@ fn plan(start: i64, end: i64, lead: &str, area: &str) -> pb::Body {
 
 fn submit(env: pb::Envelope) -> pb::SubmitRequest {
     pb::SubmitRequest {
+        targets: Vec::new(),
         envelope: Some(env),
         approved_by: String::new(),
         traceparent: String::new(),
@@ -892,6 +893,7 @@ async fn audit_list_with_odd_filters_answers_empty_not_an_error() {
 /// A valid officer request for an alert.
 fn officer_alert(title: &str) -> pb::OfficerSubmitRequest {
     pb::OfficerSubmitRequest {
+        targets: Vec::new(),
         labels: Some(labels(K::Alert, C::OfficialUse, &["drugs"])),
         body: Some(alert(title)),
     }
@@ -1013,6 +1015,7 @@ fn malformed_officer_requests() -> Vec<(&'static str, pb::OfficerSubmitRequest, 
         (
             "plan window ending before it starts",
             pb::OfficerSubmitRequest {
+                targets: Vec::new(),
                 labels: Some(plan_labels),
                 body: Some(plan(now + 1_000, now, "alpha", "drugs")),
             },
@@ -1774,6 +1777,7 @@ async fn an_unknown_field_in_an_officer_request_is_dropped_by_the_node() {
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
     let same = officer
         .submit(pb::OfficerSubmitRequest {
+            targets: Vec::new(),
             labels: Some(labels),
             body: request.body,
         })

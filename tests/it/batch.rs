@@ -30,6 +30,7 @@ async fn submit_alerts(
     for body in bodies {
         let resp = officer
             .submit(pb::OfficerSubmitRequest {
+                targets: Vec::new(),
                 labels: Some(labels(
                     pb::Kind::Alert,
                     pb::Classification::Restricted,
@@ -51,6 +52,7 @@ fn id_of(env: &pb::Envelope) -> String {
 
 fn one(env: pb::Envelope) -> pb::SubmitRequest {
     pb::SubmitRequest {
+        targets: Vec::new(),
         envelope: Some(env),
         approved_by: String::new(),
         traceparent: String::new(),
@@ -320,6 +322,7 @@ fn officer_alert(title: &str, id: &str) -> pb::OfficerSubmitRequest {
     let mut l = labels(pb::Kind::Alert, pb::Classification::Restricted, &["drugs"]);
     l.message_id = id.to_owned();
     pb::OfficerSubmitRequest {
+        targets: Vec::new(),
         labels: Some(l),
         body: Some(alert(title)),
     }

@@ -140,6 +140,7 @@ async fn writer(
         let result = tokio::time::timeout(
             CALL_TIMEOUT,
             client.submit(pb::SubmitRequest {
+                targets: Vec::new(),
                 envelope: Some(sent.envelope.clone()),
                 approved_by: String::new(),
                 traceparent: String::new(),
@@ -231,6 +232,7 @@ async fn submit(hub: &FederationClient<Channel>, env: &pb::Envelope) -> pb::Subm
     let mut hub = hub.clone();
     match hub
         .submit(pb::SubmitRequest {
+            targets: Vec::new(),
             envelope: Some(env.clone()),
             approved_by: String::new(),
             traceparent: String::new(),
@@ -820,6 +822,7 @@ async fn kill_9_of_the_hub_under_real_nodes_loses_and_duplicates_nothing_in_any_
         async move {
             officer
                 .submit(pb::OfficerSubmitRequest {
+                    targets: Vec::new(),
                     labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
                     body: Some(alert(&format!("message {i}"))),
                 })

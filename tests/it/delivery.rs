@@ -57,6 +57,7 @@ fn assert_same_outcome(original: &pb::SubmitResponse, again: &pb::SubmitResponse
 async fn submit_to_hub(hub: &FederationClient<Channel>, env: &pb::Envelope) -> pb::SubmitResponse {
     let mut hub = hub.clone();
     hub.submit(pb::SubmitRequest {
+        targets: Vec::new(),
         envelope: Some(env.clone()),
         approved_by: String::new(),
         traceparent: String::new(),
@@ -73,6 +74,7 @@ async fn officer_submit(
 ) -> String {
     officer
         .submit(pb::OfficerSubmitRequest {
+            targets: Vec::new(),
             labels: Some(labels),
             body: Some(body),
         })
@@ -255,6 +257,7 @@ async fn an_officer_retry_with_the_same_message_id_is_queued_once() {
     let (mut l, body) = to_bravo("officer retry");
     l.message_id = id.clone();
     let request = pb::OfficerSubmitRequest {
+        targets: Vec::new(),
         labels: Some(l.clone()),
         body: Some(body.clone()),
     };
@@ -574,6 +577,7 @@ async fn submit_to_bravo(officer: &mut OfficerClient<Channel>, title: &str) -> S
     let (l, b) = to_bravo(title);
     officer
         .submit(pb::OfficerSubmitRequest {
+            targets: Vec::new(),
             labels: Some(l),
             body: Some(b),
         })

@@ -47,6 +47,7 @@ async fn four_eyes_sandbox() -> Sandbox {
 /// RESTRICTED, the observer's OFFICIAL_USE).
 fn confidential(title: &str) -> pb::OfficerSubmitRequest {
     pb::OfficerSubmitRequest {
+        targets: Vec::new(),
         labels: Some(labels(K::ThreatAssessment, C::Confidential, &["drugs"])),
         body: Some(assessment(title)),
     }
@@ -55,6 +56,7 @@ fn confidential(title: &str) -> pb::OfficerSubmitRequest {
 /// A RESTRICTED alert (below alpha's four-eyes level) for bravo and charlie.
 fn restricted(title: &str) -> pb::OfficerSubmitRequest {
     pb::OfficerSubmitRequest {
+        targets: Vec::new(),
         labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
         body: Some(alert(title)),
     }
@@ -64,6 +66,7 @@ fn restricted(title: &str) -> pb::OfficerSubmitRequest {
 fn low_plan(title: &str) -> pb::OfficerSubmitRequest {
     let now = liaison_types::now_ms();
     pb::OfficerSubmitRequest {
+        targets: Vec::new(),
         labels: Some(labels(K::OperationalPlan, C::OfficialUse, &["drugs"])),
         body: Some(pb::Body {
             title: title.into(),
@@ -674,6 +677,7 @@ async fn the_hub_records_only_an_officer_of_the_submitting_body_as_approver() {
             &assessment("approved elsewhere"),
         );
         pb::SubmitRequest {
+            targets: Vec::new(),
             envelope: Some(env),
             approved_by: approved_by.to_owned(),
             traceparent: String::new(),

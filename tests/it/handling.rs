@@ -27,6 +27,7 @@ async fn route(
     let mut officer = sandbox.officer(origin, "alice").await.unwrap();
     let id = officer
         .submit(pb::OfficerSubmitRequest {
+            targets: Vec::new(),
             labels: Some(labels),
             body: Some(body),
         })
@@ -122,6 +123,7 @@ async fn a_working_group_narrows_the_recipients_and_an_unknown_group_is_refused(
     l.working_groups = vec!["tactical".into()];
     assert_refused(
         hub.submit(pb::SubmitRequest {
+            targets: Vec::new(),
             envelope: Some(envelope("alpha", l, &assessment("unknown group"))),
             approved_by: String::new(),
             traceparent: String::new(),
@@ -207,6 +209,7 @@ async fn a_held_delivery_survives_a_hub_restart() {
     let env = envelope("alpha", l, &alert("held across a restart"));
     let mut hub = sandbox.hub_as("alpha/node").await.unwrap();
     hub.submit(pb::SubmitRequest {
+        targets: Vec::new(),
         envelope: Some(env),
         approved_by: String::new(),
         traceparent: String::new(),
@@ -265,6 +268,7 @@ async fn inconsistent_handling_labels_are_refused_with_the_field() {
         mutate(&mut l);
         assert_refused(
             hub.submit(pb::SubmitRequest {
+                targets: Vec::new(),
                 envelope: Some(envelope("alpha", l, &alert("bad labels"))),
                 approved_by: String::new(),
                 traceparent: String::new(),

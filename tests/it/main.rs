@@ -17,6 +17,7 @@ mod four_eyes;
 mod handling;
 mod node_log;
 mod operations;
+mod plans;
 mod policy;
 mod refusals;
 mod retraction;

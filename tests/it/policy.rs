@@ -71,6 +71,7 @@ async fn policy_in_force(sandbox: &Sandbox) -> pb::GetPolicyResponse {
 async fn submit(sandbox: &Sandbox, origin: &str, env: pb::Envelope) -> pb::SubmitResponse {
     let mut hub = sandbox.hub_as(&format!("{origin}/node")).await.unwrap();
     hub.submit(pb::SubmitRequest {
+        targets: Vec::new(),
         envelope: Some(env),
         approved_by: String::new(),
         traceparent: String::new(),

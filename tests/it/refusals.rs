@@ -36,6 +36,7 @@ fn valid_envelope(origin: &str) -> pb::Envelope {
 
 fn submit_request(origin: &str) -> pb::SubmitRequest {
     pb::SubmitRequest {
+        targets: Vec::new(),
         envelope: Some(valid_envelope(origin)),
         approved_by: String::new(),
         traceparent: String::new(),
@@ -44,6 +45,7 @@ fn submit_request(origin: &str) -> pb::SubmitRequest {
 
 fn officer_request() -> pb::OfficerSubmitRequest {
     pb::OfficerSubmitRequest {
+        targets: Vec::new(),
         labels: Some(labels(K::Alert, C::OfficialUse, &["drugs"])),
         body: Some(alert("refusal probe")),
     }
@@ -480,6 +482,7 @@ async fn a_node_claiming_another_origin_is_refused_and_audited() {
     assert_refused(
         bravo
             .submit(pb::SubmitRequest {
+                targets: Vec::new(),
                 envelope: Some(forged),
                 approved_by: String::new(),
                 traceparent: String::new(),
@@ -555,6 +558,7 @@ async fn a_forged_submission_cannot_write_unbounded_text_into_the_audit_log() {
     assert_refused(
         bravo
             .submit(pb::SubmitRequest {
+                targets: Vec::new(),
                 envelope: Some(forged),
                 approved_by: String::new(),
                 traceparent: String::new(),
@@ -583,6 +587,7 @@ async fn an_officer_naming_another_origin_is_refused_by_the_node() {
     assert_refused(
         officer
             .submit(pb::OfficerSubmitRequest {
+                targets: Vec::new(),
                 labels: Some(l.clone()),
                 body: Some(alert("forged origin")),
             })
@@ -662,6 +667,7 @@ async fn an_auditor_sees_only_records_naming_its_body_and_the_oversight_auditor_
     let mut alpha = sandbox.hub_as("alpha/node").await.unwrap();
     let from_alpha = alpha
         .submit(pb::SubmitRequest {
+            targets: Vec::new(),
             envelope: Some(envelope("alpha", l, &assessment("not for bravo"))),
             approved_by: String::new(),
             traceparent: String::new(),

@@ -71,6 +71,7 @@ async fn a_suspended_peer_gets_nothing_new_and_its_queue_is_held_until_reinstate
     );
     let decisions = alpha
         .submit(pb::SubmitRequest {
+            targets: Vec::new(),
             envelope: Some(during),
             approved_by: String::new(),
             traceparent: String::new(),

@@ -885,6 +885,7 @@ impl Fed {
             pb::OfficerSubmitRequest {
                 labels: Some(labels),
                 body: Some(body),
+                targets: Vec::new(),
             },
         )
     }

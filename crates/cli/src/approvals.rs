@@ -62,6 +62,10 @@ fn entry_json(e: &pb::PendingApproval) -> serde_json::Value {
                 "window_end": format_time(p.window_end_ms), "lead_body": p.lead_body,
                 "regions": p.regions, "crime_areas": p.crime_areas, "target_ids": p.target_ids,
             }),
+            Some(pb::body::Content::StrategicPlan(p)) => json!({
+                "summary": p.summary, "cycle": p.cycle, "window_start": format_time(p.window_start_ms),
+                "window_end": format_time(p.window_end_ms),
+            }),
             Some(pb::body::Content::Alert(a)) => {
                 json!({"text": a.text, "indicators": a.indicators, "ack_requested": a.ack_requested})
             }

@@ -539,6 +539,7 @@ async fn spoof_attempt(sandbox: &Sandbox) -> Result<tonic::Status> {
         .hub_as("europol/node")
         .await?
         .submit(pb::SubmitRequest {
+            targets: Vec::new(),
             envelope: Some(pb::Envelope {
                 labels: Some(labels),
                 body: body.encode_to_vec(),
@@ -562,6 +563,7 @@ async fn submit_demo(sandbox: &Sandbox, origin: &str, text: &str) -> Result<Sent
         .officer(origin, "alice")
         .await?
         .submit(pb::OfficerSubmitRequest {
+            targets: Vec::new(),
             labels: Some(labels.clone()),
             body: Some(body.clone()),
         })

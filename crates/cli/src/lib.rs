@@ -28,6 +28,7 @@ mod health;
 pub mod message;
 mod officer;
 mod ops;
+mod plans;
 mod status;
 mod systemd;
 
@@ -119,7 +120,7 @@ impl Connection {
 /// Every command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Submit a threat assessment, operational plan or alert to your node.
+    /// Submit a threat assessment, plan or alert to your node.
     Submit(officer::SubmitArgs),
     /// Submit many messages at once from a JSON Lines file (one message per
     /// line): the node stores each batch of up to 1024 in one write.
@@ -164,6 +165,11 @@ pub enum Command {
     /// Check the gRPC health of a hub or a node (grpc.health.v1), as a load
     /// balancer or probe does: exit code 0 when SERVING, 7 when not.
     Health(health::HealthArgs),
+    /// Plans and deconfliction: your body's plans with their notices, the
+    /// calendar of other bodies' plans, submit, update, close and cancel,
+    /// acknowledge and resolve notices, ask for contact.
+    #[command(subcommand)]
+    Plans(plans::PlansCommand),
     /// Read, prove and verify the hub's audit log (auditor or oversight
     /// certificate), offline too.
     #[command(subcommand)]
@@ -247,6 +253,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let out = cli.output;
     match cli.command {
         Command::Submit(a) => officer::submit(a, out).await,
+        Command::Plans(c) => plans::run(c, out).await,
         Command::SubmitBatch(a) => batch::submit_batch(a, out).await,
         Command::Explain(a) => officer::explain(a, out).await,
         Command::Outbox(a) => officer::outbox(a, out).await,

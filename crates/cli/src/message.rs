@@ -33,7 +33,7 @@ pub struct MessageSpec {
     #[arg(long)]
     #[serde(default)]
     pub message_id: Option<String>,
-    /// threat_assessment, operational_plan or alert.
+    /// threat_assessment, operational_plan, strategic_plan or alert.
     #[arg(long)]
     pub kind: Option<String>,
     /// UNCLASSIFIED, OFFICIAL_USE, RESTRICTED, CONFIDENTIAL or SECRET.
@@ -134,6 +134,40 @@ pub struct MessageSpec {
     #[arg(skip)]
     #[serde(default)]
     pub alert: Option<AlertSpec>,
+    /// Strategic plan body.
+    #[arg(skip)]
+    #[serde(default)]
+    pub strategic_plan: Option<StrategicSpec>,
+    /// For a plan: the plan this message is a new version of (its id, from
+    /// `liaison plans list`); absent for a new plan.
+    #[arg(long = "plan")]
+    #[serde(default)]
+    pub plan_id: Option<String>,
+    /// For a plan: whom to contact about it (one line), told to the other
+    /// side of a full deconfliction notice.
+    #[arg(long)]
+    #[serde(default)]
+    pub contact: Option<String>,
+    /// For a plan: a target identifier as kind:value (travel_document, imo,
+    /// phone, vehicle_plate, crypto_wallet, company_registration); repeat.
+    /// The node keeps it and sends the hub only its keyed hash.
+    #[arg(long = "target")]
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// A strategic plan's body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategicSpec {
+    /// The priorities in words.
+    pub summary: String,
+    /// The planning cycle (for example "2027").
+    pub cycle: String,
+    /// Cycle start, RFC 3339.
+    pub window_start: String,
+    /// Cycle end, RFC 3339.
+    pub window_end: String,
 }
 
 /// A threat assessment's body.
@@ -264,7 +298,10 @@ impl MessageSpec {
             embargo_for,
             threat_assessment,
             operational_plan,
-            alert
+            alert,
+            strategic_plan,
+            plan_id,
+            contact
         );
         macro_rules! extend {
             ($($f:ident),*) => { $( if self.$f.is_empty() { self.$f = file.$f; } )* };
@@ -275,7 +312,8 @@ impl MessageSpec {
             countries,
             releasable_to,
             excluded,
-            working_groups
+            working_groups,
+            targets
         );
         self.personal_data |= file.personal_data;
         self.third_party_release |= file.third_party_release;
@@ -290,12 +328,14 @@ impl MessageSpec {
             &self.threat_assessment,
             &self.operational_plan,
             &self.alert,
+            &self.strategic_plan,
         ) {
             (Some(k), ..) => parse_enum("kind", Some(k), None)?,
-            (None, Some(_), None, None) => Kind::ThreatAssessment,
-            (None, None, Some(_), None) => Kind::OperationalPlan,
-            (None, None, None, Some(_)) => Kind::Alert,
-            _ => bail!("kind: missing; give kind = threat_assessment, operational_plan or alert"),
+            (None, Some(_), None, None, None) => Kind::ThreatAssessment,
+            (None, None, Some(_), None, None) => Kind::OperationalPlan,
+            (None, None, None, Some(_), None) => Kind::Alert,
+            (None, None, None, None, Some(_)) => Kind::StrategicPlan,
+            _ => bail!("kind: missing; give kind = threat_assessment, operational_plan, strategic_plan or alert"),
         };
         let classification: Classification =
             parse_enum("classification", self.classification.as_deref(), None)?;
@@ -377,6 +417,18 @@ impl MessageSpec {
                     target_ids: p.target_ids,
                 })
             }
+            Kind::StrategicPlan => {
+                let p = self
+                    .strategic_plan
+                    .clone()
+                    .ok_or_else(|| anyhow!("strategic_plan: missing; add a [strategic_plan] table (use a message file)"))?;
+                pb::body::Content::StrategicPlan(pb::StrategicPlan {
+                    summary: p.summary,
+                    cycle: p.cycle,
+                    window_start_ms: parse_time("strategic_plan.window_start", &p.window_start)?,
+                    window_end_ms: parse_time("strategic_plan.window_end", &p.window_end)?,
+                })
+            }
             Kind::Alert => {
                 let a = match (&self.alert, &self.text) {
                     (Some(a), _) => a.clone(),
@@ -393,7 +445,18 @@ impl MessageSpec {
                 })
             }
         };
+        let plan = (self.plan_id.is_some() || self.contact.is_some()).then(|| pb::PlanLabels {
+            plan_id: self.plan_id.clone().unwrap_or_default(),
+            contact: self.contact.clone().unwrap_or_default(),
+            action: if self.plan_id.is_some() {
+                pb::PlanAction::PlanUpdate as i32
+            } else {
+                pb::PlanAction::PlanNew as i32
+            },
+            version: 0,
+        });
         let labels = pb::Labels {
+            plan,
             message_id: self.message_id.clone().unwrap_or_default(),
             origin: String::new(),
             kind: kind.to_proto() as i32,
@@ -423,6 +486,26 @@ impl MessageSpec {
                 content: Some(content),
             },
         ))
+    }
+}
+
+impl MessageSpec {
+    /// The plan's targets, from `kind:value` (the value is never echoed in
+    /// an error: it may be the identifier to keep).
+    pub fn plan_targets(&self) -> Result<Vec<pb::PlanTarget>> {
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (kind, value) = t.split_once(':').ok_or_else(|| {
+                    anyhow!("targets[{i}]: not kind:value; write it as, for example, imo:9074729")
+                })?;
+                Ok(pb::PlanTarget {
+                    kind: kind.trim().to_owned(),
+                    value: value.trim().to_owned(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -83,18 +83,20 @@ pub async fn client(conn: &Connection) -> Result<OfficerClient<Channel>> {
     Ok(OfficerClient::new(channel))
 }
 
-fn message(args: &SubmitArgs) -> Result<(pb::Labels, pb::Body)> {
+fn message(args: &SubmitArgs) -> Result<(pb::Labels, pb::Body, Vec<pb::PlanTarget>)> {
     let spec = match &args.file {
         Some(f) => args.message.clone().overlay(read_file(f)?),
         None => args.message.clone(),
     };
-    spec.to_request().map_err(|e| {
+    let bad = |e: anyhow::Error| -> anyhow::Error {
         Failure {
             code: 2,
             message: e.to_string(),
         }
         .into()
-    })
+    };
+    let (labels, body) = spec.to_request().map_err(bad)?;
+    Ok((labels, body, spec.plan_targets().map_err(bad)?))
 }
 
 pub(crate) fn decisions_json(d: &[pb::RoutingDecision]) -> serde_json::Value {
@@ -166,10 +168,11 @@ fn priority_name(p: i32) -> &'static str {
 
 /// `liaison submit`.
 pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
-    let (labels, body) = message(&args)?;
+    let (labels, body, targets) = message(&args)?;
     let mut node = client(&args.conn).await?;
     let resp = node
         .submit(pb::OfficerSubmitRequest {
+            targets,
             labels: Some(labels),
             body: Some(body),
         })
@@ -220,7 +223,7 @@ pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
 
 /// `liaison explain`.
 pub async fn explain(args: SubmitArgs, out: Output) -> Result<()> {
-    let (labels, body) = message(&args)?;
+    let (labels, body, _) = message(&args)?;
     let mut node = client(&args.conn).await?;
     let resp = node
         .explain(pb::OfficerExplainRequest {
@@ -466,6 +469,10 @@ pub async fn show(args: IdArgs, out: Output) -> Result<()> {
         Some(pb::body::Content::OperationalPlan(p)) => json!({
             "summary": p.summary, "window_start": format_time(p.window_start_ms), "window_end": format_time(p.window_end_ms),
             "lead_body": p.lead_body, "regions": p.regions, "crime_areas": p.crime_areas, "target_ids": p.target_ids,
+        }),
+        Some(pb::body::Content::StrategicPlan(p)) => json!({
+            "summary": p.summary, "cycle": p.cycle, "window_start": format_time(p.window_start_ms),
+            "window_end": format_time(p.window_end_ms),
         }),
         Some(pb::body::Content::Alert(a)) => {
             json!({"text": a.text, "indicators": a.indicators, "ack_requested": a.ack_requested})

@@ -353,7 +353,11 @@ fn node_config_text(
          # Witnessing the hub's audit log: its verifier key, this body's witness key.\n\
          [audit]\n\
          log_key = {}\n\
-         witness_key = {}\n",
+         witness_key = {}\n\
+         \n\
+         # The federation's deconfliction key: plans' targets are sent as keyed hashes.\n\
+         [plans]\n\
+         deconfliction_key = {}\n",
         toml::Value::String(body.to_string()),
         toml::Value::String(a.listen.to_string()),
         toml::Value::String(a.hub.clone()),
@@ -367,6 +371,7 @@ fn node_config_text(
                 .join(body.as_str())
                 .join(liaison_pki::WITNESS_KEY_FILE)
         ),
+        toml_path(&certs.join(liaison_pki::DECONFLICTION_KEY_FILE)),
     )
 }
 

@@ -591,7 +591,7 @@ impl Sandbox {
         }
         let c = &self.certs;
         let mut text = format!(
-            "version = 1\nbody = \"{body}\"\nlisten = \"{listen}\"\nhub = \"{}\"\ndata_dir = \"nodes/{body}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[audit]\nlog_key = \"{}\"\nwitness_key = \"{}\"\nwitness_every_ms = {}\n\n[retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\n",
+            "version = 1\nbody = \"{body}\"\nlisten = \"{listen}\"\nhub = \"{}\"\ndata_dir = \"nodes/{body}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[audit]\nlog_key = \"{}\"\nwitness_key = \"{}\"\nwitness_every_ms = {}\n\n[plans]\ndeconfliction_key = \"{}\"\n\n[retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\n",
             self.hub_url(),
             c.join("ca.pem").display(),
             c.join(body).join("node.pem").display(),
@@ -599,6 +599,7 @@ impl Sandbox {
             c.join(liaison_pki::LOG_VKEY_FILE).display(),
             c.join(body).join(liaison_pki::WITNESS_KEY_FILE).display(),
             self.witness_every_ms,
+            c.join(liaison_pki::DECONFLICTION_KEY_FILE).display(),
             self.retry_ms.0,
             self.retry_ms.1,
         );

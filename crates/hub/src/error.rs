@@ -60,6 +60,31 @@ pub enum HubError {
         /// Its state.
         state: String,
     },
+    /// A body tried to change a plan another body originated (caller's
+    /// fault; audited).
+    #[error("{caller} did not originate plan {plan_id}; only its originator may change it")]
+    PlanNotOrigin {
+        /// The caller's body.
+        caller: String,
+        /// The plan.
+        plan_id: String,
+    },
+    /// A new plan whose id the hub already holds (audited).
+    #[error("plan {plan_id} already exists (version {version}); send a new version as an update, or give a new plan a new id")]
+    PlanExists {
+        /// The plan.
+        plan_id: String,
+        /// The version held.
+        version: u32,
+    },
+    /// A plan message out of turn (audited): `problem` says why and what to do.
+    #[error("{problem}")]
+    PlanRefused {
+        /// The plan.
+        plan_id: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
     /// No such message at the hub.
     #[error("no message {0} at the hub; check the message id")]
     UnknownMessage(String),
@@ -188,7 +213,10 @@ impl HubError {
             | HubError::NotARecipient { .. }
             | HubError::NotForwardOrigin { .. }
             | HubError::NotActive { .. }
+            | HubError::PlanNotOrigin { .. }
             | HubError::NotYourRecord { .. } => Code::PermissionDenied,
+            HubError::PlanExists { .. } => Code::AlreadyExists,
+            HubError::PlanRefused { .. } => Code::FailedPrecondition,
             HubError::BadProofRequest(_) => Code::OutOfRange,
             HubError::BadCosignature(_) => Code::InvalidArgument,
             HubError::NoWitnessKey(_) => Code::FailedPrecondition,

@@ -555,6 +555,7 @@ impl HubState {
                 envelope,
                 approved_by: approved_by.to_owned(),
                 traceparent: String::new(),
+                targets: Vec::new(),
             },
         )
         .await
@@ -765,7 +766,7 @@ impl HubState {
     async fn prepare(
         &self,
         caller: &Identity,
-        gov: &Governance,
+        gov: &Arc<Governance>,
         req: pb::SubmitRequest,
         now: i64,
     ) -> Result<store::Submission, HubError> {
@@ -774,6 +775,7 @@ impl HubState {
         })?;
         self.check_origin(caller, &envelope, gov).await?;
         let env = self.validate(envelope, gov)?;
+        let plan = self.plan_of(&env, &req.targets, gov, now)?;
         // The node's four-eyes approval happened on the node: the hub cannot
         // verify it, only that it names an officer of the caller's body, and
         // records it.
@@ -812,7 +814,66 @@ impl HubState {
             now_ms: now,
             retain_ms,
             traceparent: String::new(),
+            plan,
         })
+    }
+
+    /// For a version of a plan, the plan as it would stand: its window and
+    /// title from the body, its places and crime areas from the labels, its
+    /// targets' hashes from the request (never the envelope).
+    fn plan_of(
+        &self,
+        env: &liaison_types::Envelope,
+        targets: &[pb::TargetHash],
+        gov: &Arc<Governance>,
+        now: i64,
+    ) -> Result<Option<store::PlanSubmission>, HubError> {
+        let Some(plan) = &env.labels.plan else {
+            if !targets.is_empty() {
+                return Err(ValidationError::new(
+                    "targets",
+                    "given for a message that is not a version of a plan; targets go with plan labels",
+                )
+                .into());
+            }
+            return Ok(None);
+        };
+        let body = liaison_types::TypedBody::decode(&env.body, &env.labels)?;
+        let (start_ms, end_ms) = body.plan_window().ok_or_else(|| {
+            ValidationError::new(
+                "body",
+                "a plan's body has no window; give its start and end",
+            )
+        })?;
+        let record = store::PlanRecord {
+            plan_id: plan.plan_id.clone(),
+            origin: env.labels.origin.to_string(),
+            kind: env.labels.kind,
+            version: plan.version,
+            action: plan.action,
+            message_id: env.labels.message_id.clone(),
+            title: body.title().to_owned(),
+            contact: plan.contact.clone(),
+            labels: env.labels.clone(),
+            start_ms,
+            end_ms,
+            targets: store::parse_targets(targets)?,
+            updated_at_ms: now,
+        };
+        // Only a plan the index can hold is accepted: a window, a place,
+        // and a crime area or a target.
+        if let Err(e) = record.to_index().check() {
+            return Err(ValidationError::new(
+                "labels.regions",
+                format!("{e}; a plan's labels name the regions or countries it covers"),
+            )
+            .into());
+        }
+        Ok(Some(store::PlanSubmission {
+            record,
+            gov: Arc::clone(gov),
+            hub_body: gov.hub_body().clone(),
+        }))
     }
 
     /// Decides without storing.
@@ -1213,6 +1274,40 @@ impl HubState {
                         _ = stopping.wait_for(|s| *s) => return Ok(()),
                     }
                     cursor = seq;
+                    continue;
+                }
+                // A deconfliction notice for a plan's originator travels
+                // alone: no content.
+                if let Some(notice) = &entry.notice {
+                    let delivery = pb::Delivery {
+                        seq,
+                        routed_at_ms: entry.routed_at_ms,
+                        notice: Some(notice.0.clone()),
+                        leaf_index: entry.audit_seq.saturating_sub(1),
+                        tree_size: if entry.audit_seq > 0 {
+                            self.store.durable_audit().max(entry.audit_seq)
+                        } else {
+                            0
+                        },
+                        ..Default::default()
+                    };
+                    tokio::select! {
+                        sent = tx.send(Ok(delivery)) => if sent.is_err() { break },
+                        _ = stopping.wait_for(|s| *s) => return Ok(()),
+                    }
+                    cursor = seq;
+                    records.push(pb::AuditRecord {
+                        at_ms: now_ms(),
+                        event: AuditEvent::Delivered.into(),
+                        reason: format!("deconfliction notice {}", notice.0.reference),
+                        message_id: entry.message_id,
+                        origin: entry.origin,
+                        recipient: caller.body.to_string(),
+                        actor: caller.uri(),
+                        queue_seq: seq,
+                        policy_version: gov.version().to_owned(),
+                        ..Default::default()
+                    });
                     continue;
                 }
                 // A forward request for the originator travels alone: no

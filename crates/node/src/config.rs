@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// Witnessing the hub's audit log (`[audit] log_key, witness_key,
     /// witness_every_ms`).
     pub audit: Witnessing,
+    /// Plans (`[plans] deconfliction_key`).
+    #[serde(default)]
+    pub plans: Plans,
     /// Retry timing for pushing to and subscribing from the hub.
     #[serde(default)]
     pub retry: Retry,
@@ -113,6 +116,43 @@ impl Witnessing {
                 }
             })?;
         Ok((log, witness))
+    }
+}
+
+/// Plans: the federation's deconfliction key, which every node holds and
+/// the hub never does. Without it the node sends plans without targets
+/// only (and refuses targets).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Plans {
+    /// The file holding the key, in hex (at least 32 bytes:
+    /// `deconfliction.key` of the dev PKI; keep it secret).
+    pub deconfliction_key: Option<PathBuf>,
+}
+
+impl Plans {
+    /// Reads the key, if one is configured.
+    pub fn load(&self) -> Result<Option<liaison_plans::DeconflictionKey>, NodeError> {
+        let Some(path) = &self.deconfliction_key else {
+            return Ok(None);
+        };
+        let bad = |problem: String| NodeError::Config {
+            file: path.display().to_string(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            bad(format!(
+                "cannot read it: {e}; make it with `liaison pki init` (or point [plans] deconfliction_key at it)"
+            ))
+        })?;
+        let bytes = hex::decode(text.trim()).map_err(|e| {
+            bad(format!(
+                "not a hex key: {e}; it holds the key in hex on one line"
+            ))
+        })?;
+        liaison_plans::DeconflictionKey::new(bytes)
+            .map(Some)
+            .map_err(|e| bad(e.to_string()))
     }
 }
 
@@ -437,6 +477,7 @@ impl NodeConfig {
         .into_iter()
         .chain(config.tls.crl.as_mut())
         .chain([&mut config.audit.log_key, &mut config.audit.witness_key])
+        .chain(config.plans.deconfliction_key.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);

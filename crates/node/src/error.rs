@@ -115,6 +115,41 @@ pub enum NodeError {
     /// version, or not yet routed).
     #[error("the hub's audit log holds no record of message {0} that this node knows of (not yet routed, or routed before the log was a merkle tree)")]
     NotRecorded(String),
+    /// A plan this body did not originate on this node.
+    #[error(
+        "plan {0} is not a plan of this body on this node; list them with `liaison plans list`"
+    )]
+    UnknownPlan(String),
+    /// A plan that ended (closed or cancelled) cannot change.
+    #[error("plan {plan_id} was {status}; an ended plan does not change, so submit a new plan")]
+    PlanEnded {
+        /// The plan.
+        plan_id: String,
+        /// `closed` or `cancelled`.
+        status: String,
+    },
+    /// Another officer sent a version of the plan meanwhile.
+    #[error("plan {plan_id} changed meanwhile (now version {version}); read it again and resend")]
+    PlanChanged {
+        /// The plan.
+        plan_id: String,
+        /// The version it is at.
+        version: u32,
+    },
+    /// Targets given, but this node holds no deconfliction key.
+    #[error("this node has no deconfliction key, so it cannot send targets; set [plans] deconfliction_key in its configuration (the dev PKI makes certs-dev/deconfliction.key)")]
+    NoDeconflictionKey,
+    /// No notice with that reference.
+    #[error("no deconfliction notice {0} on this node; list them with `liaison plans list`")]
+    UnknownNotice(String),
+    /// A notice in a state that forbids the change.
+    #[error("deconfliction notice {reference} {problem}")]
+    NoticeState {
+        /// The notice.
+        reference: String,
+        /// Why not.
+        problem: String,
+    },
     /// Storage failed (our fault).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -156,12 +191,18 @@ impl From<NodeError> for Status {
             NodeError::NotFound(_)
             | NodeError::NotInOutbox(_)
             | NodeError::NotAwaiting(_)
-            | NodeError::UnknownForwardRequest(_) => Code::NotFound,
+            | NodeError::UnknownForwardRequest(_)
+            | NodeError::UnknownPlan(_)
+            | NodeError::UnknownNotice(_) => Code::NotFound,
+            NodeError::PlanChanged { .. } => Code::Aborted,
             NodeError::NotAwaitingApproval { .. }
             | NodeError::NoOtherApprover { .. }
             | NodeError::NotRetractable { .. }
             | NodeError::ForwardDecided { .. }
             | NodeError::NotRecorded(_)
+            | NodeError::PlanEnded { .. }
+            | NodeError::NoDeconflictionKey
+            | NodeError::NoticeState { .. }
             | NodeError::Witness(_) => Code::FailedPrecondition,
             // The hub's own verdict on the caller's input passes through.
             NodeError::Hub(s)

@@ -26,6 +26,7 @@ mod config;
 mod error;
 mod link;
 mod metrics;
+mod plans;
 mod service;
 pub mod store;
 pub mod witness;
@@ -127,6 +128,7 @@ pub async fn run_with_reload(
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (log_key, witness_key) = config.audit.load()?;
+    let deconfliction_key = config.plans.load()?;
     let witness = Arc::new(witness::Witness::open(
         &db,
         log_key,
@@ -135,6 +137,7 @@ pub async fn run_with_reload(
         config.data_dir.join("checkpoint"),
     )?);
     let state = Arc::new(NodeState {
+        deconfliction_key,
         witness: Arc::clone(&witness),
         body,
         db,

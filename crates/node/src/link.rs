@@ -261,6 +261,7 @@ async fn submit_one(
         envelope: Some(p.envelope.clone()),
         approved_by: p.approved_by.clone(),
         traceparent: traces.into_iter().next().unwrap_or_default(),
+        targets: p.targets.clone(),
     });
     if let Some(span) = spans.first() {
         liaison_telemetry::trace::inject(span, req.metadata_mut());
@@ -290,6 +291,7 @@ async fn submit_many(
             envelope: Some(p.envelope.clone()),
             approved_by: p.approved_by.clone(),
             traceparent,
+            targets: p.targets.clone(),
         })
         .collect();
     let mut req = tonic::Request::new(pb::SubmitBatchRequest { submissions });
@@ -623,6 +625,8 @@ fn delivery_ids(d: &pb::Delivery) -> (u64, String, String) {
         (w.message_id.as_str(), w.origin.as_str())
     } else if let Some(f) = &d.forward_request {
         (f.message_id.as_str(), "")
+    } else if let Some(n) = &d.notice {
+        (n.message_id.as_str(), "")
     } else if let Some(r) = d.receipt.as_ref().or(d.receipts.first()) {
         (r.message_id.as_str(), r.recipient.as_str())
     } else {
@@ -657,6 +661,27 @@ fn arrival(d: pb::Delivery) -> Result<Arrival, String> {
             })
             .collect::<Result<Vec<_>, String>>()
             .map(Arrival::Receipts);
+    }
+    if let Some(n) = d.notice {
+        let reference_ok = n.reference.starts_with("dx-")
+            && n.reference.len() == 19
+            && n.reference[3..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !reference_ok {
+            return Err(format!(
+                "deconfliction notice with an invalid reference {:?}",
+                n.reference
+            ));
+        }
+        if liaison_types::normalise_message_id(&n.plan_id).as_deref() != Some(n.plan_id.as_str()) {
+            return Err(format!(
+                "deconfliction notice for an invalid plan id {:?}",
+                n.plan_id
+            ));
+        }
+        return Ok(Arrival::Notice {
+            seq: d.seq,
+            notice: Box::new(n),
+        });
     }
     if let Some(f) = d.forward_request {
         let valid = |id: &str, what: &str| {

@@ -65,6 +65,9 @@ pub struct NodeState {
     pub tls_files: liaison_pki::TlsFiles,
     /// The witness of the hub's audit log.
     pub witness: Arc<crate::witness::Witness>,
+    /// The federation's deconfliction key (`[plans]`), to hash plans'
+    /// targets; `None` if not configured.
+    pub deconfliction_key: Option<liaison_plans::DeconflictionKey>,
 }
 
 /// The trace context of a message's submission: a `message.submit` span,
@@ -181,10 +184,13 @@ impl NodeState {
         &self,
         caller: &Identity,
         req: pb::OfficerSubmitRequest,
-    ) -> Result<(Envelope, OutboxRecord), NodeError> {
+    ) -> Result<(Envelope, OutboxRecord, Option<store::plans::PlanWrite>), NodeError> {
+        let mut labels = req.labels;
+        let draft = self.plan_draft(&mut labels, &req.targets)?;
         // A retry with the same id must produce the same envelope, so the
         // creation time of a resubmission is the original one.
-        let (env, typed) = self.envelope(req.labels, req.body)?;
+        let (env, typed) = self.envelope(labels, req.body)?;
+        let plan = draft.and_then(|d| Self::plan_write(d, &env, &typed, caller));
         let digest = store::submission_digest(&env);
         let approval_reason = self
             .release
@@ -230,7 +236,7 @@ impl NodeState {
             tree_size: 0,
             checkpoint: String::new(),
         };
-        Ok((env, record))
+        Ok((env, record, plan))
     }
 
     async fn submit(
@@ -299,7 +305,7 @@ impl NodeState {
     async fn store_submissions(
         &self,
         caller: &Identity,
-        prepared: Vec<(Envelope, OutboxRecord)>,
+        prepared: Vec<(Envelope, OutboxRecord, Option<store::plans::PlanWrite>)>,
     ) -> Result<Vec<Result<pb::OfficerSubmitResponse, NodeError>>, NodeError> {
         let db = self.db.clone();
         let results = self
@@ -686,6 +692,54 @@ pub struct OfficerService(pub Arc<NodeState>);
 
 #[tonic::async_trait]
 impl pb::officer_server::Officer for OfficerService {
+    async fn change_plan(
+        &self,
+        req: Request<pb::ChangePlanRequest>,
+    ) -> Result<Response<pb::OfficerSubmitResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let submission = self.0.end_plan_request(req.get_ref())?;
+        Ok(Response::new(self.0.submit(&caller, submission).await?))
+    }
+
+    async fn list_plans(
+        &self,
+        req: Request<pb::ListPlansRequest>,
+    ) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        Ok(Response::new(self.0.list_plans(req.get_ref().all)?))
+    }
+
+    async fn plan_calendar(
+        &self,
+        req: Request<pb::PlanCalendarRequest>,
+    ) -> Result<Response<pb::PlanCalendarResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        Ok(Response::new(self.0.calendar(req.get_ref())?))
+    }
+
+    async fn update_notice(
+        &self,
+        req: Request<pb::UpdateNoticeRequest>,
+    ) -> Result<Response<pb::NoticeEntry>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        Ok(Response::new(
+            self.0.update_notice(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn request_contact(
+        &self,
+        req: Request<pb::RequestContactRequest>,
+    ) -> Result<Response<pb::OfficerSubmitResponse>, Status> {
+        let caller = caller_from_extensions(&req)?.clone();
+        self.0.own_officer(&caller)?;
+        let submission = self.0.contact_request(req.get_ref())?;
+        Ok(Response::new(self.0.submit(&caller, submission).await?))
+    }
     async fn status(
         &self,
         req: Request<pb::NodeStatusRequest>,
@@ -1077,11 +1131,13 @@ mod tests {
             metrics: crate::metrics::NodeMetrics::default(),
             tls_files: liaison_pki::TlsFiles::in_dev_dir(std::path::Path::new("/nonexistent"), "x"),
             witness: Arc::new(crate::witness::tests::witness(&db_for_witness)),
+            deconfliction_key: None,
         }
     }
 
     fn alert() -> pb::OfficerSubmitRequest {
         pb::OfficerSubmitRequest {
+            targets: Vec::new(),
             labels: Some(pb::Labels {
                 kind: pb::Kind::Alert as i32,
                 classification: pb::Classification::Restricted as i32,

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::NodeError;
 
 mod order;
+pub mod plans;
 use order::Appends;
 
 /// An outbox entry's state.
@@ -479,22 +480,22 @@ fn next_position(txn: &mut Txn<'_>) -> Result<u64, StoreError> {
 /// The whole write fails only when nothing could be stored.
 pub async fn enqueue_all(
     db: &Db,
-    messages: Vec<(Envelope, OutboxRecord)>,
+    messages: Vec<(Envelope, OutboxRecord, Option<plans::PlanWrite>)>,
 ) -> Result<Vec<Result<(Queued, OutboxRecord), NodeError>>, NodeError> {
-    let encoded: Vec<(Vec<u8>, OutboxRecord)> = messages
+    let encoded: Vec<(Vec<u8>, OutboxRecord, Option<plans::PlanWrite>)> = messages
         .into_iter()
-        .map(|(env, record)| (pb::Envelope::from(&env).encode_to_vec(), record))
+        .map(|(env, record, plan)| (pb::Envelope::from(&env).encode_to_vec(), record, plan))
         .collect();
     db.write(move |txn| {
         let mut appends = Appends::default();
         let results = encoded
             .into_iter()
-            .map(
-                |(envelope, record)| match enqueue_in(txn, &mut appends, envelope, record) {
+            .map(|(envelope, record, plan)| {
+                match enqueue_in(txn, &mut appends, envelope, record, plan) {
                     Err(NodeError::Store(e)) => Err(e.into()),
                     done => Ok(done),
-                },
-            )
+                }
+            })
             .collect::<Result<Vec<_>, NodeError>>()?;
         appends.write(txn);
         Ok(results)
@@ -510,6 +511,7 @@ fn enqueue_in(
     appends: &mut Appends,
     envelope: Vec<u8>,
     mut record: OutboxRecord,
+    plan: Option<plans::PlanWrite>,
 ) -> Result<(Queued, OutboxRecord), NodeError> {
     let key = k("o", &record.message_id);
     if let Some(existing) = read_outbox(txn, &record.message_id)? {
@@ -530,6 +532,10 @@ fn enqueue_in(
             .into())
         }
     };
+    // A plan's version goes with its message, or neither does.
+    if let Some(plan) = &plan {
+        plans::write_own(txn, plan)?;
+    }
     let n = next_position(txn)?;
     record.seq = n;
     appends.push(b"ol/", n, &record.message_id);
@@ -559,6 +565,8 @@ pub struct Pending {
     pub approved_by: String,
     /// The trace context of its submission (empty if untraced).
     pub traceparent: String,
+    /// For a plan's version: its targets' keyed hashes.
+    pub targets: Vec<pb::TargetHash>,
     /// Whether it may be sent. Only released messages (status `Queued`) are
     /// ever put in the push queue; should an entry for any other status be
     /// found, it is dropped unsent (see [`drop_push`]), never pushed.
@@ -580,6 +588,7 @@ pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
                     envelope: pb::Envelope::default(),
                     approved_by: String::new(),
                     traceparent: String::new(),
+                    targets: Vec::new(),
                     releasable: false,
                 });
             };
@@ -587,6 +596,7 @@ pub fn pending(db: &Db, limit: usize) -> Result<Vec<Pending>, StoreError> {
             let rec: OutboxRecord = parse(&key, &stored.record)?;
             Ok(Pending {
                 push_seq,
+                targets: plans::push_targets(db, &id)?,
                 envelope: stored.envelope(db, &k("oe", &id))?,
                 id,
                 releasable: rec.status == OutboxStatus::Queued,
@@ -857,6 +867,13 @@ pub enum Arrival {
     ForwardRequest(Box<ForwardRequestRecord>),
     /// Recipients' nodes took messages this body originated.
     Receipts(Vec<ReceiptArrival>),
+    /// A deconfliction notice for one of this body's plans.
+    Notice {
+        /// Hub position.
+        seq: u64,
+        /// The notice.
+        notice: Box<pb::DeconflictionNotice>,
+    },
     /// A delivery this node cannot accept: kept in quarantine, never in the
     /// inbox.
     Quarantine {
@@ -900,7 +917,11 @@ pub async fn store_arrivals(
                         continue;
                     }
                     append_inbox(txn, &mut appends, &record.message_id, &envelope, &record)?;
+                    plans::see_plan(txn, &envelope, record.received_at_ms)?;
                     new.push(record.message_id);
+                }
+                Arrival::Notice { seq, notice } => {
+                    plans::store_notice(txn, *notice, seq, liaison_types::now_ms())?
                 }
                 Arrival::Withdrawal {
                     seq,
@@ -1753,7 +1774,7 @@ mod tests {
 
     /// One message through `enqueue_all`, which must accept it.
     async fn enqueue(db: &Db, env: &Envelope, record: OutboxRecord) -> (Queued, OutboxRecord) {
-        enqueue_all(db, vec![(env.clone(), record)])
+        enqueue_all(db, vec![(env.clone(), record, None)])
             .await
             .unwrap()
             .pop()

@@ -16,6 +16,9 @@
 //! <body>/witness.key witness.vkey   the body's witness key (C2SP
 //!                                   tlog-cosignature), named <fed>/witness/<body>
 //! witnesses.vkeys                   every body's witness verifier key
+//! deconfliction.key                 the federation's deconfliction key (32
+//!                                   random bytes, hex), which every node
+//!                                   holds and the hub never does
 //! ```
 //!
 //! `ca.pem` is the commit marker: it is always the last file to appear, so a
@@ -78,6 +81,34 @@ pub const WITNESS_KEY_FILE: &str = "witness.key";
 pub const WITNESS_VKEY_FILE: &str = "witness.vkey";
 /// Every body's witness verifier key, one per line.
 pub const WITNESSES_FILE: &str = "witnesses.vkeys";
+
+/// The federation's deconfliction key (secret; nodes only), in hex.
+pub const DECONFLICTION_KEY_FILE: &str = "deconfliction.key";
+
+/// A fresh deconfliction key, as its file holds it.
+fn deconfliction_key_text() -> Result<String, PkiError> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| PkiError::Spec(format!("no randomness for a key: {e}")))?;
+    Ok(format!("{}\n", hex::encode(key)))
+}
+
+/// Adds the deconfliction key to a PKI directory that lacks it (one made
+/// before plans were deconflicted), by a rename.
+fn ensure_deconfliction_key(dir: &Path) -> Result<(), PkiError> {
+    let to = dir.join(DECONFLICTION_KEY_FILE);
+    if to.exists() {
+        return Ok(());
+    }
+    let staging = Staging::create(dir)?;
+    staging.write(DECONFLICTION_KEY_FILE, &deconfliction_key_text()?, true)?;
+    fs::rename(staging.path.join(DECONFLICTION_KEY_FILE), &to)
+        .map_err(|e| PkiError::io("move into place", &to, e))?;
+    let _ = fs::remove_dir_all(&staging.path);
+    sync_dir(dir)?;
+    tracing::info!(dir = %dir.display(), "added the deconfliction key to the dev pki");
+    Ok(())
+}
 
 /// The audit log's origin (and note key name) in a federation.
 pub fn log_origin(federation: &str) -> String {
@@ -165,8 +196,10 @@ pub fn ensure_dev_pki(dir: &Path, spec: &DevPkiSpec) -> Result<bool, PkiError> {
         .try_exists()
         .map_err(|e| PkiError::io("inspect", &marker, e))?
     {
-        // A PKI made before the audit log had keys gets them now.
+        // A PKI made before the audit log had keys, or before plans were
+        // deconflicted, gets them now.
         ensure_note_keys(dir, spec)?;
+        ensure_deconfliction_key(dir)?;
         return Ok(false);
     }
     generate(dir, spec, false)
@@ -211,6 +244,11 @@ fn note_keys(spec: &DevPkiSpec) -> Result<Vec<(String, String, bool)>, PkiError>
         all.push('\n');
     }
     files.push((WITNESSES_FILE.to_owned(), all, false));
+    files.push((
+        DECONFLICTION_KEY_FILE.to_owned(),
+        deconfliction_key_text()?,
+        true,
+    ));
     Ok(files)
 }
 

@@ -34,8 +34,8 @@ pub use config::{
 };
 pub use dev::{
     ensure_dev_pki, generate_dev_pki, log_origin, rotate_dev_pki, witness_name, DevPkiSpec,
-    Rotated, Rotation, CA_CERT_FILE, CA_KEY_FILE, DEV_ADMINS, DEV_AUDITORS, DEV_OFFICERS,
-    DEV_OVERSIGHT, LOG_KEY_FILE, LOG_VKEY_FILE, WITNESSES_FILE, WITNESS_KEY_FILE,
+    Rotated, Rotation, CA_CERT_FILE, CA_KEY_FILE, DECONFLICTION_KEY_FILE, DEV_ADMINS, DEV_AUDITORS,
+    DEV_OFFICERS, DEV_OVERSIGHT, LOG_KEY_FILE, LOG_VKEY_FILE, WITNESSES_FILE, WITNESS_KEY_FILE,
     WITNESS_VKEY_FILE,
 };
 pub use error::PkiError;

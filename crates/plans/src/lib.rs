@@ -17,7 +17,7 @@ pub mod bench;
 pub mod index;
 pub mod target;
 
-pub use index::{Index, Overlap, OverlapKind, Plan, PlanKind};
+pub use index::{overlap, Index, Overlap, OverlapKind, Plan, PlanKind};
 pub use target::{DeconflictionKey, TargetHash, TargetKind};
 
 /// Why a plan or a target identifier was refused.

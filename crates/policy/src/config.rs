@@ -1830,6 +1830,7 @@ reference = "TEST-1"
 
     fn labels(origin: &str) -> Labels {
         Labels {
+            plan: None,
             message_id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
             origin: BodyId::parse(origin).expect("id"),
             kind: Kind::Alert,

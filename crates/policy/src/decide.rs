@@ -69,12 +69,24 @@ pub enum Rule {
     PolicyReload,
     /// A governance reload was refused; the version in force stays.
     PolicyReloadRefused,
+    /// A body tried to change a plan it did not originate.
+    PlanOriginator,
+    /// A plan message out of turn: a new plan that exists, an update of a
+    /// plan the hub does not hold or that ended, a version not above the
+    /// one held, a change of kind.
+    PlanLifecycle,
+    /// Two plans overlap and each may be released to the other body: both
+    /// originators get a full notice.
+    DeconflictionFull,
+    /// Two plans overlap but the policy withholds one from the other body:
+    /// both originators get a blind notice.
+    DeconflictionBlind,
 }
 
 impl Rule {
     /// The rules the hub records outside routing decisions: refusals of
     /// identity and forwarding, erasure, governance changes.
-    pub const RECORDED: [Rule; 7] = [
+    pub const RECORDED: [Rule; 11] = [
         Self::ForwardNotARecipient,
         Self::ForwardTlp,
         Self::IdentityOriginMismatch,
@@ -82,6 +94,10 @@ impl Rule {
         Self::Retention,
         Self::PolicyReload,
         Self::PolicyReloadRefused,
+        Self::PlanOriginator,
+        Self::PlanLifecycle,
+        Self::DeconflictionFull,
+        Self::DeconflictionBlind,
     ];
 
     /// Every routing rule in evaluation order, then
@@ -127,6 +143,10 @@ impl Rule {
             Self::Retention => "retention",
             Self::PolicyReload => "policy.reload",
             Self::PolicyReloadRefused => "policy.reload_refused",
+            Self::PlanOriginator => "plan.originator",
+            Self::PlanLifecycle => "plan.lifecycle",
+            Self::DeconflictionFull => "deconfliction.full",
+            Self::DeconflictionBlind => "deconfliction.blind",
         }
     }
 }
@@ -767,6 +787,7 @@ mod tests {
 
     fn labels(origin: &str) -> Labels {
         Labels {
+            plan: None,
             message_id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
             origin: BodyId::parse(origin).expect("id"),
             kind: Kind::Alert,

@@ -185,6 +185,7 @@ fn labels(n: usize) -> impl Strategy<Value = Labels> {
                 let excluded: BTreeSet<_> =
                     ids(excluded).difference(&releasable_to).cloned().collect();
                 Labels {
+                    plan: None,
                     message_id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
                     origin: BodyId::parse(origin).expect("pool id"),
                     kind,

@@ -19,6 +19,7 @@ fn id(s: &str) -> BodyId {
 
 fn labels(origin: &str, kind: Kind, classification: Classification, areas: &[&str]) -> Labels {
     Labels {
+        plan: None,
         message_id: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
         origin: id(origin),
         kind,

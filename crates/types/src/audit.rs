@@ -50,11 +50,14 @@ pub enum Event {
     Forwarded,
     /// The originator consented, but the rules withhold it from that body.
     ForwardWithheld,
+    /// Two plans overlap (or no longer do): a deconfliction notice for one
+    /// side, or the desk's record of both.
+    Deconflicted,
 }
 
 impl Event {
     /// Every event, in the order of the list above.
-    pub const ALL: [Event; 16] = [
+    pub const ALL: [Event; 17] = [
         Self::Received,
         Self::Routed,
         Self::Delivered,
@@ -71,6 +74,7 @@ impl Event {
         Self::ForwardRefused,
         Self::Forwarded,
         Self::ForwardWithheld,
+        Self::Deconflicted,
     ];
 
     /// The name written in records.
@@ -92,6 +96,7 @@ impl Event {
             Self::ForwardRefused => "forward_refused",
             Self::Forwarded => "forwarded",
             Self::ForwardWithheld => "forward_withheld",
+            Self::Deconflicted => "deconflicted",
         }
     }
 
@@ -114,6 +119,7 @@ impl Event {
             Self::ForwardRefused => "the originator refused to let the message be passed on",
             Self::Forwarded => "the message was passed on to another body with the originator's consent",
             Self::ForwardWithheld => "the originator consented, but the rules withhold the message from that body",
+            Self::Deconflicted => "two plans of different bodies overlap, or no longer do: a notice for each side, and the desk's record",
         }
     }
 

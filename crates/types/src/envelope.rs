@@ -69,6 +69,135 @@ pub struct Labels {
     /// Working groups the message is addressed to.
     #[serde(default)]
     pub working_groups: BTreeSet<String>,
+    /// For a plan: which plan, which version, and what it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanLabels>,
+}
+
+/// What a plan message does to its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanAction {
+    /// A new plan (version 1).
+    New,
+    /// A new version of an active plan.
+    Update,
+    /// The plan ended as planned.
+    Close,
+    /// The plan was called off.
+    Cancel,
+}
+
+impl PlanAction {
+    /// The name used in records and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Update => "update",
+            Self::Close => "close",
+            Self::Cancel => "cancel",
+        }
+    }
+
+    /// From the proto enum value.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        match pb::PlanAction::try_from(value).ok()? {
+            pb::PlanAction::Unspecified => None,
+            pb::PlanAction::PlanNew => Some(Self::New),
+            pb::PlanAction::PlanUpdate => Some(Self::Update),
+            pb::PlanAction::PlanClose => Some(Self::Close),
+            pb::PlanAction::PlanCancel => Some(Self::Cancel),
+        }
+    }
+
+    /// The proto enum value.
+    pub fn to_proto(self) -> pb::PlanAction {
+        match self {
+            Self::New => pb::PlanAction::PlanNew,
+            Self::Update => pb::PlanAction::PlanUpdate,
+            Self::Close => pb::PlanAction::PlanClose,
+            Self::Cancel => pb::PlanAction::PlanCancel,
+        }
+    }
+
+    /// Whether the plan is still active after this message.
+    pub fn leaves_active(self) -> bool {
+        matches!(self, Self::New | Self::Update)
+    }
+}
+
+/// A plan message's place in its plan's life.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanLabels {
+    /// The plan (a UUID, lower-case), the same for every version.
+    pub plan_id: String,
+    /// Its version, from 1.
+    pub version: u32,
+    /// What this message does.
+    pub action: PlanAction,
+    /// Whom to contact about it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub contact: String,
+}
+
+impl PlanLabels {
+    /// Validates the plan labels of a message of kind `kind`.
+    pub fn parse(p: pb::PlanLabels, kind: Kind) -> Result<Self, ValidationError> {
+        if !kind.is_plan() {
+            return Err(ValidationError::new(
+                "labels.plan",
+                format!("set on a {kind}; only operational and strategic plans carry plan labels"),
+            ));
+        }
+        let plan_id = crate::uuid_field("labels.plan.plan_id", &p.plan_id)?;
+        let action = require(
+            "labels.plan.action",
+            PlanAction::from_proto(p.action),
+            "PLAN_NEW, PLAN_UPDATE, PLAN_CLOSE, PLAN_CANCEL",
+        )?;
+        match (action, p.version) {
+            (_, 0) => {
+                return Err(ValidationError::new(
+                    "labels.plan.version",
+                    "0; versions count from 1",
+                ))
+            }
+            (PlanAction::New, v) if v != 1 => {
+                return Err(ValidationError::new(
+                    "labels.plan.version",
+                    format!("{v} for a new plan; a new plan is version 1"),
+                ))
+            }
+            (a, 1) if a != PlanAction::New => {
+                return Err(ValidationError::new(
+                    "labels.plan.version",
+                    format!(
+                        "1 for a plan {}; version 1 is the new plan, later messages are 2 and up",
+                        a.as_str()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        check_line("labels.plan.contact", &p.contact, 0, MAX_SHORT)?;
+        Ok(Self {
+            plan_id,
+            version: p.version,
+            action,
+            contact: p.contact,
+        })
+    }
+}
+
+impl From<&PlanLabels> for pb::PlanLabels {
+    fn from(p: &PlanLabels) -> Self {
+        pb::PlanLabels {
+            plan_id: p.plan_id.clone(),
+            version: p.version,
+            action: p.action.to_proto() as i32,
+            contact: p.contact.clone(),
+        }
+    }
 }
 
 impl Labels {
@@ -191,6 +320,17 @@ impl TypedBody {
                 validate_plan(p, labels)?;
                 Kind::OperationalPlan
             }
+            pb::body::Content::StrategicPlan(p) => {
+                check_text("body.strategic_plan.summary", &p.summary, 1, MAX_TEXT)?;
+                check_line("body.strategic_plan.cycle", &p.cycle, 1, MAX_SHORT)?;
+                check_window(
+                    "body.strategic_plan",
+                    p.window_start_ms,
+                    p.window_end_ms,
+                    "cycle",
+                )?;
+                Kind::StrategicPlan
+            }
             pb::body::Content::Alert(a) => {
                 check_text("body.alert.text", &a.text, 1, MAX_TEXT)?;
                 check_list("body.alert.indicators", &a.indicators)?;
@@ -221,6 +361,18 @@ impl TypedBody {
         &self.0.title
     }
 
+    /// A plan's window (start, end), ms since the epoch; `None` for other
+    /// kinds.
+    pub fn plan_window(&self) -> Option<(i64, i64)> {
+        match &self.0.content {
+            Some(pb::body::Content::OperationalPlan(p)) => {
+                Some((p.window_start_ms, p.window_end_ms))
+            }
+            Some(pb::body::Content::StrategicPlan(p)) => Some((p.window_start_ms, p.window_end_ms)),
+            _ => None,
+        }
+    }
+
     /// The bodies the content names (an operational plan's lead body), with
     /// the field that names each, so a caller can check they exist.
     pub fn named_bodies(&self) -> Vec<(&'static str, &str)> {
@@ -233,23 +385,33 @@ impl TypedBody {
     }
 }
 
-fn validate_plan(p: &pb::OperationalPlan, labels: &Labels) -> Result<(), ValidationError> {
-    check_text("body.operational_plan.summary", &p.summary, 1, MAX_TEXT)?;
-    if p.window_start_ms <= 0 {
+/// A plan's window: a start after 1970 and an end after it.
+fn check_window(field: &str, start: i64, end: i64, what: &str) -> Result<(), ValidationError> {
+    if start <= 0 {
         return Err(ValidationError::new(
-            "body.operational_plan.window_start_ms",
-            "missing; give the start of the operational window",
+            format!("{field}.window_start_ms"),
+            format!("missing; give the start of the {what}"),
         ));
     }
-    if p.window_end_ms <= p.window_start_ms {
+    if end <= start {
         return Err(ValidationError::new(
-            "body.operational_plan.window_end_ms",
+            format!("{field}.window_end_ms"),
             format!(
-                "{} is not after window_start_ms {}; the window must end after it starts",
-                p.window_end_ms, p.window_start_ms
+                "{end} is not after window_start_ms {start}; the window must end after it starts"
             ),
         ));
     }
+    Ok(())
+}
+
+fn validate_plan(p: &pb::OperationalPlan, labels: &Labels) -> Result<(), ValidationError> {
+    check_text("body.operational_plan.summary", &p.summary, 1, MAX_TEXT)?;
+    check_window(
+        "body.operational_plan",
+        p.window_start_ms,
+        p.window_end_ms,
+        "operational window",
+    )?;
     BodyId::parse(&p.lead_body)
         .map_err(|e| ValidationError::new("body.operational_plan.lead_body", e))?;
     if p.regions.is_empty() {
@@ -301,7 +463,7 @@ impl TryFrom<pb::Labels> for Labels {
         let kind = require(
             "labels.kind",
             Kind::from_proto(l.kind),
-            "THREAT_ASSESSMENT, OPERATIONAL_PLAN, ALERT",
+            "THREAT_ASSESSMENT, OPERATIONAL_PLAN, ALERT, STRATEGIC_PLAN",
         )?;
         let classification = require(
             "labels.classification",
@@ -474,7 +636,9 @@ impl TryFrom<pb::Labels> for Labels {
                 )
             })?;
         }
+        let plan = l.plan.map(|p| PlanLabels::parse(p, kind)).transpose()?;
         Ok(Self {
+            plan,
             message_id,
             origin,
             kind,
@@ -524,6 +688,7 @@ impl From<&Labels> for pb::Labels {
             grading: l.grading.map(|g| g.to_string()).unwrap_or_default(),
             not_before_ms: l.not_before_ms.unwrap_or(0),
             working_groups: l.working_groups.iter().cloned().collect(),
+            plan: l.plan.as_ref().map(pb::PlanLabels::from),
         }
     }
 }

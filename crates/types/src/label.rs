@@ -103,11 +103,23 @@ pub enum Kind {
     OperationalPlan,
     /// An urgent alert.
     Alert,
+    /// A strategic plan: priorities for a planning cycle.
+    StrategicPlan,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Self::ThreatAssessment, Self::OperationalPlan, Self::Alert];
+    pub const ALL: [Kind; 4] = [
+        Self::ThreatAssessment,
+        Self::OperationalPlan,
+        Self::Alert,
+        Self::StrategicPlan,
+    ];
+
+    /// Whether messages of this kind are versions of a plan.
+    pub fn is_plan(self) -> bool {
+        matches!(self, Self::OperationalPlan | Self::StrategicPlan)
+    }
 
     /// The canonical name, as in configuration files.
     pub fn as_str(self) -> &'static str {
@@ -115,6 +127,7 @@ impl Kind {
             Self::ThreatAssessment => "threat_assessment",
             Self::OperationalPlan => "operational_plan",
             Self::Alert => "alert",
+            Self::StrategicPlan => "strategic_plan",
         }
     }
 
@@ -125,6 +138,7 @@ impl Kind {
             pb::Kind::ThreatAssessment => Some(Self::ThreatAssessment),
             pb::Kind::OperationalPlan => Some(Self::OperationalPlan),
             pb::Kind::Alert => Some(Self::Alert),
+            pb::Kind::StrategicPlan => Some(Self::StrategicPlan),
         }
     }
 
@@ -134,6 +148,7 @@ impl Kind {
             Self::ThreatAssessment => pb::Kind::ThreatAssessment,
             Self::OperationalPlan => pb::Kind::OperationalPlan,
             Self::Alert => pb::Kind::Alert,
+            Self::StrategicPlan => pb::Kind::StrategicPlan,
         }
     }
 }

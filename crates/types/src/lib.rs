@@ -13,8 +13,8 @@ pub mod text;
 mod time;
 
 pub use envelope::{
-    new_message_id, normalise_message_id, uuid_field, DecisionRecord, Envelope, Labels, TypedBody,
-    UnaddressedRecord, MAX_BODY_BYTES,
+    new_message_id, normalise_message_id, uuid_field, DecisionRecord, Envelope, Labels, PlanAction,
+    PlanLabels, TypedBody, UnaddressedRecord, MAX_BODY_BYTES,
 };
 pub use identity::{Identity, IdentityError, Role};
 pub use label::{

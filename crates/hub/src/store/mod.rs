@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::HubError;
 
+mod deconflict;
 mod embargo;
 mod forward;
 pub(crate) mod log;
@@ -35,6 +36,10 @@ pub use plan::{Applied, Effects, Enqueue, Write};
 use schema::*;
 pub use schema::{env_key_name, forward_key_name};
 
+pub use deconflict::{
+    check_lifecycle, parse_targets, plan_deconfliction, reference, Deconfliction, IndexOp,
+    OverlapRecord, PlanContext, PlanRecord, StoredNotice,
+};
 pub use embargo::*;
 pub use forward::*;
 pub use retention::*;
@@ -63,6 +68,21 @@ pub struct Submission {
     pub retain_ms: Option<i64>,
     /// The trace context of the hub's span for it (empty if untraced).
     pub traceparent: String,
+    /// For a version of a plan: the plan as it would now stand, to check
+    /// and deconflict in the transaction, and the governance to decide its
+    /// notices.
+    pub plan: Option<PlanSubmission>,
+}
+
+/// What a plan submission brings to the store.
+#[derive(Debug, Clone)]
+pub struct PlanSubmission {
+    /// The plan as this version makes it.
+    pub record: PlanRecord,
+    /// The governance that decides full or blind notices.
+    pub gov: std::sync::Arc<liaison_policy::Governance>,
+    /// The hub's body (its deconfliction desk).
+    pub hub_body: BodyId,
 }
 
 /// What the hub decided for a message, kept for idempotent resubmission.
@@ -125,6 +145,10 @@ pub struct QueueEntry {
     /// routing decision for its recipient); 0 if none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub audit_seq: u64,
+    /// Set when this position carries, for the originator of the message
+    /// (a plan's version), a deconfliction notice, not the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<StoredNotice>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -185,7 +209,11 @@ impl QueueEntry {
     /// The binary form, for a message or receipts; `None` for the kinds
     /// stored as JSON.
     fn stored(&self) -> Option<pb::StoredQueueEntry> {
-        if self.retraction.is_some() || self.forward_request.is_some() || self.receipt.is_some() {
+        if self.retraction.is_some()
+            || self.forward_request.is_some()
+            || self.receipt.is_some()
+            || self.notice.is_some()
+        {
             return None;
         }
         Some(pb::StoredQueueEntry {
@@ -261,6 +289,7 @@ impl QueueEntry {
             retraction: None,
             forward_request: None,
             receipt: None,
+            notice: None,
             receipts: e
                 .receipts
                 .into_iter()
@@ -350,13 +379,15 @@ impl QueueEntry {
             receipts: Vec::new(),
             traceparent: String::new(),
             audit_seq: 0,
+            notice: None,
         }
     }
 
     /// Whether this position carries the message itself (not a withdrawal,
-    /// a forward request or a receipt).
+    /// a forward request, a receipt or a notice).
     pub fn is_message(&self) -> bool {
         self.retraction.is_none()
+            && self.notice.is_none()
             && self.forward_request.is_none()
             && self.receipt.is_none()
             && self.receipts.is_empty()
@@ -614,8 +645,10 @@ pub fn plan_submission(
 /// nothing; a storage failure fails the whole batch.
 pub(super) async fn submit_all(
     db: &Db,
+    plans: &std::sync::Arc<std::sync::Mutex<Deconfliction>>,
     batch: Vec<Submission>,
-) -> Result<Vec<Result<Submitted, HubError>>, HubError> {
+) -> Result<(Vec<Result<Submitted, HubError>>, u64), HubError> {
+    let plans = std::sync::Arc::clone(plans);
     let batch: Vec<(Submission, Vec<u8>, String)> = batch
         .into_iter()
         .map(|s| {
@@ -626,6 +659,9 @@ pub(super) async fn submit_all(
         .collect();
     db.write(move |txn| {
         let mut results = Vec::with_capacity(batch.len());
+        // The last record of a refused plan version, made durable with the
+        // batch.
+        let mut refused_audit = 0;
         for (s, encoded, digest) in batch {
             let okey = outcome_key(&s.env.labels.message_id);
             let existing = match txn.get(&okey)? {
@@ -640,8 +676,45 @@ pub(super) async fn submit_all(
                     effects,
                     held,
                 }) => {
-                    let applied = apply(txn, effects)?;
+                    // A plan's version is checked against the plan first:
+                    // refused, only the refusal is written.
+                    let deconflicted = match &s.plan {
+                        None => None,
+                        Some(p) => {
+                            let ctx = PlanContext {
+                                gov: &p.gov,
+                                hub_body: &p.hub_body,
+                                actor: &s.actor,
+                                now_ms: s.now_ms,
+                            };
+                            let mut index = plans.lock().unwrap_or_else(|e| e.into_inner());
+                            match deconflict::deconflict_in(txn, &mut index, &p.record, &ctx)? {
+                                Err(refusal) => {
+                                    let (refused, record) = *refusal;
+                                    let applied = apply(
+                                        txn,
+                                        Effects {
+                                            audit: vec![record],
+                                            ..Effects::default()
+                                        },
+                                    )?;
+                                    drop(index);
+                                    results.push(Err(refused));
+                                    refused_audit = refused_audit.max(applied.audit_seq);
+                                    continue;
+                                }
+                                Ok(planned) => Some(planned),
+                            }
+                        }
+                    };
+                    let mut applied = apply(txn, effects)?;
                     outcome.audit_seq = applied.first_audit_seq;
+                    if let Some((effects, op)) = deconflicted {
+                        let more = apply(txn, effects)?;
+                        applied.queued.extend(more.queued);
+                        applied.audit_seq = applied.audit_seq.max(more.audit_seq);
+                        plans.lock().unwrap_or_else(|e| e.into_inner()).apply(op);
+                    }
                     Ok(Submitted::New {
                         outcome,
                         queued: applied.queued,
@@ -651,7 +724,7 @@ pub(super) async fn submit_all(
                 }
             });
         }
-        Ok::<_, HubError>(results)
+        Ok::<_, HubError>((results, refused_audit))
     })
     .await
 }
@@ -669,7 +742,8 @@ pub(super) fn only(mut results: Vec<Result<Submitted, HubError>>) -> Result<Subm
 /// Stores and routes one submission: a batch of one (see [`submit_all`]).
 #[cfg(test)]
 pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
-    only(submit_all(db, vec![s]).await?)
+    let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
+    only(submit_all(db, &plans, vec![s]).await?.0)
 }
 
 /// Appends `entry` to `body`'s queue; returns its position. The one place a
@@ -1019,6 +1093,11 @@ pub fn plan_acknowledgement(
                 AuditEvent::Acknowledged,
                 format!("forward request {}", n.request_id),
             )
+        } else if let Some(n) = &entry.notice {
+            (
+                AuditEvent::Acknowledged,
+                format!("deconfliction notice {}", n.0.reference),
+            )
         } else {
             (AuditEvent::Acknowledged, String::new())
         };
@@ -1151,6 +1230,7 @@ mod tests {
     async fn submit_held(db: &Db, gov: &Governance, env: Envelope) {
         let routing = route(gov, &env.labels, NOW);
         let submission = Submission {
+            plan: None,
             env,
             decisions: routing.decisions,
             unaddressed: routing.unaddressed,
@@ -1185,6 +1265,7 @@ mod tests {
     fn submission_of(gov: &Governance, env: Envelope) -> Submission {
         let routing = route(gov, &env.labels, NOW);
         Submission {
+            plan: None,
             decisions: routing.decisions,
             unaddressed: routing.unaddressed,
             env,
@@ -1320,6 +1401,7 @@ mod tests {
         let db = Db::in_memory();
         let gov = governance();
         let sub = |env: Envelope| Submission {
+            plan: None,
             decisions: route(&gov, &env.labels, NOW).decisions,
             unaddressed: route(&gov, &env.labels, NOW).unaddressed,
             env,
@@ -1334,9 +1416,14 @@ mod tests {
         let b = held_alert(1, 0);
         let mut reused = held_alert(0, 0);
         reused.labels.priority = liaison_types::Priority::Flash;
-        let results = submit_all(&db, vec![sub(a.clone()), sub(b), sub(a), sub(reused)])
-            .await
-            .unwrap();
+        let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
+        let (results, _) = submit_all(
+            &db,
+            &plans,
+            vec![sub(a.clone()), sub(b), sub(a), sub(reused)],
+        )
+        .await
+        .unwrap();
         assert!(matches!(&results[0], Ok(Submitted::New { queued, .. }) if queued.len() == 1));
         assert!(matches!(&results[1], Ok(Submitted::New { queued, .. }) if queued[0].1 == 2));
         assert!(
@@ -1923,6 +2010,7 @@ mod tests {
         async fn routed(db: &Db, gov: &Governance, env: &Envelope) {
             let routing = route(gov, &env.labels, NOW);
             let submission = Submission {
+                plan: None,
                 env: env.clone(),
                 decisions: routing.decisions,
                 unaddressed: routing.unaddressed,

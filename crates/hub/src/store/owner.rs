@@ -41,6 +41,8 @@ pub struct HubStore {
     /// The writes in flight (see [`HubStore::detached`]); shutdown waits
     /// for them before it closes the database.
     writes: TaskTracker,
+    /// The active plans, indexed for deconfliction.
+    plans: Arc<Mutex<Deconfliction>>,
 }
 
 /// The log's key and its latest signed checkpoint.
@@ -121,7 +123,12 @@ impl HubStore {
         let frontier = log::read_head(&db)?.frontier;
         let signed = signer.sign(frontier.size(), frontier.root());
         let (published, _) = watch::channel(signed.clone());
+        let plans = Arc::new(Mutex::new(Deconfliction::load(
+            &db,
+            liaison_types::now_ms(),
+        )?));
         Ok(Self {
+            plans,
             log: LogKeeper {
                 signer,
                 latest: Mutex::new((frontier, signed)),
@@ -193,6 +200,16 @@ impl HubStore {
         self.queue_mark(body).send_modify(|_| {});
     }
 
+    /// How many plans are active (indexed for deconfliction).
+    pub fn active_plans(&self) -> usize {
+        self.plans.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The hub's record of a plan.
+    pub fn plan(&self, plan_id: &str) -> Result<Option<PlanRecord>, StoreError> {
+        deconflict::read_plan_db(&self.db, plan_id)
+    }
+
     /// The highest durable audit position.
     pub fn durable_audit(&self) -> u64 {
         self.marks.audit.load(Ordering::Acquire)
@@ -214,8 +231,23 @@ impl HubStore {
         batch: Vec<Submission>,
     ) -> Result<Vec<Result<Submitted, HubError>>, HubError> {
         let (db, marks) = self.parts();
+        let plans = Arc::clone(&self.plans);
         self.detached(async move {
-            let results = submit_all(&db, batch).await?;
+            let (results, refused_audit) = match submit_all(&db, &plans, batch).await {
+                Ok(done) => done,
+                Err(e) => {
+                    // The index may hold plans of the write that failed:
+                    // read it again from what the store holds.
+                    match Deconfliction::load(&db, liaison_types::now_ms()) {
+                        Ok(fresh) => *plans.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
+                        Err(reload) => {
+                            tracing::error!(error = %reload, "cannot reload the plans after a failed write")
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            marks.publish(&[], refused_audit);
             for r in &results {
                 if let Ok(Submitted::New {
                     queued, audit_seq, ..

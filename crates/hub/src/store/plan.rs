@@ -78,6 +78,17 @@ pub enum Write {
         /// When and why.
         note: Erased,
     },
+    /// Store a plan as of its latest version.
+    Plan(Box<PlanRecord>),
+    /// Store (or, with `None`, remove) one side of an overlap of two plans.
+    Overlap {
+        /// The plan whose side it is.
+        plan: String,
+        /// The other plan.
+        other: String,
+        /// The overlap, or `None` when it is gone.
+        record: Option<OverlapRecord>,
+    },
     /// Drop the deliveries of a message held under embargo.
     DropHeld {
         /// The message.
@@ -187,6 +198,12 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
                 message_id,
                 not_before_ms,
             } => txn.delete(held_key(not_before_ms, &message_id)),
+            Write::Plan(rec) => deconflict::write_plan(txn, &rec),
+            Write::Overlap {
+                plan,
+                other,
+                record,
+            } => deconflict::write_overlap(txn, &plan, &other, record.as_ref()),
             Write::Erase {
                 message_id,
                 labels,

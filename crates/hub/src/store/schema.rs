@@ -22,6 +22,8 @@
 //! | witnessed | `meta/witnessed` | the largest tree size with a cosignature (big-endian) | `Federation.Cosign` |
 //! | chained audit log | `a/<seq>`, `meta/audit_head` | earlier versions' hash-chained records; converted to the Merkle log, then deleted, when the hub opens such a store | (earlier versions) |
 //! | body states | `meta/body_states` | administrators' state overrides (JSON) | `Admin.SetBodyState` |
+//! | plan | `pl/<plan id>` | the plan as of its latest version (`PlanRecord`, JSON): origin, version, action, labels, window, target hashes | plan submissions |
+//! | overlap | `po/<plan id>/<other plan id>` | an overlap of two plans, kept on both sides (`OverlapRecord`, JSON): reference, blind or full | plan submissions |
 //!
 //! Times and positions in keys are big-endian `u64`, so keys sort by them.
 
@@ -112,6 +114,24 @@ pub(super) fn cosignature_prefix(size: u64) -> Vec<u8> {
     k.push(b'/');
     k
 }
+/// Every plan.
+pub(super) const PLAN_PREFIX: &[u8] = b"pl/";
+
+/// A plan as of its latest version.
+pub(super) fn plan_key(plan_id: &str) -> Vec<u8> {
+    format!("pl/{plan_id}").into_bytes()
+}
+
+/// The overlaps recorded for a plan.
+pub(super) fn overlap_prefix(plan_id: &str) -> Vec<u8> {
+    format!("po/{plan_id}/").into_bytes()
+}
+
+/// One overlap of a plan with another.
+pub(super) fn overlap_key(plan_id: &str, other: &str) -> Vec<u8> {
+    format!("po/{plan_id}/{other}").into_bytes()
+}
+
 /// Administrators' state overrides.
 pub(super) const BODY_STATES: &[u8] = b"meta/body_states";
 

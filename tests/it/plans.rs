@@ -1,0 +1,1108 @@
+//! Plans and deconfliction end to end: officers submit, update, close and
+//! cancel plans at their nodes; the hub finds overlaps with other bodies'
+//! active plans from keyed hashes of the targets (never the targets) and
+//! sends both originators a notice over the ordinary delivery stream, full
+//! when each plan may be released to the other body, blind otherwise; the
+//! officers see their plans, notices and the calendar, acknowledge, resolve
+//! and ask for contact. A plan and its update survive a hub restart.
+
+use liaison_federation::{wait_until, Sandbox, SandboxOptions};
+use liaison_proto::v1 as pb;
+use liaison_proto::v1::officer_client::OfficerClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::common::{assert_refused, audit_records, envelope, SETTLE};
+
+/// Three members and an observer; alpha runs the hub. bravo is cleared to
+/// RESTRICTED, charlie takes no operational plans, the observer only
+/// threat assessments.
+const GOVERNANCE: &str = r#"
+version = 1
+federation = "liaison.test"
+hub_body = "alpha"
+
+[observers]
+kinds = ["threat_assessment"]
+max_classification = "OFFICIAL_USE"
+
+[[body]]
+id = "alpha"
+name = "Alpha"
+status = "member"
+clearance = "SECRET"
+kinds = ["threat_assessment", "operational_plan", "strategic_plan", "alert"]
+mandate = ["migrant_smuggling", "maritime_crime", "drugs"]
+
+[[body]]
+id = "bravo"
+name = "Bravo"
+status = "member"
+clearance = "RESTRICTED"
+kinds = ["threat_assessment", "operational_plan", "strategic_plan", "alert"]
+mandate = ["migrant_smuggling", "maritime_crime", "drugs"]
+
+[[body]]
+id = "charlie"
+name = "Charlie"
+status = "member"
+clearance = "CONFIDENTIAL"
+kinds = ["threat_assessment", "alert"]
+mandate = ["migrant_smuggling", "maritime_crime", "drugs"]
+
+[[body]]
+id = "obs"
+name = "Observer"
+status = "observer"
+clearance = "OFFICIAL_USE"
+kinds = ["threat_assessment"]
+mandate = ["drugs"]
+"#;
+
+const DAY: i64 = 86_400_000;
+
+async fn sandbox() -> Sandbox {
+    Sandbox::start(SandboxOptions::new(GOVERNANCE))
+        .await
+        .unwrap()
+}
+
+/// A plan's window from `from` days to `to` days from now.
+fn window(from: i64, to: i64) -> (i64, i64) {
+    let now = liaison_types::now_ms();
+    (now + from * DAY, now + to * DAY)
+}
+
+/// An operational plan's labels and body.
+fn operational(
+    lead: &str,
+    class: pb::Classification,
+    areas: &[&str],
+    regions: &[&str],
+    (start, end): (i64, i64),
+    title: &str,
+) -> (pb::Labels, pb::Body) {
+    let labels = pb::Labels {
+        kind: pb::Kind::OperationalPlan as i32,
+        classification: class as i32,
+        crime_areas: areas.iter().map(|a| (*a).to_owned()).collect(),
+        regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+        priority: pb::Priority::Routine as i32,
+        plan: Some(pb::PlanLabels {
+            contact: format!("{lead} operations desk"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let body = pb::Body {
+        title: title.to_owned(),
+        content: Some(pb::body::Content::OperationalPlan(pb::OperationalPlan {
+            summary: "joint patrols and interceptions".into(),
+            window_start_ms: start,
+            window_end_ms: end,
+            lead_body: lead.to_owned(),
+            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+            crime_areas: areas.iter().map(|a| (*a).to_owned()).collect(),
+            target_ids: Vec::new(),
+        })),
+    };
+    (labels, body)
+}
+
+fn target(kind: &str, value: &str) -> pb::PlanTarget {
+    pb::PlanTarget {
+        kind: kind.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+/// Submits a plan (or a version of one) as `body`'s officer; returns the
+/// plan id and the message id.
+async fn submit_plan(
+    officer: &mut OfficerClient<Channel>,
+    (labels, body): (pb::Labels, pb::Body),
+    targets: Vec<pb::PlanTarget>,
+) -> Result<(String, String), tonic::Status> {
+    let plan_id = labels
+        .plan
+        .as_ref()
+        .map(|p| p.plan_id.clone())
+        .unwrap_or_default();
+    let resp = officer
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(labels),
+            body: Some(body),
+            targets,
+        })
+        .await?
+        .into_inner();
+    let plan_id = if plan_id.is_empty() {
+        resp.message_id.clone()
+    } else {
+        plan_id
+    };
+    Ok((plan_id, resp.message_id))
+}
+
+/// `plan`'s labels naming an existing plan: the next version.
+fn version_of(plan_id: &str, (mut labels, body): (pb::Labels, pb::Body)) -> (pb::Labels, pb::Body) {
+    labels.plan = Some(pb::PlanLabels {
+        plan_id: plan_id.to_owned(),
+        action: pb::PlanAction::PlanUpdate as i32,
+        ..Default::default()
+    });
+    (labels, body)
+}
+
+/// The body's plans, waiting until `ready` holds for them.
+async fn plans_when(
+    officer: &OfficerClient<Channel>,
+    what: &str,
+    ready: impl Fn(&[pb::OwnPlan]) -> bool,
+) -> Vec<pb::OwnPlan> {
+    wait_until(what, SETTLE, || {
+        let mut officer = officer.clone();
+        let ready = &ready;
+        async move {
+            let plans = officer
+                .list_plans(pb::ListPlansRequest { all: true })
+                .await
+                .ok()?
+                .into_inner()
+                .plans;
+            ready(&plans).then_some(plans)
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The notices of `plan_id` among `plans`.
+fn notices_of<'a>(plans: &'a [pb::OwnPlan], plan_id: &str) -> Vec<&'a pb::NoticeEntry> {
+    plans
+        .iter()
+        .filter(|p| p.plan_id == plan_id)
+        .flat_map(|p| p.notices.iter())
+        .collect()
+}
+
+fn notice(e: &pb::NoticeEntry) -> &pb::DeconflictionNotice {
+    e.notice.as_ref().unwrap()
+}
+
+/// Waits until `plan_id`'s notice has `change`; returns it.
+async fn notice_when(
+    officer: &OfficerClient<Channel>,
+    plan_id: &str,
+    change: pb::NoticeChange,
+) -> pb::NoticeEntry {
+    let plans = plans_when(
+        officer,
+        &format!("plan {plan_id} has a notice {change:?}"),
+        |plans| {
+            notices_of(plans, plan_id)
+                .iter()
+                .any(|n| notice(n).change == change as i32)
+        },
+    )
+    .await;
+    notices_of(&plans, plan_id)
+        .into_iter()
+        .find(|n| notice(n).change == change as i32)
+        .unwrap()
+        .clone()
+}
+
+/// Every file under `dir`, read whole.
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.extend(bytes);
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_that_may_see_each_other_get_full_notices_and_the_hub_never_holds_a_target() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    let imo = "IMO 9074729";
+    let (a_plan, _) = submit_plan(
+        &mut alice,
+        operational(
+            "alpha",
+            pb::Classification::Restricted,
+            &["migrant_smuggling"],
+            &["med-central"],
+            window(1, 21),
+            "Operation Sentinel",
+        ),
+        vec![target("imo", imo), target("phone", "+33 6 12 34 56 78")],
+    )
+    .await
+    .unwrap();
+    // The same vessel in another spelling: the nodes normalise it alike.
+    let (b_plan, _) = submit_plan(
+        &mut bob,
+        operational(
+            "bravo",
+            pb::Classification::Restricted,
+            &["migrant_smuggling", "drugs"],
+            &["med-central", "west-africa"],
+            window(7, 28),
+            "Operation Tidewater",
+        ),
+        vec![target("imo", "9074729")],
+    )
+    .await
+    .unwrap();
+
+    let a = notice_when(&alice, &a_plan, pb::NoticeChange::OverlapFound).await;
+    let b = notice_when(&bob, &b_plan, pb::NoticeChange::OverlapFound).await;
+    for (e, other_body, other_plan, other_title) in [
+        (&a, "bravo", &b_plan, "Operation Tidewater"),
+        (&b, "alpha", &a_plan, "Operation Sentinel"),
+    ] {
+        let n = notice(e);
+        assert!(!n.blind, "{n:?}");
+        assert_eq!(n.kind, pb::OverlapKind::Conflict as i32);
+        assert_eq!(e.state, "open");
+        assert_eq!(n.other_body, other_body);
+        assert_eq!(&n.other_plan_id, other_plan);
+        assert_eq!(n.other_title, other_title);
+        assert_eq!(n.regions, vec!["med-central".to_owned()]);
+        assert_eq!(n.crime_areas, vec!["migrant_smuggling".to_owned()]);
+        assert_eq!(n.target_kinds, vec!["imo".to_owned()]);
+        assert_eq!(n.contact, format!("{other_body} operations desk"));
+        // The common period: the later start, the earlier end.
+        assert!(n.overlap_start_ms < n.overlap_end_ms);
+    }
+    assert_eq!(notice(&a).reference, notice(&b).reference);
+    assert_eq!(
+        notice(&a).overlap_start_ms,
+        notice(&b).overlap_start_ms,
+        "both sides see one period"
+    );
+
+    // Each sees the other's plan in its calendar (it was delivered).
+    let calendar = wait_until("bravo's calendar shows alpha's plan", SETTLE, || {
+        let mut bob = bob.clone();
+        let a_plan = a_plan.clone();
+        async move {
+            let plans = bob
+                .plan_calendar(pb::PlanCalendarRequest {
+                    region: "med-central".into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .plans;
+            plans.iter().any(|p| p.plan_id == a_plan).then_some(plans)
+        }
+    })
+    .await
+    .unwrap();
+    let seen = calendar.iter().find(|p| p.plan_id == a_plan).unwrap();
+    assert_eq!(seen.origin, "alpha");
+    assert_eq!(seen.status, "active");
+    assert_eq!(seen.version, 1);
+    // Filters that exclude it.
+    let none = bob
+        .plan_calendar(pb::PlanCalendarRequest {
+            region: "west-africa".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert!(none.iter().all(|p| p.plan_id != a_plan));
+
+    // The node keeps the targets normalised; the hub never holds them.
+    let own = plans_when(&alice, "alpha lists its plan", |p| !p.is_empty()).await;
+    let mine = own.iter().find(|p| p.plan_id == a_plan).unwrap();
+    let kept: Vec<(String, String)> = mine
+        .targets
+        .iter()
+        .map(|t| (t.kind.clone(), t.value.clone()))
+        .collect();
+    assert!(kept.contains(&("imo".into(), "9074729".into())), "{kept:?}");
+    assert!(
+        kept.contains(&("phone".into(), "+33612345678".into())),
+        "{kept:?}"
+    );
+    let hub = all_bytes(&sandbox.dir().join("hub-data"));
+    for clear in ["9074729", "612345678"] {
+        assert!(
+            !contains(&hub, clear),
+            "the hub's store holds {clear} in clear"
+        );
+    }
+
+    // The audit log: each side's record, and the desk's naming the rule.
+    let records = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "deconflicted".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(records.iter().all(|r| r.rule == "deconfliction.full"));
+    let desk: Vec<_> = records
+        .iter()
+        .filter(|r| r.origin == "alpha" && r.recipient.is_empty())
+        .collect();
+    assert_eq!(desk.len(), 1, "{records:?}");
+    assert!(desk[0].reason.contains("each plan may be released"));
+    assert!(records.iter().any(|r| r.recipient == "bravo"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_withheld_from_the_other_body_gives_blind_notices_that_reveal_nothing() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    // CONFIDENTIAL: above bravo's clearance. They share only the vessel
+    // (different crime areas) in the same sea.
+    let (a_plan, a_msg) = submit_plan(
+        &mut alice,
+        operational(
+            "alpha",
+            pb::Classification::Confidential,
+            &["maritime_crime"],
+            &["gulf-of-guinea"],
+            window(2, 30),
+            "Operation Deepwater",
+        ),
+        vec![target("imo", "9074729")],
+    )
+    .await
+    .unwrap();
+    let (b_plan, _) = submit_plan(
+        &mut bob,
+        operational(
+            "bravo",
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["gulf-of-guinea"],
+            window(10, 40),
+            "Operation Harbour",
+        ),
+        vec![target("imo", "IMO9074729")],
+    )
+    .await
+    .unwrap();
+    let a = notice_when(&alice, &a_plan, pb::NoticeChange::OverlapFound).await;
+    let b = notice_when(&bob, &b_plan, pb::NoticeChange::OverlapFound).await;
+    for e in [&a, &b] {
+        let n = notice(e);
+        assert!(n.blind, "{n:?}");
+        assert!(n.other_plan_id.is_empty() && n.other_body.is_empty() && n.other_title.is_empty());
+        assert!(n.other_message_id.is_empty() && n.other_plan_version == 0);
+        assert_eq!((n.overlap_start_ms, n.overlap_end_ms), (0, 0));
+        assert!(n.regions.is_empty() && n.countries.is_empty());
+        assert!(n.crime_areas.is_empty() && n.target_kinds.is_empty());
+        assert!(
+            n.contact.contains("deconfliction desk of alpha"),
+            "{}",
+            n.contact
+        );
+        assert!(n.contact.contains(&n.reference));
+    }
+    // Nothing bravo can read names alpha's plan: not its notice, not its
+    // calendar, not its auditor's view of the log.
+    let calendar = bob
+        .plan_calendar(pb::PlanCalendarRequest {
+            include_ended: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert!(calendar.iter().all(|p| p.plan_id != a_plan));
+    let mut bravo_auditor = sandbox.auditor("bravo").await.unwrap();
+    let mut stream = bravo_auditor
+        .list(pb::AuditQuery::default())
+        .await
+        .unwrap()
+        .into_inner();
+    use futures::StreamExt;
+    while let Some(r) = stream.next().await {
+        let r = r.unwrap();
+        let text = format!("{r:?}");
+        assert!(
+            !text.contains(&a_plan) && !text.contains(&a_msg),
+            "bravo's auditor reads a record naming alpha's plan: {r:?}"
+        );
+    }
+    // The desk's record names both and the rule that made it blind.
+    let desk = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "deconflicted".into(),
+            rule: "deconfliction.blind".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let desk = desk
+        .iter()
+        .find(|r| r.origin == "alpha" && r.recipient.is_empty())
+        .expect("the desk's record");
+    assert!(desk.reason.contains(&a_plan) && desk.reason.contains(&b_plan));
+    assert!(
+        desk.reason.contains("recipient.clearance"),
+        "{}",
+        desk.reason
+    );
+
+    // bravo asks the desk for contact: an alert to alpha (the hub's body).
+    let asked = bob
+        .request_contact(pb::RequestContactRequest {
+            reference: notice(&b).reference.clone(),
+            text: "we board her on day 12; who else is interested?".into(),
+            message_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut alice2 = alice.clone();
+    wait_until("the desk's inbox holds the contact request", SETTLE, || {
+        let mut alice2 = alice2.clone();
+        let id = asked.message_id.clone();
+        async move {
+            alice2
+                .list_inbox(pb::ListInboxRequest {
+                    unread_only: false,
+                    limit: 100,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .entries
+                .into_iter()
+                .find(|e| e.message_id == id)
+        }
+    })
+    .await
+    .unwrap();
+    let shown = alice2
+        .show(pb::ShowRequest {
+            message_id: asked.message_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(shown.body.unwrap().title.contains(&notice(&b).reference));
+
+    // Acknowledge, then resolve with a note; both are kept.
+    let acked = bob
+        .update_notice(pb::UpdateNoticeRequest {
+            reference: notice(&b).reference.clone(),
+            state: "acknowledged".into(),
+            note: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.state, "acknowledged");
+    assert!(acked.handled_by.ends_with("/officer/bob"));
+    assert_refused(
+        bob.update_notice(pb::UpdateNoticeRequest {
+            reference: notice(&b).reference.clone(),
+            state: "resolved".into(),
+            note: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        &["note"],
+    );
+    let resolved = bob
+        .update_notice(pb::UpdateNoticeRequest {
+            reference: notice(&b).reference.clone(),
+            state: "resolved".into(),
+            note: "desk confirmed: boarding moved to day 14".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resolved.state, "resolved");
+    assert_refused(
+        bob.update_notice(pb::UpdateNoticeRequest {
+            reference: notice(&b).reference.clone(),
+            state: "acknowledged".into(),
+            note: String::new(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        &["already resolved"],
+    );
+    assert_refused(
+        bob.update_notice(pb::UpdateNoticeRequest {
+            reference: "dx-0000000000000000".into(),
+            state: "acknowledged".into(),
+            note: String::new(),
+        })
+        .await,
+        Code::NotFound,
+        &["dx-0000000000000000"],
+    );
+    drop(alice2);
+    let _ = &mut alice;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_create_and_clear_overlaps_and_an_ended_plan_does_not_change() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    let plan = |regions: &[&str], title: &str| {
+        operational(
+            "alpha",
+            pb::Classification::Restricted,
+            &["drugs"],
+            regions,
+            window(1, 10),
+            title,
+        )
+    };
+    let (a_plan, _) = submit_plan(&mut alice, plan(&["sahel"], "Operation Dune"), vec![])
+        .await
+        .unwrap();
+    // Touching windows do not overlap: bravo's starts when alpha's ends.
+    let (b_plan, _) = submit_plan(
+        &mut bob,
+        operational(
+            "bravo",
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["sahel"],
+            (window(1, 10).1, window(1, 20).1),
+            "Operation Oasis",
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+    plans_when(&bob, "bravo's plan is routed", |p| {
+        p.iter()
+            .any(|p| p.plan_id == b_plan && p.outbox_status == "routed")
+    })
+    .await;
+    // alpha's version 2 moves into bravo's window: an overlap.
+    let mut v2 = plan(&["sahel"], "Operation Dune (extended)");
+    if let Some(pb::body::Content::OperationalPlan(p)) = &mut v2.1.content {
+        p.window_end_ms = window(1, 15).1;
+    }
+    submit_plan(&mut alice, version_of(&a_plan, v2), vec![])
+        .await
+        .unwrap();
+    let found = notice_when(&bob, &b_plan, pb::NoticeChange::OverlapFound).await;
+    assert_eq!(notice(&found).other_plan_version, 2);
+    // Version 3 moves elsewhere: the overlap is cleared on both sides.
+    submit_plan(
+        &mut alice,
+        version_of(&a_plan, plan(&["horn-of-africa"], "Operation Dune")),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let cleared = notice_when(&bob, &b_plan, pb::NoticeChange::OverlapCleared).await;
+    assert_eq!(cleared.state, "cleared");
+    assert_eq!(notice(&cleared).reference, notice(&found).reference);
+    notice_when(&alice, &a_plan, pb::NoticeChange::OverlapCleared).await;
+    // Back again (version 4), then cancelled: found, then cleared.
+    let mut v4 = plan(&["sahel"], "Operation Dune");
+    if let Some(pb::body::Content::OperationalPlan(p)) = &mut v4.1.content {
+        p.window_end_ms = window(1, 15).1;
+    }
+    submit_plan(&mut alice, version_of(&a_plan, v4), vec![])
+        .await
+        .unwrap();
+    plans_when(&bob, "bravo's notice is open again", |p| {
+        notices_of(p, &b_plan)
+            .iter()
+            .any(|n| n.state == "open" && notice(n).other_plan_version == 4)
+    })
+    .await;
+    let cancelled = alice
+        .change_plan(pb::ChangePlanRequest {
+            plan_id: a_plan.clone(),
+            action: pb::PlanAction::PlanCancel as i32,
+            message_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.status, "queued");
+    plans_when(&bob, "bravo's notice is cleared by the cancellation", |p| {
+        notices_of(p, &b_plan)
+            .iter()
+            .any(|n| n.state == "cleared" && notice(n).other_plan_version == 5)
+    })
+    .await;
+    // bravo received every version, the cancellation last.
+    let seen = wait_until("bravo's calendar shows the cancellation", SETTLE, || {
+        let mut bob = bob.clone();
+        let a_plan = a_plan.clone();
+        async move {
+            bob.plan_calendar(pb::PlanCalendarRequest {
+                include_ended: true,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .plans
+            .into_iter()
+            .find(|p| p.plan_id == a_plan && p.status == "cancelled")
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.version, 5);
+    // An ended plan does not change, at the node.
+    assert_refused(
+        submit_plan(
+            &mut alice,
+            version_of(&a_plan, plan(&["sahel"], "again")),
+            vec![],
+        )
+        .await,
+        Code::FailedPrecondition,
+        &["cancelled"],
+    );
+    assert_refused(
+        alice
+            .change_plan(pb::ChangePlanRequest {
+                plan_id: a_plan.clone(),
+                action: pb::PlanAction::PlanClose as i32,
+                message_id: String::new(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        &["cancelled"],
+    );
+    // A plan of another body is not this node's to change.
+    assert_refused(
+        bob.change_plan(pb::ChangePlanRequest {
+            plan_id: a_plan.clone(),
+            action: pb::PlanAction::PlanClose as i32,
+            message_id: String::new(),
+        })
+        .await,
+        Code::NotFound,
+        &[&a_plan],
+    );
+    let listed = alice
+        .list_plans(pb::ListPlansRequest { all: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert!(
+        listed.iter().all(|p| p.plan_id != a_plan),
+        "an ended plan is listed only with all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_refuses_and_audits_a_plan_changed_out_of_turn() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let (a_plan, _) = submit_plan(
+        &mut alice,
+        operational(
+            "alpha",
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["sahel"],
+            window(1, 10),
+            "Operation Dune",
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+    plans_when(&alice, "alpha's plan is routed", |p| {
+        p.iter()
+            .any(|p| p.plan_id == a_plan && p.outbox_status == "routed")
+    })
+    .await;
+    let (labels, body) = operational(
+        "bravo",
+        pb::Classification::Restricted,
+        &["drugs"],
+        &["sahel"],
+        window(1, 10),
+        "Not yours",
+    );
+    let as_version = |origin: &str, version: u32, action: pb::PlanAction| {
+        let mut l = labels.clone();
+        l.plan = Some(pb::PlanLabels {
+            plan_id: a_plan.clone(),
+            version,
+            action: action as i32,
+            contact: String::new(),
+        });
+        pb::SubmitRequest {
+            envelope: Some(envelope(origin, l, &body)),
+            ..Default::default()
+        }
+    };
+    // bravo's node sends a version of alpha's plan.
+    let mut bravo_node = sandbox.hub_as("bravo/node").await.unwrap();
+    let refused = as_version("bravo", 2, pb::PlanAction::PlanUpdate);
+    let refused_id = refused
+        .envelope
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap()
+        .message_id
+        .clone();
+    assert_refused(
+        bravo_node.submit(refused).await,
+        Code::PermissionDenied,
+        &["bravo did not originate plan", &a_plan],
+    );
+    // alpha's node out of turn: a stale version, a new plan on a used id,
+    // a target that is not a hash.
+    let mut alpha_node = sandbox.hub_as("alpha/node").await.unwrap();
+    assert_refused(
+        alpha_node
+            .submit(as_version("alpha", 1, pb::PlanAction::PlanNew))
+            .await,
+        Code::AlreadyExists,
+        &["already exists"],
+    );
+    let mut stale = as_version("alpha", 3, pb::PlanAction::PlanUpdate);
+    alpha_node.submit(stale.clone()).await.unwrap();
+    stale
+        .envelope
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .message_id = uuid::Uuid::new_v4().to_string();
+    assert_refused(
+        alpha_node.submit(stale).await,
+        Code::FailedPrecondition,
+        &["is at version 3"],
+    );
+    let mut clear = as_version("alpha", 9, pb::PlanAction::PlanUpdate);
+    clear.targets = vec![pb::TargetHash {
+        kind: "imo".into(),
+        hash: b"9074729".to_vec(),
+    }];
+    assert_refused(
+        alpha_node.submit(clear).await,
+        Code::InvalidArgument,
+        &["32-byte", "never in clear"],
+    );
+    // Each refusal of the plan is in the log with its rule; the refused
+    // message was routed to nobody.
+    let records = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            event: "refused".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let rules: Vec<&str> = records.iter().map(|r| r.rule.as_str()).collect();
+    assert!(rules.contains(&"plan.originator"), "{rules:?}");
+    assert_eq!(
+        rules.iter().filter(|r| **r == "plan.lifecycle").count(),
+        2,
+        "{rules:?}"
+    );
+    let routed = audit_records(
+        &sandbox,
+        pb::AuditQuery {
+            message_id: refused_id,
+            event: "routed".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        routed.is_empty(),
+        "a refused version was routed: {routed:?}"
+    );
+
+    // At the node: targets on an alert, an unknown target kind, a plan the
+    // node does not hold.
+    let mut alert = operational(
+        "alpha",
+        pb::Classification::Restricted,
+        &["drugs"],
+        &["sahel"],
+        window(1, 2),
+        "x",
+    );
+    alert.0.kind = pb::Kind::Alert as i32;
+    alert.0.plan = None;
+    alert.1.content = Some(pb::body::Content::Alert(pb::Alert {
+        text: "t".into(),
+        ..Default::default()
+    }));
+    assert_refused(
+        submit_plan(&mut alice, alert, vec![target("imo", "9074729")]).await,
+        Code::InvalidArgument,
+        &["not a plan"],
+    );
+    let secret = "+44 20 7946 0958";
+    let status = assert_refused(
+        submit_plan(
+            &mut alice,
+            operational(
+                "alpha",
+                pb::Classification::Restricted,
+                &["drugs"],
+                &["sahel"],
+                window(1, 2),
+                "x",
+            ),
+            vec![target("telephone", secret)],
+        )
+        .await,
+        Code::InvalidArgument,
+        &["telephone", "not a target kind"],
+    );
+    assert!(
+        !status.message().contains("7946"),
+        "the value is never echoed"
+    );
+    let status = assert_refused(
+        submit_plan(
+            &mut alice,
+            operational(
+                "alpha",
+                pb::Classification::Restricted,
+                &["drugs"],
+                &["sahel"],
+                window(1, 2),
+                "x",
+            ),
+            vec![target("imo", "1234568")],
+        )
+        .await,
+        Code::InvalidArgument,
+        &["imo", "check digit"],
+    );
+    assert!(
+        !status.message().contains("1234568"),
+        "the value is never echoed"
+    );
+    assert_refused(
+        submit_plan(
+            &mut alice,
+            version_of(
+                "0b0b0b0b-0000-4000-8000-000000000000",
+                operational(
+                    "alpha",
+                    pb::Classification::Restricted,
+                    &["drugs"],
+                    &["sahel"],
+                    window(1, 2),
+                    "x",
+                ),
+            ),
+            vec![],
+        )
+        .await,
+        Code::NotFound,
+        &["0b0b0b0b-0000-4000-8000-000000000000"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_update_and_an_overlap_sent_while_the_hub_is_down_are_deconflicted_after_it_restarts(
+) {
+    let mut sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    let (a_plan, _) = submit_plan(
+        &mut alice,
+        operational(
+            "alpha",
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["sahel"],
+            window(1, 10),
+            "Operation Dune",
+        ),
+        vec![target("vehicle_plate", "AB-123-CD")],
+    )
+    .await
+    .unwrap();
+    plans_when(&alice, "alpha's plan is routed", |p| {
+        p.iter()
+            .any(|p| p.plan_id == a_plan && p.outbox_status == "routed")
+    })
+    .await;
+    sandbox.stop_hub().await.unwrap();
+    // While the hub is down: alpha's version 2 (same target, new window),
+    // and bravo's plan on the same plate in the same region.
+    let mut v2 = operational(
+        "alpha",
+        pb::Classification::Restricted,
+        &["drugs"],
+        &["sahel"],
+        window(2, 12),
+        "Operation Dune (v2)",
+    );
+    v2 = version_of(&a_plan, v2);
+    submit_plan(&mut alice, v2, vec![]).await.unwrap();
+    let (b_plan, _) = submit_plan(
+        &mut bob,
+        operational(
+            "bravo",
+            pb::Classification::Restricted,
+            &["maritime_crime"],
+            &["sahel"],
+            window(5, 6),
+            "Operation Plate",
+        ),
+        vec![target("vehicle_plate", "ab 123 cd")],
+    )
+    .await
+    .unwrap();
+    sandbox.start_hub().await.unwrap();
+    let b = notice_when(&bob, &b_plan, pb::NoticeChange::OverlapFound).await;
+    let n = notice(&b);
+    assert!(!n.blind);
+    assert_eq!(n.target_kinds, vec!["vehicle_plate".to_owned()]);
+    assert!(n.crime_areas.is_empty(), "they share the plate only");
+    plans_when(&alice, "alpha's notice names bravo's plan", |p| {
+        notices_of(p, &a_plan)
+            .iter()
+            .any(|e| notice(e).other_plan_id == b_plan)
+    })
+    .await;
+    // Restarted once more, the hub still holds alpha's plan at version 2.
+    sandbox.stop_hub().await.unwrap();
+    sandbox.start_hub().await.unwrap();
+    let mut alpha_node = sandbox.hub_as("alpha/node").await.unwrap();
+    let (mut labels, body) = operational(
+        "alpha",
+        pb::Classification::Restricted,
+        &["drugs"],
+        &["sahel"],
+        window(2, 12),
+        "stale",
+    );
+    labels.plan = Some(pb::PlanLabels {
+        plan_id: a_plan.clone(),
+        version: 2,
+        action: pb::PlanAction::PlanUpdate as i32,
+        contact: String::new(),
+    });
+    assert_refused(
+        alpha_node
+            .submit(pb::SubmitRequest {
+                envelope: Some(envelope("alpha", labels, &body)),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        &["is at version 2"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strategic_plans_align_and_bodies_that_take_no_plans_get_blind_notices() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    let strategic = |title: &str| {
+        let (start, end) = window(0, 365);
+        (
+            pb::Labels {
+                kind: pb::Kind::StrategicPlan as i32,
+                classification: pb::Classification::OfficialUse as i32,
+                crime_areas: vec!["migrant_smuggling".into()],
+                regions: vec!["med-central".into()],
+                priority: pb::Priority::Routine as i32,
+                ..Default::default()
+            },
+            pb::Body {
+                title: title.to_owned(),
+                content: Some(pb::body::Content::StrategicPlan(pb::StrategicPlan {
+                    summary: "priorities for the cycle".into(),
+                    cycle: "2027".into(),
+                    window_start_ms: start,
+                    window_end_ms: end,
+                })),
+            },
+        )
+    };
+    let (a_plan, _) = submit_plan(&mut alice, strategic("Alpha priorities 2027"), vec![])
+        .await
+        .unwrap();
+    let (b_plan, _) = submit_plan(&mut bob, strategic("Bravo priorities 2027"), vec![])
+        .await
+        .unwrap();
+    let a = notice_when(&alice, &a_plan, pb::NoticeChange::OverlapFound).await;
+    assert_eq!(notice(&a).kind, pb::OverlapKind::Alignment as i32);
+    assert!(!notice(&a).blind);
+    assert_eq!(notice(&a).other_plan_id, b_plan);
+
+    // charlie takes no operational plans: its plan and alpha's are blind
+    // to each other, though charlie is cleared for them.
+    let mut carol = sandbox.officer("charlie", "carol").await.unwrap();
+    let (c_plan, _) = submit_plan(
+        &mut carol,
+        operational(
+            "charlie",
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["sahel"],
+            window(1, 5),
+            "Operation Charlie",
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let (a2, _) = submit_plan(
+        &mut alice,
+        operational(
+            "alpha",
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["sahel"],
+            window(2, 6),
+            "Operation Alpha",
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let c = notice_when(&carol, &c_plan, pb::NoticeChange::OverlapFound).await;
+    assert!(notice(&c).blind);
+    let a = notice_when(&alice, &a2, pb::NoticeChange::OverlapFound).await;
+    assert!(notice(&a).blind);
+    assert!(notice(&a).other_body.is_empty());
+}
