@@ -77,6 +77,14 @@ pub const DEMO_MESSAGES: &[(&str, &str)] = &[
         "gccpol",
         include_str!("../../../deploy/demo/13-gccpol-embargoed-action-day.toml"),
     ),
+    (
+        "europol",
+        include_str!("../../../deploy/demo/17-europol-med-smuggling-plan.toml"),
+    ),
+    (
+        "aseanapol",
+        include_str!("../../../deploy/demo/18-aseanapol-vessel-watch.toml"),
+    ),
 ];
 
 /// Messages routed while AIMC is suspended.
@@ -287,7 +295,12 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
         wait_routed(sandbox, s, &mut problems).await?;
     }
 
-    // 3. The federation changes its rules without a restart: AIMC is
+    // 3. Plans are deconflicted: Europol's and Frontex's overlap on one
+    //    route and may see each other (full notices); AMERIPOL's and
+    //    ASEANAPOL's share only a vessel and may not (blind notices).
+    let notices = deconfliction(sandbox, &sent, &mut problems, human).await?;
+
+    // 4. The federation changes its rules without a restart: AIMC is
     //    suspended (hot reload by an INTERPOL admin). What AIMC sends is
     //    delivered to nobody (origin.state); AIMC receives nothing new
     //    (peer.state).
@@ -307,7 +320,7 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
         }
     }
 
-    // 4. A node that claims another body's identity is refused and audited.
+    // 5. A node that claims another body's identity is refused and audited.
     let spoof = spoof_attempt(sandbox).await?;
     if human {
         say!("\n== the europol node submits a message naming frontex as origin");
@@ -320,7 +333,7 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
         ));
     }
 
-    // 5. Every inbox must hold exactly what the matrix delivered to it.
+    // 6. Every inbox must hold exactly what the matrix delivered to it.
     let mut expected: BTreeMap<&str, BTreeSet<String>> = bodies
         .iter()
         .map(|b| (b.as_str(), BTreeSet::new()))
@@ -380,7 +393,7 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
         }
     }
 
-    // 6. An officer reads and acknowledges a message.
+    // 7. An officer reads and acknowledges a message.
     if let Some(id) = expected.get("interpol").and_then(|s| s.iter().next()) {
         let ack = sandbox
             .officer("interpol", "bob")
@@ -399,7 +412,7 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
         }
     }
 
-    // 7. The oversight auditor verifies the log, here and on the hub.
+    // 8. The oversight auditor verifies the log, here and on the hub.
     let mut auditor = sandbox.oversight().await?;
     // One record per decision, and one per rule for the bodies a message
     // did not address.
@@ -512,10 +525,121 @@ async fn exercise(sandbox: &mut Sandbox, gov: &Governance, human: bool) -> Resul
             "decisions": decisions_json(&s.decisions),
             "unaddressed": crate::officer::unaddressed_json(&s.unaddressed),
         })).collect::<Vec<_>>(),
+        "deconfliction": notices,
         "audit": {"records": records.len(), "root": root, "checkpoint": String::from_utf8_lossy(&note), "events": counts, "ok": local.is_ok() && hub.ok},
         "problems": problems,
     });
     Ok(Report { problems, json })
+}
+
+/// The demo's plan pairs: (body, title) of each side, and whether the
+/// notices must be blind.
+const OVERLAPS: [(&str, &str, &str, &str, bool); 2] = [
+    (
+        "frontex",
+        "Joint operation: Central Mediterranean smuggling networks",
+        "europol",
+        "Action days: smuggling networks on the Central Mediterranean route",
+        false,
+    ),
+    (
+        "ameripol",
+        "Container route: cocaine concealed in fruit shipments",
+        "aseanapol",
+        "Vessel watch: bulk carrier on the Pacific route",
+        true,
+    ),
+];
+
+/// Waits for each demo overlap's notices on both sides and shows them.
+async fn deconfliction(
+    sandbox: &Sandbox,
+    sent: &[Sent],
+    problems: &mut Vec<String>,
+    human: bool,
+) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    if human {
+        say!("\n== plans are deconflicted: each originator gets a notice over its delivery stream");
+    }
+    for (a, a_title, b, b_title, blind) in OVERLAPS {
+        let plan_of = |body: &str, title: &str| {
+            sent.iter()
+                .find(|s| s.origin == body && s.title == title)
+                .map(|s| s.id.clone())
+        };
+        let (Some(a_plan), Some(b_plan)) = (plan_of(a, a_title), plan_of(b, b_title)) else {
+            problems.push(format!("the demo did not send the plans of {a} and {b}"));
+            continue;
+        };
+        let mut seen = Vec::new();
+        for (body, plan) in [(a, &a_plan), (b, &b_plan)] {
+            let officer = sandbox.officer(body, "alice").await?;
+            let got = wait_until(&format!("{body}'s plan gets its notice"), SETTLE, || {
+                let mut officer = officer.clone();
+                async move {
+                    officer
+                        .list_plans(pb::ListPlansRequest { all: false })
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .plans
+                        .into_iter()
+                        .find(|p| &p.plan_id == plan)
+                        .and_then(|p| p.notices.into_iter().next())
+                }
+            })
+            .await;
+            match got {
+                Ok(n) => seen.push((body, n)),
+                Err(e) => problems.push(format!("{body}'s plan {plan}: {e}")),
+            }
+        }
+        for (body, entry) in &seen {
+            let n = entry.notice.clone().unwrap_or_default();
+            out.push(json!({
+                "body": body, "reference": n.reference, "plan_id": n.plan_id, "blind": n.blind,
+                "other_body": n.other_body, "other_plan_id": n.other_plan_id,
+                "overlap_from": if n.blind { json!(null) } else { json!(crate::message::format_time(n.overlap_start_ms)) },
+                "overlap_until": if n.blind { json!(null) } else { json!(crate::message::format_time(n.overlap_end_ms)) },
+                "regions": n.regions, "countries": n.countries, "crime_areas": n.crime_areas,
+                "target_kinds": n.target_kinds, "contact": n.contact,
+            }));
+            if n.blind != blind {
+                problems.push(format!(
+                    "{body}'s notice {} is {}, not {}",
+                    n.reference,
+                    if n.blind { "blind" } else { "full" },
+                    if blind { "blind" } else { "full" }
+                ));
+            }
+            if n.blind && (!n.other_body.is_empty() || n.overlap_end_ms != 0) {
+                problems.push(format!(
+                    "{body}'s blind notice {} reveals the other plan",
+                    n.reference
+                ));
+            }
+            if human {
+                if n.blind {
+                    say!("   {body:<10} blind notice {}: {}", n.reference, n.contact);
+                } else {
+                    say!(
+                        "   {body:<10} full notice {}: {} plan \"{}\", {} to {}, places {}, crime areas {}, target kinds {}; contact {}",
+                        n.reference,
+                        n.other_body,
+                        n.other_title,
+                        crate::message::format_time(n.overlap_start_ms),
+                        crate::message::format_time(n.overlap_end_ms),
+                        n.regions.iter().chain(&n.countries).cloned().collect::<Vec<_>>().join(", "),
+                        n.crime_areas.join(", "),
+                        if n.target_kinds.is_empty() { "none".to_owned() } else { n.target_kinds.join(", ") },
+                        n.contact
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn collect_audit(
@@ -563,7 +687,7 @@ async fn submit_demo(sandbox: &Sandbox, origin: &str, text: &str) -> Result<Sent
         .officer(origin, "alice")
         .await?
         .submit(pb::OfficerSubmitRequest {
-            targets: Vec::new(),
+            targets: spec.plan_targets()?,
             labels: Some(labels.clone()),
             body: Some(body.clone()),
         })

@@ -857,6 +857,7 @@ impl HubState {
             labels: env.labels.clone(),
             start_ms,
             end_ms,
+            regions: body.plan_regions().iter().cloned().collect(),
             targets: store::parse_targets(targets)?,
             updated_at_ms: now,
         };
@@ -865,7 +866,7 @@ impl HubState {
         if let Err(e) = record.to_index().check() {
             return Err(ValidationError::new(
                 "labels.regions",
-                format!("{e}; a plan's labels name the regions or countries it covers"),
+                format!("{e}; a plan names the regions or countries it covers in its labels"),
             )
             .into());
         }

@@ -215,7 +215,15 @@ impl NodeState {
                 title: typed.title().to_owned(),
                 window_start_ms,
                 window_end_ms,
-                regions: env.labels.regions.iter().cloned().collect(),
+                regions: env
+                    .labels
+                    .regions
+                    .iter()
+                    .cloned()
+                    .chain(typed.plan_regions().iter().cloned())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
                 countries: env.labels.countries.iter().cloned().collect(),
                 crime_areas: env
                     .labels

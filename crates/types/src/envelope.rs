@@ -361,6 +361,15 @@ impl TypedBody {
         &self.0.title
     }
 
+    /// The regions a plan's body names (an operational plan's; none for
+    /// other kinds).
+    pub fn plan_regions(&self) -> &[String] {
+        match &self.0.content {
+            Some(pb::body::Content::OperationalPlan(p)) => &p.regions,
+            _ => &[],
+        }
+    }
+
     /// A plan's window (start, end), ms since the epoch; `None` for other
     /// kinds.
     pub fn plan_window(&self) -> Option<(i64, i64)> {

@@ -60,6 +60,10 @@ pub struct PlanRecord {
     pub start_ms: i64,
     /// See `start_ms`.
     pub end_ms: i64,
+    /// The regions it covers: its labels' and its body's (an operational
+    /// plan's body names regions too).
+    #[serde(default)]
+    pub regions: BTreeSet<String>,
     /// Its targets: kind and keyed hash (hex).
     pub targets: Vec<(String, String)>,
     /// When the hub accepted the latest version.
@@ -89,6 +93,7 @@ impl PlanRecord {
                 .labels
                 .regions
                 .iter()
+                .chain(&self.regions)
                 .map(|r| format!("{REGION}{r}"))
                 .chain(
                     self.labels

@@ -272,11 +272,17 @@ pub(super) fn see_plan(
     let Ok(body) = pb::Body::decode(envelope.body.as_slice()) else {
         return Ok(());
     };
-    let (start, end) = match &body.content {
-        Some(pb::body::Content::OperationalPlan(p)) => (p.window_start_ms, p.window_end_ms),
-        Some(pb::body::Content::StrategicPlan(p)) => (p.window_start_ms, p.window_end_ms),
+    let (start, end, body_regions) = match &body.content {
+        Some(pb::body::Content::OperationalPlan(p)) => {
+            (p.window_start_ms, p.window_end_ms, p.regions.clone())
+        }
+        Some(pb::body::Content::StrategicPlan(p)) => {
+            (p.window_start_ms, p.window_end_ms, Vec::new())
+        }
         _ => return Ok(()),
     };
+    let regions: std::collections::BTreeSet<String> =
+        labels.regions.iter().cloned().chain(body_regions).collect();
     let key = visible_key(&plan.plan_id);
     if let Some(v) = txn.get(&key)? {
         let held: VisiblePlanRecord = parse(&key, &v)?;
@@ -304,7 +310,7 @@ pub(super) fn see_plan(
         title: body.title.clone(),
         window_start_ms: start,
         window_end_ms: end,
-        regions: labels.regions.clone(),
+        regions: regions.into_iter().collect(),
         countries: labels.countries.clone(),
         crime_areas: labels.crime_areas.clone(),
         classification,

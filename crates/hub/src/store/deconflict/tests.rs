@@ -109,6 +109,7 @@ fn plan(n: u32, origin: &str) -> PlanRecord {
     let message = message_id(&id, 1);
     let contact = format!("duty officer {n}, {origin}");
     PlanRecord {
+        regions: Default::default(),
         plan_id: id.clone(),
         origin: origin.to_owned(),
         kind: Kind::OperationalPlan,
