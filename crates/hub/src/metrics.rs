@@ -58,6 +58,13 @@ pub struct Code {
     pub code: String,
 }
 
+/// A deconfliction notice's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NoticeLabel {
+    /// `full` or `blind`.
+    pub notice: String,
+}
+
 /// Every metric of the hub.
 #[derive(Debug)]
 pub struct HubMetrics {
@@ -70,6 +77,9 @@ pub struct HubMetrics {
     pub decisions: Family<Decision, Counter>,
     /// Bodies a message did not address, by rule (counted, not listed).
     pub unaddressed: Family<RuleLabel, Counter>,
+    /// Deconfliction notices queued, full or blind.
+    pub notices: Family<NoticeLabel, Counter>,
+    active_plans: Gauge,
     /// Seconds to validate, route, store and flush one Submit or
     /// SubmitBatch call.
     pub submit_seconds: Histogram,
@@ -96,6 +106,8 @@ impl Default for HubMetrics {
             refused: Family::default(),
             decisions: Family::default(),
             unaddressed: Family::default(),
+            notices: Family::default(),
+            active_plans: Gauge::default(),
             submit_seconds: latency_histogram(),
             delivery_seconds: latency_histogram(),
             subscriptions: Family::default(),
@@ -184,6 +196,16 @@ impl HubMetrics {
             self.queue_oldest.clone(),
         );
         r.register(
+            "liaison_hub_deconfliction_notices",
+            "Deconfliction notices queued for plans' originators, full or blind",
+            self.notices.clone(),
+        );
+        r.register(
+            "liaison_hub_active_plans",
+            "Plans the hub deconflicts new ones against (not closed, cancelled or past)",
+            self.active_plans.clone(),
+        );
+        r.register(
             "liaison_audit_records",
             "Durable records in the audit log",
             self.audit_records.clone(),
@@ -256,6 +278,8 @@ fn refresh(state: &HubState, data_dir: &Path) {
     }
     m.audit_records
         .set(i64::try_from(state.store().durable_audit()).unwrap_or(i64::MAX));
+    m.active_plans
+        .set(i64::try_from(state.store().active_plans()).unwrap_or(i64::MAX));
     if let Ok(c) = state.store().checkpoint() {
         m.checkpoint(c.checkpoint.size, state.store().checkpoint_signed_at_ms());
     }

@@ -684,9 +684,22 @@ impl HubState {
             for (place, submitted) in places.into_iter().zip(stored) {
                 results[place] = Some(submitted.map(|submitted| {
                     let (outcome, duplicate) = match submitted {
-                        Submitted::New { outcome, held, .. } => {
+                        Submitted::New {
+                            outcome,
+                            held,
+                            notices,
+                            ..
+                        } => {
                             wake |= held;
                             self.count_routed(&outcome);
+                            for blind in notices {
+                                self.metrics
+                                    .notices
+                                    .get_or_create(&crate::metrics::NoticeLabel {
+                                        notice: if blind { "blind" } else { "full" }.to_owned(),
+                                    })
+                                    .inc();
+                            }
                             (outcome, false)
                         }
                         Submitted::Duplicate(outcome) => (outcome, true),

@@ -407,6 +407,8 @@ pub enum Submitted {
         audit_seq: u64,
         /// Whether deliveries were held under embargo.
         held: bool,
+        /// The deconfliction notices queued (true: blind).
+        notices: Vec<bool>,
     },
     /// Already known; the original outcome.
     Duplicate(RoutedOutcome),
@@ -709,7 +711,13 @@ pub(super) async fn submit_all(
                     };
                     let mut applied = apply(txn, effects)?;
                     outcome.audit_seq = applied.first_audit_seq;
+                    let mut notices = Vec::new();
                     if let Some((effects, op)) = deconflicted {
+                        notices = effects
+                            .enqueue
+                            .iter()
+                            .filter_map(|e| e.entry.notice.as_ref().map(|n| n.0.blind))
+                            .collect();
                         let more = apply(txn, effects)?;
                         applied.queued.extend(more.queued);
                         applied.audit_seq = applied.audit_seq.max(more.audit_seq);
@@ -720,6 +728,7 @@ pub(super) async fn submit_all(
                         queued: applied.queued,
                         audit_seq: applied.audit_seq,
                         held,
+                        notices,
                     })
                 }
             });
