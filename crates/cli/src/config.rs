@@ -113,17 +113,23 @@ pub fn run(c: ConfigCommand, out: Output) -> Result<()> {
                 }
                 .into());
             }
+            let deconfliction = c.plans.load()?.is_some();
             (
                 format!(
-                    "the node of {} on {}, hub {}, store {}",
+                    "the node of {} on {}, hub {}, store {}{}",
                     c.body,
                     c.listen,
                     c.hub,
-                    c.data_dir.display()
+                    c.data_dir.display(),
+                    if deconfliction {
+                        ""
+                    } else {
+                        "; no deconfliction key: plans with targets are refused"
+                    }
                 ),
                 json!({"body": c.body, "listen": c.listen.to_string(), "hub": c.hub,
                        "data_dir": c.data_dir, "log_origin": log_key.name(),
-                       "witness": witness_key.name(),
+                       "witness": witness_key.name(), "deconfliction_key": deconfliction,
                        "metrics": c.metrics.map(|m| m.listen.to_string())}),
             )
         }

@@ -34,7 +34,7 @@ pub mod witness;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use config::{NodeConfig, Release, Retry, ENV_PREFIX};
+pub use config::{NodeConfig, Plans, Release, Retry, ENV_PREFIX};
 pub use error::NodeError;
 use liaison_pki::{authorize, lazy_channel_reloading, tls_incoming_with, LoadedTls};
 use liaison_proto::v1::{

@@ -150,12 +150,44 @@ pub fn overlap(a: &Plan, b: &Plan) -> Option<Overlap> {
     })
 }
 
+/// The plans that share one key (a place and a crime area, or a target),
+/// ordered by the start of their window: a query reads only those that
+/// start before its end and after its start less the longest window the
+/// bucket ever held, so it does not read every plan of a busy key.
+#[derive(Debug, Default)]
+struct Bucket {
+    by_start: BTreeSet<(i64, String)>,
+    /// The longest window held since the bucket was last empty.
+    longest: i64,
+}
+
+impl Bucket {
+    fn insert(&mut self, plan: &Plan) {
+        self.longest = self.longest.max(plan.end_ms - plan.start_ms);
+        self.by_start.insert((plan.start_ms, plan.id.clone()));
+    }
+
+    /// Removes the plan; returns whether the bucket is now empty.
+    fn remove(&mut self, plan: &Plan) -> bool {
+        self.by_start.remove(&(plan.start_ms, plan.id.clone()));
+        self.by_start.is_empty()
+    }
+
+    /// The plans whose window may meet `[start, end)`.
+    fn meeting(&self, start: i64, end: i64) -> impl Iterator<Item = &str> {
+        let from = start.saturating_sub(self.longest);
+        self.by_start
+            .range((from, String::new())..(end, String::new()))
+            .map(|(_, id)| id.as_str())
+    }
+}
+
 /// The active plans, indexed for overlap.
 #[derive(Debug, Default)]
 pub struct Index {
     plans: HashMap<String, Plan>,
-    by_place_area: HashMap<(String, String), HashSet<String>>,
-    by_target: HashMap<TargetHash, HashSet<String>>,
+    by_place_area: HashMap<(PlanKind, String, String), Bucket>,
+    by_target: HashMap<(PlanKind, TargetHash), Bucket>,
 }
 
 impl Index {
@@ -185,15 +217,15 @@ impl Index {
         self.remove(&plan.id);
         for (p, a) in plan.keys() {
             self.by_place_area
-                .entry((p.clone(), a.clone()))
+                .entry((plan.kind, p.clone(), a.clone()))
                 .or_default()
-                .insert(plan.id.clone());
+                .insert(&plan);
         }
         for t in &plan.targets {
             self.by_target
-                .entry(*t)
+                .entry((plan.kind, *t))
                 .or_default()
-                .insert(plan.id.clone());
+                .insert(&plan);
         }
         self.plans.insert(plan.id.clone(), plan);
         Ok(())
@@ -203,20 +235,23 @@ impl Index {
     pub fn remove(&mut self, id: &str) -> Option<Plan> {
         let plan = self.plans.remove(id)?;
         for (p, a) in plan.keys() {
-            let key = (p.clone(), a.clone());
-            if let Some(ids) = self.by_place_area.get_mut(&key) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.by_place_area.remove(&key);
-                }
+            let key = (plan.kind, p.clone(), a.clone());
+            if self
+                .by_place_area
+                .get_mut(&key)
+                .is_some_and(|b| b.remove(&plan))
+            {
+                self.by_place_area.remove(&key);
             }
         }
         for t in &plan.targets {
-            if let Some(ids) = self.by_target.get_mut(t) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.by_target.remove(t);
-                }
+            let key = (plan.kind, *t);
+            if self
+                .by_target
+                .get_mut(&key)
+                .is_some_and(|b| b.remove(&plan))
+            {
+                self.by_target.remove(&key);
             }
         }
         Some(plan)
@@ -225,15 +260,16 @@ impl Index {
     /// The overlaps of `plan` with the active plans of other bodies (its
     /// own earlier version excluded), ordered by the other plan's id.
     pub fn overlaps(&self, plan: &Plan) -> Vec<Overlap> {
+        let (start, end) = (plan.start_ms, plan.end_ms);
         let mut candidates: HashSet<&str> = HashSet::new();
         for (p, a) in plan.keys() {
-            if let Some(ids) = self.by_place_area.get(&(p.clone(), a.clone())) {
-                candidates.extend(ids.iter().map(String::as_str));
+            if let Some(b) = self.by_place_area.get(&(plan.kind, p.clone(), a.clone())) {
+                candidates.extend(b.meeting(start, end));
             }
         }
         for t in &plan.targets {
-            if let Some(ids) = self.by_target.get(t) {
-                candidates.extend(ids.iter().map(String::as_str));
+            if let Some(b) = self.by_target.get(&(plan.kind, *t)) {
+                candidates.extend(b.meeting(start, end));
             }
         }
         let mut found: Vec<Overlap> = candidates
@@ -456,24 +492,29 @@ mod tests {
 
     proptest! {
         /// The index finds exactly the overlaps a comparison with every
-        /// active plan finds, after any sequence of puts and removals.
+        /// active plan finds, after any sequence of puts, new versions
+        /// (another window, kind or places) and removals.
         #[test]
         fn the_index_finds_what_comparing_every_plan_finds(
             plans in proptest::collection::vec(0usize..1, 1..40)
                 .prop_flat_map(|v| (0..v.len()).map(arb_plan).collect::<Vec<_>>()),
+            versions in proptest::collection::vec((0usize..40).prop_flat_map(arb_plan), 0..10),
             removed in proptest::collection::vec(0usize..40, 0..10),
             probe in arb_plan(1000),
         ) {
             let mut index = Index::new();
-            for p in &plans {
+            let mut held: std::collections::BTreeMap<String, Plan> = Default::default();
+            for p in plans.iter().chain(&versions) {
                 index.put(p.clone()).unwrap();
+                held.insert(p.id.clone(), p.clone());
             }
             for r in &removed {
                 index.remove(&format!("p{r}"));
+                held.remove(&format!("p{r}"));
             }
-            let mut want: Vec<Overlap> = plans
-                .iter()
-                .filter(|p| !removed.contains(&p.id[1..].parse::<usize>().unwrap()))
+            prop_assert_eq!(index.len(), held.len());
+            let mut want: Vec<Overlap> = held
+                .values()
                 .filter_map(|p| overlap(&probe, p))
                 .collect();
             want.sort_by(|a, b| a.other.cmp(&b.other));
