@@ -845,6 +845,22 @@ pub(super) fn write_plan(txn: &mut Txn<'_>, rec: &PlanRecord) {
     txn.put(plan_key(&rec.plan_id), json(rec));
 }
 
+/// Blanks the title a plan keeps when the content of the version that gave
+/// it is erased (its retention ended).
+pub(super) fn forget_title(
+    txn: &mut Txn<'_>,
+    plan_id: &str,
+    message_id: &str,
+) -> Result<(), StoreError> {
+    if let Some(mut rec) = read_plan(txn, plan_id)? {
+        if rec.message_id == message_id && !rec.title.is_empty() {
+            rec.title.clear();
+            write_plan(txn, &rec);
+        }
+    }
+    Ok(())
+}
+
 /// Stores or removes one side of an overlap.
 pub(super) fn write_overlap(
     txn: &mut Txn<'_>,

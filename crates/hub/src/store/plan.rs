@@ -209,6 +209,11 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
                 labels,
                 note,
             } => {
+                // A plan keeps the title of its latest version for full
+                // notices: that is content, and goes with it.
+                if let Some(plan) = &labels.plan {
+                    deconflict::forget_title(txn, &plan.plan_id, &message_id)?;
+                }
                 txn.put(erased_key(&message_id), json(&note));
                 let kept = pb::Envelope {
                     labels: Some(*labels),

@@ -1682,3 +1682,37 @@ fn a_version_that_cannot_be_indexed_does_not_leave_the_old_one() {
         others(&d)
     );
 }
+
+/// In a store: a version's title goes when its content is erased; another
+/// version's erasure leaves the plan alone; the index reloads only the
+/// active plans.
+#[tokio::test]
+async fn an_erased_versions_title_goes_and_the_index_reloads_active_plans() {
+    let db = liaison_store::Db::in_memory();
+    let live = plan(1, "europol");
+    let mut closed = version(&plan(2, "frontex"), 2, PlanAction::Close);
+    closed.title = "closed plan".into();
+    let (a, b) = (live.clone(), closed.clone());
+    db.write(move |txn| {
+        write_plan(txn, &a);
+        write_plan(txn, &b);
+        // Another message of the plan: nothing changes.
+        forget_title(txn, &a.plan_id, "00000000-0000-4000-8000-000000000000")?;
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        read_plan_db(&db, &live.plan_id).unwrap().unwrap().title,
+        live.title
+    );
+    let (id, msg) = (live.plan_id.clone(), live.message_id.clone());
+    db.write(move |txn| forget_title(txn, &id, &msg))
+        .await
+        .unwrap();
+    let kept = read_plan_db(&db, &live.plan_id).unwrap().unwrap();
+    assert!(kept.title.is_empty());
+    assert_eq!(kept.version, live.version);
+    let index = Deconfliction::load(&db, NOW).unwrap();
+    assert_eq!(index.len(), 1, "the closed plan is not indexed");
+}
