@@ -242,7 +242,7 @@ async fn plans_that_may_see_each_other_get_full_notices_and_the_hub_never_holds_
     let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
     let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
     let imo = "IMO 9074729";
-    let (a_plan, _) = submit_plan(
+    let (a_plan, a_msg) = submit_plan(
         &mut alice,
         operational(
             "alpha",
@@ -372,6 +372,38 @@ async fn plans_that_may_see_each_other_get_full_notices_and_the_hub_never_holds_
     assert_eq!(desk.len(), 1, "{records:?}");
     assert!(desk[0].reason.contains("each plan may be released"));
     assert!(records.iter().any(|r| r.recipient == "bravo"));
+
+    // alpha retracts its plan's message: it leaves bravo's calendar with
+    // the content.
+    alice
+        .retract(pb::OfficerRetractRequest {
+            message_id: a_msg.clone(),
+            reason: "sent in error".into(),
+        })
+        .await
+        .unwrap();
+    wait_until(
+        "alpha's retracted plan leaves bravo's calendar",
+        SETTLE,
+        || {
+            let mut bob = bob.clone();
+            let a_plan = a_plan.clone();
+            async move {
+                let plans = bob
+                    .plan_calendar(pb::PlanCalendarRequest {
+                        include_ended: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .plans;
+                plans.iter().all(|p| p.plan_id != a_plan).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -990,7 +1022,15 @@ async fn a_plan_update_and_an_overlap_sent_while_the_hub_is_down_are_deconflicte
     .await
     .unwrap();
     sandbox.start_hub().await.unwrap();
-    let b = notice_when(&bob, &b_plan, pb::NoticeChange::OverlapFound).await;
+    // The nodes push in either order: bravo's plan meets alpha's version 1
+    // (found, then changed by version 2) or version 2 (found).
+    let plans = plans_when(&bob, "bravo's notice names alpha's version 2", |p| {
+        notices_of(p, &b_plan)
+            .iter()
+            .any(|e| notice(e).other_plan_version == 2)
+    })
+    .await;
+    let b = notices_of(&plans, &b_plan)[0].clone();
     let n = notice(&b);
     assert!(!n.blind);
     assert_eq!(n.target_kinds, vec!["vehicle_plate".to_owned()]);
@@ -1105,4 +1145,517 @@ async fn strategic_plans_align_and_bodies_that_take_no_plans_get_blind_notices()
     let a = notice_when(&alice, &a2, pb::NoticeChange::OverlapFound).await;
     assert!(notice(&a).blind);
     assert!(notice(&a).other_body.is_empty());
+}
+
+/// Runs `liaison` with `args` against `body`'s node as its officer `name`,
+/// with `--output json` first when `json`; off the async runtime.
+async fn plans_cli(
+    sandbox: &Sandbox,
+    body: &str,
+    name: &str,
+    json: bool,
+    args: &[&str],
+) -> std::process::Output {
+    let server = sandbox.node_url(body).unwrap();
+    let who = format!("{body}/officer-{name}");
+    if json {
+        return crate::common::liaison_json(sandbox, &server, &who, args).await;
+    }
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"));
+    cmd.args(args)
+        .arg("--server")
+        .arg(&server)
+        .arg("--certs")
+        .arg(sandbox.certs())
+        .arg("--as")
+        .arg(&who);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A successful command's one line of JSON.
+#[track_caller]
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = crate::common::json_lines(out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.into_iter().next().unwrap()
+}
+
+/// An operational plan file as an officer writes it.
+fn plan_file(
+    lead: &str,
+    title: &str,
+    (start, end): (i64, i64),
+    regions: &[&str],
+    target: &str,
+) -> String {
+    let regions = regions
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"kind = "operational_plan"
+classification = "RESTRICTED"
+title = "{title}"
+crime_areas = ["migrant_smuggling"]
+regions = [{regions}]
+priority = "priority"
+contact = "{lead} operations desk"
+targets = ["{target}"]
+
+[operational_plan]
+summary = "Joint patrols and interceptions."
+window_start = "{}"
+window_end = "{}"
+lead_body = "{lead}"
+regions = [{regions}]
+crime_areas = ["migrant_smuggling"]
+"#,
+        liaison_types::rfc3339(start),
+        liaison_types::rfc3339(end)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn officers_submit_see_handle_and_close_plans_from_the_command_line() {
+    let sandbox = sandbox().await;
+    let a_file = sandbox.dir().join("alpha-plan.toml");
+    std::fs::write(
+        &a_file,
+        plan_file(
+            "alpha",
+            "Operation Sentinel",
+            window(1, 21),
+            &["med-central"],
+            "imo:9074729",
+        ),
+    )
+    .unwrap();
+    let b_file = sandbox.dir().join("bravo-plan.toml");
+    std::fs::write(
+        &b_file,
+        plan_file(
+            "bravo",
+            "Operation Tidewater",
+            window(7, 28),
+            &["med-central", "west-africa"],
+            "imo:IMO 9074729",
+        ),
+    )
+    .unwrap();
+    let a_path = a_file.to_str().unwrap();
+    let b_path = b_file.to_str().unwrap();
+
+    let submitted = json_of(
+        &plans_cli(
+            &sandbox,
+            "alpha",
+            "alice",
+            true,
+            &["plans", "submit", "--file", a_path],
+        )
+        .await,
+    );
+    assert_eq!(submitted["status"], "queued", "{submitted}");
+    assert_eq!(submitted["duplicate"], false, "{submitted}");
+    // A plan's id is its first version's message id.
+    let a_plan = submitted["message_id"].as_str().unwrap().to_owned();
+    let submitted = json_of(
+        &plans_cli(
+            &sandbox,
+            "bravo",
+            "bob",
+            true,
+            &["plans", "submit", "--file", b_path],
+        )
+        .await,
+    );
+    let b_plan = submitted["message_id"].as_str().unwrap().to_owned();
+
+    // alpha lists its plan until the hub's notice is there.
+    let plan = wait_until("alpha's plan shows a notice", SETTLE, || async {
+        let out = plans_cli(&sandbox, "alpha", "alice", true, &["plans", "list"]).await;
+        if !out.status.success() {
+            return None;
+        }
+        let listed = json_of(&out);
+        listed["plans"]
+            .as_array()?
+            .iter()
+            .find(|p| p["plan_id"] == a_plan.as_str())
+            .filter(|p| p["notices"].as_array().is_some_and(|n| !n.is_empty()))
+            .cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(plan["kind"], "operational_plan", "{plan}");
+    assert_eq!(plan["status"], "active", "{plan}");
+    assert_eq!(plan["version"], 1, "{plan}");
+    assert_eq!(plan["title"], "Operation Sentinel", "{plan}");
+    assert_eq!(plan["contact"], "alpha operations desk", "{plan}");
+    assert!(
+        plan["submitted_by"]
+            .as_str()
+            .unwrap()
+            .ends_with("/officer/alice"),
+        "{plan}"
+    );
+    assert!(
+        plan["targets"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"kind": "imo", "value": "9074729"})),
+        "{plan}"
+    );
+    let notices = plan["notices"].as_array().unwrap();
+    assert_eq!(notices.len(), 1, "{plan}");
+    let n = &notices[0];
+    assert_eq!(n["blind"], false, "{n}");
+    assert_eq!(n["kind"], "conflict", "{n}");
+    assert_eq!(n["change"], "found", "{n}");
+    assert_eq!(n["state"], "open", "{n}");
+    assert_eq!(n["plan_id"], a_plan.as_str(), "{n}");
+    assert_eq!(n["contact"], "bravo operations desk", "{n}");
+    assert_eq!(n["handled_at"], serde_json::Value::Null, "{n}");
+    assert_eq!(n["other"]["body"], "bravo", "{n}");
+    assert_eq!(n["other"]["plan_id"], b_plan.as_str(), "{n}");
+    assert_eq!(n["other"]["title"], "Operation Tidewater", "{n}");
+    let overlap = n["overlap"].as_object().expect("a full notice's overlap");
+    assert_eq!(
+        overlap["regions"],
+        serde_json::json!(["med-central"]),
+        "{n}"
+    );
+    assert_eq!(
+        overlap["crime_areas"],
+        serde_json::json!(["migrant_smuggling"]),
+        "{n}"
+    );
+    assert_eq!(overlap["target_kinds"], serde_json::json!(["imo"]), "{n}");
+    assert!(
+        overlap["from"].as_str().unwrap() < overlap["until"].as_str().unwrap(),
+        "{n}"
+    );
+    let reference = n["reference"].as_str().unwrap().to_owned();
+    assert!(reference.starts_with("dx-"), "{reference}");
+
+    // The same list for people: the notice by reference, full.
+    let out = plans_cli(&sandbox, "alpha", "alice", false, &["plans", "list"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(human.contains(&a_plan), "{human}");
+    assert!(
+        human.contains("targets (kept on this node) imo:9074729"),
+        "{human}"
+    );
+    let line = human
+        .lines()
+        .find(|l| l.contains(&reference))
+        .unwrap_or_else(|| panic!("no line names {reference}: {human}"));
+    assert!(line.contains("full"), "{line}");
+    assert!(line.contains("conflict found"), "{line}");
+    assert!(line.contains("with bravo plan"), "{line}");
+
+    // Acknowledged, then resolved with a note.
+    let acked = json_of(
+        &plans_cli(
+            &sandbox,
+            "alpha",
+            "alice",
+            true,
+            &["plans", "ack", &reference],
+        )
+        .await,
+    );
+    assert_eq!(acked["reference"], reference.as_str(), "{acked}");
+    assert_eq!(acked["state"], "acknowledged", "{acked}");
+    assert!(
+        acked["handled_by"]
+            .as_str()
+            .unwrap()
+            .ends_with("/officer/alice"),
+        "{acked}"
+    );
+    assert!(acked["handled_at"].is_string(), "{acked}");
+    let note = "called bravo's desk: boarding moved to day 14";
+    let resolved = json_of(
+        &plans_cli(
+            &sandbox,
+            "alpha",
+            "alice",
+            true,
+            &["plans", "resolve", &reference, "--note", note],
+        )
+        .await,
+    );
+    assert_eq!(resolved["state"], "resolved", "{resolved}");
+    assert_eq!(resolved["note"], note, "{resolved}");
+    assert_eq!(resolved["other"]["body"], "bravo", "{resolved}");
+
+    // bravo's calendar shows alpha's plan (it was delivered).
+    let seen = wait_until("bravo's calendar shows alpha's plan", SETTLE, || async {
+        let out = plans_cli(
+            &sandbox,
+            "bravo",
+            "bob",
+            true,
+            &["plans", "calendar", "--region", "med-central"],
+        )
+        .await;
+        if !out.status.success() {
+            return None;
+        }
+        json_of(&out)["plans"]
+            .as_array()?
+            .iter()
+            .find(|p| p["plan_id"] == a_plan.as_str())
+            .cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen["origin"], "alpha", "{seen}");
+    assert_eq!(seen["status"], "active", "{seen}");
+    assert_eq!(seen["version"], 1, "{seen}");
+    assert_eq!(seen["classification"], "RESTRICTED", "{seen}");
+    assert_eq!(seen["contact"], "alpha operations desk", "{seen}");
+    assert_eq!(
+        seen["regions"],
+        serde_json::json!(["med-central"]),
+        "{seen}"
+    );
+    assert!(
+        seen.get("targets").is_none(),
+        "a calendar has no targets: {seen}"
+    );
+
+    // alpha closes its plan: a new version, queued; no longer active.
+    let closed = json_of(
+        &plans_cli(
+            &sandbox,
+            "alpha",
+            "alice",
+            true,
+            &["plans", "close", &a_plan],
+        )
+        .await,
+    );
+    assert_eq!(closed["status"], "queued", "{closed}");
+    assert_ne!(closed["message_id"], a_plan.as_str(), "{closed}");
+    let listed = json_of(&plans_cli(&sandbox, "alpha", "alice", true, &["plans", "list"]).await);
+    assert!(
+        listed["plans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["plan_id"] != a_plan.as_str()),
+        "a closed plan is listed only with --all: {listed}"
+    );
+    let all = json_of(
+        &plans_cli(
+            &sandbox,
+            "alpha",
+            "alice",
+            true,
+            &["plans", "list", "--all"],
+        )
+        .await,
+    );
+    let mine = all["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["plan_id"] == a_plan.as_str())
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(
+        (&mine["status"], &mine["version"]),
+        (&"closed".into(), &2.into()),
+        "{mine}"
+    );
+
+    // A new version needs the plan it is a version of: a bad command line.
+    let out = plans_cli(
+        &sandbox,
+        "bravo",
+        "bob",
+        true,
+        &["plans", "update", "--file", b_path],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--plan"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A file may name the plan itself: `plans update` takes it, `plans
+    // submit` (a new plan) refuses it.
+    let v2_file = sandbox.dir().join("bravo-plan-v2.toml");
+    std::fs::write(
+        &v2_file,
+        format!(
+            "plan_id = \"{b_plan}\"\n{}",
+            plan_file(
+                "bravo",
+                "Operation Tidewater (v2)",
+                window(7, 28),
+                &["med-central"],
+                "imo:9074729",
+            )
+        ),
+    )
+    .unwrap();
+    let v2_path = v2_file.to_str().unwrap();
+    let out = plans_cli(
+        &sandbox,
+        "bravo",
+        "bob",
+        true,
+        &["plans", "submit", "--file", v2_path],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("plans update --plan"), "{err}");
+    let updated = json_of(
+        &plans_cli(
+            &sandbox,
+            "bravo",
+            "bob",
+            true,
+            &["plans", "update", "--file", v2_path],
+        )
+        .await,
+    );
+    assert_eq!(updated["status"], "queued", "{updated}");
+    let listed =
+        json_of(&plans_cli(&sandbox, "bravo", "bob", true, &["plans", "list", "--all"]).await);
+    let theirs: Vec<&serde_json::Value> = listed["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["plan_id"] == b_plan.as_str())
+        .collect();
+    assert_eq!(theirs.len(), 1, "{listed}");
+    assert_eq!(theirs[0]["version"], 2, "{listed}");
+    assert_eq!(theirs[0]["title"], "Operation Tidewater (v2)", "{listed}");
+    assert_eq!(theirs[0]["message_id"], updated["message_id"], "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_whose_window_has_passed_are_not_deconflicted() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    let past = window(-20, -10);
+    let plan = |lead: &str, title: &str| {
+        operational(
+            lead,
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["sahel"],
+            past,
+            title,
+        )
+    };
+    let (a_plan, _) = submit_plan(
+        &mut alice,
+        plan("alpha", "Past A"),
+        vec![target("imo", "9074729")],
+    )
+    .await
+    .unwrap();
+    plans_when(&alice, "alpha's past plan is routed", |p| {
+        p.iter()
+            .any(|p| p.plan_id == a_plan && p.outbox_status == "routed")
+    })
+    .await;
+    let (b_plan, _) = submit_plan(
+        &mut bob,
+        plan("bravo", "Past B"),
+        vec![target("imo", "9074729")],
+    )
+    .await
+    .unwrap();
+    plans_when(&bob, "bravo's past plan is routed", |p| {
+        p.iter()
+            .any(|p| p.plan_id == b_plan && p.outbox_status == "routed")
+    })
+    .await;
+    // A notice would be queued with the routing, before anything sent
+    // after it: once each side holds a message the other sent since, it
+    // would hold the notice too.
+    for (from, to) in [("alpha", "bravo"), ("bravo", "alpha")] {
+        let mut officer = sandbox.officer(from, "carol").await.unwrap();
+        let sentinel = officer
+            .submit(pb::OfficerSubmitRequest {
+                labels: Some(pb::Labels {
+                    kind: pb::Kind::Alert as i32,
+                    classification: pb::Classification::Restricted as i32,
+                    crime_areas: vec!["drugs".into()],
+                    priority: pb::Priority::Routine as i32,
+                    releasable_to: vec![to.into()],
+                    ..Default::default()
+                }),
+                body: Some(pb::Body {
+                    title: "sentinel".into(),
+                    content: Some(pb::body::Content::Alert(pb::Alert {
+                        text: "after the past plans".into(),
+                        ..Default::default()
+                    })),
+                }),
+                targets: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message_id;
+        wait_until(&format!("{to} holds {from}'s sentinel"), SETTLE, || async {
+            crate::common::inbox_ids(&sandbox, to)
+                .await
+                .contains(&sentinel)
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let plans = bob
+        .list_plans(pb::ListPlansRequest { all: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert!(
+        notices_of(&plans, &b_plan).is_empty(),
+        "a past plan got a notice"
+    );
+    let mine = alice
+        .list_plans(pb::ListPlansRequest { all: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert!(notices_of(&mine, &a_plan).is_empty());
+    // A past plan is listed only with --all.
+    let active = bob
+        .list_plans(pb::ListPlansRequest { all: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert!(active.iter().all(|p| p.plan_id != b_plan));
 }

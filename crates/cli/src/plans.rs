@@ -8,7 +8,7 @@ use anyhow::Result;
 use liaison_proto::v1 as pb;
 use serde_json::{json, Value};
 
-use crate::message::{format_time, parse_time};
+use crate::message::{format_time, parse_time, read_file};
 use crate::officer::{client, SubmitArgs};
 use crate::{one_line, Connection, Failure, Output};
 
@@ -136,15 +136,17 @@ pub async fn run(cmd: PlansCommand, out: Output) -> Result<()> {
         PlansCommand::List(a) => list(a, out).await,
         PlansCommand::Calendar(a) => calendar(a, out).await,
         PlansCommand::Submit(a) => {
+            let a = with_file(a)?;
             if a.message.plan_id.is_some() {
                 return Err(usage("plans submit sends a new plan; to send a new version of one, use plans update --plan PLAN_ID"));
             }
             crate::officer::submit(a, out).await
         }
         PlansCommand::Update(a) => {
+            let a = with_file(a)?;
             if a.message.plan_id.is_none() {
                 return Err(usage(
-                    "plans update needs --plan PLAN_ID (from liaison plans list)",
+                    "plans update needs --plan PLAN_ID (from liaison plans list), or plan_id in the file",
                 ));
             }
             crate::officer::submit(a, out).await
@@ -157,6 +159,16 @@ pub async fn run(cmd: PlansCommand, out: Output) -> Result<()> {
         PlansCommand::Resolve(a) => handle(a.conn, a.reference, "resolved", a.note, out).await,
         PlansCommand::Contact(a) => contact(a, out).await,
     }
+}
+
+/// The submission with its file read under the flags, so that whether it
+/// names a plan (`plan_id` in the file or `--plan`) is known before the
+/// checks below.
+fn with_file(mut a: SubmitArgs) -> Result<SubmitArgs> {
+    if let Some(f) = a.file.take() {
+        a.message = a.message.overlay(read_file(&f)?);
+    }
+    Ok(a)
 }
 
 fn usage(message: &str) -> anyhow::Error {

@@ -1125,7 +1125,8 @@ fn withdraw(
                 }
             };
             // The title is content too: only the labels and the tombstone
-            // stay.
+            // stay (and a plan's version leaves the calendar).
+            plans::forget_visible(txn, labels.as_ref(), id)?;
             rec.title = withdrawn_title(&note, true);
             let from = labels
                 .as_ref()

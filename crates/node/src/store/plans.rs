@@ -321,6 +321,28 @@ pub(super) fn see_plan(
     Ok(())
 }
 
+/// Forgets another body's plan in the calendar when the inbox message of
+/// its latest version is withdrawn (retracted, expired, its retention
+/// ended): what the calendar shows of it (title, window, places) is that
+/// message's content.
+pub(super) fn forget_visible(
+    txn: &mut Txn<'_>,
+    labels: Option<&pb::Labels>,
+    message_id: &str,
+) -> Result<(), StoreError> {
+    let Some(plan) = labels.and_then(|l| l.plan.as_ref()) else {
+        return Ok(());
+    };
+    let key = visible_key(&plan.plan_id);
+    if let Some(v) = txn.get(&key)? {
+        let held: VisiblePlanRecord = parse(&key, &v)?;
+        if held.message_id == message_id {
+            txn.delete(key);
+        }
+    }
+    Ok(())
+}
+
 /// Stores a deconfliction notice: the latest of its overlap replaces the
 /// one held. A new or changed overlap needs attention again (`open`); a
 /// cleared one is `cleared`. A redelivery (the same hub position) changes
@@ -414,4 +436,627 @@ pub async fn handle_notice(
         Ok(rec)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAN: &str = "6a1f0c2e-0000-4000-8000-000000000001";
+    const REF: &str = "dx-3f1c0a9b27d4e5f6";
+    const ALICE: &str = "spiffe://liaison.test/org/alpha/officer/alice";
+    const BOB: &str = "spiffe://liaison.test/org/alpha/officer/bob";
+
+    fn notice_of(
+        reference: &str,
+        change: pb::NoticeChange,
+        title: &str,
+    ) -> pb::DeconflictionNotice {
+        pb::DeconflictionNotice {
+            reference: reference.into(),
+            plan_id: PLAN.into(),
+            plan_version: 1,
+            message_id: PLAN.into(),
+            kind: pb::OverlapKind::Conflict as i32,
+            change: change as i32,
+            contact: "bravo operations desk".into(),
+            noticed_at_ms: 50,
+            other_plan_id: "6a1f0c2e-0000-4000-8000-0000000000b0".into(),
+            other_plan_version: 1,
+            other_body: "bravo".into(),
+            other_title: title.into(),
+            ..Default::default()
+        }
+    }
+
+    async fn store(db: &Db, n: pb::DeconflictionNotice, hub_seq: u64, now_ms: i64) {
+        db.write(move |txn| store_notice(txn, n, hub_seq, now_ms))
+            .await
+            .unwrap();
+    }
+
+    fn held(db: &Db, reference: &str) -> NoticeRecord {
+        notice(db, reference)
+            .unwrap()
+            .expect("the notice is stored")
+    }
+
+    fn log(db: &Db) -> Vec<pb::NodeLogRecord> {
+        crate::store::node_log(db, 0, 1000).unwrap().0
+    }
+
+    async fn handle(
+        db: &Db,
+        reference: &str,
+        state: &'static str,
+        note: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<NoticeRecord, NodeError> {
+        handle_notice(
+            db,
+            reference.into(),
+            state,
+            note.into(),
+            actor.into(),
+            now_ms,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_latest_notice_of_an_overlap_replaces_the_one_held_and_reopens_it() {
+        let db = Db::in_memory();
+        store(
+            &db,
+            notice_of(REF, pb::NoticeChange::OverlapFound, "first"),
+            5,
+            100,
+        )
+        .await;
+        let first = held(&db, REF);
+        assert_eq!(first.state, "open");
+        assert_eq!((first.hub_seq, first.received_at_ms), (5, 100));
+        assert_eq!(first.notice.other_title, "first");
+        assert!(first.handled_by.is_empty() && first.note.is_empty());
+        assert_eq!(first.handled_at_ms, 0);
+
+        // A redelivery (the same position) or an older one changes nothing.
+        for seq in [5, 4, 1] {
+            store(
+                &db,
+                notice_of(REF, pb::NoticeChange::OverlapChanged, "stale"),
+                seq,
+                200,
+            )
+            .await;
+            assert_eq!(held(&db, REF), first, "hub_seq {seq}");
+        }
+
+        // Handled, then changed by the hub: open again, what was done kept.
+        let resolved = handle(&db, REF, "resolved", "boarding moved to day 14", ALICE, 300)
+            .await
+            .unwrap();
+        assert_eq!(resolved.state, "resolved");
+        store(
+            &db,
+            notice_of(REF, pb::NoticeChange::OverlapChanged, "second"),
+            8,
+            400,
+        )
+        .await;
+        let changed = held(&db, REF);
+        assert_eq!(changed.state, "open");
+        assert_eq!(
+            changed.notice.change,
+            pb::NoticeChange::OverlapChanged as i32
+        );
+        assert_eq!(changed.notice.other_title, "second");
+        assert_eq!((changed.hub_seq, changed.received_at_ms), (8, 400));
+        assert_eq!(changed.handled_by, ALICE);
+        assert_eq!(changed.handled_at_ms, 300);
+        assert_eq!(changed.note, "boarding moved to day 14");
+
+        // Cleared by the hub.
+        store(
+            &db,
+            notice_of(REF, pb::NoticeChange::OverlapCleared, "second"),
+            9,
+            500,
+        )
+        .await;
+        let cleared = held(&db, REF);
+        assert_eq!(cleared.state, "cleared");
+        assert_eq!(cleared.hub_seq, 9);
+        assert_eq!(cleared.handled_by, ALICE);
+        assert_eq!(cleared.note, "boarding moved to day 14");
+
+        // A later change of a cleared overlap is open again; other
+        // overlaps are kept beside it.
+        store(
+            &db,
+            notice_of(REF, pb::NoticeChange::OverlapChanged, "third"),
+            12,
+            600,
+        )
+        .await;
+        assert_eq!(held(&db, REF).state, "open");
+        store(
+            &db,
+            notice_of("dx-0000000000000001", pb::NoticeChange::OverlapFound, "x"),
+            13,
+            700,
+        )
+        .await;
+        assert_eq!(notices(&db).unwrap().len(), 2);
+        assert!(notice(&db, "dx-ffffffffffffffff").unwrap().is_none());
+        // Storing notices is not an officer's act: only the resolution is
+        // in the node log.
+        let events: Vec<String> = log(&db).into_iter().map(|r| r.event).collect();
+        assert_eq!(events, vec!["notice_resolved".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn officers_acknowledge_and_resolve_notices_in_the_node_log() {
+        let db = Db::in_memory();
+        store(
+            &db,
+            notice_of(REF, pb::NoticeChange::OverlapFound, "t"),
+            7,
+            100,
+        )
+        .await;
+
+        let acked = handle(&db, REF, "acknowledged", "", ALICE, 200)
+            .await
+            .unwrap();
+        assert_eq!(acked.state, "acknowledged");
+        assert_eq!(
+            (acked.handled_by.as_str(), acked.handled_at_ms),
+            (ALICE, 200)
+        );
+        assert_eq!(held(&db, REF), acked);
+        let records = log(&db);
+        assert_eq!(records.len(), 1, "{records:?}");
+        let r = &records[0];
+        assert_eq!(r.event, "notice_acknowledged");
+        assert_eq!(r.actor, ALICE);
+        assert_eq!(r.message_id, PLAN);
+        assert_eq!((r.at_ms, r.hub_seq), (200, 7));
+        assert!(r.reason.contains(REF), "{}", r.reason);
+        assert!(r.reason.contains(PLAN), "{}", r.reason);
+
+        // The same state again: nothing changes, nothing is logged.
+        let again = handle(&db, REF, "acknowledged", "", BOB, 250)
+            .await
+            .unwrap();
+        assert_eq!(again, acked, "the first acknowledgement stays");
+        assert_eq!(log(&db).len(), 1);
+
+        // Resolved with a note: the note is in the record, not the log.
+        let note = "desk confirmed: boarding moved to day 14";
+        let resolved = handle(&db, REF, "resolved", note, BOB, 300).await.unwrap();
+        assert_eq!(resolved.state, "resolved");
+        assert_eq!(resolved.note, note);
+        assert_eq!(
+            (resolved.handled_by.as_str(), resolved.handled_at_ms),
+            (BOB, 300)
+        );
+        assert_eq!(held(&db, REF), resolved);
+        let records = log(&db);
+        assert_eq!(records.len(), 2, "{records:?}");
+        let r = &records[1];
+        assert_eq!(r.event, "notice_resolved");
+        assert_eq!(r.actor, BOB);
+        assert!(
+            r.reason.contains(REF) && r.reason.contains(PLAN),
+            "{}",
+            r.reason
+        );
+        for r in &records {
+            assert!(
+                !format!("{r:?}").contains("boarding"),
+                "the note is in the node log: {r:?}"
+            );
+        }
+        // Resolved again with the same note: nothing.
+        handle(&db, REF, "resolved", note, ALICE, 350)
+            .await
+            .unwrap();
+        assert_eq!(log(&db).len(), 2);
+        assert_eq!(held(&db, REF), resolved);
+
+        // A resolved notice is not acknowledged again.
+        let err = handle(&db, REF, "acknowledged", "", ALICE, 400)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, NodeError::NoticeState { reference, problem }
+                if reference == REF && problem.contains("already resolved")),
+            "{err}"
+        );
+        assert_eq!(held(&db, REF), resolved);
+        assert_eq!(log(&db).len(), 2);
+
+        // A cleared one is not acknowledged at all.
+        let gone = "dx-0000000000000002";
+        store(
+            &db,
+            notice_of(gone, pb::NoticeChange::OverlapFound, "t"),
+            8,
+            500,
+        )
+        .await;
+        store(
+            &db,
+            notice_of(gone, pb::NoticeChange::OverlapCleared, "t"),
+            9,
+            600,
+        )
+        .await;
+        let before = held(&db, gone);
+        let err = handle(&db, gone, "acknowledged", "", ALICE, 700)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, NodeError::NoticeState { reference, problem }
+                if reference == gone && problem.contains("cleared")),
+            "{err}"
+        );
+        assert_eq!(held(&db, gone), before);
+        assert_eq!(log(&db).len(), 2);
+
+        // A notice the node never received.
+        let err = handle(&db, "dx-ffffffffffffffff", "acknowledged", "", ALICE, 800)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, NodeError::UnknownNotice(r) if r == "dx-ffffffffffffffff"),
+            "{err}"
+        );
+        assert_eq!(log(&db).len(), 2);
+        let check = crate::store::check_node_log(&db).unwrap();
+        assert_eq!((check.records, check.first_error), (2, None));
+    }
+
+    fn own(version: u32, message_id: &str) -> OwnPlanRecord {
+        OwnPlanRecord {
+            plan_id: PLAN.into(),
+            version,
+            message_id: message_id.into(),
+            kind: "operational_plan".into(),
+            action: if version == 1 { "new" } else { "update" }.into(),
+            title: format!("Operation Dune v{version}"),
+            window_start_ms: 1_000,
+            window_end_ms: 2_000,
+            regions: vec!["sahel".into()],
+            countries: vec!["ML".into()],
+            crime_areas: vec!["drugs".into()],
+            targets: vec![("imo".into(), "9074729".into())],
+            contact: "alpha operations desk".into(),
+            submitted_by: ALICE.into(),
+            updated_at_ms: 10 * i64::from(version),
+        }
+    }
+
+    fn hashes() -> Vec<pb::TargetHash> {
+        vec![pb::TargetHash {
+            kind: "imo".into(),
+            hash: vec![7; 32],
+        }]
+    }
+
+    async fn write(db: &Db, w: PlanWrite) -> Result<(), NodeError> {
+        db.write(move |txn| write_own(txn, &w)).await
+    }
+
+    #[tokio::test]
+    async fn a_plan_version_is_written_only_after_the_version_held() {
+        let db = Db::in_memory();
+        let m1 = "6a1f0c2e-0000-4000-8000-0000000000m1";
+        write(
+            &db,
+            PlanWrite {
+                own: own(1, m1),
+                after_version: None,
+                targets: hashes(),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(db.get(format!("pl/{PLAN}").as_bytes()).unwrap().is_some());
+        assert!(db.get(format!("pt/{m1}").as_bytes()).unwrap().is_some());
+        assert_eq!(own_plan(&db, PLAN).unwrap(), Some(own(1, m1)));
+        assert_eq!(push_targets(&db, m1).unwrap(), hashes());
+        assert_eq!(own_plans(&db).unwrap(), vec![own(1, m1)]);
+        assert_eq!(own(1, m1).status(), "active");
+
+        // The next version, without targets to push.
+        let m2 = "6a1f0c2e-0000-4000-8000-0000000000m2";
+        write(
+            &db,
+            PlanWrite {
+                own: own(2, m2),
+                after_version: Some(1),
+                targets: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(own_plan(&db, PLAN).unwrap(), Some(own(2, m2)));
+        assert!(push_targets(&db, m2).unwrap().is_empty());
+        assert!(db.get(format!("pt/{m2}").as_bytes()).unwrap().is_none());
+        assert_eq!(push_targets(&db, m1).unwrap(), hashes(), "v1's are kept");
+
+        // Another officer's version came in between; or a new plan on a
+        // used id; or a version of a plan the node does not hold.
+        let m3 = "6a1f0c2e-0000-4000-8000-0000000000m3";
+        for (after, plan_id, held) in [
+            (Some(1), PLAN, 2),
+            (Some(3), PLAN, 2),
+            (None, PLAN, 2),
+            (Some(1), "6a1f0c2e-0000-4000-8000-00000000dead", 0),
+        ] {
+            let mut rec = own(3, m3);
+            rec.plan_id = plan_id.into();
+            let err = write(
+                &db,
+                PlanWrite {
+                    own: rec,
+                    after_version: after,
+                    targets: hashes(),
+                },
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(&err, NodeError::PlanChanged { plan_id: p, version }
+                    if p == plan_id && *version == held),
+                "after {after:?}: {err}"
+            );
+            assert_eq!(own_plan(&db, PLAN).unwrap(), Some(own(2, m2)));
+            assert!(own_plan(&db, "6a1f0c2e-0000-4000-8000-00000000dead")
+                .unwrap()
+                .is_none());
+            assert!(db.get(format!("pt/{m3}").as_bytes()).unwrap().is_none());
+        }
+    }
+
+    /// An envelope of `origin`'s plan version: labels naming `label_regions`,
+    /// an operational plan body naming `body_regions`.
+    fn plan_envelope(
+        message_id: &str,
+        version: u32,
+        action: pb::PlanAction,
+        label_regions: &[&str],
+        body_regions: &[&str],
+    ) -> pb::Envelope {
+        let labels = pb::Labels {
+            message_id: message_id.into(),
+            origin: "bravo".into(),
+            kind: pb::Kind::OperationalPlan as i32,
+            classification: pb::Classification::Restricted as i32,
+            crime_areas: vec!["drugs".into(), "maritime_crime".into()],
+            regions: label_regions.iter().map(|r| (*r).to_owned()).collect(),
+            countries: vec!["IT".into(), "LY".into()],
+            priority: pb::Priority::Routine as i32,
+            created_at_ms: 10,
+            plan: Some(pb::PlanLabels {
+                plan_id: PLAN.into(),
+                version,
+                action: action as i32,
+                contact: "bravo operations desk".into(),
+            }),
+            ..Default::default()
+        };
+        let body = pb::Body {
+            title: format!("Operation Tidewater v{version}"),
+            content: Some(pb::body::Content::OperationalPlan(pb::OperationalPlan {
+                summary: "patrols".into(),
+                window_start_ms: 1_000,
+                window_end_ms: 9_000,
+                lead_body: "bravo".into(),
+                regions: body_regions.iter().map(|r| (*r).to_owned()).collect(),
+                crime_areas: vec!["drugs".into()],
+                target_ids: Vec::new(),
+            })),
+        };
+        pb::Envelope {
+            labels: Some(labels),
+            body: body.encode_to_vec(),
+        }
+    }
+
+    async fn see(db: &Db, env: pb::Envelope, received_at_ms: i64) {
+        db.write(move |txn| see_plan(txn, &env, received_at_ms))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn another_bodys_plan_is_kept_as_its_latest_version() {
+        let db = Db::in_memory();
+        let m2 = "6a1f0c2e-0000-4000-8000-0000000000b2";
+        see(
+            &db,
+            plan_envelope(
+                m2,
+                2,
+                pb::PlanAction::PlanUpdate,
+                &["west-africa"],
+                &["med-central", "west-africa"],
+            ),
+            500,
+        )
+        .await;
+        let expected = VisiblePlanRecord {
+            plan_id: PLAN.into(),
+            version: 2,
+            message_id: m2.into(),
+            origin: "bravo".into(),
+            kind: "operational_plan".into(),
+            action: "update".into(),
+            title: "Operation Tidewater v2".into(),
+            window_start_ms: 1_000,
+            window_end_ms: 9_000,
+            regions: vec!["med-central".into(), "west-africa".into()],
+            countries: vec!["IT".into(), "LY".into()],
+            crime_areas: vec!["drugs".into(), "maritime_crime".into()],
+            classification: "RESTRICTED".into(),
+            contact: "bravo operations desk".into(),
+            received_at_ms: 500,
+        };
+        assert_eq!(visible_plans(&db).unwrap(), vec![expected.clone()]);
+        assert_eq!(expected.status(), "active");
+
+        // An older version, or the same one again, arriving late.
+        for (id, version) in [("6a1f0c2e-0000-4000-8000-0000000000b1", 1), (m2, 2)] {
+            see(
+                &db,
+                plan_envelope(id, version, pb::PlanAction::PlanNew, &["sahel"], &["sahel"]),
+                600,
+            )
+            .await;
+            assert_eq!(visible_plans(&db).unwrap(), vec![expected.clone()]);
+        }
+
+        // A later version replaces it.
+        let m3 = "6a1f0c2e-0000-4000-8000-0000000000b3";
+        see(
+            &db,
+            plan_envelope(m3, 3, pb::PlanAction::PlanClose, &["sahel"], &["sahel"]),
+            700,
+        )
+        .await;
+        let closed = visible_plans(&db).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].version, closed[0].message_id.as_str()), (3, m3));
+        assert_eq!(
+            (closed[0].action.as_str(), closed[0].status()),
+            ("close", "closed")
+        );
+        assert_eq!(closed[0].regions, vec!["sahel".to_owned()]);
+        assert_eq!(closed[0].received_at_ms, 700);
+    }
+
+    #[tokio::test]
+    async fn a_message_that_is_not_a_plan_makes_no_calendar_entry() {
+        let db = Db::in_memory();
+        let alert_body = pb::Body {
+            title: "act".into(),
+            content: Some(pb::body::Content::Alert(pb::Alert {
+                text: "now".into(),
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        // An alert.
+        let mut alert = plan_envelope(
+            "6a1f0c2e-0000-4000-8000-0000000000c1",
+            1,
+            pb::PlanAction::PlanNew,
+            &["sahel"],
+            &["sahel"],
+        );
+        alert.body = alert_body.clone();
+        let labels = alert.labels.as_mut().unwrap();
+        labels.kind = pb::Kind::Alert as i32;
+        labels.plan = None;
+        see(&db, alert.clone(), 1).await;
+        // Plan labels over an alert's body, or a body that does not decode.
+        alert.labels.as_mut().unwrap().plan = Some(pb::PlanLabels {
+            plan_id: PLAN.into(),
+            version: 1,
+            action: pb::PlanAction::PlanNew as i32,
+            contact: String::new(),
+        });
+        see(&db, alert.clone(), 2).await;
+        alert.body = vec![0xff, 0xff, 0xff];
+        see(&db, alert.clone(), 3).await;
+        // No labels at all.
+        see(
+            &db,
+            pb::Envelope {
+                labels: None,
+                body: alert_body,
+            },
+            4,
+        )
+        .await;
+        assert!(visible_plans(&db).unwrap().is_empty());
+        assert!(db.scan_prefix(b"pv/", 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_strategic_plan_takes_its_places_from_the_labels() {
+        let db = Db::in_memory();
+        let mut env = plan_envelope(
+            "6a1f0c2e-0000-4000-8000-0000000000d1",
+            1,
+            pb::PlanAction::PlanNew,
+            &["med-central"],
+            &[],
+        );
+        env.labels.as_mut().unwrap().kind = pb::Kind::StrategicPlan as i32;
+        env.body = pb::Body {
+            title: "Bravo priorities 2027".into(),
+            content: Some(pb::body::Content::StrategicPlan(pb::StrategicPlan {
+                summary: "priorities".into(),
+                cycle: "2027".into(),
+                window_start_ms: 3_000,
+                window_end_ms: 4_000,
+            })),
+        }
+        .encode_to_vec();
+        see(&db, env, 9).await;
+        let seen = visible_plans(&db).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].kind, "strategic_plan");
+        assert_eq!(seen[0].action, "new");
+        assert_eq!(seen[0].regions, vec!["med-central".to_owned()]);
+        assert_eq!(
+            (seen[0].window_start_ms, seen[0].window_end_ms),
+            (3_000, 4_000)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_latest_version_leaves_the_calendar_and_an_older_one_does_not() {
+        let db = Db::in_memory();
+        let (m1, m2) = (
+            "6a1f0c2e-0000-4000-8000-0000000000c1",
+            "6a1f0c2e-0000-4000-8000-0000000000c2",
+        );
+        see(
+            &db,
+            plan_envelope(m1, 1, pb::PlanAction::PlanNew, &["sahel"], &[]),
+            1,
+        )
+        .await;
+        see(
+            &db,
+            plan_envelope(m2, 2, pb::PlanAction::PlanUpdate, &["sahel"], &[]),
+            2,
+        )
+        .await;
+        let labels = plan_envelope(m1, 1, pb::PlanAction::PlanNew, &["sahel"], &[]).labels;
+        let l = labels.clone();
+        db.write(move |txn| forget_visible(txn, l.as_ref(), m1))
+            .await
+            .unwrap();
+        assert_eq!(
+            visible_plans(&db).unwrap().len(),
+            1,
+            "an older version's withdrawal leaves it"
+        );
+        let labels = plan_envelope(m2, 2, pb::PlanAction::PlanUpdate, &["sahel"], &[]).labels;
+        db.write(move |txn| forget_visible(txn, labels.as_ref(), m2))
+            .await
+            .unwrap();
+        assert!(visible_plans(&db).unwrap().is_empty());
+        // A message that is not a plan changes nothing.
+        db.write(move |txn| forget_visible(txn, None, m2))
+            .await
+            .unwrap();
+    }
 }
