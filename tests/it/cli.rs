@@ -555,7 +555,15 @@ fn the_demo_runs_the_whole_federation_and_agrees_with_itself() {
     assert!(status.success(), "{out}\n{err}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
-    assert_eq!(report["messages"].as_array().unwrap().len(), 16);
+    assert_eq!(report["messages"].as_array().unwrap().len(), 18);
+    // Two overlaps, each noticed on both sides: full, then blind.
+    let notices = report["deconfliction"].as_array().unwrap();
+    let blind: Vec<bool> = notices
+        .iter()
+        .map(|n| n["blind"].as_bool().unwrap())
+        .collect();
+    assert_eq!(blind, [false, false, true, true], "{report}");
+    assert!(notices[2]["other_body"].as_str().unwrap().is_empty());
     assert_eq!(report["audit"]["ok"], true);
     assert!(
         certs.join("ca.pem").exists(),

@@ -1091,6 +1091,10 @@ fn check_with(file: &std::path::Path, kind: &str, body: &str, env: &[(String, St
             .env(
                 "LIAISON_NODE__AUDIT__WITNESS_KEY",
                 certs.join(format!("{body}/witness.key")),
+            )
+            .env(
+                "LIAISON_NODE__PLANS__DECONFLICTION_KEY",
+                certs.join(liaison_pki::DECONFLICTION_KEY_FILE),
             );
     }
     if kind == "hub" {
