@@ -246,17 +246,12 @@ fn say_notice(e: &pb::NoticeEntry) -> Result<()> {
             one_line(&n.contact)
         );
         if n.overlap_end_ms > 0 {
-            let places: Vec<&str> = n
-                .regions
-                .iter()
-                .chain(&n.countries)
-                .map(String::as_str)
-                .collect();
+            let places = places(&n.regions, &n.countries);
             say!(
                 "      overlap {} to {}; places {}; crime areas {}; target kinds {}",
                 format_time(n.overlap_start_ms),
                 format_time(n.overlap_end_ms),
-                one_line(&join(&places)),
+                one_line(&places),
                 one_line(&join(&n.crime_areas)),
                 one_line(&join(&n.target_kinds))
             );
@@ -276,6 +271,12 @@ fn say_notice(e: &pb::NoticeEntry) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Regions then countries, in words.
+fn places(regions: &[String], countries: &[String]) -> String {
+    let all: Vec<&String> = regions.iter().chain(countries).collect();
+    join(&all)
 }
 
 fn join<S: AsRef<str>>(items: &[S]) -> String {
@@ -329,17 +330,12 @@ async fn list(a: ListArgs, out: Output) -> Result<()> {
                     p.status,
                     one_line(&p.title)
                 );
-                let places: Vec<&str> = p
-                    .regions
-                    .iter()
-                    .chain(&p.countries)
-                    .map(String::as_str)
-                    .collect();
+                let places = places(&p.regions, &p.countries);
                 say!(
                     "  {} to {}; places {}; crime areas {}",
                     format_time(p.window_start_ms),
                     format_time(p.window_end_ms),
-                    one_line(&join(&places)),
+                    one_line(&places),
                     one_line(&join(&p.crime_areas))
                 );
                 if !p.targets.is_empty() {
@@ -420,12 +416,7 @@ async fn calendar(a: CalendarArgs, out: Output) -> Result<()> {
                 say!("no plans of other bodies match");
             }
             for p in &resp.plans {
-                let places: Vec<&str> = p
-                    .regions
-                    .iter()
-                    .chain(&p.countries)
-                    .map(String::as_str)
-                    .collect();
+                let places = places(&p.regions, &p.countries);
                 say!(
                     "{} to {}  {}  {}  {}  \"{}\"  places {}; crime areas {}; plan {} v{}",
                     format_time(p.window_start_ms),
@@ -434,7 +425,7 @@ async fn calendar(a: CalendarArgs, out: Output) -> Result<()> {
                     p.kind,
                     p.status,
                     one_line(&p.title),
-                    one_line(&join(&places)),
+                    one_line(&places),
                     one_line(&join(&p.crime_areas)),
                     p.plan_id,
                     p.version

@@ -1290,48 +1290,39 @@ impl HubState {
                     cursor = seq;
                     continue;
                 }
-                // A deconfliction notice for a plan's originator travels
-                // alone: no content.
-                if let Some(notice) = &entry.notice {
-                    let delivery = pb::Delivery {
-                        seq,
-                        routed_at_ms: entry.routed_at_ms,
-                        notice: Some(notice.0.clone()),
-                        leaf_index: entry.audit_seq.saturating_sub(1),
-                        tree_size: if entry.audit_seq > 0 {
-                            self.store.durable_audit().max(entry.audit_seq)
-                        } else {
-                            0
+                // A deconfliction notice or a forward request for the
+                // originator travels alone: no content, and never a
+                // withdrawal in its stead.
+                let alone = if let Some(n) = &entry.notice {
+                    Some((
+                        pb::Delivery {
+                            notice: Some(n.0.clone()),
+                            leaf_index: entry.audit_seq.saturating_sub(1),
+                            tree_size: if entry.audit_seq > 0 {
+                                self.store.durable_audit().max(entry.audit_seq)
+                            } else {
+                                0
+                            },
+                            ..Default::default()
                         },
-                        ..Default::default()
-                    };
-                    tokio::select! {
-                        sent = tx.send(Ok(delivery)) => if sent.is_err() { break },
-                        _ = stopping.wait_for(|s| *s) => return Ok(()),
-                    }
-                    cursor = seq;
-                    records.push(pb::AuditRecord {
-                        at_ms: now_ms(),
-                        event: AuditEvent::Delivered.into(),
-                        reason: format!("deconfliction notice {}", notice.0.reference),
-                        message_id: entry.message_id,
-                        origin: entry.origin,
-                        recipient: caller.body.to_string(),
-                        actor: caller.uri(),
-                        queue_seq: seq,
-                        policy_version: gov.version().to_owned(),
-                        ..Default::default()
-                    });
-                    continue;
-                }
-                // A forward request for the originator travels alone: no
-                // content, and never a withdrawal in its stead.
-                if let Some(notice) = &entry.forward_request {
+                        format!("deconfliction notice {}", n.0.reference),
+                    ))
+                } else {
+                    entry.forward_request.as_ref().map(|f| {
+                        (
+                            pb::Delivery {
+                                forward_request: Some(f.to_proto(&entry.message_id)),
+                                ..Default::default()
+                            },
+                            format!("forward request {}", f.request_id),
+                        )
+                    })
+                };
+                if let Some((delivery, reason)) = alone {
                     let delivery = pb::Delivery {
                         seq,
                         routed_at_ms: entry.routed_at_ms,
-                        forward_request: Some(notice.to_proto(&entry.message_id)),
-                        ..Default::default()
+                        ..delivery
                     };
                     tokio::select! {
                         sent = tx.send(Ok(delivery)) => if sent.is_err() { break },
@@ -1341,7 +1332,7 @@ impl HubState {
                     records.push(pb::AuditRecord {
                         at_ms: now_ms(),
                         event: AuditEvent::Delivered.into(),
-                        reason: format!("forward request {}", notice.request_id),
+                        reason,
                         message_id: entry.message_id,
                         origin: entry.origin,
                         recipient: caller.body.to_string(),

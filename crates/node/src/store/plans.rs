@@ -58,11 +58,17 @@ pub struct OwnPlanRecord {
 impl OwnPlanRecord {
     /// `active`, `closed` or `cancelled`.
     pub fn status(&self) -> &'static str {
-        match self.action.as_str() {
-            "close" => "closed",
-            "cancel" => "cancelled",
-            _ => "active",
-        }
+        status_after(&self.action)
+    }
+}
+
+/// A plan's status after a version that did `action` (`new`, `update`,
+/// `close`, `cancel`).
+fn status_after(action: &str) -> &'static str {
+    match action {
+        "close" => "closed",
+        "cancel" => "cancelled",
+        _ => "active",
     }
 }
 
@@ -116,11 +122,7 @@ pub struct VisiblePlanRecord {
 impl VisiblePlanRecord {
     /// `active`, `closed` or `cancelled`.
     pub fn status(&self) -> &'static str {
-        match self.action.as_str() {
-            "close" => "closed",
-            "cancel" => "cancelled",
-            _ => "active",
-        }
+        status_after(&self.action)
     }
 }
 
