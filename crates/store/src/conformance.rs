@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::{keys, Db, Engine, StoreError};
+use crate::{keys, Db, Engine, Entry, StoreError};
 
 /// Checks point reads, ordered scans in both directions, limits, and atomic
 /// batches with deletions.
@@ -170,6 +170,58 @@ pub async fn db_suite(db: Db) {
         .unwrap();
     assert_eq!(last, (false, b"r/2".to_vec(), Some(b"r/1".to_vec()), false));
     assert_eq!(db.get(b"r/2").unwrap(), Some(b"yz".to_vec()));
+
+    // Scans inside a write see its staged puts and deletes, in order, in
+    // both directions and within the limit.
+    db.write(|t| {
+        for k in ["s/1", "s/3", "s/5"] {
+            t.put(k.as_bytes().to_vec(), b"old".to_vec());
+        }
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    let scanned = db
+        .write(|t| {
+            t.put(b"s/2".to_vec(), b"new".to_vec());
+            t.put(b"s/3".to_vec(), b"new".to_vec());
+            t.delete(b"s/5".to_vec());
+            t.put(b"s/9".to_vec(), b"new".to_vec());
+            let end = keys::prefix_end(b"s/");
+            let keys_of = |v: Vec<Entry>| {
+                v.into_iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{}={}",
+                            String::from_utf8_lossy(&k),
+                            String::from_utf8_lossy(&v)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            Ok::<_, StoreError>((
+                keys_of(t.scan(b"s/", &end, 10)?),
+                keys_of(t.scan(b"s/", &end, 2)?),
+                keys_of(t.scan_rev(b"s/", &end, 2)?),
+                keys_of(t.scan(b"s/4", b"s/9", 10)?),
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        scanned,
+        (
+            vec![
+                "s/1=old".into(),
+                "s/2=new".into(),
+                "s/3=new".into(),
+                "s/9=new".into()
+            ],
+            vec!["s/1=old".into(), "s/2=new".into()],
+            vec!["s/9=new".into(), "s/3=new".into()],
+            Vec::<String>::new(),
+        )
+    );
 
     // Concurrent counter increments never lose an update.
     let tasks: Vec<_> = (0..64)

@@ -128,8 +128,9 @@ pub(super) fn count(r: &impl Reader, prefix: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// Removes positions from an order: each stored value that holds any of
-/// them is replaced by runs of the positions it keeps. Reads committed data,
-/// so the positions must not have been appended by this transaction.
+/// them is replaced by runs of the positions it keeps. Its scans see this
+/// transaction's own staged writes, so positions appended by it are removed
+/// too.
 pub(super) fn remove(
     txn: &mut Txn<'_>,
     prefix: &'static [u8],

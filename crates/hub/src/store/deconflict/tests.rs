@@ -1716,3 +1716,65 @@ async fn an_erased_versions_title_goes_and_the_index_reloads_active_plans() {
     let index = Deconfliction::load(&db, NOW).unwrap();
     assert_eq!(index.len(), 1, "the closed plan is not indexed");
 }
+
+/// A submission of `p`'s version as the store receives it.
+fn submission(fx: &Fixture, p: &PlanRecord) -> super::super::Submission {
+    let labels = p.labels.clone();
+    let routed = liaison_policy::route(&fx.gov, &labels, NOW);
+    super::super::Submission {
+        env: liaison_types::Envelope {
+            labels,
+            body: Vec::new(),
+        },
+        decisions: routed.decisions,
+        unaddressed: routed.unaddressed,
+        policy_version: "v1".into(),
+        actor: ACTOR.into(),
+        approved_by: None,
+        now_ms: NOW,
+        retain_ms: None,
+        traceparent: String::new(),
+        plan: Some(super::super::PlanSubmission {
+            record: p.clone(),
+            gov: std::sync::Arc::new(fx.gov.clone()),
+            hub_body: fx.hub.clone(),
+        }),
+    }
+}
+
+fn notices_of(result: &Result<super::super::Submitted, HubError>) -> Vec<bool> {
+    match result {
+        Ok(super::super::Submitted::New { notices, .. }) => notices.clone(),
+        other => panic!("not routed: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_version_in_the_same_batch_as_the_one_before_sees_its_overlaps() {
+    let fx = Fixture::new();
+    let db = Db::in_memory();
+    let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
+    let (a, b) = europol_and_frontex();
+    let (first, _) = super::super::submit_all(&db, &plans, vec![submission(&fx, &a)])
+        .await
+        .unwrap();
+    assert!(notices_of(&first[0]).is_empty());
+    // Frontex's version 1 overlaps Europol's plan and its version 2, in the
+    // same batch, moves away from it: found, then cleared, both sides.
+    let mut moved = version(&b, 2, PlanAction::Update);
+    moved.labels.regions = strings(&["pacific"]);
+    moved.labels.countries = strings(&["FJ"]);
+    moved.labels.crime_areas = areas(&["cybercrime"]);
+    moved.targets = Vec::new();
+    let (results, _) = super::super::submit_all(
+        &db,
+        &plans,
+        vec![submission(&fx, &b), submission(&fx, &moved)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(notices_of(&results[0]).len(), 2, "found, to each side");
+    assert_eq!(notices_of(&results[1]).len(), 2, "cleared, to each side");
+    let left = db.scan_prefix(b"po/", 100).unwrap();
+    assert!(left.is_empty(), "no overlap is left: {left:?}");
+}
