@@ -765,3 +765,99 @@ async fn explain_says_when_the_node_would_hold_a_message_for_approval() {
         .is_empty());
     sandbox.shutdown().await.unwrap();
 }
+
+/// alpha's plans as its node lists them (ended ones included).
+async fn own_plans(officer: &mut OfficerClient<Channel>) -> Vec<pb::OwnPlan> {
+    officer
+        .list_plans(pb::ListPlansRequest { all: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .plans
+}
+
+/// An update of `plan_id`: `low_plan` again, titled `title`.
+fn plan_update(plan_id: &str, title: &str) -> pb::OfficerSubmitRequest {
+    let mut req = low_plan(title);
+    if let Some(l) = req.labels.as_mut() {
+        l.plan = Some(pb::PlanLabels {
+            plan_id: plan_id.to_owned(),
+            action: pb::PlanAction::PlanUpdate as i32,
+            ..Default::default()
+        });
+    }
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_version_waiting_for_approval_changes_the_plan_only_once_routed() {
+    let sandbox = four_eyes_sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("alpha", "bob").await.unwrap();
+    // Version 1 waits: the plan is pending, and in nobody's calendar.
+    let v1 = submit(&mut alice, low_plan("Operation Harmattan")).await;
+    assert_eq!(v1.status, "awaiting_approval");
+    let plans = own_plans(&mut alice).await;
+    assert_eq!(plans.len(), 1);
+    assert_eq!(
+        (
+            plans[0].status.as_str(),
+            plans[0].version,
+            plans[0].outbox_status.as_str()
+        ),
+        ("pending", 1, "awaiting_approval")
+    );
+    approve(&mut bob, &v1.message_id).await.unwrap();
+    outbox_status(&alice, &v1.message_id, "routed").await;
+    delivered(&sandbox, "bravo", &v1.message_id).await;
+
+    // Version 2 waits; the plan in force is still version 1.
+    let v2 = submit(&mut alice, plan_update(&v1.message_id, "Harmattan, moved")).await;
+    assert_eq!(v2.status, "awaiting_approval");
+    let plans = own_plans(&mut alice).await;
+    assert_eq!(
+        (
+            plans[0].status.as_str(),
+            plans[0].version,
+            plans[0].title.as_str()
+        ),
+        ("active", 1, "Operation Harmattan")
+    );
+    let waiting: Vec<(u32, &str)> = plans[0]
+        .waiting
+        .iter()
+        .map(|w| (w.version, w.outbox_status.as_str()))
+        .collect();
+    assert_eq!(waiting, vec![(2, "awaiting_approval")]);
+
+    // Refused: the plan stands as it was, with nothing waiting.
+    refuse(&mut bob, &v2.message_id, "not yet agreed")
+        .await
+        .unwrap();
+    let plans = own_plans(&mut alice).await;
+    assert_eq!(
+        (
+            plans[0].version,
+            plans[0].title.as_str(),
+            plans[0].waiting.len()
+        ),
+        (1, "Operation Harmattan", 0)
+    );
+    assert_not_sent(&sandbox, &mut alice, &v2.message_id).await;
+
+    // The next version follows version 1 and takes number 3; approved and
+    // routed, it is the plan.
+    let v3 = submit(&mut alice, plan_update(&v1.message_id, "Harmattan, agreed")).await;
+    approve(&mut bob, &v3.message_id).await.unwrap();
+    outbox_status(&alice, &v3.message_id, "routed").await;
+    let plans = own_plans(&mut alice).await;
+    assert_eq!(
+        (
+            plans[0].version,
+            plans[0].title.as_str(),
+            plans[0].waiting.len()
+        ),
+        (3, "Harmattan, agreed", 0)
+    );
+    delivered(&sandbox, "bravo", &v3.message_id).await;
+}

@@ -312,6 +312,11 @@ async fn list(a: ListArgs, out: Output) -> Result<()> {
                         "contact": p.contact, "submitted_by": p.submitted_by,
                         "updated_at": format_time(p.updated_at_ms), "outbox_status": p.outbox_status,
                         "notices": p.notices.iter().map(notice_json).collect::<Vec<_>>(),
+                        "waiting": p.waiting.iter().map(|w| json!({
+                            "version": w.version, "message_id": w.message_id, "action": w.action,
+                            "outbox_status": w.outbox_status, "submitted_by": w.submitted_by,
+                            "updated_at": format_time(w.updated_at_ms),
+                        })).collect::<Vec<_>>(),
                     })
                 })
                 .collect();
@@ -350,7 +355,12 @@ async fn list(a: ListArgs, out: Output) -> Result<()> {
                     );
                 }
                 say!(
-                    "  latest version {} ({})",
+                    "  {} {} ({})",
+                    if p.status == "pending" {
+                        "first version, not yet accepted by the hub,"
+                    } else {
+                        "version in force"
+                    },
                     p.message_id,
                     if p.outbox_status.is_empty() {
                         "?"
@@ -358,6 +368,17 @@ async fn list(a: ListArgs, out: Output) -> Result<()> {
                         &p.outbox_status
                     }
                 );
+                for w in &p.waiting {
+                    say!(
+                        "  version {} ({}) {}: {} by {} at {}",
+                        w.version,
+                        one_line(&w.action),
+                        w.message_id,
+                        w.outbox_status,
+                        one_line(&w.submitted_by),
+                        format_time(w.updated_at_ms)
+                    );
+                }
                 if p.notices.is_empty() {
                     say!("  no deconfliction notices");
                 } else {

@@ -146,14 +146,22 @@ impl NodeState {
             }));
         }
         let plan_id = liaison_types::uuid_field("labels.plan.plan_id", &asked.plan_id)?;
-        let own = stored::own_plan(&self.db, &plan_id)?
+        let plan = stored::own_plan(&self.db, &plan_id)?
             .ok_or_else(|| NodeError::UnknownPlan(plan_id.clone()))?;
+        // A version follows the last one sent, in force or still waiting.
+        let own = plan.latest().clone();
         if own.status() != "active" {
             return Err(NodeError::PlanEnded {
                 plan_id,
                 status: own.status().to_owned(),
             });
         }
+        let Some(version) = plan.last_version.checked_add(1) else {
+            return Err(NodeError::PlanEnded {
+                plan_id,
+                status: "given the last version number there is".into(),
+            });
+        };
         let action = match pb::PlanAction::try_from(asked.action) {
             Ok(pb::PlanAction::Unspecified | pb::PlanAction::PlanUpdate) => PlanAction::Update,
             Ok(pb::PlanAction::PlanClose) => PlanAction::Close,
@@ -181,7 +189,7 @@ impl NodeState {
         };
         l.plan = Some(pb::PlanLabels {
             plan_id,
-            version: own.version + 1,
+            version,
             action: action.to_proto() as i32,
             contact: if asked.contact.is_empty() {
                 own.contact
@@ -241,12 +249,14 @@ impl NodeState {
         })
     }
 
-    /// The latest version of one of this body's plans: its record and
-    /// envelope.
+    /// The latest version sent of one of this body's plans (in force or
+    /// still waiting): its record and envelope.
     fn own_version(&self, plan_id: &str) -> Result<(OwnPlanRecord, pb::Envelope), NodeError> {
         let plan_id = liaison_types::uuid_field("plan_id", plan_id)?;
         let own = stored::own_plan(&self.db, &plan_id)?
-            .ok_or_else(|| NodeError::UnknownPlan(plan_id.clone()))?;
+            .ok_or_else(|| NodeError::UnknownPlan(plan_id.clone()))?
+            .latest()
+            .clone();
         let (_, env) = crate::store::outbox_message(&self.db, &own.message_id)?
             .ok_or_else(|| NodeError::UnknownPlan(plan_id.clone()))?;
         Ok((own, env))
@@ -298,14 +308,18 @@ impl NodeState {
     /// This body's plans with their notices, newest first.
     pub(crate) fn list_plans(&self, all: bool) -> Result<pb::ListPlansResponse, NodeError> {
         let mut plans = stored::own_plans(&self.db)?;
-        plans.sort_by_key(|p| std::cmp::Reverse(p.updated_at_ms));
+        plans.sort_by_key(|p| std::cmp::Reverse(p.latest().updated_at_ms));
         let mut notices = stored::notices(&self.db)?;
         notices.sort_by_key(|n| std::cmp::Reverse(n.received_at_ms));
         let now = now_ms();
         let plans = plans
             .into_iter()
-            .filter(|p| all || (p.status() == "active" && p.window_end_ms > now))
-            .map(|p| {
+            .filter(|p| {
+                all || (matches!(p.status(), "active" | "pending") && p.shown.window_end_ms > now)
+            })
+            .map(|plan| {
+                let status = plan.status().to_owned();
+                let p = plan.shown;
                 let outbox_status = crate::store::read_outbox(&self.db, &p.message_id)?
                     .map(|r| r.status.as_str().to_owned())
                     .unwrap_or_default();
@@ -314,8 +328,20 @@ impl NodeState {
                     .filter(|n| n.notice.plan_id == p.plan_id && (all || n.state != "cleared"))
                     .map(notice_entry)
                     .collect();
+                let waiting = plan
+                    .waiting
+                    .into_iter()
+                    .map(|(w, s)| pb::WaitingPlanVersion {
+                        version: w.version,
+                        message_id: w.message_id,
+                        action: w.action,
+                        outbox_status: s.as_str().to_owned(),
+                        submitted_by: w.submitted_by,
+                        updated_at_ms: w.updated_at_ms,
+                    })
+                    .collect();
                 Ok(pb::OwnPlan {
-                    status: p.status().to_owned(),
+                    status,
                     plan_id: p.plan_id,
                     version: p.version,
                     message_id: p.message_id,
@@ -336,6 +362,7 @@ impl NodeState {
                     updated_at_ms: p.updated_at_ms,
                     outbox_status,
                     notices,
+                    waiting,
                 })
             })
             .collect::<Result<Vec<_>, NodeError>>()?;
@@ -370,9 +397,16 @@ impl NodeState {
             })
             .collect();
         if q.include_own {
-            for p in stored::own_plans(&self.db)? {
+            // Only what the hub holds: a version still waiting is in no
+            // one else's calendar either.
+            for plan in stored::own_plans(&self.db)?
+                .into_iter()
+                .filter(|p| p.accepted)
+            {
+                let status = plan.status().to_owned();
+                let p = plan.shown;
                 plans.push(pb::VisiblePlan {
-                    status: p.status().to_owned(),
+                    status,
                     plan_id: p.plan_id,
                     version: p.version,
                     message_id: p.message_id.clone(),

@@ -3,8 +3,11 @@
 //! inbox (the calendar), and the deconfliction notices the hub sent.
 //!
 //! Keys:
-//! - `pl/<plan id>`: a plan this body originated, as of its latest version
-//!   (`OwnPlanRecord`, JSON), written with the version's outbox entry;
+//! - `pl/<plan id>`: a plan this body originated: the latest version the
+//!   hub accepted and every version sent after it (`OwnPlanVersions`,
+//!   JSON), each added with its outbox entry. Where each version stands
+//!   (in force, waiting, dead) is read from its outbox record, never kept
+//!   twice;
 //! - `pt/<message id>`: the keyed hashes of that version's targets, for the
 //!   push (a `SubmitRequest` holding only `targets`, encoded proto);
 //! - `pv/<plan id>`: another body's plan as its latest version to reach the
@@ -17,7 +20,7 @@ use liaison_store::{from_json as parse, keys, to_json as json, Db, Reader, Store
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::log_event;
+use super::{log_event, read_outbox, OutboxStatus};
 use crate::NodeError;
 
 /// A plan this body originated.
@@ -200,15 +203,125 @@ fn all<T: serde::de::DeserializeOwned>(db: &Db, prefix: &[u8]) -> Result<Vec<T>,
     Ok(out)
 }
 
-/// One of this body's plans.
-pub fn own_plan(r: &impl Reader, plan_id: &str) -> Result<Option<OwnPlanRecord>, StoreError> {
+/// What the node keeps of one of its plans, at `pl/<plan id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OwnPlanVersions {
+    /// The highest version number given so far: a version that died (refused
+    /// by four-eyes, rejected by the hub, withdrawn) keeps its number.
+    last_version: u32,
+    /// The latest version the hub accepted (if it is known yet) and the
+    /// versions sent after it, oldest first.
+    versions: Vec<OwnPlanRecord>,
+}
+
+/// Where a version of a plan stands, from its outbox record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// The hub accepted it (it was routed; a retraction later withdrew the
+    /// message from its recipients, not the version from the hub's plan).
+    Accepted,
+    /// Awaiting four-eyes approval, or queued for the hub.
+    Waiting(OutboxStatus),
+    /// Refused, rejected or withdrawn: it never reached the hub, or the hub
+    /// refused it; the plan stands as it was.
+    Dead,
+}
+
+fn standing(r: &impl Reader, message_id: &str) -> Result<Standing, StoreError> {
+    Ok(match read_outbox(r, message_id)?.map(|rec| rec.status) {
+        Some(OutboxStatus::Routed | OutboxStatus::Retracted) => Standing::Accepted,
+        Some(s @ (OutboxStatus::AwaitingApproval | OutboxStatus::Queued)) => Standing::Waiting(s),
+        Some(OutboxStatus::Refused | OutboxStatus::Rejected | OutboxStatus::Withdrawn) | None => {
+            Standing::Dead
+        }
+    })
+}
+
+/// One of this body's plans as it stands: the version in force at the hub
+/// and the versions sent after it that the hub has not answered yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnPlan {
+    /// The version to show as the plan: the latest the hub accepted or,
+    /// while `accepted` is false, its first version, still waiting.
+    pub shown: OwnPlanRecord,
+    /// Whether the hub accepted `shown`.
+    pub accepted: bool,
+    /// The versions after `shown` awaiting approval or queued for the hub,
+    /// oldest first, with their outbox status.
+    pub waiting: Vec<(OwnPlanRecord, OutboxStatus)>,
+    /// The highest version number given so far.
+    pub last_version: u32,
+}
+
+impl OwnPlan {
+    /// The version a new one follows: the last one waiting, or else the one
+    /// shown.
+    pub fn latest(&self) -> &OwnPlanRecord {
+        self.waiting.last().map_or(&self.shown, |(w, _)| w)
+    }
+
+    /// `active`, `closed` or `cancelled` as the hub holds it; `pending`
+    /// while its first version waits.
+    pub fn status(&self) -> &'static str {
+        if self.accepted {
+            self.shown.status()
+        } else {
+            "pending"
+        }
+    }
+}
+
+fn read_versions(r: &impl Reader, plan_id: &str) -> Result<Option<OwnPlanVersions>, StoreError> {
     let key = own_key(plan_id);
     r.get(&key)?.map(|v| parse(&key, &v)).transpose()
 }
 
-/// Every plan this body originated.
-pub fn own_plans(db: &Db) -> Result<Vec<OwnPlanRecord>, StoreError> {
-    all(db, b"pl/")
+/// A plan's versions with where each stands; `None` if none is accepted or
+/// waiting.
+fn resolve(r: &impl Reader, held: OwnPlanVersions) -> Result<Option<OwnPlan>, StoreError> {
+    let mut accepted: Option<OwnPlanRecord> = None;
+    let mut waiting = Vec::new();
+    for v in held.versions {
+        match standing(r, &v.message_id)? {
+            Standing::Accepted => {
+                // The hub keeps a plan at its highest accepted version.
+                if accepted.as_ref().is_none_or(|a| a.version < v.version) {
+                    waiting.retain(|(w, _): &(OwnPlanRecord, _)| w.version > v.version);
+                    accepted = Some(v);
+                }
+            }
+            Standing::Waiting(status) => waiting.push((v, status)),
+            Standing::Dead => {}
+        }
+    }
+    let (shown, accepted) = match accepted {
+        Some(a) => (a, true),
+        None if waiting.is_empty() => return Ok(None),
+        None => (waiting.remove(0).0, false),
+    };
+    Ok(Some(OwnPlan {
+        shown,
+        accepted,
+        waiting,
+        last_version: held.last_version,
+    }))
+}
+
+/// One of this body's plans.
+pub fn own_plan(r: &impl Reader, plan_id: &str) -> Result<Option<OwnPlan>, StoreError> {
+    match read_versions(r, plan_id)? {
+        None => Ok(None),
+        Some(held) => resolve(r, held),
+    }
+}
+
+/// Every plan this body originated that has a version accepted or waiting.
+pub fn own_plans(db: &Db) -> Result<Vec<OwnPlan>, StoreError> {
+    let mut out = Vec::new();
+    for held in all::<OwnPlanVersions>(db, b"pl/")? {
+        out.extend(resolve(db, held)?);
+    }
+    Ok(out)
 }
 
 /// Every other body's plan that reached the inbox.
@@ -238,17 +351,36 @@ pub fn push_targets(r: &impl Reader, message_id: &str) -> Result<Vec<pb::TargetH
     }
 }
 
-/// Stores a plan's version with its outbox entry (same transaction).
+/// Stores a plan's version with its outbox entry (same transaction). The
+/// plan itself moves only once the hub accepts the version: until then it
+/// waits beside the version in force.
 pub(super) fn write_own(txn: &mut Txn<'_>, w: &PlanWrite) -> Result<(), NodeError> {
-    let held = own_plan(txn, &w.own.plan_id)?;
-    let held_version = held.as_ref().map(|h| h.version);
-    if held_version != w.after_version {
+    let held = read_versions(txn, &w.own.plan_id)?;
+    let last_version = held.as_ref().map_or(0, |h| h.last_version);
+    let plan = match held {
+        Some(h) => resolve(txn, h)?,
+        None => None,
+    };
+    let latest = plan.as_ref().map(|p| p.latest().version);
+    if latest != w.after_version || w.own.version <= last_version {
         return Err(NodeError::PlanChanged {
             plan_id: w.own.plan_id.clone(),
-            version: held_version.unwrap_or(0),
+            version: latest.unwrap_or(0),
         });
     }
-    txn.put(own_key(&w.own.plan_id), json(&w.own));
+    // Dead versions, and accepted ones below the one in force, are dropped.
+    let mut versions: Vec<OwnPlanRecord> = match plan {
+        None => Vec::new(),
+        Some(p) => std::iter::once(p.shown)
+            .chain(p.waiting.into_iter().map(|(v, _)| v))
+            .collect(),
+    };
+    versions.push(w.own.clone());
+    let stored = OwnPlanVersions {
+        last_version: w.own.version,
+        versions,
+    };
+    txn.put(own_key(&w.own.plan_id), json(&stored));
     if !w.targets.is_empty() {
         let holder = pb::SubmitRequest {
             targets: w.targets.clone(),
@@ -752,6 +884,82 @@ mod tests {
         db.write(move |txn| write_own(txn, &w)).await
     }
 
+    /// Puts (or replaces) the outbox record of `message_id` with `status`.
+    async fn outbox(db: &Db, message_id: &str, status: OutboxStatus) {
+        let rec = crate::store::OutboxRecord {
+            message_id: message_id.into(),
+            digest: "d".into(),
+            submitted_by: ALICE.into(),
+            submitted_at_ms: 1,
+            title: "plan".into(),
+            kind: "operational_plan".into(),
+            classification: "RESTRICTED".into(),
+            status,
+            attempts: 0,
+            last_error: String::new(),
+            decisions: Vec::new(),
+            unaddressed: Vec::new(),
+            policy_version: String::new(),
+            seq: 0,
+            approval_reason: String::new(),
+            approved_by: String::new(),
+            approved_at_ms: 0,
+            refused_by: String::new(),
+            refused_at_ms: 0,
+            refusal_reason: String::new(),
+            received_by: Default::default(),
+            quarantined_by: Default::default(),
+            trace_parent: String::new(),
+            leaf_index: 0,
+            tree_size: 0,
+            checkpoint: String::new(),
+        };
+        let key = crate::store::k("o", message_id);
+        let value = crate::store::Stored::joined(json(&rec), Vec::new());
+        db.write(move |txn| {
+            txn.put(key, value);
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Writes version `version` of the plan after `after`, with its outbox
+    /// record in `status`.
+    async fn send(
+        db: &Db,
+        version: u32,
+        after: Option<u32>,
+        status: OutboxStatus,
+    ) -> Result<String, NodeError> {
+        let m = format!("6a1f0c2e-0000-4000-8000-0000000000{version:02}");
+        write(
+            db,
+            PlanWrite {
+                own: own(version, &m),
+                after_version: after,
+                targets: Vec::new(),
+            },
+        )
+        .await?;
+        outbox(db, &m, status).await;
+        Ok(m)
+    }
+
+    /// (version shown, accepted, versions waiting, latest, last version
+    /// given, status).
+    fn standing_of(db: &Db) -> (u32, bool, Vec<u32>, u32, u32, &'static str) {
+        let p = own_plan(db, PLAN).unwrap().expect("the plan is held");
+        (
+            p.shown.version,
+            p.accepted,
+            p.waiting.iter().map(|(w, _)| w.version).collect(),
+            p.latest().version,
+            p.last_version,
+            p.status(),
+        )
+    }
+
     #[tokio::test]
     async fn a_plan_version_is_written_only_after_the_version_held() {
         let db = Db::in_memory();
@@ -766,11 +974,12 @@ mod tests {
         )
         .await
         .unwrap();
+        outbox(&db, m1, OutboxStatus::Routed).await;
         assert!(db.get(format!("pl/{PLAN}").as_bytes()).unwrap().is_some());
         assert!(db.get(format!("pt/{m1}").as_bytes()).unwrap().is_some());
-        assert_eq!(own_plan(&db, PLAN).unwrap(), Some(own(1, m1)));
+        assert_eq!(own_plan(&db, PLAN).unwrap().unwrap().shown, own(1, m1));
         assert_eq!(push_targets(&db, m1).unwrap(), hashes());
-        assert_eq!(own_plans(&db).unwrap(), vec![own(1, m1)]);
+        assert_eq!(own_plans(&db).unwrap().len(), 1);
         assert_eq!(own(1, m1).status(), "active");
 
         // The next version, without targets to push.
@@ -785,21 +994,24 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(own_plan(&db, PLAN).unwrap(), Some(own(2, m2)));
+        outbox(&db, m2, OutboxStatus::Routed).await;
+        assert_eq!(own_plan(&db, PLAN).unwrap().unwrap().shown, own(2, m2));
         assert!(push_targets(&db, m2).unwrap().is_empty());
         assert!(db.get(format!("pt/{m2}").as_bytes()).unwrap().is_none());
         assert_eq!(push_targets(&db, m1).unwrap(), hashes(), "v1's are kept");
 
-        // Another officer's version came in between; or a new plan on a
-        // used id; or a version of a plan the node does not hold.
+        // Another officer's version came in between; or a version number
+        // already given; or a new plan on a used id; or a version of a plan
+        // the node does not hold.
         let m3 = "6a1f0c2e-0000-4000-8000-0000000000m3";
-        for (after, plan_id, held) in [
-            (Some(1), PLAN, 2),
-            (Some(3), PLAN, 2),
-            (None, PLAN, 2),
-            (Some(1), "6a1f0c2e-0000-4000-8000-00000000dead", 0),
+        for (after, version, plan_id, held) in [
+            (Some(1), 3, PLAN, 2),
+            (Some(3), 3, PLAN, 2),
+            (Some(2), 2, PLAN, 2),
+            (None, 3, PLAN, 2),
+            (Some(1), 3, "6a1f0c2e-0000-4000-8000-00000000dead", 0),
         ] {
-            let mut rec = own(3, m3);
+            let mut rec = own(version, m3);
             rec.plan_id = plan_id.into();
             let err = write(
                 &db,
@@ -816,11 +1028,96 @@ mod tests {
                     if p == plan_id && *version == held),
                 "after {after:?}: {err}"
             );
-            assert_eq!(own_plan(&db, PLAN).unwrap(), Some(own(2, m2)));
+            assert_eq!(own_plan(&db, PLAN).unwrap().unwrap().shown, own(2, m2));
             assert!(own_plan(&db, "6a1f0c2e-0000-4000-8000-00000000dead")
                 .unwrap()
                 .is_none());
             assert!(db.get(format!("pt/{m3}").as_bytes()).unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plan_moves_only_when_the_hub_accepts_a_version() {
+        let db = Db::in_memory();
+        // Version 1 waits for the hub: the plan is pending.
+        let m1 = send(&db, 1, None, OutboxStatus::Queued).await.unwrap();
+        assert_eq!(standing_of(&db), (1, false, vec![], 1, 1, "pending"));
+        outbox(&db, &m1, OutboxStatus::Routed).await;
+        assert_eq!(standing_of(&db), (1, true, vec![], 1, 1, "active"));
+
+        // Version 2 awaits four-eyes approval: version 1 stays in force,
+        // and the next version would follow version 2.
+        let m2 = send(&db, 2, Some(1), OutboxStatus::AwaitingApproval)
+            .await
+            .unwrap();
+        assert_eq!(standing_of(&db), (1, true, vec![2], 2, 2, "active"));
+        // Refused: the plan stands as it was, and 2 is never given again.
+        outbox(&db, &m2, OutboxStatus::Refused).await;
+        assert_eq!(standing_of(&db), (1, true, vec![], 1, 2, "active"));
+        assert!(matches!(
+            send(&db, 2, Some(1), OutboxStatus::Queued).await,
+            Err(NodeError::PlanChanged { version: 1, .. })
+        ));
+
+        // A close the hub rejects leaves the plan active.
+        let m3 = send(&db, 3, Some(1), OutboxStatus::Queued).await.unwrap();
+        let mut close = own(3, &m3);
+        close.action = "close".into();
+        db.write({
+            let close = close.clone();
+            move |txn| {
+                let mut held = read_versions(txn, PLAN)?.unwrap();
+                *held.versions.last_mut().unwrap() = close;
+                txn.put(own_key(PLAN), json(&held));
+                Ok::<_, StoreError>(())
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(own_plan(&db, PLAN).unwrap().unwrap().latest(), &close);
+        outbox(&db, &m3, OutboxStatus::Rejected).await;
+        assert_eq!(standing_of(&db), (1, true, vec![], 1, 3, "active"));
+
+        // Two versions queued; the hub accepts the later one first: the
+        // earlier is no longer waiting for anything the plan can become.
+        let m4 = send(&db, 4, Some(1), OutboxStatus::Queued).await.unwrap();
+        let m5 = send(&db, 5, Some(4), OutboxStatus::Queued).await.unwrap();
+        assert_eq!(standing_of(&db), (1, true, vec![4, 5], 5, 5, "active"));
+        outbox(&db, &m5, OutboxStatus::Routed).await;
+        assert_eq!(standing_of(&db), (5, true, vec![], 5, 5, "active"));
+        outbox(&db, &m4, OutboxStatus::Routed).await;
+        assert_eq!(standing_of(&db), (5, true, vec![], 5, 5, "active"));
+        // A retraction withdraws the message, not the version from the hub.
+        outbox(&db, &m5, OutboxStatus::Retracted).await;
+        assert_eq!(standing_of(&db), (5, true, vec![], 5, 5, "active"));
+
+        // The next write keeps only the version in force and what follows.
+        send(&db, 6, Some(5), OutboxStatus::Queued).await.unwrap();
+        let kept: Vec<u32> = read_versions(&db, PLAN)
+            .unwrap()
+            .unwrap()
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(kept, vec![5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_plan_whose_first_version_died_is_no_plan() {
+        let db = Db::in_memory();
+        let m1 = send(&db, 1, None, OutboxStatus::AwaitingApproval)
+            .await
+            .unwrap();
+        assert_eq!(own_plans(&db).unwrap().len(), 1);
+        for dead in [
+            OutboxStatus::Refused,
+            OutboxStatus::Withdrawn,
+            OutboxStatus::Rejected,
+        ] {
+            outbox(&db, &m1, dead).await;
+            assert!(own_plan(&db, PLAN).unwrap().is_none(), "{dead:?}");
+            assert!(own_plans(&db).unwrap().is_empty(), "{dead:?}");
         }
     }
 
