@@ -1542,8 +1542,23 @@ async fn officers_submit_see_handle_and_close_plans_from_the_command_line() {
         .await,
     );
     assert_eq!(updated["status"], "queued", "{updated}");
-    let listed =
-        json_of(&plans_cli(&sandbox, "bravo", "bob", true, &["plans", "list", "--all"]).await);
+    // The plan moves to version 2 once the hub accepts it; until then
+    // version 2 is listed as waiting under version 1.
+    let listed = wait_until("bravo's plan is at version 2", SETTLE, || async {
+        let listed =
+            json_of(&plans_cli(&sandbox, "bravo", "bob", true, &["plans", "list", "--all"]).await);
+        let plan = listed["plans"]
+            .as_array()?
+            .iter()
+            .find(|p| p["plan_id"] == b_plan.as_str())?;
+        if plan["version"] == 1 {
+            assert_eq!(plan["waiting"][0]["version"], 2, "{listed}");
+            return None;
+        }
+        Some(listed)
+    })
+    .await
+    .unwrap();
     let theirs: Vec<&serde_json::Value> = listed["plans"]
         .as_array()
         .unwrap()
@@ -1552,6 +1567,11 @@ async fn officers_submit_see_handle_and_close_plans_from_the_command_line() {
         .collect();
     assert_eq!(theirs.len(), 1, "{listed}");
     assert_eq!(theirs[0]["version"], 2, "{listed}");
+    assert_eq!(
+        theirs[0]["waiting"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
     assert_eq!(theirs[0]["title"], "Operation Tidewater (v2)", "{listed}");
     assert_eq!(theirs[0]["message_id"], updated["message_id"], "{listed}");
 }

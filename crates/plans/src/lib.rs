@@ -18,7 +18,7 @@ pub mod index;
 pub mod target;
 
 pub use index::{overlap, Index, Overlap, OverlapKind, Plan, PlanKind};
-pub use target::{DeconflictionKey, TargetHash, TargetKind};
+pub use target::{DeconflictionKey, ReferenceKey, TargetHash, TargetKind};
 
 /// Why a plan or a target identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -185,12 +185,75 @@ impl DeconflictionKey {
     }
 }
 
+/// The hub's secret for deconfliction references, which never leaves the
+/// hub: a reference is keyed under it, so that no one who knows two plan
+/// ids can compute, and so recognise, the reference of their overlap.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReferenceKey([u8; 32]);
+
+impl std::fmt::Debug for ReferenceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReferenceKey(..)")
+    }
+}
+
+impl ReferenceKey {
+    /// The key of these bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key's bytes, to store.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The reference of the overlap of plans `a` and `b` in its
+    /// `generation` (a new generation when an overlap both sides could see
+    /// becomes blind): the same whichever plan is named first, `dx-` and 16
+    /// hex digits.
+    pub fn reference(&self, a: &str, b: &str, generation: u32) -> String {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        // A 32-byte key is always a valid HMAC key.
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.0) else {
+            unreachable!("HMAC takes a key of any length")
+        };
+        mac.update(b"liaison deconfliction reference\0");
+        mac.update(lo.as_bytes());
+        mac.update(&[0]);
+        mac.update(hi.as_bytes());
+        mac.update(&[0]);
+        mac.update(&generation.to_be_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("dx-{hex}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key() -> DeconflictionKey {
         DeconflictionKey::new(vec![7; 32]).unwrap()
+    }
+
+    #[test]
+    fn a_reference_is_keyed_symmetric_and_new_in_each_generation() {
+        let k = ReferenceKey::new([1; 32]);
+        let r = k.reference("plan-a", "plan-b", 0);
+        assert_eq!(r, k.reference("plan-b", "plan-a", 0));
+        assert!(r.starts_with("dx-") && r.len() == 19, "{r}");
+        assert!(r[3..].bytes().all(|b| b.is_ascii_hexdigit()), "{r}");
+        assert_ne!(r, k.reference("plan-a", "plan-b", 1));
+        assert_ne!(
+            r,
+            ReferenceKey::new([2; 32]).reference("plan-a", "plan-b", 0)
+        );
+        // The ids are separated: moving a byte from one to the other is
+        // another pair.
+        assert_ne!(k.reference("ab", "c", 0), k.reference("a", "bc", 0));
+        assert_eq!(format!("{k:?}"), "ReferenceKey(..)");
     }
 
     #[test]

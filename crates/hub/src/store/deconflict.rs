@@ -17,16 +17,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use liaison_plans::{Index, Overlap, Plan, PlanKind, TargetHash, TargetKind};
+use liaison_plans::{Index, Overlap, Plan, PlanKind, ReferenceKey, TargetHash, TargetKind};
 use liaison_policy::{decide, Governance, Outcome, Rule};
 use liaison_proto::v1 as pb;
 use liaison_store::{from_json as parse, to_json as json, Db, StoreError, Txn};
 use liaison_types::audit::Event as AuditEvent;
 use liaison_types::{BodyId, Kind, Labels, PlanAction};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::schema::{overlap_key, overlap_prefix, plan_key, PLAN_PREFIX};
+use super::schema::{overlap_key, overlap_prefix, plan_key, PLAN_PREFIX, REFERENCE_KEY};
 use super::{Effects, Enqueue, QueueEntry, Write};
 use crate::HubError;
 
@@ -175,14 +174,10 @@ pub struct OverlapRecord {
     pub blind: bool,
     /// The other plan's body.
     pub other_body: String,
-}
-
-/// The reference of the overlap of two plans: the same whichever is named
-/// first, and for every version of them.
-pub fn reference(a: &str, b: &str) -> String {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let digest = Sha256::digest(format!("{lo}/{hi}").as_bytes());
-    format!("dx-{}", &hex::encode(digest)[..16])
+    /// Its generation: a full overlap that becomes blind takes the next,
+    /// and with it a new reference (see [`ReferenceKey::reference`]).
+    #[serde(default)]
+    pub generation: u32,
 }
 
 /// A deconfliction notice as a queue position keeps it (the proto,
@@ -423,6 +418,7 @@ pub fn plan_deconfliction(
     new: &PlanRecord,
     previous: &BTreeMap<String, (OverlapRecord, Option<PlanRecord>)>,
     found: &[(Overlap, PlanRecord)],
+    key: &ReferenceKey,
     ctx: &PlanContext<'_>,
 ) -> (Effects, IndexOp) {
     let mut effects = Effects::default();
@@ -431,20 +427,65 @@ pub fn plan_deconfliction(
     let mut seen = BTreeSet::new();
     for (shared, other) in found {
         seen.insert(other.plan_id.clone());
-        let change = if previous.contains_key(&other.plan_id) {
-            pb::NoticeChange::OverlapChanged
-        } else {
-            pb::NoticeChange::OverlapFound
-        };
         let other_body = other.labels.origin.clone();
         let (to_other, why_to_other) = release(ctx.gov, new, &other_body, ctx.now_ms);
         let (to_new, why_to_new) = release(ctx.gov, other, &new_body, ctx.now_ms);
         let blind = !(to_other && to_new);
-        let reference = reference(&new.plan_id, &other.plan_id);
+        let was = previous.get(&other.plan_id).map(|(was, _)| was);
+        // An overlap both sides saw that turns blind is cleared under its
+        // old reference and found again under a new one: both sides know
+        // the old reference's plans, and nothing told under the new one
+        // may be tied to them.
+        let generation = match was {
+            None => 0,
+            Some(w) if !w.blind && blind => {
+                let cleared = pb::NoticeChange::OverlapCleared;
+                for (side, them) in [(new, other), (other, new)] {
+                    let n = notice(
+                        side,
+                        them,
+                        None,
+                        cleared,
+                        true,
+                        &w.reference,
+                        ctx.hub_body,
+                        ctx.now_ms,
+                    );
+                    let reason = side_reason(&n);
+                    let mine = std::ptr::eq(side, new);
+                    push_notice(
+                        &mut effects,
+                        side,
+                        n,
+                        Rule::DeconflictionBlind,
+                        reason,
+                        mine,
+                        ctx,
+                    );
+                }
+                effects.audit.push(desk_record(
+                    new,
+                    other,
+                    cleared,
+                    &w.reference,
+                    Rule::DeconflictionBlind,
+                    "the overlap turned blind: it continues under a new reference".to_owned(),
+                    ctx,
+                ));
+                w.generation.saturating_add(1)
+            }
+            Some(w) => w.generation,
+        };
+        let change = match was {
+            Some(w) if w.generation == generation => pb::NoticeChange::OverlapChanged,
+            _ => pb::NoticeChange::OverlapFound,
+        };
+        let reference = key.reference(&new.plan_id, &other.plan_id, generation);
         let record = |other: &PlanRecord| OverlapRecord {
             reference: reference.clone(),
             blind,
             other_body: other.origin.clone(),
+            generation,
         };
         effects.writes.push(Write::Overlap {
             plan: new.plan_id.clone(),
@@ -714,12 +755,17 @@ fn desk_record(
 pub struct Deconfliction {
     index: Index,
     ends: BTreeSet<(i64, String)>,
+    /// The hub's reference key, once read from (or made in) the store.
+    reference_key: Option<ReferenceKey>,
 }
 
 impl Deconfliction {
     /// The active plans of the store.
     pub fn load(db: &Db, now_ms: i64) -> Result<Self, StoreError> {
-        let mut d = Self::default();
+        let mut d = Self {
+            reference_key: read_reference_key(db.get(REFERENCE_KEY)?)?,
+            ..Self::default()
+        };
         let mut next = PLAN_PREFIX.to_vec();
         let end = liaison_store::keys::prefix_end(PLAN_PREFIX);
         loop {
@@ -738,6 +784,31 @@ impl Deconfliction {
             }
         }
         Ok(d)
+    }
+
+    /// The hub's reference key: read from the store, or made now and
+    /// staged in `txn` (with the first plan that needs it, in the same
+    /// atomic write). A write that fails reloads the index, and with it the
+    /// key as the store holds it.
+    fn reference_key(&mut self, txn: &mut Txn<'_>) -> Result<ReferenceKey, StoreError> {
+        if let Some(k) = &self.reference_key {
+            return Ok(k.clone());
+        }
+        let key = match read_reference_key(txn.get(REFERENCE_KEY)?)? {
+            Some(k) => k,
+            None => {
+                let mut bytes = [0u8; 32];
+                getrandom::fill(&mut bytes).map_err(|e| {
+                    StoreError::Engine(format!(
+                        "no randomness for the deconfliction reference key: {e}"
+                    ))
+                })?;
+                txn.put(REFERENCE_KEY, bytes.to_vec());
+                ReferenceKey::new(bytes)
+            }
+        };
+        self.reference_key = Some(key.clone());
+        Ok(key)
     }
 
     /// How many plans are active.
@@ -791,6 +862,21 @@ impl Deconfliction {
     }
 }
 
+/// The reference key as the store holds it.
+fn read_reference_key(value: Option<Vec<u8>>) -> Result<Option<ReferenceKey>, StoreError> {
+    match value {
+        None => Ok(None),
+        Some(v) => <[u8; 32]>::try_from(v.as_slice())
+            .map(|b| Some(ReferenceKey::new(b)))
+            .map_err(|_| {
+                StoreError::corrupt(
+                    REFERENCE_KEY,
+                    format_args!("the reference key is {} bytes, not 32", v.len()),
+                )
+            }),
+    }
+}
+
 /// Reads the facts of one plan submission inside its transaction, checks
 /// and plans it, and applies the plan's writes; the index sees the change
 /// at once (later submissions of the batch are deconflicted against it).
@@ -826,7 +912,8 @@ pub(super) fn deconflict_in(
             }
         }
     }
-    Ok(Ok(plan_deconfliction(new, &previous, &found, ctx)))
+    let key = index.reference_key(txn)?;
+    Ok(Ok(plan_deconfliction(new, &previous, &found, &key, ctx)))
 }
 
 /// The hub's record of a plan, read outside a transaction.

@@ -37,8 +37,8 @@ use schema::*;
 pub use schema::{env_key_name, forward_key_name};
 
 pub use deconflict::{
-    check_lifecycle, parse_targets, plan_deconfliction, reference, Deconfliction, IndexOp,
-    OverlapRecord, PlanContext, PlanRecord, StoredNotice,
+    check_lifecycle, parse_targets, plan_deconfliction, Deconfliction, IndexOp, OverlapRecord,
+    PlanContext, PlanRecord, StoredNotice,
 };
 pub use embargo::*;
 pub use forward::*;

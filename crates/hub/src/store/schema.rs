@@ -117,6 +117,10 @@ pub(super) fn cosignature_prefix(size: u64) -> Vec<u8> {
 /// Every plan.
 pub(super) const PLAN_PREFIX: &[u8] = b"pl/";
 
+/// The hub's secret for deconfliction references (32 bytes), made with the
+/// first plan that needs one; it never leaves the hub.
+pub(super) const REFERENCE_KEY: &[u8] = b"meta/deconfliction_reference_key";
+
 /// A plan as of its latest version.
 pub(super) fn plan_key(plan_id: &str) -> Vec<u8> {
     format!("pl/{plan_id}").into_bytes()

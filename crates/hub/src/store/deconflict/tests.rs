@@ -84,13 +84,23 @@ impl Fixture {
         previous: &BTreeMap<String, (OverlapRecord, Option<PlanRecord>)>,
         found: &[(Overlap, PlanRecord)],
     ) -> (Effects, IndexOp) {
-        plan_deconfliction(new, previous, found, &self.ctx())
+        plan_deconfliction(new, previous, found, &test_key(), &self.ctx())
     }
 
     /// `new` deconflicted against `other`, which it must overlap.
     fn run_pair(&self, new: &PlanRecord, other: &PlanRecord) -> (Effects, IndexOp) {
         self.run(new, &BTreeMap::new(), &[found(new, other)])
     }
+}
+
+/// The hub's reference key in these tests.
+fn test_key() -> ReferenceKey {
+    ReferenceKey::new([5; 32])
+}
+
+/// The first reference of the overlap of `a` and `b` under the test key.
+fn reference(a: &str, b: &str) -> String {
+    test_key().reference(a, b, 0)
 }
 
 fn plan_id(n: u32) -> String {
@@ -462,7 +472,7 @@ fn two_releasable_plans_get_full_notices_each() {
     assert!(delivers(&fx.gov, &a, "frontex") && delivers(&fx.gov, &b, "europol"));
     let (effects, op) = fx.run_pair(&a, &b);
     let reference = reference(&a.plan_id, &b.plan_id);
-    assert_eq!(reference, super::reference(&b.plan_id, &a.plan_id));
+    assert_eq!(reference, self::reference(&b.plan_id, &a.plan_id));
     assert!(
         reference.starts_with("dx-") && reference.len() == 19,
         "{reference}"
@@ -567,6 +577,7 @@ fn two_releasable_plans_get_full_notices_each() {
                 plan: a.plan_id.clone(),
                 other: b.plan_id.clone(),
                 record: Some(OverlapRecord {
+                    generation: 0,
                     reference: reference.clone(),
                     blind: false,
                     other_body: "frontex".into(),
@@ -576,6 +587,7 @@ fn two_releasable_plans_get_full_notices_each() {
                 plan: b.plan_id.clone(),
                 other: a.plan_id.clone(),
                 record: Some(OverlapRecord {
+                    generation: 0,
                     reference: reference.clone(),
                     blind: false,
                     other_body: "europol".into(),
@@ -746,6 +758,7 @@ fn assert_blind(fx: &Fixture, new: &PlanRecord, other: &PlanRecord, why: &str) {
     }
     let blind_record = |other_body: &str| {
         Some(OverlapRecord {
+            generation: 0,
             reference: reference.clone(),
             blind: true,
             other_body: other_body.to_owned(),
@@ -922,6 +935,7 @@ fn previous_of(
         other.plan_id.clone(),
         (
             OverlapRecord {
+                generation: 0,
                 reference: reference.to_owned(),
                 blind,
                 other_body: other_body.to_owned(),
@@ -965,14 +979,60 @@ fn an_overlap_still_found_is_changed() {
         .writes
         .iter()
         .all(|w| !matches!(w, Write::Overlap { record: None, .. })));
-    // A change that makes it blind is decided afresh: blind now.
+    // A change that makes it blind is decided afresh: blind now, and
+    // under a new reference (both sides know the old one's plans), after
+    // a blind cleared notice under the old one.
     let mut secret = version(&a, 3, PlanAction::Update);
     secret.labels.classification = Secret;
     let (effects, _) = fx.run(&secret, &previous, &[found(&secret, &b)]);
-    for e in &effects.enqueue {
-        let n = notice_of(e);
-        assert_eq!(n.change, pb::NoticeChange::OverlapChanged as i32);
-        assert_reveals_nothing(n, "interpol");
+    let told: Vec<(i32, String)> = effects
+        .enqueue
+        .iter()
+        .map(|e| {
+            let n = notice_of(e);
+            assert_reveals_nothing(n, "interpol");
+            (n.change, n.reference.clone())
+        })
+        .collect();
+    let next = test_key().reference(&a.plan_id, &b.plan_id, 1);
+    assert_ne!(next, r);
+    let cleared = pb::NoticeChange::OverlapCleared as i32;
+    let found_again = pb::NoticeChange::OverlapFound as i32;
+    assert_eq!(
+        told,
+        vec![
+            (cleared, r.clone()),
+            (cleared, r.clone()),
+            (found_again, next.clone()),
+            (found_again, next.clone())
+        ]
+    );
+    let turned = effects
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Overlap {
+                record: Some(rec), ..
+            } => Some((rec.generation, rec.reference.clone(), rec.blind)),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        turned,
+        vec![(1, next.clone(), true), (1, next.clone(), true)]
+    );
+
+    // Blind that stays blind, or turns full, keeps its reference: nothing
+    // about the plans was told under it.
+    let blind_before = previous_of(&b, &r, true, "frontex");
+    for (v, _) in [(&secret, "stays blind"), (&v2, "turns full")] {
+        let (effects, _) = fx.run(v, &blind_before, &[found(v, &b)]);
+        assert_eq!(effects.enqueue.len(), 2);
+        for e in &effects.enqueue {
+            let n = notice_of(e);
+            assert_eq!(n.change, pb::NoticeChange::OverlapChanged as i32);
+            assert_eq!(n.reference, r);
+        }
     }
 }
 
@@ -1102,6 +1162,7 @@ fn an_overlap_with_a_plan_the_hub_no_longer_holds_is_only_removed() {
         b.plan_id.clone(),
         (
             OverlapRecord {
+                generation: 0,
                 reference: r,
                 blind: false,
                 other_body: "frontex".into(),
@@ -1290,10 +1351,26 @@ proptest! {
             return Ok(());
         }
         let releasable = released(&fx.gov, &a, &b.origin) && released(&fx.gov, &b, &a.origin);
-        prop_assert_eq!(effects.enqueue.len(), 2);
-        prop_assert_eq!(desk_records(&effects).len(), 1);
+        // A full overlap that turns blind is cleared under the reference
+        // both sides know and goes on under a new one.
+        let turned_blind = previously == Some(false) && !releasable;
+        let old = reference(&a.plan_id, &b.plan_id);
+        prop_assert_eq!(effects.enqueue.len(), if turned_blind { 4 } else { 2 });
+        prop_assert_eq!(desk_records(&effects).len(), if turned_blind { 2 } else { 1 });
         for e in &effects.enqueue {
             let n = notice_of(e);
+            if n.change == pb::NoticeChange::OverlapCleared as i32 {
+                prop_assert!(turned_blind);
+                prop_assert_eq!(&n.reference, &old);
+                assert_reveals_nothing(n, "interpol");
+                continue;
+            }
+            if turned_blind {
+                prop_assert_ne!(&n.reference, &old);
+                prop_assert_eq!(n.change, pb::NoticeChange::OverlapFound as i32);
+            } else {
+                prop_assert_eq!(&n.reference, &old);
+            }
             let (side, other) = if e.body.as_str() == a.origin { (&a, &b) } else { (&b, &a) };
             prop_assert_eq!(e.body.as_str(), side.origin.as_str());
             prop_assert_eq!(&n.plan_id, &side.plan_id);
@@ -1319,7 +1396,8 @@ proptest! {
                 }
             }
         }
-        let d = desk_records(&effects)[0];
+        let desk = desk_records(&effects);
+        let d = desk[desk.len() - 1];
         prop_assert_eq!(
             &d.rule,
             if releasable { "deconfliction.full" } else { "deconfliction.blind" }
@@ -1777,4 +1855,58 @@ async fn a_version_in_the_same_batch_as_the_one_before_sees_its_overlaps() {
     assert_eq!(notices_of(&results[1]).len(), 2, "cleared, to each side");
     let left = db.scan_prefix(b"po/", 100).unwrap();
     assert!(left.is_empty(), "no overlap is left: {left:?}");
+}
+
+#[tokio::test]
+async fn the_reference_key_is_made_once_kept_in_the_store_and_read_again() {
+    use super::super::schema::REFERENCE_KEY;
+    let fx = Fixture::new();
+    let db = Db::in_memory();
+    let plans = std::sync::Arc::new(std::sync::Mutex::new(
+        Deconfliction::load(&db, NOW).unwrap(),
+    ));
+    assert!(db.get(REFERENCE_KEY).unwrap().is_none());
+    let (a, b) = europol_and_frontex();
+    super::super::submit_all(&db, &plans, vec![submission(&fx, &a)])
+        .await
+        .unwrap();
+    let stored = db
+        .get(REFERENCE_KEY)
+        .unwrap()
+        .expect("made with the first plan");
+    let key = ReferenceKey::new(stored.as_slice().try_into().unwrap());
+    // Read again (as after a restart): the overlap's reference is keyed
+    // under the stored key, and is no unkeyed hash of the two ids.
+    let reloaded = std::sync::Arc::new(std::sync::Mutex::new(
+        Deconfliction::load(&db, NOW).unwrap(),
+    ));
+    super::super::submit_all(&db, &reloaded, vec![submission(&fx, &b)])
+        .await
+        .unwrap();
+    assert_eq!(
+        db.get(REFERENCE_KEY).unwrap(),
+        Some(stored.clone()),
+        "made once"
+    );
+    let held = db.scan_prefix(b"po/", 10).unwrap();
+    assert_eq!(held.len(), 2);
+    for (k, v) in &held {
+        let rec: OverlapRecord = liaison_store::from_json(k, v).unwrap();
+        assert_eq!(rec.reference, key.reference(&a.plan_id, &b.plan_id, 0));
+    }
+
+    // A key of the wrong length is damage, named, never replaced.
+    let bad = db.clone();
+    bad.write(|t| {
+        t.put(REFERENCE_KEY.to_vec(), vec![1; 7]);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    let err = Deconfliction::load(&db, NOW).unwrap_err();
+    assert!(
+        err.to_string().contains("deconfliction_reference_key")
+            && err.to_string().contains("7 bytes"),
+        "{err}"
+    );
 }
