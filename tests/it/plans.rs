@@ -1679,3 +1679,109 @@ async fn plans_whose_window_has_passed_are_not_deconflicted() {
         .plans;
     assert!(active.iter().all(|p| p.plan_id != b_plan));
 }
+
+/// Asks for the inclusion proof of `r` as a node of the federation.
+async fn node_proof(
+    node: &mut liaison_proto::v1::federation_client::FederationClient<Channel>,
+    r: &pb::AuditRecord,
+) -> Result<pb::InclusionProof, tonic::Status> {
+    node.prove_inclusion(pb::InclusionRequest {
+        leaf_index: r.seq - 1,
+        tree_size: 0,
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gets_inclusion_proofs_only_of_records_its_auditors_may_read() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    // alpha (the hub's body) plans above bravo's clearance; the two plans
+    // overlap blind.
+    let (_, a_msg) = submit_plan(
+        &mut alice,
+        operational(
+            "alpha",
+            pb::Classification::Confidential,
+            &["drugs"],
+            &["sahel"],
+            window(2, 30),
+            "Operation Deepwater",
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let (_, b_msg) = submit_plan(
+        &mut bob,
+        operational(
+            "bravo",
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["sahel"],
+            window(10, 40),
+            "Operation Harbour",
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let desk = |r: &pb::AuditRecord| {
+        r.event == "deconflicted" && r.origin == "alpha" && r.recipient.is_empty()
+    };
+    let all = wait_until("the desk's record of the overlap", SETTLE, || async {
+        let all = audit_records(&sandbox, pb::AuditQuery::default()).await;
+        all.iter().any(desk).then_some(all)
+    })
+    .await
+    .unwrap();
+    let desk_record = all.iter().find(|r| desk(r)).unwrap();
+    assert!(
+        desk_record.reason.contains(&b_msg),
+        "{}",
+        desk_record.reason
+    );
+    let withheld = all
+        .iter()
+        .find(|r| r.message_id == a_msg && r.recipient == "bravo" && r.decision == "withhold")
+        .expect("alpha's plan was withheld from bravo");
+    let own = |body: &str, msg: &str| {
+        all.iter()
+            .find(|r| r.message_id == msg && r.origin == body && r.event == "received")
+            .unwrap()
+            .clone()
+    };
+    let mut alpha_node = sandbox.hub_as("alpha/node").await.unwrap();
+    let mut bravo_node = sandbox.hub_as("bravo/node").await.unwrap();
+    // The hub body's node is a member's node: the desk's record is not
+    // its to read; bravo's node does not learn of the plan withheld from it.
+    for (node, r, what) in [
+        (&mut alpha_node, desk_record, "the desk's record"),
+        (&mut bravo_node, withheld, "a withholding from bravo"),
+    ] {
+        let err = node_proof(node, r).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{what}: {err:?}");
+        assert!(err.message().contains("not"), "{what}: {}", err.message());
+    }
+    // Each node proves its own records.
+    for (node, r) in [
+        (&mut alpha_node, own("alpha", &a_msg)),
+        (&mut bravo_node, own("bravo", &b_msg)),
+    ] {
+        let proof = node_proof(node, &r).await.unwrap();
+        assert_eq!(proof.leaf, r.leaf);
+    }
+    // The hub body's auditor reads the desk's work.
+    let mut alpha_auditor = sandbox.auditor("alpha").await.unwrap();
+    let proof = alpha_auditor
+        .prove_inclusion(pb::InclusionRequest {
+            leaf_index: desk_record.seq - 1,
+            tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(proof.leaf, desk_record.leaf);
+}

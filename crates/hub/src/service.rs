@@ -1482,11 +1482,13 @@ impl HubState {
 
     /// Audit records visible to the caller that match the query.
     ///
-    /// An auditor of the hub's body sees everything; another body's auditor
-    /// sees the records naming its body as origin, or as recipient of
-    /// anything but a withholding (a body a message was withheld from must
-    /// not learn that it exists, let alone its labels and the bodies it was
-    /// for), and those its own services caused (a refusal of its node, say).
+    /// Oversight sees everything; a body's auditor sees the records naming
+    /// its body as origin, or as recipient of anything but a withholding (a
+    /// body a message was withheld from must not learn that it exists, let
+    /// alone its labels and the bodies it was for), and those its own
+    /// services caused (a refusal of its node, say). The hub's body is the
+    /// origin of the deconfliction desk's records, so its auditors read the
+    /// desk's work.
     fn audit_visible(
         hub_body: &BodyId,
         caller: &Identity,
@@ -1625,9 +1627,9 @@ impl HubState {
         })
     }
 
-    /// The inclusion proof of a record; `caller` may read it (checked by
-    /// the caller of this function for auditors; for nodes, here when
-    /// `own_only`).
+    /// The inclusion proof of a record that `caller` may read: what an
+    /// auditor of its body may list, and for a node (`own_only`) no record
+    /// of the deconfliction desk either.
     pub fn prove_inclusion(
         &self,
         caller: &Identity,
@@ -1642,16 +1644,10 @@ impl HubState {
                 req.leaf_index
             ))
         })?;
-        let visible = if own_only {
-            Self::concerns(&caller.body, &record)
-        } else {
-            Self::audit_visible(
-                self.governance().hub_body(),
-                caller,
-                &pb::AuditQuery::default(),
-                &record,
-            )
-        };
+        let governance = self.governance();
+        let hub_body = governance.hub_body();
+        let visible = Self::audit_visible(hub_body, caller, &pb::AuditQuery::default(), &record)
+            && !(own_only && Self::desk_record(hub_body, &record));
         if !visible {
             return Err(HubError::NotYourRecord {
                 caller: caller.body.to_string(),
@@ -1669,12 +1665,14 @@ impl HubState {
         })
     }
 
-    /// Whether a record is about `body`: its origin, its recipient, or
-    /// caused by one of its services.
-    fn concerns(body: &BodyId, r: &pb::AuditRecord) -> bool {
-        r.origin == body.as_str()
-            || r.recipient == body.as_str()
-            || r.actor.parse::<Identity>().is_ok_and(|a| a.body == *body)
+    /// Whether a record is the deconfliction desk's (both plans of an
+    /// overlap, whatever the policy withholds from either side): for the
+    /// hub body's auditors and oversight, never for its node, which is a
+    /// member's node like any other.
+    fn desk_record(hub_body: &BodyId, r: &pb::AuditRecord) -> bool {
+        r.event == AuditEvent::Deconflicted.as_str()
+            && r.origin == hub_body.as_str()
+            && r.recipient.is_empty()
     }
 
     /// The consistency proof between two tree sizes.
