@@ -893,6 +893,7 @@ async fn audit_list_with_odd_filters_answers_empty_not_an_error() {
 /// A valid officer request for an alert.
 fn officer_alert(title: &str) -> pb::OfficerSubmitRequest {
     pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(labels(K::Alert, C::OfficialUse, &["drugs"])),
         body: Some(alert(title)),
@@ -1015,6 +1016,7 @@ fn malformed_officer_requests() -> Vec<(&'static str, pb::OfficerSubmitRequest, 
         (
             "plan window ending before it starts",
             pb::OfficerSubmitRequest {
+                clear_targets: false,
                 targets: Vec::new(),
                 labels: Some(plan_labels),
                 body: Some(plan(now + 1_000, now, "alpha", "drugs")),
@@ -1777,6 +1779,7 @@ async fn an_unknown_field_in_an_officer_request_is_dropped_by_the_node() {
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
     let same = officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(labels),
             body: request.body,

@@ -30,6 +30,7 @@ async fn submit_alerts(
     for body in bodies {
         let resp = officer
             .submit(pb::OfficerSubmitRequest {
+                clear_targets: false,
                 targets: Vec::new(),
                 labels: Some(labels(
                     pb::Kind::Alert,
@@ -322,6 +323,7 @@ fn officer_alert(title: &str, id: &str) -> pb::OfficerSubmitRequest {
     let mut l = labels(pb::Kind::Alert, pb::Classification::Restricted, &["drugs"]);
     l.message_id = id.to_owned();
     pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(l),
         body: Some(alert(title)),

@@ -822,6 +822,7 @@ async fn kill_9_of_the_hub_under_real_nodes_loses_and_duplicates_nothing_in_any_
         async move {
             officer
                 .submit(pb::OfficerSubmitRequest {
+                    clear_targets: false,
                     targets: Vec::new(),
                     labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
                     body: Some(alert(&format!("message {i}"))),

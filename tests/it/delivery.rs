@@ -74,6 +74,7 @@ async fn officer_submit(
 ) -> String {
     officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(labels),
             body: Some(body),
@@ -257,6 +258,7 @@ async fn an_officer_retry_with_the_same_message_id_is_queued_once() {
     let (mut l, body) = to_bravo("officer retry");
     l.message_id = id.clone();
     let request = pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(l.clone()),
         body: Some(body.clone()),
@@ -577,6 +579,7 @@ async fn submit_to_bravo(officer: &mut OfficerClient<Channel>, title: &str) -> S
     let (l, b) = to_bravo(title);
     officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(l),
             body: Some(b),

@@ -332,6 +332,7 @@ async fn a_node_answers_an_officer_only_after_an_fdatasync_of_its_outbox() {
         async move {
             alice
                 .submit(pb::OfficerSubmitRequest {
+                    clear_targets: false,
                     targets: Vec::new(),
                     labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
                     body: Some(alert(title)),

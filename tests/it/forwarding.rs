@@ -34,6 +34,7 @@ async fn sent_to_bravo(sandbox: &Sandbox, title: &str) -> String {
     let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
     let id = alice
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(for_bravo_only()),
             body: Some(alert(title)),

@@ -47,6 +47,7 @@ async fn four_eyes_sandbox() -> Sandbox {
 /// RESTRICTED, the observer's OFFICIAL_USE).
 fn confidential(title: &str) -> pb::OfficerSubmitRequest {
     pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(labels(K::ThreatAssessment, C::Confidential, &["drugs"])),
         body: Some(assessment(title)),
@@ -56,6 +57,7 @@ fn confidential(title: &str) -> pb::OfficerSubmitRequest {
 /// A RESTRICTED alert (below alpha's four-eyes level) for bravo and charlie.
 fn restricted(title: &str) -> pb::OfficerSubmitRequest {
     pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
         body: Some(alert(title)),
@@ -66,6 +68,7 @@ fn restricted(title: &str) -> pb::OfficerSubmitRequest {
 fn low_plan(title: &str) -> pb::OfficerSubmitRequest {
     let now = liaison_types::now_ms();
     pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(labels(K::OperationalPlan, C::OfficialUse, &["drugs"])),
         body: Some(pb::Body {

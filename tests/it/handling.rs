@@ -27,6 +27,7 @@ async fn route(
     let mut officer = sandbox.officer(origin, "alice").await.unwrap();
     let id = officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(labels),
             body: Some(body),

@@ -55,6 +55,7 @@ async fn send(
     }
     officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(l),
             body: Some(alert(title)),

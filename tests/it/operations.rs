@@ -397,6 +397,7 @@ async fn metrics_count_routing_and_show_queues_connections_and_the_store() {
     let hub = sandbox.hub_metrics_addr().unwrap();
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
     let submit = |title: &str| pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(crate::common::labels(
             pb::Kind::Alert,
@@ -685,6 +686,7 @@ async fn the_hub_status_shows_every_body_to_the_hub_body_and_its_own_to_another(
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
     officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(crate::common::labels(
                 pb::Kind::Alert,
@@ -1270,6 +1272,7 @@ async fn a_store_backed_up_while_stopped_and_restored_serves_again() {
         .await
         .unwrap();
     let alert = |title: &str| pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(crate::common::labels(
             pb::Kind::Alert,
@@ -1359,6 +1362,7 @@ async fn stop_with_a_stalled_subscriber(drain_ms: u64) -> std::time::Duration {
     let text = "x".repeat(2000);
     let messages: Vec<pb::OfficerSubmitRequest> = (0..200)
         .map(|n| pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(crate::common::labels(
                 pb::Kind::Alert,
@@ -1576,6 +1580,7 @@ async fn a_ca_rotation_takes_effect_without_a_restart_with_both_cas_trusted_unti
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
     let id = officer
         .submit(liaison_proto::v1::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(crate::common::labels(
                 liaison_proto::v1::Kind::Alert,
@@ -1718,6 +1723,7 @@ async fn one_messages_spans_across_three_processes_share_one_trace_and_form_one_
     let mut officer = sandbox.officer("alpha", "alice").await.unwrap();
     let id = officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(crate::common::labels(
                 pb::Kind::Alert,
@@ -1838,6 +1844,7 @@ async fn an_absent_collector_neither_stops_nor_stalls_anything() {
     for n in 0..3 {
         let id = officer
             .submit(pb::OfficerSubmitRequest {
+                clear_targets: false,
                 targets: Vec::new(),
                 labels: Some(crate::common::labels(
                     pb::Kind::Alert,

@@ -130,6 +130,7 @@ async fn submit_plan(
         .unwrap_or_default();
     let resp = officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             labels: Some(labels),
             body: Some(body),
             targets,
@@ -1623,6 +1624,7 @@ async fn plans_whose_window_has_passed_are_not_deconflicted() {
         let mut officer = sandbox.officer(from, "carol").await.unwrap();
         let sentinel = officer
             .submit(pb::OfficerSubmitRequest {
+                clear_targets: false,
                 labels: Some(pb::Labels {
                     kind: pb::Kind::Alert as i32,
                     classification: pb::Classification::Restricted as i32,
@@ -1784,4 +1786,163 @@ async fn a_node_gets_inclusion_proofs_only_of_records_its_auditors_may_read() {
         .unwrap()
         .into_inner();
     assert_eq!(proof.leaf, desk_record.leaf);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_keeps_or_clears_targets_and_a_plan_past_its_expiry_still_closes() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    // The two plans share only a vessel (different crime areas).
+    let mut a = operational(
+        "alpha",
+        pb::Classification::Restricted,
+        &["drugs"],
+        &["sahel"],
+        window(2, 30),
+        "Operation Dune",
+    );
+    // alpha's message expires soon; its plan lives on.
+    let expires = liaison_types::now_ms() + 1_500;
+    a.0.expires_at_ms = expires;
+    let (a_plan, _) = submit_plan(&mut alice, a.clone(), vec![target("imo", "9074729")])
+        .await
+        .unwrap();
+    let (b_plan, _) = submit_plan(
+        &mut bob,
+        operational(
+            "bravo",
+            pb::Classification::Restricted,
+            &["maritime_crime"],
+            &["sahel"],
+            window(10, 40),
+            "Operation Harbour",
+        ),
+        vec![target("imo", "IMO 9074729")],
+    )
+    .await
+    .unwrap();
+    notice_when(&bob, &b_plan, pb::NoticeChange::OverlapFound).await;
+
+    // A version without targets keeps the vessel: still overlapping.
+    let mut v2 = version_of(&a_plan, a.clone());
+    v2.0.expires_at_ms = 0;
+    v2.1.title = "Operation Dune, v2".into();
+    submit_plan(&mut alice, v2.clone(), vec![]).await.unwrap();
+    notice_when(&bob, &b_plan, pb::NoticeChange::OverlapChanged).await;
+
+    // Targets and clearing them at once is refused; clearing them alone
+    // ends the overlap.
+    let both = alice
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(v2.0.clone()),
+            body: Some(v2.1.clone()),
+            targets: vec![target("imo", "9074729")],
+            clear_targets: true,
+        })
+        .await;
+    assert_refused(
+        both,
+        Code::InvalidArgument,
+        &["clear_targets", "given with targets"],
+    );
+    alice
+        .submit(pb::OfficerSubmitRequest {
+            labels: Some(v2.0.clone()),
+            body: Some(v2.1.clone()),
+            targets: vec![],
+            clear_targets: true,
+        })
+        .await
+        .unwrap();
+    notice_when(&bob, &b_plan, pb::NoticeChange::OverlapCleared).await;
+    let plans = plans_when(&alice, "alpha's plan is at version 3", |p| {
+        p.iter().any(|p| p.plan_id == a_plan && p.version == 3)
+    })
+    .await;
+    let mine = plans.iter().find(|p| p.plan_id == a_plan).unwrap();
+    assert!(mine.targets.is_empty(), "{mine:?}");
+
+    // Version 1's message has expired; the plan is closed all the same.
+    wait_until("alpha's first message has expired", SETTLE, || async {
+        (liaison_types::now_ms() > expires).then_some(())
+    })
+    .await
+    .unwrap();
+    let closed = alice
+        .change_plan(pb::ChangePlanRequest {
+            plan_id: a_plan.clone(),
+            action: pb::PlanAction::PlanClose as i32,
+            message_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(closed.status, "queued");
+    plans_when(&alice, "alpha's plan is closed", |p| {
+        p.iter()
+            .any(|p| p.plan_id == a_plan && p.status == "closed")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_too_long_or_too_wide_is_refused_at_the_node() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let long = operational(
+        "alpha",
+        pb::Classification::Restricted,
+        &["drugs"],
+        &["sahel"],
+        window(1, 400),
+        "Operation Forever",
+    );
+    assert_refused(
+        submit_plan(&mut alice, long.clone(), vec![]).await,
+        Code::InvalidArgument,
+        &["body.window", "399 days", "at most 366"],
+    );
+    // The hub checks the same, whatever a node sends.
+    let mut labels = long.0;
+    labels.plan = Some(pb::PlanLabels {
+        plan_id: labels.message_id.clone(),
+        version: 1,
+        action: pb::PlanAction::PlanNew as i32,
+        contact: String::new(),
+    });
+    let mut alpha_node = sandbox.hub_as("alpha/node").await.unwrap();
+    let env = envelope("alpha", labels, &long.1);
+    let plan_id = env.labels.as_ref().unwrap().message_id.clone();
+    let mut env = env;
+    env.labels.as_mut().unwrap().plan.as_mut().unwrap().plan_id = plan_id;
+    assert_refused(
+        alpha_node
+            .submit(pb::SubmitRequest {
+                envelope: Some(env),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &["body.window", "at most 366"],
+    );
+    // 40 regions in the labels and 25 more in the body: 65 places.
+    let regions: Vec<String> = (0..65).map(|i| format!("r{i}")).collect();
+    let refs: Vec<&str> = regions.iter().map(String::as_str).collect();
+    let mut wide = operational(
+        "alpha",
+        pb::Classification::Restricted,
+        &["drugs"],
+        &refs[..40],
+        window(1, 10),
+        "Operation Everywhere",
+    );
+    if let Some(pb::body::Content::OperationalPlan(p)) = wide.1.content.as_mut() {
+        p.regions = regions[40..].to_vec();
+    }
+    assert_refused(
+        submit_plan(&mut alice, wide, vec![]).await,
+        Code::InvalidArgument,
+        &["labels.regions", "at most 64"],
+    );
 }

@@ -45,6 +45,7 @@ fn submit_request(origin: &str) -> pb::SubmitRequest {
 
 fn officer_request() -> pb::OfficerSubmitRequest {
     pb::OfficerSubmitRequest {
+        clear_targets: false,
         targets: Vec::new(),
         labels: Some(labels(K::Alert, C::OfficialUse, &["drugs"])),
         body: Some(alert("refusal probe")),
@@ -587,6 +588,7 @@ async fn an_officer_naming_another_origin_is_refused_by_the_node() {
     assert_refused(
         officer
             .submit(pb::OfficerSubmitRequest {
+                clear_targets: false,
                 targets: Vec::new(),
                 labels: Some(l.clone()),
                 body: Some(alert("forged origin")),

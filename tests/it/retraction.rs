@@ -285,6 +285,7 @@ async fn an_officer_retracts_and_the_recipients_inbox_erases_the_content() {
     let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
     let id = alice
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
             body: Some(alert("to be retracted")),
@@ -476,6 +477,7 @@ async fn an_expired_message_leaves_the_recipients_inbox() {
     l.expires_at_ms = liaison_types::now_ms() + 1_500;
     let id = alice
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(l),
             body: Some(alert("valid for a moment")),
@@ -540,6 +542,7 @@ async fn a_recipients_node_erases_content_when_the_retention_period_ends() {
     let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
     let id = alice
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(labels(K::Alert, C::Restricted, &["drugs"])),
             body: Some(alert("kept two seconds")),

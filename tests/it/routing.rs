@@ -94,6 +94,7 @@ async fn every_inbox_matches_the_routing_decisions_and_the_audit_log() {
         let mut officer = sandbox.officer(origin, "alice").await.unwrap();
         let id = officer
             .submit(pb::OfficerSubmitRequest {
+                clear_targets: false,
                 targets: Vec::new(),
                 labels: Some(labels),
                 body: Some(body.clone()),

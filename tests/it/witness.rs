@@ -45,6 +45,7 @@ fn keys(sandbox: &Sandbox) -> (LogVerifier, Vec<WitnessVerifier>) {
 async fn alert_to_bravo(officer: &mut OfficerClient<Channel>, title: &str) -> String {
     officer
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(labels(K::Alert, C::OfficialUse, &["cybercrime"])),
             body: Some(alert(title)),

@@ -883,6 +883,7 @@ impl Fed {
         (
             id,
             pb::OfficerSubmitRequest {
+                clear_targets: false,
                 labels: Some(labels),
                 body: Some(body),
                 targets: Vec::new(),

@@ -67,6 +67,7 @@ fn read_lines(args: &BatchArgs) -> Result<Vec<(usize, pb::OfficerSubmitRequest)>
         messages.push((
             line_no,
             pb::OfficerSubmitRequest {
+                clear_targets: false,
                 targets: Vec::new(),
                 labels: Some(labels),
                 body: Some(body),

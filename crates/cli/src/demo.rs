@@ -687,6 +687,7 @@ async fn submit_demo(sandbox: &Sandbox, origin: &str, text: &str) -> Result<Sent
         .officer(origin, "alice")
         .await?
         .submit(pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: spec.plan_targets()?,
             labels: Some(labels.clone()),
             body: Some(body.clone()),

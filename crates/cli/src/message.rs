@@ -154,6 +154,11 @@ pub struct MessageSpec {
     #[arg(long = "target")]
     #[serde(default)]
     pub targets: Vec<String>,
+    /// For a new version of a plan: drop its targets (a version that names
+    /// none otherwise keeps the last version's).
+    #[arg(long)]
+    #[serde(default)]
+    pub clear_targets: bool,
 }
 
 /// A strategic plan's body.
@@ -317,6 +322,7 @@ impl MessageSpec {
         );
         self.personal_data |= file.personal_data;
         self.third_party_release |= file.third_party_release;
+        self.clear_targets |= file.clear_targets;
         self
     }
 

@@ -83,7 +83,11 @@ pub async fn client(conn: &Connection) -> Result<OfficerClient<Channel>> {
     Ok(OfficerClient::new(channel))
 }
 
-fn message(args: &SubmitArgs) -> Result<(pb::Labels, pb::Body, Vec<pb::PlanTarget>)> {
+/// An officer's message: labels, body, targets in clear, and whether to
+/// drop the plan's targets.
+type Message = (pb::Labels, pb::Body, Vec<pb::PlanTarget>, bool);
+
+fn message(args: &SubmitArgs) -> Result<Message> {
     let spec = match &args.file {
         Some(f) => args.message.clone().overlay(read_file(f)?),
         None => args.message.clone(),
@@ -96,7 +100,12 @@ fn message(args: &SubmitArgs) -> Result<(pb::Labels, pb::Body, Vec<pb::PlanTarge
         .into()
     };
     let (labels, body) = spec.to_request().map_err(bad)?;
-    Ok((labels, body, spec.plan_targets().map_err(bad)?))
+    Ok((
+        labels,
+        body,
+        spec.plan_targets().map_err(bad)?,
+        spec.clear_targets,
+    ))
 }
 
 pub(crate) fn decisions_json(d: &[pb::RoutingDecision]) -> serde_json::Value {
@@ -168,13 +177,14 @@ fn priority_name(p: i32) -> &'static str {
 
 /// `liaison submit`.
 pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
-    let (labels, body, targets) = message(&args)?;
+    let (labels, body, targets, clear_targets) = message(&args)?;
     let mut node = client(&args.conn).await?;
     let resp = node
         .submit(pb::OfficerSubmitRequest {
             targets,
             labels: Some(labels),
             body: Some(body),
+            clear_targets,
         })
         .await
         .map_err(|s| Failure::status("submit refused", &s))?
@@ -223,7 +233,7 @@ pub async fn submit(args: SubmitArgs, out: Output) -> Result<()> {
 
 /// `liaison explain`.
 pub async fn explain(args: SubmitArgs, out: Output) -> Result<()> {
-    let (labels, body, _) = message(&args)?;
+    let (labels, body, _, _) = message(&args)?;
     let mut node = client(&args.conn).await?;
     let resp = node
         .explain(pb::OfficerExplainRequest {

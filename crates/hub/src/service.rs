@@ -874,14 +874,26 @@ impl HubState {
             targets: store::parse_targets(targets)?,
             updated_at_ms: now,
         };
-        // Only a plan the index can hold is accepted: a window, a place,
-        // and a crime area or a target.
-        if let Err(e) = record.to_index().check() {
-            return Err(ValidationError::new(
-                "labels.regions",
-                format!("{e}; a plan names the regions or countries it covers in its labels"),
-            )
-            .into());
+        // Only a plan the index can hold is accepted: a window within its
+        // kind's longest, places and crime areas within their limits, and
+        // a crime area or a target. A close or a cancellation leaves the
+        // index, so a plan can always be ended.
+        let ends = matches!(
+            plan.action,
+            liaison_types::PlanAction::Close | liaison_types::PlanAction::Cancel
+        );
+        if let (Err(e), false) = (record.to_index().check(), ends) {
+            let field = match &e {
+                liaison_plans::PlanError::Plan {
+                    field: "window", ..
+                } => "body.window",
+                liaison_plans::PlanError::Plan {
+                    field: "crime_areas",
+                    ..
+                } => "labels.crime_areas",
+                _ => "labels.regions",
+            };
+            return Err(ValidationError::new(field, e.to_string()).into());
         }
         Ok(Some(store::PlanSubmission {
             record,

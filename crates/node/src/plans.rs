@@ -28,10 +28,18 @@ pub struct PlanDraft {
     clear: Vec<(String, String)>,
     /// Their keyed hashes.
     hashes: Vec<pb::TargetHash>,
+    /// The same, as the index matches them (to check the plan as the hub
+    /// will).
+    indexed: std::collections::BTreeSet<liaison_plans::TargetHash>,
 }
 
-/// Targets normalised (kind, value) and their keyed hashes.
-type Hashed = (Vec<(String, String)>, Vec<pb::TargetHash>);
+/// Targets normalised (kind, value), their keyed hashes for the hub, and
+/// the same hashes as the index holds them.
+type Hashed = (
+    Vec<(String, String)>,
+    Vec<pb::TargetHash>,
+    std::collections::BTreeSet<liaison_plans::TargetHash>,
+);
 
 /// The targets given, normalised and hashed.
 fn hash_targets(
@@ -39,7 +47,7 @@ fn hash_targets(
     targets: &[pb::PlanTarget],
 ) -> Result<Hashed, NodeError> {
     if targets.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(Default::default());
     }
     if targets.len() > MAX_TARGETS {
         return Err(NodeError::BadRequest {
@@ -52,6 +60,7 @@ fn hash_targets(
     }
     let key = key.ok_or(NodeError::NoDeconflictionKey)?;
     let mut seen = std::collections::BTreeMap::new();
+    let mut indexed = std::collections::BTreeSet::new();
     for (i, t) in targets.iter().enumerate() {
         let kind = TargetKind::parse(t.kind.trim()).ok_or_else(|| NodeError::BadRequest {
             field: "targets",
@@ -68,6 +77,7 @@ fn hash_targets(
         };
         let normalised = kind.normalise(&t.value).map_err(bad)?;
         let hash = key.hash(kind, &t.value).map_err(bad)?;
+        indexed.insert(hash);
         seen.insert(
             (kind.as_str().to_owned(), normalised),
             pb::TargetHash {
@@ -78,7 +88,27 @@ fn hash_targets(
     }
     let clear = seen.keys().cloned().collect();
     let hashes = seen.into_values().collect();
-    Ok((clear, hashes))
+    Ok((clear, hashes, indexed))
+}
+
+/// A plan the index could not hold, as the officer's error: the field of
+/// the message to change.
+pub(crate) fn plan_problem(e: liaison_plans::PlanError) -> NodeError {
+    let field = match &e {
+        liaison_plans::PlanError::Plan {
+            field: "window", ..
+        } => "body.window",
+        liaison_plans::PlanError::Plan {
+            field: "crime_areas",
+            ..
+        } => "labels.crime_areas",
+        liaison_plans::PlanError::Plan { .. } => "labels.regions",
+        _ => "targets",
+    };
+    NodeError::BadRequest {
+        field,
+        problem: e.to_string(),
+    }
 }
 
 impl NodeState {
@@ -89,7 +119,14 @@ impl NodeState {
         &self,
         labels: &mut Option<pb::Labels>,
         targets: &[pb::PlanTarget],
+        clear_targets: bool,
     ) -> Result<Option<PlanDraft>, NodeError> {
+        if clear_targets && !targets.is_empty() {
+            return Err(NodeError::BadRequest {
+                field: "clear_targets",
+                problem: "given with targets; give the version's targets, or clear them".into(),
+            });
+        }
         let Some(l) = labels.as_mut() else {
             return Ok(None);
         };
@@ -113,11 +150,13 @@ impl NodeState {
         if let Some((_, env)) = crate::store::outbox_message(&self.db, &message_id)? {
             if let Some(held) = env.labels.and_then(|x| x.plan) {
                 l.plan = Some(held);
-                let (clear, hashes) = hash_targets(self.deconfliction_key.as_ref(), targets)?;
+                let (clear, hashes, indexed) =
+                    hash_targets(self.deconfliction_key.as_ref(), targets)?;
                 return Ok(Some(PlanDraft {
                     after_version: None,
                     clear,
                     hashes,
+                    indexed,
                 }));
             }
         }
@@ -132,7 +171,7 @@ impl NodeState {
                     problem: "empty; name the plan to update, close or cancel".into(),
                 });
             }
-            let (clear, hashes) = hash_targets(self.deconfliction_key.as_ref(), targets)?;
+            let (clear, hashes, indexed) = hash_targets(self.deconfliction_key.as_ref(), targets)?;
             l.plan = Some(pb::PlanLabels {
                 plan_id: message_id,
                 version: 1,
@@ -143,6 +182,7 @@ impl NodeState {
                 after_version: None,
                 clear,
                 hashes,
+                indexed,
             }));
         }
         let plan_id = liaison_types::uuid_field("labels.plan.plan_id", &asked.plan_id)?;
@@ -173,17 +213,28 @@ impl NodeState {
                 })
             }
         };
-        // An update without targets keeps the plan's targets.
-        let (clear, hashes) = if targets.is_empty() {
-            let kept: Vec<pb::PlanTarget> = own
-                .targets
-                .iter()
-                .map(|(kind, value)| pb::PlanTarget {
-                    kind: kind.clone(),
-                    value: value.clone(),
-                })
-                .collect();
-            hash_targets(self.deconfliction_key.as_ref(), &kept)?
+        // A version without targets keeps the last version's: their hashes
+        // as sent then (so that no key is needed to close a plan), unless
+        // it clears them.
+        let (clear, hashes, indexed) = if clear_targets {
+            Default::default()
+        } else if targets.is_empty() {
+            let hashes = stored::push_targets(&self.db, &own.message_id)?;
+            let mut indexed = std::collections::BTreeSet::new();
+            for h in &hashes {
+                let (Some(kind), Ok(hash)) = (
+                    TargetKind::parse(&h.kind),
+                    <[u8; 32]>::try_from(h.hash.as_slice()),
+                ) else {
+                    return Err(liaison_store::StoreError::corrupt(
+                        own.message_id.as_bytes(),
+                        "a kept target hash is not a kind and 32 bytes",
+                    )
+                    .into());
+                };
+                indexed.insert(liaison_plans::TargetHash { kind, hash });
+            }
+            (own.targets.clone(), hashes, indexed)
         } else {
             hash_targets(self.deconfliction_key.as_ref(), targets)?
         };
@@ -201,19 +252,65 @@ impl NodeState {
             after_version: Some(own.version),
             clear,
             hashes,
+            indexed,
         }))
     }
 
-    /// The plan write of a version whose envelope was built.
+    /// The plan write of a version whose envelope was built, checked as
+    /// the hub will check it (a window within its kind's longest, places
+    /// and crime areas within their limits, something to match on), so
+    /// that an officer hears of a plan the hub would refuse now, not once
+    /// it was queued.
     pub(crate) fn plan_write(
         draft: PlanDraft,
         env: &Envelope,
         typed: &TypedBody,
         caller: &Identity,
-    ) -> Option<PlanWrite> {
-        let plan = env.labels.plan.as_ref()?;
-        let (window_start_ms, window_end_ms) = typed.plan_window()?;
-        Some(PlanWrite {
+    ) -> Result<Option<PlanWrite>, NodeError> {
+        let Some(plan) = env.labels.plan.as_ref() else {
+            return Ok(None);
+        };
+        let Some((window_start_ms, window_end_ms)) = typed.plan_window() else {
+            return Ok(None);
+        };
+        let regions: Vec<String> = env
+            .labels
+            .regions
+            .iter()
+            .cloned()
+            .chain(typed.plan_regions().iter().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let shape = liaison_plans::Plan {
+            id: plan.plan_id.clone(),
+            body: env.labels.origin.clone(),
+            kind: if env.labels.kind == Kind::StrategicPlan {
+                liaison_plans::PlanKind::Strategic
+            } else {
+                liaison_plans::PlanKind::Operational
+            },
+            start_ms: window_start_ms,
+            end_ms: window_end_ms,
+            places: regions
+                .iter()
+                .map(|r| format!("region:{r}"))
+                .chain(env.labels.countries.iter().map(|c| format!("country:{c}")))
+                .collect(),
+            crime_areas: env
+                .labels
+                .crime_areas
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            targets: draft.indexed.clone(),
+        };
+        // A close or a cancellation ends the plan whatever its shape: a
+        // plan accepted before a limit existed can always be ended.
+        if matches!(plan.action, PlanAction::New | PlanAction::Update) {
+            shape.check().map_err(plan_problem)?;
+        }
+        Ok(Some(PlanWrite {
             own: OwnPlanRecord {
                 plan_id: plan.plan_id.clone(),
                 version: plan.version,
@@ -223,15 +320,7 @@ impl NodeState {
                 title: typed.title().to_owned(),
                 window_start_ms,
                 window_end_ms,
-                regions: env
-                    .labels
-                    .regions
-                    .iter()
-                    .cloned()
-                    .chain(typed.plan_regions().iter().cloned())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
+                regions,
                 countries: env.labels.countries.iter().cloned().collect(),
                 crime_areas: env
                     .labels
@@ -246,7 +335,7 @@ impl NodeState {
             },
             after_version: draft.after_version,
             targets: draft.hashes,
-        })
+        }))
     }
 
     /// The latest version sent of one of this body's plans (in force or
@@ -289,6 +378,16 @@ impl NodeState {
         let mut labels = env.labels.unwrap_or_default();
         labels.message_id = req.message_id.clone();
         labels.created_at_ms = 0;
+        // The ending version is a message of now: an expiry or an embargo
+        // the last version had that has passed would refuse it, or hold
+        // it, for nothing. One still ahead still holds.
+        let now = now_ms();
+        if labels.expires_at_ms != 0 && labels.expires_at_ms <= now {
+            labels.expires_at_ms = 0;
+        }
+        if labels.not_before_ms != 0 && labels.not_before_ms <= now {
+            labels.not_before_ms = 0;
+        }
         let held = labels.plan.take().unwrap_or_default();
         labels.plan = Some(pb::PlanLabels {
             plan_id: own.plan_id.clone(),
@@ -299,6 +398,7 @@ impl NodeState {
         let body = pb::Body::decode(env.body.as_slice())
             .map_err(|e| liaison_store::StoreError::corrupt(own.message_id.as_bytes(), e))?;
         Ok(pb::OfficerSubmitRequest {
+            clear_targets: false,
             labels: Some(labels),
             body: Some(body),
             targets: Vec::new(),
@@ -518,6 +618,7 @@ impl NodeState {
             }
         );
         Ok(pb::OfficerSubmitRequest {
+            clear_targets: false,
             labels: Some(pb::Labels {
                 message_id: req.message_id.clone(),
                 kind: pb::Kind::Alert as i32,

@@ -186,11 +186,14 @@ impl NodeState {
         req: pb::OfficerSubmitRequest,
     ) -> Result<(Envelope, OutboxRecord, Option<store::plans::PlanWrite>), NodeError> {
         let mut labels = req.labels;
-        let draft = self.plan_draft(&mut labels, &req.targets)?;
+        let draft = self.plan_draft(&mut labels, &req.targets, req.clear_targets)?;
         // A retry with the same id must produce the same envelope, so the
         // creation time of a resubmission is the original one.
         let (env, typed) = self.envelope(labels, req.body)?;
-        let plan = draft.and_then(|d| Self::plan_write(d, &env, &typed, caller));
+        let plan = match draft {
+            Some(d) => Self::plan_write(d, &env, &typed, caller)?,
+            None => None,
+        };
         let digest = store::submission_digest(&env);
         let approval_reason = self
             .release
@@ -1137,6 +1140,7 @@ mod tests {
 
     fn alert() -> pb::OfficerSubmitRequest {
         pb::OfficerSubmitRequest {
+            clear_targets: false,
             targets: Vec::new(),
             labels: Some(pb::Labels {
                 kind: pb::Kind::Alert as i32,

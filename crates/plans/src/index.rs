@@ -30,6 +30,30 @@ pub enum PlanKind {
     Strategic,
 }
 
+/// A day in milliseconds.
+const DAY_MS: i64 = 86_400_000;
+
+/// Most regions and countries one plan names: a plan is about where it
+/// acts, and a plan naming everywhere would be deconflicted against every
+/// plan (and could probe where other bodies plan).
+pub const MAX_PLACES: usize = 64;
+
+/// Most crime areas one plan names.
+pub const MAX_CRIME_AREAS: usize = 32;
+
+impl PlanKind {
+    /// The longest window a plan of this kind may have: a year and a day
+    /// for an operational plan, six years for a strategic plan's cycle.
+    /// It bounds how far back the index looks for windows that can meet a
+    /// new one.
+    pub fn longest_window_ms(self) -> i64 {
+        match self {
+            Self::Operational => 366 * DAY_MS,
+            Self::Strategic => 6 * 366 * DAY_MS,
+        }
+    }
+}
+
 /// A plan as the index holds it: routing metadata, never its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -62,8 +86,41 @@ impl Plan {
         if self.end_ms <= self.start_ms {
             return Err(bad("window", "its end must come after its start"));
         }
+        let longest = self.kind.longest_window_ms();
+        if self.end_ms - self.start_ms > longest {
+            return Err(PlanError::Plan {
+                field: "window",
+                problem: format!(
+                    "it spans {} days; a{} plan spans at most {} days, so split a longer one into plans for each period",
+                    (self.end_ms - self.start_ms + DAY_MS - 1) / DAY_MS,
+                    match self.kind {
+                        PlanKind::Operational => "n operational",
+                        PlanKind::Strategic => " strategic",
+                    },
+                    longest / DAY_MS
+                ),
+            });
+        }
         if self.places.is_empty() {
             return Err(bad("places", "name at least one region or country"));
+        }
+        if self.places.len() > MAX_PLACES {
+            return Err(PlanError::Plan {
+                field: "places",
+                problem: format!(
+                    "{} regions and countries; a plan names at most {MAX_PLACES}",
+                    self.places.len()
+                ),
+            });
+        }
+        if self.crime_areas.len() > MAX_CRIME_AREAS {
+            return Err(PlanError::Plan {
+                field: "crime_areas",
+                problem: format!(
+                    "{} crime areas; a plan names at most {MAX_CRIME_AREAS}",
+                    self.crime_areas.len()
+                ),
+            });
         }
         if self.crime_areas.is_empty() && self.targets.is_empty() {
             return Err(bad(
@@ -453,6 +510,59 @@ mod tests {
             }
         }
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_plan_too_long_or_too_wide_is_refused_at_the_limit_and_not_below() {
+        let mut index = Index::new();
+        let year = plan("ok", "frontex", (0, 366), &["IT"], &["drugs"]);
+        let longer = plan("long", "frontex", (0, 366), &["IT"], &["drugs"]);
+        let longer = Plan {
+            end_ms: longer.end_ms + 1,
+            ..longer
+        };
+        let cycle = Plan {
+            id: "cycle".into(),
+            kind: PlanKind::Strategic,
+            end_ms: 6 * 366 * DAY,
+            ..year.clone()
+        };
+        let longer_cycle = Plan {
+            id: "long cycle".into(),
+            end_ms: cycle.end_ms + 1,
+            ..cycle.clone()
+        };
+        let places: Vec<String> = (0..=MAX_PLACES).map(|i| format!("r{i}")).collect();
+        let place_refs: Vec<&str> = places.iter().map(String::as_str).collect();
+        let widest = plan(
+            "wide",
+            "frontex",
+            (0, 1),
+            &place_refs[..MAX_PLACES],
+            &["drugs"],
+        );
+        let too_wide = plan("too wide", "frontex", (0, 1), &place_refs, &["drugs"]);
+        let areas: Vec<String> = (0..=MAX_CRIME_AREAS).map(|i| format!("a{i}")).collect();
+        let area_refs: Vec<&str> = areas.iter().map(String::as_str).collect();
+        let too_many_areas = plan("areas", "frontex", (0, 1), &["IT"], &area_refs);
+        for ok in [&year, &cycle, &widest] {
+            index.put(ok.clone()).unwrap();
+        }
+        for (p, field, says) in [
+            (longer, "window", "367 days"),
+            (longer_cycle, "window", "at most 2196 days"),
+            (too_wide, "places", "at most 64"),
+            (too_many_areas, "crime_areas", "at most 32"),
+        ] {
+            match index.put(p) {
+                Err(PlanError::Plan { field: f, problem }) => {
+                    assert_eq!(f, field);
+                    assert!(problem.contains(says), "{problem}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert_eq!(index.len(), 3);
     }
 
     fn arb_plan(id: usize) -> impl Strategy<Value = Plan> {

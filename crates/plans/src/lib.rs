@@ -17,7 +17,9 @@ pub mod bench;
 pub mod index;
 pub mod target;
 
-pub use index::{overlap, Index, Overlap, OverlapKind, Plan, PlanKind};
+pub use index::{
+    overlap, Index, Overlap, OverlapKind, Plan, PlanKind, MAX_CRIME_AREAS, MAX_PLACES,
+};
 pub use target::{DeconflictionKey, ReferenceKey, TargetHash, TargetKind};
 
 /// Why a plan or a target identifier was refused.
