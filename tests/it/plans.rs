@@ -1946,3 +1946,64 @@ async fn a_plan_too_long_or_too_wide_is_refused_at_the_node() {
         &["labels.regions", "at most 64"],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retracting_a_plans_version_in_force_withdraws_the_plan() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let mut bob = sandbox.officer("bravo", "bob").await.unwrap();
+    let plan = |lead: &str, title: &str| {
+        operational(
+            lead,
+            pb::Classification::Restricted,
+            &["drugs"],
+            &["sahel"],
+            window(2, 30),
+            title,
+        )
+    };
+    let (a_plan, a_msg) = submit_plan(&mut alice, plan("alpha", "Operation Dune"), vec![])
+        .await
+        .unwrap();
+    let (b_plan, _) = submit_plan(&mut bob, plan("bravo", "Operation Harbour"), vec![])
+        .await
+        .unwrap();
+    notice_when(&bob, &b_plan, pb::NoticeChange::OverlapFound).await;
+    plans_when(&alice, "alpha's plan is routed", |p| {
+        p.iter()
+            .any(|p| p.plan_id == a_plan && p.outbox_status == "routed")
+    })
+    .await;
+    alice
+        .retract(pb::OfficerRetractRequest {
+            message_id: a_msg.clone(),
+            reason: "sent in error".into(),
+        })
+        .await
+        .unwrap();
+    // bravo hears that the overlap is gone; alpha's plan is withdrawn and
+    // takes no new version.
+    notice_when(&bob, &b_plan, pb::NoticeChange::OverlapCleared).await;
+    plans_when(&alice, "alpha's plan is withdrawn", |p| {
+        p.iter()
+            .any(|p| p.plan_id == a_plan && p.status == "withdrawn")
+    })
+    .await;
+    assert_refused(
+        submit_plan(
+            &mut alice,
+            version_of(&a_plan, plan("alpha", "again")),
+            vec![],
+        )
+        .await,
+        Code::FailedPrecondition,
+        &[&a_plan, "withdrawn"],
+    );
+    let listed = alice
+        .list_plans(pb::ListPlansRequest { all: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert!(listed.iter().all(|p| p.plan_id != a_plan), "{listed:?}");
+}

@@ -934,6 +934,7 @@ impl HubState {
         let outcome = self
             .store
             .retract(
+                self.governance(),
                 caller.body.clone(),
                 message_id.clone(),
                 reason,

@@ -190,10 +190,10 @@ impl NodeState {
             .ok_or_else(|| NodeError::UnknownPlan(plan_id.clone()))?;
         // A version follows the last one sent, in force or still waiting.
         let own = plan.latest().clone();
-        if own.status() != "active" {
+        if plan.next_status() != "active" {
             return Err(NodeError::PlanEnded {
                 plan_id,
-                status: own.status().to_owned(),
+                status: plan.next_status().to_owned(),
             });
         }
         let Some(version) = plan.last_version.checked_add(1) else {
@@ -340,15 +340,18 @@ impl NodeState {
 
     /// The latest version sent of one of this body's plans (in force or
     /// still waiting): its record and envelope.
-    fn own_version(&self, plan_id: &str) -> Result<(OwnPlanRecord, pb::Envelope), NodeError> {
+    fn own_version(
+        &self,
+        plan_id: &str,
+    ) -> Result<(OwnPlanRecord, pb::Envelope, &'static str), NodeError> {
         let plan_id = liaison_types::uuid_field("plan_id", plan_id)?;
-        let own = stored::own_plan(&self.db, &plan_id)?
-            .ok_or_else(|| NodeError::UnknownPlan(plan_id.clone()))?
-            .latest()
-            .clone();
+        let plan = stored::own_plan(&self.db, &plan_id)?
+            .ok_or_else(|| NodeError::UnknownPlan(plan_id.clone()))?;
+        let status = plan.next_status();
+        let own = plan.latest().clone();
         let (_, env) = crate::store::outbox_message(&self.db, &own.message_id)?
             .ok_or_else(|| NodeError::UnknownPlan(plan_id.clone()))?;
-        Ok((own, env))
+        Ok((own, env, status))
     }
 
     /// Closes or cancels one of this body's plans: its last version again,
@@ -368,10 +371,10 @@ impl NodeState {
                 })
             }
         };
-        let (own, env) = self.own_version(&req.plan_id)?;
-        if own.status() != "active" {
+        let (own, env, status) = self.own_version(&req.plan_id)?;
+        if status != "active" {
             return Err(NodeError::PlanEnded {
-                status: own.status().to_owned(),
+                status: status.to_owned(),
                 plan_id: own.plan_id,
             });
         }
@@ -597,7 +600,7 @@ impl NodeState {
         } else {
             notice.other_body.clone()
         };
-        let (own, env) = self.own_version(&notice.plan_id)?;
+        let (own, env, _) = self.own_version(&notice.plan_id)?;
         let plan_labels = env.labels.unwrap_or_default();
         let about = if notice.blind {
             format!("our plan {} (version {})", own.plan_id, notice.plan_version)

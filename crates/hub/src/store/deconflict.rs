@@ -892,18 +892,7 @@ pub(super) fn deconflict_in(
         return Ok(Err(refusal));
     }
     index.prune(ctx.now_ms);
-    let mut previous = BTreeMap::new();
-    let prefix = overlap_prefix(&new.plan_id);
-    for (key, value) in txn.scan(
-        &prefix,
-        &liaison_store::keys::prefix_end(&prefix),
-        usize::MAX,
-    )? {
-        let other_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-        let was: OverlapRecord = parse(&key, &value)?;
-        let other = read_plan(txn, &other_id)?;
-        previous.insert(other_id, (was, other));
-    }
+    let previous = previous_overlaps(txn, &new.plan_id)?;
     let mut found = Vec::new();
     if new.active(ctx.now_ms) {
         for o in index.overlaps(&new.to_index()) {
@@ -914,6 +903,62 @@ pub(super) fn deconflict_in(
     }
     let key = index.reference_key(txn)?;
     Ok(Ok(plan_deconfliction(new, &previous, &found, &key, ctx)))
+}
+
+/// The overlaps recorded for a plan, with the other plan as the hub holds
+/// it (if it still does).
+type Previous = BTreeMap<String, (OverlapRecord, Option<PlanRecord>)>;
+
+fn previous_overlaps(txn: &Txn<'_>, plan_id: &str) -> Result<Previous, StoreError> {
+    let mut previous = BTreeMap::new();
+    let prefix = overlap_prefix(plan_id);
+    for (key, value) in txn.scan(
+        &prefix,
+        &liaison_store::keys::prefix_end(&prefix),
+        usize::MAX,
+    )? {
+        let other_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+        let was: OverlapRecord = parse(&key, &value)?;
+        let other = read_plan(txn, &other_id)?;
+        previous.insert(other_id, (was, other));
+    }
+    Ok(previous)
+}
+
+/// When the originator retracts the message of a plan's latest version,
+/// the plan is withdrawn from deconfliction as if cancelled: it leaves the
+/// index, and each overlap it had is cleared for both sides. A retracted
+/// older version, or a plan that already ended, changes nothing. Returns
+/// the effects and what the index must do, or `None`.
+pub(super) fn withdraw_in(
+    txn: &mut Txn<'_>,
+    index: &mut Deconfliction,
+    plan_id: &str,
+    message_id: &str,
+    ctx: &PlanContext<'_>,
+) -> Result<Option<(Effects, IndexOp)>, StoreError> {
+    let Some(held) = read_plan(txn, plan_id)? else {
+        return Ok(None);
+    };
+    if held.message_id != message_id || !held.action.leaves_active() {
+        return Ok(None);
+    }
+    let mut withdrawn = held;
+    withdrawn.action = PlanAction::Cancel;
+    withdrawn.updated_at_ms = ctx.now_ms;
+    if let Some(p) = withdrawn.labels.plan.as_mut() {
+        p.action = PlanAction::Cancel;
+    }
+    index.prune(ctx.now_ms);
+    let previous = previous_overlaps(txn, plan_id)?;
+    let key = index.reference_key(txn)?;
+    Ok(Some(plan_deconfliction(
+        &withdrawn,
+        &previous,
+        &[],
+        &key,
+        ctx,
+    )))
 }
 
 /// The hub's record of a plan, read outside a transaction.

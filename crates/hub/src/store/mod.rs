@@ -2246,6 +2246,8 @@ mod tests {
             assert!(err.to_string().contains("already received it"), "{err}");
             let r = retract(
                 &db,
+                &std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default())),
+                std::sync::Arc::new(gov.clone()),
                 body("alpha"),
                 env.labels.message_id.clone(),
                 "wrong".into(),

@@ -107,6 +107,17 @@ impl Marks {
     }
 }
 
+/// After a write that failed, the index may hold plans of it: it is read
+/// again from what the store holds.
+fn reload_plans(db: &Db, plans: &Mutex<Deconfliction>) {
+    match Deconfliction::load(db, liaison_types::now_ms()) {
+        Ok(fresh) => *plans.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
+        Err(reload) => {
+            tracing::error!(error = %reload, "cannot reload the plans after a failed write")
+        }
+    }
+}
+
 impl HubStore {
     /// The store over a database just opened, for these bodies: everything
     /// on disk is durable, so every mark starts at the end of what is there.
@@ -236,14 +247,7 @@ impl HubStore {
             let (results, refused_audit) = match submit_all(&db, &plans, batch).await {
                 Ok(done) => done,
                 Err(e) => {
-                    // The index may hold plans of the write that failed:
-                    // read it again from what the store holds.
-                    match Deconfliction::load(&db, liaison_types::now_ms()) {
-                        Ok(fresh) => *plans.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
-                        Err(reload) => {
-                            tracing::error!(error = %reload, "cannot reload the plans after a failed write")
-                        }
-                    }
+                    reload_plans(&db, &plans);
                     return Err(e);
                 }
             };
@@ -262,8 +266,10 @@ impl HubStore {
     }
 
     /// Withdraws a message its originator retracts.
+    #[allow(clippy::too_many_arguments)]
     pub async fn retract(
         &self,
+        gov: Arc<liaison_policy::Governance>,
         caller: BodyId,
         message_id: String,
         reason: String,
@@ -271,8 +277,16 @@ impl HubStore {
         now_ms: i64,
     ) -> Result<Retracted, HubError> {
         let (db, marks) = self.parts();
+        let plans = Arc::clone(&self.plans);
         self.detached(async move {
-            let done = retract(&db, caller, message_id, reason, actor, now_ms).await?;
+            let done =
+                match retract(&db, &plans, gov, caller, message_id, reason, actor, now_ms).await {
+                    Ok(done) => done,
+                    Err(e) => {
+                        reload_plans(&db, &plans);
+                        return Err(e);
+                    }
+                };
             marks.publish(&done.queued, done.audit_seq);
             Ok(done)
         })

@@ -165,14 +165,20 @@ pub fn plan_retraction(
 
 /// Withdraws a message for its originator: reads the facts, asks
 /// [`plan_retraction`], applies the effects, atomically.
+/// A plan message's retraction also withdraws the plan when it carried the
+/// plan's latest version (see [`super::deconflict::withdraw_in`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn retract(
     db: &Db,
+    plans: &std::sync::Arc<std::sync::Mutex<Deconfliction>>,
+    gov: std::sync::Arc<liaison_policy::Governance>,
     caller: BodyId,
     message_id: String,
     reason: String,
     actor: String,
     now_ms: i64,
 ) -> Result<Retracted, HubError> {
+    let plans = std::sync::Arc::clone(plans);
     db.write(move |txn| {
         let out_key = outcome_key(&message_id);
         let Some(out) = txn.get(&out_key)? else {
@@ -180,10 +186,11 @@ pub(super) async fn retract(
         };
         let outcome = RoutedOutcome::decode(&out_key, &out)?;
         let env_bytes = txn.get(&env_key(&message_id))?.unwrap_or_default();
-        let not_before = pb::Envelope::decode(env_bytes.as_slice())
+        let labels = pb::Envelope::decode(env_bytes.as_slice())
             .ok()
-            .and_then(|e| e.labels)
-            .map_or(0, |l| l.not_before_ms);
+            .and_then(|e| e.labels);
+        let not_before = labels.as_ref().map_or(0, |l| l.not_before_ms);
+        let plan_id = labels.and_then(|l| l.plan).map(|p| p.plan_id);
         let held = not_before > 0 && txn.get(&held_key(not_before, &message_id))?.is_some();
         let facts = RetractionFacts {
             forwarded_to: forwarded_to(txn, &message_id)?,
@@ -199,7 +206,24 @@ pub(super) async fn retract(
             now_ms,
         };
         let (recipients, effects) = plan_retraction(&facts, &ask)?;
-        let applied = apply(txn, effects)?;
+        let mut applied = apply(txn, effects)?;
+        if let (Some(plan_id), false) = (plan_id, facts.already_retracted) {
+            let ctx = PlanContext {
+                gov: &gov,
+                hub_body: gov.hub_body(),
+                actor: &ask.actor,
+                now_ms: ask.now_ms,
+            };
+            let mut index = plans.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((effects, op)) =
+                deconflict::withdraw_in(txn, &mut index, &plan_id, &ask.message_id, &ctx)?
+            {
+                let more = apply(txn, effects)?;
+                applied.queued.extend(more.queued);
+                applied.audit_seq = applied.audit_seq.max(more.audit_seq);
+                index.apply(op);
+            }
+        }
         Ok(Retracted {
             duplicate: facts.already_retracted,
             recipients,

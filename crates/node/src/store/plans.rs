@@ -217,9 +217,10 @@ struct OwnPlanVersions {
 /// Where a version of a plan stands, from its outbox record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Standing {
-    /// The hub accepted it (it was routed; a retraction later withdrew the
-    /// message from its recipients, not the version from the hub's plan).
-    Accepted,
+    /// The hub accepted it (it was routed), and whether this body retracted
+    /// it since (the hub withdraws a plan whose latest version is
+    /// retracted).
+    Accepted { retracted: bool },
     /// Awaiting four-eyes approval, or queued for the hub.
     Waiting(OutboxStatus),
     /// Refused, rejected or withdrawn: it never reached the hub, or the hub
@@ -229,7 +230,8 @@ enum Standing {
 
 fn standing(r: &impl Reader, message_id: &str) -> Result<Standing, StoreError> {
     Ok(match read_outbox(r, message_id)?.map(|rec| rec.status) {
-        Some(OutboxStatus::Routed | OutboxStatus::Retracted) => Standing::Accepted,
+        Some(OutboxStatus::Routed) => Standing::Accepted { retracted: false },
+        Some(OutboxStatus::Retracted) => Standing::Accepted { retracted: true },
         Some(s @ (OutboxStatus::AwaitingApproval | OutboxStatus::Queued)) => Standing::Waiting(s),
         Some(OutboxStatus::Refused | OutboxStatus::Rejected | OutboxStatus::Withdrawn) | None => {
             Standing::Dead
@@ -246,6 +248,9 @@ pub struct OwnPlan {
     pub shown: OwnPlanRecord,
     /// Whether the hub accepted `shown`.
     pub accepted: bool,
+    /// Whether `shown`, accepted, was retracted since: the hub withdrew the
+    /// plan.
+    pub withdrawn: bool,
     /// The versions after `shown` awaiting approval or queued for the hub,
     /// oldest first, with their outbox status.
     pub waiting: Vec<(OwnPlanRecord, OutboxStatus)>,
@@ -260,13 +265,24 @@ impl OwnPlan {
         self.waiting.last().map_or(&self.shown, |(w, _)| w)
     }
 
-    /// `active`, `closed` or `cancelled` as the hub holds it; `pending`
-    /// while its first version waits.
+    /// `active`, `closed` or `cancelled` as the hub holds it, `withdrawn`
+    /// once its version in force was retracted; `pending` while its first
+    /// version waits.
     pub fn status(&self) -> &'static str {
-        if self.accepted {
-            self.shown.status()
+        match (self.accepted, self.withdrawn) {
+            (true, true) => "withdrawn",
+            (true, false) => self.shown.status(),
+            (false, _) => "pending",
+        }
+    }
+
+    /// The status a new version would follow: that of the last version
+    /// sent, or `withdrawn` once the hub withdrew the plan.
+    pub fn next_status(&self) -> &'static str {
+        if self.accepted && self.withdrawn {
+            "withdrawn"
         } else {
-            "pending"
+            self.latest().status()
         }
     }
 }
@@ -279,29 +295,30 @@ fn read_versions(r: &impl Reader, plan_id: &str) -> Result<Option<OwnPlanVersion
 /// A plan's versions with where each stands; `None` if none is accepted or
 /// waiting.
 fn resolve(r: &impl Reader, held: OwnPlanVersions) -> Result<Option<OwnPlan>, StoreError> {
-    let mut accepted: Option<OwnPlanRecord> = None;
+    let mut accepted: Option<(OwnPlanRecord, bool)> = None;
     let mut waiting = Vec::new();
     for v in held.versions {
         match standing(r, &v.message_id)? {
-            Standing::Accepted => {
+            Standing::Accepted { retracted } => {
                 // The hub keeps a plan at its highest accepted version.
-                if accepted.as_ref().is_none_or(|a| a.version < v.version) {
+                if accepted.as_ref().is_none_or(|(a, _)| a.version < v.version) {
                     waiting.retain(|(w, _): &(OwnPlanRecord, _)| w.version > v.version);
-                    accepted = Some(v);
+                    accepted = Some((v, retracted));
                 }
             }
             Standing::Waiting(status) => waiting.push((v, status)),
             Standing::Dead => {}
         }
     }
-    let (shown, accepted) = match accepted {
-        Some(a) => (a, true),
+    let (shown, accepted, withdrawn) = match accepted {
+        Some((a, retracted)) => (a, true, retracted),
         None if waiting.is_empty() => return Ok(None),
-        None => (waiting.remove(0).0, false),
+        None => (waiting.remove(0).0, false, false),
     };
     Ok(Some(OwnPlan {
         shown,
         accepted,
+        withdrawn,
         waiting,
         last_version: held.last_version,
     }))
@@ -1087,9 +1104,16 @@ mod tests {
         assert_eq!(standing_of(&db), (5, true, vec![], 5, 5, "active"));
         outbox(&db, &m4, OutboxStatus::Routed).await;
         assert_eq!(standing_of(&db), (5, true, vec![], 5, 5, "active"));
-        // A retraction withdraws the message, not the version from the hub.
-        outbox(&db, &m5, OutboxStatus::Retracted).await;
+        // Retracting an older version changes nothing; retracting the one
+        // in force withdraws the plan (the hub does the same).
+        outbox(&db, &m4, OutboxStatus::Retracted).await;
         assert_eq!(standing_of(&db), (5, true, vec![], 5, 5, "active"));
+        outbox(&db, &m5, OutboxStatus::Retracted).await;
+        assert_eq!(standing_of(&db), (5, true, vec![], 5, 5, "withdrawn"));
+        assert_eq!(
+            own_plan(&db, PLAN).unwrap().unwrap().next_status(),
+            "withdrawn"
+        );
 
         // The next write keeps only the version in force and what follows.
         send(&db, 6, Some(5), OutboxStatus::Queued).await.unwrap();

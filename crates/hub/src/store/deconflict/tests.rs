@@ -1910,3 +1910,60 @@ async fn the_reference_key_is_made_once_kept_in_the_store_and_read_again() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn retracting_a_plans_latest_version_withdraws_the_plan_and_clears_its_overlaps() {
+    let fx = Fixture::new();
+    let db = Db::in_memory();
+    let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
+    let (a, b) = europol_and_frontex();
+    let (done, _) =
+        super::super::submit_all(&db, &plans, vec![submission(&fx, &a), submission(&fx, &b)])
+            .await
+            .unwrap();
+    assert_eq!(notices_of(&done[1]).len(), 2);
+    assert_eq!(db.scan_prefix(b"po/", 10).unwrap().len(), 2);
+    let retract = |message_id: String| {
+        let db = db.clone();
+        let plans = std::sync::Arc::clone(&plans);
+        let gov = std::sync::Arc::new(fx.gov.clone());
+        async move {
+            super::super::retraction::retract(
+                &db,
+                &plans,
+                gov,
+                body("europol"),
+                message_id,
+                "sent in error".into(),
+                ACTOR.into(),
+                NOW + 1,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = retract(a.message_id.clone()).await;
+    // The retraction to each recipient, and a cleared notice to each side
+    // (europol's own, and frontex's after its retraction).
+    let told: Vec<&str> = r.queued.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!(r.recipients.len() + 2, told.len(), "{told:?}");
+    assert_eq!(
+        told.iter().filter(|b| **b == "europol").count(),
+        1,
+        "{told:?}"
+    );
+    assert_eq!(
+        told.iter().filter(|b| **b == "frontex").count(),
+        2,
+        "{told:?}"
+    );
+    assert!(db.scan_prefix(b"po/", 10).unwrap().is_empty());
+    let held = read_plan_db(&db, &a.plan_id).unwrap().unwrap();
+    assert_eq!(held.action, PlanAction::Cancel);
+    let left = others(&plans.lock().unwrap());
+    assert!(!left.contains(&a.plan_id), "{left:?}");
+    // Retracting it again, or retracting a plan's older version, withdraws
+    // nothing more.
+    let again = retract(a.message_id.clone()).await;
+    assert!(again.duplicate && again.queued.is_empty());
+}
