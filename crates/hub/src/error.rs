@@ -85,6 +85,17 @@ pub enum HubError {
         /// What is wrong, and what to do.
         problem: String,
     },
+    /// A body sent as many plan versions in the last hour as the
+    /// governance allows (audited).
+    #[error("{body} sent {limit} plan versions in the last hour, as many as the federation allows (governance [plans] max_versions_per_hour); send this version again after {retry_at}")]
+    PlanRate {
+        /// The sending body.
+        body: String,
+        /// The limit.
+        limit: u32,
+        /// When the oldest of them leaves the hour (RFC 3339).
+        retry_at: String,
+    },
     /// No such message at the hub.
     #[error("no message {0} at the hub; check the message id")]
     UnknownMessage(String),
@@ -217,6 +228,7 @@ impl HubError {
             | HubError::NotYourRecord { .. } => Code::PermissionDenied,
             HubError::PlanExists { .. } => Code::AlreadyExists,
             HubError::PlanRefused { .. } => Code::FailedPrecondition,
+            HubError::PlanRate { .. } => Code::ResourceExhausted,
             HubError::BadProofRequest(_) => Code::OutOfRange,
             HubError::BadCosignature(_) => Code::InvalidArgument,
             HubError::NoWitnessKey(_) => Code::FailedPrecondition,

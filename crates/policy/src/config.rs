@@ -266,9 +266,23 @@ pub struct Governance {
     working_groups: BTreeMap<String, WorkingGroup>,
     retention_ms: BTreeMap<Classification, i64>,
     log_key: Option<String>,
+    max_plan_versions_per_hour: u32,
 }
 
+/// Plan versions (new plans and updates) one body may send in an hour
+/// unless the governance's `[plans] max_versions_per_hour` says otherwise.
+pub const DEFAULT_PLAN_VERSIONS_PER_HOUR: u32 = 120;
+
 impl Governance {
+    /// Plan versions (new plans and updates; closing and cancelling are
+    /// never limited) one body may send in any hour (`[plans]
+    /// max_versions_per_hour`): each version can tell its sender whether it
+    /// meets another body's plan, so the rate bounds how fast a body can
+    /// probe where others plan.
+    pub fn max_plan_versions_per_hour(&self) -> u32 {
+        self.max_plan_versions_per_hour
+    }
+
     /// The audit log's verifier key as the federation agreed it (`[audit]
     /// log_key`: a C2SP note verifier key named `<federation>/audit`), if
     /// the file names one: the hub's signing key must match it, and each
@@ -615,6 +629,14 @@ struct RawConfig {
     retention: BTreeMap<Spanned<Classification>, Spanned<String>>,
     #[serde(default)]
     audit: Option<RawAudit>,
+    #[serde(default)]
+    plans: Option<RawPlans>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlans {
+    max_versions_per_hour: Spanned<i64>,
 }
 
 #[derive(Deserialize)]
@@ -903,6 +925,22 @@ impl Validator<'_> {
             }
         };
 
+        let max_plan_versions_per_hour = match &raw.plans {
+            None => DEFAULT_PLAN_VERSIONS_PER_HOUR,
+            Some(p) => {
+                let n = *p.max_versions_per_hour.get_ref();
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        self.err(
+                            &p.max_versions_per_hour.span(),
+                            format!("{n} plan versions an hour; give a number from 1 to 1000000"),
+                        )
+                    })?
+            }
+        };
+
         Ok(Governance {
             source_name: self.src.name.to_owned(),
             text: std::sync::Arc::from(self.src.text),
@@ -915,6 +953,7 @@ impl Validator<'_> {
             working_groups,
             retention_ms,
             log_key,
+            max_plan_versions_per_hour,
         })
     }
 
@@ -1744,6 +1783,23 @@ reference = "TEST-1"
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_plan_rate_defaults_and_is_bounded() {
+        assert_eq!(
+            load(BASE).unwrap().max_plan_versions_per_hour(),
+            DEFAULT_PLAN_VERSIONS_PER_HOUR
+        );
+        let g = load(&format!("{BASE}\n[plans]\nmax_versions_per_hour = 7\n")).unwrap();
+        assert_eq!(g.max_plan_versions_per_hour(), 7);
+        for bad in ["0", "-1", "1000001"] {
+            let err = load(&format!("{BASE}\n[plans]\nmax_versions_per_hour = {bad}\n"))
+                .expect_err(bad);
+            assert!(err.problem().contains("from 1 to 1000000"), "{bad}: {err}");
+            assert_eq!(err.location().line, BASE.lines().count() + 3, "{err}");
+        }
+        assert!(load(&format!("{BASE}\n[plans]\nmax_plans = 7\n")).is_err());
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub enum Rule {
     /// plan the hub does not hold or that ended, a version not above the
     /// one held, a change of kind.
     PlanLifecycle,
+    /// A body sent more plan versions (new plans and updates) in the last
+    /// hour than the governance's `[plans] max_versions_per_hour`.
+    PlanRate,
     /// Two plans overlap and each may be released to the other body: both
     /// originators get a full notice.
     DeconflictionFull,
@@ -86,7 +89,7 @@ pub enum Rule {
 impl Rule {
     /// The rules the hub records outside routing decisions: refusals of
     /// identity and forwarding, erasure, governance changes.
-    pub const RECORDED: [Rule; 11] = [
+    pub const RECORDED: [Rule; 12] = [
         Self::ForwardNotARecipient,
         Self::ForwardTlp,
         Self::IdentityOriginMismatch,
@@ -96,6 +99,7 @@ impl Rule {
         Self::PolicyReloadRefused,
         Self::PlanOriginator,
         Self::PlanLifecycle,
+        Self::PlanRate,
         Self::DeconflictionFull,
         Self::DeconflictionBlind,
     ];
@@ -145,6 +149,7 @@ impl Rule {
             Self::PolicyReloadRefused => "policy.reload_refused",
             Self::PlanOriginator => "plan.originator",
             Self::PlanLifecycle => "plan.lifecycle",
+            Self::PlanRate => "plan.rate",
             Self::DeconflictionFull => "deconfliction.full",
             Self::DeconflictionBlind => "deconfliction.blind",
         }

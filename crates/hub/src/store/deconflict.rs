@@ -25,7 +25,9 @@ use liaison_types::audit::Event as AuditEvent;
 use liaison_types::{BodyId, Kind, Labels, PlanAction};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{overlap_key, overlap_prefix, plan_key, PLAN_PREFIX, REFERENCE_KEY};
+use super::schema::{
+    overlap_key, overlap_prefix, plan_key, plan_rate_key, PLAN_PREFIX, REFERENCE_KEY,
+};
 use super::{Effects, Enqueue, QueueEntry, Write};
 use crate::HubError;
 
@@ -233,22 +235,7 @@ pub fn check_lifecycle(
     held: Option<&PlanRecord>,
     ctx: &PlanContext<'_>,
 ) -> Result<(), Refusal> {
-    let refuse = |rule: Rule, err: HubError| {
-        let record = pb::AuditRecord {
-            at_ms: ctx.now_ms,
-            event: AuditEvent::Refused.into(),
-            message_id: new.message_id.clone(),
-            origin: new.origin.clone(),
-            kind: new.kind.as_str().to_owned(),
-            classification: new.labels.classification.as_str().to_owned(),
-            rule: rule.into(),
-            reason: err.to_string(),
-            policy_version: ctx.gov.version().to_owned(),
-            actor: ctx.actor.to_owned(),
-            ..Default::default()
-        };
-        Err(Box::new((err, record)))
-    };
+    let refuse = |rule: Rule, err: HubError| Err(refusal(new, ctx, rule, err));
     let lifecycle = |problem: String| HubError::PlanRefused {
         plan_id: new.plan_id.clone(),
         problem,
@@ -322,6 +309,45 @@ pub fn check_lifecycle(
         );
     }
     Ok(())
+}
+
+/// The refusal of a plan version: the error and its `refused` record.
+fn refusal(new: &PlanRecord, ctx: &PlanContext<'_>, rule: Rule, err: HubError) -> Refusal {
+    let record = pb::AuditRecord {
+        at_ms: ctx.now_ms,
+        event: AuditEvent::Refused.into(),
+        message_id: new.message_id.clone(),
+        origin: new.origin.clone(),
+        kind: new.kind.as_str().to_owned(),
+        classification: new.labels.classification.as_str().to_owned(),
+        rule: rule.into(),
+        reason: err.to_string(),
+        policy_version: ctx.gov.version().to_owned(),
+        actor: ctx.actor.to_owned(),
+        ..Default::default()
+    };
+    Box::new((err, record))
+}
+
+/// An hour, the window of the plan rate.
+const HOUR_MS: i64 = 3_600_000;
+
+/// The plan rate (pure): with `recent` the times of a body's plan versions
+/// (new plans and updates) still in the last hour, oldest first, whether
+/// one more may go now: the times to keep (this one added), or when the
+/// oldest leaves the hour.
+pub fn plan_rate(recent: &[i64], now_ms: i64, limit: u32) -> Result<Vec<i64>, i64> {
+    let mut kept: Vec<i64> = recent
+        .iter()
+        .copied()
+        .filter(|t| *t > now_ms - HOUR_MS)
+        .collect();
+    if kept.len() >= limit as usize {
+        let oldest = kept[kept.len() - limit as usize];
+        return Err(oldest + HOUR_MS);
+    }
+    kept.push(now_ms);
+    Ok(kept)
 }
 
 /// Whether `plan` may be released to `to` under the policy now: the
@@ -890,6 +916,26 @@ pub(super) fn deconflict_in(
     let held = read_plan(txn, &new.plan_id)?;
     if let Err(refusal) = check_lifecycle(new, held.as_ref(), ctx) {
         return Ok(Err(refusal));
+    }
+    // Ending a plan is never limited; every other version counts.
+    if new.action.leaves_active() {
+        let key = plan_rate_key(&new.origin);
+        let recent: Vec<i64> = match txn.get(&key)? {
+            Some(v) => parse(&key, &v)?,
+            None => Vec::new(),
+        };
+        let limit = ctx.gov.max_plan_versions_per_hour();
+        match plan_rate(&recent, ctx.now_ms, limit) {
+            Ok(kept) => txn.put(key, json(&kept)),
+            Err(retry_at_ms) => {
+                let err = HubError::PlanRate {
+                    body: new.origin.clone(),
+                    limit,
+                    retry_at: liaison_types::rfc3339(retry_at_ms),
+                };
+                return Ok(Err(refusal(new, ctx, Rule::PlanRate, err)));
+            }
+        }
     }
     index.prune(ctx.now_ms);
     let previous = previous_overlaps(txn, &new.plan_id)?;

@@ -126,6 +126,12 @@ pub(super) fn plan_key(plan_id: &str) -> Vec<u8> {
     format!("pl/{plan_id}").into_bytes()
 }
 
+/// The times of a body's plan versions in the last hour (JSON), for the
+/// plan rate.
+pub(super) fn plan_rate_key(body: &str) -> Vec<u8> {
+    format!("pr/{body}").into_bytes()
+}
+
 /// The overlaps recorded for a plan.
 pub(super) fn overlap_prefix(plan_id: &str) -> Vec<u8> {
     format!("po/{plan_id}/").into_bytes()

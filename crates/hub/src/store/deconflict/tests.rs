@@ -1967,3 +1967,77 @@ async fn retracting_a_plans_latest_version_withdraws_the_plan_and_clears_its_ove
     let again = retract(a.message_id.clone()).await;
     assert!(again.duplicate && again.queued.is_empty());
 }
+
+#[test]
+fn the_plan_rate_counts_the_last_hour_only() {
+    const H: i64 = 3_600_000;
+    assert_eq!(plan_rate(&[], NOW, 2), Ok(vec![NOW]));
+    assert_eq!(plan_rate(&[NOW - 10], NOW, 2), Ok(vec![NOW - 10, NOW]));
+    // Full: the next may go when the oldest of the last `limit` leaves.
+    assert_eq!(plan_rate(&[NOW - 30, NOW - 10], NOW, 2), Err(NOW - 30 + H));
+    // One an hour old or more no longer counts (and is dropped).
+    assert_eq!(
+        plan_rate(&[NOW - H, NOW - 10], NOW, 2),
+        Ok(vec![NOW - 10, NOW])
+    );
+    // A limit lowered below what is held waits for enough of them to leave.
+    assert_eq!(
+        plan_rate(&[NOW - 30, NOW - 20, NOW - 10], NOW, 1),
+        Err(NOW - 10 + H)
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_plan_rate_is_refused_and_audited_and_may_still_end_a_plan() {
+    let text = format!(
+        "{}\n[plans]\nmax_versions_per_hour = 2\n",
+        Governance::for_test()
+            .member("interpol", Secret, AREAS)
+            .member("europol", Secret, AREAS)
+            .member("frontex", Confidential, AREAS)
+            .to_toml()
+    );
+    let fx = Fixture::with(Governance::from_toml("rate", &text).unwrap());
+    assert_eq!(fx.gov.max_plan_versions_per_hour(), 2);
+    let db = Db::in_memory();
+    let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
+    let (a, _) = europol_and_frontex();
+    let v2 = version(&a, 2, PlanAction::Update);
+    let v3 = version(&a, 3, PlanAction::Update);
+    let close = version(&a, 4, PlanAction::Close);
+    let (results, refused_audit) = super::super::submit_all(
+        &db,
+        &plans,
+        vec![
+            submission(&fx, &a),
+            submission(&fx, &v2),
+            submission(&fx, &v3),
+            submission(&fx, &close),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut results = results;
+    assert!(results[0].is_ok() && results[1].is_ok());
+    assert!(results[3].is_ok(), "a close is never limited");
+    let err = results.remove(2).unwrap_err();
+    assert!(matches!(err, HubError::PlanRate { limit: 2, .. }), "{err}");
+    assert!(err.to_string().contains("max_versions_per_hour"), "{err}");
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
+    assert!(refused_audit > 0);
+    let records = super::super::audit_after(&db, 0, u64::MAX, 100).unwrap();
+    let refused: Vec<_> = records.iter().filter(|r| r.event == "refused").collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].rule, "plan.rate");
+    assert_eq!(refused[0].message_id, v3.message_id);
+    // Another body has its own hour.
+    let mut other = plan(7, "frontex");
+    other.labels.regions = strings(&["sahel"]);
+    let (results, _) = super::super::submit_all(&db, &plans, vec![submission(&fx, &other)])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+}
