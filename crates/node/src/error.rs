@@ -139,8 +139,8 @@ pub enum NodeError {
     /// Targets given, but this node holds no deconfliction key.
     #[error("this node has no deconfliction key, so it cannot send targets; set [plans] deconfliction_key in its configuration (the dev PKI makes certs-dev/deconfliction.key)")]
     NoDeconflictionKey,
-    /// No notice with that reference.
-    #[error("no deconfliction notice {0} on this node; list them with `liaison plans list`")]
+    /// No notice with that reference (as given, escaped for display).
+    #[error("no deconfliction notice {} on this node; list them with `liaison plans list`", liaison_types::text::escape_line_prefix(.0, 64))]
     UnknownNotice(String),
     /// A notice in a state that forbids the change.
     #[error("deconfliction notice {reference} {problem}")]

@@ -1794,8 +1794,8 @@ reference = "TEST-1"
         let g = load(&format!("{BASE}\n[plans]\nmax_versions_per_hour = 7\n")).unwrap();
         assert_eq!(g.max_plan_versions_per_hour(), 7);
         for bad in ["0", "-1", "1000001"] {
-            let err = load(&format!("{BASE}\n[plans]\nmax_versions_per_hour = {bad}\n"))
-                .expect_err(bad);
+            let err =
+                load(&format!("{BASE}\n[plans]\nmax_versions_per_hour = {bad}\n")).expect_err(bad);
             assert!(err.problem().contains("from 1 to 1000000"), "{bad}: {err}");
             assert_eq!(err.location().line, BASE.lines().count() + 3, "{err}");
         }

@@ -865,6 +865,13 @@ mod tests {
             matches!(&err, NodeError::UnknownNotice(r) if r == "dx-ffffffffffffffff"),
             "{err}"
         );
+        // A reference echoed back is escaped: no terminal control reaches
+        // the officer's screen.
+        let err = handle(&db, "dx-\u{1b}[2J\nforged", "acknowledged", "", ALICE, 800)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\u{1b}') && !err.contains('\n'), "{err:?}");
         assert_eq!(log(&db).len(), 2);
         let check = crate::store::check_node_log(&db).unwrap();
         assert_eq!((check.records, check.first_error), (2, None));
