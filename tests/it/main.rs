@@ -15,6 +15,7 @@ mod durability;
 mod forwarding;
 mod four_eyes;
 mod handling;
+mod http2;
 mod node_log;
 mod operations;
 mod plans;

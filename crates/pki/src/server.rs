@@ -27,6 +27,11 @@ pub struct ServerLimits {
     pub max_request_bytes: usize,
     /// Concurrent requests per connection.
     pub concurrency_per_connection: usize,
+    /// HTTP/2 streams a client may hold open on one connection, advertised
+    /// as `SETTINGS_MAX_CONCURRENT_STREAMS`: a stream beyond it is refused
+    /// by the protocol, so idle open streams cannot grow a server's memory
+    /// without bound.
+    pub max_streams_per_connection: u32,
     /// A unary request not answered within this many milliseconds fails.
     pub request_timeout_ms: u64,
     /// A connection older than this many milliseconds is closed (the client
@@ -46,6 +51,7 @@ impl Default for ServerLimits {
             handshake_timeout_ms: 5_000,
             max_request_bytes: 512 * 1024,
             concurrency_per_connection: 64,
+            max_streams_per_connection: 256,
             request_timeout_ms: 30_000,
             max_connection_age_ms: 3_600_000,
             drain_timeout_ms: 10_000,
@@ -81,17 +87,39 @@ impl ServerLimits {
     /// A tonic server builder with these limits and HTTP/2 keepalive, so a
     /// peer that vanished without closing is noticed within half a minute;
     /// an oversized request is answered `RESOURCE_EXHAUSTED`.
+    ///
+    /// HTTP/2 abuse is bounded explicitly, since tonic passes `None` to
+    /// hyper (no limit) for what it is not told: the streams a client may
+    /// open; the streams the server resets for a client's protocol errors
+    /// before it sends GOAWAY (`ENHANCE_YOUR_CALM`; the 2025 "MadeYouReset"
+    /// class, CVE-2025-8671); the streams a client resets before they are
+    /// accepted (rapid reset, CVE-2023-44487); and the header list's size.
     pub fn server(
         &self,
     ) -> Server<tower::layer::util::Stack<OversizeLayer, tower::layer::util::Identity>> {
         Server::builder()
             .concurrency_limit_per_connection(self.concurrency_per_connection)
+            .max_concurrent_streams(self.max_streams_per_connection.max(1))
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .timeout(Duration::from_millis(self.request_timeout_ms))
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(OversizeLayer)
     }
 }
+
+/// Streams a server resets for one connection's protocol errors before it
+/// sends GOAWAY.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Streams a client may reset before the server accepted them, pending at
+/// once, before GOAWAY.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Largest header list a request may carry (gRPC metadata is small).
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// The prefix of tonic's refusal of a request over the decoding limit.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
