@@ -1,6 +1,11 @@
 //! HTTP/2 limits as a raw client sees them: the hub and a node advertise
-//! how many streams a client may open on one connection, and refuse a
-//! header list over their limit, while serving the connection on.
+//! how many streams a client may open on one connection and refuse a
+//! header list over their limit; resets a client provokes (MadeYouReset)
+//! or sends (rapid reset) end its connection in GOAWAY; and other clients
+//! are served throughout. The attacks that need frames no well-behaved
+//! client sends are `tests/h2_abuse.py`, with Python's `h2` (installed by
+//! `.ci/run`; without it, and without `LIAISON_REQUIRE_TOOLS`, they skip
+//! with one line).
 
 use liaison_federation::{Sandbox, SandboxOptions};
 
@@ -86,6 +91,84 @@ async fn servers_advertise_a_stream_limit_and_refuse_huge_headers_but_serve_on()
         let (mut again, _conn) = raw_h2(&sandbox, &url, stem).await;
         assert_eq!(
             call(&mut again, 1024).await.unwrap(),
+            tonic::codegen::http::StatusCode::OK
+        );
+    }
+}
+
+/// Whether Python's `h2` package is here; `false` (with a line saying so)
+/// if it is missing and not required.
+fn have_python_h2() -> bool {
+    let ran = std::process::Command::new("python3")
+        .args(["-c", "import h2"])
+        .output();
+    let ok = matches!(&ran, Ok(o) if o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("LIAISON_REQUIRE_TOOLS").is_none(),
+            "Python's h2 is required here (LIAISON_REQUIRE_TOOLS is set) but does not import: {ran:?}"
+        );
+        eprintln!("skipped: Python's h2 package is missing (see .ci/run for how to install it)");
+    }
+    ok
+}
+
+/// Runs `tests/h2_abuse.py` with `attack` against `url` as alpha's node;
+/// its JSON report.
+async fn abuse(sandbox: &Sandbox, url: &str, attack: &str, count: u32) -> serde_json::Value {
+    let certs = sandbox.certs();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/h2_abuse.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg("--addr")
+        .arg(url.trim_start_matches("https://"))
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("alpha").join("node.pem"))
+        .arg("--key")
+        .arg(certs.join("alpha").join("node.key.pem"))
+        .args([
+            "--attack",
+            attack,
+            "--count",
+            &count.to_string(),
+            "--seconds",
+            "20",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{attack}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{attack}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_the_client_provokes_or_sends_end_in_goaway_and_others_are_served() {
+    if !have_python_h2() {
+        return;
+    }
+    let sandbox = Sandbox::start(SandboxOptions::new(GOVERNANCE).nodes(&["alpha"]))
+        .await
+        .unwrap();
+    let hub = sandbox.hub_url();
+    for attack in ["made_you_reset", "rapid_reset"] {
+        let report = abuse(&sandbox, &hub, attack, 20_000).await;
+        // ENHANCE_YOUR_CALM (0xb), long before the attacker is done.
+        assert_eq!(report["goaway"], true, "{attack}: {report}");
+        assert_eq!(report["goaway_error"], 0xb, "{attack}: {report}");
+        let sent = report["sent"].as_u64().unwrap();
+        assert!(sent < 20_000, "{attack}: {report}");
+        // Meanwhile, and after, another client is served.
+        let (mut send, _conn) = raw_h2(&sandbox, &hub, "alpha/node").await;
+        assert_eq!(
+            call(&mut send, 0).await.unwrap(),
             tonic::codegen::http::StatusCode::OK
         );
     }

