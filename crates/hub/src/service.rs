@@ -883,17 +883,7 @@ impl HubState {
             liaison_types::PlanAction::Close | liaison_types::PlanAction::Cancel
         );
         if let (Err(e), false) = (record.to_index().check(), ends) {
-            let field = match &e {
-                liaison_plans::PlanError::Plan {
-                    field: "window", ..
-                } => "body.window",
-                liaison_plans::PlanError::Plan {
-                    field: "crime_areas",
-                    ..
-                } => "labels.crime_areas",
-                _ => "labels.regions",
-            };
-            return Err(ValidationError::new(field, e.to_string()).into());
+            return Err(ValidationError::new(e.message_field(), e.to_string()).into());
         }
         Ok(Some(store::PlanSubmission {
             record,

@@ -94,19 +94,8 @@ fn hash_targets(
 /// A plan the index could not hold, as the officer's error: the field of
 /// the message to change.
 pub(crate) fn plan_problem(e: liaison_plans::PlanError) -> NodeError {
-    let field = match &e {
-        liaison_plans::PlanError::Plan {
-            field: "window", ..
-        } => "body.window",
-        liaison_plans::PlanError::Plan {
-            field: "crime_areas",
-            ..
-        } => "labels.crime_areas",
-        liaison_plans::PlanError::Plan { .. } => "labels.regions",
-        _ => "targets",
-    };
     NodeError::BadRequest {
-        field,
+        field: e.message_field(),
         problem: e.to_string(),
     }
 }
@@ -282,6 +271,12 @@ impl NodeState {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        let crime_areas: Vec<String> = env
+            .labels
+            .crime_areas
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         let shape = liaison_plans::Plan {
             id: plan.plan_id.clone(),
             body: env.labels.origin.clone(),
@@ -297,12 +292,7 @@ impl NodeState {
                 .map(|r| format!("region:{r}"))
                 .chain(env.labels.countries.iter().map(|c| format!("country:{c}")))
                 .collect(),
-            crime_areas: env
-                .labels
-                .crime_areas
-                .iter()
-                .map(|c| c.to_string())
-                .collect(),
+            crime_areas: crime_areas.iter().cloned().collect(),
             targets: draft.indexed.clone(),
         };
         // A close or a cancellation ends the plan whatever its shape: a
@@ -322,12 +312,7 @@ impl NodeState {
                 window_end_ms,
                 regions,
                 countries: env.labels.countries.iter().cloned().collect(),
-                crime_areas: env
-                    .labels
-                    .crime_areas
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect(),
+                crime_areas,
                 targets: draft.clear,
                 contact: plan.contact.clone(),
                 submitted_by: caller.uri(),

@@ -45,3 +45,22 @@ pub enum PlanError {
     #[error("the deconfliction key is {0} bytes; it must be at least 32")]
     ShortKey(usize),
 }
+
+impl PlanError {
+    /// The field of a plan message to change for a plan the index cannot
+    /// hold: its body's window, its labels' crime areas, or its places
+    /// (labels and body regions, labels countries); `targets` otherwise.
+    pub fn message_field(&self) -> &'static str {
+        match self {
+            Self::Plan {
+                field: "window", ..
+            } => "body.window",
+            Self::Plan {
+                field: "crime_areas",
+                ..
+            } => "labels.crime_areas",
+            Self::Plan { .. } => "labels.regions",
+            Self::Target { .. } | Self::ShortKey(_) => "targets",
+        }
+    }
+}
