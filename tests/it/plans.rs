@@ -2007,3 +2007,41 @@ async fn retracting_a_plans_version_in_force_withdraws_the_plan() {
         .plans;
     assert!(listed.iter().all(|p| p.plan_id != a_plan), "{listed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_version_that_kept_its_targets_is_answered_as_a_duplicate() {
+    let sandbox = sandbox().await;
+    let mut alice = sandbox.officer("alpha", "alice").await.unwrap();
+    let first = operational(
+        "alpha",
+        pb::Classification::Restricted,
+        &["maritime_crime"],
+        &["sahel"],
+        window(2, 30),
+        "Operation Keel",
+    );
+    let (a_plan, _) = submit_plan(&mut alice, first.clone(), vec![target("imo", "9074729")])
+        .await
+        .unwrap();
+    plans_when(&alice, "alpha's plan is routed", |p| {
+        p.iter()
+            .any(|p| p.plan_id == a_plan && p.outbox_status == "routed")
+    })
+    .await;
+    // Version 2 keeps the vessel; sent twice with one id, the second is the
+    // first again.
+    let mut v2 = version_of(&a_plan, first);
+    v2.0.message_id = uuid::Uuid::new_v4().to_string();
+    v2.1.title = "Operation Keel, v2".into();
+    let req = pb::OfficerSubmitRequest {
+        labels: Some(v2.0.clone()),
+        body: Some(v2.1.clone()),
+        targets: vec![],
+        clear_targets: false,
+    };
+    let sent = alice.submit(req.clone()).await.unwrap().into_inner();
+    assert!(!sent.duplicate);
+    let again = alice.submit(req).await.unwrap().into_inner();
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(again.message_id, sent.message_id);
+}

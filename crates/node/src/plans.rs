@@ -24,6 +24,9 @@ pub const MAX_TARGETS: usize = 256;
 pub struct PlanDraft {
     /// The version this one follows (`None`: a new plan).
     after_version: Option<u32>,
+    /// A retry of a version already in the outbox: it was checked when it
+    /// was first sent, and the store answers it as a duplicate.
+    retry: bool,
     /// The targets, normalised: kind and value.
     clear: Vec<(String, String)>,
     /// Their keyed hashes.
@@ -143,6 +146,7 @@ impl NodeState {
                     hash_targets(self.deconfliction_key.as_ref(), targets)?;
                 return Ok(Some(PlanDraft {
                     after_version: None,
+                    retry: true,
                     clear,
                     hashes,
                     indexed,
@@ -169,6 +173,7 @@ impl NodeState {
             });
             return Ok(Some(PlanDraft {
                 after_version: None,
+                retry: false,
                 clear,
                 hashes,
                 indexed,
@@ -239,6 +244,7 @@ impl NodeState {
         });
         Ok(Some(PlanDraft {
             after_version: Some(own.version),
+            retry: false,
             clear,
             hashes,
             indexed,
@@ -296,8 +302,9 @@ impl NodeState {
             targets: draft.indexed.clone(),
         };
         // A close or a cancellation ends the plan whatever its shape: a
-        // plan accepted before a limit existed can always be ended.
-        if matches!(plan.action, PlanAction::New | PlanAction::Update) {
+        // plan accepted before a limit existed can always be ended. A retry
+        // is answered as the version it repeats.
+        if !draft.retry && matches!(plan.action, PlanAction::New | PlanAction::Update) {
             shape.check().map_err(plan_problem)?;
         }
         Ok(Some(PlanWrite {
