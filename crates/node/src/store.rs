@@ -1546,6 +1546,44 @@ pub async fn mark_read(
     .await
 }
 
+/// An outbox record of `message_id` in `status`, as tests build them (an
+/// alert by alice, `CONFIDENTIAL`, never sent).
+#[cfg(test)]
+pub(crate) fn test_record(message_id: &str, status: OutboxStatus) -> OutboxRecord {
+    OutboxRecord {
+        message_id: message_id.to_owned(),
+        digest: "d".into(),
+        submitted_by: "spiffe://liaison.test/org/alpha/officer/alice".into(),
+        submitted_at_ms: liaison_types::now_ms(),
+        title: "four eyes".into(),
+        kind: "alert".into(),
+        classification: "CONFIDENTIAL".into(),
+        status,
+        attempts: 0,
+        last_error: String::new(),
+        decisions: Vec::new(),
+        unaddressed: Vec::new(),
+        policy_version: String::new(),
+        seq: 0,
+        approval_reason: if status == OutboxStatus::AwaitingApproval {
+            "release.four_eyes_from: CONFIDENTIAL is at or above CONFIDENTIAL".into()
+        } else {
+            String::new()
+        },
+        approved_by: String::new(),
+        approved_at_ms: 0,
+        refused_by: String::new(),
+        refused_at_ms: 0,
+        refusal_reason: String::new(),
+        received_by: Default::default(),
+        quarantined_by: Default::default(),
+        trace_parent: String::new(),
+        leaf_index: 0,
+        tree_size: 0,
+        checkpoint: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1582,38 +1620,9 @@ mod tests {
     }
 
     fn record(env: &Envelope, status: OutboxStatus) -> OutboxRecord {
-        OutboxRecord {
-            message_id: env.labels.message_id.clone(),
-            digest: submission_digest(env),
-            submitted_by: ALICE.into(),
-            submitted_at_ms: now_ms(),
-            title: "four eyes".into(),
-            kind: "alert".into(),
-            classification: "CONFIDENTIAL".into(),
-            status,
-            attempts: 0,
-            last_error: String::new(),
-            decisions: Vec::new(),
-            unaddressed: Vec::new(),
-            policy_version: String::new(),
-            seq: 0,
-            approval_reason: if status == OutboxStatus::AwaitingApproval {
-                "release.four_eyes_from: CONFIDENTIAL is at or above CONFIDENTIAL".into()
-            } else {
-                String::new()
-            },
-            approved_by: String::new(),
-            approved_at_ms: 0,
-            refused_by: String::new(),
-            refused_at_ms: 0,
-            refusal_reason: String::new(),
-            received_by: Default::default(),
-            quarantined_by: Default::default(),
-            trace_parent: String::new(),
-            leaf_index: 0,
-            tree_size: 0,
-            checkpoint: String::new(),
-        }
+        let mut rec = test_record(&env.labels.message_id, status);
+        rec.digest = submission_digest(env);
+        rec
     }
 
     fn by(uri: &str) -> Decider {

@@ -910,34 +910,7 @@ mod tests {
 
     /// Puts (or replaces) the outbox record of `message_id` with `status`.
     async fn outbox(db: &Db, message_id: &str, status: OutboxStatus) {
-        let rec = crate::store::OutboxRecord {
-            message_id: message_id.into(),
-            digest: "d".into(),
-            submitted_by: ALICE.into(),
-            submitted_at_ms: 1,
-            title: "plan".into(),
-            kind: "operational_plan".into(),
-            classification: "RESTRICTED".into(),
-            status,
-            attempts: 0,
-            last_error: String::new(),
-            decisions: Vec::new(),
-            unaddressed: Vec::new(),
-            policy_version: String::new(),
-            seq: 0,
-            approval_reason: String::new(),
-            approved_by: String::new(),
-            approved_at_ms: 0,
-            refused_by: String::new(),
-            refused_at_ms: 0,
-            refusal_reason: String::new(),
-            received_by: Default::default(),
-            quarantined_by: Default::default(),
-            trace_parent: String::new(),
-            leaf_index: 0,
-            tree_size: 0,
-            checkpoint: String::new(),
-        };
+        let rec = crate::store::test_record(message_id, status);
         let key = crate::store::k("o", message_id);
         let value = crate::store::Stored::joined(json(&rec), Vec::new());
         db.write(move |txn| {
