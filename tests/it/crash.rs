@@ -758,7 +758,7 @@ async fn the_hub_streams_a_delivery_only_once_it_is_durable() {
         witnesses: Default::default(),
     };
     let hub = Arc::new(
-        liaison_hub::HubState::new(db, gov, keys, stopping)
+        liaison_hub::HubState::new(db, gov, keys, Default::default(), stopping)
             .await
             .unwrap(),
     );

@@ -273,7 +273,11 @@ async fn grpcurl_lists_describes_and_checks_health_over_mutual_tls_without_proto
 
 /// One HTTP/1.1 request to `addr` (plain); returns the status line, the
 /// headers (lowercase names) and the body.
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (String, String, String) {
+pub(crate) async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> (String, String, String) {
     http_with(addr, method, path, "").await
 }
 
@@ -308,7 +312,7 @@ fn split_response(raw: &[u8]) -> (String, String, String) {
 
 /// The samples of an OpenMetrics text, `name{labels}` → value; panics on a
 /// line that is neither a comment nor a sample.
-fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+pub(crate) fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
     for line in text.lines() {
         if line.starts_with('#') || line.is_empty() {
@@ -325,7 +329,7 @@ fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
     out
 }
 
-fn sample(all: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn sample(all: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
     *all.get(key)
         .unwrap_or_else(|| panic!("no sample {key} in {:#?}", all.keys().collect::<Vec<_>>()))
 }
@@ -605,7 +609,7 @@ fn the_shipped_alert_rules_pass_promtool_and_their_tests() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let shown = text(&out);
-    assert!(shown.contains("SUCCESS: 8 rules found"), "{shown}");
+    assert!(shown.contains("SUCCESS: 10 rules found"), "{shown}");
     // And each alert fires when, and only when, it should.
     let tests = rules.with_file_name("alerts_test.yml");
     let out = Command::new("promtool")

@@ -696,7 +696,7 @@ async fn the_hub_routes_nothing_it_cannot_record_and_resumes_by_itself() {
     };
     let log = LogVerifier::from_text(&vkey).unwrap();
     let hub = std::sync::Arc::new(
-        liaison_hub::HubState::new(db, gov, keys, stopping)
+        liaison_hub::HubState::new(db, gov, keys, Default::default(), stopping)
             .await
             .unwrap(),
     );
@@ -981,11 +981,17 @@ async fn the_governance_names_the_log_key_and_a_hub_with_another_is_refused() {
         signer,
         witnesses: Default::default(),
     };
-    let refused = liaison_hub::HubState::new(liaison_store::Db::in_memory(), gov, keys, stopping)
-        .await
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let refused = liaison_hub::HubState::new(
+        liaison_store::Db::in_memory(),
+        gov,
+        keys,
+        Default::default(),
+        stopping,
+    )
+    .await
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
     assert!(
         refused.contains("governance.toml") && refused.contains("log_key"),
         "{refused}"

@@ -542,6 +542,7 @@ async fn bodies(
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut o = SandboxOptions::new(&governance(n))
         .processes(&opts.exe)
+        .node_toml("[officers]\nmax_submissions_per_minute = 0")
         .nodes(&names);
     o.certs = Some(here.join("certs"));
     o.dir = Some(here);
@@ -652,8 +653,11 @@ async fn start(
     governance: &str,
     node_toml: &str,
 ) -> Result<Sandbox, BenchError> {
+    // The driver submits as few officers at saturation: no per-officer
+    // rate limit, so that the pipe is measured, not the limit.
     let mut o = SandboxOptions::new(governance)
         .processes(&opts.exe)
+        .node_toml("[officers]\nmax_submissions_per_minute = 0")
         .node_toml(node_toml);
     o.dir = Some(dir.to_path_buf());
     o.certs = Some(dir.parent().unwrap_or(dir).join("certs"));

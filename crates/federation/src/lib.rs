@@ -677,6 +677,24 @@ impl Sandbox {
         }
     }
 
+    /// Kills `body`'s child-process node with SIGKILL and reaps it; its
+    /// store stays for a restart. `false` if it runs in this process or
+    /// is not running.
+    pub fn kill_node(&mut self, body: &str) -> bool {
+        match self.nodes.remove(body) {
+            Some(NodeProcess::Child { mut child, .. }) => {
+                child.kill().expect("sending SIGKILL to a node");
+                child.wait().expect("reaping a node");
+                true
+            }
+            Some(other) => {
+                self.nodes.insert(body.to_owned(), other);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Stops a node gracefully; its store stays for a restart.
     pub async fn stop_node(&mut self, body: &str) -> Result<(), SandboxError> {
         match self.nodes.remove(body) {

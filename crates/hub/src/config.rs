@@ -35,6 +35,10 @@ pub struct HubConfig {
     /// Protective limits.
     #[serde(default)]
     pub limits: ServerLimits,
+    /// Per-peer queue quotas (`[queues] max_messages_per_peer,
+    /// max_bytes_per_peer`).
+    #[serde(default)]
+    pub queues: crate::store::QueueQuota,
     /// The `/metrics` endpoint (`[metrics] listen, tls`); none if absent.
     #[serde(default)]
     pub metrics: Option<liaison_telemetry::metrics::MetricsConfig>,
@@ -112,6 +116,10 @@ impl HubConfig {
             m.check().map_err(bad)?;
         }
         config.telemetry.check().map_err(bad)?;
+        config
+            .queues
+            .check(config.limits.max_request_bytes)
+            .map_err(bad)?;
         Ok(config)
     }
 }
@@ -298,6 +306,19 @@ witnesses = "witnesses.vkeys"
         .unwrap();
         assert_eq!(c.governance, Path::new("deploy/federation.toml"));
         assert_eq!(c.store.cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.queues, crate::store::QueueQuota::default());
+        // A byte quota below the largest request is refused, naming both.
+        let small = include_str!("../../../deploy/hub.toml").replace(
+            "max_bytes_per_peer = 4294967296",
+            "max_bytes_per_peer = 1000",
+        );
+        let err = HubConfig::parse(Path::new("hub.toml"), &small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_bytes_per_peer = 1000") && err.contains("max_request_bytes"),
+            "{err}"
+        );
         // Unknown store keys are refused.
         let bad = include_str!("../../../deploy/hub.toml").replace("cache_bytes", "cache_size");
         let err = HubConfig::parse(Path::new("hub.toml"), &bad)

@@ -96,6 +96,29 @@ pub enum HubError {
         /// When the oldest of them leaves the hour (RFC 3339).
         retry_at: String,
     },
+    /// A recipient's queue is at its quota: the submission is refused
+    /// whole (nothing stored) until the recipient's node catches up.
+    #[error("the queue for {peer} is full: {queued} {unit} wait for its node to acknowledge them, the hub's limit ([queues] {setting}); nothing was stored, and the sending node retries once {peer}'s node catches up")]
+    QueueFull {
+        /// The recipient whose queue is full.
+        peer: String,
+        /// The configuration key of the limit reached.
+        setting: &'static str,
+        /// What the limit counts (`messages` or `bytes`).
+        unit: &'static str,
+        /// How many are queued now.
+        queued: u64,
+    },
+    /// An earlier submission of the same batch was refused for now: this
+    /// one is refused too, so that a sender's messages reach each
+    /// recipient in the order sent.
+    #[error("held back behind message {earlier} of the same batch, which was refused for now ({why}); nothing was stored for this one, send it again after that one")]
+    HeldBack {
+        /// The earlier message.
+        earlier: String,
+        /// Why it was refused.
+        why: String,
+    },
     /// No such message at the hub.
     #[error("no message {0} at the hub; check the message id")]
     UnknownMessage(String),
@@ -228,7 +251,9 @@ impl HubError {
             | HubError::NotYourRecord { .. } => Code::PermissionDenied,
             HubError::PlanExists { .. } => Code::AlreadyExists,
             HubError::PlanRefused { .. } => Code::FailedPrecondition,
-            HubError::PlanRate { .. } => Code::ResourceExhausted,
+            HubError::PlanRate { .. } | HubError::QueueFull { .. } | HubError::HeldBack { .. } => {
+                Code::ResourceExhausted
+            }
             HubError::BadProofRequest(_) => Code::OutOfRange,
             HubError::BadCosignature(_) => Code::InvalidArgument,
             HubError::NoWitnessKey(_) => Code::FailedPrecondition,
@@ -255,7 +280,15 @@ impl HubError {
 impl From<HubError> for Status {
     fn from(e: HubError) -> Self {
         let code = e.code();
-        if liaison_proto::status::classify(code).fault != liaison_proto::status::Fault::Caller {
+        // Backpressure is no failure of the hub's: it is counted and
+        // warned about where it is decided.
+        let backpressure = matches!(
+            e,
+            HubError::PlanRate { .. } | HubError::QueueFull { .. } | HubError::HeldBack { .. }
+        );
+        if !backpressure
+            && liaison_proto::status::classify(code).fault != liaison_proto::status::Fault::Caller
+        {
             tracing::error!(error = %e, code = %code, "internal error answering a request");
         }
         Status::new(code, e.to_string())

@@ -117,7 +117,8 @@ pub async fn run_with_reload(
     let federation = governance.federation().to_owned();
     let (stop_tx, stop_rx) = watch::channel(false);
     let keys = config.audit.load()?;
-    let state = Arc::new(HubState::new(db, governance, keys, stop_rx.clone()).await?);
+    let state =
+        Arc::new(HubState::new(db, governance, keys, config.queues, stop_rx.clone()).await?);
     state.spawn(Arc::clone(&state).run_schedules());
     state.spawn(Arc::clone(&state).run_checkpoints());
     let expiries = material.expiries()?;

@@ -65,6 +65,15 @@ pub struct NoticeLabel {
     pub notice: String,
 }
 
+/// A full queue's peer and the limit it reached.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabel {
+    /// The recipient whose queue is full.
+    pub peer: String,
+    /// `messages` or `bytes`.
+    pub limit: String,
+}
+
 /// Every metric of the hub.
 #[derive(Debug)]
 pub struct HubMetrics {
@@ -88,9 +97,13 @@ pub struct HubMetrics {
     pub delivery_seconds: Histogram,
     /// Open delivery subscriptions, by peer.
     pub subscriptions: Family<Peer, Gauge>,
+    /// Submissions refused because a recipient's queue was full, by peer
+    /// and limit.
+    pub queue_full: Family<QuotaLabel, Counter>,
     /// The store's size, failure and flush latency.
     pub store: StoreMetrics,
     queue_depth: Family<Peer, Gauge>,
+    queue_bytes: Family<Peer, Gauge>,
     queue_oldest: Family<Peer, Gauge>,
     connected: Family<Peer, Gauge>,
     audit_records: Gauge,
@@ -113,6 +126,8 @@ impl Default for HubMetrics {
             subscriptions: Family::default(),
             store: StoreMetrics::default(),
             queue_depth: Family::default(),
+            queue_bytes: Family::default(),
+            queue_full: Family::default(),
             queue_oldest: Family::default(),
             connected: Family::default(),
             audit_records: Gauge::default(),
@@ -190,6 +205,17 @@ impl HubMetrics {
             self.queue_depth.clone(),
         );
         r.register_with_unit(
+            "liaison_hub_queue",
+            "Bytes of the messages in a peer's delivery queue not yet acknowledged",
+            Unit::Bytes,
+            self.queue_bytes.clone(),
+        );
+        r.register(
+            "liaison_hub_queue_full_refusals",
+            "Submissions refused because a peer's queue reached its [queues] quota, by peer and limit (messages, bytes)",
+            self.queue_full.clone(),
+        );
+        r.register_with_unit(
             "liaison_hub_queue_oldest_undelivered_age",
             "Age of the oldest position in a peer's queue not yet acknowledged (0 when empty)",
             Unit::Seconds,
@@ -257,6 +283,7 @@ fn refresh(state: &HubState, data_dir: &Path) {
     let now = liaison_types::now_ms();
     let gov = state.governance();
     m.queue_depth.clear();
+    m.queue_bytes.clear();
     m.queue_oldest.clear();
     m.connected.clear();
     for body in gov.bodies() {
@@ -268,6 +295,9 @@ fn refresh(state: &HubState, data_dir: &Path) {
                 m.queue_depth
                     .get_or_create(&peer)
                     .set(i64::try_from(q.depth).unwrap_or(i64::MAX));
+                m.queue_bytes
+                    .get_or_create(&peer)
+                    .set(i64::try_from(q.bytes).unwrap_or(i64::MAX));
                 let age_s = q.oldest_ms.map_or(0, |t| (now - t).max(0) / 1000);
                 m.queue_oldest.get_or_create(&peer).set(age_s);
             }

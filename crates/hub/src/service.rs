@@ -57,6 +57,9 @@ fn unrecorded(e: StoreError) -> HubError {
 /// asks for one at least every second while it grows).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// A full queue is warned about at most this often per peer.
+const QUEUE_FULL_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// State shared by every request.
 ///
 /// Readers see only what is durable: the [`HubStore`] publishes what each of
@@ -78,6 +81,8 @@ pub struct HubState {
     embargo_changed: tokio::sync::Notify,
     /// Failed TLS handshakes on the hub's listener, by reason.
     handshake_failures: liaison_pki::HandshakeFailures,
+    /// When a full queue was last warned about, per peer.
+    full_warned: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The metrics, updated as things happen.
     metrics: crate::metrics::HubMetrics,
     /// Why the store's last write or flush failed, while it fails.
@@ -96,6 +101,7 @@ impl HubState {
         db: Db,
         governance: Governance,
         keys: crate::config::LoadedAuditKeys,
+        quota: store::QueueQuota,
         stopping: watch::Receiver<bool>,
     ) -> Result<Self, HubError> {
         let metrics = crate::metrics::HubMetrics::default();
@@ -115,7 +121,8 @@ impl HubState {
                 problem,
             }
         })?;
-        let store = HubStore::open(db, governance.bodies().map(|b| &b.id), keys.signer)?;
+        let store =
+            HubStore::open(db, governance.bodies().map(|b| &b.id), keys.signer)?.with_quota(quota);
         let overrides = store.body_states()?;
         Ok(Self {
             witnesses: keys.witnesses,
@@ -128,6 +135,7 @@ impl HubState {
             tasks: TaskTracker::new(),
             embargo_changed: tokio::sync::Notify::new(),
             handshake_failures: liaison_pki::HandshakeFailures::default(),
+            full_warned: std::sync::Mutex::default(),
         })
     }
 
@@ -590,6 +598,9 @@ impl HubState {
             .submit_seconds
             .observe(started.elapsed().as_secs_f64());
         let refused = |e: &HubError| {
+            if let HubError::QueueFull { peer, unit, .. } = e {
+                self.note_queue_full(peer, unit, e);
+            }
             self.metrics
                 .refused
                 .get_or_create(&crate::metrics::Code {
@@ -605,6 +616,28 @@ impl HubState {
             Err(e) => refused(e),
         }
         results
+    }
+
+    /// Counts a refusal for a full queue, and warns about it at most once
+    /// a minute per peer (the sending node retries it with backoff until
+    /// the queue has room again).
+    fn note_queue_full(&self, peer: &str, unit: &str, e: &HubError) {
+        self.metrics
+            .queue_full
+            .get_or_create(&crate::metrics::QuotaLabel {
+                peer: peer.to_owned(),
+                limit: unit.to_owned(),
+            })
+            .inc();
+        let now = std::time::Instant::now();
+        let mut warned = self.full_warned.lock().unwrap_or_else(|e| e.into_inner());
+        let due = warned
+            .get(peer)
+            .is_none_or(|at| now.duration_since(*at) >= QUEUE_FULL_WARN_EVERY);
+        if due {
+            warned.insert(peer.to_owned(), now);
+            tracing::warn!(peer, limit = unit, error = %e, "a peer's queue is full: submissions for it are refused until its node catches up");
+        }
     }
 
     async fn submit_batch_timed(

@@ -58,6 +58,10 @@ pub struct NodeConfig {
     /// Trace export (`[telemetry] otlp_endpoint`); off if absent.
     #[serde(default)]
     pub telemetry: liaison_telemetry::trace::TelemetryConfig,
+    /// How fast each officer may submit (`[officers]
+    /// max_submissions_per_minute`).
+    #[serde(default)]
+    pub officers: crate::officer_rate::Officers,
     /// The `[release]` table as written, with positions for error messages.
     #[serde(default, rename = "release")]
     release_table: Option<Spanned<RawRelease>>,
@@ -548,6 +552,7 @@ witness_key = "witness.key"
         .unwrap();
         assert_eq!(c.body, "europol");
         assert_eq!(c.release.approvers, ["bob", "carol"]);
+        assert_eq!(c.officers, crate::officer_rate::Officers::default());
     }
 
     #[test]

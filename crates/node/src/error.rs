@@ -50,6 +50,17 @@ pub enum NodeError {
     /// No such message awaiting approval.
     #[error("message {0} is not awaiting approval; see `liaison approvals` for those that are")]
     NotAwaiting(String),
+    /// An officer submitted more than the node's `[officers]
+    /// max_submissions_per_minute` (nothing was stored).
+    #[error("{officer} submitted as many messages in the last minute as this node allows one officer ([officers] max_submissions_per_minute = {limit}); nothing was stored, send again in {retry_in_ms} ms")]
+    RateLimited {
+        /// The officer's SPIFFE id.
+        officer: String,
+        /// The limit.
+        limit: u32,
+        /// When the next submission would be admitted.
+        retry_in_ms: u64,
+    },
     /// A request field is wrong (caller's fault).
     #[error("{field}: {problem}")]
     BadRequest {
@@ -182,6 +193,7 @@ impl From<NodeError> for Status {
         let code = match &e {
             NodeError::Invalid(_) => Code::InvalidArgument,
             NodeError::BadRequest { .. } => Code::InvalidArgument,
+            NodeError::RateLimited { .. } => Code::ResourceExhausted,
             NodeError::WrongBody { .. }
             | NodeError::OriginMismatch { .. }
             | NodeError::OwnMessage { .. }

@@ -26,6 +26,7 @@ mod config;
 mod error;
 mod link;
 mod metrics;
+mod officer_rate;
 mod plans;
 mod service;
 pub mod store;
@@ -157,6 +158,7 @@ pub async fn run_with_reload(
         health: health.clone(),
         metrics: node_metrics,
         tls_files: config.tls.clone(),
+        officer_rate: officer_rate::OfficerRate::new(config.officers),
     });
     let release = &state.release;
     if release.four_eyes_from.is_some() || !release.four_eyes_kinds.is_empty() {

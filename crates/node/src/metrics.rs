@@ -21,6 +21,8 @@ use crate::store;
 pub struct NodeMetrics {
     /// Messages officers submitted that the outbox took.
     pub submitted: Counter,
+    /// Officer submission calls refused by the per-officer rate limit.
+    pub rate_limited: Counter,
     /// Seconds to check and store one officer Submit or SubmitBatch call.
     pub submit_seconds: Histogram,
     /// Deliveries from the hub newly stored in the inbox.
@@ -42,6 +44,7 @@ impl Default for NodeMetrics {
     fn default() -> Self {
         Self {
             submitted: Counter::default(),
+            rate_limited: Counter::default(),
             submit_seconds: latency_histogram(),
             received: Counter::default(),
             quarantined_total: Counter::default(),
@@ -67,6 +70,11 @@ impl NodeMetrics {
             "liaison_node_submitted",
             "Messages officers submitted that the outbox took",
             self.submitted.clone(),
+        );
+        r.register(
+            "liaison_node_officer_rate_limited",
+            "Officer submission calls refused by the per-officer rate limit ([officers] max_submissions_per_minute)",
+            self.rate_limited.clone(),
         );
         r.register_with_unit(
             "liaison_node_submit_duration",

@@ -68,6 +68,8 @@ pub struct NodeState {
     /// The federation's deconfliction key (`[plans]`), to hash plans'
     /// targets; `None` if not configured.
     pub deconfliction_key: Option<liaison_plans::DeconflictionKey>,
+    /// Each officer's submission allowance.
+    pub officer_rate: crate::officer_rate::OfficerRate,
 }
 
 /// The trace context of a message's submission: a `message.submit` span,
@@ -242,12 +244,29 @@ impl NodeState {
         Ok((env, record, plan))
     }
 
+    /// Takes `n` submissions from the officer's allowance, counting and
+    /// warning about a refusal.
+    fn admit(&self, caller: &Identity, n: usize) -> Result<(), NodeError> {
+        let officer = caller.to_string();
+        self.officer_rate.admit(&officer, n).inspect_err(|e| {
+            if matches!(e, NodeError::RateLimited { .. }) {
+                self.metrics.rate_limited.inc();
+                tracing::warn!(
+                    officer,
+                    messages = n,
+                    "an officer's submissions are rate-limited"
+                );
+            }
+        })
+    }
+
     async fn submit(
         &self,
         caller: &Identity,
         req: pb::OfficerSubmitRequest,
     ) -> Result<pb::OfficerSubmitResponse, NodeError> {
         self.own_officer(caller)?;
+        self.admit(caller, 1)?;
         let prepared = self.prepare(caller, req)?;
         let mut results = self.store_submissions(caller, vec![prepared]).await?;
         results
@@ -273,6 +292,7 @@ impl NodeState {
                 ),
             });
         }
+        self.admit(caller, requests.len())?;
         let mut results: Vec<Option<Result<pb::OfficerSubmitResponse, NodeError>>> =
             Vec::with_capacity(requests.len());
         let mut valid = Vec::with_capacity(requests.len());
@@ -1132,6 +1152,7 @@ mod tests {
             stopping: tokio::sync::watch::channel(false).1,
             health: liaison_telemetry::health::Health::new(crate::SERVICES, true).0,
             metrics: crate::metrics::NodeMetrics::default(),
+            officer_rate: crate::officer_rate::OfficerRate::new(Default::default()),
             tls_files: liaison_pki::TlsFiles::in_dev_dir(std::path::Path::new("/nonexistent"), "x"),
             witness: Arc::new(crate::witness::tests::witness(&db_for_witness)),
             deconfliction_key: None,

@@ -23,6 +23,7 @@ mod forward;
 pub(crate) mod log;
 mod owner;
 mod plan;
+mod quota;
 mod retention;
 mod retraction;
 mod schema;
@@ -33,6 +34,7 @@ pub(crate) use log::convert_chain;
 pub use owner::HubStore;
 use plan::apply;
 pub use plan::{Applied, Effects, Enqueue, Write};
+pub use quota::{QueueQuota, Queued};
 use schema::*;
 pub use schema::{env_key_name, forward_key_name};
 
@@ -149,6 +151,12 @@ pub struct QueueEntry {
     /// (a plan's version), a deconfliction notice, not the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<StoredNotice>,
+    /// The size of the encoded envelope this position delivers, counted
+    /// against the recipient's queue quota (0 for receipts, notices and
+    /// the positions of earlier versions; a message position queued with 0
+    /// is sized from the stored envelope when it is appended).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -232,6 +240,7 @@ impl QueueEntry {
                 .collect(),
             traceparent: self.traceparent.clone(),
             audit_seq: self.audit_seq,
+            bytes: self.bytes,
         })
     }
 
@@ -273,6 +282,33 @@ impl QueueEntry {
         Ok((elements.len(), entries))
     }
 
+    /// The bytes counted by the positions after `after` up to `through`
+    /// of a stored queue value whose first position is `start`.
+    fn bytes_between(
+        key: &[u8],
+        bytes: &[u8],
+        start: u64,
+        after: u64,
+        through: u64,
+    ) -> Result<u64, StoreError> {
+        let counted = |pos: u64| pos > after && pos <= through;
+        if bytes.first() != Some(&QUEUE_RUN_TAG) {
+            if !counted(start) {
+                return Ok(0);
+            }
+            return Ok(Self::decode(key, bytes)?.bytes);
+        }
+        let mut sum = 0u64;
+        for (i, e) in run_elements(key, bytes)?.into_iter().enumerate() {
+            if counted(start.saturating_add(i as u64)) {
+                let entry =
+                    pb::StoredQueueEntry::decode(e).map_err(|e| StoreError::corrupt(key, e))?;
+                sum = sum.saturating_add(entry.bytes);
+            }
+        }
+        Ok(sum)
+    }
+
     /// How many positions a stored queue value holds, without decoding them.
     fn count_value(key: &[u8], bytes: &[u8]) -> Result<usize, StoreError> {
         if bytes.first() != Some(&QUEUE_RUN_TAG) {
@@ -302,6 +338,7 @@ impl QueueEntry {
                 .collect(),
             traceparent: e.traceparent,
             audit_seq: e.audit_seq,
+            bytes: e.bytes,
         }
     }
 }
@@ -367,6 +404,17 @@ impl Receipt {
 }
 
 impl QueueEntry {
+    /// Whether this position delivers the message itself (not a receipt,
+    /// a retraction, a forward request or a notice about it).
+    pub fn delivers_message(&self) -> bool {
+        self.retraction.is_none()
+            && self.forward_request.is_none()
+            && self.receipt.is_none()
+            && self.receipts.is_empty()
+            && self.notice.is_none()
+            && !self.message_id.is_empty()
+    }
+
     /// A position carrying the message itself.
     pub fn message(message_id: &str, origin: &str, now_ms: i64) -> Self {
         Self {
@@ -380,6 +428,7 @@ impl QueueEntry {
             traceparent: String::new(),
             audit_seq: 0,
             notice: None,
+            bytes: 0,
         }
     }
 
@@ -524,6 +573,7 @@ pub fn plan_submission(
 ) -> Result<SubmissionPlan, HubError> {
     let env = &s.env;
     let id = env.labels.message_id.clone();
+    let size = encoded.len() as u64;
     if let Some(original) = existing {
         if original.digest != digest || original.origin != env.labels.origin.as_str() {
             return Err(HubError::IdReused { message_id: id });
@@ -593,6 +643,7 @@ pub fn plan_submission(
                     body: d.recipient.clone(),
                     entry: QueueEntry {
                         traceparent: s.traceparent.clone(),
+                        bytes: size,
                         ..QueueEntry::message(&id, env.labels.origin.as_str(), s.now_ms)
                     },
                     audit: Some(effects.audit.len()),
@@ -648,6 +699,7 @@ pub fn plan_submission(
 pub(super) async fn submit_all(
     db: &Db,
     plans: &std::sync::Arc<std::sync::Mutex<Deconfliction>>,
+    quota: QueueQuota,
     batch: Vec<Submission>,
 ) -> Result<(Vec<Result<Submitted, HubError>>, u64), HubError> {
     let plans = std::sync::Arc::clone(plans);
@@ -664,7 +716,23 @@ pub(super) async fn submit_all(
         // The last record of a refused plan version, made durable with the
         // batch.
         let mut refused_audit = 0;
+        // Once a submission is refused for now (a full queue, a plan
+        // rate), every later one of the batch is held back behind it: a
+        // sender's messages reach each recipient in the order sent.
+        let mut held_back: Option<(String, String)> = None;
         for (s, encoded, digest) in batch {
+            if let Some((earlier, why)) = &held_back {
+                results.push(Err(HubError::HeldBack {
+                    earlier: earlier.clone(),
+                    why: why.clone(),
+                }));
+                continue;
+            }
+            let hold_back = |refused: &HubError| {
+                let retry = liaison_proto::status::classify(refused.code()).disposition
+                    == liaison_proto::status::Disposition::Retry;
+                retry.then(|| (s.env.labels.message_id.clone(), refused.to_string()))
+            };
             let okey = outcome_key(&s.env.labels.message_id);
             let existing = match txn.get(&okey)? {
                 Some(bytes) => Some(RoutedOutcome::decode(&okey, &bytes)?),
@@ -678,6 +746,14 @@ pub(super) async fn submit_all(
                     effects,
                     held,
                 }) => {
+                    // Refused whole, writing nothing, while a recipient's
+                    // queue is full.
+                    let now = queued_for(txn, &effects.enqueue)?;
+                    if let Err(full) = quota::check(&quota, &now, &effects.enqueue) {
+                        held_back = hold_back(&full);
+                        results.push(Err(full));
+                        continue;
+                    }
                     // A plan's version is checked against the plan first:
                     // refused, only the refusal is written.
                     let deconflicted = match &s.plan {
@@ -701,6 +777,7 @@ pub(super) async fn submit_all(
                                         },
                                     )?;
                                     drop(index);
+                                    held_back = hold_back(&refused);
                                     results.push(Err(refused));
                                     refused_audit = refused_audit.max(applied.audit_seq);
                                     continue;
@@ -738,6 +815,36 @@ pub(super) async fn submit_all(
     .await
 }
 
+/// What waits now in the queue of each recipient a message position of
+/// `enqueue` names, read in the transaction (so earlier submissions of
+/// the same batch count).
+fn queued_for(
+    txn: &Txn<'_>,
+    enqueue: &[Enqueue],
+) -> Result<std::collections::BTreeMap<BodyId, Queued>, StoreError> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in enqueue.iter().filter(|e| e.entry.delivers_message()) {
+        if out.contains_key(&e.body) {
+            continue;
+        }
+        let q = queued(txn, &e.body)?;
+        out.insert(e.body.clone(), q);
+    }
+    Ok(out)
+}
+
+/// What waits in `body`'s queue: positions not acknowledged and the bytes
+/// of their messages.
+pub(super) fn queued(r: &impl liaison_store::Reader, body: &BodyId) -> Result<Queued, StoreError> {
+    let count = |which| -> Result<u64, StoreError> {
+        Ok(keys::u64_value(r.get(&counter_key(body.as_str(), which))?))
+    };
+    Ok(Queued {
+        messages: count("next")?.saturating_sub(count("acked")?),
+        bytes: count("bytes")?,
+    })
+}
+
 /// The one result of a batch of one submission.
 pub(super) fn only(mut results: Vec<Result<Submitted, HubError>>) -> Result<Submitted, HubError> {
     results.pop().unwrap_or_else(|| {
@@ -752,7 +859,11 @@ pub(super) fn only(mut results: Vec<Result<Submitted, HubError>>) -> Result<Subm
 #[cfg(test)]
 pub(super) async fn submit(db: &Db, s: Submission) -> Result<Submitted, HubError> {
     let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
-    only(submit_all(db, &plans, vec![s]).await?.0)
+    only(
+        submit_all(db, &plans, QueueQuota::UNLIMITED, vec![s])
+            .await?
+            .0,
+    )
 }
 
 /// Appends `entry` to `body`'s queue; returns its position. The one place a
@@ -766,6 +877,28 @@ pub(super) fn append_to_queue(
     let next_key = counter_key(body.as_str(), "next");
     let seq = keys::u64_value(txn.get(&next_key)?) + 1;
     txn.put(next_key, seq.to_be_bytes().to_vec());
+    // A message position counts its envelope against the recipient's
+    // queue quota (a release or a forward is sized from the stored
+    // envelope, which a submission staged in this same transaction).
+    let sized;
+    let entry = if entry.delivers_message() && entry.bytes == 0 {
+        let len = txn.get(&env_key(&entry.message_id))?.map_or(0, |v| v.len());
+        sized = QueueEntry {
+            bytes: len as u64,
+            ..entry.clone()
+        };
+        &sized
+    } else {
+        entry
+    };
+    if entry.bytes > 0 {
+        let bytes_key = counter_key(body.as_str(), "bytes");
+        let queued = keys::u64_value(txn.get(&bytes_key)?);
+        txn.put(
+            bytes_key,
+            queued.saturating_add(entry.bytes).to_be_bytes().to_vec(),
+        );
+    }
     let prefix = queue_prefix(body.as_str());
     let key = keys::seq_key(&prefix, seq);
     let Some(stored) = entry.stored() else {
@@ -1298,6 +1431,119 @@ mod tests {
         plan_submission(&submission, encoded, digest, existing)
     }
 
+    fn alert_numbered(n: i64) -> Envelope {
+        let mut env = held_alert(0, 0);
+        env.labels.message_id = uuid_for(1_000 + n);
+        env
+    }
+
+    async fn submit_under(
+        db: &Db,
+        quota: QueueQuota,
+        envs: Vec<Envelope>,
+    ) -> Vec<Result<Submitted, HubError>> {
+        let gov = governance();
+        let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
+        let batch = envs.into_iter().map(|e| submission_of(&gov, e)).collect();
+        submit_all(db, &plans, quota, batch).await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_whole_holds_back_the_rest_and_frees_on_acknowledgement() {
+        let db = Db::in_memory();
+        let interpol = BodyId::parse("interpol").unwrap();
+        let size = pb::Envelope::from(&alert_numbered(0)).encode_to_vec().len() as u64;
+        let quota = QueueQuota {
+            max_messages_per_peer: 2,
+            max_bytes_per_peer: u64::MAX,
+        };
+        // Two fit; the third is refused naming the peer, and the fourth,
+        // behind it in the batch, is held back.
+        let results = submit_under(&db, quota, (0..4).map(alert_numbered).collect()).await;
+        assert!(results[0].is_ok() && results[1].is_ok());
+        match &results[2] {
+            Err(HubError::QueueFull {
+                peer,
+                setting,
+                queued,
+                ..
+            }) => {
+                assert_eq!(
+                    (peer.as_str(), *setting, *queued),
+                    ("interpol", "max_messages_per_peer", 2)
+                );
+            }
+            other => panic!("expected a full queue, got {other:?}"),
+        }
+        assert!(
+            matches!(&results[3], Err(HubError::HeldBack { earlier, .. }) if *earlier == uuid_for(1_002))
+        );
+        assert_eq!(
+            super::queued(&db, &interpol).unwrap(),
+            Queued {
+                messages: 2,
+                bytes: 2 * size
+            }
+        );
+        // Nothing of the refused ones was written.
+        for n in [2, 3] {
+            assert!(db
+                .get(&outcome_key(&uuid_for(1_000 + n)))
+                .unwrap()
+                .is_none());
+        }
+        // The bytes limit counts the envelopes.
+        let by_bytes = QueueQuota {
+            max_messages_per_peer: 100,
+            max_bytes_per_peer: 2 * size,
+        };
+        let results = submit_under(&db, by_bytes, vec![alert_numbered(2)]).await;
+        assert!(
+            matches!(
+                &results[0],
+                Err(HubError::QueueFull {
+                    setting: "max_bytes_per_peer",
+                    ..
+                })
+            ),
+            "{results:?}"
+        );
+        // Acknowledging the first frees one message and its bytes: the
+        // third now fits.
+        acknowledge(
+            &db,
+            interpol.clone(),
+            1,
+            Default::default(),
+            "n".into(),
+            NOW,
+            "v1".into(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            super::queued(&db, &interpol).unwrap(),
+            Queued {
+                messages: 1,
+                bytes: size
+            }
+        );
+        let results = submit_under(&db, quota, vec![alert_numbered(2)]).await;
+        assert!(results[0].is_ok(), "{results:?}");
+        acknowledge(
+            &db,
+            interpol.clone(),
+            3,
+            Default::default(),
+            "n".into(),
+            NOW,
+            "v1".into(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(super::queued(&db, &interpol).unwrap(), Queued::default());
+    }
+
     #[test]
     fn a_new_submission_is_stored_routed_queued_and_scheduled() {
         let SubmissionPlan::New {
@@ -1429,6 +1675,7 @@ mod tests {
         let (results, _) = submit_all(
             &db,
             &plans,
+            QueueQuota::UNLIMITED,
             vec![sub(a.clone()), sub(b), sub(a), sub(reused)],
         )
         .await

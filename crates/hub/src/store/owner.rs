@@ -43,6 +43,8 @@ pub struct HubStore {
     writes: TaskTracker,
     /// The active plans, indexed for deconfliction.
     plans: Arc<Mutex<Deconfliction>>,
+    /// How much may wait for one recipient.
+    quota: QueueQuota,
 }
 
 /// The log's key and its latest signed checkpoint.
@@ -152,7 +154,15 @@ impl HubStore {
             }),
             db,
             writes: TaskTracker::new(),
+            quota: QueueQuota::default(),
         })
+    }
+
+    /// The same store under the per-peer queue quota `quota` (the hub's
+    /// `[queues]`; [`QueueQuota::default`] until set).
+    pub fn with_quota(mut self, quota: QueueQuota) -> Self {
+        self.quota = quota;
+        self
     }
 
     /// Gives the database back, to close it at shutdown, once every write
@@ -243,8 +253,9 @@ impl HubStore {
     ) -> Result<Vec<Result<Submitted, HubError>>, HubError> {
         let (db, marks) = self.parts();
         let plans = Arc::clone(&self.plans);
+        let quota = self.quota;
         self.detached(async move {
-            let (results, refused_audit) = match submit_all(&db, &plans, batch).await {
+            let (results, refused_audit) = match submit_all(&db, &plans, quota, batch).await {
                 Ok(done) => done,
                 Err(e) => {
                     reload_plans(&db, &plans);
@@ -645,6 +656,7 @@ impl HubStore {
         Ok(QueueState {
             depth: mark.saturating_sub(acked),
             oldest_ms,
+            bytes: super::queued(&self.db, body)?.bytes,
         })
     }
 
@@ -744,4 +756,6 @@ pub struct QueueState {
     pub depth: u64,
     /// When the oldest of them was queued, if any.
     pub oldest_ms: Option<i64>,
+    /// Bytes of the messages among them (durable or not yet).
+    pub bytes: u64,
 }

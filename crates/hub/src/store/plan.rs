@@ -159,12 +159,28 @@ pub(super) fn apply(txn: &mut Txn<'_>, effects: Effects) -> Result<Applied, Stor
             Write::Acknowledge { body, acked } => {
                 let prefix = queue_prefix(body.as_str());
                 let covered = keys::seq_key(&prefix, acked.saturating_add(1));
+                let acked_key = counter_key(body.as_str(), "acked");
+                let before = keys::u64_value(txn.get(&acked_key)?);
+                // The bytes of the positions this acknowledgement covers
+                // leave the body's queued bytes.
+                let mut freed = 0u64;
                 for (key, value) in txn.scan(&prefix, &covered, usize::MAX)? {
                     let start = keys::seq_of(&key).unwrap_or_default();
                     let n = QueueEntry::count_value(&key, &value)? as u64;
+                    freed = freed.saturating_add(QueueEntry::bytes_between(
+                        &key, &value, start, before, acked,
+                    )?);
                     if start.saturating_add(n).saturating_sub(1) <= acked {
                         txn.delete(key);
                     }
+                }
+                if freed > 0 {
+                    let bytes_key = counter_key(body.as_str(), "bytes");
+                    let queued = keys::u64_value(txn.get(&bytes_key)?);
+                    txn.put(
+                        bytes_key,
+                        queued.saturating_sub(freed).to_be_bytes().to_vec(),
+                    );
                 }
                 txn.put(
                     counter_key(body.as_str(), "acked"),

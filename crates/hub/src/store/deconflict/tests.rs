@@ -1833,9 +1833,14 @@ async fn a_version_in_the_same_batch_as_the_one_before_sees_its_overlaps() {
     let db = Db::in_memory();
     let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
     let (a, b) = europol_and_frontex();
-    let (first, _) = super::super::submit_all(&db, &plans, vec![submission(&fx, &a)])
-        .await
-        .unwrap();
+    let (first, _) = super::super::submit_all(
+        &db,
+        &plans,
+        super::super::QueueQuota::UNLIMITED,
+        vec![submission(&fx, &a)],
+    )
+    .await
+    .unwrap();
     assert!(notices_of(&first[0]).is_empty());
     // Frontex's version 1 overlaps Europol's plan and its version 2, in the
     // same batch, moves away from it: found, then cleared, both sides.
@@ -1847,6 +1852,7 @@ async fn a_version_in_the_same_batch_as_the_one_before_sees_its_overlaps() {
     let (results, _) = super::super::submit_all(
         &db,
         &plans,
+        super::super::QueueQuota::UNLIMITED,
         vec![submission(&fx, &b), submission(&fx, &moved)],
     )
     .await
@@ -1867,9 +1873,14 @@ async fn the_reference_key_is_made_once_kept_in_the_store_and_read_again() {
     ));
     assert!(db.get(REFERENCE_KEY).unwrap().is_none());
     let (a, b) = europol_and_frontex();
-    super::super::submit_all(&db, &plans, vec![submission(&fx, &a)])
-        .await
-        .unwrap();
+    super::super::submit_all(
+        &db,
+        &plans,
+        super::super::QueueQuota::UNLIMITED,
+        vec![submission(&fx, &a)],
+    )
+    .await
+    .unwrap();
     let stored = db
         .get(REFERENCE_KEY)
         .unwrap()
@@ -1880,9 +1891,14 @@ async fn the_reference_key_is_made_once_kept_in_the_store_and_read_again() {
     let reloaded = std::sync::Arc::new(std::sync::Mutex::new(
         Deconfliction::load(&db, NOW).unwrap(),
     ));
-    super::super::submit_all(&db, &reloaded, vec![submission(&fx, &b)])
-        .await
-        .unwrap();
+    super::super::submit_all(
+        &db,
+        &reloaded,
+        super::super::QueueQuota::UNLIMITED,
+        vec![submission(&fx, &b)],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         db.get(REFERENCE_KEY).unwrap(),
         Some(stored.clone()),
@@ -1917,10 +1933,14 @@ async fn retracting_a_plans_latest_version_withdraws_the_plan_and_clears_its_ove
     let db = Db::in_memory();
     let plans = std::sync::Arc::new(std::sync::Mutex::new(Deconfliction::default()));
     let (a, b) = europol_and_frontex();
-    let (done, _) =
-        super::super::submit_all(&db, &plans, vec![submission(&fx, &a), submission(&fx, &b)])
-            .await
-            .unwrap();
+    let (done, _) = super::super::submit_all(
+        &db,
+        &plans,
+        super::super::QueueQuota::UNLIMITED,
+        vec![submission(&fx, &a), submission(&fx, &b)],
+    )
+    .await
+    .unwrap();
     assert_eq!(notices_of(&done[1]).len(), 2);
     assert_eq!(db.scan_prefix(b"po/", 10).unwrap().len(), 2);
     let retract = |message_id: String| {
@@ -2008,6 +2028,7 @@ async fn a_body_over_the_plan_rate_is_refused_and_audited_and_may_still_end_a_pl
     let (results, refused_audit) = super::super::submit_all(
         &db,
         &plans,
+        super::super::QueueQuota::UNLIMITED,
         vec![
             submission(&fx, &a),
             submission(&fx, &v2),
@@ -2019,7 +2040,13 @@ async fn a_body_over_the_plan_rate_is_refused_and_audited_and_may_still_end_a_pl
     .unwrap();
     let mut results = results;
     assert!(results[0].is_ok() && results[1].is_ok());
-    assert!(results[3].is_ok(), "a close is never limited");
+    // What follows a refusal for now in the batch waits behind it, so the
+    // body's versions arrive in order.
+    assert!(
+        matches!(&results[3], Err(HubError::HeldBack { earlier, .. }) if *earlier == v3.message_id),
+        "{:?}",
+        results[3]
+    );
     let err = results.remove(2).unwrap_err();
     assert!(matches!(err, HubError::PlanRate { limit: 2, .. }), "{err}");
     assert!(err.to_string().contains("max_versions_per_hour"), "{err}");
@@ -2033,11 +2060,26 @@ async fn a_body_over_the_plan_rate_is_refused_and_audited_and_may_still_end_a_pl
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].rule, "plan.rate");
     assert_eq!(refused[0].message_id, v3.message_id);
+    // A close is never limited.
+    let (results, _) = super::super::submit_all(
+        &db,
+        &plans,
+        super::super::QueueQuota::UNLIMITED,
+        vec![submission(&fx, &close)],
+    )
+    .await
+    .unwrap();
+    assert!(results[0].is_ok(), "a close is never limited: {results:?}");
     // Another body has its own hour.
     let mut other = plan(7, "frontex");
     other.labels.regions = strings(&["sahel"]);
-    let (results, _) = super::super::submit_all(&db, &plans, vec![submission(&fx, &other)])
-        .await
-        .unwrap();
+    let (results, _) = super::super::submit_all(
+        &db,
+        &plans,
+        super::super::QueueQuota::UNLIMITED,
+        vec![submission(&fx, &other)],
+    )
+    .await
+    .unwrap();
     assert!(results[0].is_ok());
 }
