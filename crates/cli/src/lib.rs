@@ -21,6 +21,7 @@ pub mod audit;
 mod batch;
 mod bench;
 mod config;
+mod crash;
 pub mod demo;
 pub mod exit;
 mod forwards;
@@ -202,6 +203,10 @@ pub enum Command {
     /// Measure the federation (a hub and eleven nodes as child processes)
     /// against a bare tonic mutual-TLS echo of the same run.
     Bench(bench::BenchArgs),
+    /// Kill the hub and nodes (child processes) under load, restart them,
+    /// and check the whole history: nothing acknowledged lost, nothing
+    /// twice, nothing to a body the policy withheld it from, order kept.
+    CrashTest(crash::CrashArgs),
     /// The bare echo server that `bench` measures (started by it).
     #[command(hide = true)]
     BenchEchoServer(bench::EchoServerArgs),
@@ -280,6 +285,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Node(a) => ops::node(a).await,
         Command::Demo(a) => demo::run(a, out).await,
         Command::Bench(a) => bench::run(a, out).await,
+        Command::CrashTest(a) => crash::run(a, out).await,
         Command::BenchEchoServer(a) => bench::echo_server(a).await,
     }
 }
