@@ -25,5 +25,6 @@ mod refusals;
 mod retraction;
 mod revocation;
 mod routing;
+mod storage;
 mod suspension;
 mod witness;

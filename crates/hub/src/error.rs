@@ -266,6 +266,10 @@ impl HubError {
             // A record that does not decode will not heal by retrying: the
             // key is named, and the alarm is the error log below.
             HubError::Store(StoreError::Corrupt { .. }) => Code::Internal,
+            // A full disk: nothing stored; the node retries once there is
+            // room.
+            HubError::Store(StoreError::NoSpace(_))
+            | HubError::Unrecorded(StoreError::NoSpace(_)) => Code::ResourceExhausted,
             HubError::Store(_) | HubError::Unrecorded(_) => Code::Unavailable,
             HubError::Config { .. }
             | HubError::Policy(_)

@@ -225,6 +225,8 @@ impl From<NodeError> for Status {
             }
             // A record that does not decode will not heal by retrying.
             NodeError::Store(StoreError::Corrupt { .. }) => Code::Internal,
+            // A full disk: retried by the caller once there is room.
+            NodeError::Store(StoreError::NoSpace(_)) => Code::ResourceExhausted,
             NodeError::Hub(_) | NodeError::Store(_) => Code::Unavailable,
             NodeError::Config { .. }
             | NodeError::Pki(_)

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use serde::Deserialize;
@@ -38,6 +39,13 @@ pub trait Engine: Send + Sync + 'static {
     fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError>;
     /// Makes every applied write durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// After a write or a flush failed: forgets whatever was applied but
+    /// is not durable and reads the durable state again, as a restart
+    /// would, so that nothing built on a lost write is ever made durable.
+    /// Engines that lose nothing on failure do nothing.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// How the durable engine is set up: the `[store]` table of the hub and
@@ -75,6 +83,19 @@ impl Default for StoreOptions {
 /// starts with a tag byte saying whether it is the value or a reference.
 #[derive(Debug)]
 pub struct SledEngine {
+    path: PathBuf,
+    options: StoreOptions,
+    segment_bytes: u64,
+    /// The open database; `None` if a reopening failed.
+    parts: RwLock<Option<SledParts>>,
+    /// Set after a failed write until the database is reopened: writes
+    /// wait for that, reads use the old handle meanwhile.
+    damaged: AtomicBool,
+}
+
+/// An open sled database and its value log.
+#[derive(Debug)]
+struct SledParts {
     db: sled::Db,
     values: ValueLog,
     /// sled's log file (`<dir>/db`), kept open to sync it.
@@ -102,6 +123,99 @@ impl SledEngine {
         options: StoreOptions,
         segment_bytes: u64,
     ) -> Result<Self, StoreError> {
+        let parts = SledParts::open(path, options, segment_bytes)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            options,
+            segment_bytes,
+            parts: RwLock::new(Some(parts)),
+            damaged: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs `f` on the open database; if a failed write closed it and it
+    /// could not be reopened then, reopens it first.
+    fn reads<T>(
+        &self,
+        f: impl FnOnce(&SledParts) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // Damaged, sled may refuse reads too: reopen if the disk has room,
+        // else try the old handle.
+        if self.damaged.load(Ordering::SeqCst) {
+            let _ = self.reopen();
+        }
+        {
+            let parts = self.parts.read().map_err(poisoned)?;
+            if let Some(p) = parts.as_ref() {
+                return f(p);
+            }
+        }
+        self.reopen()?;
+        let parts = self.parts.read().map_err(poisoned)?;
+        match parts.as_ref() {
+            Some(p) => f(p),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Runs a write on the open database, after reopening it if a failed
+    /// write left it damaged (see [`Engine::recover`]).
+    fn writes<T>(
+        &self,
+        f: impl FnOnce(&SledParts) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.damaged.load(Ordering::SeqCst) {
+            self.reopen()?;
+        }
+        self.reads(f)
+    }
+
+    /// Closes and opens the database again from disk, once the disk has
+    /// room: sled, closed or opened on a full disk, can leave a torn
+    /// segment that it then refuses to open. Until then the old handle
+    /// keeps serving reads.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let free = free_bytes(&self.path)?;
+        if free < REOPEN_FREE_BYTES {
+            return Err(StoreError::NoSpace(format!(
+                "{free} bytes free under {}; the store reopens by itself once {REOPEN_FREE_BYTES} are",
+                self.path.display()
+            )));
+        }
+        let mut parts = self.parts.write().map_err(poisoned)?;
+        if !self.damaged.load(Ordering::SeqCst) && parts.is_some() {
+            return Ok(());
+        }
+        // sled holds a lock on its directory: the old handle goes first.
+        drop(parts.take());
+        *parts = Some(SledParts::open(
+            &self.path,
+            self.options,
+            self.segment_bytes,
+        )?);
+        self.damaged.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The store is reopened after a failed write only with this much free
+/// space on its disk (sled's segments are 512 KiB; its cache is written
+/// back on close).
+const REOPEN_FREE_BYTES: u64 = 8 << 20;
+
+/// Bytes available to this process on the file system holding `path`.
+fn free_bytes(path: &Path) -> Result<u64, StoreError> {
+    let st = rustix::fs::statvfs(path).map_err(|e| {
+        StoreError::io(
+            format_args!("reading the free space under {}", path.display()),
+            &std::io::Error::from(e),
+        )
+    })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+impl SledParts {
+    fn open(path: &Path, options: StoreOptions, segment_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
@@ -110,7 +224,7 @@ impl SledEngine {
             .map_err(|e| StoreError::Engine(format!("opening {}: {e}", path.display())))?;
         let log_path = path.join("db");
         let log = File::open(&log_path)
-            .map_err(|e| StoreError::Engine(format!("opening {}: {e}", log_path.display())))?;
+            .map_err(|e| StoreError::io(format_args!("opening {}", log_path.display()), &e))?;
         let blobs = path.join("blobs");
         tag_values(&db, path)?;
         let mut live = BTreeMap::new();
@@ -232,10 +346,10 @@ fn tag_values(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> StoreError {
-    StoreError::Engine(format!("syncing {}: {e}", path.display()))
+    StoreError::io(format_args!("syncing {}", path.display()), e)
 }
 
-impl SledEngine {
+impl SledParts {
     /// The value a stored entry holds: its inline bytes, or what its
     /// reference points at. A reference whose bytes are gone or do not
     /// match is read again from the tree: if the key was rewritten
@@ -279,6 +393,44 @@ fn untagged(key: &[u8]) -> StoreError {
 }
 
 impl Engine for SledEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.reads(|p| p.get(key))
+    }
+
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.reads(|p| p.contains(key))
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.reads(|p| p.scan(start, end, limit, reverse))
+    }
+
+    fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        self.writes(|p| p.apply(writes))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.writes(SledParts::flush)
+    }
+
+    /// Marks the database damaged and reopens it from disk as soon as the
+    /// disk has room: what was applied but not flushed is dropped (every
+    /// caller of it was told its write failed), and sled, which refuses
+    /// every write after one I/O error, works again once the cause (a full
+    /// disk) is gone.
+    fn recover(&self) -> Result<(), StoreError> {
+        self.damaged.store(true, Ordering::SeqCst);
+        self.reopen()
+    }
+}
+
+impl SledParts {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.db.get(key)? {
             Some(stored) => self.resolve(key, stored),
@@ -371,7 +523,7 @@ impl Engine for SledEngine {
         // sled's flush ends with sync_file_range: make it a real sync.
         self.log
             .sync_data()
-            .map_err(|e| StoreError::Engine(format!("syncing the store log: {e}")))?;
+            .map_err(|e| StoreError::io("syncing the store log", &e))?;
         self.sync_blobs()?;
         // Now that the releases are durable, their values can go.
         self.values.reclaim()
@@ -588,6 +740,125 @@ mod tests {
         }
     }
 
+    /// A tmpfs of `bytes` mounted on a new directory for one test, or
+    /// `None` (said once) where this process may not mount.
+    struct SmallDisk {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallDisk {
+        fn mount(bytes: u64) -> Option<Self> {
+            let dir = tempfile::tempdir().ok()?;
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("skipped: this process may not mount a small tmpfs to fill (needs CAP_SYS_ADMIN)");
+                return None;
+            }
+            Some(Self { dir })
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Writes a file until the disk is full; returns its path.
+        fn fill(&self) -> PathBuf {
+            use std::io::Write;
+            let path = self.path().join("filler");
+            let mut f = File::create(&path).unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            while f.write_all(&chunk).is_ok() {}
+            let _ = f.sync_all();
+            path
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    /// Writes `n` values of `len` bytes under `prefix` in one transaction.
+    async fn write_many(
+        db: &crate::Db,
+        prefix: &str,
+        n: usize,
+        len: usize,
+    ) -> Result<(), StoreError> {
+        let prefix = prefix.to_owned();
+        db.write(move |txn| {
+            for i in 0..n {
+                txn.put(format!("{prefix}/{i:05}"), marked(&prefix, len));
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+    }
+
+    /// On a real full disk (a small tmpfs), both in sled's log (many small
+    /// values) and in the value log (large ones): the write fails as
+    /// `NoSpace`, nothing of it is stored, what was durable stays, and once
+    /// space returns the store works again by itself (sled refuses every
+    /// write after one I/O error until it is reopened, which the writer
+    /// does); after a reopen everything acknowledged is there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_refuses_writes_whole_and_they_work_again_once_space_returns() {
+        let Some(disk) = SmallDisk::mount(16 << 20) else {
+            return;
+        };
+        let store = disk.path().join("store");
+        let db = crate::Db::open(&store).unwrap();
+        write_many(&db, "before", 50, 3000).await.unwrap();
+        for (what, n, len) in [("small", 20_000, 100), ("large", 64, 100_000)] {
+            let filler = disk.fill();
+            match write_many(&db, what, n, len).await {
+                Err(StoreError::NoSpace(why)) => {
+                    assert!(why.contains("No space left"), "{what}: {why}");
+                }
+                other => panic!("{what}: expected a full disk, got {other:?}"),
+            }
+            std::fs::remove_file(&filler).unwrap();
+            let stored = db
+                .scan_prefix(format!("{what}/").as_bytes(), usize::MAX)
+                .unwrap();
+            assert!(
+                stored.is_empty(),
+                "{what}: {} of the refused write stored",
+                stored.len()
+            );
+            write_many(&db, &format!("{what}-after"), 10, len)
+                .await
+                .unwrap();
+        }
+        let before = db.scan_prefix(b"before/", usize::MAX).unwrap();
+        assert_eq!(before.len(), 50);
+        tokio::task::spawn_blocking(move || db.close().unwrap())
+            .await
+            .unwrap();
+        let db = crate::Db::open(&store).unwrap();
+        for (prefix, n) in [("before/", 50), ("small-after/", 10), ("large-after/", 10)] {
+            assert_eq!(
+                db.scan_prefix(prefix.as_bytes(), usize::MAX).unwrap().len(),
+                n,
+                "{prefix}"
+            );
+        }
+        assert!(db.scan_prefix(b"small/", usize::MAX).unwrap().is_empty());
+        assert!(db.scan_prefix(b"large/", usize::MAX).unwrap().is_empty());
+        tokio::task::spawn_blocking(move || db.close().unwrap())
+            .await
+            .unwrap();
+    }
+
     /// A store written before the value log (untagged values) reads the
     /// same after its first open.
     #[test]
@@ -633,7 +904,13 @@ mod tests {
         let engine = SledEngine::open(dir.path()).unwrap();
         assert_eq!(engine.get(b"a/1").unwrap(), Some(b"one".to_vec()));
         assert_eq!(engine.get(b"a/2").unwrap(), Some(b"two".to_vec()));
-        assert_eq!(engine.db.get(TAGGED_UPTO_KEY).unwrap(), None);
+        {
+            let parts = engine.parts.read().unwrap();
+            assert_eq!(
+                parts.as_ref().unwrap().db.get(TAGGED_UPTO_KEY).unwrap(),
+                None
+            );
+        }
         drop(engine);
         // Opening again changes nothing.
         let engine = SledEngine::open(dir.path()).unwrap();

@@ -29,6 +29,7 @@ mod values;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,41 @@ pub enum StoreError {
     /// The writer thread has stopped (the process is shutting down).
     #[error("storage writer has stopped; restart the service")]
     Closed,
+    /// The disk is full (or a quota is reached): nothing of the write is
+    /// durable.
+    #[error("the store's disk is full ({0}); free space on it: the store works again by itself once there is room")]
+    NoSpace(String),
+}
+
+impl StoreError {
+    /// The same error for another caller of a shared failure (a flush
+    /// that failed for a whole group of writes): a full disk stays
+    /// [`StoreError::NoSpace`].
+    pub fn again(&self) -> Self {
+        match self {
+            Self::NoSpace(why) => Self::NoSpace(why.clone()),
+            Self::Closed => Self::Closed,
+            Self::Corrupt { key, problem } => Self::Corrupt {
+                key: key.clone(),
+                problem: problem.clone(),
+            },
+            Self::Engine(why) => Self::Engine(why.clone()),
+        }
+    }
+
+    /// An I/O error while `doing` (for example `writing /path`): a full
+    /// disk or quota is [`StoreError::NoSpace`], anything else
+    /// [`StoreError::Engine`].
+    pub fn io(doing: impl std::fmt::Display, e: &std::io::Error) -> Self {
+        let full = e.kind() == std::io::ErrorKind::StorageFull
+            || e.kind() == std::io::ErrorKind::QuotaExceeded
+            || matches!(e.raw_os_error(), Some(28 | 122));
+        if full {
+            Self::NoSpace(format!("{doing}: {e}"))
+        } else {
+            Self::Engine(format!("{doing}: {e}"))
+        }
+    }
 }
 
 impl StoreError {
@@ -66,7 +102,10 @@ impl StoreError {
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        Self::Engine(e.to_string())
+        match e {
+            sled::Error::Io(io) => Self::io("sled", &io),
+            e => Self::Engine(e.to_string()),
+        }
     }
 }
 
@@ -251,7 +290,7 @@ impl Db {
                     Some(Box::new(move |flushed: Result<(), Arc<StoreError>>| {
                         let _ = tx.send(match flushed {
                             Ok(()) => Ok(value),
-                            Err(e) => Err(StoreError::Engine(e.to_string()).into()),
+                            Err(e) => Err(e.again().into()),
                         });
                     }) as Completion)
                 }
@@ -365,8 +404,16 @@ fn writer(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Job>, reports: Arc<Rep
     let watched = Watched {
         engine: Arc::clone(&engine),
         reports: Arc::clone(&reports),
+        failed: AtomicBool::new(false),
     };
+    // After a failed write or flush the engine is reopened from its
+    // durable state before anything else is written (see
+    // `Engine::recover`); while that fails, it is tried again per group.
+    let mut damaged = false;
     while let Some(first) = rx.blocking_recv() {
+        if damaged {
+            damaged = !recover(&*engine, &reports);
+        }
         completions.extend(first(&watched));
         while completions.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -375,6 +422,9 @@ fn writer(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Job>, reports: Arc<Rep
             }
         }
         if completions.is_empty() {
+            if watched.failed.swap(false, Ordering::SeqCst) {
+                damaged = !recover(&*engine, &reports);
+            }
             continue;
         }
         let started = Instant::now();
@@ -385,6 +435,11 @@ fn writer(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Job>, reports: Arc<Rep
                 tracing::error!(error = %e, "store flush failed");
                 reports.failed(e);
             }
+        }
+        // Reopened before anyone hears of the failure, so that what they
+        // read next is what is durable.
+        if flushed.is_err() || watched.failed.swap(false, Ordering::SeqCst) {
+            damaged = !recover(&*engine, &reports);
         }
         for done in completions.drain(..) {
             done(flushed.clone());
@@ -543,6 +598,24 @@ impl Txn<'_> {
 struct Watched {
     engine: Arc<dyn Engine>,
     reports: Arc<Reports>,
+    /// Set when an apply failed.
+    failed: AtomicBool,
+}
+
+/// Reopens `engine` from its durable state after a failure; whether it
+/// worked.
+fn recover(engine: &dyn Engine, reports: &Reports) -> bool {
+    match engine.recover() {
+        Ok(()) => {
+            tracing::warn!("reopened the store from disk after a failed write: what was not durable was dropped, and its writers were told");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reopen the store after a failed write; trying again at the next write");
+            reports.failed(&e);
+            false
+        }
+    }
 }
 
 impl Engine for Watched {
@@ -565,11 +638,15 @@ impl Engine for Watched {
         let applied = self.engine.apply(writes);
         if let Err(e) = &applied {
             self.reports.failed(e);
+            self.failed.store(true, Ordering::SeqCst);
         }
         applied
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.engine.flush()
+    }
+    fn recover(&self) -> Result<(), StoreError> {
+        self.engine.recover()
     }
 }
 

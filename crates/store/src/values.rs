@@ -126,7 +126,7 @@ struct Appender {
 }
 
 fn io(path: &Path, doing: &str, e: &std::io::Error) -> StoreError {
-    StoreError::Engine(format!("{doing} {}: {e}", path.display()))
+    StoreError::io(format_args!("{doing} {}", path.display()), e)
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
