@@ -103,6 +103,116 @@ struct SledParts {
     blobs: PathBuf,
     /// Blob files already synced.
     synced_blobs: Mutex<BTreeSet<OsString>>,
+    /// The seal: see [`Seal`].
+    seal: Seal,
+}
+
+/// Detects writes that sled made durable and then lost. sled 0.34 opens a
+/// store whose log has a flipped byte or was cut short without an error,
+/// holding only what came before the damage. So every flush also writes
+/// its number (`GENERATION_KEY`) into sled, and the number of a durable
+/// flush is kept in a file beside it (`sealed`, written at most once a
+/// second and when the store closes). A store whose sled holds an older
+/// number than its seal has lost durable writes and is refused at open.
+#[derive(Debug)]
+struct Seal {
+    path: PathBuf,
+    /// The number of the last flush begun.
+    generation: std::sync::atomic::AtomicU64,
+    /// The number of the last flush that succeeded.
+    durable: std::sync::atomic::AtomicU64,
+    /// When the seal file was last written.
+    written: Mutex<std::time::Instant>,
+}
+
+/// Where each flush writes its number.
+const GENERATION_KEY: &[u8] = b"\xff\xfegeneration";
+/// The seal file, beside sled's.
+const SEAL_FILE: &str = "sealed";
+/// The seal file is written at most this often while the store runs.
+const SEAL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Seal {
+    /// Checks sled's number against the seal file's and writes the seal if
+    /// there is none yet.
+    fn open(dir: &Path, db: &sled::Db) -> Result<Self, StoreError> {
+        let in_sled = match db.get(GENERATION_KEY)? {
+            Some(v) => u64::from_be_bytes(<[u8; 8]>::try_from(&v[..]).map_err(|_| {
+                StoreError::corrupt(GENERATION_KEY, "the flush number is not 8 bytes")
+            })?),
+            None => 0,
+        };
+        let path = dir.join(SEAL_FILE);
+        let seal = Self {
+            path,
+            generation: std::sync::atomic::AtomicU64::new(in_sled),
+            durable: std::sync::atomic::AtomicU64::new(in_sled),
+            written: Mutex::new(std::time::Instant::now()),
+        };
+        match std::fs::read_to_string(&seal.path) {
+            Ok(text) => {
+                let sealed = parse_seal(&text).ok_or_else(|| StoreError::Corrupt {
+                    key: seal.path.display().to_string(),
+                    problem: "the seal file is damaged; restore the data directory from a backup"
+                        .into(),
+                })?;
+                if sealed > in_sled {
+                    return Err(StoreError::Corrupt {
+                        key: dir.display().to_string(),
+                        problem: format!(
+                            "sled's files hold the writes up to flush {in_sled}, but flush {sealed} was durable before: sled lost writes it had made durable (a damaged or truncated file); restore the data directory from a backup"
+                        ),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => seal.write(in_sled)?,
+            Err(e) => {
+                return Err(StoreError::io(
+                    format_args!("reading {}", seal.path.display()),
+                    &e,
+                ))
+            }
+        }
+        Ok(seal)
+    }
+
+    /// Writes `generation` to the seal file atomically and durably.
+    fn write(&self, generation: u64) -> Result<(), StoreError> {
+        let tmp = self.path.with_extension("tmp");
+        let io = |doing: &str, e: std::io::Error| {
+            StoreError::io(format_args!("{doing} {}", self.path.display()), &e)
+        };
+        {
+            use std::io::Write;
+            let mut f = File::create(&tmp).map_err(|e| io("writing", e))?;
+            f.write_all(format!("liaison store seal 1\ngeneration {generation}\n").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io("writing", e))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(|e| io("renaming", e))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing the directory of", e))?;
+        }
+        *self.written.lock().map_err(poisoned)? = std::time::Instant::now();
+        Ok(())
+    }
+}
+
+fn parse_seal(text: &str) -> Option<u64> {
+    let rest = text.strip_prefix("liaison store seal 1\ngeneration ")?;
+    rest.strip_suffix('\n')?.parse().ok()
+}
+
+impl Drop for SledParts {
+    fn drop(&mut self) {
+        // A clean close seals the last durable flush.
+        let durable = self.seal.durable.load(Ordering::SeqCst);
+        if let Err(e) = self.seal.write(durable) {
+            tracing::warn!(error = %e, "cannot write the store's seal at close");
+        }
+    }
 }
 
 impl SledEngine {
@@ -237,6 +347,7 @@ impl SledParts {
             }
         }
         let values = ValueLog::open(path.join("values"), live, segment_bytes)?;
+        let seal = Seal::open(path, &db)?;
         // Blobs present at start-up were written before a restart; sync
         // them once so that the set below can assume they are durable.
         let engine = Self {
@@ -245,6 +356,7 @@ impl SledParts {
             log,
             blobs,
             synced_blobs: Mutex::new(BTreeSet::new()),
+            seal,
         };
         engine.sync_blobs()?;
         Ok(engine)
@@ -519,12 +631,19 @@ impl SledParts {
         // Values first: a reference made durable below must point at
         // durable bytes.
         self.values.sync()?;
+        let generation = self.seal.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.db.insert(GENERATION_KEY, &generation.to_be_bytes())?;
         self.db.flush()?;
         // sled's flush ends with sync_file_range: make it a real sync.
         self.log
             .sync_data()
             .map_err(|e| StoreError::io("syncing the store log", &e))?;
         self.sync_blobs()?;
+        self.seal.durable.fetch_max(generation, Ordering::SeqCst);
+        let due = self.seal.written.lock().map_err(poisoned)?.elapsed() >= SEAL_EVERY;
+        if due {
+            self.seal.write(generation)?;
+        }
         // Now that the releases are durable, their values can go.
         self.values.reclaim()
     }
@@ -857,6 +976,107 @@ mod tests {
         tokio::task::spawn_blocking(move || db.close().unwrap())
             .await
             .unwrap();
+    }
+
+    /// A value-log append that a crash tore (bytes past the last durable
+    /// reference, here garbage) is ignored: every durable value reads back,
+    /// and values written after the restart read back after another.
+    #[test]
+    fn a_torn_append_at_the_end_of_the_value_log_loses_nothing_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = SledEngine::open(dir.path()).unwrap();
+            put(&engine, "m/1", Some(marked("ONE", 2048)));
+        }
+        let (name, bytes) = segments(dir.path()).remove(0);
+        let path = dir.path().join("values").join(&name);
+        let mut torn = bytes.clone();
+        torn.extend_from_slice(&marked("TORN", 777)[..500]);
+        std::fs::write(&path, &torn).unwrap();
+        {
+            let engine = SledEngine::open(dir.path()).unwrap();
+            assert_eq!(engine.get(b"m/1").unwrap(), Some(marked("ONE", 2048)));
+            put(&engine, "m/2", Some(marked("TWO", 3000)));
+        }
+        let engine = SledEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.get(b"m/1").unwrap(), Some(marked("ONE", 2048)));
+        assert_eq!(engine.get(b"m/2").unwrap(), Some(marked("TWO", 3000)));
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).unwrap();
+            }
+        }
+    }
+
+    /// sled's own file damaged (a flipped byte anywhere, or cut short):
+    /// the store either refuses to open, naming what is wrong, or opens
+    /// with every durable key. sled alone opens a cut-short log holding
+    /// only what came before the cut; the seal turns that into a refusal.
+    #[test]
+    fn a_damaged_or_truncated_sled_file_is_refused_never_a_silent_loss() {
+        let clean = tempfile::tempdir().unwrap();
+        let keys = 2000;
+        {
+            let engine = SledEngine::open(clean.path()).unwrap();
+            for batch in 0..20 {
+                let writes = (0..keys / 20)
+                    .map(|i| {
+                        let k = format!("k/{:05}", batch * (keys / 20) + i).into_bytes();
+                        (k, Some(marked("small", 100)))
+                    })
+                    .collect();
+                engine.apply(writes).unwrap();
+                engine.flush().unwrap();
+            }
+        }
+        let len = std::fs::metadata(clean.path().join("db")).unwrap().len() as usize;
+        let mut damages: Vec<(String, Box<dyn Fn(&mut Vec<u8>)>)> = Vec::new();
+        for tenth in [1, 3, 5, 7, 9] {
+            let at = len * tenth / 10;
+            damages.push((
+                format!("a byte flipped at {at}"),
+                Box::new(move |b: &mut Vec<u8>| b[at] ^= 0x40),
+            ));
+        }
+        for quarter in [1, 2, 3] {
+            let at = len * quarter / 4;
+            damages.push((
+                format!("cut at {at}"),
+                Box::new(move |b: &mut Vec<u8>| b.truncate(at)),
+            ));
+        }
+        let mut refused = 0;
+        for (what, damage) in damages {
+            let dir = tempfile::tempdir().unwrap();
+            copy_dir(clean.path(), dir.path());
+            let db = dir.path().join("db");
+            let mut bytes = std::fs::read(&db).unwrap();
+            damage(&mut bytes);
+            std::fs::write(&db, &bytes).unwrap();
+            match SledEngine::open(dir.path()) {
+                Err(e) => {
+                    refused += 1;
+                    let shown = e.to_string();
+                    assert!(
+                        shown.contains(&dir.path().display().to_string()),
+                        "{what}: the refusal names the store: {shown}"
+                    );
+                }
+                Ok(engine) => {
+                    let n = engine.scan(b"k/", b"l", usize::MAX, false).map(|v| v.len());
+                    assert_eq!(n.ok(), Some(keys), "{what}: opened with keys missing");
+                }
+            }
+        }
+        assert!(refused >= 3, "every cut is refused: {refused}");
     }
 
     /// A store written before the value log (untagged values) reads the

@@ -106,3 +106,89 @@ impl Engine for Broken {
         self.check()
     }
 }
+
+/// An in-memory engine that can lose power. Applied writes are visible at
+/// once, as in any engine, but only a flush makes them durable:
+/// [`PowerCut::image`] is what a disk would hold if the power went now,
+/// every write since the last flush gone, and a new engine opened on it
+/// ([`PowerCut::from_image`]) is the store after the restart.
+#[derive(Debug, Default)]
+pub struct PowerCut {
+    visible: MemoryEngine,
+    state: std::sync::Mutex<CutState>,
+}
+
+#[derive(Debug, Default)]
+struct CutState {
+    durable: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    pending: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+}
+
+impl PowerCut {
+    /// What survives a power cut now: the durable entries.
+    pub fn image(&self) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .durable
+            .clone()
+    }
+
+    /// An engine after the restart: `image` is both what it shows and what
+    /// is durable.
+    pub fn from_image(image: std::collections::BTreeMap<Vec<u8>, Vec<u8>>) -> Self {
+        let engine = Self::default();
+        engine
+            .visible
+            .apply(
+                image
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone())))
+                    .collect(),
+            )
+            .expect("a memory engine applies");
+        engine
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .durable = image;
+        engine
+    }
+}
+
+impl Engine for PowerCut {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.visible.get(key)
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.visible.scan(start, end, limit, reverse)
+    }
+
+    fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.visible.apply(writes.clone())?;
+        state.pending.push(writes);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = std::mem::take(&mut state.pending);
+        for batch in pending {
+            for (k, v) in batch {
+                match v {
+                    Some(v) => state.durable.insert(k, v),
+                    None => state.durable.remove(&k),
+                };
+            }
+        }
+        Ok(())
+    }
+}

@@ -1448,6 +1448,90 @@ mod tests {
         submit_all(db, &plans, quota, batch).await.unwrap().0
     }
 
+    /// A power cut at a seeded random moment while nodes submit: after
+    /// the restart, every submission the hub answered is stored with its
+    /// outcome, queued for its recipient and audited, and the audit log
+    /// checks from its leaves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_power_cut_keeps_every_answered_submission_stored_queued_and_audited() {
+        use liaison_store::testing::PowerCut;
+        use rand::{Rng, SeedableRng};
+        use std::sync::Arc;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(20261202);
+        let interpol = BodyId::parse("interpol").unwrap();
+        let bodies = [BodyId::parse("europol").unwrap(), interpol.clone()];
+        let mut checked = 0;
+        for round in 0..10 {
+            let engine = Arc::new(PowerCut::default());
+            let db = Db::with_engine(Arc::clone(&engine) as Arc<dyn liaison_store::Engine>);
+            let store = Arc::new(HubStore::open(db, &bodies, log::test_signer()).unwrap());
+            let answered = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+            let mut writers = Vec::new();
+            for w in 0..3i64 {
+                let store = Arc::clone(&store);
+                let answered = Arc::clone(&answered);
+                writers.push(tokio::spawn(async move {
+                    for i in 0..5_000 {
+                        let env = alert_numbered(w * 10_000 + i);
+                        let id = env.labels.message_id.clone();
+                        let s = submission_of(&governance(), env);
+                        match store.submit_batch(vec![s]).await {
+                            Ok(r) if matches!(r.first(), Some(Ok(_))) => {
+                                answered.lock().unwrap().push(id)
+                            }
+                            _ => return,
+                        }
+                    }
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(
+                rng.random_range(0..30_000),
+            ))
+            .await;
+            let before = answered.lock().unwrap().clone();
+            let image = engine.image();
+            for w in &writers {
+                w.abort();
+            }
+            let db = Db::with_engine(Arc::new(PowerCut::from_image(image)));
+            let after = HubStore::open(db.clone(), &bodies, log::test_signer()).unwrap();
+            let (check, _) = after.check_log().unwrap();
+            assert!(
+                check.first_error.is_none(),
+                "round {round}: {:?}",
+                check.first_error
+            );
+            let queued: std::collections::BTreeSet<String> = after
+                .queue_after(&interpol, 0, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e.message_id)
+                .collect();
+            let mut received = std::collections::BTreeMap::<String, usize>::new();
+            for r in log::audit_after(&db, 0, u64::MAX, usize::MAX).unwrap() {
+                if r.event == "received" {
+                    *received.entry(r.message_id).or_default() += 1;
+                }
+            }
+            for id in &before {
+                assert!(
+                    db.get(&outcome_key(id)).unwrap().is_some(),
+                    "round {round}: {id} answered but not stored"
+                );
+                assert!(
+                    queued.contains(id),
+                    "round {round}: {id} answered but not queued"
+                );
+                assert_eq!(received.get(id), Some(&1), "round {round}: {id}");
+            }
+            checked += before.len();
+        }
+        assert!(
+            checked > 100,
+            "only {checked} answered submissions were checked"
+        );
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_whole_holds_back_the_rest_and_frees_on_acknowledgement() {
         let db = Db::in_memory();
