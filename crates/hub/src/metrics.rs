@@ -104,6 +104,7 @@ pub struct HubMetrics {
     pub store: StoreMetrics,
     queue_depth: Family<Peer, Gauge>,
     queue_bytes: Family<Peer, Gauge>,
+    handshakes: liaison_telemetry::metrics::HandshakeCounts,
     queue_oldest: Family<Peer, Gauge>,
     connected: Family<Peer, Gauge>,
     audit_records: Gauge,
@@ -127,6 +128,7 @@ impl Default for HubMetrics {
             store: StoreMetrics::default(),
             queue_depth: Family::default(),
             queue_bytes: Family::default(),
+            handshakes: Default::default(),
             queue_full: Family::default(),
             queue_oldest: Family::default(),
             connected: Family::default(),
@@ -157,6 +159,7 @@ impl HubMetrics {
     pub fn registry(&self, expiries: &[(&'static str, i64)]) -> (Registry, Expiries) {
         let mut r = Registry::default();
         let e = register_process(&mut r, "hub", expiries);
+        self.handshakes.register(&mut r);
         r.register(
             "liaison_hub_messages_received",
             "New messages stored and routed, by originating body",
@@ -280,6 +283,13 @@ pub(crate) fn renderer(
 
 fn refresh(state: &HubState, data_dir: &Path) {
     let m = state.metrics();
+    let failures: Vec<(&str, u64)> = state
+        .handshake_failures()
+        .snapshot()
+        .into_iter()
+        .map(|(reason, n)| (reason.as_str(), n))
+        .collect();
+    m.handshakes.catch_up(&failures);
     let now = liaison_types::now_ms();
     let gov = state.governance();
     m.queue_depth.clear();

@@ -32,6 +32,7 @@ pub struct NodeMetrics {
     /// The store's size, failure and flush latency.
     pub store: StoreMetrics,
     outbox_pending: Gauge,
+    handshakes: liaison_telemetry::metrics::HandshakeCounts,
     inbox_messages: Gauge,
     quarantined: Gauge,
     hub_connected: Gauge,
@@ -50,6 +51,7 @@ impl Default for NodeMetrics {
             quarantined_total: Counter::default(),
             store: StoreMetrics::default(),
             outbox_pending: Gauge::default(),
+            handshakes: Default::default(),
             inbox_messages: Gauge::default(),
             quarantined: Gauge::default(),
             hub_connected: Gauge::default(),
@@ -66,6 +68,7 @@ impl NodeMetrics {
     pub fn registry(&self, expiries: &[(&'static str, i64)]) -> (Registry, Expiries) {
         let mut r = Registry::default();
         let e = register_process(&mut r, "node", expiries);
+        self.handshakes.register(&mut r);
         r.register(
             "liaison_node_submitted",
             "Messages officers submitted that the outbox took",
@@ -150,6 +153,13 @@ pub(crate) fn renderer(
             expiries.set(&e);
         }
         let m = &state.metrics;
+        let failures: Vec<(&str, u64)> = state
+            .handshake_failures
+            .snapshot()
+            .into_iter()
+            .map(|(reason, n)| (reason.as_str(), n))
+            .collect();
+        m.handshakes.catch_up(&failures);
         let count = |what: &str, n: Result<u64, liaison_store::StoreError>| match n {
             Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
             Err(e) => {

@@ -1038,7 +1038,8 @@ mod tests {
             }
         }
         let len = std::fs::metadata(clean.path().join("db")).unwrap().len() as usize;
-        let mut damages: Vec<(String, Box<dyn Fn(&mut Vec<u8>)>)> = Vec::new();
+        type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+        let mut damages: Vec<(String, Damage)> = Vec::new();
         for tenth in [1, 3, 5, 7, 9] {
             let at = len * tenth / 10;
             damages.push((

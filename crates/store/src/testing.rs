@@ -118,10 +118,14 @@ pub struct PowerCut {
     state: std::sync::Mutex<CutState>,
 }
 
+/// One applied batch: keys and values (`None` deletes).
+type Batch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 #[derive(Debug, Default)]
 struct CutState {
     durable: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-    pending: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>>,
+    /// Applied since the last flush, in order.
+    pending: Vec<Batch>,
 }
 
 impl PowerCut {

@@ -151,6 +151,39 @@ pub fn register_process(
     expiry
 }
 
+/// `liaison_tls_handshake_failures_total{reason}`: failed TLS handshakes on
+/// the process's API listener, by reason, caught up from the listener's own
+/// counts at each scrape ([`HandshakeCounts::catch_up`]).
+#[derive(Debug, Clone, Default)]
+pub struct HandshakeCounts(
+    Family<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>,
+);
+
+impl HandshakeCounts {
+    /// Registers the counters in `registry` (handles shared with `self`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "liaison_tls_handshake_failures",
+            "Failed TLS handshakes on the API listener, by reason (no_certificate, unknown_ca, revoked, expired, bad_identity, timeout, other)",
+            self.0.clone(),
+        );
+    }
+
+    /// Raises each reason's counter to the listener's count (counts only
+    /// grow).
+    pub fn catch_up(&self, counts: &[(&str, u64)]) {
+        for (reason, n) in counts {
+            let c = self
+                .0
+                .get_or_create(&vec![("reason".to_owned(), (*reason).to_owned())]);
+            let seen = c.get();
+            if *n > seen {
+                c.inc_by(n - seen);
+            }
+        }
+    }
+}
+
 /// The certificate expiry gauges, to refresh when certificates are reloaded.
 #[derive(Debug, Clone)]
 pub struct Expiries(Family<Vec<(String, String)>, Gauge>);

@@ -62,7 +62,7 @@ impl FromStr for Role {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 IdentityError(format!(
-                    "unknown role '{s}'; expected hub, node, officer, auditor or admin"
+                    "unknown role '{s}'; expected hub, node, officer, auditor, oversight or admin"
                 ))
             })
     }
