@@ -13,13 +13,13 @@
 //! - A node configured for one body with another body's node certificate
 //!   refuses to start, naming both, before it touches its store.
 //!
-//! The listener's record is its `HandshakeFailures` count, which the hub
-//! does not export (no metric, no status), and the log line that the same
-//! call writes right after counting (`tls handshake refused`, with the
-//! peer's address, the reason and the error). These tests capture that
-//! line with a process-wide tracing subscriber that sees only it; each
-//! probe connects from a socket of its own, so its line is found by the
-//! probe's address. A refusal at the TLS layer reaches no service, so
+//! The listener's record is its `HandshakeFailures` count (exported as
+//! `liaison_tls_handshake_failures_total{reason}`) and the log line that
+//! the same call writes right after counting (`tls handshake refused`,
+//! with the peer's address, the reason and the error). These tests capture
+//! that line with a process-wide tracing subscriber that sees only it:
+//! each probe connects from a socket of its own, so its line, unlike a
+//! count, is found by the probe's address. A refusal at the TLS layer reaches no service, so
 //! there is no audit record: after every refusal the audit log is still
 //! empty and the hub still serves a legitimate node.
 
