@@ -335,3 +335,20 @@ pub fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// Says in one line that a test (or part of one) skipped and why, on
+/// standard error and, when `LIAISON_SKIP_LOG` names a file (`.ci/run` sets
+/// it), in that file too, so that CI can say how many ran.
+pub fn skip(what: &str) {
+    eprintln!("skipped: {what}");
+    if let Some(path) = std::env::var_os("LIAISON_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{what}");
+        }
+    }
+}

@@ -18,6 +18,7 @@ mod four_eyes;
 mod handling;
 mod http2;
 mod identity;
+mod network;
 mod node_log;
 mod operations;
 mod plans;

@@ -35,9 +35,7 @@ impl SmallDisk {
                 std::env::var_os("LIAISON_REQUIRE_PRIVILEGES").is_none(),
                 "cannot mount a tmpfs, and LIAISON_REQUIRE_PRIVILEGES is set"
             );
-            eprintln!(
-                "skipped: this process may not mount a small tmpfs to fill (needs CAP_SYS_ADMIN)"
-            );
+            crate::common::skip("full disk at the hub: this process may not mount a small tmpfs to fill (needs CAP_SYS_ADMIN)");
             return None;
         }
         Some(Self { at: at.to_owned() })

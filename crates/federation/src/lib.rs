@@ -169,6 +169,10 @@ pub struct SandboxOptions {
     /// TOML appended to the hub's configuration (whole tables, after
     /// `[limits]`), for example `[telemetry]\notlp_endpoint = "…"`.
     pub hub_toml: String,
+    /// Run the child-process hub inside this network namespace (`ip netns
+    /// exec`), listening on this address, which the namespace must own and
+    /// the hub's certificate must name (network fault tests).
+    pub hub_netns: Option<(String, SocketAddr)>,
 }
 
 impl SandboxOptions {
@@ -188,6 +192,7 @@ impl SandboxOptions {
             node_toml: String::new(),
             node_process: None,
             hub_toml: String::new(),
+            hub_netns: None,
         }
     }
 
@@ -247,6 +252,15 @@ impl SandboxOptions {
         self.hub_process = Some(exe.to_path_buf());
         self
     }
+
+    /// Run the hub as a child process of `exe` inside the network
+    /// namespace `netns`, listening on `addr` (see
+    /// [`SandboxOptions::hub_netns`]).
+    pub fn hub_in_netns(mut self, exe: &Path, netns: &str, addr: SocketAddr) -> Self {
+        self.hub_process = Some(exe.to_path_buf());
+        self.hub_netns = Some((netns.to_owned(), addr));
+        self
+    }
 }
 
 /// A running federation on loopback.
@@ -267,6 +281,7 @@ pub struct Sandbox {
     node_toml: String,
     node_process: Option<PathBuf>,
     hub_toml: String,
+    hub_netns: Option<(String, SocketAddr)>,
     /// Where the in-process hub's `/metrics` listens.
     hub_metrics: Option<SocketAddr>,
     /// Where each in-process node's `/metrics` listens.
@@ -320,6 +335,7 @@ impl Sandbox {
             node_toml: opts.node_toml.clone(),
             node_process: opts.node_process.clone(),
             hub_toml: opts.hub_toml.clone(),
+            hub_netns: opts.hub_netns.clone(),
             hub_metrics: None,
             node_metrics: BTreeMap::new(),
         };
@@ -531,10 +547,12 @@ impl Sandbox {
     /// `liaison` binary), on the same port and store, and waits until it
     /// listens. The child can then be killed with SIGKILL by [`Sandbox::kill_hub`].
     pub async fn start_hub_process(&mut self, exe: &Path) -> Result<(), SandboxError> {
-        // Reserve a port the first time by binding and releasing it.
-        let addr = match self.hub_addr {
-            Some(a) => a,
-            None => self
+        // Reserve a port the first time by binding and releasing it (in a
+        // namespace of its own, the hub's address is its own).
+        let addr = match (self.hub_addr, &self.hub_netns) {
+            (Some(a), _) => a,
+            (None, Some((_, a))) => *a,
+            (None, None) => self
                 .bind_hub()
                 .await?
                 .local_addr()
@@ -542,13 +560,23 @@ impl Sandbox {
         };
         self.hub_addr = Some(addr);
         let config = self.write_hub_config(addr)?;
-        let (child, _) = start_server(
-            exe,
-            &["hub".as_ref(), "--config".as_ref(), config.as_os_str()],
-            &self.dir,
-            "hub",
-        )
-        .await?;
+        let serve: [&std::ffi::OsStr; 3] =
+            ["hub".as_ref(), "--config".as_ref(), config.as_os_str()];
+        let (child, _) = match &self.hub_netns {
+            None => start_server(exe, &serve, &self.dir, "hub").await?,
+            Some((netns, _)) => {
+                // `ip netns exec` enters the namespace and executes the hub
+                // in its own process: the child is still the hub.
+                let mut args: Vec<&std::ffi::OsStr> = vec![
+                    "netns".as_ref(),
+                    "exec".as_ref(),
+                    netns.as_ref(),
+                    exe.as_os_str(),
+                ];
+                args.extend(serve);
+                start_server(Path::new("ip"), &args, &self.dir, "hub").await?
+            }
+        };
         self.hub = HubProcess::Child(child);
         Ok(())
     }

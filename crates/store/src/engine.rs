@@ -875,7 +875,18 @@ mod tests {
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
-                eprintln!("skipped: this process may not mount a small tmpfs to fill (needs CAP_SYS_ADMIN)");
+                let why = "full disk (store): this process may not mount a small tmpfs to fill (needs CAP_SYS_ADMIN)";
+                eprintln!("skipped: {why}");
+                if let Some(path) = std::env::var_os("LIAISON_SKIP_LOG") {
+                    use std::io::Write;
+                    if let Ok(mut f) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                    {
+                        let _ = writeln!(f, "{why}");
+                    }
+                }
                 return None;
             }
             Some(Self { dir })
