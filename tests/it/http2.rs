@@ -388,3 +388,36 @@ async fn every_http2_attack_leaves_the_hub_serving_with_its_memory_bounded() {
     );
     sandbox.shutdown().await.unwrap();
 }
+
+/// Load shedding: a connection whose request slots are all held by
+/// requests that never finish gets its next request refused at once with
+/// RESOURCE_EXHAUSTED (which clients retry), not queued behind them; other
+/// connections are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_beyond_the_connections_concurrency_is_shed_at_once_and_others_are_served() {
+    if !have_python_h2() {
+        return;
+    }
+    let sandbox = Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .nodes(&["alpha"])
+            .hub_limits("concurrency_per_connection = 8"),
+    )
+    .await
+    .unwrap();
+    let hub = sandbox.hub_url();
+    let report = abuse_for(&sandbox, &hub, "overload", 8, 10).await;
+    assert_eq!(report["sent"], 8, "{report}");
+    // 8 is RESOURCE_EXHAUSTED.
+    assert_eq!(report["answer"]["grpc-status"], "8", "{report}");
+    assert!(
+        report["answered_after_ms"].as_u64().unwrap() < 5_000,
+        "{report}"
+    );
+    let (mut send, _conn) = raw_h2(&sandbox, &hub, "alpha/node").await;
+    assert_eq!(
+        call(&mut send, 0).await.unwrap(),
+        tonic::codegen::http::StatusCode::OK
+    );
+    sandbox.shutdown().await.unwrap();
+}

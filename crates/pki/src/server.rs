@@ -86,7 +86,8 @@ impl ServerLimits {
 
     /// A tonic server builder with these limits and HTTP/2 keepalive, so a
     /// peer that vanished without closing is noticed within half a minute;
-    /// an oversized request is answered `RESOURCE_EXHAUSTED`.
+    /// an oversized request, and one beyond the connection's concurrency
+    /// (load shedding), is answered `RESOURCE_EXHAUSTED`.
     ///
     /// HTTP/2 abuse is bounded explicitly, since tonic passes `None` to
     /// hyper (no limit) for what it is not told: the streams a client may
@@ -99,6 +100,10 @@ impl ServerLimits {
     ) -> Server<tower::layer::util::Stack<OversizeLayer, tower::layer::util::Identity>> {
         Server::builder()
             .concurrency_limit_per_connection(self.concurrency_per_connection)
+            // A request beyond the connection's limit is refused at once
+            // (RESOURCE_EXHAUSTED, which clients retry) instead of waiting
+            // behind requests that may never finish.
+            .load_shed(true)
             .max_concurrent_streams(self.max_streams_per_connection.max(1))
             .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
