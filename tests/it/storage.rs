@@ -75,7 +75,7 @@ fn to_bravo(title: &str) -> pb::OfficerSubmitRequest {
 async fn a_full_disk_at_the_hub_refuses_submissions_whole_and_service_resumes_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     // The hub's store ("hub-data" in the sandbox) on a disk of its own.
-    let Some(disk) = SmallDisk::mount(&dir.path().join("hub-data"), 24 << 20) else {
+    let Some(disk) = SmallDisk::mount(&dir.path().join("hub-data"), 64 << 20) else {
         return;
     };
     let mut o = SandboxOptions::new(GOVERNANCE).nodes(&["alpha", "bravo"]);

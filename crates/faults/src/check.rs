@@ -54,7 +54,8 @@ pub struct Findings {
     pub acknowledged: u64,
     /// Deliveries of the writers' messages found in the inboxes.
     pub deliveries: u64,
-    /// Deliveries of acknowledged messages missing from an entitled inbox.
+    /// Deliveries missing from an entitled inbox, of acknowledged messages
+    /// and of unanswered ones that arrived somewhere (so were stored).
     pub lost: u64,
     /// Messages found twice in one inbox (by id, or by writer and
     /// sequence number under another id).
@@ -62,11 +63,12 @@ pub struct Findings {
     /// Deliveries to a body the policy withheld the message from, or of a
     /// message no writer sent.
     pub withheld_delivered: u64,
-    /// Pairs of messages of one sender that a recipient got in the other
-    /// order.
+    /// Times a recipient got a sender's message after a later one of the
+    /// same sender.
     pub out_of_order: u64,
-    /// Acknowledged messages without exactly one `received` record in the
-    /// audit log.
+    /// Stored messages (acknowledged, or delivered somewhere) without
+    /// exactly one `received` record in the audit log, and any message
+    /// with more than one.
     pub audit_mismatches: u64,
     /// The first problems, described.
     pub examples: Vec<String>,
@@ -111,6 +113,10 @@ pub fn check(
         .iter()
         .map(|a| ((a.sender.as_str(), a.seq), a))
         .collect();
+    // The id each writer's message arrived under, wherever it arrived: a
+    // message the node stored without answering is checked as an
+    // acknowledged one is, once it is seen anywhere.
+    let mut found: BTreeMap<(&str, u64), &str> = BTreeMap::new();
     for (body, inbox) in inboxes {
         let mut ids = BTreeSet::new();
         let mut writes = BTreeSet::new();
@@ -148,16 +154,8 @@ pub fn check(
                         m.message_id
                     ));
                 }
-                Some(a) => {
-                    if let Some(acked) = &a.acked {
-                        if *acked != m.message_id {
-                            f.duplicates += 1;
-                            f.note(format!(
-                                "{body} holds {sender}'s message {seq} as {}, but the node answered {acked}",
-                                m.message_id
-                            ));
-                        }
-                    }
+                Some(_) => {
+                    found.entry((sender, seq)).or_insert(m.message_id.as_str());
                 }
             }
             if let Some(prev) = last_seq.insert(sender, seq) {
@@ -171,16 +169,20 @@ pub fn check(
         }
     }
     let empty = Vec::new();
+    let mut checked = BTreeSet::new();
     for a in attempts {
-        let Some(id) = &a.acked else {
-            continue;
+        let (id, how) = match (&a.acked, found.get(&(a.sender.as_str(), a.seq))) {
+            (Some(id), _) => (id.as_str(), "acknowledged"),
+            (None, Some(id)) => (*id, "unanswered but delivered"),
+            (None, None) => continue,
         };
+        checked.insert(id);
         for body in &a.entitled {
             let inbox = inboxes.get(body).unwrap_or(&empty);
-            if !inbox.iter().any(|m| &m.message_id == id) {
+            if !inbox.iter().any(|m| m.message_id == id) {
                 f.lost += 1;
                 f.note(format!(
-                    "{}'s acknowledged message {} ({id}) never reached {body}",
+                    "{}'s {how} message {} ({id}) never reached {body}",
                     a.sender, a.seq
                 ));
             }
@@ -189,9 +191,16 @@ pub fn check(
         if records != 1 {
             f.audit_mismatches += 1;
             f.note(format!(
-                "{}'s acknowledged message {} ({id}) has {records} received records in the audit log",
+                "{}'s {how} message {} ({id}) has {records} received records in the audit log",
                 a.sender, a.seq
             ));
+        }
+    }
+    // No message, whoever sent it, is received twice.
+    for (id, n) in received {
+        if *n > 1 && !checked.contains(id.as_str()) {
+            f.audit_mismatches += 1;
+            f.note(format!("{id} has {n} received records in the audit log"));
         }
     }
     f
@@ -274,7 +283,9 @@ mod tests {
     fn an_unacknowledged_message_that_arrived_once_is_fine() {
         let (attempts, mut inboxes) = history();
         inboxes.get_mut("bravo").unwrap().push(arrived("alpha", 2));
-        assert!(check(&attempts, &inboxes, &received(&attempts)).passed());
+        let mut r = received(&attempts);
+        r.insert(id("alpha", 2), 1);
+        assert!(check(&attempts, &inboxes, &r).passed());
     }
 
     #[test]
@@ -325,6 +336,34 @@ mod tests {
         r.remove(&id("bravo", 0));
         let f = check(&attempts, &inboxes, &r);
         assert_eq!(f.audit_mismatches, 2, "{f:?}");
+    }
+
+    #[test]
+    fn an_unanswered_message_that_arrived_somewhere_must_arrive_everywhere_once() {
+        let (mut attempts, mut inboxes) = history();
+        attempts.push(attempt("bravo", 1, &["alpha", "charlie"], false));
+        inboxes
+            .get_mut("charlie")
+            .unwrap()
+            .push(arrived("bravo", 1));
+        let mut r = received(&attempts);
+        r.insert(id("bravo", 1), 1);
+        let f = check(&attempts, &inboxes, &r);
+        assert_eq!(f.lost, 1, "{f:?}");
+        assert!(f.examples[0].contains("unanswered but delivered"), "{f:?}");
+        // And received once: a second record is found too.
+        r.insert(id("bravo", 1), 2);
+        inboxes.insert("alpha".into(), vec![arrived("bravo", 1)]);
+        let f = check(&attempts, &inboxes, &r);
+        assert_eq!((f.lost, f.audit_mismatches), (0, 1), "{f:?}");
+    }
+
+    #[test]
+    fn any_message_received_twice_is_found() {
+        let (attempts, inboxes) = history();
+        let mut r = received(&attempts);
+        r.insert("a-canary".into(), 2);
+        assert_eq!(check(&attempts, &inboxes, &r).audit_mismatches, 1);
     }
 
     #[test]

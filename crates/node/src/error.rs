@@ -233,7 +233,11 @@ impl From<NodeError> for Status {
             | NodeError::Transport(_)
             | NodeError::Io { .. } => Code::Internal,
         };
-        if liaison_proto::status::classify(code).fault != liaison_proto::status::Fault::Caller {
+        // A rate-limited officer is counted and warned about where the
+        // limit is applied, not logged as a failure of the node's.
+        if !matches!(e, NodeError::RateLimited { .. })
+            && liaison_proto::status::classify(code).fault != liaison_proto::status::Fault::Caller
+        {
             tracing::error!(error = %e, "error answering a request");
         }
         Status::new(code, e.to_string())

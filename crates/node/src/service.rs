@@ -533,6 +533,9 @@ impl NodeState {
         req: pb::OfficerForwardRequest,
     ) -> Result<pb::ForwardRequestResponse, NodeError> {
         self.own_officer(caller)?;
+        // Each request queues a notice for another body: limited as a
+        // submission is.
+        self.admit(caller, 1)?;
         let message_id = id_field("message_id", &req.message_id)?;
         let reason = reason_field(&req.reason, true)?;
         let mut hub = self.hub.clone();

@@ -88,8 +88,8 @@ pub struct SledEngine {
     segment_bytes: u64,
     /// The open database; `None` if a reopening failed.
     parts: RwLock<Option<SledParts>>,
-    /// Set after a failed write until the database is reopened: writes
-    /// wait for that, reads use the old handle meanwhile.
+    /// Set after a failed write until the writer has reopened the
+    /// database: meanwhile every read and write is refused.
     damaged: AtomicBool,
 }
 
@@ -243,59 +243,39 @@ impl SledEngine {
         })
     }
 
-    /// Runs `f` on the open database; if a failed write closed it and it
-    /// could not be reopened then, reopens it first.
-    fn reads<T>(
+    /// Runs `f` on the open database. After a failed write, until the
+    /// writer has reopened it ([`Engine::recover`]), every read and write
+    /// is refused: the old handle may still hold writes that were never
+    /// durable, and nothing may act on them.
+    fn with<T>(
         &self,
         f: impl FnOnce(&SledParts) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        // Damaged, sled may refuse reads too: reopen if the disk has room,
-        // else try the old handle.
-        if self.damaged.load(Ordering::SeqCst) {
-            let _ = self.reopen();
-        }
-        {
-            let parts = self.parts.read().map_err(poisoned)?;
-            if let Some(p) = parts.as_ref() {
-                return f(p);
-            }
-        }
-        self.reopen()?;
         let parts = self.parts.read().map_err(poisoned)?;
         match parts.as_ref() {
-            Some(p) => f(p),
-            None => Err(StoreError::Closed),
+            Some(p) if !self.damaged.load(Ordering::SeqCst) => f(p),
+            _ => Err(self.closed()),
         }
     }
 
-    /// Runs a write on the open database, after reopening it if a failed
-    /// write left it damaged (see [`Engine::recover`]).
-    fn writes<T>(
-        &self,
-        f: impl FnOnce(&SledParts) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        if self.damaged.load(Ordering::SeqCst) {
-            self.reopen()?;
+    /// Why the store refuses while it waits to be reopened.
+    fn closed(&self) -> StoreError {
+        let why = format!(
+            "the store at {} is closed after a failed write and reopens by itself once the cause is gone",
+            self.path.display()
+        );
+        match free_room(&self.path) {
+            Ok(()) => StoreError::Engine(why),
+            Err(full) => StoreError::NoSpace(format!("{why}: {full}")),
         }
-        self.reads(f)
     }
 
     /// Closes and opens the database again from disk, once the disk has
     /// room: sled, closed or opened on a full disk, can leave a torn
-    /// segment that it then refuses to open. Until then the old handle
-    /// keeps serving reads.
+    /// segment that it then refuses to open.
     fn reopen(&self) -> Result<(), StoreError> {
-        let free = free_bytes(&self.path)?;
-        if free < REOPEN_FREE_BYTES {
-            return Err(StoreError::NoSpace(format!(
-                "{free} bytes free under {}; the store reopens by itself once {REOPEN_FREE_BYTES} are",
-                self.path.display()
-            )));
-        }
+        free_room(&self.path).map_err(StoreError::NoSpace)?;
         let mut parts = self.parts.write().map_err(poisoned)?;
-        if !self.damaged.load(Ordering::SeqCst) && parts.is_some() {
-            return Ok(());
-        }
         // sled holds a lock on its directory: the old handle goes first.
         drop(parts.take());
         *parts = Some(SledParts::open(
@@ -308,20 +288,32 @@ impl SledEngine {
     }
 }
 
-/// The store is reopened after a failed write only with this much free
-/// space on its disk (sled's segments are 512 KiB; its cache is written
-/// back on close).
+/// The store is reopened after a failed write only with this much room on
+/// its disk (sled's segments are 512 KiB; its cache is written back on
+/// close).
 const REOPEN_FREE_BYTES: u64 = 8 << 20;
 
-/// Bytes available to this process on the file system holding `path`.
-fn free_bytes(path: &Path) -> Result<u64, StoreError> {
-    let st = rustix::fs::statvfs(path).map_err(|e| {
-        StoreError::io(
-            format_args!("reading the free space under {}", path.display()),
-            &std::io::Error::from(e),
+/// Whether [`REOPEN_FREE_BYTES`] can be written under `dir`, tried for
+/// real (a file allocated and removed), so that a quota or the blocks
+/// reserved for root count as they will for sled; `Err` says why not.
+fn free_room(dir: &Path) -> Result<(), String> {
+    let probe = dir.join("reopen.probe");
+    let tried = File::create(&probe).and_then(|f| {
+        rustix::fs::fallocate(
+            &f,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            REOPEN_FREE_BYTES,
         )
-    })?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+        .map_err(std::io::Error::from)
+    });
+    let _ = std::fs::remove_file(&probe);
+    tried.map_err(|e| {
+        format!(
+            "{REOPEN_FREE_BYTES} bytes cannot be written under {}: {e}",
+            dir.display()
+        )
+    })
 }
 
 impl SledParts {
@@ -332,6 +324,9 @@ impl SledParts {
             .cache_capacity(options.cache_bytes)
             .open()
             .map_err(|e| StoreError::Engine(format!("opening {}: {e}", path.display())))?;
+        // Before anything is written or removed: a store that lost
+        // durable writes is refused as it is.
+        let seal = Seal::open(path, &db)?;
         let log_path = path.join("db");
         let log = File::open(&log_path)
             .map_err(|e| StoreError::io(format_args!("opening {}", log_path.display()), &e))?;
@@ -347,7 +342,6 @@ impl SledParts {
             }
         }
         let values = ValueLog::open(path.join("values"), live, segment_bytes)?;
-        let seal = Seal::open(path, &db)?;
         // Blobs present at start-up were written before a restart; sync
         // them once so that the set below can assume they are durable.
         let engine = Self {
@@ -506,11 +500,11 @@ fn untagged(key: &[u8]) -> StoreError {
 
 impl Engine for SledEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.reads(|p| p.get(key))
+        self.with(|p| p.get(key))
     }
 
     fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
-        self.reads(|p| p.contains(key))
+        self.with(|p| p.contains(key))
     }
 
     fn scan(
@@ -520,22 +514,24 @@ impl Engine for SledEngine {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<Entry>, StoreError> {
-        self.reads(|p| p.scan(start, end, limit, reverse))
+        self.with(|p| p.scan(start, end, limit, reverse))
     }
 
     fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-        self.writes(|p| p.apply(writes))
+        self.with(|p| p.apply(writes))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.writes(SledParts::flush)
+        self.with(SledParts::flush)
     }
 
-    /// Marks the database damaged and reopens it from disk as soon as the
-    /// disk has room: what was applied but not flushed is dropped (every
-    /// caller of it was told its write failed), and sled, which refuses
-    /// every write after one I/O error, works again once the cause (a full
-    /// disk) is gone.
+    /// Marks the database damaged (everything is refused from now on) and
+    /// reopens it from disk if the disk has room: sled, which refuses every
+    /// write after one I/O error, works again once the cause (a full disk)
+    /// is gone. Called by the store's writer thread only, between groups of
+    /// writes, so that no transaction straddles a reopen. What was applied
+    /// but not flushed may or may not survive: sled writes its cache back
+    /// when it closes unless it had failed itself.
     fn recover(&self) -> Result<(), StoreError> {
         self.damaged.store(true, Ordering::SeqCst);
         self.reopen()
@@ -640,12 +636,19 @@ impl SledParts {
             .map_err(|e| StoreError::io("syncing the store log", &e))?;
         self.sync_blobs()?;
         self.seal.durable.fetch_max(generation, Ordering::SeqCst);
+        // Now that the releases are durable, their values can go.
+        self.values.reclaim()?;
+        // The flush is durable whatever becomes of the seal: a seal that
+        // cannot be written is warned about, and tried again a second
+        // later.
         let due = self.seal.written.lock().map_err(poisoned)?.elapsed() >= SEAL_EVERY;
         if due {
-            self.seal.write(generation)?;
+            if let Err(e) = self.seal.write(generation) {
+                tracing::warn!(error = %e, "cannot write the store's seal; a store damaged meanwhile would not be detected at open");
+                *self.seal.written.lock().map_err(poisoned)? = std::time::Instant::now();
+            }
         }
-        // Now that the releases are durable, their values can go.
-        self.values.reclaim()
+        Ok(())
     }
 }
 
@@ -942,7 +945,7 @@ mod tests {
     /// does); after a reopen everything acknowledged is there.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_disk_refuses_writes_whole_and_they_work_again_once_space_returns() {
-        let Some(disk) = SmallDisk::mount(16 << 20) else {
+        let Some(disk) = SmallDisk::mount(64 << 20) else {
             return;
         };
         let store = disk.path().join("store");
@@ -956,10 +959,27 @@ mod tests {
                 }
                 other => panic!("{what}: expected a full disk, got {other:?}"),
             }
+            // Closed meanwhile: reads too are refused, since the old
+            // handle may still hold what failed.
+            assert!(
+                db.scan_prefix(b"before/", 1).is_err(),
+                "{what}: read while damaged"
+            );
             std::fs::remove_file(&filler).unwrap();
-            let stored = db
-                .scan_prefix(format!("{what}/").as_bytes(), usize::MAX)
-                .unwrap();
+            // The writer reopens it by itself, with nothing to write.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let stored = loop {
+                match db.scan_prefix(format!("{what}/").as_bytes(), usize::MAX) {
+                    Ok(v) => break v,
+                    Err(e) => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "{what}: still closed: {e}"
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                }
+            };
             assert!(
                 stored.is_empty(),
                 "{what}: {} of the refused write stored",

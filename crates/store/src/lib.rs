@@ -53,8 +53,8 @@ pub enum StoreError {
     /// The writer thread has stopped (the process is shutting down).
     #[error("storage writer has stopped; restart the service")]
     Closed,
-    /// The disk is full (or a quota is reached): nothing of the write is
-    /// durable.
+    /// The disk is full (or a quota is reached): the write failed (it may
+    /// or may not have been kept; a retry with the same id is safe).
     #[error("the store's disk is full ({0}); free space on it: the store works again by itself once there is room")]
     NoSpace(String),
 }
@@ -166,6 +166,10 @@ pub fn from_json<T: serde::de::DeserializeOwned>(
 
 /// Largest number of jobs that share one flush.
 const MAX_GROUP: usize = 512;
+
+/// While the store waits to be reopened after a failed write, with nothing
+/// to write, the writer tries again this often.
+const RECOVER_EVERY: Duration = Duration::from_millis(200);
 
 /// A handle to the store: cheap to clone, shared by every task.
 #[derive(Clone)]
@@ -407,12 +411,31 @@ fn writer(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Job>, reports: Arc<Rep
         failed: AtomicBool::new(false),
     };
     // After a failed write or flush the engine is reopened from its
-    // durable state before anything else is written (see
-    // `Engine::recover`); while that fails, it is tried again per group.
+    // durable state (see `Engine::recover`), here only, between groups, so
+    // that no transaction reads from one opening and writes to the next.
+    // While that fails, the engine refuses everything, and the reopening
+    // is tried again at each group and, with nothing to write, every
+    // `RECOVER_EVERY`, so that reads resume too.
     let mut damaged = false;
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let first = if damaged {
+            match rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(RECOVER_EVERY);
+                    damaged = !recover(&*engine, &reports, false);
+                    continue;
+                }
+            }
+        } else {
+            match rx.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            }
+        };
         if damaged {
-            damaged = !recover(&*engine, &reports);
+            damaged = !recover(&*engine, &reports, false);
         }
         completions.extend(first(&watched));
         while completions.len() < MAX_GROUP {
@@ -423,7 +446,7 @@ fn writer(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Job>, reports: Arc<Rep
         }
         if completions.is_empty() {
             if watched.failed.swap(false, Ordering::SeqCst) {
-                damaged = !recover(&*engine, &reports);
+                damaged = !recover(&*engine, &reports, true);
             }
             continue;
         }
@@ -436,10 +459,10 @@ fn writer(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Job>, reports: Arc<Rep
                 reports.failed(e);
             }
         }
-        // Reopened before anyone hears of the failure, so that what they
-        // read next is what is durable.
+        // Reopened before the group hears of a failed flush, so that what
+        // its writers read next is what is durable.
         if flushed.is_err() || watched.failed.swap(false, Ordering::SeqCst) {
-            damaged = !recover(&*engine, &reports);
+            damaged = !recover(&*engine, &reports, true);
         }
         for done in completions.drain(..) {
             done(flushed.clone());
@@ -603,15 +626,17 @@ struct Watched {
 }
 
 /// Reopens `engine` from its durable state after a failure; whether it
-/// worked.
-fn recover(engine: &dyn Engine, reports: &Reports) -> bool {
+/// worked. A failure is logged if `loud` (not on every quiet retry).
+fn recover(engine: &dyn Engine, reports: &Reports, loud: bool) -> bool {
     match engine.recover() {
         Ok(()) => {
-            tracing::warn!("reopened the store from disk after a failed write: what was not durable was dropped, and its writers were told");
+            tracing::warn!("reopened the store from disk after a failed write (the writes that failed may or may not have been kept; their writers were told they failed)");
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, "cannot reopen the store after a failed write; trying again at the next write");
+            if loud {
+                tracing::error!(error = %e, "cannot reopen the store after a failed write; trying again until it can");
+            }
             reports.failed(&e);
             false
         }

@@ -317,10 +317,13 @@ impl ValueLog {
         let dirty: Vec<u64> = std::mem::take(&mut self.appender()?.dirty)
             .into_iter()
             .collect();
-        for segment in dirty {
+        for (i, &segment) in dirty.iter().enumerate() {
             if let Some(file) = self.file(segment)? {
-                file.sync_data()
-                    .map_err(|e| io(&segment_path(&self.dir, segment), "syncing", &e))?;
+                if let Err(e) = file.sync_data() {
+                    // Not durable: these stay to be synced again.
+                    self.appender()?.dirty.extend(&dirty[i..]);
+                    return Err(io(&segment_path(&self.dir, segment), "syncing", &e));
+                }
             }
         }
         Ok(())

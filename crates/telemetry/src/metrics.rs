@@ -157,6 +157,8 @@ pub fn register_process(
 #[derive(Debug, Clone, Default)]
 pub struct HandshakeCounts(
     Family<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>,
+    /// Held while catching up: two scrapes at once must not both add.
+    Arc<std::sync::Mutex<()>>,
 );
 
 impl HandshakeCounts {
@@ -172,6 +174,7 @@ impl HandshakeCounts {
     /// Raises each reason's counter to the listener's count (counts only
     /// grow).
     pub fn catch_up(&self, counts: &[(&str, u64)]) {
+        let _one_at_a_time = self.1.lock().unwrap_or_else(|e| e.into_inner());
         for (reason, n) in counts {
             let c = self
                 .0

@@ -12,7 +12,7 @@
 //! | forward pair | `m/<id>/fwd/<body>` | the latest forward request of the message to that body (request id) | forwarding |
 //! | forward | `f/<request id>` | a forward request and its decision (JSON) | forwarding |
 //! | queue | `q/<body>/<seq>` | the positions of a body's delivery queue that one transaction appended, from `seq`: a run of messages and receipts of acknowledgements (`StoredQueueRun` of `StoredQueueEntry`, encoded proto, up to 16 KiB), or one withdrawal or forward request as JSON (`QueueEntry`); stores of earlier versions hold one position per key, proto or JSON. An acknowledgement removes the values it covers whole | submission, embargo release, forwarding, retraction, receipts |
-//! | counters | `c/<body>/next`, `c/<body>/acked` | the body's last queue position and acknowledged position (big-endian) | queue appends, acknowledgement |
+//! | counters | `c/<body>/next`, `c/<body>/acked`, `c/<body>/bytes` | the body's last queue position, acknowledged position, and the bytes of the messages queued and not acknowledged (big-endian; the queue quota) | queue appends, acknowledgement |
 //! | held | `h/<not before>/<id>` | deliveries held under embargo (JSON), by release time | submission, embargo release |
 //! | retention | `r/<erase at>/<id>` | a content erasure due, by time | submission, retention |
 //! | expiry | `x/<expires at>/<id>` | an expiry due to be recorded, by time | submission, retention |
