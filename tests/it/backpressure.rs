@@ -259,3 +259,79 @@ async fn an_officer_flooding_a_node_is_rate_limited_and_other_officers_are_not()
     assert_eq!(sample(&m, "liaison_node_officer_rate_limited_total"), 2.0);
     sandbox.shutdown().await.unwrap();
 }
+
+/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// A hub (its own process) whose peer's queue is full refuses a flood of
+/// submissions for it without growing: its peak memory after 5,000 refused
+/// batches is within a few MiB of what it was with the queue just full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_refusing_a_flood_for_a_full_queue_keeps_its_memory_flat() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_liaison-child"));
+    let sandbox = Sandbox::start(
+        SandboxOptions::new(GOVERNANCE)
+            .nodes(&["alpha"])
+            .hub_process(exe)
+            .hub_toml("[queues]\nmax_messages_per_peer = 200\nmax_bytes_per_peer = 1048576"),
+    )
+    .await
+    .unwrap();
+    let pid = sandbox.hub_pid().unwrap();
+    let mut node = sandbox.hub_as("alpha/node").await.unwrap();
+    let submission = |title: &str| {
+        let mut l = labels(K::Alert, C::Confidential, &["drugs"]);
+        l.created_at_ms = liaison_types::now_ms();
+        pb::SubmitRequest {
+            envelope: Some(envelope("alpha", l, &alert(title))),
+            ..Default::default()
+        }
+    };
+    // Charlie has no node here: its queue fills.
+    for n in 0..200 {
+        node.submit(submission(&format!("fills {n}")))
+            .await
+            .unwrap();
+    }
+    let full = peak_rss(pid);
+    let mut refused = 0;
+    for n in 0..1_000 {
+        let batch = pb::SubmitBatchRequest {
+            submissions: (0..4)
+                .map(|i| submission(&format!("flood {n}.{i}")))
+                .collect(),
+        };
+        let results = node.submit_batch(batch).await.unwrap().into_inner().results;
+        for r in results {
+            match r.result {
+                Some(pb::submit_result::Result::Refused(r)) => {
+                    assert_eq!(r.code, Code::ResourceExhausted as i32, "{r:?}");
+                    refused += 1;
+                }
+                other => panic!("accepted past the quota: {other:?}"),
+            }
+        }
+    }
+    let after = peak_rss(pid);
+    eprintln!(
+        "figure: {refused} submissions refused for a full queue; hub peak RSS {} MiB with the queue full, {} MiB after",
+        full >> 20,
+        after >> 20
+    );
+    assert_eq!(refused, 4_000);
+    assert!(
+        after <= full + (16 << 20),
+        "the hub grew from {} to {} MiB",
+        full >> 20,
+        after >> 20
+    );
+    sandbox.shutdown().await.unwrap();
+}
