@@ -288,6 +288,10 @@ impl SledEngine {
     }
 }
 
+/// How long an open waits for a directory lock that sled has not yet
+/// released (another process holding it is refused after this).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The store is reopened after a failed write only with this much room on
 /// its disk (sled's segments are 512 KiB; its cache is written back on
 /// close).
@@ -318,12 +322,30 @@ fn free_room(dir: &Path) -> Result<(), String> {
 
 impl SledParts {
     fn open(path: &Path, options: StoreOptions, segment_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(options.cache_bytes)
-            .open()
-            .map_err(|e| StoreError::Engine(format!("opening {}: {e}", path.display())))?;
+        // sled releases its directory lock from its own threads a moment
+        // after the last handle goes (seen in CI: a reopen straight after a
+        // close found it held), so a held lock is waited for, briefly.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::HighThroughput)
+                .cache_capacity(options.cache_bytes)
+                .open();
+            match opened {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => {
+                    break other.map_err(|e| {
+                        StoreError::Engine(format!("opening {}: {e}", path.display()))
+                    })?
+                }
+            }
+        };
         // Before anything is written or removed: a store that lost
         // durable writes is refused as it is.
         let seal = Seal::open(path, &db)?;
