@@ -719,12 +719,14 @@ async fn a_node_configured_for_one_body_with_another_bodys_certificate_refuses_t
         assert!(shown.contains(needle.as_str()), "{needle:?} not in {shown}");
     }
 
-    // As the `liaison node` command: it exits with the same words. (It
-    // binds its listener and announces it, ready file and systemd
-    // READY=1, before it loads its certificate, so only its exit tells.)
+    // As the `liaison node` command: it exits with the same words, and
+    // never says it is ready (no ready file).
+    let ready = sandbox.dir().join("alpha-with-bravo-cert.ready");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"))
         .args(["node", "--config"])
         .arg(&config_path)
+        .arg("--ready-file")
+        .arg(&ready)
         .arg("--exit-with-parent")
         .arg(std::process::id().to_string())
         .stdin(Stdio::null())
@@ -745,6 +747,7 @@ async fn a_node_configured_for_one_body_with_another_bodys_certificate_refuses_t
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!ready.exists(), "it said it was ready first: {stderr}");
     for needle in &needles {
         assert!(
             stderr.contains(needle.as_str()),
@@ -756,5 +759,76 @@ async fn a_node_configured_for_one_body_with_another_bodys_certificate_refuses_t
     assert!(!sandbox.dir().join(data).exists());
     assert!(audit_log(&sandbox).await.is_empty());
     hub_still_works(&sandbox).await;
+    sandbox.shutdown().await.unwrap();
+}
+
+/// The hub given a hub certificate of another body than the governance's
+/// hub body (signed by the federation CA, so only its body is wrong)
+/// refuses to start, naming both, and never says it is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_given_another_bodys_hub_certificate_refuses_to_start_and_never_says_it_is_ready() {
+    let sandbox = hub_only().await;
+    let ca = CertificateAuthority::load(sandbox.certs()).unwrap();
+    let forged = ca
+        .issue(
+            &[format!("spiffe://{FED}/org/bravo/hub/hub")],
+            &["localhost".to_owned()],
+            &[std::net::IpAddr::from([127, 0, 0, 1])],
+        )
+        .unwrap();
+    let cert = sandbox.dir().join("bravo-hub.pem");
+    let key = sandbox.dir().join("bravo-hub.key.pem");
+    std::fs::write(&cert, &forged.cert_pem).unwrap();
+    std::fs::write(&key, &forged.key_pem).unwrap();
+    let text = std::fs::read_to_string(sandbox.dir().join("hub.toml")).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let (k, _) = line.split_once(" = ").unwrap_or((line, ""));
+            match k {
+                "cert" => format!("cert = {:?}", cert.display().to_string()),
+                "key" => format!("key = {:?}", key.display().to_string()),
+                "listen" => "listen = \"127.0.0.1:0\"".to_owned(),
+                "data_dir" => "data_dir = \"hub-data-bravo\"".to_owned(),
+                _ => line.to_owned(),
+            }
+        })
+        .collect();
+    let config = sandbox.dir().join("hub-bravo.toml");
+    std::fs::write(&config, lines.join("\n")).unwrap();
+    let ready = sandbox.dir().join("hub-bravo.ready");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_liaison-child"))
+        .args(["hub", "--config"])
+        .arg(&config)
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--exit-with-parent")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until("the liaison hub command exits", SETTLE, || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    let Ok(status) = exited else {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("the liaison hub command runs with another body's hub certificate");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!ready.exists(), "it said it was ready first: {stderr}");
+    assert!(
+        stderr.contains("spiffe://liaison.test/org/bravo/hub/hub")
+            && stderr.contains("alpha")
+            && stderr.contains(&cert.display().to_string()),
+        "{stderr}"
+    );
+    assert!(!sandbox.dir().join("hub-data-bravo").exists());
     sandbox.shutdown().await.unwrap();
 }

@@ -903,9 +903,18 @@ pub async fn hub(a: ServeArgs) -> Result<()> {
     let _traces = start_logs(a.json_logs, endpoint.as_deref(), "liaison-hub")?;
     exit_with_parent(a.exit_with_parent);
     let config = config?;
-    // Its own certificate is checked before it says it is ready.
+    // Its own certificate is checked before it says it is ready: a hub
+    // certificate of the governance's hub body (if the governance cannot
+    // be read, the hub's start says why; the role is checked here anyway).
+    let hub_body = std::fs::read_to_string(&config.governance)
+        .ok()
+        .and_then(|text| {
+            liaison_policy::Governance::from_toml(&config.governance.display().to_string(), &text)
+                .ok()
+        })
+        .map(|g| g.hub_body().to_string());
     liaison_pki::TlsMaterial::load(&config.tls)
-        .and_then(|m| m.identity_as(liaison_types::Role::Hub, None))
+        .and_then(|m| m.identity_as(liaison_types::Role::Hub, hub_body.as_deref()))
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.tls.cert.display()))?;
     // SIGHUP reloads the governance and the TLS files.
     let (listeners, stop, reloads) =
