@@ -152,6 +152,12 @@ def main():
         return True
 
     if a.attack == "slowloris":
+        # The server's SETTINGS first: until they arrive h2 assumes no
+        # stream limit, and would count streams the server then refuses.
+        settings_by = time.monotonic() + 5
+        while conn.remote_settings.max_concurrent_streams > 1_000_000 \
+                and time.monotonic() < settings_by and pump():
+            time.sleep(0.01)
         # Streams opened and left waiting for a body that never comes.
         while time.monotonic() < deadline and not out["goaway"] and not out["closed"]:
             if conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams \
