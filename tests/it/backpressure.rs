@@ -260,17 +260,6 @@ async fn an_officer_flooding_a_node_is_rate_limited_and_other_officers_are_not()
     sandbox.shutdown().await.unwrap();
 }
 
-/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 /// A hub (its own process) whose peer's queue is full refuses a flood of
 /// submissions for it without growing: its peak memory after 5,000 refused
 /// batches is within a few MiB of what it was with the queue just full.
@@ -301,7 +290,7 @@ async fn a_hub_refusing_a_flood_for_a_full_queue_keeps_its_memory_flat() {
             .await
             .unwrap();
     }
-    let full = peak_rss(pid);
+    let full = crate::common::peak_rss(pid);
     let mut refused = 0;
     for n in 0..1_000 {
         let batch = pb::SubmitBatchRequest {
@@ -320,7 +309,7 @@ async fn a_hub_refusing_a_flood_for_a_full_queue_keeps_its_memory_flat() {
             }
         }
     }
-    let after = peak_rss(pid);
+    let after = crate::common::peak_rss(pid);
     eprintln!(
         "figure: {refused} submissions refused for a full queue; hub peak RSS {} MiB with the queue full, {} MiB after",
         full >> 20,

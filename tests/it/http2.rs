@@ -286,17 +286,6 @@ async fn resets_the_client_provokes_or_sends_end_in_goaway_and_others_are_served
     }
 }
 
-/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// Every HTTP/2 attack of `tests/h2_abuse.py` against a hub running as a
 /// child process: the reset attacks and the zero-window update end in
 /// GOAWAY, the PING and SETTINGS floods are absorbed, a real client is
@@ -317,7 +306,7 @@ async fn every_http2_attack_leaves_the_hub_serving_with_its_memory_bounded() {
     .unwrap();
     let pid = sandbox.hub_pid().unwrap();
     let hub = sandbox.hub_url();
-    let at_start = peak_rss(pid);
+    let at_start = crate::common::peak_rss(pid);
     let mut peaks = Vec::new();
     for (attack, count) in [
         ("made_you_reset", 20_000),
@@ -366,7 +355,7 @@ async fn every_http2_attack_leaves_the_hub_serving_with_its_memory_bounded() {
             tonic::codegen::http::StatusCode::OK,
             "served after {attack}"
         );
-        let peak = peak_rss(pid);
+        let peak = crate::common::peak_rss(pid);
         eprintln!(
             "figure: {attack}: {} frames sent, goaway {}, hub peak RSS {} MiB",
             report["sent"],
