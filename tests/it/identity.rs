@@ -5,7 +5,8 @@
 //! - A wildcard or incomplete SPIFFE id completes the handshake but names
 //!   nobody: every call is `UNAUTHENTICATED`, saying what is wrong with the
 //!   id, and the listener records the connection as `bad_identity`.
-//! - A certificate without the clientAuth extended key usage, an expired
+//! - A certificate without the clientAuth extended key usage (or with no
+//!   extended key usage at all), an expired
 //!   or not yet valid one, a CA certificate used as a client leaf and a
 //!   leaf used as a CA are refused at the TLS handshake: the client gets
 //!   the TLS alert for the reason, the request never reaches a service,
@@ -382,13 +383,15 @@ async fn hub_still_works(sandbox: &Sandbox) {
 
 /// Each forged certificate in `cases` is refused at the hub's handshake
 /// with `alert`, logged with `reason` and an error containing the case's
-/// needle, and fails a real gRPC call at the transport; nothing is audited.
+/// needle, and fails a real gRPC call at the transport; nothing is audited,
+/// and the hub still serves a legitimate node.
 async fn refused_at_the_handshake(
     sandbox: &Sandbox,
     cases: &[(&str, TlsMaterial, &str)],
     alert: AlertDescription,
     reason: &str,
 ) {
+    let audited = audit_log(sandbox).await.len();
     // Probes first, each waiting for its line: the listener logs at most
     // ten refusals a second.
     for (what, material, needle) in cases {
@@ -402,7 +405,11 @@ async fn refused_at_the_handshake(
         let failure = a_call_fails_at_the_transport(sandbox, material).await;
         assert!(!failure.is_empty(), "{what}");
     }
-    assert!(audit_log(sandbox).await.is_empty());
+    assert_eq!(
+        audit_log(sandbox).await.len(),
+        audited,
+        "a refusal was audited"
+    );
     hub_still_works(sandbox).await;
 }
 
@@ -531,6 +538,23 @@ async fn a_certificate_without_the_client_auth_usage_is_refused_at_the_handshake
         &sandbox,
         &cases,
         AlertDescription::UnsupportedCertificate,
+        "other",
+    )
+    .await;
+    // No extended key usage at all: RFC 5280 reads that as any purpose,
+    // and webpki accepts it; Liaison refuses it (every certificate of the
+    // federation names its purpose).
+    let mut no_usage = leaf_params(&alpha_node());
+    no_usage.extended_key_usages = vec![];
+    let cases = [(
+        "no extended key usage",
+        material_with(&sandbox, &sign(&no_usage, &ca)),
+        "certificate has no extended key usage extension; a liaison certificate must name clientAuth",
+    )];
+    refused_at_the_handshake(
+        &sandbox,
+        &cases,
+        AlertDescription::CertificateUnknown,
         "other",
     )
     .await;

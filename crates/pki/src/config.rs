@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -15,6 +16,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use x509_parser::extensions::ParsedExtension;
 
 use crate::dev::CA_CERT_FILE;
+use crate::usage::{ClientUsage, ServerUsage};
 use crate::PkiError;
 
 /// The one application protocol spoken: gRPC over HTTP/2.
@@ -170,8 +172,9 @@ impl TlsMaterial {
 /// The rustls server configuration of a Liaison server.
 ///
 /// TLS 1.3 only, ALPN `h2`. A client certificate is required: a client
-/// without one, or with one that does not chain to the CA, fails the
-/// handshake (a server never runs a request of an unauthenticated peer).
+/// without one, with one that does not chain to the CA, or with one whose
+/// extended key usage is missing or lacks clientAuth, fails the handshake
+/// (a server never runs a request of an unauthenticated peer).
 pub fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, PkiError> {
     server_config_with_crls(m, None)
 }
@@ -205,7 +208,7 @@ pub fn server_config_with_crls(
     let (chain, key) = m.chain_and_key()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(ClientUsage(verifier)))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
@@ -216,13 +219,19 @@ pub fn server_config_with_crls(
 /// TLS 1.3 only, ALPN `h2`, authenticates with the material's certificate,
 /// and verifies the server against the CA and the host dialled (its DNS
 /// name or IP address SANs; dev PKI servers carry `localhost` and
-/// `127.0.0.1`); who the server really is comes from its URI SAN (see
-/// [`crate::connect`]).
+/// `127.0.0.1`) and an extended key usage naming serverAuth (a missing
+/// one is refused too); who the server really is comes from its URI SAN
+/// (see [`crate::connect`]).
 pub fn client_config(m: &TlsMaterial) -> Result<Arc<ClientConfig>, PkiError> {
     let (chain, key) = m.chain_and_key()?;
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(m.roots()?, provider.clone())
+        .build()
+        .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(m.roots()?)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerUsage(verifier)))
         .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))

@@ -26,6 +26,7 @@ mod identity;
 mod incoming;
 mod reload;
 mod server;
+mod usage;
 
 pub use ca::{serials_of_crl, CertificateAuthority, IssuedCert};
 pub use client::{connect, lazy_channel, lazy_channel_reloading};

@@ -256,3 +256,40 @@ async fn the_server_certificate_must_name_the_host_dialled() -> TestResult {
     assert!(err.to_string().contains("tls handshake"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_server_certificate_without_an_extended_key_usage_is_refused() -> TestResult {
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let ca = ca();
+    let node = material(&ca, &identity("europol", Role::Node, "node"));
+    // A hub certificate the federation CA signed, right in every way but
+    // one: it has no extended key usage extension (RFC 5280 reads that as
+    // any purpose; Liaison does not).
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem(), KeyPair::from_pem(&ca.key_pem())?)?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    params.subject_alt_names.push(SanType::URI(
+        identity("liaison", Role::Hub, "hub")
+            .uri()
+            .as_str()
+            .try_into()?,
+    ));
+    params.extended_key_usages = vec![];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let hub = TlsMaterial {
+        ca_pem: ca.cert_pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    };
+    let (addr, _stop) = serve(&hub, &[Role::Node]).await;
+    let err = connect(&format!("https://{addr}"), &node, Some(Role::Hub), FED)
+        .await
+        .expect_err("a server certificate without serverAuth");
+    let text = format!("{err:?} {err}");
+    assert!(text.contains("tls handshake"), "{text}");
+    assert!(text.contains("no extended key usage"), "{text}");
+    Ok(())
+}
