@@ -32,7 +32,7 @@ use admin::{reload_on_signal, AdminService, PolicyReloader, TlsReload};
 pub use admin::{FILES_ACTOR, RULE_RELOAD, RULE_RELOAD_REFUSED, SIGNAL_ACTOR};
 pub use config::{AuditKeys, HubConfig, LoadedAuditKeys, ENV_PREFIX};
 pub use error::HubError;
-use liaison_pki::{authorize, tls_incoming_with, LoadedTls};
+use liaison_pki::{authorize, tls_incoming_with, LoadedTls, MAX_RESPONSE_BYTES};
 use liaison_policy::Governance;
 use liaison_proto::v1::{
     admin_server::AdminServer, audit_server::AuditServer, federation_server::FederationServer,
@@ -124,7 +124,8 @@ pub async fn run_with_reload(
     let expiries = material.expiries()?;
     let operations =
         OperationsServer::new(OperationsService(Arc::clone(&state), config.tls.clone()))
-            .max_decoding_message_size(1024);
+            .max_decoding_message_size(1024)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
     if let Some(listener) = metrics_listener {
         let registry = state.metrics().registry(&expiries);
         let render = metrics::renderer(
@@ -147,9 +148,11 @@ pub async fn run_with_reload(
     let limits = &config.limits;
 
     let fed = FederationServer::new(FederationService(Arc::clone(&state)))
-        .max_decoding_message_size(limits.max_request_bytes);
-    let audit =
-        AuditServer::new(AuditService(Arc::clone(&state))).max_decoding_message_size(64 * 1024);
+        .max_decoding_message_size(limits.max_request_bytes)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let audit = AuditServer::new(AuditService(Arc::clone(&state)))
+        .max_decoding_message_size(64 * 1024)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let reloader = PolicyReloader::new(Arc::clone(&state), config.governance.clone())
         .with_tls(TlsReload::new(config.tls.clone(), loaded, tls_tx));
     let reloader = Arc::new(reloader);
@@ -161,8 +164,9 @@ pub async fn run_with_reload(
     let reloads = reloads
         .map(|()| SIGNAL_ACTOR)
         .merge(changes.map(|()| FILES_ACTOR));
-    let admin =
-        AdminServer::new(AdminService(Arc::clone(&reloader))).max_decoding_message_size(16 * 1024);
+    let admin = AdminServer::new(AdminService(Arc::clone(&reloader)))
+        .max_decoding_message_size(16 * 1024)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let on_signal = tokio::spawn(reload_on_signal(
         Arc::clone(&reloader),
         reloads,

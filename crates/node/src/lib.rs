@@ -37,7 +37,9 @@ use std::sync::Arc;
 
 pub use config::{NodeConfig, Plans, Release, Retry, ENV_PREFIX};
 pub use error::NodeError;
-use liaison_pki::{authorize, lazy_channel_reloading, tls_incoming_with, LoadedTls};
+use liaison_pki::{
+    authorize, lazy_channel_reloading, tls_incoming_with, LoadedTls, MAX_RESPONSE_BYTES,
+};
 use liaison_proto::v1::{
     federation_client::FederationClient, node_audit_server::NodeAuditServer,
     officer_server::OfficerServer,
@@ -241,7 +243,8 @@ pub async fn run_with_reload(
 
     let limits = &config.limits;
     let officer = OfficerServer::new(OfficerService(Arc::clone(&state)))
-        .max_decoding_message_size(limits.max_request_bytes);
+        .max_decoding_message_size(limits.max_request_bytes)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
     tracing::info!(body = %state.body, addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), hub = %config.hub, "node listening");
     let mut accept = limits.accept_options(&federation);
     accept.failures = state.handshake_failures.clone();
@@ -254,7 +257,8 @@ pub async fn run_with_reload(
         ))
         .add_service(InterceptedService::new(
             NodeAuditServer::new(service::NodeAuditService(Arc::clone(&state)))
-                .max_decoding_message_size(4096),
+                .max_decoding_message_size(4096)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES),
             authorize(
                 federation.clone(),
                 &[Role::Officer, Role::Auditor, Role::Admin],

@@ -50,4 +50,7 @@ pub use reload::{
     TLS_CHECK_EVERY,
 };
 pub use rustls::{ClientConfig, ServerConfig};
-pub use server::{drain_within, oversize_status, Oversize, OversizeLayer, ServerLimits};
+pub use server::{
+    drain_within, oversize_response_status, oversize_status, Oversize, OversizeLayer, ServerLimits,
+    MAX_RESPONSE_BYTES,
+};

@@ -6,12 +6,16 @@
 //! the end of a range" (an acknowledgement beyond a queue's end, say); a
 //! request that is too big is `RESOURCE_EXHAUSTED`, so the server's
 //! [`OversizeLayer`] rewrites that one answer, naming the size and the limit.
+//! It does the same for a response over a service's encoding limit
+//! ([`MAX_RESPONSE_BYTES`] on every Liaison service), whose refusal tonic
+//! sends in the response's trailers.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use tonic::codegen::http;
 use tonic::transport::Server;
@@ -126,26 +130,66 @@ pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Largest header list a request may carry (gRPC metadata is small).
 pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
+/// Largest response a Liaison server sends, in bytes: what a gRPC client
+/// decodes by default. A response over it (a list asked for with a very
+/// large limit) is refused with `RESOURCE_EXHAUSTED`, never sent whole to
+/// a client that could not read it.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
 /// The prefix of tonic's refusal of a request over the decoding limit.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// The prefix of tonic's refusal of a response over the encoding limit.
+const TONIC_ENCODED_TOO_LARGE: &str = "Error, encoded message length too large: found ";
+
+/// tonic's `OUT_OF_RANGE` for a message over a limit: the size found and
+/// the limit, when `status` is one.
+fn tonic_oversize(status: &Status, prefix: &str) -> Option<(u64, u64)> {
+    if status.code() != Code::OutOfRange {
+        return None;
+    }
+    let rest = status.message().strip_prefix(prefix)?;
+    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+    let limit = rest.strip_suffix(" bytes")?;
+    Some((found.parse().ok()?, limit.parse().ok()?))
+}
 
 /// The status for a request refused by tonic's decoding limit, or `None`
 /// for any other status.
 pub fn oversize_status(status: &Status) -> Option<Status> {
-    if status.code() != Code::OutOfRange {
-        return None;
-    }
-    let rest = status.message().strip_prefix(TONIC_TOO_LARGE)?;
-    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
-    let limit = rest.strip_suffix(" bytes")?;
-    let (found, limit) = (found.parse::<u64>().ok()?, limit.parse::<u64>().ok()?);
+    let (found, limit) = tonic_oversize(status, TONIC_TOO_LARGE)?;
     Some(Status::resource_exhausted(format!(
         "request of {found} bytes is over this api's limit of {limit} bytes; send a smaller request"
     )))
 }
 
-/// Rewrites tonic's `OUT_OF_RANGE` refusal of an oversized request into
-/// `RESOURCE_EXHAUSTED` (see the module documentation).
+/// The status for a response refused by tonic's encoding limit, or `None`
+/// for any other status.
+pub fn oversize_response_status(status: &Status) -> Option<Status> {
+    let (found, limit) = tonic_oversize(status, TONIC_ENCODED_TOO_LARGE)?;
+    Some(Status::resource_exhausted(format!(
+        "response of {found} bytes is over this api's limit of {limit} bytes; ask for fewer entries (a smaller limit)"
+    )))
+}
+
+/// Rewrites, in a response's trailers, tonic's `OUT_OF_RANGE` refusal of
+/// an oversized response into `RESOURCE_EXHAUSTED`.
+fn rewrite_trailers(trailers: &mut http::HeaderMap) {
+    let Some(status) = Status::from_header_map(trailers)
+        .as_ref()
+        .and_then(oversize_response_status)
+    else {
+        return;
+    };
+    trailers.remove("grpc-status");
+    trailers.remove("grpc-message");
+    trailers.remove("grpc-status-details-bin");
+    // The message is ASCII, which `add_header` always encodes.
+    let _ = status.add_header(trailers);
+}
+
+/// Rewrites tonic's `OUT_OF_RANGE` refusals of an oversized request or
+/// response into `RESOURCE_EXHAUSTED` (see the module documentation).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OversizeLayer;
 
@@ -163,13 +207,12 @@ pub struct Oversize<S> {
     inner: S,
 }
 
-impl<S, Req, B> tower::Service<Req> for Oversize<S>
+impl<S, Req> tower::Service<Req> for Oversize<S>
 where
-    S: tower::Service<Req, Response = http::Response<B>>,
+    S: tower::Service<Req, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
-    B: Default + Send + 'static,
 {
-    type Response = http::Response<B>;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -183,14 +226,24 @@ where
             let response = answer.await?;
             // tonic keeps the status of a trailers-only answer in the
             // response's extensions.
-            match response
+            if let Some(status) = response
                 .extensions()
                 .get::<Status>()
                 .and_then(oversize_status)
             {
-                Some(status) => Ok(status.into_http()),
-                None => Ok(response),
+                return Ok(status.into_http());
             }
+            // A response over the encoding limit fails in its body: its
+            // status comes in the trailers.
+            Ok(response.map(|body| {
+                tonic::body::Body::new(body.map_frame(|frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        rewrite_trailers(&mut trailers);
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                }))
+            }))
         })
     }
 }
@@ -210,6 +263,33 @@ mod tests {
         assert!(rewritten.message().contains("limit of 524288 bytes"));
         assert!(oversize_status(&Status::out_of_range("cannot acknowledge position 9")).is_none());
         assert!(oversize_status(&Status::internal(tonic.message())).is_none());
+    }
+
+    #[test]
+    fn only_the_encoding_refusal_is_rewritten_in_trailers() {
+        let tonic = Status::out_of_range(
+            "Error, encoded message length too large: found 4194305 bytes, the limit is: 4194304 bytes",
+        );
+        assert!(oversize_status(&tonic).is_none(), "not a request's refusal");
+        let mut trailers = http::HeaderMap::new();
+        tonic.add_header(&mut trailers).unwrap();
+        rewrite_trailers(&mut trailers);
+        let rewritten = Status::from_header_map(&trailers).expect("a status");
+        assert_eq!(rewritten.code(), Code::ResourceExhausted);
+        assert!(rewritten.message().contains("response of 4194305 bytes"));
+        assert!(rewritten.message().contains("limit of 4194304 bytes"));
+
+        for other in [
+            Status::out_of_range("cannot acknowledge position 9"),
+            Status::internal(tonic.message()),
+            Status::ok(""),
+        ] {
+            let mut trailers = http::HeaderMap::new();
+            other.add_header(&mut trailers).unwrap();
+            let before = trailers.clone();
+            rewrite_trailers(&mut trailers);
+            assert_eq!(trailers, before);
+        }
     }
 }
 

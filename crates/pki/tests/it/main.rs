@@ -3,6 +3,7 @@
 mod dev_pki;
 mod grpc;
 mod identity;
+mod limits;
 mod revocation;
 mod support;
 mod tls;
