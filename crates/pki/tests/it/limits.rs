@@ -173,14 +173,21 @@ fn string_for(limit: usize) -> usize {
     len.expect("a length encodes to the limit")
 }
 
-#[tokio::test]
-async fn a_response_over_four_mib_is_refused_with_resource_exhausted_and_the_connection_serves_on(
-) -> TestResult {
+/// A mutual-TLS channel to a fresh test server (which stops when the
+/// sender is dropped).
+async fn connected() -> Result<(Channel, oneshot::Sender<()>), liaison_pki::PkiError> {
     let ca = ca();
     let server = material(&ca, &identity("liaison", Role::Hub, "hub"));
     let client = material(&ca, &identity("europol", Role::Node, "node"));
-    let (addr, _stop) = serve(&server).await;
+    let (addr, stop) = serve(&server).await;
     let channel = connect(&format!("https://{addr}"), &client, Some(Role::Hub), FED).await?;
+    Ok((channel, stop))
+}
+
+#[tokio::test]
+async fn a_response_over_four_mib_is_refused_with_resource_exhausted_and_the_connection_serves_on(
+) -> TestResult {
+    let (channel, _stop) = connected().await?;
 
     // Exactly the limit is sent whole.
     let at_limit = string_for(MAX_RESPONSE_BYTES);
@@ -209,11 +216,7 @@ async fn a_response_over_four_mib_is_refused_with_resource_exhausted_and_the_con
 #[tokio::test]
 async fn a_request_over_the_decoding_limit_is_refused_with_resource_exhausted_and_the_connection_serves_on(
 ) -> TestResult {
-    let ca = ca();
-    let server = material(&ca, &identity("liaison", Role::Hub, "hub"));
-    let client = material(&ca, &identity("europol", Role::Node, "node"));
-    let (addr, _stop) = serve(&server).await;
-    let channel = connect(&format!("https://{addr}"), &client, Some(Role::Hub), FED).await?;
+    let (channel, _stop) = connected().await?;
 
     let at_limit = string_for(MAX_REQUEST);
     assert_eq!(take(&channel, at_limit).await?, at_limit as u64);
