@@ -832,13 +832,18 @@ pub(crate) async fn bind(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     if let Some(path) = ready_file {
-        let bound = listener.local_addr()?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bound.to_string())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        write_ready_file(path, listener.local_addr()?)?;
     }
     Ok(listener)
+}
+
+/// Writes `bound` to the ready file `path`, whole or not at all.
+fn write_ready_file(path: &Path, bound: std::net::SocketAddr) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bound.to_string())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
@@ -925,9 +930,10 @@ pub async fn hub(a: ServeArgs) -> Result<()> {
 
 /// What a server needs before it runs, in the order that makes readiness
 /// true: SIGHUP and SIGTERM caught (by default either would end the
-/// process), the metrics and API listeners bound (ready files written),
-/// then systemd told `READY=1` and the watchdog started. The stop future
-/// tells systemd `STOPPING=1` when SIGTERM comes.
+/// process), the metrics and API listeners bound; then, once the process
+/// has opened its store (the listeners' `ready`), the ready files written,
+/// systemd told `READY=1` and the watchdog started. The stop future tells
+/// systemd `STOPPING=1` when SIGTERM comes.
 async fn start_serving(
     a: &ServeArgs,
     what: &str,
@@ -941,21 +947,43 @@ async fn start_serving(
     let reloads = reload_signal()?;
     let stop = shutdown_signal();
     let metrics = match metrics {
-        Some(m) => Some(bind(m.listen, a.metrics_ready_file.as_deref()).await?),
+        Some(m) => Some(bind(m.listen, None).await?),
         None => None,
     };
-    let api = bind(listen, a.ready_file.as_deref()).await?;
-    let bound = api
-        .local_addr()
-        .map_or_else(|_| listen.to_string(), |a| a.to_string());
-    crate::systemd::ready(&format!("{what} listening on {bound}"));
-    crate::systemd::watchdog();
+    let api = bind(listen, None).await?;
+    let files = [
+        (
+            a.metrics_ready_file.clone(),
+            metrics.as_ref().map(|l| l.local_addr()).transpose()?,
+        ),
+        (a.ready_file.clone(), Some(api.local_addr()?)),
+    ];
+    let what = what.to_owned();
+    let ready = move || {
+        // Ready files first (the API's last): a supervisor that reads the
+        // API's file finds the metrics' one already there.
+        for (path, bound) in &files {
+            if let (Some(path), Some(bound)) = (path, bound) {
+                if let Err(e) = write_ready_file(path, *bound) {
+                    tracing::error!(error = %format!("{e:#}"), "cannot announce readiness");
+                    std::process::exit(74);
+                }
+            }
+        }
+        let bound = files[1].1.map_or_else(String::new, |a| a.to_string());
+        crate::systemd::ready(&format!("{what} listening on {bound}"));
+        crate::systemd::watchdog();
+    };
     let stop = async move {
         stop.await;
         crate::systemd::stopping();
     };
     Ok((
-        liaison_telemetry::metrics::Listeners { api, metrics },
+        liaison_telemetry::metrics::Listeners {
+            api,
+            metrics,
+            ready: Some(Box::new(ready)),
+        },
         stop,
         reloads,
     ))

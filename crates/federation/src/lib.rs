@@ -527,6 +527,7 @@ impl Sandbox {
         let listeners = liaison_hub::Listeners {
             api: listener,
             metrics: Some(metrics),
+            ready: None,
         };
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(report_exit(
@@ -662,6 +663,7 @@ impl Sandbox {
         let listeners = liaison_node::Listeners {
             api: listener,
             metrics: Some(metrics),
+            ready: None,
         };
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(report_exit(

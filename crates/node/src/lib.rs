@@ -85,6 +85,7 @@ pub async fn run_with_reload(
     reloads: impl Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), NodeError> {
     let mut listeners = listeners.into();
+    let ready = listeners.ready.take();
     let metrics_listener = listeners
         .metrics_for(config.metrics.as_ref())
         .await
@@ -248,6 +249,11 @@ pub async fn run_with_reload(
     tracing::info!(body = %state.body, addr = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()), hub = %config.hub, "node listening");
     let mut accept = limits.accept_options(&federation);
     accept.failures = state.handshake_failures.clone();
+    // The store is open and checked, and nothing that can fail at start
+    // is left: only now does the process say it is ready.
+    if let Some(ready) = ready {
+        ready();
+    }
     let incoming = tls_incoming_with(listener, tls_rx, accept);
     let serve = limits
         .server()

@@ -60,21 +60,42 @@ impl MetricsConfig {
     }
 }
 
+/// Called once, when a process has opened its store and is about to serve:
+/// the binary writes its ready files and tells systemd here.
+pub type Ready = Box<dyn FnOnce() + Send>;
+
 /// The listeners a process serves on: its API's, and its metrics' if it
-/// has them. The binary binds both before it announces readiness; a bare
-/// API listener converts, and the metrics address is then bound from the
-/// configuration, if it has one.
-#[derive(Debug)]
+/// has them, and what to do once it is ready. The binary binds both
+/// listeners first (connections then wait in the backlog), and the
+/// process announces readiness only once its store is open and checked; a
+/// bare API listener converts, and the metrics address is then bound from
+/// the configuration, if it has one.
 pub struct Listeners {
     /// The gRPC API.
     pub api: TcpListener,
     /// `/metrics`.
     pub metrics: Option<TcpListener>,
+    /// Run once the store is open, before the first request is served.
+    pub ready: Option<Ready>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("api", &self.api)
+            .field("metrics", &self.metrics)
+            .field("ready", &self.ready.is_some())
+            .finish()
+    }
 }
 
 impl From<TcpListener> for Listeners {
     fn from(api: TcpListener) -> Self {
-        Self { api, metrics: None }
+        Self {
+            api,
+            metrics: None,
+            ready: None,
+        }
     }
 }
 
